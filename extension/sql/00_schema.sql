@@ -1,0 +1,86 @@
+-- catbird 00_schema: the engine's clock, its tables, types and indexes.
+--
+-- Owns: cb_now(), cb_queues, cb_messages, cb_bindings, the cb_message type.
+-- Guarantees:
+--   * Every engine time comparison reads cb_now(), which a session can pin with
+--     SET catbird.fake_now = '<timestamptz>' so expiry and visibility are
+--     testable without sleeping.
+--   * cb_messages is one table for every queue (queue_id column), so every
+--     engine statement is static SQL with a cached plan. The claim index
+--     (queue_id, priority DESC, visible_at, id) lists the visible messages of a
+--     priority level before its hidden ones, so a claim never walks past rows
+--     that are in flight at the same priority.
+--   * A concurrency key is unique among the live messages of one queue
+--     (partial unique index); it becomes reusable once the message is deleted.
+--   * cb_bindings stores each topic pattern with its literal prefix so that a
+--     publish finds its targets through an index, not by testing every pattern.
+
+CREATE FUNCTION catbird.cb_now() RETURNS timestamptz
+LANGUAGE sql VOLATILE PARALLEL SAFE
+AS $$
+    SELECT coalesce(nullif(current_setting('catbird.fake_now', true), '')::timestamptz,
+                    clock_timestamp())
+$$;
+COMMENT ON FUNCTION catbird.cb_now() IS
+    'The engine clock: clock_timestamp(), or the session setting catbird.fake_now when it is set (for tests).';
+
+CREATE TABLE catbird.cb_queues (
+    id          int GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    name        text NOT NULL UNIQUE,
+    description text,
+    created_at  timestamptz NOT NULL,
+    expires_at  timestamptz
+);
+
+CREATE TABLE catbird.cb_messages (
+    id              bigint PRIMARY KEY,
+    queue_id        int NOT NULL,
+    priority        int NOT NULL,
+    deliveries      int NOT NULL DEFAULT 0,
+    visible_at      timestamptz NOT NULL,
+    created_at      timestamptz NOT NULL,
+    expires_at      timestamptz,
+    concurrency_key text,
+    topic           text,
+    headers         jsonb,
+    body            jsonb NOT NULL
+) WITH (autovacuum_vacuum_scale_factor = 0.02, autovacuum_vacuum_insert_scale_factor = 0.02);
+
+-- Ids are drawn before the insert so a batch send can return them in input order.
+CREATE SEQUENCE catbird.cb_messages_id_seq AS bigint OWNED BY catbird.cb_messages.id;
+ALTER TABLE catbird.cb_messages ALTER COLUMN id SET DEFAULT nextval('catbird.cb_messages_id_seq');
+
+CREATE INDEX cb_messages_claim_idx
+    ON catbird.cb_messages (queue_id, priority DESC, visible_at, id);
+CREATE UNIQUE INDEX cb_messages_concurrency_key_idx
+    ON catbird.cb_messages (queue_id, concurrency_key) WHERE concurrency_key IS NOT NULL;
+
+CREATE TYPE catbird.cb_message AS (
+    id              bigint,
+    concurrency_key text,
+    topic           text,
+    body            jsonb,
+    headers         jsonb,
+    priority        int,
+    deliveries      int,
+    created_at      timestamptz,
+    visible_at      timestamptz,
+    expires_at      timestamptz
+);
+
+CREATE TABLE catbird.cb_bindings (
+    id          bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    target_type text NOT NULL CHECK (target_type IN ('queue', 'task', 'flow')),
+    target_name text NOT NULL,
+    pattern     text NOT NULL,
+    -- literal tokens before the first wildcard ('' when the pattern starts with one)
+    prefix      text NOT NULL,
+    -- tokens in the pattern, not counting a trailing '#'
+    token_count int NOT NULL,
+    has_hash    boolean NOT NULL,
+    -- anchored regular expression; null for a pattern without wildcards
+    regex       text,
+    created_at  timestamptz NOT NULL,
+    CONSTRAINT cb_bindings_target_pattern_key UNIQUE (target_type, target_name, pattern)
+);
+CREATE INDEX cb_bindings_prefix_idx ON catbird.cb_bindings (prefix, token_count);

@@ -1,0 +1,355 @@
+-- catbird 20_queues: queues and their messages.
+--
+-- Owns: cb_queues, cb_messages; create/delete/purge, send (single and batch),
+-- read (claim with a visibility window), read_poll, hide, delete, introspection.
+-- Guarantees:
+--   * cb_read claims with FOR UPDATE SKIP LOCKED: concurrent readers never get
+--     the same message inside its hide window; each claim counts a delivery.
+--   * Expired messages (expires_at <= cb_now()) are never returned.
+--   * A send holds a shared advisory lock on the queue name until its
+--     transaction ends and cb_delete_queue takes it exclusively, so a message is
+--     never written into a queue that is being deleted.
+--   * cb_send with a concurrency key held by a live message of the queue writes
+--     nothing and returns the live message's id.
+
+-- Key space for catbird's transaction-level advisory locks (first int4 key).
+CREATE FUNCTION catbird._cb_lock_space() RETURNS int
+LANGUAGE sql IMMUTABLE PARALLEL SAFE
+AS $$ SELECT 1667326066 $$;  -- the bytes of 'cbqr'
+
+-- The id of a queue, holding the queue's shared lock; 42704 when it does not
+-- exist (22023 when the name could never exist).
+CREATE FUNCTION catbird._cb_queue_id(queue text) RETURNS int
+LANGUAGE plpgsql VOLATILE
+AS $$
+DECLARE
+    v_id int;
+BEGIN
+    PERFORM pg_advisory_xact_lock_shared(catbird._cb_lock_space(), hashtext(queue));
+    SELECT q.id INTO v_id FROM catbird.cb_queues q WHERE q.name = queue;
+    IF v_id IS NULL THEN
+        PERFORM catbird._cb_check_name('queue', queue);
+        RAISE EXCEPTION 'queue "%" does not exist', queue
+            USING ERRCODE = 'undefined_object',
+                  HINT = format('Create it first: SELECT catbird.cb_create_queue(%L);', queue);
+    END IF;
+    RETURN v_id;
+END
+$$;
+
+CREATE FUNCTION catbird.cb_create_queue(name text, expires_at timestamptz = NULL, description text = NULL)
+RETURNS void
+LANGUAGE plpgsql VOLATILE
+AS $$
+BEGIN
+    PERFORM catbird._cb_check_name('queue', name);
+    INSERT INTO catbird.cb_queues (name, description, created_at, expires_at)
+    VALUES (cb_create_queue.name, cb_create_queue.description, catbird.cb_now(), cb_create_queue.expires_at)
+    ON CONFLICT ON CONSTRAINT cb_queues_name_key DO NOTHING;
+END
+$$;
+
+CREATE FUNCTION catbird.cb_delete_queue(name text) RETURNS boolean
+LANGUAGE plpgsql VOLATILE
+AS $$
+DECLARE
+    v_id int;
+BEGIN
+    PERFORM catbird._cb_check_name('queue', name);
+    -- Waits for in-flight sends to this queue to commit or roll back.
+    PERFORM pg_advisory_xact_lock(catbird._cb_lock_space(), hashtext(name));
+    DELETE FROM catbird.cb_queues q WHERE q.name = cb_delete_queue.name RETURNING q.id INTO v_id;
+    IF v_id IS NULL THEN
+        RETURN false;
+    END IF;
+    DELETE FROM catbird.cb_messages m WHERE m.queue_id = v_id;
+    DELETE FROM catbird.cb_bindings b WHERE b.target_type = 'queue' AND b.target_name = cb_delete_queue.name;
+    RETURN true;
+END
+$$;
+
+CREATE FUNCTION catbird.cb_purge_queue(name text) RETURNS bigint
+LANGUAGE plpgsql VOLATILE
+AS $$
+DECLARE
+    v_count bigint;
+BEGIN
+    DELETE FROM catbird.cb_messages m WHERE m.queue_id = catbird._cb_queue_id(name);
+    GET DIAGNOSTICS v_count = ROW_COUNT;
+    RETURN v_count;
+END
+$$;
+
+-- The one implementation of sending: inserts bodies[i] into every queue of
+-- queue_ids, deduplicating by concurrency key, and returns, for the first
+-- queue, the id each input position resolved to (inserted or already live).
+-- Callers have validated everything and hold the queues' shared locks.
+CREATE FUNCTION catbird._cb_insert_messages(
+    queue_ids int[], bodies jsonb[], topic text, concurrency_keys text[], headers jsonb[],
+    visible_at timestamptz, priority int, expires_at timestamptz)
+RETURNS bigint[]
+LANGUAGE plpgsql VOLATILE
+AS $$
+DECLARE
+    v_now timestamptz := catbird.cb_now();
+    v_ids bigint[];
+BEGIN
+    WITH input AS (
+        SELECT q.queue_id, u.ord, u.body, u.concurrency_key, u.headers,
+               nextval('catbird.cb_messages_id_seq') AS new_id
+        FROM unnest(queue_ids) WITH ORDINALITY AS q(queue_id, queue_ord),
+             unnest(bodies, concurrency_keys, _cb_insert_messages.headers)
+                 WITH ORDINALITY AS u(body, concurrency_key, headers, ord)
+        ORDER BY q.queue_ord, u.ord
+    ), inserted AS (
+        INSERT INTO catbird.cb_messages
+            (id, queue_id, priority, visible_at, created_at, expires_at, concurrency_key, topic, headers, body)
+        SELECT i.new_id, i.queue_id, coalesce(_cb_insert_messages.priority, 0),
+               coalesce(_cb_insert_messages.visible_at, v_now), v_now, _cb_insert_messages.expires_at,
+               i.concurrency_key, _cb_insert_messages.topic, i.headers, i.body
+        FROM input i
+        ORDER BY i.new_id
+        ON CONFLICT (queue_id, concurrency_key) WHERE concurrency_key IS NOT NULL DO NOTHING
+        RETURNING id, queue_id, concurrency_key
+    )
+    SELECT array_agg(coalesce(
+               ins.id,
+               -- an earlier position of this batch took the key
+               (SELECT min(dup.id) FROM inserted dup
+                 WHERE dup.queue_id = i.queue_id AND dup.concurrency_key = i.concurrency_key),
+               -- a live message already held it
+               (SELECT m.id FROM catbird.cb_messages m
+                 WHERE m.queue_id = i.queue_id AND m.concurrency_key = i.concurrency_key))
+           ORDER BY i.ord)
+    INTO v_ids
+    FROM input i
+    LEFT JOIN inserted ins ON ins.id = i.new_id
+    WHERE i.queue_id = queue_ids[1];
+
+    IF array_position(v_ids, NULL) IS NOT NULL THEN
+        -- The key's holder committed after this statement's snapshot was taken:
+        -- look again with a fresh snapshot.
+        SELECT array_agg(coalesce(v_ids[k.ord], m.id) ORDER BY k.ord)
+        INTO v_ids
+        FROM unnest(concurrency_keys) WITH ORDINALITY AS k(concurrency_key, ord)
+        LEFT JOIN catbird.cb_messages m
+               ON m.queue_id = queue_ids[1] AND m.concurrency_key = k.concurrency_key
+              AND v_ids[k.ord] IS NULL;
+        IF array_position(v_ids, NULL) IS NOT NULL THEN
+            RAISE EXCEPTION 'the message holding a concurrency key was deleted while this send deduplicated against it'
+                USING ERRCODE = 'serialization_failure', HINT = 'Retry the send.';
+        END IF;
+    END IF;
+    RETURN v_ids;
+END
+$$;
+
+-- Validates the arguments shared by the single and batch forms of send and publish.
+CREATE FUNCTION catbird._cb_check_send_args(bodies jsonb[], topic text, concurrency_keys text[], headers jsonb[])
+RETURNS void
+LANGUAGE plpgsql IMMUTABLE
+AS $$
+BEGIN
+    IF bodies IS NULL OR array_ndims(bodies) > 1 OR array_position(bodies, NULL) IS NOT NULL THEN
+        RAISE EXCEPTION 'invalid bodies: expected a one-dimensional array of JSON values without SQL NULLs (use ''null''::jsonb for a JSON null)'
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    IF topic IS NOT NULL THEN
+        PERFORM catbird._cb_check_topic(topic);
+    END IF;
+    IF concurrency_keys IS NOT NULL AND cardinality(concurrency_keys) <> cardinality(bodies) THEN
+        RAISE EXCEPTION 'invalid concurrency_keys: got % keys for % bodies; give one key (or NULL) per body',
+            cardinality(concurrency_keys), cardinality(bodies)
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    IF headers IS NOT NULL THEN
+        IF cardinality(headers) <> cardinality(bodies) THEN
+            RAISE EXCEPTION 'invalid headers: got % headers for % bodies; give one object (or NULL) per body',
+                cardinality(headers), cardinality(bodies)
+                USING ERRCODE = 'invalid_parameter_value';
+        END IF;
+        PERFORM catbird._cb_check_headers(h) FROM unnest(headers) AS h;
+    END IF;
+END
+$$;
+
+CREATE FUNCTION catbird.cb_send(
+    queue text, bodies jsonb[], topic text = NULL, concurrency_keys text[] = NULL,
+    headers jsonb[] = NULL, visible_at timestamptz = NULL, priority int = 0, expires_at timestamptz = NULL)
+RETURNS bigint[]
+LANGUAGE plpgsql VOLATILE
+AS $$
+DECLARE
+    v_queue_id int := catbird._cb_queue_id(queue);
+BEGIN
+    PERFORM catbird._cb_check_send_args(bodies, topic, concurrency_keys, headers);
+    IF cardinality(bodies) = 0 THEN
+        RETURN '{}'::bigint[];
+    END IF;
+    RETURN catbird._cb_insert_messages(ARRAY[v_queue_id], bodies, topic, concurrency_keys, headers,
+                                       visible_at, priority, expires_at);
+END
+$$;
+
+CREATE FUNCTION catbird.cb_send(
+    queue text, body jsonb, topic text = NULL, concurrency_key text = NULL,
+    headers jsonb = NULL, visible_at timestamptz = NULL, priority int = 0, expires_at timestamptz = NULL)
+RETURNS bigint
+LANGUAGE plpgsql VOLATILE
+AS $$
+BEGIN
+    IF body IS NULL THEN
+        RAISE EXCEPTION 'invalid body: a message body must not be SQL NULL (use ''null''::jsonb for a JSON null)'
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    PERFORM catbird._cb_check_headers(headers);
+    RETURN (catbird.cb_send(queue, ARRAY[body], topic, ARRAY[concurrency_key], ARRAY[headers],
+                            visible_at, priority, expires_at))[1];
+END
+$$;
+
+CREATE FUNCTION catbird.cb_read(queue text, quantity int, hide_for int)
+RETURNS SETOF catbird.cb_message
+LANGUAGE plpgsql VOLATILE
+AS $$
+DECLARE
+    v_now timestamptz;
+    v_queue_id int;
+BEGIN
+    PERFORM catbird._cb_check_at_least('quantity', quantity, 1);
+    PERFORM catbird._cb_check_at_least('hide_for', hide_for, 1, ' ms');
+    SELECT q.id INTO v_queue_id FROM catbird.cb_queues q WHERE q.name = queue;
+    IF v_queue_id IS NULL THEN
+        v_queue_id := catbird._cb_queue_id(queue);  -- raises the clear error
+    END IF;
+    v_now := catbird.cb_now();
+    RETURN QUERY
+    WITH claimed AS (
+        SELECT m.id
+        FROM catbird.cb_messages m
+        WHERE m.queue_id = v_queue_id
+          AND m.visible_at <= v_now
+          AND (m.expires_at IS NULL OR m.expires_at > v_now)
+        ORDER BY m.priority DESC, m.visible_at, m.id
+        LIMIT quantity
+        FOR UPDATE SKIP LOCKED
+    ), updated AS (
+        UPDATE catbird.cb_messages m
+        SET visible_at = v_now + make_interval(secs => hide_for / 1000.0),
+            deliveries = m.deliveries + 1
+        FROM claimed c
+        WHERE m.id = c.id
+        RETURNING m.id, m.concurrency_key, m.topic, m.body, m.headers, m.priority, m.deliveries,
+                  m.created_at, m.visible_at, m.expires_at
+    )
+    SELECT u.id, u.concurrency_key, u.topic, u.body, u.headers, u.priority, u.deliveries,
+           u.created_at, u.visible_at, u.expires_at
+    FROM updated u
+    ORDER BY u.priority DESC, u.id;
+END
+$$;
+
+CREATE FUNCTION catbird.cb_read_poll(queue text, quantity int, hide_for int,
+                                     poll_for int = 5000, poll_interval int = 100)
+RETURNS SETOF catbird.cb_message
+LANGUAGE plpgsql VOLATILE
+AS $$
+DECLARE
+    -- Polling paces itself on the wall clock: a pinned cb_now() must not stop time here.
+    v_deadline timestamptz;
+BEGIN
+    PERFORM catbird._cb_check_at_least('poll_for', poll_for, 0, ' ms');
+    PERFORM catbird._cb_check_at_least('poll_interval', poll_interval, 1, ' ms');
+    v_deadline := clock_timestamp() + make_interval(secs => poll_for / 1000.0);
+    LOOP
+        RETURN QUERY SELECT * FROM catbird.cb_read(queue, quantity, hide_for);
+        IF FOUND OR clock_timestamp() >= v_deadline THEN
+            RETURN;
+        END IF;
+        PERFORM pg_sleep(least(poll_interval / 1000.0,
+                               extract(epoch FROM v_deadline - clock_timestamp())));
+    END LOOP;
+END
+$$;
+
+CREATE FUNCTION catbird.cb_hide(queue text, ids bigint[], hide_for int) RETURNS bigint[]
+LANGUAGE plpgsql VOLATILE
+AS $$
+DECLARE
+    v_queue_id int := catbird._cb_queue_id(queue);
+    v_now timestamptz := catbird.cb_now();
+    v_hidden bigint[];
+BEGIN
+    PERFORM catbird._cb_check_at_least('hide_for', hide_for, 1, ' ms');
+    WITH hidden AS (
+        UPDATE catbird.cb_messages m
+        SET visible_at = v_now + make_interval(secs => hide_for / 1000.0)
+        WHERE m.queue_id = v_queue_id AND m.id = ANY (ids)
+        RETURNING m.id
+    )
+    SELECT coalesce(array_agg(h.id ORDER BY h.id), '{}') INTO v_hidden FROM hidden h;
+    RETURN v_hidden;
+END
+$$;
+
+CREATE FUNCTION catbird.cb_hide(queue text, id bigint, hide_for int) RETURNS boolean
+LANGUAGE sql VOLATILE
+AS $$ SELECT cardinality(catbird.cb_hide(queue, ARRAY[id], hide_for)) > 0 $$;
+
+CREATE FUNCTION catbird.cb_delete(queue text, ids bigint[]) RETURNS bigint[]
+LANGUAGE plpgsql VOLATILE
+AS $$
+DECLARE
+    v_queue_id int := catbird._cb_queue_id(queue);
+    v_deleted bigint[];
+BEGIN
+    WITH deleted AS (
+        DELETE FROM catbird.cb_messages m
+        WHERE m.queue_id = v_queue_id AND m.id = ANY (ids)
+        RETURNING m.id
+    )
+    SELECT coalesce(array_agg(d.id ORDER BY d.id), '{}') INTO v_deleted FROM deleted d;
+    RETURN v_deleted;
+END
+$$;
+
+CREATE FUNCTION catbird.cb_delete(queue text, id bigint) RETURNS boolean
+LANGUAGE sql VOLATILE
+AS $$ SELECT cardinality(catbird.cb_delete(queue, ARRAY[id])) > 0 $$;
+
+-- Queue introspection. depth counts every message; visible those readable now;
+-- oldest_visible_at is the earliest visible_at among the readable ones.
+CREATE FUNCTION catbird._cb_queue_info(names text[])
+RETURNS TABLE (name text, description text, created_at timestamptz, expires_at timestamptz,
+               depth bigint, visible bigint, oldest_visible_at timestamptz)
+LANGUAGE sql VOLATILE
+AS $$
+    WITH now AS (SELECT catbird.cb_now() AS ts)
+    SELECT q.name, q.description, q.created_at, q.expires_at,
+           coalesce(s.depth, 0), coalesce(s.visible, 0), s.oldest_visible_at
+    FROM catbird.cb_queues q
+    CROSS JOIN now
+    LEFT JOIN LATERAL (
+        SELECT count(*) AS depth,
+               count(*) FILTER (WHERE m.visible_at <= now.ts
+                                  AND (m.expires_at IS NULL OR m.expires_at > now.ts)) AS visible,
+               min(m.visible_at) FILTER (WHERE m.visible_at <= now.ts
+                                           AND (m.expires_at IS NULL OR m.expires_at > now.ts)) AS oldest_visible_at
+        FROM catbird.cb_messages m
+        WHERE m.queue_id = q.id
+    ) s ON true
+    WHERE names IS NULL OR q.name = ANY (names)
+    ORDER BY q.name
+$$;
+
+CREATE FUNCTION catbird.cb_list_queues()
+RETURNS TABLE (name text, description text, created_at timestamptz, expires_at timestamptz,
+               depth bigint, visible bigint, oldest_visible_at timestamptz)
+LANGUAGE sql VOLATILE
+AS $$ SELECT * FROM catbird._cb_queue_info(NULL) $$;
+
+CREATE FUNCTION catbird.cb_get_queue(name text)
+RETURNS TABLE (name text, description text, created_at timestamptz, expires_at timestamptz,
+               depth bigint, visible bigint, oldest_visible_at timestamptz)
+LANGUAGE sql VOLATILE
+AS $$ SELECT * FROM catbird._cb_queue_info(ARRAY[name]) $$;
