@@ -12,10 +12,21 @@
 --   * cb_send with a concurrency key held by a live message of the queue writes
 --     nothing and returns the live message's id.
 
--- Key space for catbird's transaction-level advisory locks (first int4 key).
-CREATE FUNCTION catbird._cb_lock_space() RETURNS int
-LANGUAGE sql IMMUTABLE PARALLEL SAFE
-AS $$ SELECT 1667326066 $$;  -- the bytes of 'cbqr'
+-- Definitions (queues, tasks, flows) are guarded by transaction-level advisory
+-- locks keyed on kind and name: writers of runs and messages hold the shared
+-- lock, deleting the definition takes it exclusively.
+CREATE FUNCTION catbird._cb_lock_definition(kind text, name text, exclusive boolean = false)
+RETURNS void
+LANGUAGE plpgsql VOLATILE
+AS $$
+BEGIN
+    IF exclusive THEN
+        PERFORM pg_advisory_xact_lock(1667326066, hashtext(kind || '/' || name));
+    ELSE
+        PERFORM pg_advisory_xact_lock_shared(1667326066, hashtext(kind || '/' || name));
+    END IF;
+END
+$$;
 
 -- The id of a queue, holding the queue's shared lock; 42704 when it does not
 -- exist (22023 when the name could never exist).
@@ -25,7 +36,7 @@ AS $$
 DECLARE
     v_id int;
 BEGIN
-    PERFORM pg_advisory_xact_lock_shared(catbird._cb_lock_space(), hashtext(queue));
+    PERFORM catbird._cb_lock_definition('queue', queue);
     SELECT q.id INTO v_id FROM catbird.cb_queues q WHERE q.name = queue;
     IF v_id IS NULL THEN
         PERFORM catbird._cb_check_name('queue', queue);
@@ -57,7 +68,7 @@ DECLARE
 BEGIN
     PERFORM catbird._cb_check_name('queue', name);
     -- Waits for in-flight sends to this queue to commit or roll back.
-    PERFORM pg_advisory_xact_lock(catbird._cb_lock_space(), hashtext(name));
+    PERFORM catbird._cb_lock_definition('queue', name, exclusive => true);
     DELETE FROM catbird.cb_queues q WHERE q.name = cb_delete_queue.name RETURNING q.id INTO v_id;
     IF v_id IS NULL THEN
         RETURN false;

@@ -1,7 +1,8 @@
 -- catbird 30_topics: topic bindings and publish.
 --
--- Owns: cb_bindings (rows with target_type 'queue' here; tasks and flows bind
--- through the same table); cb_bind, cb_unbind, cb_list_bindings, cb_publish.
+-- Owns: cb_bindings (queues bind here; tasks and flows bind through the same
+-- table from their own files); cb_bind, cb_unbind, cb_list_bindings, cb_publish
+-- (which writes messages into bound queues and runs of bound tasks).
 -- Guarantees:
 --   * Matching is an indexed lookup: a topic of n tokens can only be matched by
 --     a pattern whose literal prefix is one of the topic's n + 1 token
@@ -95,6 +96,8 @@ LANGUAGE plpgsql VOLATILE
 AS $$
 DECLARE
     v_queue_ids int[];
+    v_task record;
+    v_deliveries int := 0;
 BEGIN
     PERFORM catbird._cb_check_topic(topic);
     PERFORM catbird._cb_check_send_args(bodies, topic, concurrency_keys, headers);
@@ -103,19 +106,32 @@ BEGIN
     END IF;
     -- Shared locks first (in a stable order), then the ids with a fresh snapshot,
     -- so a queue deleted meanwhile is left out instead of written into.
-    PERFORM pg_advisory_xact_lock_shared(catbird._cb_lock_space(), hashtext(n.target_name))
+    PERFORM catbird._cb_lock_definition('queue', n.target_name)
     FROM (SELECT DISTINCT b.target_name FROM catbird._cb_matching_bindings(topic) b
           WHERE b.target_type = 'queue' ORDER BY b.target_name) n;
     SELECT array_agg(q.id ORDER BY q.id) INTO v_queue_ids
     FROM catbird.cb_queues q
     WHERE q.name IN (SELECT b.target_name FROM catbird._cb_matching_bindings(topic) b
                      WHERE b.target_type = 'queue');
-    IF v_queue_ids IS NULL THEN
-        RETURN 0;
+    IF v_queue_ids IS NOT NULL THEN
+        PERFORM catbird._cb_insert_messages(v_queue_ids, bodies, topic, concurrency_keys, headers,
+                                            visible_at, priority, expires_at);
+        v_deliveries := cardinality(v_queue_ids) * cardinality(bodies);
     END IF;
-    PERFORM catbird._cb_insert_messages(v_queue_ids, bodies, topic, concurrency_keys, headers,
-                                        visible_at, priority, expires_at);
-    RETURN cardinality(v_queue_ids) * cardinality(bodies);
+
+    -- Bound tasks get one run per message.
+    FOR v_task IN
+        SELECT DISTINCT b.target_name AS name FROM catbird._cb_matching_bindings(topic) b
+        WHERE b.target_type = 'task' ORDER BY 1
+    LOOP
+        PERFORM catbird._cb_lock_definition('task', v_task.name);
+        PERFORM catbird._cb_insert_task_runs(t, bodies, concurrency_keys, headers, visible_at, priority, expires_at)
+        FROM catbird.cb_tasks t WHERE t.name = v_task.name;
+        IF FOUND THEN
+            v_deliveries := v_deliveries + cardinality(bodies);
+        END IF;
+    END LOOP;
+    RETURN v_deliveries;
 END
 $$;
 

@@ -1,0 +1,624 @@
+-- catbird 40_tasks: task definitions, runs, claims, retries and on-fail handling.
+--
+-- Owns: cb_tasks, cb_task_runs, the cb_task_claim type; the task verbs of the
+-- public API and the worker protocol (claim, hide, complete, fail, on-fail).
+-- Guarantees:
+--   * A run is claimable while it is queued, or started with its lease
+--     (visible_at) passed: a run whose worker died is picked up again without
+--     an operator. Claims use FOR UPDATE SKIP LOCKED on the partial claim index,
+--     which holds only queued and started runs.
+--   * Every claim increments attempts; attempts is the fencing token: complete
+--     and fail given an attempt act only on the run still started under that
+--     attempt, so a stale worker cannot overwrite a newer claim's outcome.
+--   * The retry decision is made here: cb_fail_task re-queues with a full-jitter
+--     delay while attempts <= max_retries, else the run is failed for good.
+--   * A queued run past its expires_at becomes expired when a claim meets it
+--     and is never handed out.
+--   * A condition that is false for the input makes the run skipped at creation.
+--   * A concurrency key is held by at most one queued or started run of a task.
+--   * Status changes are announced through cb_notify (80_events).
+
+CREATE TABLE catbird.cb_tasks (
+    id               int GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    name             text NOT NULL UNIQUE,
+    description      text,
+    condition        text,
+    condition_expr   jsonb,
+    retention_period interval,
+    on_fail          boolean NOT NULL DEFAULT false,
+    created_at       timestamptz NOT NULL
+);
+
+CREATE SEQUENCE catbird.cb_task_runs_id_seq AS bigint;
+
+CREATE TABLE catbird.cb_task_runs (
+    id                   bigint PRIMARY KEY DEFAULT nextval('catbird.cb_task_runs_id_seq'),
+    task_id              int NOT NULL,
+    attempts             int NOT NULL DEFAULT 0,
+    priority             int NOT NULL DEFAULT 0,
+    on_fail_attempts     int NOT NULL DEFAULT 0,
+    status               text NOT NULL CHECK (status IN ('queued', 'started', 'completed', 'failed',
+                                                         'skipped', 'canceled', 'expired')),
+    on_fail_status       text CHECK (on_fail_status IN ('queued', 'started', 'completed', 'failed')),
+    visible_at           timestamptz NOT NULL,
+    created_at           timestamptz NOT NULL,
+    expires_at           timestamptz,
+    started_at           timestamptz,
+    completed_at         timestamptz,
+    failed_at            timestamptz,
+    skipped_at           timestamptz,
+    canceled_at          timestamptz,
+    cancel_requested_at  timestamptz,
+    on_fail_visible_at   timestamptz,
+    concurrency_key      text,
+    cancel_reason        text,
+    error_message        text,
+    on_fail_error_message text,
+    input                jsonb NOT NULL,
+    headers              jsonb,
+    output               jsonb
+) WITH (autovacuum_vacuum_scale_factor = 0.02, autovacuum_vacuum_insert_scale_factor = 0.02);
+ALTER SEQUENCE catbird.cb_task_runs_id_seq OWNED BY catbird.cb_task_runs.id;
+
+CREATE INDEX cb_task_runs_claim_idx ON catbird.cb_task_runs (task_id, priority DESC, visible_at, id)
+    WHERE status IN ('queued', 'started');
+CREATE UNIQUE INDEX cb_task_runs_concurrency_key_idx ON catbird.cb_task_runs (task_id, concurrency_key)
+    WHERE concurrency_key IS NOT NULL AND status IN ('queued', 'started');
+CREATE INDEX cb_task_runs_task_idx ON catbird.cb_task_runs (task_id, id);
+CREATE INDEX cb_task_runs_on_fail_idx ON catbird.cb_task_runs (task_id, on_fail_visible_at)
+    WHERE on_fail_status IN ('queued', 'started');
+
+CREATE TYPE catbird.cb_task_claim AS (
+    id              bigint,
+    attempts        int,
+    input           jsonb,
+    headers         jsonb,
+    concurrency_key text,
+    priority        int
+);
+
+-- The task row, holding the task's shared lock; 42704 when it does not exist.
+CREATE FUNCTION catbird._cb_task(name text) RETURNS catbird.cb_tasks
+LANGUAGE plpgsql VOLATILE
+AS $$
+DECLARE
+    v_task catbird.cb_tasks;
+BEGIN
+    PERFORM catbird._cb_lock_definition('task', name);
+    SELECT * INTO v_task FROM catbird.cb_tasks t WHERE t.name = _cb_task.name;
+    IF v_task.id IS NULL THEN
+        PERFORM catbird._cb_check_name('task', name);
+        RAISE EXCEPTION 'task "%" does not exist', name
+            USING ERRCODE = 'undefined_object',
+                  HINT = format('Create it first: SELECT catbird.cb_create_task(%L);', name);
+    END IF;
+    RETURN v_task;
+END
+$$;
+
+CREATE FUNCTION catbird.cb_create_task(name text, description text = NULL, condition text = NULL,
+                                       retention_period interval = NULL, on_fail boolean = false)
+RETURNS void
+LANGUAGE plpgsql VOLATILE
+AS $$
+DECLARE
+    v_expr jsonb;
+    v_existing catbird.cb_tasks;
+BEGIN
+    PERFORM catbird._cb_check_name('task', name);
+    IF condition IS NOT NULL THEN
+        v_expr := catbird._cb_parse_condition(condition, ARRAY['input']);
+    END IF;
+    IF retention_period < interval '0' THEN
+        RAISE EXCEPTION 'invalid retention_period %: it must not be negative (NULL keeps runs forever)', retention_period
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    PERFORM catbird._cb_lock_definition('task', name, exclusive => true);
+    SELECT * INTO v_existing FROM catbird.cb_tasks t WHERE t.name = cb_create_task.name;
+    IF v_existing.id IS NULL THEN
+        INSERT INTO catbird.cb_tasks (name, description, condition, condition_expr, retention_period, on_fail, created_at)
+        VALUES (cb_create_task.name, cb_create_task.description, cb_create_task.condition, v_expr,
+                cb_create_task.retention_period, coalesce(cb_create_task.on_fail, false), catbird.cb_now());
+        PERFORM catbird._cb_notify('catbird.task.created', name);
+        RETURN;
+    END IF;
+    IF (v_existing.description, v_existing.condition, v_existing.retention_period, v_existing.on_fail)
+       IS NOT DISTINCT FROM (description, condition, retention_period, coalesce(on_fail, false)) THEN
+        RETURN;  -- same definition: nothing to do
+    END IF;
+    IF EXISTS (SELECT 1 FROM catbird.cb_task_runs r
+               WHERE r.task_id = v_existing.id AND r.status IN ('queued', 'started')) THEN
+        RAISE EXCEPTION 'task "%" has queued or started runs; its definition cannot change while they are active', name
+            USING ERRCODE = 'object_in_use',
+                  HINT = 'Wait for the runs to finish or cancel them, or create the task under a new name.';
+    END IF;
+    UPDATE catbird.cb_tasks t
+    SET description = cb_create_task.description, condition = cb_create_task.condition,
+        condition_expr = v_expr, retention_period = cb_create_task.retention_period,
+        on_fail = coalesce(cb_create_task.on_fail, false)
+    WHERE t.id = v_existing.id;
+END
+$$;
+
+CREATE FUNCTION catbird.cb_delete_task(name text) RETURNS boolean
+LANGUAGE plpgsql VOLATILE
+AS $$
+DECLARE
+    v_id int;
+BEGIN
+    PERFORM catbird._cb_check_name('task', name);
+    PERFORM catbird._cb_lock_definition('task', name, exclusive => true);
+    DELETE FROM catbird.cb_tasks t WHERE t.name = cb_delete_task.name RETURNING t.id INTO v_id;
+    IF v_id IS NULL THEN
+        RETURN false;
+    END IF;
+    DELETE FROM catbird.cb_task_runs r WHERE r.task_id = v_id;
+    DELETE FROM catbird.cb_bindings b WHERE b.target_type = 'task' AND b.target_name = cb_delete_task.name;
+    PERFORM catbird._cb_notify('catbird.task.deleted', name);
+    RETURN true;
+END
+$$;
+
+-- The one implementation of creating runs: one run per input, condition
+-- evaluated, deduplicated by concurrency key among queued/started runs.
+-- Returns the run id each input position resolved to. Callers have validated
+-- the arguments and hold the task's shared lock.
+CREATE FUNCTION catbird._cb_insert_task_runs(
+    task catbird.cb_tasks, inputs jsonb[], concurrency_keys text[], headers jsonb[],
+    visible_at timestamptz, priority int, expires_at timestamptz)
+RETURNS bigint[]
+LANGUAGE plpgsql VOLATILE
+AS $$
+DECLARE
+    v_now timestamptz := catbird.cb_now();
+    v_ids bigint[];
+    v_queued boolean;
+BEGIN
+    WITH input AS (
+        SELECT u.ord, u.input, u.concurrency_key, u.headers,
+               nextval('catbird.cb_task_runs_id_seq') AS new_id,
+               catbird._cb_eval_condition(task.condition_expr, jsonb_build_object('input', u.input)) AS runnable
+        FROM unnest(inputs, concurrency_keys, _cb_insert_task_runs.headers)
+                 WITH ORDINALITY AS u(input, concurrency_key, headers, ord)
+    ), inserted AS (
+        INSERT INTO catbird.cb_task_runs
+            (id, task_id, status, priority, visible_at, created_at, expires_at, skipped_at,
+             concurrency_key, input, headers)
+        SELECT i.new_id, task.id, CASE WHEN i.runnable THEN 'queued' ELSE 'skipped' END,
+               coalesce(_cb_insert_task_runs.priority, 0), coalesce(_cb_insert_task_runs.visible_at, v_now),
+               v_now, _cb_insert_task_runs.expires_at, CASE WHEN NOT i.runnable THEN v_now END,
+               i.concurrency_key, i.input, i.headers
+        FROM input i
+        ORDER BY i.new_id
+        ON CONFLICT (task_id, concurrency_key)
+            WHERE concurrency_key IS NOT NULL AND status IN ('queued', 'started')
+            DO NOTHING
+        RETURNING id, concurrency_key, status
+    )
+    SELECT array_agg(coalesce(
+               ins.id,
+               (SELECT min(dup.id) FROM inserted dup
+                 WHERE dup.concurrency_key = i.concurrency_key AND dup.status = 'queued'),
+               (SELECT r.id FROM catbird.cb_task_runs r
+                 WHERE r.task_id = task.id AND r.concurrency_key = i.concurrency_key
+                   AND r.status IN ('queued', 'started')))
+           ORDER BY i.ord),
+           bool_or(ins.status = 'queued')
+    INTO v_ids, v_queued
+    FROM input i
+    LEFT JOIN inserted ins ON ins.id = i.new_id;
+
+    IF array_position(v_ids, NULL) IS NOT NULL THEN
+        SELECT array_agg(coalesce(v_ids[k.ord], r.id) ORDER BY k.ord)
+        INTO v_ids
+        FROM unnest(concurrency_keys) WITH ORDINALITY AS k(concurrency_key, ord)
+        LEFT JOIN catbird.cb_task_runs r
+               ON r.task_id = task.id AND r.concurrency_key = k.concurrency_key
+              AND r.status IN ('queued', 'started') AND v_ids[k.ord] IS NULL;
+        IF array_position(v_ids, NULL) IS NOT NULL THEN
+            RAISE EXCEPTION 'the run holding a concurrency key finished while this call deduplicated against it'
+                USING ERRCODE = 'serialization_failure', HINT = 'Retry the call.';
+        END IF;
+    END IF;
+    IF v_queued THEN
+        PERFORM catbird._cb_notify('catbird.task.queued', task.name);
+    END IF;
+    RETURN v_ids;
+END
+$$;
+
+CREATE FUNCTION catbird.cb_run_task(
+    name text, inputs jsonb[], concurrency_keys text[] = NULL, headers jsonb[] = NULL,
+    visible_at timestamptz = NULL, priority int = 0, expires_at timestamptz = NULL)
+RETURNS bigint[]
+LANGUAGE plpgsql VOLATILE
+AS $$
+DECLARE
+    v_task catbird.cb_tasks := catbird._cb_task(name);
+BEGIN
+    PERFORM catbird._cb_check_send_args(inputs, NULL, concurrency_keys, headers);
+    IF cardinality(inputs) = 0 THEN
+        RETURN '{}'::bigint[];
+    END IF;
+    RETURN catbird._cb_insert_task_runs(v_task, inputs, concurrency_keys, headers, visible_at, priority, expires_at);
+END
+$$;
+
+CREATE FUNCTION catbird.cb_run_task(
+    name text, input jsonb, concurrency_key text = NULL, headers jsonb = NULL,
+    visible_at timestamptz = NULL, priority int = 0, expires_at timestamptz = NULL)
+RETURNS bigint
+LANGUAGE plpgsql VOLATILE
+AS $$
+BEGIN
+    IF input IS NULL THEN
+        RAISE EXCEPTION 'invalid input: a run input must not be SQL NULL (use ''null''::jsonb for a JSON null)'
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    PERFORM catbird._cb_check_headers(headers);
+    RETURN (catbird.cb_run_task(name, ARRAY[input], ARRAY[concurrency_key], ARRAY[headers],
+                                visible_at, priority, expires_at))[1];
+END
+$$;
+
+CREATE FUNCTION catbird.cb_bind_task(name text, pattern text) RETURNS void
+LANGUAGE plpgsql VOLATILE
+AS $$
+BEGIN
+    PERFORM catbird._cb_task(name);
+    PERFORM catbird._cb_bind('task', name, pattern);
+END
+$$;
+
+CREATE FUNCTION catbird.cb_unbind_task(name text, pattern text) RETURNS boolean
+LANGUAGE plpgsql VOLATILE
+AS $$
+BEGIN
+    PERFORM catbird._cb_task(name);
+    RETURN catbird._cb_unbind('task', name, pattern);
+END
+$$;
+
+CREATE FUNCTION catbird.cb_claim_tasks(name text, quantity int, hide_for int)
+RETURNS SETOF catbird.cb_task_claim
+LANGUAGE plpgsql VOLATILE
+AS $$
+DECLARE
+    v_task_id int;
+    v_now timestamptz;
+BEGIN
+    PERFORM catbird._cb_check_at_least('quantity', quantity, 1);
+    PERFORM catbird._cb_check_at_least('hide_for', hide_for, 1, ' ms');
+    SELECT t.id INTO v_task_id FROM catbird.cb_tasks t WHERE t.name = cb_claim_tasks.name;
+    IF v_task_id IS NULL THEN
+        v_task_id := (catbird._cb_task(name)).id;  -- raises the clear error
+    END IF;
+    v_now := catbird.cb_now();
+    RETURN QUERY
+    WITH candidates AS (
+        SELECT r.id
+        FROM catbird.cb_task_runs r
+        WHERE r.task_id = v_task_id
+          AND r.status IN ('queued', 'started')
+          AND r.visible_at <= v_now
+        ORDER BY r.priority DESC, r.visible_at, r.id
+        LIMIT quantity
+        FOR UPDATE SKIP LOCKED
+    ), claimed AS (
+        UPDATE catbird.cb_task_runs r
+        SET status = CASE WHEN r.status = 'queued' AND r.expires_at <= v_now THEN 'expired' ELSE 'started' END,
+            attempts = r.attempts + CASE WHEN r.status = 'queued' AND r.expires_at <= v_now THEN 0 ELSE 1 END,
+            started_at = v_now,
+            visible_at = v_now + make_interval(secs => hide_for / 1000.0)
+        FROM candidates c
+        WHERE r.id = c.id
+        RETURNING r.id, r.attempts, r.input, r.headers, r.concurrency_key, r.priority, r.status
+    )
+    SELECT c.id, c.attempts, c.input, c.headers, c.concurrency_key, c.priority
+    FROM claimed c
+    WHERE c.status = 'started'
+    ORDER BY c.priority DESC, c.id;
+END
+$$;
+
+-- Lease renewal for runs still being worked on.
+CREATE FUNCTION catbird.cb_hide_tasks(name text, ids bigint[], hide_for int) RETURNS void
+LANGUAGE plpgsql VOLATILE
+AS $$
+DECLARE
+    v_task catbird.cb_tasks := catbird._cb_task(name);
+BEGIN
+    PERFORM catbird._cb_check_at_least('hide_for', hide_for, 1, ' ms');
+    UPDATE catbird.cb_task_runs r
+    SET visible_at = catbird.cb_now() + make_interval(secs => hide_for / 1000.0)
+    WHERE r.task_id = v_task.id AND r.id = ANY (ids) AND r.status = 'started';
+END
+$$;
+
+-- Batch completion: records the outputs of the runs still started under the
+-- given attempts (NULL attempts: any), returns the ids recorded.
+CREATE FUNCTION catbird.cb_complete_tasks(name text, run_ids bigint[], outputs jsonb[], attempts int[] = NULL)
+RETURNS bigint[]
+LANGUAGE plpgsql VOLATILE
+AS $$
+DECLARE
+    v_task catbird.cb_tasks := catbird._cb_task(name);
+    v_now timestamptz := catbird.cb_now();
+    v_done bigint[];
+BEGIN
+    IF cardinality(run_ids) IS DISTINCT FROM cardinality(outputs)
+       OR (attempts IS NOT NULL AND cardinality(attempts) <> cardinality(run_ids)) THEN
+        RAISE EXCEPTION 'invalid arguments: run_ids, outputs (and attempts, when given) must have the same length'
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    WITH done AS (
+        UPDATE catbird.cb_task_runs r
+        SET status = 'completed', output = coalesce(u.output, 'null'::jsonb), completed_at = v_now,
+            error_message = NULL
+        FROM unnest(run_ids, outputs, cb_complete_tasks.attempts) AS u(id, output, attempt)
+        WHERE r.id = u.id AND r.task_id = v_task.id AND r.status = 'started'
+          AND (u.attempt IS NULL OR r.attempts = u.attempt)
+        RETURNING r.id
+    )
+    SELECT coalesce(array_agg(d.id ORDER BY d.id), '{}') INTO v_done FROM done d;
+    PERFORM catbird._cb_notify('catbird.task.completed', d::text) FROM unnest(v_done) AS d;
+    RETURN v_done;
+END
+$$;
+
+CREATE FUNCTION catbird.cb_complete_task(name text, run_id bigint, output jsonb, attempt int = NULL)
+RETURNS boolean
+LANGUAGE sql VOLATILE
+AS $$
+    SELECT cardinality(catbird.cb_complete_tasks(name, ARRAY[run_id], ARRAY[output], ARRAY[attempt])) > 0
+$$;
+
+-- Full-jitter retry delay in milliseconds for the given (1-based) attempt:
+-- uniform in [backoff_min, min(backoff_max, backoff_min * 2^(attempt - 1))].
+CREATE FUNCTION catbird._cb_retry_delay(attempt int, backoff_min int, backoff_max int) RETURNS double precision
+LANGUAGE sql VOLATILE
+AS $$
+    SELECT backoff_min + random() * (least(backoff_max::double precision,
+                                           backoff_min * power(2, least(greatest(attempt - 1, 0), 60)))
+                                     - backoff_min)
+$$;
+
+CREATE FUNCTION catbird._cb_check_retry_policy(max_retries int, backoff_min int, backoff_max int) RETURNS void
+LANGUAGE plpgsql IMMUTABLE
+AS $$
+BEGIN
+    PERFORM catbird._cb_check_at_least('max_retries', max_retries, 0);
+    PERFORM catbird._cb_check_at_least('backoff_min', backoff_min, 0, ' ms');
+    IF backoff_max IS NULL OR backoff_max < backoff_min THEN
+        RAISE EXCEPTION 'invalid backoff_max: got %, expected at least backoff_min (% ms)',
+            coalesce(backoff_max::text, 'NULL'), backoff_min
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+END
+$$;
+
+CREATE FUNCTION catbird.cb_fail_task(name text, run_id bigint, error_message text, attempt int = NULL,
+                                     max_retries int = 0, backoff_min int = 100, backoff_max int = 2000)
+RETURNS text
+LANGUAGE plpgsql VOLATILE
+AS $$
+DECLARE
+    v_task catbird.cb_tasks := catbird._cb_task(name);
+    v_now timestamptz := catbird.cb_now();
+    v_status text;
+BEGIN
+    PERFORM catbird._cb_check_retry_policy(max_retries, backoff_min, backoff_max);
+    UPDATE catbird.cb_task_runs r
+    SET status = CASE WHEN r.attempts <= max_retries THEN 'queued' ELSE 'failed' END,
+        visible_at = CASE WHEN r.attempts <= max_retries
+                          THEN v_now + make_interval(secs => catbird._cb_retry_delay(r.attempts, backoff_min, backoff_max) / 1000.0)
+                          ELSE r.visible_at END,
+        failed_at = CASE WHEN r.attempts <= max_retries THEN NULL ELSE v_now END,
+        error_message = coalesce(cb_fail_task.error_message, 'unknown error'),
+        on_fail_status = CASE WHEN r.attempts > max_retries AND v_task.on_fail THEN 'queued' END,
+        on_fail_visible_at = CASE WHEN r.attempts > max_retries AND v_task.on_fail THEN v_now END
+    WHERE r.id = run_id AND r.task_id = v_task.id AND r.status = 'started'
+      AND (attempt IS NULL OR r.attempts = attempt)
+    RETURNING r.status INTO v_status;
+    IF v_status = 'failed' THEN
+        PERFORM catbird._cb_notify('catbird.task.failed', run_id::text);
+    END IF;
+    RETURN v_status;
+END
+$$;
+
+CREATE FUNCTION catbird.cb_cancel_task(name text, run_id bigint, reason text = NULL) RETURNS boolean
+LANGUAGE plpgsql VOLATILE
+AS $$
+DECLARE
+    v_task catbird.cb_tasks := catbird._cb_task(name);
+    v_now timestamptz := catbird.cb_now();
+    v_status text;
+BEGIN
+    UPDATE catbird.cb_task_runs r
+    SET status = 'canceled', canceled_at = v_now, cancel_requested_at = v_now, cancel_reason = reason
+    WHERE r.id = run_id AND r.task_id = v_task.id AND r.status IN ('queued', 'started')
+    RETURNING r.status INTO v_status;
+    IF v_status IS NOT NULL THEN
+        PERFORM catbird._cb_notify('catbird.task.canceled', run_id::text);
+        RETURN true;
+    END IF;
+    -- Canceling a canceled run again is not an error, and still true.
+    RETURN EXISTS (SELECT 1 FROM catbird.cb_task_runs r
+                   WHERE r.id = run_id AND r.task_id = v_task.id AND r.status = 'canceled');
+END
+$$;
+
+CREATE FUNCTION catbird.cb_wait_task_output(name text, run_id bigint, poll_for int = 5000, poll_interval int = 200)
+RETURNS TABLE (status text, output jsonb, error_message text)
+LANGUAGE plpgsql VOLATILE
+AS $$
+DECLARE
+    v_task catbird.cb_tasks := catbird._cb_task(name);
+    v_deadline timestamptz;
+    v_run record;
+BEGIN
+    PERFORM catbird._cb_check_at_least('poll_for', poll_for, 0, ' ms');
+    PERFORM catbird._cb_check_at_least('poll_interval', poll_interval, 1, ' ms');
+    v_deadline := clock_timestamp() + make_interval(secs => poll_for / 1000.0);
+    LOOP
+        SELECT r.status, r.output, r.error_message INTO v_run
+        FROM catbird.cb_task_runs r WHERE r.id = run_id AND r.task_id = v_task.id;
+        IF NOT FOUND THEN
+            RETURN;  -- no such run
+        END IF;
+        IF v_run.status IN ('completed', 'failed', 'skipped', 'canceled', 'expired') THEN
+            status := v_run.status;
+            output := v_run.output;
+            error_message := v_run.error_message;
+            RETURN NEXT;
+            RETURN;
+        END IF;
+        IF clock_timestamp() >= v_deadline THEN
+            RETURN;
+        END IF;
+        PERFORM pg_sleep(least(poll_interval / 1000.0, extract(epoch FROM v_deadline - clock_timestamp())));
+    END LOOP;
+END
+$$;
+
+CREATE FUNCTION catbird.cb_purge_task_runs(name text, older_than interval) RETURNS int
+LANGUAGE plpgsql VOLATILE
+AS $$
+DECLARE
+    v_task catbird.cb_tasks := catbird._cb_task(name);
+    v_count int;
+BEGIN
+    IF older_than IS NULL OR older_than < interval '0' THEN
+        RAISE EXCEPTION 'invalid older_than %: expected a non-negative interval', coalesce(older_than::text, 'NULL')
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    DELETE FROM catbird.cb_task_runs r
+    WHERE r.task_id = v_task.id
+      AND r.status IN ('completed', 'failed', 'skipped', 'canceled', 'expired')
+      AND coalesce(r.on_fail_status, 'completed') IN ('completed', 'failed')
+      AND coalesce(r.completed_at, r.failed_at, r.skipped_at, r.canceled_at, r.visible_at)
+          < catbird.cb_now() - older_than;
+    GET DIAGNOSTICS v_count = ROW_COUNT;
+    RETURN v_count;
+END
+$$;
+
+-- Deletes every finished run of the task (queued and started runs stay).
+CREATE FUNCTION catbird.cb_clear_task_runs(name text) RETURNS int
+LANGUAGE sql VOLATILE
+AS $$ SELECT catbird.cb_purge_task_runs(name, interval '0') $$;
+
+CREATE FUNCTION catbird.cb_claim_task_on_fail(name text, quantity int, hide_for int = 30000)
+RETURNS TABLE (id bigint, input jsonb, error_message text, attempts int, on_fail_attempts int,
+               started_at timestamptz, failed_at timestamptz, concurrency_key text)
+LANGUAGE plpgsql VOLATILE
+AS $$
+DECLARE
+    v_task catbird.cb_tasks := catbird._cb_task(name);
+    v_now timestamptz := catbird.cb_now();
+BEGIN
+    PERFORM catbird._cb_check_at_least('quantity', quantity, 1);
+    PERFORM catbird._cb_check_at_least('hide_for', hide_for, 1, ' ms');
+    RETURN QUERY
+    WITH candidates AS (
+        SELECT r.id
+        FROM catbird.cb_task_runs r
+        WHERE r.task_id = v_task.id AND r.on_fail_status IN ('queued', 'started')
+          AND r.on_fail_visible_at <= v_now
+        ORDER BY r.on_fail_visible_at, r.id
+        LIMIT quantity
+        FOR UPDATE SKIP LOCKED
+    ), claimed AS (
+        UPDATE catbird.cb_task_runs r
+        SET on_fail_status = 'started', on_fail_attempts = r.on_fail_attempts + 1,
+            on_fail_visible_at = v_now + make_interval(secs => hide_for / 1000.0)
+        FROM candidates c
+        WHERE r.id = c.id
+        RETURNING r.id, r.input, r.error_message, r.attempts, r.on_fail_attempts, r.started_at,
+                  r.failed_at, r.concurrency_key
+    )
+    SELECT c.id, c.input, c.error_message, c.attempts, c.on_fail_attempts, c.started_at, c.failed_at,
+           c.concurrency_key
+    FROM claimed c ORDER BY c.id;
+END
+$$;
+
+CREATE FUNCTION catbird.cb_complete_task_on_fail(name text, run_id bigint) RETURNS void
+LANGUAGE plpgsql VOLATILE
+AS $$
+DECLARE
+    v_task catbird.cb_tasks := catbird._cb_task(name);
+BEGIN
+    UPDATE catbird.cb_task_runs r
+    SET on_fail_status = 'completed', on_fail_error_message = NULL
+    WHERE r.id = run_id AND r.task_id = v_task.id AND r.on_fail_status = 'started';
+END
+$$;
+
+CREATE FUNCTION catbird.cb_fail_task_on_fail(name text, run_id bigint, error_message text,
+                                             retry_exhausted boolean, retry_delay bigint)
+RETURNS void
+LANGUAGE plpgsql VOLATILE
+AS $$
+DECLARE
+    v_task catbird.cb_tasks := catbird._cb_task(name);
+BEGIN
+    PERFORM catbird._cb_check_at_least('retry_delay', retry_delay, 0, ' ms');
+    UPDATE catbird.cb_task_runs r
+    SET on_fail_status = CASE WHEN retry_exhausted THEN 'failed' ELSE 'queued' END,
+        on_fail_visible_at = catbird.cb_now() + make_interval(secs => retry_delay / 1000.0),
+        on_fail_error_message = coalesce(cb_fail_task_on_fail.error_message, 'unknown error')
+    WHERE r.id = run_id AND r.task_id = v_task.id AND r.on_fail_status = 'started';
+END
+$$;
+
+-- Introspection: the fields of TaskInfo and TaskRunInfo.
+CREATE FUNCTION catbird.cb_list_tasks()
+RETURNS TABLE (name text, description text, condition text, retention_period interval,
+               on_fail boolean, created_at timestamptz)
+LANGUAGE sql STABLE
+AS $$
+    SELECT t.name, t.description, t.condition, t.retention_period, t.on_fail, t.created_at
+    FROM catbird.cb_tasks t ORDER BY t.name
+$$;
+
+CREATE FUNCTION catbird.cb_get_task(name text)
+RETURNS TABLE (name text, description text, condition text, retention_period interval,
+               on_fail boolean, created_at timestamptz)
+LANGUAGE sql STABLE
+AS $$ SELECT * FROM catbird.cb_list_tasks() t WHERE t.name = $1 $$;
+
+CREATE TYPE catbird.cb_task_run_info AS (
+    id bigint, task_name text, status text, priority int, attempts int, concurrency_key text,
+    input jsonb, headers jsonb, output jsonb, error_message text, cancel_reason text,
+    created_at timestamptz, visible_at timestamptz, expires_at timestamptz,
+    started_at timestamptz, completed_at timestamptz, failed_at timestamptz, skipped_at timestamptz,
+    cancel_requested_at timestamptz, canceled_at timestamptz,
+    on_fail_status text, on_fail_attempts int, on_fail_error_message text
+);
+
+CREATE FUNCTION catbird.cb_list_task_runs(name text, lim int = 100, before_id bigint = NULL)
+RETURNS SETOF catbird.cb_task_run_info
+LANGUAGE plpgsql VOLATILE
+AS $$
+DECLARE
+    v_task catbird.cb_tasks := catbird._cb_task(name);
+BEGIN
+    PERFORM catbird._cb_check_at_least('lim', lim, 1);
+    RETURN QUERY
+    SELECT r.id, v_task.name, r.status, r.priority, r.attempts, r.concurrency_key, r.input, r.headers,
+           r.output, r.error_message, r.cancel_reason, r.created_at, r.visible_at, r.expires_at,
+           r.started_at, r.completed_at, r.failed_at, r.skipped_at, r.cancel_requested_at,
+           r.canceled_at, r.on_fail_status, r.on_fail_attempts, r.on_fail_error_message
+    FROM catbird.cb_task_runs r
+    WHERE r.task_id = v_task.id AND (before_id IS NULL OR r.id < before_id)
+    ORDER BY r.id DESC
+    LIMIT lim;
+END
+$$;
+
+CREATE FUNCTION catbird.cb_get_task_run(name text, run_id bigint)
+RETURNS SETOF catbird.cb_task_run_info
+LANGUAGE sql VOLATILE
+AS $$ SELECT * FROM catbird.cb_list_task_runs(name, 1, run_id + 1) r WHERE r.id = run_id $$;
