@@ -83,9 +83,10 @@ CREATE FUNCTION catbird.cb_purge_queue(name text) RETURNS bigint
 LANGUAGE plpgsql VOLATILE
 AS $$
 DECLARE
+    v_queue_id int := catbird._cb_queue_id(name);
     v_count bigint;
 BEGIN
-    DELETE FROM catbird.cb_messages m WHERE m.queue_id = catbird._cb_queue_id(name);
+    DELETE FROM catbird.cb_messages m WHERE m.queue_id = v_queue_id;
     GET DIAGNOSTICS v_count = ROW_COUNT;
     RETURN v_count;
 END

@@ -1,0 +1,143 @@
+"""Exception hierarchy of catbird.
+
+Every error the engine raises in SQL carries a SQLSTATE; the client maps the
+ones it knows to the classes below (keeping the psycopg exception as
+``__cause__``, the server's message text as ``str(exc)`` and the code as
+``exc.sqlstate``). Errors that are not about catbird's contract (a lost
+connection, a syntax error in the caller's own SQL, ...) propagate unchanged as
+psycopg exceptions.
+
+::
+
+    CatbirdError
+    ├── InvalidArgument   22023 invalid_parameter_value (also 22003, 22004, 23514)
+    ├── NotFound          42704 undefined_object, or a missing object
+    ├── ObjectInUse       55006 object_in_use
+    ├── AlreadyExists     23505 unique_violation
+    └── RunError          outcome of a waited-for run
+        ├── RunFailed
+        ├── RunCanceled
+        ├── RunSkipped
+        └── RunExpired
+"""
+
+from __future__ import annotations
+
+import psycopg
+
+__all__ = [
+    "AlreadyExists",
+    "CatbirdError",
+    "InvalidArgument",
+    "NotFound",
+    "ObjectInUse",
+    "RunCanceled",
+    "RunError",
+    "RunExpired",
+    "RunFailed",
+    "RunSkipped",
+    "map_error",
+]
+
+
+class CatbirdError(Exception):
+    """Base class of every error raised by catbird.
+
+    ``sqlstate`` is the five-character SQLSTATE of the server error this was
+    mapped from, or ``None`` when the error was raised by the client itself.
+    """
+
+    sqlstate: str | None
+
+    def __init__(self, message: str, *, sqlstate: str | None = None) -> None:
+        super().__init__(message)
+        self.sqlstate = sqlstate
+
+    @property
+    def message(self) -> str:
+        """The error message (the server's text for a mapped server error)."""
+        return str(self.args[0]) if self.args else ""
+
+
+class InvalidArgument(CatbirdError, ValueError):
+    """A name, topic, pattern, quantity, duration or payload was rejected (22023)."""
+
+
+class NotFound(CatbirdError, LookupError):
+    """An unknown queue, task, flow, step or run (42704), or a missing object."""
+
+
+class ObjectInUse(CatbirdError):
+    """A change was refused because the object is in use (55006)."""
+
+
+class AlreadyExists(CatbirdError):
+    """A duplicate where creating twice is not idempotent (23505)."""
+
+
+class RunError(CatbirdError):
+    """A run reached a terminal state other than ``completed``."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        name: str | None = None,
+        run_id: int | None = None,
+        status: str | None = None,
+        error_message: str | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.name = name
+        self.run_id = run_id
+        self.status = status
+        self.error_message = error_message
+
+
+class RunFailed(RunError):
+    """The run failed; ``error_message`` holds the handler's error."""
+
+
+class RunCanceled(RunError):
+    """The run was canceled."""
+
+
+class RunSkipped(RunError):
+    """The run was skipped (its condition evaluated false)."""
+
+
+class RunExpired(RunError):
+    """The run passed its ``expires_at`` before it started."""
+
+
+_BY_SQLSTATE: dict[str, type[CatbirdError]] = {
+    "22023": InvalidArgument,  # invalid_parameter_value
+    "22003": InvalidArgument,  # numeric_value_out_of_range (e.g. a duration too large for int)
+    "22004": InvalidArgument,  # null_value_not_allowed
+    "23514": InvalidArgument,  # check_violation
+    "42704": NotFound,  # undefined_object
+    "55006": ObjectInUse,  # object_in_use
+    "23505": AlreadyExists,  # unique_violation
+}
+
+
+def _server_message(exc: psycopg.Error) -> str:
+    diag = exc.diag
+    primary = diag.message_primary if diag is not None else None
+    return primary if primary else str(exc).strip()
+
+
+def map_error(exc: psycopg.Error) -> CatbirdError | None:
+    """Translate a psycopg error into the matching catbird error, if any.
+
+    Returns ``None`` when the SQLSTATE is not part of catbird's contract; the
+    caller then re-raises the original exception. The caller is expected to
+    ``raise mapped from exc`` so that the psycopg error stays as ``__cause__``.
+    """
+    sqlstate = exc.sqlstate
+    if sqlstate is None:
+        return None
+    cls = _BY_SQLSTATE.get(sqlstate)
+    if cls is None:
+        return None
+    return cls(_server_message(exc), sqlstate=sqlstate)

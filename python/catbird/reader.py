@@ -1,0 +1,266 @@
+"""Reader loops over a plain queue: ack on success, nack on exception.
+
+::
+
+    def handle(msg: catbird.Message) -> None:
+        print(msg.id, msg.body)
+
+    reader = client.reader("orders", handle, quantity=10, hide_for=30.0)
+    threading.Thread(target=reader.run).start()
+    ...
+    reader.stop()          # graceful: see below
+
+Each round claims up to ``quantity`` messages with ``cb_read_poll`` (the
+server waits up to ``poll_for`` seconds for messages to appear), then calls the
+handler on each message in order:
+
+- the handler returns normally: the message is acked. Acks of one round are
+  sent as one ``cb_delete(ids)`` call after the round.
+- the handler raises an ``Exception``: the message is nacked. It stays hidden
+  until its ``hide_for`` window passes and is then delivered again (its
+  ``deliveries`` count goes up). With ``nack_delay`` the nacked messages of the
+  round are instead re-hidden for ``nack_delay`` seconds from now (one
+  ``cb_hide(ids)`` call), e.g. ``nack_delay=0.001`` retries at once.
+
+``stop()`` is graceful: the message being handled is finished (and acked or
+nacked), claimed messages of the round that were not handed to the handler yet
+are released (made visible again right away), and ``run()`` returns. A reader
+waiting in ``cb_read_poll`` notices the stop when that call returns, so the
+stop latency is at most ``poll_for`` plus the time of the in-flight handler.
+``stop()`` may be called from any thread (or a signal handler), before or
+during ``run()``; a stopped reader stays stopped.
+
+The reader commits as it goes, so give it a pool-backed client or one on an
+autocommit connection (as :meth:`catbird.Client.connect` opens), not a client
+bound to a connection inside a transaction.
+
+Database errors (including a lost connection) propagate out of ``run()``
+after the acks collected so far have been attempted; restart the reader to
+resume. Nothing is lost: unacked messages become visible again when their
+hide window passes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import logging
+import threading
+from collections.abc import Awaitable, Callable, Sequence
+from typing import TYPE_CHECKING, Any
+
+from . import _sql
+from ._sql import Duration, Query
+from .models import Message
+
+if TYPE_CHECKING:
+    from .aio import AsyncClient
+    from .client import Client
+
+__all__ = ["AsyncReader", "Reader"]
+
+logger = logging.getLogger("catbird.reader")
+
+#: The shortest hide window: used to release claimed messages on stop.
+_RELEASE = 0.001
+
+
+class _Round:
+    """Bookkeeping of one claimed batch, shared by the sync and async loops."""
+
+    __slots__ = ("acked", "messages", "nacked", "queue")
+
+    def __init__(self, queue: str, messages: Sequence[Message]) -> None:
+        self.queue = queue
+        self.messages = messages
+        self.acked: list[int] = []
+        self.nacked: list[int] = []
+
+    def settle_queries(self, nack_delay: Duration | None) -> list[Query[list[int]]]:
+        """The statements that settle this round: acks, delayed nacks, releases."""
+        queries: list[Query[list[int]]] = []
+        if self.acked:
+            queries.append(_sql.delete_many(self.queue, self.acked))
+        if self.nacked and nack_delay is not None:
+            queries.append(_sql.hide_many(self.queue, self.nacked, hide_for=nack_delay))
+        done = set(self.acked) | set(self.nacked)
+        unhandled = [m.id for m in self.messages if m.id not in done]
+        if unhandled:
+            queries.append(_sql.hide_many(self.queue, unhandled, hide_for=_RELEASE))
+        return queries
+
+
+class _ReaderBase:
+    def __init__(
+        self,
+        queue: str,
+        *,
+        quantity: int,
+        hide_for: Duration,
+        poll_for: Duration,
+        poll_interval: Duration,
+        nack_delay: Duration | None,
+    ) -> None:
+        self.queue = queue
+        self.quantity = quantity
+        self.hide_for = hide_for
+        self.poll_for = poll_for
+        self.poll_interval = poll_interval
+        self.nack_delay = nack_delay
+        self._stop = threading.Event()
+        #: Messages handled successfully (acked) since construction.
+        self.acked = 0
+        #: Messages whose handler raised (nacked) since construction.
+        self.nacked = 0
+
+    def stop(self) -> None:
+        """Ask the loop to finish the in-flight message and return."""
+        self._stop.set()
+
+    @property
+    def stopping(self) -> bool:
+        """Whether :meth:`stop` was called."""
+        return self._stop.is_set()
+
+    def _poll_query(self) -> Query[list[Message]]:
+        return _sql.read_poll(
+            self.queue,
+            quantity=self.quantity,
+            hide_for=self.hide_for,
+            poll_for=self.poll_for,
+            poll_interval=self.poll_interval,
+        )
+
+    def _record(self, rnd: _Round, msg: Message, error: Exception | None) -> None:
+        if error is None:
+            rnd.acked.append(msg.id)
+            self.acked += 1
+        else:
+            logger.warning(
+                "catbird reader: handler failed on %s message %s (delivery %s); nacked",
+                self.queue,
+                msg.id,
+                msg.deliveries,
+                exc_info=error,
+            )
+            rnd.nacked.append(msg.id)
+            self.nacked += 1
+
+
+class Reader(_ReaderBase):
+    """Blocking reader loop; see the module documentation."""
+
+    def __init__(
+        self,
+        client: Client,
+        queue: str,
+        handler: Callable[[Message], object],
+        *,
+        quantity: int = 10,
+        hide_for: Duration = 30.0,
+        poll_for: Duration = 5.0,
+        poll_interval: Duration = 0.1,
+        nack_delay: Duration | None = None,
+    ) -> None:
+        super().__init__(
+            queue,
+            quantity=quantity,
+            hide_for=hide_for,
+            poll_for=poll_for,
+            poll_interval=poll_interval,
+            nack_delay=nack_delay,
+        )
+        self.client = client
+        self.handler = handler
+
+    def run(self) -> None:
+        """Read and handle messages until :meth:`stop` is called."""
+        poll = self._poll_query()
+        while not self._stop.is_set():
+            messages = self.client.execute(poll)
+            if messages:
+                self._handle_round(messages)
+
+    def _handle_round(self, messages: Sequence[Message]) -> None:
+        rnd = _Round(self.queue, messages)
+        try:
+            for msg in messages:
+                if self._stop.is_set():
+                    break
+                try:
+                    self.handler(msg)
+                except Exception as exc:
+                    self._record(rnd, msg, exc)
+                else:
+                    self._record(rnd, msg, None)
+        finally:
+            for query in rnd.settle_queries(self.nack_delay):
+                self.client.execute(query)
+
+
+class AsyncReader(_ReaderBase):
+    """Asyncio reader loop; the handler may be a coroutine function or a plain
+    function (which then runs in a worker thread so it cannot block the loop)."""
+
+    def __init__(
+        self,
+        client: AsyncClient,
+        queue: str,
+        handler: Callable[[Message], Awaitable[object]] | Callable[[Message], object],
+        *,
+        quantity: int = 10,
+        hide_for: Duration = 30.0,
+        poll_for: Duration = 5.0,
+        poll_interval: Duration = 0.1,
+        nack_delay: Duration | None = None,
+    ) -> None:
+        super().__init__(
+            queue,
+            quantity=quantity,
+            hide_for=hide_for,
+            poll_for=poll_for,
+            poll_interval=poll_interval,
+            nack_delay=nack_delay,
+        )
+        self.client = client
+        self.handler = handler
+        self._is_async = _is_async_callable(handler)
+
+    async def run(self) -> None:
+        """Read and handle messages until :meth:`stop` is called."""
+        poll = self._poll_query()
+        while not self._stop.is_set():
+            messages = await self.client.execute(poll)
+            if messages:
+                await self._handle_round(messages)
+
+    async def _call(self, msg: Message) -> None:
+        if self._is_async:
+            result: Any = self.handler(msg)
+        else:
+            result = await asyncio.to_thread(self.handler, msg)
+        if inspect.isawaitable(result):
+            await result
+
+    async def _handle_round(self, messages: Sequence[Message]) -> None:
+        rnd = _Round(self.queue, messages)
+        try:
+            for msg in messages:
+                if self._stop.is_set():
+                    break
+                try:
+                    await self._call(msg)
+                except Exception as exc:
+                    self._record(rnd, msg, exc)
+                else:
+                    self._record(rnd, msg, None)
+        finally:
+            for query in rnd.settle_queries(self.nack_delay):
+                await self.client.execute(query)
+
+
+def _is_async_callable(fn: object) -> bool:
+    if inspect.iscoroutinefunction(fn):
+        return True
+    call = getattr(fn, "__call__", None)  # noqa: B004 - callable objects with async __call__
+    return call is not None and inspect.iscoroutinefunction(call)
