@@ -237,7 +237,7 @@ BEGIN
     v_now := catbird.cb_now();
     RETURN QUERY
     WITH claimed AS (
-        SELECT m.id
+        SELECT m.id, m.visible_at AS was_visible_at
         FROM catbird.cb_messages m
         WHERE m.queue_id = v_queue_id
           AND m.visible_at <= v_now
@@ -252,12 +252,12 @@ BEGIN
         FROM claimed c
         WHERE m.id = c.id
         RETURNING m.id, m.concurrency_key, m.topic, m.body, m.headers, m.priority, m.deliveries,
-                  m.created_at, m.visible_at, m.expires_at
+                  m.created_at, m.visible_at, m.expires_at, c.was_visible_at
     )
     SELECT u.id, u.concurrency_key, u.topic, u.body, u.headers, u.priority, u.deliveries,
            u.created_at, u.visible_at, u.expires_at
     FROM updated u
-    ORDER BY u.priority DESC, u.id;
+    ORDER BY u.priority DESC, u.was_visible_at, u.id;  -- the order they were claimed in
 END
 $$;
 

@@ -95,6 +95,7 @@ RETURNS int
 LANGUAGE plpgsql VOLATILE
 AS $$
 DECLARE
+    v_names text[];
     v_queue_ids int[];
     v_task record;
     v_deliveries int := 0;
@@ -104,15 +105,14 @@ BEGIN
     IF cardinality(bodies) = 0 THEN
         RETURN 0;
     END IF;
-    -- Shared locks first (in a stable order), then the ids with a fresh snapshot,
-    -- so a queue deleted meanwhile is left out instead of written into.
-    PERFORM catbird._cb_lock_definition('queue', n.target_name)
-    FROM (SELECT DISTINCT b.target_name FROM catbird._cb_matching_bindings(topic) b
-          WHERE b.target_type = 'queue' ORDER BY b.target_name) n;
+    -- Shared locks on the matched names first (in a stable order), then their
+    -- ids with a fresh snapshot: a queue deleted meanwhile is left out, and a
+    -- queue bound meanwhile is not written into without its lock.
+    SELECT array_agg(DISTINCT b.target_name ORDER BY b.target_name) INTO v_names
+    FROM catbird._cb_matching_bindings(topic) b WHERE b.target_type = 'queue';
+    PERFORM catbird._cb_lock_definition('queue', n) FROM unnest(v_names) AS n;
     SELECT array_agg(q.id ORDER BY q.id) INTO v_queue_ids
-    FROM catbird.cb_queues q
-    WHERE q.name IN (SELECT b.target_name FROM catbird._cb_matching_bindings(topic) b
-                     WHERE b.target_type = 'queue');
+    FROM catbird.cb_queues q WHERE q.name = ANY (v_names);
     IF v_queue_ids IS NOT NULL THEN
         PERFORM catbird._cb_insert_messages(v_queue_ids, bodies, topic, concurrency_keys, headers,
                                             visible_at, priority, expires_at);

@@ -1,0 +1,151 @@
+"""Helpers shared by the SQL-level suites (tests/test_*_sql.py).
+
+They call catbird's functions the way any client would (plain psycopg, named
+notation, which the contract allows and which also picks the single or batch
+overload by parameter name), snapshot the engine's tables so that a test can
+prove a rejected call wrote nothing, and pin the engine clock through the
+session setting catbird.fake_now. Fixtures live in tests/conftest.py, not here.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+from collections.abc import Iterator
+from typing import Any
+
+import psycopg
+import pytest
+from psycopg import sql
+from psycopg.rows import dict_row, tuple_row
+from psycopg.types.json import Jsonb
+
+__all__ = [
+    "T0",
+    "Clock",
+    "J",
+    "call",
+    "engine_state",
+    "fn",
+    "messages",
+    "orphans",
+    "rejected",
+    "scalar",
+]
+
+#: The instant the pinned engine clock starts from in time-dependent tests.
+T0 = dt.datetime(2030, 1, 1, tzinfo=dt.UTC)
+
+#: Wraps a Python value so that psycopg sends it as jsonb (a list of J is jsonb[]).
+J = Jsonb
+
+
+def _named_call(function: str, args: dict[str, Any]) -> sql.Composed:
+    return sql.SQL("catbird.{}({})").format(
+        sql.Identifier(function),
+        sql.SQL(", ").join(
+            sql.SQL("{} => {}").format(sql.Identifier(name), sql.Placeholder(name)) for name in args
+        ),
+    )
+
+
+def fn(conn: psycopg.Connection[Any], function: str, /, **args: Any) -> Any:
+    """``SELECT catbird.<function>(name => value, ...)`` and return its single value."""
+    query = sql.SQL("SELECT {}").format(_named_call(function, args))
+    with conn.cursor(row_factory=tuple_row) as cur:
+        row = cur.execute(query, args).fetchone()
+    assert row is not None
+    return row[0]
+
+
+def call(conn: psycopg.Connection[Any], function: str, /, **args: Any) -> list[dict[str, Any]]:
+    """``SELECT * FROM catbird.<function>(name => value, ...)``: the rows of a set-returning
+    call, as dicts."""
+    query = sql.SQL("SELECT * FROM {}").format(_named_call(function, args))
+    with conn.cursor(row_factory=dict_row) as cur:
+        return cur.execute(query, args).fetchall()
+
+
+def scalar(conn: psycopg.Connection[Any], query: str, params: Any = None) -> Any:
+    """The first column of the first row of a query."""
+    with conn.cursor(row_factory=tuple_row) as cur:
+        row = cur.execute(query, params).fetchone()  # type: ignore[arg-type]
+    assert row is not None
+    return row[0]
+
+
+def messages(conn: psycopg.Connection[Any], queue: str) -> list[dict[str, Any]]:
+    """Every stored message of a queue (visible, hidden or expired), oldest id first."""
+    with conn.cursor(row_factory=dict_row) as cur:
+        return cur.execute(
+            "SELECT m.* FROM catbird.cb_messages m JOIN catbird.cb_queues q ON q.id = m.queue_id"
+            " WHERE q.name = %s ORDER BY m.id",
+            (queue,),
+        ).fetchall()
+
+
+def orphans(conn: psycopg.Connection[Any]) -> dict[str, int]:
+    """Messages whose queue no longer exists, and queue bindings whose queue no longer exists."""
+    return {
+        "messages": scalar(
+            conn,
+            "SELECT count(*) FROM catbird.cb_messages m"
+            " WHERE NOT EXISTS (SELECT FROM catbird.cb_queues q WHERE q.id = m.queue_id)",
+        ),
+        "bindings": scalar(
+            conn,
+            "SELECT count(*) FROM catbird.cb_bindings b WHERE b.target_type = 'queue'"
+            " AND NOT EXISTS (SELECT FROM catbird.cb_queues q WHERE q.name = b.target_name)",
+        ),
+    }
+
+
+def engine_state(conn: psycopg.Connection[Any]) -> dict[str, list[str]]:
+    """The full contents of every table in schema catbird, as sorted JSON texts per table."""
+    with conn.cursor(row_factory=tuple_row) as cur:
+        tables = [
+            r[0]
+            for r in cur.execute(
+                "SELECT tablename FROM pg_tables WHERE schemaname = 'catbird' ORDER BY tablename"
+            ).fetchall()
+        ]
+        state = {}
+        for table in tables:
+            rows = cur.execute(
+                sql.SQL("SELECT to_jsonb(t)::text FROM catbird.{} t").format(sql.Identifier(table))
+            ).fetchall()
+            state[table] = sorted(r[0] for r in rows)
+    return state
+
+
+@contextlib.contextmanager
+def rejected(
+    conn: psycopg.Connection[Any], error: type[psycopg.Error]
+) -> Iterator[pytest.ExceptionInfo[psycopg.Error]]:
+    """Expect the block to raise ``error`` (a psycopg.errors SQLSTATE class) and to leave
+    every catbird table exactly as it was."""
+    before = engine_state(conn)
+    with pytest.raises(error) as info:
+        yield info
+    assert info.value.sqlstate == error.sqlstate
+    assert engine_state(conn) == before, "a rejected call must not write anything"
+
+
+class Clock:
+    """The engine clock of one session, pinned through ``SET catbird.fake_now``."""
+
+    def __init__(self, conn: psycopg.Connection[Any], start: dt.datetime = T0) -> None:
+        self.conn = conn
+        self.now = start
+        self.set(start)
+
+    def set(self, when: dt.datetime) -> None:
+        self.now = when
+        scalar(self.conn, "SELECT set_config('catbird.fake_now', %s, false)", (when.isoformat(),))
+
+    def advance(self, *, seconds: float = 0, ms: float = 0) -> dt.datetime:
+        self.set(self.now + dt.timedelta(seconds=seconds, milliseconds=ms))
+        return self.now
+
+    def engine_now(self) -> dt.datetime:
+        return scalar(self.conn, "SELECT catbird.cb_now()")  # type: ignore[no-any-return]
