@@ -47,6 +47,7 @@ CREATE TABLE catbird.cb_task_runs (
     completed_at         timestamptz,
     failed_at            timestamptz,
     skipped_at           timestamptz,
+    expired_at           timestamptz,
     canceled_at          timestamptz,
     cancel_requested_at  timestamptz,
     on_fail_visible_at   timestamptz,
@@ -174,12 +175,23 @@ DECLARE
     v_ids bigint[];
     v_queued boolean;
 BEGIN
-    WITH input AS (
+    WITH evaluated AS (
         SELECT u.ord, u.input, u.concurrency_key, u.headers,
                nextval('catbird.cb_task_runs_id_seq') AS new_id,
                catbird._cb_eval_condition(task.condition_expr, jsonb_build_object('input', u.input)) AS runnable
         FROM unnest(inputs, concurrency_keys, _cb_insert_task_runs.headers)
                  WITH ORDINALITY AS u(input, concurrency_key, headers, ord)
+    ), input AS (
+        -- A run that would be skipped still defers to a live holder of its key
+        -- (a queued or started run, or an earlier runnable input of this batch).
+        SELECT e.*,
+               e.runnable OR e.concurrency_key IS NULL
+               OR NOT (EXISTS (SELECT 1 FROM catbird.cb_task_runs r
+                               WHERE r.task_id = task.id AND r.concurrency_key = e.concurrency_key
+                                 AND r.status IN ('queued', 'started'))
+                       OR EXISTS (SELECT 1 FROM evaluated p
+                                  WHERE p.concurrency_key = e.concurrency_key AND p.runnable AND p.ord < e.ord)) AS creates
+        FROM evaluated e
     ), inserted AS (
         INSERT INTO catbird.cb_task_runs
             (id, task_id, status, priority, visible_at, created_at, expires_at, skipped_at,
@@ -189,6 +201,7 @@ BEGIN
                v_now, _cb_insert_task_runs.expires_at, CASE WHEN NOT i.runnable THEN v_now END,
                i.concurrency_key, i.input, i.headers
         FROM input i
+        WHERE i.creates
         ORDER BY i.new_id
         ON CONFLICT (task_id, concurrency_key)
             WHERE concurrency_key IS NOT NULL AND status IN ('queued', 'started')
@@ -286,6 +299,9 @@ AS $$
 DECLARE
     v_task_id int;
     v_now timestamptz;
+    v_wanted int := quantity;
+    v_claims catbird.cb_task_claim[];
+    v_expired int;
 BEGIN
     PERFORM catbird._cb_check_at_least('quantity', quantity, 1);
     PERFORM catbird._cb_check_at_least('hide_for', hide_for, 1, ' ms');
@@ -294,44 +310,60 @@ BEGIN
         v_task_id := (catbird._cb_task(name)).id;  -- raises the clear error
     END IF;
     v_now := catbird.cb_now();
-    RETURN QUERY
-    WITH candidates AS (
-        SELECT r.id
-        FROM catbird.cb_task_runs r
-        WHERE r.task_id = v_task_id
-          AND r.status IN ('queued', 'started')
-          AND r.visible_at <= v_now
-        ORDER BY r.priority DESC, r.visible_at, r.id
-        LIMIT quantity
-        FOR UPDATE SKIP LOCKED
-    ), claimed AS (
-        UPDATE catbird.cb_task_runs r
-        SET status = CASE WHEN r.status = 'queued' AND r.expires_at <= v_now THEN 'expired' ELSE 'started' END,
-            attempts = r.attempts + CASE WHEN r.status = 'queued' AND r.expires_at <= v_now THEN 0 ELSE 1 END,
-            started_at = v_now,
-            visible_at = v_now + make_interval(secs => hide_for / 1000.0)
-        FROM candidates c
-        WHERE r.id = c.id
-        RETURNING r.id, r.attempts, r.input, r.headers, r.concurrency_key, r.priority, r.status
-    )
-    SELECT c.id, c.attempts, c.input, c.headers, c.concurrency_key, c.priority
-    FROM claimed c
-    WHERE c.status = 'started'
-    ORDER BY c.priority DESC, c.id;
+    -- Expired runs met on the way are retired (they leave the claim index) and
+    -- do not count against quantity: claim again until it is filled or no
+    -- expired run was met.
+    LOOP
+        WITH candidates AS (
+            SELECT r.id, (r.status = 'queued' AND coalesce(r.expires_at <= v_now, false)) AS expired
+            FROM catbird.cb_task_runs r
+            WHERE r.task_id = v_task_id
+              AND r.status IN ('queued', 'started')
+              AND r.visible_at <= v_now
+            ORDER BY r.priority DESC, r.visible_at, r.id
+            LIMIT v_wanted
+            FOR UPDATE SKIP LOCKED
+        ), claimed AS (
+            UPDATE catbird.cb_task_runs r
+            SET status = CASE WHEN c.expired THEN 'expired' ELSE 'started' END,
+                attempts = r.attempts + CASE WHEN c.expired THEN 0 ELSE 1 END,
+                started_at = CASE WHEN c.expired THEN r.started_at ELSE v_now END,
+                expired_at = CASE WHEN c.expired THEN v_now END,
+                visible_at = CASE WHEN c.expired THEN r.visible_at
+                                  ELSE v_now + make_interval(secs => hide_for / 1000.0) END
+            FROM candidates c
+            WHERE r.id = c.id
+            RETURNING r.id, r.attempts, r.input, r.headers, r.concurrency_key, r.priority, c.expired
+        )
+        SELECT coalesce(array_agg(ROW(c.id, c.attempts, c.input, c.headers, c.concurrency_key, c.priority)::catbird.cb_task_claim
+                                  ORDER BY c.priority DESC, c.id) FILTER (WHERE NOT c.expired), '{}'),
+               count(*) FILTER (WHERE c.expired)
+        INTO v_claims, v_expired
+        FROM claimed c;
+        RETURN QUERY SELECT * FROM unnest(v_claims);
+        v_wanted := v_wanted - cardinality(v_claims);
+        EXIT WHEN v_expired = 0 OR v_wanted = 0;
+    END LOOP;
 END
 $$;
 
 -- Lease renewal for runs still being worked on.
-CREATE FUNCTION catbird.cb_hide_tasks(name text, ids bigint[], hide_for int) RETURNS void
+CREATE FUNCTION catbird.cb_hide_tasks(name text, ids bigint[], hide_for int, attempts int[] = NULL) RETURNS void
 LANGUAGE plpgsql VOLATILE
 AS $$
 DECLARE
     v_task catbird.cb_tasks := catbird._cb_task(name);
 BEGIN
     PERFORM catbird._cb_check_at_least('hide_for', hide_for, 1, ' ms');
+    IF attempts IS NOT NULL AND cardinality(attempts) IS DISTINCT FROM cardinality(ids) THEN
+        RAISE EXCEPTION 'invalid attempts: give one attempt per id (or none)' USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    -- With attempts, only leases still held under those claims are renewed.
     UPDATE catbird.cb_task_runs r
     SET visible_at = catbird.cb_now() + make_interval(secs => hide_for / 1000.0)
-    WHERE r.task_id = v_task.id AND r.id = ANY (ids) AND r.status = 'started';
+    FROM unnest(ids, cb_hide_tasks.attempts) AS u(id, attempt)
+    WHERE r.task_id = v_task.id AND r.id = u.id AND r.status = 'started'
+      AND (u.attempt IS NULL OR r.attempts = u.attempt);
 END
 $$;
 
@@ -497,8 +529,8 @@ BEGIN
     WHERE r.task_id = v_task.id
       AND r.status IN ('completed', 'failed', 'skipped', 'canceled', 'expired')
       AND coalesce(r.on_fail_status, 'completed') IN ('completed', 'failed')
-      AND coalesce(r.completed_at, r.failed_at, r.skipped_at, r.canceled_at, r.visible_at)
-          < catbird.cb_now() - older_than;
+      AND coalesce(r.completed_at, r.failed_at, r.skipped_at, r.canceled_at, r.expired_at, r.created_at)
+          <= catbird.cb_now() - older_than;
     GET DIAGNOSTICS v_count = ROW_COUNT;
     RETURN v_count;
 END
@@ -594,9 +626,23 @@ CREATE TYPE catbird.cb_task_run_info AS (
     input jsonb, headers jsonb, output jsonb, error_message text, cancel_reason text,
     created_at timestamptz, visible_at timestamptz, expires_at timestamptz,
     started_at timestamptz, completed_at timestamptz, failed_at timestamptz, skipped_at timestamptz,
-    cancel_requested_at timestamptz, canceled_at timestamptz,
+    expired_at timestamptz, cancel_requested_at timestamptz, canceled_at timestamptz,
     on_fail_status text, on_fail_attempts int, on_fail_error_message text
 );
+
+-- Every run of a task as cb_task_run_info; an inlinable building block, so
+-- callers' filters, order and limit reach the index.
+CREATE FUNCTION catbird._cb_task_runs(task_id int, task_name text)
+RETURNS SETOF catbird.cb_task_run_info
+LANGUAGE sql STABLE
+AS $$
+    SELECT r.id, task_name, r.status, r.priority, r.attempts, r.concurrency_key, r.input, r.headers,
+           r.output, r.error_message, r.cancel_reason, r.created_at, r.visible_at, r.expires_at,
+           r.started_at, r.completed_at, r.failed_at, r.skipped_at, r.expired_at, r.cancel_requested_at,
+           r.canceled_at, r.on_fail_status, r.on_fail_attempts, r.on_fail_error_message
+    FROM catbird.cb_task_runs r
+    WHERE r.task_id = $1
+$$;
 
 CREATE FUNCTION catbird.cb_list_task_runs(name text, lim int = 100, before_id bigint = NULL)
 RETURNS SETOF catbird.cb_task_run_info
@@ -607,12 +653,8 @@ DECLARE
 BEGIN
     PERFORM catbird._cb_check_at_least('lim', lim, 1);
     RETURN QUERY
-    SELECT r.id, v_task.name, r.status, r.priority, r.attempts, r.concurrency_key, r.input, r.headers,
-           r.output, r.error_message, r.cancel_reason, r.created_at, r.visible_at, r.expires_at,
-           r.started_at, r.completed_at, r.failed_at, r.skipped_at, r.cancel_requested_at,
-           r.canceled_at, r.on_fail_status, r.on_fail_attempts, r.on_fail_error_message
-    FROM catbird.cb_task_runs r
-    WHERE r.task_id = v_task.id AND (before_id IS NULL OR r.id < before_id)
+    SELECT * FROM catbird._cb_task_runs(v_task.id, v_task.name) r
+    WHERE before_id IS NULL OR r.id < before_id
     ORDER BY r.id DESC
     LIMIT lim;
 END
@@ -620,5 +662,11 @@ $$;
 
 CREATE FUNCTION catbird.cb_get_task_run(name text, run_id bigint)
 RETURNS SETOF catbird.cb_task_run_info
-LANGUAGE sql VOLATILE
-AS $$ SELECT * FROM catbird.cb_list_task_runs(name, 1, run_id + 1) r WHERE r.id = run_id $$;
+LANGUAGE plpgsql VOLATILE
+AS $$
+DECLARE
+    v_task catbird.cb_tasks := catbird._cb_task(name);
+BEGIN
+    RETURN QUERY SELECT * FROM catbird._cb_task_runs(v_task.id, v_task.name) r WHERE r.id = run_id;
+END
+$$;

@@ -1440,6 +1440,19 @@ CREATE TYPE catbird.cb_flow_run_info AS (
     on_fail_status text, on_fail_attempts int, on_fail_error_message text
 );
 
+-- Every run of a flow as cb_flow_run_info; inlinable, like _cb_task_runs.
+CREATE FUNCTION catbird._cb_flow_runs(flow_id int, flow_name text)
+RETURNS SETOF catbird.cb_flow_run_info
+LANGUAGE sql STABLE
+AS $$
+    SELECT r.id, flow_name, r.status, r.priority, r.concurrency_key, r.input, r.headers, r.output,
+           r.error_message, r.cancel_reason, r.failed_step_name, r.created_at, r.visible_at, r.expires_at,
+           r.started_at, r.completed_at, r.failed_at, r.cancel_requested_at, r.canceled_at,
+           r.on_fail_status, r.on_fail_attempts, r.on_fail_error_message
+    FROM catbird.cb_flow_runs r
+    WHERE r.flow_id = $1
+$$;
+
 CREATE FUNCTION catbird.cb_list_flow_runs(name text, lim int = 100, before_id bigint = NULL)
 RETURNS SETOF catbird.cb_flow_run_info
 LANGUAGE plpgsql VOLATILE
@@ -1449,12 +1462,8 @@ DECLARE
 BEGIN
     PERFORM catbird._cb_check_at_least('lim', lim, 1);
     RETURN QUERY
-    SELECT r.id, v_flow.name, r.status, r.priority, r.concurrency_key, r.input, r.headers, r.output,
-           r.error_message, r.cancel_reason, r.failed_step_name, r.created_at, r.visible_at, r.expires_at,
-           r.started_at, r.completed_at, r.failed_at, r.cancel_requested_at, r.canceled_at,
-           r.on_fail_status, r.on_fail_attempts, r.on_fail_error_message
-    FROM catbird.cb_flow_runs r
-    WHERE r.flow_id = v_flow.id AND (before_id IS NULL OR r.id < before_id)
+    SELECT * FROM catbird._cb_flow_runs(v_flow.id, v_flow.name) r
+    WHERE before_id IS NULL OR r.id < before_id
     ORDER BY r.id DESC
     LIMIT lim;
 END
@@ -1462,8 +1471,14 @@ $$;
 
 CREATE FUNCTION catbird.cb_get_flow_run(name text, run_id bigint)
 RETURNS SETOF catbird.cb_flow_run_info
-LANGUAGE sql VOLATILE
-AS $$ SELECT * FROM catbird.cb_list_flow_runs(name, 1, run_id + 1) r WHERE r.id = run_id $$;
+LANGUAGE plpgsql VOLATILE
+AS $$
+DECLARE
+    v_flow catbird.cb_flows := catbird._cb_flow(name);
+BEGIN
+    RETURN QUERY SELECT * FROM catbird._cb_flow_runs(v_flow.id, v_flow.name) r WHERE r.id = run_id;
+END
+$$;
 
 CREATE FUNCTION catbird.cb_purge_flow_runs(name text, older_than interval) RETURNS int
 LANGUAGE plpgsql VOLATILE
@@ -1481,7 +1496,7 @@ BEGIN
         WHERE r.flow_id = v_flow.id
           AND r.status IN ('completed', 'failed', 'canceled', 'expired')
           AND coalesce(r.on_fail_status, 'completed') IN ('completed', 'failed')
-          AND coalesce(r.completed_at, r.failed_at, r.canceled_at, r.created_at) < catbird.cb_now() - older_than
+          AND coalesce(r.completed_at, r.failed_at, r.canceled_at, r.created_at) <= catbird.cb_now() - older_than
         RETURNING r.id
     )
     SELECT coalesce(array_agg(p.id), '{}') INTO v_ids FROM purged p;
