@@ -432,8 +432,7 @@ def test_a_run_claimed_before_its_expiry_is_not_expired(conn, work, clock):
 
 
 def test_a_claim_that_meets_an_expired_run_still_fills_its_quantity(conn, work, clock):
-    """BUG (cb_claim_tasks): the expired run uses up the LIMIT, so quantity=1 returns nothing
-    although a claimable run is waiting behind it."""
+    """An expired run met by a claim is retired and does not use up the quantity."""
     expired = run(conn, {"k": "expired"}, expires_at=T0 + SECOND)
     fresh = run(conn, {"k": "fresh"})
     clock.set(T0 + 2 * SECOND)
@@ -442,8 +441,7 @@ def test_a_claim_that_meets_an_expired_run_still_fills_its_quantity(conn, work, 
 
 
 def test_an_expired_run_was_never_started(conn, work, clock):
-    """BUG (cb_claim_tasks): expiring a run sets its started_at (and pushes its
-    visible_at hide_for into the future)."""
+    """Expiring a run leaves started_at empty and visible_at as it was."""
     run_id = run(conn, expires_at=T0 + SECOND)
     clock.set(T0 + 2 * SECOND)
     claim(conn, hide_for=60_000)
@@ -490,8 +488,7 @@ def test_a_terminally_failed_run_releases_its_concurrency_key(conn, work):
 
 
 def test_a_run_its_condition_would_skip_still_returns_the_live_run_holding_its_key(conn, clock):
-    """BUG (_cb_insert_task_runs): a skipped row is outside the partial unique index, so
-    it is inserted next to the live run that holds its key instead of returning its id."""
+    """A run its condition would skip still defers to the live run holding its key."""
     create(conn, condition="input.go")
     live = run(conn, {"go": True}, concurrency_key="k")
     assert run(conn, {"go": False}, concurrency_key="k") == live
@@ -1192,12 +1189,22 @@ def test_purge_rejects_a_negative_or_null_interval(conn, work):
         fn(conn, "cb_purge_task_runs", name="work", older_than=None)
 
 
-def test_clear_deletes_every_finished_run_and_keeps_active_ones(conn, clock):
+def test_clear_deletes_every_run_whatever_its_status(conn, clock):
+    """As in the Go library: clear is the big hammer, in-flight work included."""
     create(conn, condition="not input.skip")
-    ids = _finished_and_active_runs(conn, clock)
-    clock.advance(seconds=60)
-    assert fn(conn, "cb_clear_task_runs", name="work") == 4
-    assert statuses(conn) == {ids["queued"]: "queued", ids["started"]: "started"}
+    create(conn, "other")
+    other_run = run(conn, name="other")
+    _finished_and_active_runs(conn, clock)
+    assert fn(conn, "cb_clear_task_runs", name="work") == 6
+    assert statuses(conn) == {}
+    assert statuses(conn, "other") == {other_run: "queued"}
+
+
+def test_a_cleared_started_run_refuses_its_late_outcome(conn, work):
+    run_id = run(conn)
+    (claimed,) = claim(conn)
+    assert fn(conn, "cb_clear_task_runs", name="work") == 1
+    assert complete(conn, run_id, "late", attempt=claimed["attempts"]) is False
 
 
 def test_a_run_waiting_for_its_on_fail_handler_is_not_purged(conn, clock):
@@ -1206,31 +1213,31 @@ def test_a_run_waiting_for_its_on_fail_handler_is_not_purged(conn, clock):
     claim(conn)
     fail(conn, run_id)
     clock.advance(seconds=60)
-    assert fn(conn, "cb_clear_task_runs", name="work") == 0
+    assert fn(conn, "cb_purge_task_runs", name="work", older_than=dt.timedelta(0)) == 0
     claim_on_fail(conn)
     fn(conn, "cb_complete_task_on_fail", name="work", run_id=run_id)
-    assert fn(conn, "cb_clear_task_runs", name="work") == 1
+    assert fn(conn, "cb_purge_task_runs", name="work", older_than=dt.timedelta(0)) == 1
 
 
-def test_clear_deletes_a_run_that_finished_at_this_very_instant(conn, work):
-    """BUG (cb_clear_task_runs / cb_purge_task_runs): the cut-off is strict (finished <
-    now - older_than), so with older_than = 0 a run finished at cb_now() is kept."""
+def test_purge_deletes_a_run_that_finished_at_this_very_instant(conn, work):
+    """The cut-off is inclusive: purge with older_than = 0 takes a run finished at cb_now()."""
     run_id = run(conn)
     claim(conn)
     complete(conn, run_id, "ok")
-    assert fn(conn, "cb_clear_task_runs", name="work") == 1
+    assert fn(conn, "cb_purge_task_runs", name="work", older_than=dt.timedelta(0)) == 1
     assert statuses(conn) == {}
 
 
-def test_an_expired_run_is_dated_by_its_expiry_for_purge_and_clear(conn, work, clock):
-    """BUG (cb_purge_task_runs): an expired run has no finish time of its own, so purge
-    falls back to visible_at, which the expiring claim pushed hide_for into the future."""
+def test_an_expired_run_is_dated_by_its_expiry_for_purge(conn, work, clock):
+    """An expired run is dated by expired_at (when a claim retired it)."""
     run_id = run(conn, expires_at=T0 + SECOND)
     clock.set(T0 + 2 * SECOND)
     claim(conn, hide_for=3_600_000)
     assert run_info(conn, run_id)["status"] == "expired"
+    assert run_info(conn, run_id)["expired_at"] == T0 + 2 * SECOND
     clock.set(T0 + 60 * SECOND)
-    assert fn(conn, "cb_clear_task_runs", name="work") == 1
+    assert fn(conn, "cb_purge_task_runs", name="work", older_than=dt.timedelta(seconds=59)) == 0
+    assert fn(conn, "cb_purge_task_runs", name="work", older_than=dt.timedelta(seconds=58)) == 1
 
 
 # =========================================================================== topics
@@ -1354,8 +1361,7 @@ def test_get_task_run_only_finds_runs_of_that_task(conn, work):
 
 
 def test_get_task_run_of_the_largest_possible_id_is_empty(conn, work):
-    """BUG (cb_get_task_run): it pages with before_id => run_id + 1, which overflows
-    bigint (22003) for 9223372036854775807 instead of returning no row."""
+    """The largest bigint is a run id like any other: no such run, no row."""
     assert call(conn, "cb_get_task_run", name="work", run_id=2**63 - 1) == []
 
 

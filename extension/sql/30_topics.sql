@@ -2,7 +2,7 @@
 --
 -- Owns: cb_bindings (queues bind here; tasks and flows bind through the same
 -- table from their own files); cb_bind, cb_unbind, cb_list_bindings, cb_publish
--- (which writes messages into bound queues and runs of bound tasks).
+-- (which writes messages into bound queues and runs of bound tasks and flows).
 -- Guarantees:
 --   * Matching is an indexed lookup: a topic of n tokens can only be matched by
 --     a pattern whose literal prefix is one of the topic's n + 1 token
@@ -97,7 +97,7 @@ AS $$
 DECLARE
     v_names text[];
     v_queue_ids int[];
-    v_task record;
+    v_target record;
     v_deliveries int := 0;
 BEGIN
     PERFORM catbird._cb_check_topic(topic);
@@ -119,14 +119,27 @@ BEGIN
         v_deliveries := cardinality(v_queue_ids) * cardinality(bodies);
     END IF;
 
-    -- Bound tasks get one run per message.
-    FOR v_task IN
+    -- Bound tasks and flows get one run per message.
+    FOR v_target IN
         SELECT DISTINCT b.target_name AS name FROM catbird._cb_matching_bindings(topic) b
         WHERE b.target_type = 'task' ORDER BY 1
     LOOP
-        PERFORM catbird._cb_lock_definition('task', v_task.name);
+        PERFORM catbird._cb_lock_definition('task', v_target.name);
         PERFORM catbird._cb_insert_task_runs(t, bodies, concurrency_keys, headers, visible_at, priority, expires_at)
-        FROM catbird.cb_tasks t WHERE t.name = v_task.name;
+        FROM catbird.cb_tasks t WHERE t.name = v_target.name;
+        IF FOUND THEN
+            v_deliveries := v_deliveries + cardinality(bodies);
+        END IF;
+    END LOOP;
+
+    -- Bound flows get one run per message.
+    FOR v_target IN
+        SELECT DISTINCT b.target_name AS name FROM catbird._cb_matching_bindings(topic) b
+        WHERE b.target_type = 'flow' ORDER BY 1
+    LOOP
+        PERFORM catbird._cb_lock_definition('flow', v_target.name);
+        PERFORM catbird._cb_insert_flow_runs(f, bodies, concurrency_keys, headers, visible_at, priority, expires_at)
+        FROM catbird.cb_flows f WHERE f.name = v_target.name;
         IF FOUND THEN
             v_deliveries := v_deliveries + cardinality(bodies);
         END IF;

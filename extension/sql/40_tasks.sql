@@ -536,10 +536,20 @@ BEGIN
 END
 $$;
 
--- Deletes every finished run of the task (queued and started runs stay).
+-- Deletes every run of the task whatever its status; in-flight work is lost
+-- (workers' later reports find nothing and are refused).
 CREATE FUNCTION catbird.cb_clear_task_runs(name text) RETURNS int
-LANGUAGE sql VOLATILE
-AS $$ SELECT catbird.cb_purge_task_runs(name, interval '0') $$;
+LANGUAGE plpgsql VOLATILE
+AS $$
+DECLARE
+    v_task catbird.cb_tasks := catbird._cb_task(name);
+    v_count int;
+BEGIN
+    DELETE FROM catbird.cb_task_runs r WHERE r.task_id = v_task.id;
+    GET DIAGNOSTICS v_count = ROW_COUNT;
+    RETURN v_count;
+END
+$$;
 
 CREATE FUNCTION catbird.cb_claim_task_on_fail(name text, quantity int, hide_for int = 30000)
 RETURNS TABLE (id bigint, input jsonb, error_message text, attempts int, on_fail_attempts int,

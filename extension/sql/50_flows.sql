@@ -98,6 +98,7 @@ CREATE TABLE catbird.cb_step_runs (
     map_total       int,
     map_done        int NOT NULL DEFAULT 0,
     step_name       text NOT NULL,
+    step_type       text NOT NULL,
     status          text NOT NULL CHECK (status IN ('waiting_for_dependencies', 'waiting_for_signal',
                                                     'waiting_for_map_tasks', 'queued', 'started',
                                                     'completed', 'failed', 'skipped', 'canceled')),
@@ -260,6 +261,10 @@ BEGIN
                 USING ERRCODE = 'invalid_parameter_value',
                       HINT = format('The steps are: %s.', array_to_string(v_names, ', '));
         END IF;
+        IF jsonb_typeof(v_step -> 'signal') NOT IN ('boolean', 'null') THEN
+            RAISE EXCEPTION 'invalid signal of step "%": expected true or false, got %', v_name, v_step -> 'signal'
+                USING ERRCODE = 'invalid_parameter_value';
+        END IF;
         v_type := coalesce(v_step ->> 'step_type', 'normal');
         IF v_type NOT IN ('normal', 'mapper', 'generator', 'reducer') THEN
             RAISE EXCEPTION 'invalid step_type "%" of step "%": expected normal, mapper, generator or reducer', v_type, v_name
@@ -286,6 +291,11 @@ BEGIN
         END IF;
         IF v_step ? 'ignore_output' AND jsonb_typeof(v_step -> 'ignore_output') NOT IN ('array', 'null') THEN
             RAISE EXCEPTION 'invalid ignore_output of step "%": expected an array of dependency names', v_name
+                USING ERRCODE = 'invalid_parameter_value';
+        END IF;
+        IF EXISTS (SELECT 1 FROM jsonb_array_elements(coalesce(nullif(v_step -> 'ignore_output', 'null'), '[]')) i
+                   WHERE jsonb_typeof(i) <> 'string') THEN
+            RAISE EXCEPTION 'invalid ignore_output of step "%": expected an array of dependency names (strings)', v_name
                 USING ERRCODE = 'invalid_parameter_value';
         END IF;
         v_ignore := ARRAY(SELECT jsonb_array_elements_text(coalesce(nullif(v_step -> 'ignore_output', 'null'), '[]')));
@@ -467,9 +477,8 @@ $$;
 CREATE FUNCTION catbird._cb_dependency_outputs(flow_run_id bigint, step catbird.cb_flow_steps) RETURNS jsonb
 LANGUAGE sql STABLE
 AS $$
-    SELECT coalesce(jsonb_object_agg(d.step_name, catbird._cb_step_output(d.id, fs.step_type, d.output)), '{}')
+    SELECT coalesce(jsonb_object_agg(d.step_name, catbird._cb_step_output(d.id, d.step_type, d.output)), '{}')
     FROM catbird.cb_step_runs d
-    JOIN catbird.cb_flow_steps fs ON fs.flow_id = d.flow_id AND fs.name = d.step_name
     WHERE d.flow_run_id = $1
       AND d.step_name = ANY (step.depends_on)
       AND NOT d.step_name = ANY (step.ignore_output)
@@ -627,11 +636,10 @@ BEGIN
                  AND sr.status NOT IN ('completed', 'skipped')) THEN
         RETURN;
     END IF;
-    SELECT p.name, catbird._cb_step_output(sr.id, fs.step_type, sr.output)
+    SELECT p.name, catbird._cb_step_output(sr.id, sr.step_type, sr.output)
     INTO v_output_step, v_output
     FROM unnest(v_flow.output_priority) WITH ORDINALITY AS p(name, ord)
     JOIN catbird.cb_step_runs sr ON sr.flow_run_id = _cb_advance_flow_run.flow_run_id AND sr.step_name = p.name
-    JOIN catbird.cb_flow_steps fs ON fs.flow_id = sr.flow_id AND fs.name = sr.step_name
     WHERE sr.status = 'completed'
     ORDER BY p.ord
     LIMIT 1;
@@ -706,9 +714,9 @@ BEGIN
             DO NOTHING
         RETURNING id, concurrency_key
     ), steps AS (
-        INSERT INTO catbird.cb_step_runs (flow_run_id, flow_id, step_name, status, priority, deps_remaining,
-                                          visible_at, created_at)
-        SELECT ins.id, flow.id, fs.name, 'waiting_for_dependencies', coalesce(_cb_insert_flow_runs.priority, 0),
+        INSERT INTO catbird.cb_step_runs (flow_run_id, flow_id, step_name, step_type, status, priority,
+                                          deps_remaining, visible_at, created_at)
+        SELECT ins.id, flow.id, fs.name, fs.step_type, 'waiting_for_dependencies', coalesce(_cb_insert_flow_runs.priority, 0),
                cardinality(fs.depends_on), coalesce(_cb_insert_flow_runs.visible_at, v_now), v_now
         FROM inserted ins
         CROSS JOIN catbird.cb_flow_steps fs
@@ -727,8 +735,18 @@ BEGIN
     LEFT JOIN inserted ins ON ins.id = i.new_id;
 
     IF array_position(v_ids, NULL) IS NOT NULL THEN
-        RAISE EXCEPTION 'the flow run holding a concurrency key finished while this call deduplicated against it'
-            USING ERRCODE = 'serialization_failure', HINT = 'Retry the call.';
+        -- The key's holder committed after this statement's snapshot was taken:
+        -- look again with a fresh snapshot.
+        SELECT array_agg(coalesce(v_ids[k.ord], r.id) ORDER BY k.ord)
+        INTO v_ids
+        FROM unnest(concurrency_keys) WITH ORDINALITY AS k(concurrency_key, ord)
+        LEFT JOIN catbird.cb_flow_runs r
+               ON r.flow_id = flow.id AND r.concurrency_key = k.concurrency_key
+              AND r.status IN ('started', 'canceling') AND v_ids[k.ord] IS NULL;
+        IF array_position(v_ids, NULL) IS NOT NULL THEN
+            RAISE EXCEPTION 'the flow run holding a concurrency key finished while this call deduplicated against it'
+                USING ERRCODE = 'serialization_failure', HINT = 'Retry the call.';
+        END IF;
     END IF;
     FOREACH v_run IN ARRAY coalesce(v_new, '{}') LOOP
         PERFORM catbird._cb_advance_flow_run(v_run);
@@ -927,6 +945,7 @@ AS $$
 DECLARE
     v_flow catbird.cb_flows := catbird._cb_flow(flow_name);
 BEGIN
+    PERFORM catbird._cb_flow_step(v_flow, step_name);
     PERFORM catbird._cb_check_at_least('hide_for', hide_for, 1, ' ms');
     UPDATE catbird.cb_step_runs sr
     SET visible_at = catbird.cb_now() + make_interval(secs => hide_for / 1000.0)
@@ -999,6 +1018,7 @@ DECLARE
     v_now timestamptz := catbird.cb_now();
     v_error text := coalesce(cb_fail_step.error_message, 'unknown error');
 BEGIN
+    PERFORM catbird._cb_flow_step(v_flow, step_name);
     PERFORM catbird._cb_check_retry_policy(max_retries, backoff_min, backoff_max);
     v_locked := catbird._cb_lock_step_run(v_flow, step_name, id);
     IF (v_locked.step_run).status IS DISTINCT FROM 'started'
@@ -1081,6 +1101,7 @@ AS $$
 DECLARE
     v_flow catbird.cb_flows := catbird._cb_flow(flow_name);
 BEGIN
+    PERFORM catbird._cb_flow_step(v_flow, step_name);
     PERFORM catbird._cb_check_at_least('hide_for', hide_for, 1, ' ms');
     UPDATE catbird.cb_map_tasks m
     SET visible_at = catbird.cb_now() + make_interval(secs => hide_for / 1000.0)
@@ -1098,11 +1119,10 @@ DECLARE
     v_step_run catbird.cb_step_runs;
 BEGIN
     UPDATE catbird.cb_step_runs sr SET status = 'completed', completed_at = catbird.cb_now()
-    FROM catbird.cb_flow_steps fs
-    WHERE sr.id = step_run_id AND fs.flow_id = sr.flow_id AND fs.name = sr.step_name
+    WHERE sr.id = step_run_id
       AND sr.status IN ('waiting_for_map_tasks', 'started')
       AND sr.map_done = sr.map_total
-      AND (fs.step_type = 'mapper' OR sr.generator_done)
+      AND (sr.step_type = 'mapper' OR sr.generator_done)
     RETURNING sr.* INTO v_step_run;
     IF v_step_run.id IS NOT NULL THEN
         PERFORM catbird._cb_resolve_dependents(v_step_run.flow_run_id, flow_id, v_step_run.step_name);
@@ -1122,6 +1142,7 @@ DECLARE
     v_step_runs bigint[];
     v_now timestamptz := catbird.cb_now();
 BEGIN
+    PERFORM catbird._cb_flow_step(v_flow, step_name);
     IF cardinality(ids) IS DISTINCT FROM cardinality(outputs)
        OR (attempts IS NOT NULL AND cardinality(attempts) <> cardinality(ids)) THEN
         RAISE EXCEPTION 'invalid arguments: ids, outputs (and attempts, when given) must have the same length'
@@ -1173,6 +1194,7 @@ DECLARE
     v_now timestamptz := catbird.cb_now();
     v_error text := coalesce(cb_fail_map_task.error_message, 'unknown error');
 BEGIN
+    PERFORM catbird._cb_flow_step(v_flow, step_name);
     PERFORM catbird._cb_check_retry_policy(max_retries, backoff_min, backoff_max);
     SELECT * INTO v_run FROM catbird.cb_flow_runs r
     WHERE r.id = (SELECT m.flow_run_id FROM catbird.cb_map_tasks m
@@ -1254,6 +1276,7 @@ DECLARE
     v_flow catbird.cb_flows := catbird._cb_flow(flow_name);
     v_locked record;
 BEGIN
+    PERFORM catbird._cb_flow_step(v_flow, step_name);
     v_locked := catbird._cb_lock_step_run(v_flow, step_name, id);
     IF (v_locked.step_run).status IS DISTINCT FROM 'started' THEN
         RETURN;
@@ -1280,6 +1303,7 @@ DECLARE
     v_locked record;
     v_error text := coalesce(cb_fail_generator_step.error_message, 'unknown error');
 BEGIN
+    PERFORM catbird._cb_flow_step(v_flow, step_name);
     v_locked := catbird._cb_lock_step_run(v_flow, step_name, id);
     IF (v_locked.step_run).status IS DISTINCT FROM 'started' THEN
         RETURN;
@@ -1307,6 +1331,7 @@ AS $$
 DECLARE
     v_flow catbird.cb_flows := catbird._cb_flow(flow_name);
 BEGIN
+    PERFORM catbird._cb_flow_step(v_flow, step_name);
     PERFORM catbird._cb_check_at_least('lim', lim, 1);
     RETURN QUERY
     SELECT m.idx, m.output
@@ -1372,13 +1397,14 @@ DECLARE
 BEGIN
     RETURN QUERY
     SELECT sr.id, sr.flow_run_id, sr.step_name, sr.status, sr.priority, sr.attempts,
-           CASE WHEN sr.status = 'completed' THEN catbird._cb_step_output(sr.id, fs.step_type, sr.output) END,
+           CASE WHEN sr.status = 'completed' THEN catbird._cb_step_output(sr.id, sr.step_type, sr.output) END,
            sr.error_message, sr.signal_input, sr.map_total, sr.map_done, sr.created_at, sr.visible_at,
            sr.started_at, sr.completed_at, sr.failed_at, sr.skipped_at, sr.canceled_at
     FROM catbird.cb_step_runs sr
-    JOIN catbird.cb_flow_steps fs ON fs.flow_id = sr.flow_id AND fs.name = sr.step_name
+    -- a run made under an older definition keeps its steps (in their own order)
+    LEFT JOIN catbird.cb_flow_steps fs ON fs.flow_id = sr.flow_id AND fs.name = sr.step_name
     WHERE sr.flow_run_id = run_id AND sr.flow_id = v_flow.id
-    ORDER BY fs.position;
+    ORDER BY fs.position, sr.id;
 END
 $$;
 
@@ -1386,11 +1412,13 @@ CREATE FUNCTION catbird.cb_get_flow_step_status(flow_name text, run_id bigint, s
 RETURNS SETOF catbird.cb_step_run_info
 LANGUAGE plpgsql VOLATILE
 AS $$
-DECLARE
-    v_flow catbird.cb_flows := catbird._cb_flow(flow_name);
-    v_step catbird.cb_flow_steps := catbird._cb_flow_step(v_flow, step_name);
 BEGIN
-    RETURN QUERY SELECT * FROM catbird.cb_get_flow_run_steps(flow_name, run_id) s WHERE s.step_name = v_step.name;
+    RETURN QUERY SELECT * FROM catbird.cb_get_flow_run_steps(flow_name, run_id) s
+                 WHERE s.step_name = cb_get_flow_step_status.step_name;
+    IF NOT FOUND THEN
+        -- no such step in the run: an error when the flow has no such step either
+        PERFORM catbird._cb_flow_step(catbird._cb_flow(flow_name), step_name);
+    END IF;
 END
 $$;
 
@@ -1506,9 +1534,22 @@ BEGIN
 END
 $$;
 
+-- Deletes every run of the flow whatever its status; in-flight work is lost
+-- (workers' later reports find nothing and are refused).
 CREATE FUNCTION catbird.cb_clear_flow_runs(name text) RETURNS int
-LANGUAGE sql VOLATILE
-AS $$ SELECT catbird.cb_purge_flow_runs(name, interval '0') $$;
+LANGUAGE plpgsql VOLATILE
+AS $$
+DECLARE
+    v_flow catbird.cb_flows := catbird._cb_flow(name);
+    v_count int;
+BEGIN
+    DELETE FROM catbird.cb_map_tasks m WHERE m.flow_id = v_flow.id;
+    DELETE FROM catbird.cb_step_runs sr WHERE sr.flow_id = v_flow.id;
+    DELETE FROM catbird.cb_flow_runs r WHERE r.flow_id = v_flow.id;
+    GET DIAGNOSTICS v_count = ROW_COUNT;
+    RETURN v_count;
+END
+$$;
 
 --------------------------------------------------------------------------------
 -- On-fail handlers of flows
