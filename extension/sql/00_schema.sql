@@ -52,6 +52,7 @@ ALTER TABLE catbird.cb_messages ALTER COLUMN id SET DEFAULT nextval('catbird.cb_
 
 CREATE INDEX cb_messages_claim_idx
     ON catbird.cb_messages (queue_id, priority DESC, visible_at, id);
+CREATE INDEX cb_messages_expiry_idx ON catbird.cb_messages (expires_at) WHERE expires_at IS NOT NULL;
 CREATE UNIQUE INDEX cb_messages_concurrency_key_idx
     ON catbird.cb_messages (queue_id, concurrency_key) WHERE concurrency_key IS NOT NULL;
 

@@ -65,6 +65,8 @@ CREATE INDEX cb_task_runs_claim_idx ON catbird.cb_task_runs (task_id, priority D
     WHERE status IN ('queued', 'started');
 CREATE UNIQUE INDEX cb_task_runs_concurrency_key_idx ON catbird.cb_task_runs (task_id, concurrency_key)
     WHERE concurrency_key IS NOT NULL AND status IN ('queued', 'started');
+CREATE INDEX cb_task_runs_expiry_idx ON catbird.cb_task_runs (expires_at)
+    WHERE status = 'queued' AND expires_at IS NOT NULL;
 CREATE INDEX cb_task_runs_task_idx ON catbird.cb_task_runs (task_id, id);
 CREATE INDEX cb_task_runs_on_fail_idx ON catbird.cb_task_runs (task_id, on_fail_visible_at)
     WHERE on_fail_status IN ('queued', 'started');

@@ -1,6 +1,6 @@
--- catbird 70_maintenance: the worker registry.
+-- catbird 70_maintenance: the worker registry and garbage collection.
 --
--- Owns: cb_workers. Workers register the handlers they run, send heartbeats
+-- Owns: cb_workers, cb_gc. Workers register the handlers they run, send heartbeats
 -- and unregister on shutdown; cb_list_workers shows them (WorkerInfo fields).
 -- A worker that stops heartbeating is stale; its runs need no rescue here,
 -- because their leases (visible_at) expire on their own.
@@ -65,4 +65,128 @@ LANGUAGE sql STABLE
 AS $$
     SELECT w.id, w.task_handlers, w.step_handlers, w.started_at, w.last_heartbeat_at
     FROM catbird.cb_workers w ORDER BY w.started_at, w.id
+$$;
+
+-- Garbage collection, in bounded batches (call it again while it reports work):
+--   expired_queues_deleted     queues past their expires_at, with their messages
+--   expired_messages_deleted   messages past their expires_at (never readable)
+--   expired_task_runs          queued runs past expires_at marked expired
+--   expired_flow_runs          runs past expires_at before any step started
+--   canceling_flow_runs_finalized  canceling runs whose started work's leases lapsed
+--   stale_workers_deleted      workers silent for longer than stale_worker_after
+--   stale_wire_nodes_deleted   (no Wire nodes in this version: always 0)
+--   task_runs_purged / flow_runs_purged  finished runs older than their
+--                              definition's retention_period (NULL or 0: kept)
+CREATE FUNCTION catbird.cb_gc(batch_size int = 10000, stale_worker_after interval = '5 minutes')
+RETURNS jsonb
+LANGUAGE plpgsql VOLATILE
+AS $$
+DECLARE
+    v_now timestamptz := catbird.cb_now();
+    v_queue text;
+    v_run bigint;
+    v_expired_queues int := 0;
+    v_expired_messages int;
+    v_expired_task_runs int;
+    v_expired_flow_runs int := 0;
+    v_finalized int := 0;
+    v_stale_workers int;
+    v_task_purged int;
+    v_flow_purged int;
+BEGIN
+    PERFORM catbird._cb_check_at_least('batch_size', batch_size, 1);
+    IF stale_worker_after IS NULL OR stale_worker_after <= interval '0' THEN
+        RAISE EXCEPTION 'invalid stale_worker_after: expected a positive interval'
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+
+    FOR v_queue IN
+        SELECT q.name FROM catbird.cb_queues q WHERE q.expires_at <= v_now ORDER BY q.name LIMIT batch_size
+    LOOP
+        IF catbird.cb_delete_queue(v_queue) THEN
+            v_expired_queues := v_expired_queues + 1;
+        END IF;
+    END LOOP;
+
+    DELETE FROM catbird.cb_messages m
+    WHERE m.id IN (SELECT x.id FROM catbird.cb_messages x WHERE x.expires_at <= v_now
+                   LIMIT batch_size FOR UPDATE SKIP LOCKED);
+    GET DIAGNOSTICS v_expired_messages = ROW_COUNT;
+
+    UPDATE catbird.cb_task_runs r SET status = 'expired', expired_at = v_now
+    WHERE r.id IN (SELECT x.id FROM catbird.cb_task_runs x
+                   WHERE x.status = 'queued' AND x.expires_at <= v_now
+                   LIMIT batch_size FOR UPDATE SKIP LOCKED);
+    GET DIAGNOSTICS v_expired_task_runs = ROW_COUNT;
+
+    FOR v_run IN
+        SELECT r.id FROM catbird.cb_flow_runs r
+        WHERE r.status = 'started' AND r.expires_at <= v_now
+          AND NOT EXISTS (SELECT 1 FROM catbird.cb_step_runs sr WHERE sr.flow_run_id = r.id AND sr.attempts > 0)
+        ORDER BY r.id LIMIT batch_size
+        FOR UPDATE SKIP LOCKED
+    LOOP
+        UPDATE catbird.cb_flow_runs r SET status = 'expired', canceled_at = v_now WHERE r.id = v_run;
+        PERFORM catbird._cb_cancel_open_work(v_run, true);
+        PERFORM catbird._cb_notify('catbird.flow.expired', v_run::text);
+        v_expired_flow_runs := v_expired_flow_runs + 1;
+    END LOOP;
+
+    FOR v_run IN
+        SELECT r.id FROM catbird.cb_flow_runs r
+        WHERE r.status = 'canceling'
+          AND NOT EXISTS (SELECT 1 FROM catbird.cb_step_runs sr
+                          WHERE sr.flow_run_id = r.id AND sr.status = 'started' AND sr.visible_at > v_now)
+          AND NOT EXISTS (SELECT 1 FROM catbird.cb_map_tasks m
+                          WHERE m.flow_run_id = r.id AND m.status = 'started' AND m.visible_at > v_now)
+        ORDER BY r.id LIMIT batch_size
+        FOR UPDATE SKIP LOCKED
+    LOOP
+        PERFORM catbird._cb_cancel_open_work(v_run, true);
+        PERFORM catbird._cb_finish_canceling(v_run);
+        v_finalized := v_finalized + 1;
+    END LOOP;
+
+    DELETE FROM catbird.cb_workers w WHERE w.last_heartbeat_at < v_now - stale_worker_after;
+    GET DIAGNOSTICS v_stale_workers = ROW_COUNT;
+
+    DELETE FROM catbird.cb_task_runs r
+    WHERE r.id IN (
+        SELECT x.id FROM catbird.cb_task_runs x JOIN catbird.cb_tasks t ON t.id = x.task_id
+        WHERE t.retention_period > interval '0'
+          AND x.status IN ('completed', 'failed', 'skipped', 'canceled', 'expired')
+          AND coalesce(x.on_fail_status, 'completed') IN ('completed', 'failed')
+          AND coalesce(x.completed_at, x.failed_at, x.skipped_at, x.canceled_at, x.expired_at, x.created_at)
+              <= v_now - t.retention_period
+        LIMIT batch_size FOR UPDATE OF x SKIP LOCKED);
+    GET DIAGNOSTICS v_task_purged = ROW_COUNT;
+
+    WITH purged AS (
+        DELETE FROM catbird.cb_flow_runs r
+        WHERE r.id IN (
+            SELECT x.id FROM catbird.cb_flow_runs x JOIN catbird.cb_flows f ON f.id = x.flow_id
+            WHERE f.retention_period > interval '0'
+              AND x.status IN ('completed', 'failed', 'canceled', 'expired')
+              AND coalesce(x.on_fail_status, 'completed') IN ('completed', 'failed')
+              AND coalesce(x.completed_at, x.failed_at, x.canceled_at, x.created_at) <= v_now - f.retention_period
+            LIMIT batch_size FOR UPDATE OF x SKIP LOCKED)
+        RETURNING r.id
+    ), steps AS (
+        DELETE FROM catbird.cb_step_runs sr WHERE sr.flow_run_id IN (SELECT p.id FROM purged p)
+    ), items AS (
+        DELETE FROM catbird.cb_map_tasks m WHERE m.flow_run_id IN (SELECT p.id FROM purged p)
+    )
+    SELECT count(*) INTO v_flow_purged FROM purged;
+
+    RETURN jsonb_build_object(
+        'expired_queues_deleted', v_expired_queues,
+        'expired_messages_deleted', v_expired_messages,
+        'expired_task_runs', v_expired_task_runs,
+        'expired_flow_runs', v_expired_flow_runs,
+        'canceling_flow_runs_finalized', v_finalized,
+        'stale_workers_deleted', v_stale_workers,
+        'stale_wire_nodes_deleted', 0,
+        'task_runs_purged', v_task_purged,
+        'flow_runs_purged', v_flow_purged);
+END
 $$;
