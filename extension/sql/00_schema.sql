@@ -1,6 +1,8 @@
--- catbird 00_schema: the engine's clock, its tables, types and indexes.
+-- catbird 00_schema: the schema, the engine's clock, the queue and binding tables.
 --
--- Owns: cb_now(), cb_queues, cb_messages, cb_bindings, the cb_message type.
+-- Owns: schema catbird (created here, not by the control file, so that it is a
+-- member of the extension and DROP EXTENSION removes it); cb_now(),
+-- cb_queues, cb_messages, cb_bindings, the cb_message type.
 -- Guarantees:
 --   * Every engine time comparison reads cb_now(), which a session can pin with
 --     SET catbird.fake_now = '<timestamptz>' so expiry and visibility are
@@ -14,6 +16,8 @@
 --     (partial unique index); it becomes reusable once the message is deleted.
 --   * cb_bindings stores each topic pattern with its literal prefix so that a
 --     publish finds its targets through an index, not by testing every pattern.
+
+CREATE SCHEMA catbird;
 
 CREATE FUNCTION catbird.cb_now() RETURNS timestamptz
 LANGUAGE sql VOLATILE PARALLEL SAFE

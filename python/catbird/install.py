@@ -1,0 +1,315 @@
+"""Install the catbird extension into a database, three ways.
+
+``extension``
+    ``CREATE EXTENSION catbird`` — the server must have the extension files
+    (``make install PG_CONFIG=...``, the Docker image, or ``catbird dev``).
+``pg-tle-script``
+    Register the packaged SQL through pg_tle, then ``CREATE EXTENSION`` — for
+    managed servers without file-system access.
+``plain``
+    Run the packaged SQL as a script into schema ``catbird``, without an
+    extension object — when neither of the above is possible.
+
+The SQL is the built ``catbird--<version>.sql`` shipped inside this package,
+so all three modes install the same engine.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+from importlib import resources
+from importlib.resources.abc import Traversable
+from os import PathLike
+from pathlib import Path
+from typing import Any, Literal, TypedDict, get_args
+
+import psycopg
+from psycopg import sql
+
+from . import pg_tle
+from .errors import CatbirdError
+
+__all__ = [
+    "EXTENSION_NAME",
+    "EXTENSION_VERSION",
+    "SCHEMA",
+    "InstallError",
+    "InstallMode",
+    "InstallStatus",
+    "control_text",
+    "extension_sql",
+    "install",
+    "install_files",
+    "pg_tle_script",
+    "status",
+]
+
+EXTENSION_NAME = "catbird"
+EXTENSION_VERSION = "0.1.0"
+SCHEMA = "catbird"
+
+InstallMode = Literal["extension", "plain", "pg-tle-script"]
+
+# A plain install has no pg_extension row to carry its version, so it leaves
+# this comment on the schema instead; status() reads it back.
+_PLAIN_MARKER = "catbird {version} (plain install, no extension object)"
+_PLAIN_MARKER_RE = re.compile(r"^catbird (\S+) \(plain install")
+
+_NOT_AVAILABLE_HINT = (
+    "Install the files on the database host with "
+    "'make install PG_CONFIG=/path/to/that/server/bin/pg_config' (or use the "
+    "Dockerfile.postgres image), register the extension through pg_tle with "
+    "--mode pg-tle-script, or install without an extension object with --mode plain."
+)
+
+
+class InstallError(CatbirdError):
+    """catbird cannot be installed into this server or database as asked."""
+
+
+class InstallStatus(TypedDict):
+    """What :func:`status` reports about one database."""
+
+    installed: bool
+    how: Literal["extension", "plain", "none"]
+    version: str | None
+    schema_present: bool
+    available_versions: list[str]
+    pg_tle: bool
+    server_version: str
+    server_version_num: int
+
+
+def _resource(name: str) -> Traversable:
+    return resources.files("catbird").joinpath("sql", name)
+
+
+def extension_sql() -> str:
+    """The built extension script shipped in this package."""
+    name = f"{EXTENSION_NAME}--{EXTENSION_VERSION}.sql"
+    try:
+        return _resource(name).read_text(encoding="utf-8")
+    except FileNotFoundError as exc:
+        raise InstallError(
+            f"the packaged {name} is missing: run 'make build' in a checkout"
+        ) from exc
+
+
+def control_text() -> str:
+    """The extension control file shipped in this package."""
+    try:
+        return _resource(f"{EXTENSION_NAME}.control").read_text(encoding="utf-8")
+    except FileNotFoundError as exc:
+        raise InstallError(
+            f"the packaged {EXTENSION_NAME}.control is missing: run 'make build' in a checkout"
+        ) from exc
+
+
+def pg_tle_script() -> str:
+    """The pg_tle registration script for the packaged SQL."""
+    return pg_tle.render_from_control(control_text(), extension_sql(), name=EXTENSION_NAME)
+
+
+def install_files(pg_config: str | PathLike[str]) -> Path:
+    """Copy the control file and SQL into the extension directory of a server.
+
+    ``pg_config`` is the path of the server's ``pg_config``; returns the
+    ``<sharedir>/extension`` directory the files were written to. This is what
+    ``make install`` does, for installations that have the wheel but no
+    checkout (the embedded server, tests).
+    """
+    try:
+        sharedir = subprocess.run(
+            [str(pg_config), "--sharedir"], check=True, capture_output=True, text=True
+        ).stdout.strip()
+    except FileNotFoundError as exc:
+        raise InstallError(f"pg_config not found at {pg_config}") from exc
+    except subprocess.CalledProcessError as exc:
+        raise InstallError(f"{pg_config} --sharedir failed: {exc.stderr.strip()}") from exc
+    target = Path(sharedir) / "extension"
+    files = {
+        f"{EXTENSION_NAME}.control": control_text(),
+        f"{EXTENSION_NAME}--{EXTENSION_VERSION}.sql": extension_sql(),
+    }
+    # Upgrade scripts (catbird--<from>--<to>.sql), once releases ship them.
+    for resource in resources.files("catbird").joinpath("sql").iterdir():
+        if resource.name.startswith(f"{EXTENSION_NAME}--") and resource.name.count("--") == 2:
+            files[resource.name] = resource.read_text(encoding="utf-8")
+    try:
+        target.mkdir(parents=True, exist_ok=True)
+        for name, text in files.items():
+            final = target / name
+            if final.exists() and final.read_text(encoding="utf-8") == text:
+                continue
+            # Write then rename (per process: test sessions may run this
+            # concurrently) so that a server never reads a half-written file.
+            tmp = target / f".{name}.{os.getpid()}.tmp"
+            tmp.write_text(text, encoding="utf-8")
+            tmp.chmod(0o644)
+            tmp.replace(final)
+    except PermissionError as exc:
+        raise InstallError(
+            f"cannot write to {target}: run as a user who may write there (e.g. root)"
+        ) from exc
+    return target
+
+
+def status(conn: psycopg.Connection[Any]) -> InstallStatus:
+    """Report whether and how catbird is installed in ``conn``'s database."""
+    row = conn.execute(
+        """
+        SELECT current_setting('server_version'),
+               current_setting('server_version_num')::int,
+               (SELECT extversion FROM pg_catalog.pg_extension WHERE extname = %(name)s),
+               (SELECT pg_catalog.obj_description(oid, 'pg_namespace')
+                  FROM pg_catalog.pg_namespace WHERE nspname = %(schema)s),
+               EXISTS (SELECT FROM pg_catalog.pg_namespace WHERE nspname = %(schema)s),
+               ARRAY(SELECT version FROM pg_catalog.pg_available_extension_versions
+                      WHERE name = %(name)s ORDER BY version),
+               EXISTS (SELECT FROM pg_catalog.pg_extension WHERE extname = 'pg_tle')
+        """,
+        {"name": EXTENSION_NAME, "schema": SCHEMA},
+    ).fetchone()
+    assert row is not None
+    server_version, version_num, ext_version, comment, schema_present, available, has_tle = row
+    how: Literal["extension", "plain", "none"]
+    version: str | None
+    if ext_version is not None:
+        how, version = "extension", ext_version
+    elif (marker := _PLAIN_MARKER_RE.match(comment or "")) is not None:
+        how, version = "plain", marker.group(1)
+    else:
+        # A bare schema named catbird (e.g. left behind by DROP EXTENSION) is
+        # reported through schema_present but is not an installation.
+        how, version = "none", None
+    return InstallStatus(
+        installed=how != "none",
+        how=how,
+        version=version,
+        schema_present=bool(schema_present),
+        available_versions=list(available),
+        pg_tle=bool(has_tle),
+        server_version=server_version,
+        server_version_num=version_num,
+    )
+
+
+def install(conn: psycopg.Connection[Any], *, mode: InstallMode = "extension") -> None:
+    """Install catbird into ``conn``'s database, atomically.
+
+    Installing again in the same mode and version is a no-op. Upgrading an
+    older version is not done here (``ALTER EXTENSION catbird UPDATE``).
+    """
+    if mode not in get_args(InstallMode):
+        raise InstallError(f"unknown install mode {mode!r}: use one of {get_args(InstallMode)}")
+    with conn.transaction():
+        current = status(conn)
+        if current["installed"]:
+            _check_reinstall(current, mode)
+            return
+        if mode == "extension":
+            _install_extension(conn, current)
+        elif mode == "plain":
+            _install_plain(conn)
+        else:
+            _install_pg_tle(conn)
+
+
+def _check_reinstall(current: InstallStatus, mode: InstallMode) -> None:
+    installed_as = "plain" if current["how"] == "plain" else "extension"
+    wanted_as = "plain" if mode == "plain" else "extension"
+    if installed_as != wanted_as:
+        raise InstallError(
+            f"catbird is already installed in this database as {current['how']!r} "
+            f"(version {current['version']}); drop it first to reinstall with --mode {mode}"
+        )
+    if current["version"] != EXTENSION_VERSION:
+        raise InstallError(
+            f"catbird {current['version']} is installed ({current['how']}), this package "
+            f"is {EXTENSION_VERSION}: upgrade it instead of installing"
+        )
+
+
+def _create_extension(conn: psycopg.Connection[Any]) -> None:
+    conn.execute(
+        sql.SQL("CREATE EXTENSION IF NOT EXISTS {} VERSION {}").format(
+            sql.Identifier(EXTENSION_NAME), sql.Literal(EXTENSION_VERSION)
+        )
+    )
+
+
+def _install_extension(conn: psycopg.Connection[Any], current: InstallStatus) -> None:
+    if EXTENSION_VERSION not in current["available_versions"]:
+        found = (
+            f"only version(s) {', '.join(current['available_versions'])} are installed there"
+            if current["available_versions"]
+            else "its extension directory has no catbird.control"
+        )
+        raise InstallError(
+            f"the catbird {EXTENSION_VERSION} extension files are not on this server "
+            f"(PostgreSQL {current['server_version']}): {found}. {_NOT_AVAILABLE_HINT}"
+        )
+    _create_extension(conn)
+
+
+def _install_plain(conn: psycopg.Connection[Any]) -> None:
+    fields = pg_tle.parse_control(control_text())
+    script = pg_tle.strip_echo_lines(extension_sql())
+    # Reproduce what CREATE EXTENSION provides to the script: the pinned schema
+    # exists, it is the only schema on search_path, and the placeholders are
+    # substituted. pg_tle.validate() rejects psql meta-commands up front so the
+    # error names the line instead of being a bare syntax error.
+    pg_tle.validate(pg_tle.PgTleExtension.from_control(control_text(), script, name=EXTENSION_NAME))
+    row = conn.execute("SELECT current_user, current_setting('search_path')").fetchone()
+    assert row is not None
+    user, saved_search_path = row
+    script = script.replace("@extschema@", sql.Identifier(SCHEMA).as_string(conn))
+    script = script.replace("@extowner@", sql.Identifier(user).as_string(conn))
+    if fields.get("schema"):
+        conn.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(SCHEMA)))
+    conn.execute(sql.SQL("SET LOCAL search_path TO {}").format(sql.Identifier(SCHEMA)))
+    try:
+        conn.execute(script.encode())
+    except psycopg.Error as exc:
+        raise InstallError(f"the catbird SQL failed in plain mode: {exc}") from exc
+    conn.execute(
+        sql.SQL("COMMENT ON SCHEMA {} IS {}").format(
+            sql.Identifier(SCHEMA), sql.Literal(_PLAIN_MARKER.format(version=EXTENSION_VERSION))
+        )
+    )
+    # Back to the caller's search_path; a LOCAL set keeps the caller's session
+    # value in force once the transaction ends.
+    conn.execute("SELECT set_config('search_path', %s, true)", (saved_search_path,))
+
+
+def _install_pg_tle(conn: psycopg.Connection[Any]) -> None:
+    row = conn.execute(
+        """
+        SELECT to_regprocedure('pgtle.install_extension(text,text,text,text,text[],text)'),
+               to_regprocedure('pgtle.available_extension_versions()')
+        """
+    ).fetchone()
+    assert row is not None
+    install_fn, versions_fn = row
+    if install_fn is None:
+        raise InstallError(
+            "pg_tle (>= 1.5) is not available in this database: it needs "
+            "shared_preload_libraries = 'pg_tle' on the server and CREATE EXTENSION pg_tle "
+            "in this database, and the installing role must be a member of pgtle_admin"
+        )
+    registered = False
+    if versions_fn is not None:
+        registered = (
+            conn.execute(
+                "SELECT FROM pgtle.available_extension_versions() WHERE name = %s AND version = %s",
+                (EXTENSION_NAME, EXTENSION_VERSION),
+            ).fetchone()
+            is not None
+        )
+    # pg_tle cannot replace a registered version in place; a registered one is
+    # taken as is and only CREATE EXTENSION remains to be done.
+    if not registered:
+        conn.execute(pg_tle_script().encode())
+    _create_extension(conn)
