@@ -721,6 +721,7 @@ BEGIN
         FROM inserted ins
         CROSS JOIN catbird.cb_flow_steps fs
         WHERE fs.flow_id = flow.id
+        ORDER BY ins.id, fs.position  -- step run ids follow the definition order
     )
     SELECT array_agg(coalesce(
                ins.id,
