@@ -14,8 +14,8 @@
 --     that are in flight at the same priority.
 --   * A concurrency key is unique among the live messages of one queue
 --     (partial unique index); it becomes reusable once the message is deleted.
---   * cb_bindings stores each topic pattern with its literal prefix so that a
---     publish finds its targets through an index, not by testing every pattern.
+--   * cb_bindings is indexed by pattern and by literal prefix so that a publish
+--     finds its targets through index lookups, not by testing every pattern.
 
 CREATE SCHEMA catbird;
 
@@ -88,4 +88,5 @@ CREATE TABLE catbird.cb_bindings (
     created_at  timestamptz NOT NULL,
     CONSTRAINT cb_bindings_target_pattern_key UNIQUE (target_type, target_name, pattern)
 );
+CREATE INDEX cb_bindings_pattern_idx ON catbird.cb_bindings (pattern);
 CREATE INDEX cb_bindings_prefix_idx ON catbird.cb_bindings (prefix, token_count);

@@ -105,7 +105,39 @@ AS $$
 DECLARE
     v_now timestamptz := catbird.cb_now();
     v_ids bigint[];
+    v_id bigint;
 BEGIN
+    -- Fast path: no concurrency key anywhere (the common case) needs no
+    -- ON CONFLICT arbiter, no dedup join and no aggregate over the input.
+    IF concurrency_keys IS NULL OR cardinality(array_remove(concurrency_keys, NULL)) = 0 THEN
+        IF cardinality(queue_ids) = 1 AND cardinality(bodies) = 1 THEN
+            INSERT INTO catbird.cb_messages
+                (id, queue_id, priority, visible_at, created_at, expires_at, topic, headers, body)
+            VALUES (nextval('catbird.cb_messages_id_seq'), queue_ids[1],
+                    coalesce(_cb_insert_messages.priority, 0),
+                    coalesce(_cb_insert_messages.visible_at, v_now), v_now,
+                    _cb_insert_messages.expires_at, _cb_insert_messages.topic,
+                    _cb_insert_messages.headers[1], bodies[1])
+            RETURNING id INTO v_id;
+            RETURN ARRAY[v_id];
+        END IF;
+        -- Ids are drawn after the sort, in (queue, position) order: for one
+        -- queue, ascending ids are the input order.
+        WITH inserted AS (
+            INSERT INTO catbird.cb_messages
+                (id, queue_id, priority, visible_at, created_at, expires_at, topic, headers, body)
+            SELECT nextval('catbird.cb_messages_id_seq'), q.queue_id,
+                   coalesce(_cb_insert_messages.priority, 0),
+                   coalesce(_cb_insert_messages.visible_at, v_now), v_now,
+                   _cb_insert_messages.expires_at, _cb_insert_messages.topic, u.headers, u.body
+            FROM unnest(queue_ids) WITH ORDINALITY AS q(queue_id, queue_ord),
+                 unnest(bodies, _cb_insert_messages.headers) WITH ORDINALITY AS u(body, headers, ord)
+            ORDER BY q.queue_ord, u.ord
+            RETURNING id, queue_id
+        )
+        SELECT array_agg(i.id ORDER BY i.id) INTO v_ids FROM inserted i WHERE i.queue_id = queue_ids[1];
+        RETURN v_ids;
+    END IF;
     WITH input AS (
         SELECT q.queue_id, u.ord, u.body, u.concurrency_key, u.headers,
                nextval('catbird.cb_messages_id_seq') AS new_id
@@ -209,27 +241,42 @@ CREATE FUNCTION catbird.cb_send(
 RETURNS bigint
 LANGUAGE plpgsql VOLATILE
 AS $$
+DECLARE
+    v_queue_id int := catbird._cb_queue_id(queue);
 BEGIN
     IF body IS NULL THEN
         RAISE EXCEPTION 'invalid body: a message body must not be SQL NULL (use ''null''::jsonb for a JSON null)'
             USING ERRCODE = 'invalid_parameter_value';
     END IF;
-    PERFORM catbird._cb_check_headers(headers);
-    RETURN (catbird.cb_send(queue, ARRAY[body], topic, ARRAY[concurrency_key], ARRAY[headers],
-                            visible_at, priority, expires_at))[1];
+    IF topic IS NOT NULL THEN
+        PERFORM catbird._cb_check_topic(topic);
+    END IF;
+    IF headers IS NOT NULL AND jsonb_typeof(headers) <> 'object' THEN
+        PERFORM catbird._cb_check_headers(headers);
+    END IF;
+    RETURN (catbird._cb_insert_messages(ARRAY[v_queue_id], ARRAY[body], topic,
+                                        CASE WHEN concurrency_key IS NOT NULL THEN ARRAY[concurrency_key] END,
+                                        ARRAY[headers], visible_at, priority, expires_at))[1];
 END
 $$;
 
+-- A generic plan keeps the claim on the claim index; with LIMIT quantity the
+-- planner would otherwise re-plan (custom plans) on every call.
 CREATE FUNCTION catbird.cb_read(queue text, quantity int, hide_for int)
 RETURNS SETOF catbird.cb_message
 LANGUAGE plpgsql VOLATILE
+SET plan_cache_mode = force_generic_plan
 AS $$
 DECLARE
     v_now timestamptz;
     v_queue_id int;
 BEGIN
-    PERFORM catbird._cb_check_at_least('quantity', quantity, 1);
-    PERFORM catbird._cb_check_at_least('hide_for', hide_for, 1, ' ms');
+    IF quantity IS NULL OR quantity < 1 THEN
+        PERFORM catbird._cb_check_at_least('quantity', quantity, 1);
+    END IF;
+    IF hide_for IS NULL OR hide_for < 1 THEN
+        PERFORM catbird._cb_check_at_least('hide_for', hide_for, 1, ' ms');
+    END IF;
     SELECT q.id INTO v_queue_id FROM catbird.cb_queues q WHERE q.name = queue;
     IF v_queue_id IS NULL THEN
         v_queue_id := catbird._cb_queue_id(queue);  -- raises the clear error
@@ -251,6 +298,7 @@ BEGIN
             deliveries = m.deliveries + 1
         FROM claimed c
         WHERE m.id = c.id
+          AND m.id = ANY (ARRAY(SELECT c2.id FROM claimed c2))  -- keeps the generic plan on the primary key
         RETURNING m.id, m.concurrency_key, m.topic, m.body, m.headers, m.priority, m.deliveries,
                   m.created_at, m.visible_at, m.expires_at, c.was_visible_at
     )
@@ -312,9 +360,14 @@ CREATE FUNCTION catbird.cb_delete(queue text, ids bigint[]) RETURNS bigint[]
 LANGUAGE plpgsql VOLATILE
 AS $$
 DECLARE
-    v_queue_id int := catbird._cb_queue_id(queue);
+    v_queue_id int;
     v_deleted bigint[];
 BEGIN
+    -- Deleting needs no definition lock: a plain lookup, as in cb_read.
+    SELECT q.id INTO v_queue_id FROM catbird.cb_queues q WHERE q.name = queue;
+    IF v_queue_id IS NULL THEN
+        v_queue_id := catbird._cb_queue_id(queue);  -- raises the clear error
+    END IF;
     WITH deleted AS (
         DELETE FROM catbird.cb_messages m
         WHERE m.queue_id = v_queue_id AND m.id = ANY (ids)

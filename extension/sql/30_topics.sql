@@ -4,11 +4,12 @@
 -- table from their own files); cb_bind, cb_unbind, cb_list_bindings, cb_publish
 -- (which writes messages into bound queues and runs of bound tasks and flows).
 -- Guarantees:
---   * Matching is an indexed lookup: a topic of n tokens can only be matched by
---     a pattern whose literal prefix is one of the topic's n + 1 token
---     prefixes, so publish probes cb_bindings_prefix_idx n + 1 times and runs
---     the anchored regex of the few candidates only, whatever the number of
---     bindings.
+--   * Matching is an indexed lookup, whatever the number of bindings: for a
+--     topic of up to 8 tokens publish lists every pattern that could match it
+--     (each token literal or '*', optionally cut short by '#': 767 at most) and
+--     looks them up by equality in cb_bindings_pattern_idx; longer topics probe
+--     cb_bindings_prefix_idx with the topic's n + 1 literal prefixes and run
+--     the anchored regex of those candidates only.
 --   * A queue matched by several of its patterns receives one copy.
 --   * cb_publish returns targets x messages, whether or not a concurrency key
 --     deduplicated some of them, and writes into every target in one statement.
@@ -71,21 +72,57 @@ AS $$
 $$;
 
 -- The bindings whose pattern matches a (valid) topic.
+-- Every pattern that matches a topic of n tokens: each token literal or '*'
+-- (2^n), and each such prefix of 0..n tokens followed by '#' (2^(n+1) - 1).
+CREATE FUNCTION catbird._cb_topic_patterns(topic text) RETURNS text[]
+LANGUAGE plpgsql IMMUTABLE STRICT PARALLEL SAFE
+AS $$
+DECLARE
+    v_level text[] := ARRAY[NULL::text];  -- patterns of the first i tokens (NULL: none yet)
+    v_next text[];
+    v_out text[] := ARRAY['#'];
+    v_p text;
+    v_tok text;
+BEGIN
+    FOREACH v_tok IN ARRAY string_to_array(topic, '.') LOOP
+        v_next := '{}';
+        FOREACH v_p IN ARRAY v_level LOOP
+            v_next := v_next || concat_ws('.', v_p, v_tok) || concat_ws('.', v_p, '*');
+        END LOOP;
+        v_level := v_next;
+        FOREACH v_p IN ARRAY v_level LOOP
+            v_out := v_out || (v_p || '.#');
+        END LOOP;
+    END LOOP;
+    RETURN v_out || v_level;
+END
+$$;
+
+-- plpgsql, not an inlined SQL function: callers then get generic plans (an
+-- inlined body with the fallback branch made every caller re-plan per call).
 CREATE FUNCTION catbird._cb_matching_bindings(topic text)
 RETURNS SETOF catbird.cb_bindings
-LANGUAGE sql STABLE
+LANGUAGE plpgsql STABLE
 AS $$
-    WITH tokens AS (
-        SELECT string_to_array(topic, '.') AS t
-    ), prefixes AS (
-        SELECT array_to_string(tokens.t[1:i], '.') AS prefix, cardinality(tokens.t) AS n
-        FROM tokens, generate_series(0, cardinality(tokens.t)) AS i
-    )
-    SELECT b.*
-    FROM prefixes p
-    JOIN catbird.cb_bindings b ON b.prefix = p.prefix
-    WHERE (b.token_count = p.n OR (b.has_hash AND b.token_count <= p.n))
-      AND (b.regex IS NULL OR topic ~ b.regex)
+DECLARE
+    v_tokens text[] := string_to_array(topic, '.');
+    v_patterns text[];
+BEGIN
+    IF cardinality(v_tokens) <= 8 THEN
+        -- At most 767 candidate patterns: exact lookups in cb_bindings_pattern_idx.
+        v_patterns := catbird._cb_topic_patterns(topic);
+        RETURN QUERY SELECT b.* FROM catbird.cb_bindings b WHERE b.pattern = ANY (v_patterns);
+    ELSE
+        -- Longer topics: literal-prefix lookups, then the regex of each candidate.
+        RETURN QUERY
+        SELECT b.*
+        FROM generate_series(0, cardinality(v_tokens)) AS i
+        JOIN catbird.cb_bindings b ON b.prefix = array_to_string(v_tokens[1:i], '.')
+        WHERE (b.token_count = cardinality(v_tokens)
+               OR (b.has_hash AND b.token_count <= cardinality(v_tokens)))
+          AND (b.regex IS NULL OR topic ~ b.regex);
+    END IF;
+END
 $$;
 
 CREATE FUNCTION catbird.cb_publish(
@@ -96,8 +133,10 @@ LANGUAGE plpgsql VOLATILE
 AS $$
 DECLARE
     v_names text[];
+    v_tasks text[];
+    v_flows text[];
     v_queue_ids int[];
-    v_target record;
+    v_target text;
     v_deliveries int := 0;
 BEGIN
     PERFORM catbird._cb_check_topic(topic);
@@ -108,8 +147,11 @@ BEGIN
     -- Shared locks on the matched names first (in a stable order), then their
     -- ids with a fresh snapshot: a queue deleted meanwhile is left out, and a
     -- queue bound meanwhile is not written into without its lock.
-    SELECT array_agg(DISTINCT b.target_name ORDER BY b.target_name) INTO v_names
-    FROM catbird._cb_matching_bindings(topic) b WHERE b.target_type = 'queue';
+    SELECT array_agg(DISTINCT b.target_name ORDER BY b.target_name) FILTER (WHERE b.target_type = 'queue'),
+           array_agg(DISTINCT b.target_name ORDER BY b.target_name) FILTER (WHERE b.target_type = 'task'),
+           array_agg(DISTINCT b.target_name ORDER BY b.target_name) FILTER (WHERE b.target_type = 'flow')
+    INTO v_names, v_tasks, v_flows
+    FROM catbird._cb_matching_bindings(topic) b;
     PERFORM catbird._cb_lock_definition('queue', n) FROM unnest(v_names) AS n;
     SELECT array_agg(q.id ORDER BY q.id) INTO v_queue_ids
     FROM catbird.cb_queues q WHERE q.name = ANY (v_names);
@@ -120,26 +162,20 @@ BEGIN
     END IF;
 
     -- Bound tasks and flows get one run per message.
-    FOR v_target IN
-        SELECT DISTINCT b.target_name AS name FROM catbird._cb_matching_bindings(topic) b
-        WHERE b.target_type = 'task' ORDER BY 1
-    LOOP
-        PERFORM catbird._cb_lock_definition('task', v_target.name);
+    FOREACH v_target IN ARRAY coalesce(v_tasks, '{}') LOOP
+        PERFORM catbird._cb_lock_definition('task', v_target);
         PERFORM catbird._cb_insert_task_runs(t, bodies, concurrency_keys, headers, visible_at, priority, expires_at)
-        FROM catbird.cb_tasks t WHERE t.name = v_target.name;
+        FROM catbird.cb_tasks t WHERE t.name = v_target;
         IF FOUND THEN
             v_deliveries := v_deliveries + cardinality(bodies);
         END IF;
     END LOOP;
 
     -- Bound flows get one run per message.
-    FOR v_target IN
-        SELECT DISTINCT b.target_name AS name FROM catbird._cb_matching_bindings(topic) b
-        WHERE b.target_type = 'flow' ORDER BY 1
-    LOOP
-        PERFORM catbird._cb_lock_definition('flow', v_target.name);
+    FOREACH v_target IN ARRAY coalesce(v_flows, '{}') LOOP
+        PERFORM catbird._cb_lock_definition('flow', v_target);
         PERFORM catbird._cb_insert_flow_runs(f, bodies, concurrency_keys, headers, visible_at, priority, expires_at)
-        FROM catbird.cb_flows f WHERE f.name = v_target.name;
+        FROM catbird.cb_flows f WHERE f.name = v_target;
         IF FOUND THEN
             v_deliveries := v_deliveries + cardinality(bodies);
         END IF;

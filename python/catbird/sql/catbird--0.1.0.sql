@@ -15,8 +15,8 @@
 --     that are in flight at the same priority.
 --   * A concurrency key is unique among the live messages of one queue
 --     (partial unique index); it becomes reusable once the message is deleted.
---   * cb_bindings stores each topic pattern with its literal prefix so that a
---     publish finds its targets through an index, not by testing every pattern.
+--   * cb_bindings is indexed by pattern and by literal prefix so that a publish
+--     finds its targets through index lookups, not by testing every pattern.
 
 CREATE SCHEMA catbird;
 
@@ -89,6 +89,7 @@ CREATE TABLE catbird.cb_bindings (
     created_at  timestamptz NOT NULL,
     CONSTRAINT cb_bindings_target_pattern_key UNIQUE (target_type, target_name, pattern)
 );
+CREATE INDEX cb_bindings_pattern_idx ON catbird.cb_bindings (pattern);
 CREATE INDEX cb_bindings_prefix_idx ON catbird.cb_bindings (prefix, token_count);
 -- catbird 10_names: validation of names, topics, patterns and arguments.
 --
@@ -295,7 +296,39 @@ AS $$
 DECLARE
     v_now timestamptz := catbird.cb_now();
     v_ids bigint[];
+    v_id bigint;
 BEGIN
+    -- Fast path: no concurrency key anywhere (the common case) needs no
+    -- ON CONFLICT arbiter, no dedup join and no aggregate over the input.
+    IF concurrency_keys IS NULL OR cardinality(array_remove(concurrency_keys, NULL)) = 0 THEN
+        IF cardinality(queue_ids) = 1 AND cardinality(bodies) = 1 THEN
+            INSERT INTO catbird.cb_messages
+                (id, queue_id, priority, visible_at, created_at, expires_at, topic, headers, body)
+            VALUES (nextval('catbird.cb_messages_id_seq'), queue_ids[1],
+                    coalesce(_cb_insert_messages.priority, 0),
+                    coalesce(_cb_insert_messages.visible_at, v_now), v_now,
+                    _cb_insert_messages.expires_at, _cb_insert_messages.topic,
+                    _cb_insert_messages.headers[1], bodies[1])
+            RETURNING id INTO v_id;
+            RETURN ARRAY[v_id];
+        END IF;
+        -- Ids are drawn after the sort, in (queue, position) order: for one
+        -- queue, ascending ids are the input order.
+        WITH inserted AS (
+            INSERT INTO catbird.cb_messages
+                (id, queue_id, priority, visible_at, created_at, expires_at, topic, headers, body)
+            SELECT nextval('catbird.cb_messages_id_seq'), q.queue_id,
+                   coalesce(_cb_insert_messages.priority, 0),
+                   coalesce(_cb_insert_messages.visible_at, v_now), v_now,
+                   _cb_insert_messages.expires_at, _cb_insert_messages.topic, u.headers, u.body
+            FROM unnest(queue_ids) WITH ORDINALITY AS q(queue_id, queue_ord),
+                 unnest(bodies, _cb_insert_messages.headers) WITH ORDINALITY AS u(body, headers, ord)
+            ORDER BY q.queue_ord, u.ord
+            RETURNING id, queue_id
+        )
+        SELECT array_agg(i.id ORDER BY i.id) INTO v_ids FROM inserted i WHERE i.queue_id = queue_ids[1];
+        RETURN v_ids;
+    END IF;
     WITH input AS (
         SELECT q.queue_id, u.ord, u.body, u.concurrency_key, u.headers,
                nextval('catbird.cb_messages_id_seq') AS new_id
@@ -399,27 +432,42 @@ CREATE FUNCTION catbird.cb_send(
 RETURNS bigint
 LANGUAGE plpgsql VOLATILE
 AS $$
+DECLARE
+    v_queue_id int := catbird._cb_queue_id(queue);
 BEGIN
     IF body IS NULL THEN
         RAISE EXCEPTION 'invalid body: a message body must not be SQL NULL (use ''null''::jsonb for a JSON null)'
             USING ERRCODE = 'invalid_parameter_value';
     END IF;
-    PERFORM catbird._cb_check_headers(headers);
-    RETURN (catbird.cb_send(queue, ARRAY[body], topic, ARRAY[concurrency_key], ARRAY[headers],
-                            visible_at, priority, expires_at))[1];
+    IF topic IS NOT NULL THEN
+        PERFORM catbird._cb_check_topic(topic);
+    END IF;
+    IF headers IS NOT NULL AND jsonb_typeof(headers) <> 'object' THEN
+        PERFORM catbird._cb_check_headers(headers);
+    END IF;
+    RETURN (catbird._cb_insert_messages(ARRAY[v_queue_id], ARRAY[body], topic,
+                                        CASE WHEN concurrency_key IS NOT NULL THEN ARRAY[concurrency_key] END,
+                                        ARRAY[headers], visible_at, priority, expires_at))[1];
 END
 $$;
 
+-- A generic plan keeps the claim on the claim index; with LIMIT quantity the
+-- planner would otherwise re-plan (custom plans) on every call.
 CREATE FUNCTION catbird.cb_read(queue text, quantity int, hide_for int)
 RETURNS SETOF catbird.cb_message
 LANGUAGE plpgsql VOLATILE
+SET plan_cache_mode = force_generic_plan
 AS $$
 DECLARE
     v_now timestamptz;
     v_queue_id int;
 BEGIN
-    PERFORM catbird._cb_check_at_least('quantity', quantity, 1);
-    PERFORM catbird._cb_check_at_least('hide_for', hide_for, 1, ' ms');
+    IF quantity IS NULL OR quantity < 1 THEN
+        PERFORM catbird._cb_check_at_least('quantity', quantity, 1);
+    END IF;
+    IF hide_for IS NULL OR hide_for < 1 THEN
+        PERFORM catbird._cb_check_at_least('hide_for', hide_for, 1, ' ms');
+    END IF;
     SELECT q.id INTO v_queue_id FROM catbird.cb_queues q WHERE q.name = queue;
     IF v_queue_id IS NULL THEN
         v_queue_id := catbird._cb_queue_id(queue);  -- raises the clear error
@@ -441,6 +489,7 @@ BEGIN
             deliveries = m.deliveries + 1
         FROM claimed c
         WHERE m.id = c.id
+          AND m.id = ANY (ARRAY(SELECT c2.id FROM claimed c2))  -- keeps the generic plan on the primary key
         RETURNING m.id, m.concurrency_key, m.topic, m.body, m.headers, m.priority, m.deliveries,
                   m.created_at, m.visible_at, m.expires_at, c.was_visible_at
     )
@@ -502,9 +551,14 @@ CREATE FUNCTION catbird.cb_delete(queue text, ids bigint[]) RETURNS bigint[]
 LANGUAGE plpgsql VOLATILE
 AS $$
 DECLARE
-    v_queue_id int := catbird._cb_queue_id(queue);
+    v_queue_id int;
     v_deleted bigint[];
 BEGIN
+    -- Deleting needs no definition lock: a plain lookup, as in cb_read.
+    SELECT q.id INTO v_queue_id FROM catbird.cb_queues q WHERE q.name = queue;
+    IF v_queue_id IS NULL THEN
+        v_queue_id := catbird._cb_queue_id(queue);  -- raises the clear error
+    END IF;
     WITH deleted AS (
         DELETE FROM catbird.cb_messages m
         WHERE m.queue_id = v_queue_id AND m.id = ANY (ids)
@@ -561,11 +615,12 @@ AS $$ SELECT * FROM catbird._cb_queue_info(ARRAY[name]) $$;
 -- table from their own files); cb_bind, cb_unbind, cb_list_bindings, cb_publish
 -- (which writes messages into bound queues and runs of bound tasks and flows).
 -- Guarantees:
---   * Matching is an indexed lookup: a topic of n tokens can only be matched by
---     a pattern whose literal prefix is one of the topic's n + 1 token
---     prefixes, so publish probes cb_bindings_prefix_idx n + 1 times and runs
---     the anchored regex of the few candidates only, whatever the number of
---     bindings.
+--   * Matching is an indexed lookup, whatever the number of bindings: for a
+--     topic of up to 8 tokens publish lists every pattern that could match it
+--     (each token literal or '*', optionally cut short by '#': 767 at most) and
+--     looks them up by equality in cb_bindings_pattern_idx; longer topics probe
+--     cb_bindings_prefix_idx with the topic's n + 1 literal prefixes and run
+--     the anchored regex of those candidates only.
 --   * A queue matched by several of its patterns receives one copy.
 --   * cb_publish returns targets x messages, whether or not a concurrency key
 --     deduplicated some of them, and writes into every target in one statement.
@@ -628,21 +683,57 @@ AS $$
 $$;
 
 -- The bindings whose pattern matches a (valid) topic.
+-- Every pattern that matches a topic of n tokens: each token literal or '*'
+-- (2^n), and each such prefix of 0..n tokens followed by '#' (2^(n+1) - 1).
+CREATE FUNCTION catbird._cb_topic_patterns(topic text) RETURNS text[]
+LANGUAGE plpgsql IMMUTABLE STRICT PARALLEL SAFE
+AS $$
+DECLARE
+    v_level text[] := ARRAY[NULL::text];  -- patterns of the first i tokens (NULL: none yet)
+    v_next text[];
+    v_out text[] := ARRAY['#'];
+    v_p text;
+    v_tok text;
+BEGIN
+    FOREACH v_tok IN ARRAY string_to_array(topic, '.') LOOP
+        v_next := '{}';
+        FOREACH v_p IN ARRAY v_level LOOP
+            v_next := v_next || concat_ws('.', v_p, v_tok) || concat_ws('.', v_p, '*');
+        END LOOP;
+        v_level := v_next;
+        FOREACH v_p IN ARRAY v_level LOOP
+            v_out := v_out || (v_p || '.#');
+        END LOOP;
+    END LOOP;
+    RETURN v_out || v_level;
+END
+$$;
+
+-- plpgsql, not an inlined SQL function: callers then get generic plans (an
+-- inlined body with the fallback branch made every caller re-plan per call).
 CREATE FUNCTION catbird._cb_matching_bindings(topic text)
 RETURNS SETOF catbird.cb_bindings
-LANGUAGE sql STABLE
+LANGUAGE plpgsql STABLE
 AS $$
-    WITH tokens AS (
-        SELECT string_to_array(topic, '.') AS t
-    ), prefixes AS (
-        SELECT array_to_string(tokens.t[1:i], '.') AS prefix, cardinality(tokens.t) AS n
-        FROM tokens, generate_series(0, cardinality(tokens.t)) AS i
-    )
-    SELECT b.*
-    FROM prefixes p
-    JOIN catbird.cb_bindings b ON b.prefix = p.prefix
-    WHERE (b.token_count = p.n OR (b.has_hash AND b.token_count <= p.n))
-      AND (b.regex IS NULL OR topic ~ b.regex)
+DECLARE
+    v_tokens text[] := string_to_array(topic, '.');
+    v_patterns text[];
+BEGIN
+    IF cardinality(v_tokens) <= 8 THEN
+        -- At most 767 candidate patterns: exact lookups in cb_bindings_pattern_idx.
+        v_patterns := catbird._cb_topic_patterns(topic);
+        RETURN QUERY SELECT b.* FROM catbird.cb_bindings b WHERE b.pattern = ANY (v_patterns);
+    ELSE
+        -- Longer topics: literal-prefix lookups, then the regex of each candidate.
+        RETURN QUERY
+        SELECT b.*
+        FROM generate_series(0, cardinality(v_tokens)) AS i
+        JOIN catbird.cb_bindings b ON b.prefix = array_to_string(v_tokens[1:i], '.')
+        WHERE (b.token_count = cardinality(v_tokens)
+               OR (b.has_hash AND b.token_count <= cardinality(v_tokens)))
+          AND (b.regex IS NULL OR topic ~ b.regex);
+    END IF;
+END
 $$;
 
 CREATE FUNCTION catbird.cb_publish(
@@ -653,8 +744,10 @@ LANGUAGE plpgsql VOLATILE
 AS $$
 DECLARE
     v_names text[];
+    v_tasks text[];
+    v_flows text[];
     v_queue_ids int[];
-    v_target record;
+    v_target text;
     v_deliveries int := 0;
 BEGIN
     PERFORM catbird._cb_check_topic(topic);
@@ -665,8 +758,11 @@ BEGIN
     -- Shared locks on the matched names first (in a stable order), then their
     -- ids with a fresh snapshot: a queue deleted meanwhile is left out, and a
     -- queue bound meanwhile is not written into without its lock.
-    SELECT array_agg(DISTINCT b.target_name ORDER BY b.target_name) INTO v_names
-    FROM catbird._cb_matching_bindings(topic) b WHERE b.target_type = 'queue';
+    SELECT array_agg(DISTINCT b.target_name ORDER BY b.target_name) FILTER (WHERE b.target_type = 'queue'),
+           array_agg(DISTINCT b.target_name ORDER BY b.target_name) FILTER (WHERE b.target_type = 'task'),
+           array_agg(DISTINCT b.target_name ORDER BY b.target_name) FILTER (WHERE b.target_type = 'flow')
+    INTO v_names, v_tasks, v_flows
+    FROM catbird._cb_matching_bindings(topic) b;
     PERFORM catbird._cb_lock_definition('queue', n) FROM unnest(v_names) AS n;
     SELECT array_agg(q.id ORDER BY q.id) INTO v_queue_ids
     FROM catbird.cb_queues q WHERE q.name = ANY (v_names);
@@ -677,26 +773,20 @@ BEGIN
     END IF;
 
     -- Bound tasks and flows get one run per message.
-    FOR v_target IN
-        SELECT DISTINCT b.target_name AS name FROM catbird._cb_matching_bindings(topic) b
-        WHERE b.target_type = 'task' ORDER BY 1
-    LOOP
-        PERFORM catbird._cb_lock_definition('task', v_target.name);
+    FOREACH v_target IN ARRAY coalesce(v_tasks, '{}') LOOP
+        PERFORM catbird._cb_lock_definition('task', v_target);
         PERFORM catbird._cb_insert_task_runs(t, bodies, concurrency_keys, headers, visible_at, priority, expires_at)
-        FROM catbird.cb_tasks t WHERE t.name = v_target.name;
+        FROM catbird.cb_tasks t WHERE t.name = v_target;
         IF FOUND THEN
             v_deliveries := v_deliveries + cardinality(bodies);
         END IF;
     END LOOP;
 
     -- Bound flows get one run per message.
-    FOR v_target IN
-        SELECT DISTINCT b.target_name AS name FROM catbird._cb_matching_bindings(topic) b
-        WHERE b.target_type = 'flow' ORDER BY 1
-    LOOP
-        PERFORM catbird._cb_lock_definition('flow', v_target.name);
+    FOREACH v_target IN ARRAY coalesce(v_flows, '{}') LOOP
+        PERFORM catbird._cb_lock_definition('flow', v_target);
         PERFORM catbird._cb_insert_flow_runs(f, bodies, concurrency_keys, headers, visible_at, priority, expires_at)
-        FROM catbird.cb_flows f WHERE f.name = v_target.name;
+        FROM catbird.cb_flows f WHERE f.name = v_target;
         IF FOUND THEN
             v_deliveries := v_deliveries + cardinality(bodies);
         END IF;
