@@ -11,8 +11,9 @@ from typing import Any
 
 import psycopg
 import pytest
-from catbird import AsyncClient, Binding, InvalidArgument, Message, NotFound, QueueInfo
 from psycopg_pool import AsyncConnectionPool
+
+from catbird import AsyncClient, Binding, InvalidArgument, Message, NotFound, QueueInfo
 
 NOW = datetime(2030, 1, 1, 12, 0, tzinfo=UTC)
 

@@ -14,10 +14,12 @@ from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-import catbird
 import psycopg
 import pydantic
 import pytest
+from psycopg_pool import ConnectionPool
+
+import catbird
 from catbird import (
     Binding,
     Client,
@@ -26,7 +28,6 @@ from catbird import (
     NotFound,
     QueueInfo,
 )
-from psycopg_pool import ConnectionPool
 
 NOW = datetime(2030, 1, 1, 12, 0, tzinfo=UTC)
 

@@ -10,8 +10,9 @@ from typing import Any
 
 import psycopg
 import pytest
-from catbird import AsyncClient, AsyncReader, Client, Message, NotFound, Reader
 from psycopg_pool import ConnectionPool
+
+from catbird import AsyncClient, AsyncReader, Client, Message, NotFound, Reader
 
 
 def read_later(conn: psycopg.Connection[Any], queue: str, seconds: float) -> list[Message]:

@@ -238,14 +238,26 @@ def test_run_outcome_events_carry_the_run_id(conn, listener):
     assert events(listener) == []
 
 
-def test_batch_completion_announces_each_completed_run(conn, listener):
+def test_batch_completion_announces_the_completed_runs_in_one_event(conn, listener):
     fn(conn, "cb_create_task", name="work")
     ids = fn(conn, "cb_run_task", name="work", inputs=[J({"i": i}) for i in range(3)])
     call(conn, "cb_claim_tasks", name="work", quantity=2, hide_for=60_000)
     events(listener, 2)
     done = fn(conn, "cb_complete_tasks", name="work", run_ids=ids, outputs=[J(1), J(2), J(3)])
     assert done == ids[:2]
-    assert events(listener, 2) == [event("catbird.task.completed", str(i)) for i in ids[:2]]
+    assert events(listener, 1) == [event("catbird.task.completed", f"{ids[0]},{ids[1]}")]
+
+
+def test_a_large_batch_completion_is_announced_in_events_of_at_most_500_ids(conn, listener):
+    fn(conn, "cb_create_task", name="work")
+    ids = fn(conn, "cb_run_task", name="work", inputs=[J(i) for i in range(1200)])
+    call(conn, "cb_claim_tasks", name="work", quantity=1200, hide_for=60_000)
+    done = fn(conn, "cb_complete_tasks", name="work", run_ids=ids, outputs=[J(0)] * 1200)
+    assert done == ids
+    announced = [e for e in events(listener, 4) if e["topic"] == "catbird.task.completed"]
+    chunks = [[int(i) for i in e["data"].split(",")] for e in announced]
+    assert [len(c) for c in chunks] == [500, 500, 200]
+    assert [i for c in chunks for i in c] == ids
 
 
 def test_publish_to_a_bound_task_announces_queued(conn, listener):

@@ -364,7 +364,7 @@ BEGIN
     UPDATE catbird.cb_task_runs r
     SET visible_at = catbird.cb_now() + make_interval(secs => hide_for / 1000.0)
     FROM unnest(ids, cb_hide_tasks.attempts) AS u(id, attempt)
-    WHERE r.task_id = v_task.id AND r.id = u.id AND r.status = 'started'
+    WHERE r.task_id = v_task.id AND r.id = u.id AND r.id = ANY (ids) AND r.status = 'started'
       AND (u.attempt IS NULL OR r.attempts = u.attempt);
 END
 $$;
@@ -390,12 +390,17 @@ BEGIN
         SET status = 'completed', output = coalesce(u.output, 'null'::jsonb), completed_at = v_now,
             error_message = NULL
         FROM unnest(run_ids, outputs, cb_complete_tasks.attempts) AS u(id, output, attempt)
-        WHERE r.id = u.id AND r.task_id = v_task.id AND r.status = 'started'
+        -- r.id = ANY keeps the plan on the primary key (joining the unnest alone
+        -- can walk the task's whole claim index on an unanalyzed table)
+        WHERE r.id = u.id AND r.id = ANY (run_ids) AND r.task_id = v_task.id AND r.status = 'started'
           AND (u.attempt IS NULL OR r.attempts = u.attempt)
         RETURNING r.id
     )
     SELECT coalesce(array_agg(d.id ORDER BY d.id), '{}') INTO v_done FROM done d;
-    PERFORM catbird._cb_notify('catbird.task.completed', d::text) FROM unnest(v_done) AS d;
+    -- One event per call (ids comma-separated, at most 500 per event), not one per run.
+    PERFORM catbird._cb_notify('catbird.task.completed', string_agg(c.id::text, ',' ORDER BY c.id))
+    FROM (SELECT d AS id, (row_number() OVER (ORDER BY d) - 1) / 500 AS chunk FROM unnest(v_done) AS d) c
+    GROUP BY c.chunk;
     RETURN v_done;
 END
 $$;

@@ -1167,7 +1167,7 @@ BEGIN
             UPDATE catbird.cb_map_tasks m
             SET status = 'completed', completed_at = v_now, output = coalesce(u.output, 'null'), error_message = NULL
             FROM unnest(ids, outputs, cb_complete_map_tasks.attempts) AS u(id, output, attempt)
-            WHERE m.id = u.id AND m.flow_run_id = v_run.id AND m.status = 'started'
+            WHERE m.id = u.id AND m.id = ANY (ids) AND m.flow_run_id = v_run.id AND m.status = 'started'
               AND (u.attempt IS NULL OR m.attempts = u.attempt)
             RETURNING m.step_run_id
         ), counted AS (

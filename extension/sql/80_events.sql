@@ -7,7 +7,8 @@
 -- payloads within one transaction, so a batch of runs wakes workers once.
 -- Engine topics: catbird.task.{created,deleted,queued,completed,failed,canceled},
 -- catbird.worker.{started,stopped}; data is the task name for definition and
--- queued events, the run id for run events, the worker id for worker events.
+-- queued events, the run id for run events (catbird.task.completed carries the
+-- ids a call completed, comma-separated), the worker id for worker events.
 
 CREATE FUNCTION catbird._cb_notify(topic text, data text = NULL, node_id uuid = NULL) RETURNS void
 LANGUAGE sql VOLATILE

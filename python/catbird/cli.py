@@ -25,10 +25,12 @@ The commands are thin: the work is done by :class:`catbird.Client`,
 from __future__ import annotations
 
 import dataclasses
+import importlib
 import json
 import shutil
 import sys
 import tempfile
+import uuid
 import warnings
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -47,7 +49,7 @@ from . import dev as _dev
 from . import install as _install
 from .client import Client
 from .errors import CatbirdError, NotFound
-from .models import Binding, Message, QueueInfo
+from .models import Binding, Message, QueueInfo, TaskInfo, TaskRunInfo
 
 __all__ = ["app", "main"]
 
@@ -755,3 +757,393 @@ def main() -> None:
     # unset, as it is in containers; that is noise for a command line user.
     warnings.filterwarnings("ignore", message=".*XDG_RUNTIME_DIR.*")
     app(prog_name="catbird")
+
+
+# ============================================================================
+# tasks and workers: catbird task ..., catbird worker
+#
+# (Kept in one section at the end of the module; everything it needs from the
+# sections above is the shared options and helpers.)
+
+task_app = typer.Typer(help="Tasks: definitions, runs, run, cancel, purge.")
+app.add_typer(task_app, name="task", no_args_is_help=True)
+
+TaskArg = Annotated[str, typer.Argument(help="Task name.", show_default=False)]
+
+_FINISHED_AT = ("completed_at", "failed_at", "skipped_at", "expired_at", "canceled_at")
+
+
+def _task_doc(value: Any) -> Any:
+    """A task/run/worker record as a JSON document (UUIDs as strings)."""
+    doc = dataclasses.asdict(value)
+    return {k: (str(v) if isinstance(v, uuid.UUID) else v) for k, v in doc.items()}
+
+
+def _fmt_duration(value: timedelta | None) -> str:
+    if value is None:
+        return "-"
+    seconds = value.total_seconds()
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size and seconds % size == 0:
+            return f"{seconds / size:g}{unit}"
+    return f"{seconds:g}s"
+
+
+def _tasks_table(tasks: Sequence[TaskInfo]) -> Table:
+    table = Table(title="Tasks", title_justify="left")
+    table.add_column("name", style="bold", overflow="fold")
+    table.add_column("condition", overflow="fold")
+    table.add_column("retention", no_wrap=True)
+    table.add_column("on-fail", no_wrap=True)
+    table.add_column("created", no_wrap=True)
+    table.add_column("description", overflow="fold")
+    for t in tasks:
+        table.add_row(
+            escape(t.name),
+            escape(t.condition or "-"),
+            _fmt_duration(t.retention_period),
+            "yes" if t.on_fail else "no",
+            _fmt_ts(t.created_at),
+            escape(t.description or ""),
+        )
+    return table
+
+
+_STATUS_STYLE = {
+    "completed": "green",
+    "failed": "red",
+    "canceled": "yellow",
+    "expired": "yellow",
+    "skipped": "dim",
+    "started": "cyan",
+}
+
+
+def _run_result(run: TaskRunInfo) -> str:
+    if run.status == "completed":
+        return _fmt_json(run.output)
+    if run.status == "canceled":
+        return run.cancel_reason or ""
+    return run.error_message or ""
+
+
+def _runs_table(name: str, runs: Sequence[TaskRunInfo]) -> Table:
+    table = Table(title=f"Runs of {escape(name)} (newest first)", title_justify="left")
+    table.add_column("id", justify="right", style="bold")
+    table.add_column("status", no_wrap=True)
+    table.add_column("attempts", justify="right")
+    table.add_column("priority", justify="right")
+    table.add_column("created", no_wrap=True)
+    table.add_column("finished", no_wrap=True)
+    table.add_column("input", overflow="fold", ratio=1)
+    table.add_column("output / error", overflow="fold", ratio=1)
+    for r in runs:
+        finished = next((getattr(r, f) for f in _FINISHED_AT if getattr(r, f)), None)
+        style = _STATUS_STYLE.get(r.status, "")
+        status = f"[{style}]{r.status}[/]" if style else r.status
+        table.add_row(
+            str(r.id),
+            status,
+            str(r.attempts),
+            str(r.priority),
+            _fmt_ts(r.created_at),
+            _fmt_ts(finished),
+            escape(_fmt_json(r.input)),
+            escape(_run_result(r)),
+        )
+    return table
+
+
+def _run_details(run: TaskRunInfo) -> Table:
+    table = Table(title=f"Run {run.id} of {escape(run.task_name)}", title_justify="left")
+    table.add_column("field", style="bold", no_wrap=True)
+    table.add_column("value", overflow="fold")
+    for key, value in _task_doc(run).items():
+        if value is None:
+            continue
+        if isinstance(value, datetime):
+            text = value.isoformat()
+        elif key in ("input", "headers", "output"):
+            text = _fmt_json(value)
+        else:
+            text = str(value)
+        table.add_row(key, escape(text))
+    return table
+
+
+@task_app.command("ls")
+def task_ls(dsn: DsnOption = None, as_json: JsonOption = False) -> None:
+    """List task definitions."""
+    with _client(dsn) as client:
+        tasks = client.list_tasks()
+    if as_json:
+        _print_json([_task_doc(t) for t in tasks])
+    elif not tasks:
+        out.print(
+            "No tasks. Define them in Python and run 'catbird worker', or use client.create_task()."
+        )
+    else:
+        out.print(_tasks_table(tasks))
+
+
+@task_app.command("show")
+def task_show(
+    name: TaskArg,
+    run_id: Annotated[
+        int | None, typer.Option("--run", help="Show this run instead of the definition.")
+    ] = None,
+    dsn: DsnOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Show a task definition and its latest runs, or one run (--run ID)."""
+    with _client(dsn) as client:
+        if run_id is not None:
+            run = client.get_task_run(name, run_id)
+            if as_json:
+                _print_json(_task_doc(run))
+            else:
+                out.print(_run_details(run))
+            return
+        task = client.get_task(name)
+        runs = client.list_task_runs(name, limit=10)
+    if as_json:
+        _print_json({"task": _task_doc(task), "runs": [_task_doc(r) for r in runs]})
+        return
+    out.print(_tasks_table([task]))
+    if runs:
+        out.print(_runs_table(name, runs))
+    else:
+        out.print("No runs.")
+
+
+@task_app.command("run")
+def task_run(
+    name: TaskArg,
+    input_json: Annotated[
+        str, typer.Argument(metavar="INPUT", help="Run input, as JSON.", show_default=False)
+    ],
+    concurrency_key: Annotated[
+        str | None,
+        typer.Option("--concurrency-key", help="No new run while a live run holds this key."),
+    ] = None,
+    priority: Annotated[int, typer.Option("--priority", help="Higher is claimed first.")] = 0,
+    headers: Annotated[
+        str | None, typer.Option("--headers", help="Headers, as a JSON object.")
+    ] = None,
+    delay: Annotated[
+        float | None, typer.Option("--delay", help="Seconds before the run may start.", min=0)
+    ] = None,
+    wait: Annotated[
+        float | None,
+        typer.Option("--wait", help="Wait up to this many seconds for the output.", min=0),
+    ] = None,
+    dsn: DsnOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Enqueue a run of a task (and optionally wait for its output)."""
+    from .errors import RunError
+
+    value = _parse_json(input_json, "INPUT")
+    header_map = _parse_headers(headers)
+    visible_at = _visible_at(delay)
+    with _client(dsn) as client:
+        handle = client.run_task(
+            name,
+            value,
+            concurrency_key=concurrency_key,
+            headers=header_map,
+            visible_at=visible_at,
+            priority=priority,
+        )
+        if wait is None:
+            if as_json:
+                _print_json({"task": name, "run_id": handle.id})
+            else:
+                out.print(f"Run [bold]{handle.id}[/] of [bold]{escape(name)}[/] enqueued.")
+            return
+        try:
+            output = handle.wait_for_output(timeout=wait)
+        except TimeoutError:
+            _fail(f"run {handle.id} is not done after {wait:g} s")
+        except RunError as exc:
+            if as_json:
+                _print_json(
+                    {"task": name, "run_id": handle.id, "status": exc.status, "error": exc.message}
+                )
+                raise typer.Exit(EXIT_ERROR) from None
+            _fail(exc.message)
+    if as_json:
+        _print_json({"task": name, "run_id": handle.id, "status": "completed", "output": output})
+    else:
+        out.print(f"Run [bold]{handle.id}[/] completed: {escape(_fmt_json(output))}")
+
+
+@task_app.command("runs")
+def task_runs(
+    name: TaskArg,
+    limit: Annotated[int, typer.Option("--limit", help="At most this many runs.", min=1)] = 20,
+    before: Annotated[
+        int | None, typer.Option("--before", help="Only runs with a smaller id (paging).")
+    ] = None,
+    dsn: DsnOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """List a task's runs, newest first."""
+    with _client(dsn) as client:
+        runs = client.list_task_runs(name, limit=limit, before_id=before)
+    if as_json:
+        _print_json([_task_doc(r) for r in runs])
+    elif not runs:
+        out.print(f"No runs of {escape(name)}.")
+    else:
+        out.print(_runs_table(name, runs))
+
+
+@task_app.command("cancel")
+def task_cancel(
+    name: TaskArg,
+    run_id: Annotated[int, typer.Argument(help="Run id.", show_default=False)],
+    reason: Annotated[
+        str | None, typer.Option("--reason", help="Why (stored with the run).")
+    ] = None,
+    dsn: DsnOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Cancel a queued or started run (a worker running it is told to stop)."""
+    with _client(dsn) as client:
+        canceled = client.cancel_task_run(name, run_id, reason=reason)
+    if as_json:
+        _print_json({"task": name, "run_id": run_id, "canceled": canceled})
+        return
+    if not canceled:
+        _fail(f"run {run_id} of {name} does not exist or already finished")
+    out.print(f"Run [bold]{run_id}[/] of [bold]{escape(name)}[/] canceled.")
+
+
+@task_app.command("purge")
+def task_purge(
+    name: TaskArg,
+    older_than: Annotated[
+        float | None,
+        typer.Option(
+            "--older-than", help="Delete finished runs that finished this many seconds ago.", min=0
+        ),
+    ] = None,
+    everything: Annotated[
+        bool, typer.Option("--all", help="Delete every run, queued and started ones too.")
+    ] = False,
+    dsn: DsnOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Delete finished runs older than --older-than, or every run (--all)."""
+    if (older_than is None) == (not everything):
+        _usage_error("give exactly one of --older-than SECONDS and --all")
+    with _client(dsn) as client:
+        if everything:
+            deleted = client.clear_task_runs(name)
+        else:
+            assert older_than is not None
+            deleted = client.purge_task_runs(name, older_than)
+    if as_json:
+        _print_json({"task": name, "deleted": deleted})
+    else:
+        out.print(f"Deleted {deleted} run{'' if deleted == 1 else 's'} of {escape(name)}.")
+
+
+def _load_target(target: str) -> Any:
+    """Import ``module:attr`` (attr may be dotted) from the current directory too."""
+    module_name, sep, attr = target.partition(":")
+    if not sep or not module_name or not attr:
+        _usage_error(f"expected MODULE:ATTRIBUTE (e.g. myapp.tasks:worker), got {target!r}")
+    cwd = str(Path.cwd())
+    if cwd not in sys.path:
+        sys.path.insert(0, cwd)
+    try:
+        obj: Any = importlib.import_module(module_name)
+    except ImportError as exc:
+        _usage_error(f"cannot import {module_name!r}: {exc}")
+    for part in attr.split("."):
+        try:
+            obj = getattr(obj, part)
+        except AttributeError:
+            _usage_error(f"{module_name!r} has no attribute {attr!r}")
+    return obj
+
+
+@app.command("worker")
+def worker_command(
+    target: Annotated[
+        str,
+        typer.Argument(
+            help="MODULE:ATTRIBUTE of a catbird.Worker, a Task, a Flow, or a list of them.",
+            show_default=False,
+        ),
+    ],
+    dsn: DsnOption = None,
+    concurrency: Annotated[
+        int | None,
+        typer.Option("--concurrency", help="Override every handler's concurrency.", min=1),
+    ] = None,
+    shutdown_timeout: Annotated[
+        float,
+        typer.Option("--shutdown-timeout", help="Grace period (s) for in-flight handlers.", min=0),
+    ] = 5.0,
+    poll_interval: Annotated[
+        float, typer.Option("--poll-interval", help="Poll (s) when no event wakes the worker.")
+    ] = 1.0,
+    lease: Annotated[
+        float, typer.Option("--lease", help="Seconds a claimed run stays hidden between renewals.")
+    ] = 30.0,
+    log_level: Annotated[str, typer.Option("--log-level", help="Python logging level.")] = "INFO",
+) -> None:
+    """Run handlers until SIGINT/SIGTERM, then stop gracefully (exit status 0).
+
+    With a Worker object, its own settings are used (--concurrency still
+    applies); with tasks, a Worker is built from --dsn or CATBIRD_DSN.
+    """
+    import logging
+
+    from .definitions import Task
+    from .flows import Flow
+    from .worker import Worker
+
+    level = logging.getLevelName(log_level.upper())
+    if not isinstance(level, int):
+        _usage_error(f"unknown log level {log_level!r}")
+    logging.basicConfig(
+        level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr
+    )
+    obj = _load_target(target)
+    if isinstance(obj, Worker):
+        worker = obj
+        if concurrency is not None:
+            worker.concurrency = concurrency
+    else:
+        items = list(obj) if isinstance(obj, list | tuple) else [obj]
+        tasks = [i for i in items if isinstance(i, Task)]
+        flows = [i for i in items if isinstance(i, Flow)]
+        if not items or len(tasks) + len(flows) < len(items):
+            _usage_error(
+                f"{target} must be a catbird.Worker, a catbird.Task, a catbird.Flow"
+                " or a list of tasks and flows"
+            )
+        try:
+            worker = Worker(
+                _require_dsn(dsn),
+                tasks=tasks,
+                flows=flows,
+                concurrency=concurrency,
+                shutdown_timeout=shutdown_timeout,
+                poll_interval=poll_interval,
+                lease=lease,
+            )
+        except (CatbirdError, TypeError) as exc:
+            _usage_error(str(exc))
+    with _errors():
+        worker.run()
+
+
+# ============================================================================
+# flows: catbird flow ... (in their own module; importing it registers them)
+
+from . import _cli_flows  # noqa: E402, F401

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from datetime import datetime
+from datetime import datetime, timedelta
 from types import TracebackType
 from typing import Any, TypeVar, overload
 
@@ -34,13 +34,31 @@ from psycopg_pool import ConnectionPool
 
 from . import _sql
 from ._sql import Duration, Query
+from .codec import to_json_value
+from .definitions import Task, definition_args, output_decoder, task_name
 from .errors import map_error
-from .models import Binding, Message, QueueInfo
+from .flow_handles import FlowHandle
+from .flows import Flow, flow_name
+from .flows import output_decoder as flow_output_decoder
+from .handles import TaskHandle
+from .models import (
+    Binding,
+    FlowInfo,
+    FlowRunInfo,
+    Message,
+    QueueInfo,
+    RunOutcome,
+    StepRunInfo,
+    TaskInfo,
+    TaskRunInfo,
+    WorkerInfo,
+)
 from .reader import Reader
 
 __all__ = ["Client"]
 
 T = TypeVar("T")
+O = TypeVar("O")  # noqa: E741 - a task's output type
 
 
 class Client:
@@ -375,3 +393,384 @@ class Client:
             poll_interval=poll_interval,
             nack_delay=nack_delay,
         )
+
+    # ------------------------------------------------------------------
+    # tasks
+    #
+    # Every call takes the task as a name or as a catbird.Task.
+
+    def create_task(
+        self,
+        task: Task[Any, Any] | str,
+        *,
+        description: str | None = None,
+        condition: str | None = None,
+        retention_period: float | timedelta | None = None,
+        on_fail: bool | None = None,
+    ) -> None:
+        """Store a task definition (description, condition, retention, on-fail).
+
+        Given a :class:`catbird.Task`, its own settings are used (``on_fail``:
+        whether it has an on-fail handler) unless overridden here. Creating
+        the same definition again is a no-op; a different one replaces it
+        unless runs are queued or started (:class:`catbird.ObjectInUse`).
+        """
+        args = definition_args(
+            task,
+            description=description,
+            condition=condition,
+            retention_period=retention_period,
+            on_fail=on_fail,
+        )
+        self.execute(_sql.create_task(task_name(task), **args))
+
+    def delete_task(self, task: Task[Any, Any] | str) -> bool:
+        """Remove a task with all its runs and bindings; False if it did not exist."""
+        return self.execute(_sql.delete_task(task_name(task)))
+
+    def get_task(self, task: Task[Any, Any] | str) -> TaskInfo:
+        """A task definition; :class:`catbird.NotFound` when it does not exist."""
+        return self.execute(_sql.get_task(task_name(task)))
+
+    def list_tasks(self) -> list[TaskInfo]:
+        """Every task definition, by name."""
+        return self.execute(_sql.list_tasks())
+
+    @overload
+    def run_task(
+        self,
+        task: Task[Any, O],
+        input: Any,
+        *,
+        concurrency_key: str | None = None,
+        headers: Mapping[str, Any] | None = None,
+        visible_at: datetime | None = None,
+        priority: int = 0,
+        expires_at: datetime | None = None,
+    ) -> TaskHandle[O]: ...
+    @overload
+    def run_task(
+        self,
+        task: str,
+        input: Any,
+        *,
+        concurrency_key: str | None = None,
+        headers: Mapping[str, Any] | None = None,
+        visible_at: datetime | None = None,
+        priority: int = 0,
+        expires_at: datetime | None = None,
+    ) -> TaskHandle[Any]: ...
+    def run_task(
+        self,
+        task: Task[Any, Any] | str,
+        input: Any,
+        *,
+        concurrency_key: str | None = None,
+        headers: Mapping[str, Any] | None = None,
+        visible_at: datetime | None = None,
+        priority: int = 0,
+        expires_at: datetime | None = None,
+    ) -> TaskHandle[Any]:
+        """Enqueue a run and return its handle.
+
+        ``input`` may be any JSON value, dataclass, TypedDict or pydantic model.
+        With a ``concurrency_key`` held by a queued or started run of the task,
+        nothing is created and the handle points at that run. A run whose
+        condition is false is created ``skipped``.
+        """
+        name = task_name(task)
+        run_id = self.execute(
+            _sql.run_task(
+                name,
+                to_json_value(input),
+                concurrency_key=concurrency_key,
+                headers=headers,
+                visible_at=visible_at,
+                priority=priority,
+                expires_at=expires_at,
+            )
+        )
+        return TaskHandle(self, name, run_id, output_decoder(task))
+
+    @overload
+    def run_tasks(
+        self,
+        task: Task[Any, O],
+        inputs: Iterable[Any],
+        *,
+        concurrency_keys: Sequence[str | None] | None = None,
+        headers: Sequence[Mapping[str, Any] | None] | None = None,
+        visible_at: datetime | None = None,
+        priority: int = 0,
+        expires_at: datetime | None = None,
+    ) -> list[TaskHandle[O]]: ...
+    @overload
+    def run_tasks(
+        self,
+        task: str,
+        inputs: Iterable[Any],
+        *,
+        concurrency_keys: Sequence[str | None] | None = None,
+        headers: Sequence[Mapping[str, Any] | None] | None = None,
+        visible_at: datetime | None = None,
+        priority: int = 0,
+        expires_at: datetime | None = None,
+    ) -> list[TaskHandle[Any]]: ...
+    def run_tasks(
+        self,
+        task: Task[Any, Any] | str,
+        inputs: Iterable[Any],
+        *,
+        concurrency_keys: Sequence[str | None] | None = None,
+        headers: Sequence[Mapping[str, Any] | None] | None = None,
+        visible_at: datetime | None = None,
+        priority: int = 0,
+        expires_at: datetime | None = None,
+    ) -> list[TaskHandle[Any]]:
+        """Enqueue several runs in one statement; handles in input order."""
+        name = task_name(task)
+        ids = self.execute(
+            _sql.run_tasks(
+                name,
+                [to_json_value(v) for v in inputs],
+                concurrency_keys=concurrency_keys,
+                headers=headers,
+                visible_at=visible_at,
+                priority=priority,
+                expires_at=expires_at,
+            )
+        )
+        decode = output_decoder(task)
+        return [TaskHandle(self, name, run_id, decode) for run_id in ids]
+
+    @overload
+    def task_handle(self, task: Task[Any, O], run_id: int) -> TaskHandle[O]: ...
+    @overload
+    def task_handle(self, task: str, run_id: int) -> TaskHandle[Any]: ...
+    def task_handle(self, task: Task[Any, Any] | str, run_id: int) -> TaskHandle[Any]:
+        """A handle on an existing run (nothing is checked until it is used)."""
+        return TaskHandle(self, task_name(task), run_id, output_decoder(task))
+
+    def get_task_run(self, task: Task[Any, Any] | str, run_id: int) -> TaskRunInfo:
+        """One run; :class:`catbird.NotFound` when the task has no such run."""
+        return self.execute(_sql.get_task_run(task_name(task), run_id))
+
+    def list_task_runs(
+        self, task: Task[Any, Any] | str, *, limit: int = 100, before_id: int | None = None
+    ) -> list[TaskRunInfo]:
+        """Runs of a task, newest first; ``before_id`` pages backwards."""
+        return self.execute(_sql.list_task_runs(task_name(task), limit=limit, before_id=before_id))
+
+    def cancel_task_run(
+        self, task: Task[Any, Any] | str, run_id: int, *, reason: str | None = None
+    ) -> bool:
+        """Cancel a queued or started run (a worker running it is told to stop).
+
+        True when the run is canceled (also when it already was); False when
+        there is no such run or it already finished otherwise.
+        """
+        return self.execute(_sql.cancel_task(task_name(task), run_id, reason=reason))
+
+    def wait_task_output(
+        self,
+        task: Task[Any, Any] | str,
+        run_id: int,
+        *,
+        poll_for: Duration = 5.0,
+        poll_interval: Duration = 0.2,
+    ) -> RunOutcome | None:
+        """Wait on the server up to ``poll_for`` seconds for the run to be terminal.
+
+        Returns its status, output and error, or ``None`` when it is still going
+        (or does not exist). :meth:`TaskHandle.wait_for_output` is the typed,
+        raising variant.
+        """
+        return self.execute(
+            _sql.wait_task_output(
+                task_name(task), run_id, poll_for=poll_for, poll_interval=poll_interval
+            )
+        )
+
+    def purge_task_runs(self, task: Task[Any, Any] | str, older_than: Duration) -> int:
+        """Delete finished runs that finished more than ``older_than`` ago; returns how many."""
+        return self.execute(_sql.purge_task_runs(task_name(task), older_than))
+
+    def clear_task_runs(self, task: Task[Any, Any] | str) -> int:
+        """Delete every run of a task, queued and started ones included; returns how many.
+
+        In-flight work is lost: workers holding such runs find them gone.
+        """
+        return self.execute(_sql.clear_task_runs(task_name(task)))
+
+    def bind_task(self, task: Task[Any, Any] | str, pattern: str) -> None:
+        """Create a run for every message published to a topic matching ``pattern``."""
+        self.execute(_sql.bind_task(task_name(task), pattern))
+
+    def unbind_task(self, task: Task[Any, Any] | str, pattern: str) -> bool:
+        """Remove a task binding; False if it did not exist."""
+        return self.execute(_sql.unbind_task(task_name(task), pattern))
+
+    # ------------------------------------------------------------------
+    # workers
+
+    def list_workers(self) -> list[WorkerInfo]:
+        """Registered workers, oldest first."""
+        return self.execute(_sql.list_workers())
+
+    # ------------------------------------------------------------------
+    # flows
+    #
+    # Every call takes the flow as a name or as a catbird.Flow.
+
+    def create_flow(self, flow: Flow) -> None:
+        """Store a flow definition (its steps, output priority, retention, on-fail).
+
+        Creating the same definition again is a no-op; a different one
+        replaces it unless runs are active (:class:`catbird.ObjectInUse`).
+        Rejected definitions raise :class:`catbird.InvalidArgument`.
+        """
+        self.execute(_sql.create_flow(flow.name, **flow.create_args()))
+
+    def delete_flow(self, flow: Flow | str) -> bool:
+        """Remove a flow with all its runs and bindings; False if it did not exist."""
+        return self.execute(_sql.delete_flow(flow_name(flow)))
+
+    def get_flow(self, flow: Flow | str) -> FlowInfo:
+        """A flow definition; :class:`catbird.NotFound` when it does not exist."""
+        return self.execute(_sql.get_flow(flow_name(flow)))
+
+    def list_flows(self) -> list[FlowInfo]:
+        """Every flow definition, by name."""
+        return self.execute(_sql.list_flows())
+
+    def run_flow(
+        self,
+        flow: Flow | str,
+        input: Any,
+        *,
+        concurrency_key: str | None = None,
+        headers: Mapping[str, Any] | None = None,
+        visible_at: datetime | None = None,
+        priority: int = 0,
+        expires_at: datetime | None = None,
+    ) -> FlowHandle:
+        """Start a run and return its handle.
+
+        ``input`` may be any JSON value, dataclass, TypedDict or pydantic model.
+        With a ``concurrency_key`` held by an active run of the flow, nothing
+        is created and the handle points at that run.
+        """
+        name = flow_name(flow)
+        run_id = self.execute(
+            _sql.run_flow(
+                name,
+                to_json_value(input),
+                concurrency_key=concurrency_key,
+                headers=headers,
+                visible_at=visible_at,
+                priority=priority,
+                expires_at=expires_at,
+            )
+        )
+        return FlowHandle(self, name, run_id, flow_output_decoder(flow))
+
+    def run_flows(
+        self,
+        flow: Flow | str,
+        inputs: Iterable[Any],
+        *,
+        concurrency_keys: Sequence[str | None] | None = None,
+        headers: Sequence[Mapping[str, Any] | None] | None = None,
+        visible_at: datetime | None = None,
+        priority: int = 0,
+        expires_at: datetime | None = None,
+    ) -> list[FlowHandle]:
+        """Start several runs in one statement; handles in input order."""
+        name = flow_name(flow)
+        ids = self.execute(
+            _sql.run_flows(
+                name,
+                [to_json_value(v) for v in inputs],
+                concurrency_keys=concurrency_keys,
+                headers=headers,
+                visible_at=visible_at,
+                priority=priority,
+                expires_at=expires_at,
+            )
+        )
+        decode = flow_output_decoder(flow)
+        return [FlowHandle(self, name, run_id, decode) for run_id in ids]
+
+    def flow_handle(self, flow: Flow | str, run_id: int) -> FlowHandle:
+        """A handle on an existing run (nothing is checked until it is used)."""
+        return FlowHandle(self, flow_name(flow), run_id, flow_output_decoder(flow))
+
+    def signal_flow(self, flow: Flow | str, run_id: int, step: str, input: Any = None) -> bool:
+        """Deliver a signal to a step declared with ``signal=True``.
+
+        True when delivered; False when the step already has its signal or
+        the run is finished. :class:`catbird.NotFound` for an unknown run or
+        step, :class:`catbird.InvalidArgument` for a step without signal.
+        """
+        query = _sql.signal_flow(flow_name(flow), run_id, step, to_json_value(input))
+        return self.execute(query)
+
+    def cancel_flow_run(self, flow: Flow | str, run_id: int, *, reason: str | None = None) -> bool:
+        """Cancel a run: queued work at once, running steps once they stop.
+
+        The run is ``canceling`` until its running handlers reported back
+        (workers stop them), then ``canceled``. True when the run is canceling
+        or canceled (also when it already was); False when there is no such
+        run or it already finished otherwise.
+        """
+        return self.execute(_sql.cancel_flow(flow_name(flow), run_id, reason=reason))
+
+    def get_flow_run(self, flow: Flow | str, run_id: int) -> FlowRunInfo:
+        """One run; :class:`catbird.NotFound` when the flow has no such run."""
+        return self.execute(_sql.get_flow_run(flow_name(flow), run_id))
+
+    def list_flow_runs(
+        self, flow: Flow | str, *, limit: int = 100, before_id: int | None = None
+    ) -> list[FlowRunInfo]:
+        """Runs of a flow, newest first; ``before_id`` pages backwards."""
+        query = _sql.list_flow_runs(flow_name(flow), limit=limit, before_id=before_id)
+        return self.execute(query)
+
+    def get_flow_run_steps(self, flow: Flow | str, run_id: int) -> list[StepRunInfo]:
+        """The steps of a run, in definition order (empty for an unknown run)."""
+        return self.execute(_sql.get_flow_run_steps(flow_name(flow), run_id))
+
+    def wait_flow_output(
+        self,
+        flow: Flow | str,
+        run_id: int,
+        *,
+        poll_for: Duration = 5.0,
+        poll_interval: Duration = 0.2,
+    ) -> RunOutcome | None:
+        """Wait on the server up to ``poll_for`` seconds for the run to be terminal.
+
+        Returns its status, output and error, or ``None`` when it is still
+        going (or does not exist); :meth:`FlowHandle.wait_for_output` is the
+        raising variant.
+        """
+        query = _sql.wait_flow_output(
+            flow_name(flow), run_id, poll_for=poll_for, poll_interval=poll_interval
+        )
+        return self.execute(query)
+
+    def purge_flow_runs(self, flow: Flow | str, older_than: Duration) -> int:
+        """Delete runs that finished more than ``older_than`` ago; returns how many."""
+        return self.execute(_sql.purge_flow_runs(flow_name(flow), older_than))
+
+    def clear_flow_runs(self, flow: Flow | str) -> int:
+        """Delete every run of a flow, active ones included; returns how many."""
+        return self.execute(_sql.clear_flow_runs(flow_name(flow)))
+
+    def bind_flow(self, flow: Flow | str, pattern: str) -> None:
+        """Start a run for every message published to a topic matching ``pattern``."""
+        self.execute(_sql.bind_flow(flow_name(flow), pattern))
+
+    def unbind_flow(self, flow: Flow | str, pattern: str) -> bool:
+        """Remove a flow binding; False if it did not exist."""
+        return self.execute(_sql.unbind_flow(flow_name(flow), pattern))

@@ -14,11 +14,14 @@ psycopg exceptions.
     ├── NotFound          42704 undefined_object, or a missing object
     ├── ObjectInUse       55006 object_in_use
     ├── AlreadyExists     23505 unique_violation
-    └── RunError          outcome of a waited-for run
-        ├── RunFailed
-        ├── RunCanceled
-        ├── RunSkipped
-        └── RunExpired
+    ├── RunError          outcome of a waited-for run
+    │   ├── RunFailed
+    │   ├── RunCanceled
+    │   ├── RunSkipped
+    │   └── RunExpired
+    └── NoRunContext      a handler helper called outside a handler
+
+    CancelRun (BaseException) raised by catbird.cancel() to stop a handler
 """
 
 from __future__ import annotations
@@ -27,8 +30,10 @@ import psycopg
 
 __all__ = [
     "AlreadyExists",
+    "CancelRun",
     "CatbirdError",
     "InvalidArgument",
+    "NoRunContext",
     "NotFound",
     "ObjectInUse",
     "RunCanceled",
@@ -110,6 +115,25 @@ class RunExpired(RunError):
     """The run passed its ``expires_at`` before it started."""
 
 
+class NoRunContext(CatbirdError, RuntimeError):
+    """A handler helper (``catbird.current_run_id()``, ``catbird.cancel()``, ...)
+    was called outside a running handler."""
+
+
+class CancelRun(BaseException):
+    """Raised by :func:`catbird.cancel` to stop the running handler.
+
+    The worker catches it, cancels the run in the database (status ``canceled``,
+    with ``reason``) and records no other outcome. It derives from
+    ``BaseException`` so that a handler's ``except Exception:`` does not
+    swallow it; do not catch it yourself.
+    """
+
+    def __init__(self, reason: str | None = None) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
 _BY_SQLSTATE: dict[str, type[CatbirdError]] = {
     "22023": InvalidArgument,  # invalid_parameter_value
     "22003": InvalidArgument,  # numeric_value_out_of_range (e.g. a duration too large for int)
@@ -141,3 +165,20 @@ def map_error(exc: psycopg.Error) -> CatbirdError | None:
     if cls is None:
         return None
     return cls(_server_message(exc), sqlstate=sqlstate)
+
+
+__all__ += ["CompleteEarly"]
+
+
+class CompleteEarly(CancelRun):
+    """Raised by :func:`catbird.complete_early` to stop a flow step handler.
+
+    The worker catches it and completes the whole flow run with ``output``
+    (``cb_complete_flow_early``); work still running in the run is told to
+    stop. Like :class:`CancelRun` it derives from ``BaseException``: do not
+    catch it yourself.
+    """
+
+    def __init__(self, output: object = None, reason: str | None = None) -> None:
+        super().__init__(reason)
+        self.output = output

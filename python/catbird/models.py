@@ -8,10 +8,23 @@ JSON columns (``body``, ``headers``) are decoded into plain Python values
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
+from uuid import UUID
 
-__all__ = ["Binding", "Message", "QueueInfo"]
+__all__ = [
+    "TERMINAL_STATUSES",
+    "Binding",
+    "Message",
+    "OnFailClaim",
+    "QueueInfo",
+    "RunOutcome",
+    "TaskClaim",
+    "TaskFailure",
+    "TaskInfo",
+    "TaskRunInfo",
+    "WorkerInfo",
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,3 +68,336 @@ class Binding:
     queue: str
     pattern: str
     created_at: datetime
+
+
+# ----------------------------------------------------------------------------
+# tasks
+
+#: Run statuses after which nothing happens to a run any more.
+TERMINAL_STATUSES = frozenset({"completed", "failed", "skipped", "canceled", "expired"})
+
+
+@dataclass(frozen=True, slots=True)
+class TaskInfo:
+    """A task definition as listed by ``cb_list_tasks()``."""
+
+    name: str
+    description: str | None
+    condition: str | None
+    retention_period: timedelta | None
+    on_fail: bool
+    """Whether failed runs are handed to an on-fail handler."""
+    created_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class TaskRunInfo:
+    """One run of a task (``catbird.cb_task_run_info``).
+
+    ``input``, ``headers`` and ``output`` are plain JSON values; use
+    :meth:`catbird.TaskHandle.wait_for_output` (or a :class:`catbird.Task`'s
+    codec) for typed outputs.
+    """
+
+    id: int
+    task_name: str
+    status: str
+    priority: int
+    attempts: int
+    concurrency_key: str | None
+    input: Any
+    headers: dict[str, Any] | None
+    output: Any
+    error_message: str | None
+    cancel_reason: str | None
+    created_at: datetime
+    visible_at: datetime
+    expires_at: datetime | None
+    started_at: datetime | None
+    completed_at: datetime | None
+    failed_at: datetime | None
+    skipped_at: datetime | None
+    expired_at: datetime | None
+    cancel_requested_at: datetime | None
+    canceled_at: datetime | None
+    on_fail_status: str | None
+    on_fail_attempts: int
+    on_fail_error_message: str | None
+
+    @property
+    def is_done(self) -> bool:
+        """The run reached a terminal state (completed, failed, skipped, canceled, expired)."""
+        return self.status in TERMINAL_STATUSES
+
+    @property
+    def is_completed(self) -> bool:
+        """The run completed successfully (its ``output`` is the handler's result)."""
+        return self.status == "completed"
+
+
+@dataclass(frozen=True, slots=True)
+class TaskFailure:
+    """What an on-fail handler receives about the run that failed for good."""
+
+    task_name: str
+    task_run_id: int
+    error_message: str
+    attempts: int
+    """Handler attempts made (the first one included)."""
+    on_fail_attempts: int
+    """On-fail attempts, this one included (1 on the first call)."""
+    started_at: datetime | None
+    failed_at: datetime | None
+    concurrency_key: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class RunOutcome:
+    """A run's terminal state, as ``cb_wait_task_output`` returns it."""
+
+    status: str
+    output: Any
+    error_message: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class TaskClaim:
+    """A run claimed by a worker (``catbird.cb_task_claim``).
+
+    ``attempts`` counts this claim and is the fencing token of the calls that
+    report the run's outcome.
+    """
+
+    id: int
+    attempts: int
+    input: Any
+    headers: dict[str, Any] | None
+    concurrency_key: str | None
+    priority: int
+
+
+@dataclass(frozen=True, slots=True)
+class OnFailClaim:
+    """A failed run claimed for its on-fail handler (``cb_claim_task_on_fail``)."""
+
+    id: int
+    input: Any
+    error_message: str | None
+    attempts: int
+    on_fail_attempts: int
+    started_at: datetime | None
+    failed_at: datetime | None
+    concurrency_key: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerInfo:
+    """A registered worker (``cb_list_workers()``)."""
+
+    id: UUID
+    task_handlers: list[dict[str, Any]]
+    step_handlers: list[dict[str, Any]]
+    started_at: datetime
+    last_heartbeat_at: datetime
+
+
+# ----------------------------------------------------------------------------
+# flows
+
+__all__ += [
+    "FlowInfo",
+    "FlowOnFailClaim",
+    "FlowRunInfo",
+    "MapTaskClaim",
+    "StepClaim",
+    "StepInfo",
+    "StepRunInfo",
+]
+
+#: Step statuses after which nothing happens to a step run any more.
+TERMINAL_STEP_STATUSES = frozenset({"completed", "failed", "skipped", "canceled"})
+
+
+@dataclass(frozen=True, slots=True)
+class StepInfo:
+    """One step of a stored flow definition (an element of ``FlowInfo.steps``).
+
+    ``step_type`` is ``normal``, ``mapper``, ``generator`` or ``reducer``;
+    ``map_source`` is the dependency a mapper maps over (``None``: the flow
+    input) and ``reduce_source`` the mapper/generator a reducer folds.
+    """
+
+    name: str
+    description: str | None
+    step_type: str
+    signal: bool
+    condition: str | None
+    depends_on: tuple[str, ...]
+    ignore_output: tuple[str, ...]
+    map_source: str | None
+    reduce_source: str | None
+
+    @classmethod
+    def from_json(cls, doc: dict[str, Any]) -> StepInfo:
+        """From one element of the normalized ``steps`` JSON of ``cb_list_flows()``."""
+        deps = doc.get("depends_on") or []
+        return cls(
+            name=str(doc["name"]),
+            description=doc.get("description"),
+            step_type=str(doc.get("step_type") or "normal"),
+            signal=bool(doc.get("signal")),
+            condition=doc.get("condition"),
+            depends_on=tuple(d["name"] if isinstance(d, dict) else str(d) for d in deps),
+            ignore_output=tuple(doc.get("ignore_output") or ()),
+            map_source=doc.get("map_source_step_name"),
+            reduce_source=doc.get("reduce_source_step_name"),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class FlowInfo:
+    """A flow definition as listed by ``cb_list_flows()``."""
+
+    name: str
+    description: str | None
+    steps: tuple[StepInfo, ...]
+    output_priority: tuple[str, ...]
+    """The steps whose output becomes the flow's, first completed one wins."""
+    retention_period: timedelta | None
+    on_fail: bool
+    """Whether failed runs are handed to an on-fail handler."""
+    created_at: datetime
+
+    def step(self, name: str) -> StepInfo:
+        """The step called ``name`` (``KeyError`` when there is none)."""
+        for s in self.steps:
+            if s.name == name:
+                return s
+        raise KeyError(name)
+
+
+@dataclass(frozen=True, slots=True)
+class FlowRunInfo:
+    """One run of a flow (``catbird.cb_flow_run_info``).
+
+    ``input``, ``headers`` and ``output`` are plain JSON values; use
+    :meth:`catbird.FlowHandle.wait_for_output` for a typed output.
+    """
+
+    id: int
+    flow_name: str
+    status: str
+    priority: int
+    concurrency_key: str | None
+    input: Any
+    headers: dict[str, Any] | None
+    output: Any
+    error_message: str | None
+    cancel_reason: str | None
+    failed_step_name: str | None
+    created_at: datetime
+    visible_at: datetime
+    expires_at: datetime | None
+    started_at: datetime | None
+    completed_at: datetime | None
+    failed_at: datetime | None
+    cancel_requested_at: datetime | None
+    canceled_at: datetime | None
+    on_fail_status: str | None
+    on_fail_attempts: int
+    on_fail_error_message: str | None
+
+    @property
+    def is_done(self) -> bool:
+        """The run reached a terminal state (completed, failed, canceled, expired)."""
+        return self.status in TERMINAL_STATUSES
+
+    @property
+    def is_completed(self) -> bool:
+        """The run completed (its ``output`` is the flow's output)."""
+        return self.status == "completed"
+
+
+@dataclass(frozen=True, slots=True)
+class StepRunInfo:
+    """One step of a flow run (``catbird.cb_step_run_info``).
+
+    ``output`` is set once the step completed (for a mapper or generator: the
+    item outputs in item order); ``map_total``/``map_done`` count the items
+    of mapper and generator steps.
+    """
+
+    id: int
+    flow_run_id: int
+    step_name: str
+    status: str
+    priority: int
+    attempts: int
+    output: Any
+    error_message: str | None
+    signal_input: Any
+    map_total: int | None
+    map_done: int
+    created_at: datetime
+    visible_at: datetime
+    started_at: datetime | None
+    completed_at: datetime | None
+    failed_at: datetime | None
+    skipped_at: datetime | None
+    canceled_at: datetime | None
+
+    @property
+    def is_done(self) -> bool:
+        """The step reached a terminal state (completed, failed, skipped, canceled)."""
+        return self.status in TERMINAL_STEP_STATUSES
+
+    @property
+    def is_completed(self) -> bool:
+        """The step completed (its ``output`` is set)."""
+        return self.status == "completed"
+
+
+@dataclass(frozen=True, slots=True)
+class StepClaim:
+    """A step run claimed by a worker (``catbird.cb_step_claim``).
+
+    ``step_outputs`` maps each completed dependency (except ignored ones and
+    a reducer's source) to its output; ``attempts`` is the fencing token.
+    """
+
+    id: int
+    flow_run_id: int
+    attempts: int
+    input: Any
+    step_outputs: dict[str, Any]
+    signal_input: Any
+
+
+@dataclass(frozen=True, slots=True)
+class MapTaskClaim:
+    """An item of a mapper or generator step claimed by a worker (``cb_claim_map_tasks``)."""
+
+    id: int
+    flow_run_id: int
+    attempts: int
+    input: Any
+    step_outputs: dict[str, Any]
+    signal_input: Any
+    item: Any
+
+
+@dataclass(frozen=True, slots=True)
+class FlowOnFailClaim:
+    """A failed flow run claimed for its on-fail handler (``cb_claim_flow_on_fail``)."""
+
+    id: int
+    input: Any
+    error_message: str | None
+    on_fail_attempts: int
+    started_at: datetime | None
+    failed_at: datetime | None
+    concurrency_key: str | None
+    failed_step_name: str | None
+    failed_step_input: Any
+    failed_step_signal_input: Any
+    failed_step_attempts: int | None

@@ -1319,7 +1319,7 @@ BEGIN
     UPDATE catbird.cb_task_runs r
     SET visible_at = catbird.cb_now() + make_interval(secs => hide_for / 1000.0)
     FROM unnest(ids, cb_hide_tasks.attempts) AS u(id, attempt)
-    WHERE r.task_id = v_task.id AND r.id = u.id AND r.status = 'started'
+    WHERE r.task_id = v_task.id AND r.id = u.id AND r.id = ANY (ids) AND r.status = 'started'
       AND (u.attempt IS NULL OR r.attempts = u.attempt);
 END
 $$;
@@ -1345,12 +1345,17 @@ BEGIN
         SET status = 'completed', output = coalesce(u.output, 'null'::jsonb), completed_at = v_now,
             error_message = NULL
         FROM unnest(run_ids, outputs, cb_complete_tasks.attempts) AS u(id, output, attempt)
-        WHERE r.id = u.id AND r.task_id = v_task.id AND r.status = 'started'
+        -- r.id = ANY keeps the plan on the primary key (joining the unnest alone
+        -- can walk the task's whole claim index on an unanalyzed table)
+        WHERE r.id = u.id AND r.id = ANY (run_ids) AND r.task_id = v_task.id AND r.status = 'started'
           AND (u.attempt IS NULL OR r.attempts = u.attempt)
         RETURNING r.id
     )
     SELECT coalesce(array_agg(d.id ORDER BY d.id), '{}') INTO v_done FROM done d;
-    PERFORM catbird._cb_notify('catbird.task.completed', d::text) FROM unnest(v_done) AS d;
+    -- One event per call (ids comma-separated, at most 500 per event), not one per run.
+    PERFORM catbird._cb_notify('catbird.task.completed', string_agg(c.id::text, ',' ORDER BY c.id))
+    FROM (SELECT d AS id, (row_number() OVER (ORDER BY d) - 1) / 500 AS chunk FROM unnest(v_done) AS d) c
+    GROUP BY c.chunk;
     RETURN v_done;
 END
 $$;
@@ -2806,7 +2811,7 @@ BEGIN
             UPDATE catbird.cb_map_tasks m
             SET status = 'completed', completed_at = v_now, output = coalesce(u.output, 'null'), error_message = NULL
             FROM unnest(ids, outputs, cb_complete_map_tasks.attempts) AS u(id, output, attempt)
-            WHERE m.id = u.id AND m.flow_run_id = v_run.id AND m.status = 'started'
+            WHERE m.id = u.id AND m.id = ANY (ids) AND m.flow_run_id = v_run.id AND m.status = 'started'
               AND (u.attempt IS NULL OR m.attempts = u.attempt)
             RETURNING m.step_run_id
         ), counted AS (
@@ -3455,7 +3460,8 @@ $$;
 -- payloads within one transaction, so a batch of runs wakes workers once.
 -- Engine topics: catbird.task.{created,deleted,queued,completed,failed,canceled},
 -- catbird.worker.{started,stopped}; data is the task name for definition and
--- queued events, the run id for run events, the worker id for worker events.
+-- queued events, the run id for run events (catbird.task.completed carries the
+-- ids a call completed, comma-separated), the worker id for worker events.
 
 CREATE FUNCTION catbird._cb_notify(topic text, data text = NULL, node_id uuid = NULL) RETURNS void
 LANGUAGE sql VOLATILE

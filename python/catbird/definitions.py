@@ -1,0 +1,633 @@
+"""Task definitions: handlers, their options, signature checks and JSON codecs.
+
+::
+
+    @catbird.task("send_email", max_retries=3, concurrency=5, timeout=30.0,
+                  backoff=(0.1, 2.0), circuit_breaker=(5, 30.0))
+    async def send_email(req: EmailRequest) -> EmailResult: ...
+
+    @send_email.on_fail
+    def report(req: EmailRequest, failure: catbird.TaskFailure) -> None: ...
+
+A :class:`Task` is a named definition (description, condition, retention
+period: what :meth:`catbird.Client.create_task` stores) plus, optionally, a
+:class:`Handler` the :class:`catbird.Worker` runs and an on-fail handler.
+Handlers are checked when they are attached, so a wrong signature fails at
+import time rather than in a worker: a task handler takes exactly one
+parameter (the run input), an on-fail handler two (the input and a
+:class:`catbird.TaskFailure`); either may be ``async def`` or a plain function
+(run in a thread by the worker). The input parameter's annotation and the
+return annotation select the JSON codecs (:mod:`catbird.codec`): a dataclass,
+``TypedDict`` or pydantic model is built from the JSON input, and outputs are
+turned back into JSON.
+
+:class:`HandlerOptions`, :class:`Handler` and :func:`make_handler` are not
+task-specific: flow steps are handlers with the same options.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import inspect
+import math
+import random
+import re
+import sys
+import types
+import typing
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any, Generic, Protocol, TypeVar, overload
+
+from .codec import Codec, codec_for, is_passthrough, to_json_value
+from .errors import CatbirdError, InvalidArgument
+from .models import TaskFailure
+
+__all__ = [
+    "CircuitBreaker",
+    "DefinitionError",
+    "Handler",
+    "HandlerOptions",
+    "Param",
+    "Task",
+    "check_name",
+    "definition_args",
+    "make_handler",
+    "output_decoder",
+    "task",
+    "task_name",
+]
+
+I = TypeVar("I")  # noqa: E741 - the conventional name of an input type
+O = TypeVar("O")  # noqa: E741
+I_contra = TypeVar("I_contra", contravariant=True)
+
+_NAME_RE = re.compile(r"^[a-z][a-z0-9_]*$")
+_NAME_MAX = 58
+
+
+class DefinitionError(CatbirdError, TypeError):
+    """A handler or definition is unusable (wrong signature, bad option, ...)."""
+
+
+def check_name(kind: str, name: str) -> str:
+    """``name`` if it is a valid task/flow/step name, else :class:`InvalidArgument`.
+
+    The engine checks the same rule; checking here reports it at definition time.
+    """
+    if not isinstance(name, str) or not _NAME_RE.match(name) or len(name) > _NAME_MAX:
+        raise InvalidArgument(
+            f"invalid {kind} name {name!r}: expected lowercase letters, digits and underscores,"
+            f" starting with a letter, at most {_NAME_MAX} characters"
+        )
+    return name
+
+
+def _seconds(value: float | timedelta, what: str, *, allow_zero: bool = False) -> float:
+    if isinstance(value, timedelta):
+        value = value.total_seconds()
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        raise InvalidArgument(f"{what} must be a finite number of seconds, got {value!r}")
+    if value < 0 or (value == 0 and not allow_zero):
+        raise InvalidArgument(
+            f"{what} must be {'>= 0' if allow_zero else '> 0'} seconds, got {value!r}"
+        )
+    return float(value)
+
+
+def _positive_int(value: int, what: str, *, minimum: int = 1) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise InvalidArgument(f"{what} must be an integer >= {minimum}, got {value!r}")
+    return value
+
+
+# ---------------------------------------------------------------- options
+
+
+@dataclass(frozen=True, slots=True)
+class CircuitBreaker:
+    """Stop claiming work for ``open_timeout`` seconds after
+    ``failure_threshold`` consecutive failures of a handler.
+
+    After the pause one run is let through (half-open): its success closes
+    the breaker, its failure opens it again.
+    """
+
+    failure_threshold: int
+    open_timeout: float
+
+    def __post_init__(self) -> None:
+        _positive_int(self.failure_threshold, "circuit_breaker failure_threshold")
+        object.__setattr__(
+            self, "open_timeout", _seconds(self.open_timeout, "circuit_breaker open_timeout")
+        )
+
+
+CircuitBreakerSpec = CircuitBreaker | tuple[int, float | timedelta] | None
+"""A :class:`CircuitBreaker`, a ``(failure_threshold, open_timeout)`` pair, or none."""
+
+
+def _ms(seconds: float) -> int:
+    return math.ceil(round(seconds * 1000, 6))
+
+
+@dataclass(frozen=True, slots=True)
+class HandlerOptions:
+    """How the worker runs one handler (the Go library's ``HandlerOpt``).
+
+    * ``concurrency``: handler calls running at once in one worker;
+    * ``batch_size``: most runs claimed per claim statement;
+    * ``timeout``: seconds per call (``None``: no limit); a call that takes
+      longer is failed with "timed out after X s" and retried by the policy;
+    * ``max_retries``: retries after the first attempt;
+    * ``backoff``: ``(min, max)`` seconds of full-jitter retry delay: retry
+      *n* waits uniformly in ``[min, min(max, min * 2**(n-1))]``;
+    * ``circuit_breaker``: see :class:`CircuitBreaker`.
+    """
+
+    concurrency: int = 4
+    batch_size: int = 64
+    timeout: float | None = 30.0
+    max_retries: int = 2
+    backoff: tuple[float, float] = (0.1, 2.0)
+    circuit_breaker: CircuitBreaker | None = None
+
+    def __post_init__(self) -> None:
+        _positive_int(self.concurrency, "concurrency")
+        _positive_int(self.batch_size, "batch_size")
+        _positive_int(self.max_retries, "max_retries", minimum=0)
+        if self.timeout is not None:
+            object.__setattr__(self, "timeout", _seconds(self.timeout, "timeout"))
+        try:
+            low, high = self.backoff
+        except (TypeError, ValueError):
+            raise InvalidArgument(
+                f"backoff must be a (min, max) pair of seconds, got {self.backoff!r}"
+            ) from None
+        low = _seconds(low, "backoff min", allow_zero=True)
+        high = _seconds(high, "backoff max", allow_zero=True)
+        if high < low:
+            raise InvalidArgument(f"backoff max ({high!r} s) must not be less than min ({low!r} s)")
+        object.__setattr__(self, "backoff", (low, high))
+        cb: Any = self.circuit_breaker
+        if cb is not None and not isinstance(cb, CircuitBreaker):
+            try:
+                threshold, open_timeout = cb
+            except (TypeError, ValueError):
+                raise InvalidArgument(
+                    "circuit_breaker must be a CircuitBreaker or a"
+                    f" (failure_threshold, open_timeout) pair, got {cb!r}"
+                ) from None
+            object.__setattr__(self, "circuit_breaker", CircuitBreaker(threshold, open_timeout))
+
+    def replace(self, **changes: Any) -> HandlerOptions:
+        """A copy with some options changed (validated again)."""
+        return dataclasses.replace(self, **changes)
+
+    @property
+    def backoff_ms(self) -> tuple[int, int]:
+        """``backoff`` in whole milliseconds, as the engine takes it."""
+        return _ms(self.backoff[0]), _ms(self.backoff[1])
+
+    def retry_delay(self, attempt: int) -> float:
+        """Full-jitter delay (seconds) before retry number ``attempt`` (1-based).
+
+        The same formula as the engine's ``cb_fail_task``.
+        """
+        low, high = self.backoff
+        cap = min(high, low * float(2 ** min(max(attempt - 1, 0), 60)))
+        return low + random.random() * (cap - low)
+
+
+_OPTION_NAMES = frozenset(f.name for f in dataclasses.fields(HandlerOptions))
+
+
+def _options(base: HandlerOptions, overrides: dict[str, Any]) -> HandlerOptions:
+    unknown = sorted(set(overrides) - _OPTION_NAMES)
+    if unknown:
+        raise InvalidArgument(
+            f"unknown handler option(s): {', '.join(unknown)}"
+            f" (expected {', '.join(sorted(_OPTION_NAMES))})"
+        )
+    return base.replace(**overrides) if overrides else base
+
+
+# ---------------------------------------------------------------- handlers
+
+
+@dataclass(frozen=True, slots=True)
+class Param:
+    """One parameter of a handler."""
+
+    name: str
+    annotation: Any
+    codec: Codec
+    has_default: bool
+    optional: bool
+    """The annotation admits ``None`` (``X | None``)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Handler:
+    """A checked handler function with its options and codecs.
+
+    ``params`` are the parameters the worker passes positionally, in order;
+    ``output`` is the codec of the return annotation.
+    """
+
+    fn: Callable[..., Any]
+    options: HandlerOptions
+    params: tuple[Param, ...]
+    output: Codec
+    is_async: bool
+
+    @property
+    def name(self) -> str:
+        return _callable_name(self.fn)
+
+
+def _callable_name(fn: Any) -> str:
+    target = fn
+    while isinstance(target, functools.partial):
+        target = target.func
+    return str(getattr(target, "__qualname__", None) or type(target).__qualname__)
+
+
+def _is_async(fn: Any) -> bool:
+    if inspect.iscoroutinefunction(fn):
+        return True
+    call = getattr(type(fn), "__call__", None)  # noqa: B004 - callable objects
+    return (
+        not inspect.isfunction(fn)
+        and not inspect.ismethod(fn)
+        and call is not None
+        and inspect.iscoroutinefunction(call)
+    )
+
+
+def _hints(fn: Any, what: str) -> dict[str, Any]:
+    target = fn
+    while isinstance(target, functools.partial):
+        target = target.func
+    if not (inspect.isfunction(target) or inspect.ismethod(target)) and not isinstance(
+        target, type
+    ):
+        target = getattr(type(target), "__call__", target)  # noqa: B004
+    try:
+        return typing.get_type_hints(target, include_extras=True)
+    except Exception as first:
+        # Types defined next to the handler inside a function (common in
+        # tests): resolve with the defining scope's locals, as pydantic does.
+        try:
+            return typing.get_type_hints(target, localns=_caller_locals(), include_extras=True)
+        except Exception:
+            exc = first
+        raise DefinitionError(
+            f"{what}: cannot resolve the annotations of {_callable_name(fn)}: {exc}"
+            " (define annotated types at module level, not inside a function)"
+        ) from exc
+
+
+def _caller_locals() -> dict[str, Any]:
+    """The local variables of the innermost frame outside this package."""
+    frame = sys._getframe(1)
+    while frame is not None:
+        module = frame.f_globals.get("__name__", "")
+        if module != "catbird" and not module.startswith("catbird."):
+            return dict(frame.f_locals)
+        frame = frame.f_back  # type: ignore[assignment]
+    return {}
+
+
+def _admits_none(annotation: Any) -> bool:
+    if annotation is None or annotation is type(None):
+        return True
+    origin = typing.get_origin(annotation)
+    if origin is typing.Annotated:
+        return _admits_none(typing.get_args(annotation)[0])
+    if origin is typing.Union or origin is types.UnionType:
+        return any(a is type(None) for a in typing.get_args(annotation))
+    return False
+
+
+def make_handler(
+    fn: Callable[..., Any],
+    options: HandlerOptions,
+    *,
+    what: str,
+    arity: int,
+    param_roles: tuple[str, ...] = (),
+) -> Handler:
+    """Check ``fn`` and wrap it as a :class:`Handler`.
+
+    ``fn`` must be callable with exactly ``arity`` positional arguments (more
+    parameters are allowed only with defaults); ``param_roles`` names them for
+    error messages (e.g. ``("the run input",)``). ``what`` names the owner in
+    error messages (``"task 'send_email'"``). Raises :class:`DefinitionError`.
+    """
+    if not callable(fn):
+        raise DefinitionError(f"{what}: the handler must be callable, got {fn!r}")
+    if inspect.isgeneratorfunction(fn) or inspect.isasyncgenfunction(fn):
+        raise DefinitionError(
+            f"{what}: handler {_callable_name(fn)} is a generator; a handler must return its"
+            " output, not yield it"
+        )
+    try:
+        sig = inspect.signature(fn)
+    except (TypeError, ValueError) as exc:
+        raise DefinitionError(f"{what}: cannot inspect the handler {fn!r}: {exc}") from exc
+    roles = ", ".join(param_roles) if param_roles else f"{arity} argument(s)"
+    expected = (
+        f"{what}: handler {_callable_name(fn)}{sig} must take exactly {arity}"
+        f" parameter{'s' if arity != 1 else ''} ({roles})"
+    )
+    positional = [
+        p
+        for p in sig.parameters.values()
+        if p.kind in (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+    ]
+    var_positional = any(
+        p.kind is inspect.Parameter.VAR_POSITIONAL for p in sig.parameters.values()
+    )
+    required = [p for p in positional if p.default is inspect.Parameter.empty]
+    required_kwonly = [
+        p.name
+        for p in sig.parameters.values()
+        if p.kind is inspect.Parameter.KEYWORD_ONLY and p.default is inspect.Parameter.empty
+    ]
+    if required_kwonly:
+        raise DefinitionError(
+            f"{expected}; it has required keyword-only parameter(s) {', '.join(required_kwonly)}"
+        )
+    if len(required) > arity:
+        raise DefinitionError(f"{expected}; it requires {len(required)}")
+    if len(positional) < arity and not var_positional:
+        raise DefinitionError(f"{expected}; it takes {len(positional)}")
+    hints = _hints(fn, what)
+    params: list[Param] = []
+    for i in range(arity):
+        if i < len(positional):
+            p = positional[i]
+            name, has_default = p.name, p.default is not inspect.Parameter.empty
+        else:
+            name, has_default = f"arg{i}", False
+        annotation = hints.get(name, inspect.Parameter.empty)
+        try:
+            codec = codec_for(annotation)
+        except TypeError as exc:
+            raise DefinitionError(
+                f"{what}: parameter {name!r} of {_callable_name(fn)}: {exc}"
+            ) from exc
+        params.append(Param(name, annotation, codec, has_default, _admits_none(annotation)))
+    ret = hints.get("return", inspect.Parameter.empty)
+    try:
+        output = codec_for(ret)
+    except TypeError as exc:
+        raise DefinitionError(f"{what}: return annotation of {_callable_name(fn)}: {exc}") from exc
+    return Handler(fn, options, tuple(params), output, _is_async(fn))
+
+
+# ---------------------------------------------------------------- tasks
+
+
+def _retention(value: float | timedelta | None) -> timedelta | None:
+    if value is None:
+        return None
+    return timedelta(seconds=_seconds(value, "retention_period", allow_zero=True))
+
+
+_PASSTHROUGH = codec_for(Any)
+
+
+class Task(Generic[I, O]):
+    """A task: a named definition and, optionally, its handler.
+
+    ``Task("resize")`` alone is a definition-only task (enough to create it and
+    run it from a client); ``Task("resize", fn, ...)``, :func:`catbird.task`
+    or :meth:`do` attach the handler a worker runs. Handler options
+    (``concurrency``, ``batch_size``, ``timeout``, ``max_retries``,
+    ``backoff``, ``circuit_breaker``) are described in :class:`HandlerOptions`.
+
+    Calling the task (``send_email(req)``) calls the handler directly, which
+    is handy in unit tests.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        fn: Callable[[I], Awaitable[O]] | Callable[[I], O] | None = None,
+        *,
+        description: str | None = None,
+        condition: str | None = None,
+        retention_period: float | timedelta | None = None,
+        concurrency: int = 4,
+        batch_size: int = 64,
+        timeout: float | None = 30.0,
+        max_retries: int = 2,
+        backoff: tuple[float, float] = (0.1, 2.0),
+        circuit_breaker: CircuitBreakerSpec = None,
+    ) -> None:
+        self.name = check_name("task", name)
+        self.description = description
+        self.condition = condition
+        self.retention_period = _retention(retention_period)
+        self.options = HandlerOptions(
+            concurrency=concurrency,
+            batch_size=batch_size,
+            timeout=timeout,
+            max_retries=max_retries,
+            backoff=backoff,
+            circuit_breaker=circuit_breaker,  # type: ignore[arg-type]  # normalised in __post_init__
+        )
+        self.handler: Handler | None = None
+        self.on_fail_handler: Handler | None = None
+        if fn is not None:
+            self.do(fn)
+
+    def __repr__(self) -> str:
+        parts = [repr(self.name)]
+        if self.handler is not None:
+            parts.append(f"handler={self.handler.name}")
+        if self.on_fail_handler is not None:
+            parts.append(f"on_fail={self.on_fail_handler.name}")
+        return f"Task({', '.join(parts)})"
+
+    def do(self, fn: Callable[[I], Awaitable[O]] | Callable[[I], O], **options: Any) -> Task[I, O]:
+        """Attach the handler (options given here override the task's). Returns the task."""
+        opts = _options(self.options, options)
+        self.handler = make_handler(
+            fn, opts, what=f"task {self.name!r}", arity=1, param_roles=("the run input",)
+        )
+        self.options = opts
+        functools.update_wrapper(self, fn, assigned=("__module__", "__doc__"), updated=())
+        return self
+
+    @overload
+    def on_fail(self, fn: Callable[[I, TaskFailure], Any], /, **options: Any) -> Task[I, O]: ...
+    @overload
+    def on_fail(
+        self, fn: None = None, /, **options: Any
+    ) -> Callable[[Callable[[I, TaskFailure], Any]], Task[I, O]]: ...
+    def on_fail(
+        self, fn: Callable[[I, TaskFailure], Any] | None = None, /, **options: Any
+    ) -> Task[I, O] | Callable[[Callable[[I, TaskFailure], Any]], Task[I, O]]:
+        """Attach the on-fail handler, called with ``(input, TaskFailure)`` once a
+        run has failed for good (after its retries).
+
+        Usable as ``task.on_fail(fn, max_retries=5)``, ``@task.on_fail`` or
+        ``@task.on_fail(timeout=10)``; returns the task. Its options default to
+        the standard ones (not the task handler's).
+        """
+        if fn is None:
+
+            def decorator(f: Callable[[I, TaskFailure], Any]) -> Task[I, O]:
+                return self._set_on_fail(f, options)
+
+            return decorator
+        return self._set_on_fail(fn, options)
+
+    def _set_on_fail(self, fn: Callable[..., Any], options: dict[str, Any]) -> Task[I, O]:
+        what = f"task {self.name!r} on-fail"
+        handler = make_handler(
+            fn,
+            _options(HandlerOptions(), options),
+            what=what,
+            arity=2,
+            param_roles=("the run input", "a catbird.TaskFailure"),
+        )
+        failure = handler.params[1]
+        if failure.annotation not in (inspect.Parameter.empty, Any, object, TaskFailure):
+            raise DefinitionError(
+                f"{what}: parameter {failure.name!r} of {handler.name} receives a"
+                f" catbird.TaskFailure, not {failure.annotation!r}"
+            )
+        self.on_fail_handler = handler
+        return self
+
+    def __call__(self, input: I) -> Any:
+        """Call the handler directly (no worker, no database)."""
+        if self.handler is None:
+            raise DefinitionError(f"task {self.name!r} has no handler")
+        return self.handler.fn(input)
+
+    # -- codecs ---------------------------------------------------------------
+
+    @property
+    def input_codec(self) -> Codec:
+        """The codec of the handler's input annotation (JSON as is without a handler)."""
+        return self.handler.params[0].codec if self.handler is not None else _PASSTHROUGH
+
+    @property
+    def output_codec(self) -> Codec:
+        """The codec of the handler's return annotation (JSON as is without a handler)."""
+        return self.handler.output if self.handler is not None else _PASSTHROUGH
+
+    def encode_input(self, value: I) -> Any:
+        """``value`` as a JSON value (dataclasses, pydantic models, ... converted)."""
+        return to_json_value(value)
+
+    def decode_output(self, value: Any) -> O:
+        """A completed run's JSON output as the handler's annotated return type."""
+        return typing.cast(O, self.output_codec.decode(value))
+
+
+class _TaskDecorator(Protocol):
+    @overload
+    def __call__(self, fn: Callable[[I_contra], Awaitable[O]], /) -> Task[I_contra, O]: ...
+    @overload
+    def __call__(self, fn: Callable[[I_contra], O], /) -> Task[I_contra, O]: ...
+
+
+def task(
+    name: str,
+    *,
+    description: str | None = None,
+    condition: str | None = None,
+    retention_period: float | timedelta | None = None,
+    concurrency: int = 4,
+    batch_size: int = 64,
+    timeout: float | None = 30.0,
+    max_retries: int = 2,
+    backoff: tuple[float, float] = (0.1, 2.0),
+    circuit_breaker: CircuitBreakerSpec = None,
+) -> _TaskDecorator:
+    """Decorator: turn a handler function into a :class:`Task` named ``name``.
+
+    ::
+
+        @catbird.task("send_email", max_retries=3, timeout=10.0)
+        async def send_email(req: EmailRequest) -> EmailResult: ...
+    """
+    # Fail on bad options where the decorator is written, not where it is applied.
+    Task(
+        name,
+        description=description,
+        condition=condition,
+        retention_period=retention_period,
+        concurrency=concurrency,
+        batch_size=batch_size,
+        timeout=timeout,
+        max_retries=max_retries,
+        backoff=backoff,
+        circuit_breaker=circuit_breaker,
+    )
+
+    def decorator(fn: Callable[[Any], Any]) -> Task[Any, Any]:
+        return Task(
+            name,
+            fn,
+            description=description,
+            condition=condition,
+            retention_period=retention_period,
+            concurrency=concurrency,
+            batch_size=batch_size,
+            timeout=timeout,
+            max_retries=max_retries,
+            backoff=backoff,
+            circuit_breaker=circuit_breaker,
+        )
+
+    return typing.cast(_TaskDecorator, decorator)
+
+
+# ---------------------------------------------------------------- client helpers
+
+
+def task_name(task: Task[Any, Any] | str) -> str:
+    """The name of a task given as a :class:`Task` or a name."""
+    return task.name if isinstance(task, Task) else task
+
+
+def output_decoder(task: Task[Any, O] | str) -> Callable[[Any], O] | None:
+    """How a handle decodes the output of ``task`` (``None``: plain JSON)."""
+    if isinstance(task, Task) and not is_passthrough(task.output_codec):
+        return typing.cast(Callable[[Any], O], task.output_codec.decode)
+    return None
+
+
+def definition_args(
+    task: Task[Any, Any] | str,
+    *,
+    description: str | None,
+    condition: str | None,
+    retention_period: float | timedelta | None,
+    on_fail: bool | None,
+) -> dict[str, Any]:
+    """Arguments of ``cb_create_task``: the task's own, overridden by those given."""
+    if isinstance(task, Task):
+        return {
+            "description": task.description if description is None else description,
+            "condition": task.condition if condition is None else condition,
+            "retention_period": (
+                task.retention_period if retention_period is None else retention_period
+            ),
+            "on_fail": (task.on_fail_handler is not None) if on_fail is None else on_fail,
+        }
+    return {
+        "description": description,
+        "condition": condition,
+        "retention_period": retention_period,
+        "on_fail": bool(on_fail),
+    }

@@ -1,0 +1,956 @@
+"""Flow definitions: DAGs of steps, their handlers and signature checks.
+
+::
+
+    order = catbird.Flow("order_processing", output_priority=["ship"])
+
+    @order.step()
+    def validate(input: Order) -> Validation: ...
+
+    @order.step(depends_on=["validate"], condition="validate.ok eq true")
+    def charge(input: Order, validate: Validation) -> Charge: ...
+
+    @order.step(depends_on=["charge"], signal=True)
+    def ship(input: Order, signal: Approval, charge: Charge | None) -> Shipment: ...
+
+A :class:`Flow` is a named list of :class:`Step` objects; :meth:`Flow.definition`
+is the ``steps`` JSON that ``cb_create_flow`` stores, and the engine decides
+everything at run time (which step is ready, conditions, fan-out, retries).
+
+**Handler parameters are matched by name**, so their order is free:
+
+* ``input`` — the flow input (optional);
+* ``signal`` — the signal input of a ``signal=True`` step (optional; a
+  signal step may use its signal as a gate only);
+* one parameter per dependency, named after the step, receiving its output
+  (required for every dependency, except those listed in ``ignore_output``,
+  whose outputs are not even fetched; a handler with ``**kwargs`` receives
+  the dependencies it does not name there, as plain JSON). A dependency that has a condition is
+  skipped when the condition is false, and the handler then receives
+  ``None``: its parameter must be annotated ``X | None`` (``Optional[X]``),
+  which is checked here, when the step is declared. In this engine only a
+  step with a condition can be skipped (a step whose dependency was skipped
+  still runs), so that is the whole rule;
+* ``item`` — for mapper items and generator items, the item.
+
+Annotations choose the JSON codecs exactly as for tasks (dataclasses,
+``TypedDict``, pydantic models, ...). Dependencies must be declared before the
+steps that use them (decorators run top to bottom), which also rules out
+cycles.
+
+**Step kinds**
+
+* ``@flow.step()`` — a normal step; its return value is its output.
+* ``@flow.step(map="input")`` / ``map="other_step"`` — a *mapper*: the
+  decorated function handles one ``item`` of the flow input (or of the named
+  dependency's output, which must be an array); the step's output is the list
+  of item outputs in item order. Each item retries on its own.
+* ``@flow.step(generator=True)`` — a *generator*: the decorated function is
+  a (sync or async) generator that yields items while it runs; the worker
+  adds them to the step in chunks as they come. Each item is then handled by
+  the function given with ``@that_step.item`` (by default the item itself is
+  its output), and the step's output is the list of item outputs. A retried
+  generator skips the items its earlier attempts already added, so a
+  generator must yield the same sequence each time it runs (deterministic).
+* ``@flow.step(reduce="mapper_or_generator", initial=0)`` — a *reducer*: the
+  decorated function folds the source's item outputs one by one,
+  ``(acc, item) -> acc`` (its first two parameters, any names, passed
+  positionally), starting from a copy of ``initial``; the final accumulator is
+  its output. Items are read page by page, never as one array.
+
+The handler options of tasks apply to each step (``concurrency``,
+``batch_size``, ``timeout``, ``max_retries``, ``backoff``,
+``circuit_breaker``; see :class:`catbird.HandlerOptions`); for a mapper they
+apply to its items, for a generator to the generator function (the items get
+their own with ``@step.item(...)``; by default the step's).
+
+:meth:`Flow.on_fail` attaches a handler called with ``(input, FlowFailure)``
+once a run has failed for good.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import functools
+import inspect
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import TYPE_CHECKING, Any, NoReturn, TypeVar, overload
+
+from . import _sql
+from ._sql import Query
+from .codec import Codec, codec_for, dumps, is_passthrough
+from .context import RunContext, _current
+from .definitions import (
+    DefinitionError,
+    Handler,
+    HandlerOptions,
+    _admits_none,
+    _callable_name,
+    _hints,
+    _is_async,
+    _options,
+    _retention,
+    check_name,
+    make_handler,
+)
+from .errors import CompleteEarly, InvalidArgument, NoRunContext, NotFound
+from .models import StepRunInfo
+
+if TYPE_CHECKING:
+    from .aio import AsyncClient
+
+__all__ = [
+    "Flow",
+    "FlowFailure",
+    "FlowRunContext",
+    "Step",
+    "StepHandler",
+    "complete_early",
+    "current_flow_run_id",
+    "flow_name",
+    "get_step",
+    "get_step_async",
+    "wait_for_step",
+    "wait_for_step_async",
+]
+
+T = TypeVar("T")
+F = TypeVar("F", bound=Callable[..., Any])
+
+RESERVED_STEP_NAMES = frozenset({"input", "signal"})
+STEP_TYPES = ("normal", "mapper", "generator", "reducer")
+
+_PASSTHROUGH = codec_for(Any)
+
+
+# ---------------------------------------------------------------- handlers
+
+
+@dataclass(frozen=True, slots=True)
+class Arg:
+    """One parameter of a step handler: where its value comes from.
+
+    ``role`` is ``input``, ``signal``, ``item`` or ``dep`` (then ``source``
+    names the dependency).
+    """
+
+    name: str
+    role: str
+    source: str
+    codec: Codec
+
+
+@dataclass(frozen=True, slots=True)
+class StepHandler:
+    """A checked step handler.
+
+    ``positional`` are the leading parameters passed positionally (a
+    reducer's ``acc`` and ``item``); ``args`` are passed by keyword.
+    """
+
+    fn: Callable[..., Any]
+    options: HandlerOptions
+    positional: tuple[Arg, ...]
+    args: tuple[Arg, ...]
+    output: Codec
+    is_async: bool
+    is_generator: bool
+
+    @property
+    def name(self) -> str:
+        return _callable_name(self.fn)
+
+    @property
+    def wants_input(self) -> bool:
+        """The handler takes the flow input (a claim can leave it out otherwise)."""
+        return any(arg.role == "input" for arg in self.args)
+
+    @property
+    def wants_outputs(self) -> bool:
+        """The handler takes dependency outputs."""
+        return any(arg.role == "dep" for arg in self.args)
+
+    def kwargs(
+        self, input: Any, step_outputs: dict[str, Any], signal_input: Any, item: Any = None
+    ) -> dict[str, Any]:
+        """The keyword arguments of one call, decoded from the claim's JSON."""
+        values: dict[str, Any] = {}
+        for arg in self.args:
+            if arg.role == "input":
+                raw = input
+            elif arg.role == "signal":
+                raw = signal_input
+            elif arg.role == "item":
+                raw = item
+            else:
+                raw = step_outputs.get(arg.source)
+            values[arg.name] = arg.codec.decode(raw)
+        return values
+
+
+def _bind(
+    fn: Callable[..., Any],
+    options: HandlerOptions,
+    *,
+    what: str,
+    accepted: dict[str, tuple[str, str]],
+    required: Sequence[str],
+    nullable: Iterable[str],
+    positional: Sequence[str] = (),
+    generator: bool = False,
+) -> StepHandler:
+    """Check ``fn`` against the values a step handler can receive.
+
+    ``accepted`` maps parameter names to ``(role, source)``; ``required``
+    names parameters that must be present; ``nullable`` those whose
+    annotation must admit ``None``; ``positional`` names the roles of the
+    leading positional parameters (a reducer's ``("acc", "item")``).
+    """
+    if not callable(fn):
+        raise DefinitionError(f"{what}: the handler must be callable, got {fn!r}")
+    is_gen = inspect.isgeneratorfunction(fn) or inspect.isasyncgenfunction(fn)
+    if generator and not is_gen:
+        raise DefinitionError(
+            f"{what}: handler {_callable_name(fn)} must be a generator function (sync or"
+            " async) that yields the step's items"
+        )
+    if not generator and is_gen:
+        raise DefinitionError(
+            f"{what}: handler {_callable_name(fn)} is a generator; only a step declared with"
+            " generator=True yields items (other handlers return their output)"
+        )
+    try:
+        sig = inspect.signature(fn)
+    except (TypeError, ValueError) as exc:
+        raise DefinitionError(f"{what}: cannot inspect the handler {fn!r}: {exc}") from exc
+    hints = _hints(fn, what)
+    shown = f"{_callable_name(fn)}{sig}"
+    names = ", ".join(accepted) or "none"
+    params = list(sig.parameters.values())
+
+    def codec(name: str) -> Codec:
+        annotation = hints.get(name, inspect.Parameter.empty)
+        try:
+            return codec_for(annotation)
+        except TypeError as exc:
+            raise DefinitionError(f"{what}: parameter {name!r} of {shown}: {exc}") from exc
+
+    lead: list[Arg] = []
+    for role in positional:
+        if not params or params[0].kind not in (
+            inspect.Parameter.POSITIONAL_ONLY,
+            inspect.Parameter.POSITIONAL_OR_KEYWORD,
+        ):
+            raise DefinitionError(
+                f"{what}: handler {shown} must take ({', '.join(positional)}) as its first"
+                f" {len(positional)} positional parameters"
+            )
+        p = params.pop(0)
+        lead.append(Arg(p.name, role, "", codec(p.name)))
+
+    bound: list[Arg] = []
+    for p in params:
+        if p.kind in (inspect.Parameter.VAR_POSITIONAL, inspect.Parameter.VAR_KEYWORD):
+            continue
+        has_default = p.default is not inspect.Parameter.empty
+        if p.kind is inspect.Parameter.POSITIONAL_ONLY:
+            if has_default:
+                continue
+            raise DefinitionError(
+                f"{what}: parameter {p.name!r} of {shown} is positional-only; step handlers"
+                " receive their values by name"
+            )
+        if p.name not in accepted:
+            if has_default:
+                continue
+            raise DefinitionError(
+                f"{what}: handler {shown} has a parameter {p.name!r} that receives nothing;"
+                f" a step handler's parameters are named after what they receive: {names}"
+            )
+        role, source = accepted[p.name]
+        bound.append(Arg(p.name, role, source, codec(p.name)))
+    present = {a.name for a in bound}
+    var_keyword = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params)
+    for name in required:
+        if name in present:
+            continue
+        role, source = accepted[name]
+        if role == "dep" and var_keyword:  # **kwargs receives the dependencies not named
+            bound.append(Arg(name, role, source, _PASSTHROUGH))
+            continue
+        if role == "dep":
+            raise DefinitionError(
+                f"{what}: handler {shown} takes no parameter {name!r} for the output of"
+                f" dependency {source!r}; add one, or list {source!r} in ignore_output"
+            )
+        raise DefinitionError(f"{what}: handler {shown} must take a parameter named {name!r}")
+    for name in nullable:
+        if name not in present:
+            continue
+        annotation = hints.get(name, inspect.Parameter.empty)
+        if annotation in (inspect.Parameter.empty, Any, object) or _admits_none(annotation):
+            continue
+        _, source = accepted[name]
+        raise DefinitionError(
+            f"{what}: parameter {name!r} of {shown} must be annotated Optional"
+            f" (e.g. `{name}: {_annotation_name(annotation)} | None`): step {source!r} has a"
+            " condition, and when it is skipped the handler receives None"
+        )
+    ret = hints.get("return", inspect.Parameter.empty)
+    if generator:
+        ret = inspect.Parameter.empty  # a generator's return annotation is its iterator type
+    try:
+        output = codec_for(ret)
+    except TypeError as exc:
+        raise DefinitionError(f"{what}: return annotation of {shown}: {exc}") from exc
+    return StepHandler(
+        fn,
+        options,
+        tuple(lead),
+        tuple(bound),
+        output,
+        _is_async(fn) or inspect.isasyncgenfunction(fn),
+        is_gen,
+    )
+
+
+def _annotation_name(annotation: Any) -> str:
+    if isinstance(annotation, type):
+        return annotation.__name__
+    return repr(annotation).replace("typing.", "")
+
+
+def _list_codec(item: Codec) -> Codec:
+    if is_passthrough(item):
+        return _PASSTHROUGH
+    try:
+        return codec_for(list[item.annotation])  # type: ignore[name-defined]
+    except TypeError:
+        return _PASSTHROUGH
+
+
+# ---------------------------------------------------------------- steps
+
+
+class Step:
+    """One step of a :class:`Flow` (made by :meth:`Flow.step`).
+
+    Calling the step calls its handler directly (handy in unit tests).
+    """
+
+    def __init__(
+        self,
+        flow: Flow,
+        name: str,
+        fn: Callable[..., Any],
+        *,
+        step_type: str,
+        depends_on: Sequence[str],
+        condition: str | None,
+        signal: bool,
+        map_source: str | None,
+        reduce_source: str | None,
+        initial: Any,
+        ignore_output: Sequence[str],
+        description: str | None,
+        options: HandlerOptions,
+    ) -> None:
+        self.flow = flow
+        self.name = name
+        self.fn = fn
+        self.step_type = step_type
+        self.depends_on = tuple(depends_on)
+        self.condition = condition
+        self.signal = signal
+        self.map_source = map_source
+        """The dependency a mapper maps over; ``None``: the flow input."""
+        self.reduce_source = reduce_source
+        self.initial = initial
+        self.ignore_output = tuple(ignore_output)
+        self.description = description
+        self.options = options
+        self.item_handler: StepHandler | None = None
+        """A generator's item handler (``None``: each item is its own output)."""
+        self.handler = self._bind(fn, options, items=False)
+        functools.update_wrapper(self, fn, assigned=("__module__", "__doc__"), updated=())
+
+    def __repr__(self) -> str:
+        return f"Step({self.flow.name!r}/{self.name!r}, {self.step_type})"
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        """Call the handler directly (no worker, no database)."""
+        return self.fn(*args, **kwargs)
+
+    @property
+    def what(self) -> str:
+        return f"step {self.name!r} of flow {self.flow.name!r}"
+
+    def _bind(self, fn: Callable[..., Any], options: HandlerOptions, *, items: bool) -> StepHandler:
+        """Check a handler of this step (``items``: a generator's item handler)."""
+        flow = self.flow
+        accepted: dict[str, tuple[str, str]] = {"input": ("input", "")}
+        if self.signal:
+            accepted["signal"] = ("signal", "")
+        deps = [
+            d
+            for d in self.depends_on
+            if d not in self.ignore_output and d != self.map_source and d != self.reduce_source
+        ]
+        for d in deps:
+            accepted[d] = ("dep", d)
+        per_item = self.step_type == "mapper" or items
+        if per_item:
+            accepted["item"] = ("item", "")
+        required = [*deps, *(["item"] if per_item else [])]
+        nullable = [d for d in deps if flow.steps[d].condition is not None]
+        what = f"{self.what}{' item' if items else ''}"
+        return _bind(
+            fn,
+            options,
+            what=what,
+            accepted=accepted,
+            required=required,
+            nullable=nullable,
+            positional=("acc", "item") if self.step_type == "reducer" else (),
+            generator=self.step_type == "generator" and not items,
+        )
+
+    @overload
+    def item(self, fn: F, /, **options: Any) -> F: ...
+    @overload
+    def item(self, fn: None = None, /, **options: Any) -> Callable[[F], F]: ...
+    def item(self, fn: F | None = None, /, **options: Any) -> F | Callable[[F], F]:
+        """Attach a generator step's item handler (``@step.item`` or ``@step.item(...)``).
+
+        It receives ``item`` (plus ``input``, ``signal`` and dependency
+        outputs, by name, like any step handler) and returns the item's
+        output. Options default to the generator step's own.
+        """
+        if self.step_type != "generator":
+            raise DefinitionError(f"{self.what}: only a generator step has an item handler")
+
+        def attach(f: F) -> F:
+            self.item_handler = self._bind(f, _options(self.options, options), items=True)
+            return f
+
+        return attach if fn is None else attach(fn)
+
+    @property
+    def item_options(self) -> HandlerOptions:
+        """Options of a generator's items (the item handler's, else the step's)."""
+        return self.item_handler.options if self.item_handler is not None else self.options
+
+    @property
+    def output_codec(self) -> Codec:
+        """How the step's stored output decodes (a list for mappers and generators)."""
+        if self.step_type == "mapper":
+            return _list_codec(self.handler.output)
+        if self.step_type == "generator":
+            item = self.item_handler.output if self.item_handler is not None else _PASSTHROUGH
+            return _list_codec(item)
+        return self.handler.output
+
+    def definition(self) -> dict[str, Any]:
+        """This step as an element of ``cb_create_flow``'s ``steps``."""
+        return {
+            "name": self.name,
+            "description": self.description,
+            "step_type": self.step_type,
+            "signal": self.signal,
+            "condition": self.condition,
+            "depends_on": [{"name": d} for d in self.depends_on],
+            "map_source_step_name": self.map_source,
+            "reduce_source_step_name": self.reduce_source,
+            "ignore_output": list(self.ignore_output),
+        }
+
+
+# ---------------------------------------------------------------- flows
+
+
+class Flow:
+    """A flow: a named DAG of steps, plus an optional on-fail handler.
+
+    ``output_priority`` lists the steps whose output becomes the flow's (the
+    first that completed wins; default: the steps nothing depends on, in
+    definition order). ``retention_period`` (seconds or a timedelta) is how
+    long finished runs are kept before ``cb_gc`` deletes them.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        *,
+        description: str | None = None,
+        output_priority: Sequence[str] | None = None,
+        retention_period: float | timedelta | None = None,
+    ) -> None:
+        self.name = check_name("flow", name)
+        self.description = description
+        if isinstance(output_priority, str):
+            raise InvalidArgument("output_priority must be a list of step names, not a string")
+        self._output_priority = None if output_priority is None else tuple(output_priority)
+        self.retention_period = _retention(retention_period)
+        self.steps: dict[str, Step] = {}
+        self.on_fail_handler: Handler | None = None
+
+    def __repr__(self) -> str:
+        return f"Flow({self.name!r}, steps={list(self.steps)})"
+
+    # -- declaring steps ---------------------------------------------------------
+
+    def step(
+        self,
+        name: str | None = None,
+        *,
+        depends_on: Sequence[str] = (),
+        condition: str | None = None,
+        signal: bool = False,
+        map: str | None = None,
+        generator: bool = False,
+        reduce: str | None = None,
+        initial: Any = None,
+        ignore_output: Sequence[str] = (),
+        description: str | None = None,
+        **options: Any,
+    ) -> Callable[[Callable[..., Any]], Step]:
+        """Decorator: declare a step whose handler is the decorated function.
+
+        ``name`` defaults to the function's name. See the module documentation
+        for ``map``, ``generator``, ``reduce``/``initial`` and the handler's
+        parameters; other keyword arguments are handler options.
+        """
+        if isinstance(depends_on, str) or isinstance(ignore_output, str):
+            raise InvalidArgument("depends_on and ignore_output take lists of step names")
+        opts = _options(HandlerOptions(), options)
+        flags = (("map", map is not None), ("generator", generator), ("reduce", reduce is not None))
+        kinds = [k for k, on in flags if on]
+        if len(kinds) > 1:
+            raise DefinitionError(
+                f"flow {self.name!r}: a step is at most one of map, generator and reduce"
+                f" (got {' and '.join(kinds)})"
+            )
+        if initial is not None and reduce is None:
+            raise DefinitionError(f"flow {self.name!r}: initial= is only for reducer steps")
+
+        def decorator(fn: Callable[..., Any]) -> Step:
+            step_name = name if name is not None else getattr(fn, "__name__", None)
+            if not isinstance(step_name, str):
+                raise DefinitionError(f"flow {self.name!r}: cannot name a step after {fn!r}")
+            step = self._make_step(
+                step_name,
+                fn,
+                depends_on=depends_on,
+                condition=condition,
+                signal=signal,
+                map=map,
+                generator=generator,
+                reduce=reduce,
+                initial=initial,
+                ignore_output=ignore_output,
+                description=description,
+                options=opts,
+            )
+            self.steps[step.name] = step
+            return step
+
+        return decorator
+
+    def _make_step(
+        self,
+        name: str,
+        fn: Callable[..., Any],
+        *,
+        depends_on: Sequence[str],
+        condition: str | None,
+        signal: bool,
+        map: str | None,
+        generator: bool,
+        reduce: str | None,
+        initial: Any,
+        ignore_output: Sequence[str],
+        description: str | None,
+        options: HandlerOptions,
+    ) -> Step:
+        check_name("step", name)
+        what = f"step {name!r} of flow {self.name!r}"
+        if name in RESERVED_STEP_NAMES:
+            raise DefinitionError(f"{what}: 'input' and 'signal' are reserved names")
+        if name in self.steps:
+            raise DefinitionError(f"{what}: the flow already has a step {name!r}")
+        deps = list(depends_on)
+        for extra in (map if map not in (None, "input") else None, reduce):
+            if extra is not None and extra not in deps:
+                deps.append(extra)  # a map/reduce source is a dependency
+        seen: set[str] = set()
+        for d in deps:
+            if d in seen:
+                raise DefinitionError(f"{what}: dependency {d!r} is listed twice")
+            seen.add(d)
+            if d not in self.steps:
+                known = ", ".join(self.steps) or "none yet"
+                raise DefinitionError(
+                    f"{what}: unknown dependency {d!r} (steps declared so far: {known});"
+                    " declare a step before the steps that depend on it"
+                )
+        for i in ignore_output:
+            if i not in seen:
+                raise DefinitionError(
+                    f"{what}: ignore_output names {i!r}, which is not a dependency"
+                )
+        step_type = "normal"
+        map_source: str | None = None
+        if map is not None:
+            step_type = "mapper"
+            map_source = None if map == "input" else map
+        elif generator:
+            step_type = "generator"
+        elif reduce is not None:
+            step_type = "reducer"
+            if self.steps[reduce].step_type not in ("mapper", "generator"):
+                raise DefinitionError(
+                    f"{what}: reduce={reduce!r} must name a mapper or generator step,"
+                    f" and {reduce!r} is a {self.steps[reduce].step_type} step"
+                )
+        if condition is not None and (not isinstance(condition, str) or not condition.strip()):
+            raise DefinitionError(f"{what}: condition must be a non-empty string")
+        return Step(
+            self,
+            name,
+            fn,
+            step_type=step_type,
+            depends_on=deps,
+            condition=condition,
+            signal=bool(signal),
+            map_source=map_source,
+            reduce_source=reduce,
+            initial=initial,
+            ignore_output=ignore_output,
+            description=description,
+            options=options,
+        )
+
+    # -- on-fail -----------------------------------------------------------------
+
+    @overload
+    def on_fail(self, fn: F, /, **options: Any) -> F: ...
+    @overload
+    def on_fail(self, fn: None = None, /, **options: Any) -> Callable[[F], F]: ...
+    def on_fail(self, fn: F | None = None, /, **options: Any) -> F | Callable[[F], F]:
+        """Attach the on-fail handler, called with ``(input, FlowFailure)`` once a run
+        failed for good. ``flow.on_fail(fn, max_retries=5)`` or ``@flow.on_fail``/
+        ``@flow.on_fail(timeout=10)``; returns the function."""
+
+        def attach(f: F) -> F:
+            what = f"flow {self.name!r} on-fail"
+            handler = make_handler(
+                f,
+                _options(HandlerOptions(), options),
+                what=what,
+                arity=2,
+                param_roles=("the flow input", "a catbird.FlowFailure"),
+            )
+            failure = handler.params[1]
+            if failure.annotation not in (inspect.Parameter.empty, Any, object, FlowFailure):
+                raise DefinitionError(
+                    f"{what}: parameter {failure.name!r} of {handler.name} receives a"
+                    f" catbird.FlowFailure, not {failure.annotation!r}"
+                )
+            self.on_fail_handler = handler
+            return f
+
+        return attach if fn is None else attach(fn)
+
+    # -- what the engine stores ----------------------------------------------------
+
+    @property
+    def output_priority(self) -> tuple[str, ...]:
+        """The output candidates: as given, else the steps nothing depends on."""
+        if self._output_priority is not None:
+            return self._output_priority
+        used = {d for s in self.steps.values() for d in s.depends_on}
+        return tuple(n for n in self.steps if n not in used)
+
+    def definition(self) -> list[dict[str, Any]]:
+        """The ``steps`` JSON of ``cb_create_flow`` (raises when the flow has no step)."""
+        if not self.steps:
+            raise DefinitionError(f"flow {self.name!r} has no steps; declare at least one")
+        if self._output_priority is not None:
+            unknown = [n for n in self._output_priority if n not in self.steps]
+            if unknown or not self._output_priority:
+                raise DefinitionError(
+                    f"flow {self.name!r}: output_priority must name steps of the flow"
+                    f" (unknown: {', '.join(unknown) or 'it is empty'})"
+                )
+        return [s.definition() for s in self.steps.values()]
+
+    def create_args(self) -> dict[str, Any]:
+        """Keyword arguments of :func:`catbird._sql.create_flow` for this flow."""
+        return {
+            "steps": self.definition(),
+            "description": self.description,
+            "output_priority": None
+            if self._output_priority is None
+            else list(self._output_priority),
+            "retention_period": self.retention_period,
+            "on_fail": self.on_fail_handler is not None,
+        }
+
+    @property
+    def input_codec(self) -> Codec:
+        """The codec of the first ``input`` annotation found among the steps."""
+        for s in self.steps.values():
+            for arg in s.handler.args:
+                if arg.role == "input" and not is_passthrough(arg.codec):
+                    return arg.codec
+        return _PASSTHROUGH
+
+    @property
+    def output_codec(self) -> Codec:
+        """How the flow's output decodes: the output step's codec when every
+        candidate decodes the same way, else plain JSON."""
+        codecs = [self.steps[n].output_codec for n in self.output_priority if n in self.steps]
+        if codecs and all(c.annotation == codecs[0].annotation for c in codecs):
+            return codecs[0]
+        return _PASSTHROUGH
+
+    def decode_output(self, value: Any) -> Any:
+        return self.output_codec.decode(value)
+
+
+def flow_name(flow: Flow | str) -> str:
+    """The name of a flow given as a :class:`Flow` or a name."""
+    return flow.name if isinstance(flow, Flow) else flow
+
+
+def output_decoder(flow: Flow | str) -> Callable[[Any], Any] | None:
+    """How a handle decodes a flow's output (``None``: plain JSON)."""
+    if isinstance(flow, Flow):
+        codec = flow.output_codec
+        if not is_passthrough(codec):
+            return codec.decode
+    return None
+
+
+# ---------------------------------------------------------------- run context
+
+
+class FlowDB:
+    """The worker's database access as handler helpers use it.
+
+    ``call`` runs a query on the worker's event loop from a handler thread;
+    ``acall`` awaits it on the loop itself.
+    """
+
+    def __init__(self, client: AsyncClient, loop: asyncio.AbstractEventLoop) -> None:
+        self.client = client
+        self.loop = loop
+
+    def call(self, query: Query[T], what: str) -> T:
+        try:
+            running = asyncio.get_running_loop()
+        except RuntimeError:
+            running = None
+        if running is not None:
+            raise RuntimeError(
+                f"{what} blocks; in an async def handler use `await {what}_async(...)` instead"
+            )
+        return asyncio.run_coroutine_threadsafe(self.client.execute(query), self.loop).result()
+
+    async def acall(self, query: Query[T]) -> T:
+        return await self.client.execute(query)
+
+
+@dataclass(eq=False)
+class FlowRunContext(RunContext):
+    """The run context of a flow step, item or on-fail handler.
+
+    ``kind`` is ``"step"``, ``"item"`` (a mapper or generator item) or
+    ``"flow_on_fail"``; ``run_id`` is the step run's id (an item's id for
+    items, the flow run's for on-fail handlers).
+    """
+
+    flow_name: str = ""
+    step_name: str = ""
+    flow_run_id: int = 0
+    db: FlowDB | None = field(default=None, repr=False)
+    early: tuple[str, str | None] | None = field(default=None, repr=False)
+    """Set by :func:`complete_early`: (output JSON, reason)."""
+
+
+def _flow_context(helper: str) -> FlowRunContext:
+    ctx = _current.get()
+    if not isinstance(ctx, FlowRunContext):
+        raise NoRunContext(
+            f"catbird.{helper}() works only inside a flow step handler run by a worker"
+        )
+    return ctx
+
+
+def current_flow_run_id() -> int:
+    """The id of the flow run whose step is being handled."""
+    return _flow_context("current_flow_run_id").flow_run_id
+
+
+def complete_early(output: Any = None, reason: str | None = None) -> NoReturn:
+    """Complete the whole flow run now with ``output``, and stop this handler.
+
+    Raises :class:`catbird.CompleteEarly`; the worker then records the
+    output as the flow's (``cb_complete_flow_early``): the run is
+    ``completed``, queued steps are canceled and running ones are told to
+    stop. Does nothing more if the run already finished meanwhile.
+    """
+    ctx = _flow_context("complete_early")
+    if ctx.kind == "flow_on_fail":
+        raise NoRunContext("catbird.complete_early() is not available in an on-fail handler")
+    ctx.early = (dumps(output), reason)
+    raise CompleteEarly(output, reason)
+
+
+def _db(ctx: FlowRunContext) -> FlowDB:
+    if ctx.db is None:
+        raise NoRunContext("this run context has no database access")
+    return ctx.db
+
+
+def _step_or_raise(ctx: FlowRunContext, info: StepRunInfo | None) -> StepRunInfo:
+    if info is None:
+        raise NotFound(f'flow "{ctx.flow_name}" has no run {ctx.flow_run_id}')
+    return info
+
+
+def get_step(name: str) -> StepRunInfo:
+    """The state of step ``name`` in the current flow run (from a plain handler)."""
+    ctx = _flow_context("get_step")
+    query = _sql.get_flow_step_status(ctx.flow_name, ctx.flow_run_id, name)
+    return _step_or_raise(ctx, _db(ctx).call(query, "catbird.get_step"))
+
+
+async def get_step_async(name: str) -> StepRunInfo:
+    """The state of step ``name`` in the current flow run (from an ``async def`` handler)."""
+    ctx = _flow_context("get_step_async")
+    query = _sql.get_flow_step_status(ctx.flow_name, ctx.flow_run_id, name)
+    return _step_or_raise(ctx, await _db(ctx).acall(query))
+
+
+#: Longest single server-side wait of wait_for_step.
+_STEP_SLICE = 1.0
+
+
+def _wait_slice(deadline: float | None) -> float:
+    if deadline is None:
+        return _STEP_SLICE
+    return max(0.0, min(_STEP_SLICE, deadline - time.monotonic()))
+
+
+def _wait_query(ctx: FlowRunContext, name: str, deadline: float | None, poll: float) -> Query[Any]:
+    return _sql.wait_flow_step_output(
+        ctx.flow_name, ctx.flow_run_id, name, poll_for=_wait_slice(deadline), poll_interval=poll
+    )
+
+
+def _check_wait(
+    ctx: FlowRunContext, name: str, deadline: float | None, limit: float | None
+) -> None:
+    if ctx.canceled:
+        raise asyncio.CancelledError(f"flow run {ctx.flow_run_id} was canceled")
+    if deadline is not None and time.monotonic() >= deadline:
+        raise TimeoutError(
+            f"step {name!r} of flow run {ctx.flow_run_id} is not done after {limit:g} s"
+        )
+
+
+def wait_for_step(
+    name: str, *, timeout: float | None = None, poll_interval: float = 0.1
+) -> StepRunInfo:
+    """Wait until step ``name`` of the current flow run is terminal (completed,
+    failed, skipped, canceled) and return its state (from a plain handler).
+
+    Raises :class:`TimeoutError` after ``timeout`` seconds (``None``: no limit).
+    """
+    ctx = _flow_context("wait_for_step")
+    db = _db(ctx)
+    deadline = None if timeout is None else time.monotonic() + timeout
+    while True:
+        if db.call(_wait_query(ctx, name, deadline, poll_interval), "catbird.wait_for_step"):
+            return get_step(name)
+        _check_wait(ctx, name, deadline, timeout)
+
+
+async def wait_for_step_async(
+    name: str, *, timeout: float | None = None, poll_interval: float = 0.1
+) -> StepRunInfo:
+    """:func:`wait_for_step` for ``async def`` handlers."""
+    ctx = _flow_context("wait_for_step_async")
+    db = _db(ctx)
+    deadline = None if timeout is None else time.monotonic() + timeout
+    while True:
+        if await db.acall(_wait_query(ctx, name, deadline, poll_interval)):
+            return await get_step_async(name)
+        _check_wait(ctx, name, deadline, timeout)
+
+
+# ---------------------------------------------------------------- on-fail
+
+
+@dataclass(frozen=True, slots=True)
+class FlowFailure:
+    """What a flow's on-fail handler receives about the run that failed.
+
+    ``failed_step_name`` is ``None`` when the flow failed without a failing
+    step (no output candidate completed). ``failed_step_input`` is what the
+    failed step worked on (the flow input, or the item of a failed map item)
+    and ``failed_step_signal_input`` its signal. :meth:`output` reads the
+    output of a step that completed before the failure.
+    """
+
+    flow_name: str
+    flow_run_id: int
+    failed_step_name: str | None
+    error_message: str
+    attempts: int
+    """Attempts of the failed step (the first one included)."""
+    on_fail_attempts: int
+    """On-fail attempts, this one included (1 on the first call)."""
+    started_at: datetime | None
+    failed_at: datetime | None
+    concurrency_key: str | None
+    failed_step_input: Any
+    failed_step_signal_input: Any
+    _db: FlowDB | None = field(default=None, repr=False, compare=False)
+
+    def _query(self, step: str) -> Query[StepRunInfo | None]:
+        return _sql.get_flow_step_status(self.flow_name, self.flow_run_id, step)
+
+    def _value(self, step: str, info: StepRunInfo | None) -> Any:
+        if info is None or info.status != "completed":
+            state = "missing" if info is None else info.status
+            raise NotFound(
+                f'step "{step}" of run {self.flow_run_id} of flow "{self.flow_name}" has no'
+                f" output (it is {state})"
+            )
+        return info.output
+
+    def output(self, step: str) -> Any:
+        """The output of a completed step of the failed run (from a plain handler).
+
+        :class:`catbird.NotFound` when the step did not complete.
+        """
+        if self._db is None:
+            raise NoRunContext("FlowFailure.output() needs the worker that made it")
+        return self._value(step, self._db.call(self._query(step), "FlowFailure.output"))
+
+    async def output_async(self, step: str) -> Any:
+        """:meth:`output` for ``async def`` handlers."""
+        if self._db is None:
+            raise NoRunContext("FlowFailure.output_async() needs the worker that made it")
+        return self._value(step, await self._db.acall(self._query(step)))
+
+
+def copy_initial(value: Any) -> Any:
+    """A reducer's starting accumulator: a deep copy of ``initial`` per run."""
+    return copy.deepcopy(value)

@@ -1,0 +1,1 @@
+"""Importable handler modules for the subprocess tests (``catbird worker tests.workers.x:y``)."""
