@@ -1132,6 +1132,30 @@ DECLARE
     v_ids bigint[];
     v_queued boolean;
 BEGIN
+    -- Fast path: no concurrency key anywhere needs no arbiter and no dedup join.
+    -- Ids are drawn after the sort, so ascending ids are the input order.
+    IF concurrency_keys IS NULL OR cardinality(array_remove(concurrency_keys, NULL)) = 0 THEN
+        WITH inserted AS (
+            INSERT INTO catbird.cb_task_runs
+                (id, task_id, status, priority, visible_at, created_at, expires_at, skipped_at, input, headers)
+            SELECT nextval('catbird.cb_task_runs_id_seq'), task.id,
+                   CASE WHEN e.runnable THEN 'queued' ELSE 'skipped' END,
+                   coalesce(_cb_insert_task_runs.priority, 0), coalesce(_cb_insert_task_runs.visible_at, v_now),
+                   v_now, _cb_insert_task_runs.expires_at, CASE WHEN NOT e.runnable THEN v_now END,
+                   e.input, e.headers
+            FROM (SELECT u.input, u.headers, u.ord,
+                         task.condition_expr IS NULL
+                         OR catbird._cb_eval_condition(task.condition_expr, jsonb_build_object('input', u.input)) AS runnable
+                  FROM unnest(inputs, _cb_insert_task_runs.headers) WITH ORDINALITY AS u(input, headers, ord)) e
+            ORDER BY e.ord
+            RETURNING id, status
+        )
+        SELECT array_agg(i.id ORDER BY i.id), bool_or(i.status = 'queued') INTO v_ids, v_queued FROM inserted i;
+        IF v_queued THEN
+            PERFORM catbird._cb_notify('catbird.task.queued', task.name);
+        END IF;
+        RETURN v_ids;
+    END IF;
     WITH evaluated AS (
         SELECT u.ord, u.input, u.concurrency_key, u.headers,
                nextval('catbird.cb_task_runs_id_seq') AS new_id,
@@ -1220,14 +1244,19 @@ CREATE FUNCTION catbird.cb_run_task(
 RETURNS bigint
 LANGUAGE plpgsql VOLATILE
 AS $$
+DECLARE
+    v_task catbird.cb_tasks := catbird._cb_task(name);
 BEGIN
     IF input IS NULL THEN
         RAISE EXCEPTION 'invalid input: a run input must not be SQL NULL (use ''null''::jsonb for a JSON null)'
             USING ERRCODE = 'invalid_parameter_value';
     END IF;
-    PERFORM catbird._cb_check_headers(headers);
-    RETURN (catbird.cb_run_task(name, ARRAY[input], ARRAY[concurrency_key], ARRAY[headers],
-                                visible_at, priority, expires_at))[1];
+    IF headers IS NOT NULL AND jsonb_typeof(headers) <> 'object' THEN
+        PERFORM catbird._cb_check_headers(headers);
+    END IF;
+    RETURN (catbird._cb_insert_task_runs(v_task, ARRAY[input],
+                                         CASE WHEN concurrency_key IS NOT NULL THEN ARRAY[concurrency_key] END,
+                                         ARRAY[headers], visible_at, priority, expires_at))[1];
 END
 $$;
 
