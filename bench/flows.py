@@ -277,6 +277,50 @@ SCENARIOS = (
 )
 
 
+def engine_only(dsn: str, n: int) -> dict[str, float]:
+    """Microseconds per handler call of the engine alone: claim + complete statements
+    (batches of 250, as the worker sends them) with no worker, for a task and for
+    a one-step flow."""
+    import catbird
+    from catbird import _sql
+
+    result: dict[str, float] = {}
+    with catbird.Client.connect(dsn) as client, connect(dsn) as admin:
+        client.clear_task_runs(TASK)
+        client.clear_flow_runs("bench_one")
+        client.run_tasks(TASK, list(range(n)))
+        admin.execute("VACUUM (ANALYZE)")
+        t0 = time.perf_counter()
+        while claims := client.execute(_sql.claim_tasks(TASK, quantity=BATCH, hide_for=30)):
+            client.execute(
+                _sql.complete_tasks_json(
+                    TASK,
+                    [c.id for c in claims],
+                    ["null"] * len(claims),
+                    [c.attempts for c in claims],
+                )
+            )
+        result["task"] = (time.perf_counter() - t0) / n * 1e6
+        client.run_flows("bench_one", list(range(n)))
+        admin.execute("VACUUM (ANALYZE)")
+        t0 = time.perf_counter()
+        while claims := client.execute(
+            _sql.claim_steps("bench_one", "a", quantity=BATCH, hide_for=30, with_input=False)
+        ):
+            claims = sorted(claims, key=lambda c: c.flow_run_id)
+            client.execute(
+                _sql.complete_steps_json(
+                    "bench_one",
+                    "a",
+                    [c.id for c in claims],
+                    ["1"] * len(claims),
+                    [c.attempts for c in claims],
+                )
+            )
+        result["flow-1"] = (time.perf_counter() - t0) / n * 1e6
+    return result
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawTextHelpFormatter
@@ -315,7 +359,7 @@ def main() -> None:
         best: dict[str, Result] = {}
         for round_no in range(args.rounds):
             for name, target, per in SCENARIOS:
-                n = args.runs * 3 if name in ("task", "flow-1") else args.runs
+                n = args.runs * 5 if name in ("task", "flow-1") else args.runs
                 result = run_scenario(server.dsn, name, target, list(range(n)), n * per)
                 print(
                     f"round {round_no + 1} {name}: {result.rate:,.0f} calls/s "
@@ -331,6 +375,16 @@ def main() -> None:
             if "map" not in best or result.rate > best["map"].rate:
                 best["map"] = result
 
+        engine = engine_only(server.dsn, args.runs * 5)
+        print_table(
+            "Engine alone: claim + complete statements, no worker (one connection)",
+            ["scenario", "us per handler call", "ratio to task"],
+            [
+                [name, f"{engine[name]:.1f}", fmt_ratio(engine[name] / engine["task"])]
+                for name in ("task", "flow-1")
+            ],
+            right=(1, 2),
+        )
         task_rate = best["task"].rate
         rows = []
         for name in ("task", "flow-1", "chain-3", "diamond", "map"):

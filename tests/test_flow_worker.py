@@ -513,15 +513,16 @@ async def test_two_workers_complete_each_of_1000_items_exactly_once(dsn, client)
         async def work(item: int) -> int:
             calls[item] += 1
             by_worker[tag] += 1
-            await asyncio.sleep(0.001)
+            await asyncio.sleep(0.005)
             return item + 1
 
         return flow
 
     first, second = declare("first"), declare("second")
     await client.create_flow(first)
-    handle = await client.run_flow(first, list(range(1000)))
+    # Both workers are up before the items exist, so both compete for them.
     async with running(dsn, first, poll_interval=0.02), running(dsn, second, poll_interval=0.02):
+        handle = await client.run_flow(first, list(range(1000)))
         output = await handle.wait_for_output(timeout=60)
     assert output == [i + 1 for i in range(1000)]
     assert len(calls) == 1000
@@ -576,3 +577,33 @@ async def test_the_worker_registers_its_step_handlers(dsn, client):
         assert info.step_handlers == [{"flow_name": "registered", "step_name": "only"}]
         stored = await client.get_flow(flow)
         assert [s.name for s in stored.steps] == ["only"]
+
+
+async def test_a_step_interrupted_by_shutdown_is_handed_back_at_once(dsn, client):
+    flow = Flow("handover")
+    started = asyncio.Event()
+
+    @flow.step()
+    async def slow(input: Any) -> str:
+        started.set()
+        await asyncio.sleep(30)
+        return "first worker"
+
+    other = Flow("handover")
+
+    @other.step(name="slow")
+    async def quick(input: Any) -> str:
+        return "second worker"
+
+    first = Worker(dsn, flows=[flow], poll_interval=0.05, shutdown_timeout=0.1, lease=30.0)
+    await first.start()
+    try:
+        handle = await client.run_flow(flow, {})
+        await asyncio.wait_for(started.wait(), 10)
+    finally:
+        await first.stop()
+    async with running(dsn, other):
+        # Claimable again right away, not after the 30 s lease.
+        assert await handle.wait_for_output(timeout=5) == "second worker"
+    [step] = await handle.steps()
+    assert step.attempts == 2

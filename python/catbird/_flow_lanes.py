@@ -115,6 +115,16 @@ class _FlowLane(_Lane):
         self.step = step
         self.flow = step.flow.name
         self.step_name = step.name
+        # Completions are buffered and recorded in batches (flush_loop), as
+        # the task lanes do; entries are (flow run id, id, output JSON, attempt).
+        self.pending: dict[int, int] = {}  # id -> attempt: returned, not recorded yet
+        self.flushing: set[int] = set()  # in a completion statement: leases not renewed
+        self.buffer: list[tuple[int, int, str, int]] = []
+        self.flush_wake = asyncio.Event()
+        self.buffer_full = asyncio.Event()
+        self.flush_size = max(options.batch_size, 1)
+        self.max_flush = max(4 * self.flush_size, 400)
+        self.draining = False
 
     def __repr__(self) -> str:
         return f"{self.kind} handler of step {self.step_name!r} of flow {self.flow!r}"
@@ -132,10 +142,105 @@ class _FlowLane(_Lane):
         )
 
     def lease_ids(self) -> list[int]:
-        return sorted(self.inflight)
+        ids = set(self.inflight)
+        ids.update(i for i in self.pending if i not in self.flushing)
+        return sorted(ids)
 
     def hide_query(self, ids: Sequence[int], hide_for: float) -> _sql.Query[None]:
         return _sql.hide_steps(self.flow, self.step_name, ids, hide_for=hide_for)
+
+    def complete_query(
+        self, ids: list[int], outputs: list[str], attempts: list[int]
+    ) -> _sql.Query[Any]:
+        return _sql.complete_steps_json(self.flow, self.step_name, ids, outputs, attempts)
+
+    async def succeeded(self, run: _Run, output_json: str | None) -> None:
+        flow_run_id = cast(FlowRunContext, run.ctx).flow_run_id
+        self.pending[run.id] = run.attempt
+        self.buffer.append((flow_run_id, run.id, output_json or "null", run.attempt))
+        self.flush_wake.set()
+        if len(self.buffer) >= self.flush_size:
+            self.buffer_full.set()
+
+    async def flush_loop(self) -> None:
+        """Record buffered completions in batches (one statement per batch).
+
+        Up to two batches are in flight at once; a batch is sorted by flow
+        run, so that every statement locks flow runs in id order (the
+        engine's completion functions lock the run first) and concurrent
+        batches cannot deadlock.
+        """
+        linger = self.worker.flush_interval
+        slots = asyncio.Semaphore(_FLUSHES)
+        inflight: set[asyncio.Task[None]] = set()
+
+        def done(task: asyncio.Task[None]) -> None:
+            inflight.discard(task)
+            slots.release()
+
+        try:
+            while True:
+                await self.flush_wake.wait()
+                if not self.draining and len(self.buffer) < self.flush_size and linger > 0:
+                    with contextlib.suppress(TimeoutError):
+                        async with asyncio.timeout(linger):
+                            await self.buffer_full.wait()
+                await slots.acquire()
+                self.flush_wake.clear()
+                self.buffer_full.clear()
+                batch, self.buffer = self.buffer[: self.max_flush], self.buffer[self.max_flush :]
+                if self.buffer:
+                    self.flush_wake.set()
+                if batch:
+                    task = asyncio.create_task(self._complete(sorted(batch)))
+                    inflight.add(task)
+                    task.add_done_callback(done)
+                else:
+                    slots.release()
+                if self.draining and not self.buffer:
+                    await asyncio.gather(*inflight, return_exceptions=True)
+                    if not self.buffer:
+                        return
+        finally:
+            for task in inflight:
+                task.cancel()
+
+    async def _complete(self, batch: list[tuple[int, int, str, int]]) -> None:
+        ids = [b[1] for b in batch]
+        self.flushing.update(ids)
+        try:
+            await self.worker._retrying(
+                self.complete_query(ids, [b[2] for b in batch], [b[3] for b in batch]),
+                f"record {len(batch)} completion(s) of {self!r}",
+            )
+        except psycopg.Error:
+            # One output the server refuses, or one call the engine rejects:
+            # record them one by one to find it.
+            for entry in batch:
+                await self._complete_one(entry)
+        except _Abandoned:
+            pass
+        except Exception:
+            log.exception("%r: recording %d completion(s) failed", self, len(batch))
+        finally:
+            self.flushing.difference_update(ids)
+            for run_id in ids:
+                self.pending.pop(run_id, None)
+
+    async def _complete_one(self, entry: tuple[int, int, str, int]) -> None:
+        flow_run_id, run_id, text, attempt = entry
+        try:
+            await self.worker._retrying(
+                self.complete_query([run_id], [text], [attempt]),
+                f"record the completion of run {run_id} of {self!r}",
+            )
+        except psycopg.Error as exc:
+            run = _Run(run_id, attempt, self.context(self.kind, run_id, attempt, flow_run_id))
+            await self.failed(run, f"the output could not be stored: {_describe(exc)}")
+        except _Abandoned:
+            pass
+        except Exception:
+            log.exception("%r: recording the completion of run %d failed", self, run_id)
 
     async def stopped(self, run: _Run) -> None:
         """The worker stopped the handler (see the module documentation)."""
@@ -146,6 +251,7 @@ class _FlowLane(_Lane):
                 await self.worker._client.execute(self.hide_query([run.id], _RELEASE))
 
     releasable = True
+    batched = True
 
     async def report_canceled(self, run: _Run) -> None:
         await self.worker._retrying(
@@ -273,22 +379,12 @@ class _StepLane(_FlowLane):
     def args(self, run: _Run, claim: StepClaim, kwargs: dict[str, Any]) -> tuple[Any, ...]:
         return (kwargs,)
 
-    async def succeeded(self, run: _Run, output_json: str | None) -> None:
-        done = await self.worker._retrying(
-            _sql.complete_step_json(
-                self.flow, self.step_name, run.id, output_json or "null", attempt=run.attempt
-            ),
-            f"record the completion of step {self.step_name!r} run {run.id}",
-        )
-        if not done:
-            log.info(
-                "%r: completion of step run %d not recorded (lease lost or run finished)",
-                self,
-                run.id,
-            )
-
     async def failed(self, run: _Run, message: str) -> None:
-        await self.fail_with_policy(run, message)
+        self.pending[run.id] = run.attempt
+        try:
+            await self.fail_with_policy(run, message)
+        finally:
+            self.pending.pop(run.id, None)
 
 
 class _GeneratorLane(_StepLane):
@@ -296,6 +392,7 @@ class _GeneratorLane(_StepLane):
 
     kind = "generator"
     releasable = False  # a released generator would run twice at once
+    batched = False
 
     def __init__(self, runtime: FlowRuntime, step: Step, handler: StepHandler) -> None:
         super().__init__(runtime, step, handler)
@@ -513,14 +610,6 @@ class _MapLane(_FlowLane):
             )
         super().__init__(runtime, step, wrapped, options)
         self.item_handler = handler
-        self.pending: dict[int, int] = {}  # id -> attempt: returned, not recorded yet
-        self.flushing: set[int] = set()
-        self.buffer: list[tuple[int, str, int]] = []
-        self.flush_wake = asyncio.Event()
-        self.buffer_full = asyncio.Event()
-        self.flush_size = max(options.batch_size, 1)
-        self.max_flush = max(4 * self.flush_size, 400)
-        self.draining = False
 
     def __repr__(self) -> str:
         return f"item handler of step {self.step_name!r} of flow {self.flow!r}"
@@ -554,13 +643,13 @@ class _MapLane(_FlowLane):
             return run, exc
         return run, (kwargs,)
 
-    def lease_ids(self) -> list[int]:
-        ids = set(self.inflight)
-        ids.update(i for i in self.pending if i not in self.flushing)
-        return sorted(ids)
-
     def hide_query(self, ids: Sequence[int], hide_for: float) -> _sql.Query[None]:
         return _sql.hide_map_tasks(self.flow, self.step_name, ids, hide_for=hide_for)
+
+    def complete_query(
+        self, ids: list[int], outputs: list[str], attempts: list[int]
+    ) -> _sql.Query[Any]:
+        return _sql.complete_map_tasks_json(self.flow, self.step_name, ids, outputs, attempts)
 
     async def report_canceled(self, run: _Run) -> None:
         await self.worker._retrying(
@@ -573,13 +662,6 @@ class _MapLane(_FlowLane):
             ),
             f"report item {run.id} of step {self.step_name!r} canceled",
         )
-
-    async def succeeded(self, run: _Run, output_json: str | None) -> None:
-        self.pending[run.id] = run.attempt
-        self.buffer.append((run.id, output_json or "null", run.attempt))
-        self.flush_wake.set()
-        if len(self.buffer) >= self.flush_size:
-            self.buffer_full.set()
 
     async def failed(self, run: _Run, message: str) -> None:
         low, high = self.options.backoff_ms
@@ -601,80 +683,6 @@ class _MapLane(_FlowLane):
         finally:
             self.pending.pop(run.id, None)
         self.log_failure(run, status, message)
-
-    async def flush_loop(self) -> None:
-        """Record buffered item completions in batches (as the task lanes do)."""
-        linger = self.worker.flush_interval
-        slots = asyncio.Semaphore(_FLUSHES)
-        inflight: set[asyncio.Task[None]] = set()
-
-        def done(task: asyncio.Task[None]) -> None:
-            inflight.discard(task)
-            slots.release()
-
-        try:
-            while True:
-                await self.flush_wake.wait()
-                if not self.draining and len(self.buffer) < self.flush_size and linger > 0:
-                    with contextlib.suppress(TimeoutError):
-                        async with asyncio.timeout(linger):
-                            await self.buffer_full.wait()
-                await slots.acquire()
-                self.flush_wake.clear()
-                self.buffer_full.clear()
-                batch, self.buffer = self.buffer[: self.max_flush], self.buffer[self.max_flush :]
-                if self.buffer:
-                    self.flush_wake.set()
-                if batch:
-                    task = asyncio.create_task(self._complete(batch))
-                    inflight.add(task)
-                    task.add_done_callback(done)
-                else:
-                    slots.release()
-                if self.draining and not self.buffer:
-                    await asyncio.gather(*inflight, return_exceptions=True)
-                    if not self.buffer:
-                        return
-        finally:
-            for task in inflight:
-                task.cancel()
-
-    async def _complete(self, batch: list[tuple[int, str, int]]) -> None:
-        ids = [b[0] for b in batch]
-        self.flushing.update(ids)
-        try:
-            await self.worker._retrying(
-                _sql.complete_map_tasks_json(
-                    self.flow, self.step_name, ids, [b[1] for b in batch], [b[2] for b in batch]
-                ),
-                f"record {len(batch)} item completion(s) of step {self.step_name!r}",
-            )
-        except psycopg.DataError:
-            for item in batch:  # one output the server refuses: find it
-                await self._complete_one(item)
-        except _Abandoned:
-            pass
-        except Exception:
-            log.exception("%r: recording %d completion(s) failed", self, len(batch))
-        finally:
-            self.flushing.difference_update(ids)
-            for item_id in ids:
-                self.pending.pop(item_id, None)
-
-    async def _complete_one(self, item: tuple[int, str, int]) -> None:
-        item_id, text, attempt = item
-        try:
-            await self.worker._retrying(
-                _sql.complete_map_tasks_json(
-                    self.flow, self.step_name, [item_id], [text], [attempt]
-                ),
-                f"record the completion of item {item_id} of step {self.step_name!r}",
-            )
-        except psycopg.DataError as exc:
-            run = _Run(item_id, attempt, self.context("item", item_id, attempt, 0))
-            await self.failed(run, f"the output could not be stored: {_describe(exc)}")
-        except Exception:
-            log.exception("%r: recording the completion of item %d failed", self, item_id)
 
 
 def _identity_item(kwargs: dict[str, Any]) -> Any:
@@ -889,10 +897,10 @@ class FlowRuntime:
                 )
 
     def flush_loops(self) -> list[Any]:
-        return [lane.flush_loop() for lane in self.map_lanes]
+        return [lane.flush_loop() for lane in self.step_lanes if lane.batched]
 
     def drain(self) -> None:
-        for lane in self.map_lanes:
+        for lane in self.step_lanes:
             lane.draining = True
             lane.flush_wake.set()
 

@@ -1393,6 +1393,42 @@ def complete_step_json(
     )
 
 
+def _ids_done(rows: Rows) -> list[int]:
+    return [int(r[0]) for r in rows]
+
+
+def complete_steps_json(
+    name: str,
+    step_name: str,
+    ids: Sequence[int],
+    outputs_json: Sequence[str],
+    attempts: Sequence[int] | None = None,
+) -> Query[list[int]]:
+    """Several ``cb_complete_step`` calls in one statement (one commit), in the
+    order given; returns the ids whose completion was recorded.
+
+    The caller orders them by flow run: each call locks its flow run, so
+    statements that take their locks in the same order cannot deadlock.
+    """
+    return Query(
+        "complete_steps",
+        "SELECT u.id FROM unnest(%(ids)s::bigint[], %(outputs)s::text[], %(attempts)s::int[])"
+        " WITH ORDINALITY AS u(id, output, attempt, ord)"
+        " CROSS JOIN LATERAL catbird.cb_complete_step(flow_name => %(name)s::text,"
+        " step_name => %(step_name)s::text, id => u.id, output => u.output::jsonb,"
+        " attempt => u.attempt) AS c(done)"
+        " WHERE c.done ORDER BY u.ord",
+        {
+            "name": name,
+            "step_name": step_name,
+            "ids": list(ids),
+            "outputs": list(outputs_json),
+            "attempts": [None] * len(ids) if attempts is None else list(attempts),
+        },
+        _ids_done,
+    )
+
+
 def fail_step(
     name: str,
     step_name: str,
