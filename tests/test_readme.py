@@ -8,6 +8,8 @@ pointing at the test database. Afterwards the state they promise is checked.
 from __future__ import annotations
 
 import re
+import sys
+import types
 from pathlib import Path
 
 import psycopg
@@ -57,9 +59,11 @@ def test_the_sql_guide_runs_and_does_what_it_says(conn: psycopg.Connection) -> N
 
 def test_the_python_guide_runs(dsn: str, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("CATBIRD_DSN", dsn)
-    namespace: dict[str, object] = {"__name__": "readme"}
+    # A real module, as a user's script would be (dataclasses look their module up).
+    module = types.ModuleType("readme_examples")
+    monkeypatch.setitem(sys.modules, module.__name__, module)
     for block in blocks("python"):
-        exec(compile(block, str(README), "exec"), namespace)
+        exec(compile(block, str(README), "exec", dont_inherit=True), module.__dict__)
     with psycopg.connect(dsn) as conn:
         assert conn.execute("SELECT id FROM invoice").fetchall() == [(3,)]
         assert conn.execute("SELECT depth FROM catbird.cb_get_queue('invoices')").fetchone() == (0,)
