@@ -1900,3 +1900,31 @@ def test_clear_flow_runs_deletes_every_run_of_the_flow_including_active_ones(con
         == 0
     )
     assert [r["id"] for r in call(conn, "cb_list_flow_runs", name="other")] == [keep]
+
+
+def test_an_item_claim_can_leave_out_the_flow_input_and_dependency_outputs(conn):
+    create_flow(
+        conn,
+        "lean",
+        [
+            {"name": "a"},
+            {"name": "each", "step_type": "mapper", "depends_on": [{"name": "a"}]},
+        ],
+    )
+    run_flow(conn, "lean", [10, 20])
+    run_step(conn, "lean", "a", {"big": "x" * 1000})
+    full = call(
+        conn, "cb_claim_map_tasks", flow_name="lean", step_name="each", quantity=1, hide_for=HIDE
+    )
+    lean = call(
+        conn,
+        "cb_claim_map_tasks",
+        flow_name="lean",
+        step_name="each",
+        quantity=1,
+        hide_for=HIDE,
+        with_input=False,
+        with_outputs=False,
+    )
+    assert (full[0]["input"], full[0]["step_outputs"]) == ([10, 20], {"a": {"big": "x" * 1000}})
+    assert (lean[0]["item"], lean[0]["input"], lean[0]["step_outputs"]) == (20, None, None)

@@ -1480,12 +1480,11 @@ def claim_map_tasks(
     for a mapper over the input is the whole array each time."""
     return Query(
         "claim_map_tasks",
-        "SELECT id, flow_run_id, attempts,"
-        " CASE WHEN %(with_input)s::boolean THEN input END,"
-        " CASE WHEN %(with_outputs)s::boolean THEN step_outputs END, signal_input, item"
+        "SELECT id, flow_run_id, attempts, input, step_outputs, signal_input, item"
         " FROM catbird.cb_claim_map_tasks(flow_name => %(name)s::text,"
         " step_name => %(step_name)s::text, quantity => %(quantity)s::int,"
-        " hide_for => %(hide_for)s::int)",
+        " hide_for => %(hide_for)s::int, with_input => %(with_input)s::boolean,"
+        " with_outputs => %(with_outputs)s::boolean)",
         {
             "name": name,
             "step_name": step_name,

@@ -2724,7 +2724,11 @@ $$;
 -- Worker protocol: map items, generators, reducers
 --------------------------------------------------------------------------------
 
-CREATE FUNCTION catbird.cb_claim_map_tasks(flow_name text, step_name text, quantity int, hide_for int)
+-- with_input / with_outputs false: the claim leaves input / step_outputs NULL,
+-- for item handlers that do not take them (a mapper over a large flow input
+-- would otherwise ship that input with every item).
+CREATE FUNCTION catbird.cb_claim_map_tasks(flow_name text, step_name text, quantity int, hide_for int,
+                                           with_input boolean = true, with_outputs boolean = true)
 RETURNS TABLE (id bigint, flow_run_id bigint, attempts int, input jsonb, step_outputs jsonb,
                signal_input jsonb, item jsonb)
 LANGUAGE plpgsql VOLATILE
@@ -2757,8 +2761,11 @@ BEGIN
         RETURNING m.id, m.flow_run_id, m.step_run_id, m.attempts, m.item, m.priority
     ), runs AS (
         -- Dependency outputs once per flow run, not once per item.
-        SELECT DISTINCT ON (c.flow_run_id) c.flow_run_id, r.input, sr.signal_input,
-               catbird._cb_dependency_outputs(c.flow_run_id, v_step) - coalesce(v_step.map_source, '') AS outputs
+        SELECT DISTINCT ON (c.flow_run_id) c.flow_run_id, CASE WHEN with_input THEN r.input END AS input,
+               sr.signal_input,
+               CASE WHEN with_outputs THEN
+                   catbird._cb_dependency_outputs(c.flow_run_id, v_step) - coalesce(v_step.map_source, '')
+               END AS outputs
         FROM claimed c
         JOIN catbird.cb_flow_runs r ON r.id = c.flow_run_id
         JOIN catbird.cb_step_runs sr ON sr.id = c.step_run_id
