@@ -1928,3 +1928,79 @@ def test_an_item_claim_can_leave_out_the_flow_input_and_dependency_outputs(conn)
     )
     assert (full[0]["input"], full[0]["step_outputs"]) == ([10, 20], {"a": {"big": "x" * 1000}})
     assert (lean[0]["item"], lean[0]["input"], lean[0]["step_outputs"]) == (20, None, None)
+
+
+def _visible_at(conn, table: str, id: int) -> Any:
+    return scalar(conn, f"SELECT visible_at FROM catbird.{table} WHERE id = %s", (id,))
+
+
+def test_lease_renewal_with_attempts_only_extends_claims_still_held(conn):
+    clock = Clock(conn)
+    create_flow(
+        conn,
+        "leased",
+        [{"name": "a"}, {"name": "each", "step_type": "mapper", "depends_on": ["a"]}],
+    )
+    run_flow(conn, "leased", [1])
+    stale = claim_one(conn, "leased", "a", hide_for=1000)
+    clock.advance(seconds=1)
+    fresh = claim_one(conn, "leased", "a", hide_for=1000)  # the lease lapsed: claimed again
+    assert (stale["attempts"], fresh["attempts"]) == (1, 2)
+    held_until = _visible_at(conn, "cb_step_runs", fresh["id"])
+
+    def hide_steps(attempt: int) -> None:
+        fn(
+            conn,
+            "cb_hide_steps",
+            flow_name="leased",
+            step_name="a",
+            ids=[fresh["id"]],
+            hide_for=HIDE,
+            attempts=[attempt],
+        )
+
+    hide_steps(1)  # the stale worker's renewal changes nothing
+    assert _visible_at(conn, "cb_step_runs", fresh["id"]) == held_until
+    hide_steps(2)
+    assert _visible_at(conn, "cb_step_runs", fresh["id"]) == clock.now + dt.timedelta(seconds=60)
+
+    assert complete(conn, "leased", "a", fresh, "done") is True
+    (item,) = claim_items(conn, "leased", "each", hide_for=1000)
+    clock.advance(seconds=1)
+    (again,) = claim_items(conn, "leased", "each", hide_for=1000)
+    held_until = _visible_at(conn, "cb_map_tasks", again["id"])
+    fn(
+        conn,
+        "cb_hide_map_tasks",
+        flow_name="leased",
+        step_name="each",
+        ids=[item["id"]],
+        hide_for=HIDE,
+        attempts=[item["attempts"]],
+    )
+    assert _visible_at(conn, "cb_map_tasks", again["id"]) == held_until
+    fn(
+        conn,
+        "cb_hide_map_tasks",
+        flow_name="leased",
+        step_name="each",
+        ids=[again["id"]],
+        hide_for=HIDE,
+        attempts=[again["attempts"]],
+    )
+    assert _visible_at(conn, "cb_map_tasks", again["id"]) == clock.now + dt.timedelta(seconds=60)
+
+
+@pytest.mark.parametrize("function", ["cb_hide_steps", "cb_hide_map_tasks"])
+def test_lease_renewal_needs_one_attempt_per_id(conn, function):
+    create_flow(conn, "leased", [{"name": "a", "step_type": "mapper"}])
+    with rejected(conn, errors.InvalidParameterValue):
+        fn(
+            conn,
+            function,
+            flow_name="leased",
+            step_name="a",
+            ids=[1, 2],
+            hide_for=HIDE,
+            attempts=[1],
+        )

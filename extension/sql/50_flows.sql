@@ -940,7 +940,10 @@ BEGIN
 END
 $$;
 
-CREATE FUNCTION catbird.cb_hide_steps(flow_name text, step_name text, ids bigint[], hide_for int) RETURNS void
+-- Lease renewal; with attempts (one per id) only claims still held under
+-- those attempts are renewed.
+CREATE FUNCTION catbird.cb_hide_steps(flow_name text, step_name text, ids bigint[], hide_for int,
+                                      attempts int[] = NULL) RETURNS void
 LANGUAGE plpgsql VOLATILE
 AS $$
 DECLARE
@@ -948,10 +951,15 @@ DECLARE
 BEGIN
     PERFORM catbird._cb_flow_step(v_flow, step_name);
     PERFORM catbird._cb_check_at_least('hide_for', hide_for, 1, ' ms');
+    IF attempts IS NOT NULL AND cardinality(attempts) IS DISTINCT FROM cardinality(ids) THEN
+        RAISE EXCEPTION 'invalid attempts: give one attempt per id (or none)' USING ERRCODE = 'invalid_parameter_value';
+    END IF;
     UPDATE catbird.cb_step_runs sr
     SET visible_at = catbird.cb_now() + make_interval(secs => hide_for / 1000.0)
-    WHERE sr.flow_id = v_flow.id AND sr.step_name = cb_hide_steps.step_name AND sr.id = ANY (ids)
-      AND sr.status = 'started';
+    FROM unnest(ids, cb_hide_steps.attempts) AS u(id, attempt)
+    WHERE sr.flow_id = v_flow.id AND sr.step_name = cb_hide_steps.step_name
+      AND sr.id = u.id AND sr.id = ANY (ids) AND sr.status = 'started'
+      AND (u.attempt IS NULL OR sr.attempts = u.attempt);
 END
 $$;
 
@@ -1103,7 +1111,8 @@ BEGIN
 END
 $$;
 
-CREATE FUNCTION catbird.cb_hide_map_tasks(flow_name text, step_name text, ids bigint[], hide_for int) RETURNS void
+CREATE FUNCTION catbird.cb_hide_map_tasks(flow_name text, step_name text, ids bigint[], hide_for int,
+                                          attempts int[] = NULL) RETURNS void
 LANGUAGE plpgsql VOLATILE
 AS $$
 DECLARE
@@ -1111,10 +1120,15 @@ DECLARE
 BEGIN
     PERFORM catbird._cb_flow_step(v_flow, step_name);
     PERFORM catbird._cb_check_at_least('hide_for', hide_for, 1, ' ms');
+    IF attempts IS NOT NULL AND cardinality(attempts) IS DISTINCT FROM cardinality(ids) THEN
+        RAISE EXCEPTION 'invalid attempts: give one attempt per id (or none)' USING ERRCODE = 'invalid_parameter_value';
+    END IF;
     UPDATE catbird.cb_map_tasks m
     SET visible_at = catbird.cb_now() + make_interval(secs => hide_for / 1000.0)
-    WHERE m.flow_id = v_flow.id AND m.step_name = cb_hide_map_tasks.step_name AND m.id = ANY (ids)
-      AND m.status = 'started';
+    FROM unnest(ids, cb_hide_map_tasks.attempts) AS u(id, attempt)
+    WHERE m.flow_id = v_flow.id AND m.step_name = cb_hide_map_tasks.step_name
+      AND m.id = u.id AND m.id = ANY (ids) AND m.status = 'started'
+      AND (u.attempt IS NULL OR m.attempts = u.attempt);
 END
 $$;
 

@@ -146,8 +146,16 @@ class _FlowLane(_Lane):
         ids.update(i for i in self.pending if i not in self.flushing)
         return sorted(ids)
 
+    def attempts_of(self, ids: Sequence[int]) -> list[int | None]:
+        """The claim (attempt) each id is held under, the fencing token of lease renewal."""
+        return [
+            self.inflight[i].attempt if i in self.inflight else self.pending.get(i) for i in ids
+        ]
+
     def hide_query(self, ids: Sequence[int], hide_for: float) -> _sql.Query[None]:
-        return _sql.hide_steps(self.flow, self.step_name, ids, hide_for=hide_for)
+        return _sql.hide_steps(
+            self.flow, self.step_name, ids, hide_for=hide_for, attempts=self.attempts_of(ids)
+        )
 
     def complete_query(
         self, ids: list[int], outputs: list[str], attempts: list[int]
@@ -644,7 +652,9 @@ class _MapLane(_FlowLane):
         return run, (kwargs,)
 
     def hide_query(self, ids: Sequence[int], hide_for: float) -> _sql.Query[None]:
-        return _sql.hide_map_tasks(self.flow, self.step_name, ids, hide_for=hide_for)
+        return _sql.hide_map_tasks(
+            self.flow, self.step_name, ids, hide_for=hide_for, attempts=self.attempts_of(ids)
+        )
 
     def complete_query(
         self, ids: list[int], outputs: list[str], attempts: list[int]

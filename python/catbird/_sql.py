@@ -1362,13 +1362,27 @@ def claim_steps(
     )
 
 
-def hide_steps(name: str, step_name: str, ids: Iterable[int], *, hide_for: Duration) -> Query[None]:
+def hide_steps(
+    name: str,
+    step_name: str,
+    ids: Iterable[int],
+    *,
+    hide_for: Duration,
+    attempts: Sequence[int | None] | None = None,
+) -> Query[None]:
+    """Lease renewal; with ``attempts`` (one per id) only claims still held are renewed."""
     return Query(
         "hide_steps",
         "SELECT catbird.cb_hide_steps(flow_name => %(name)s::text,"
         " step_name => %(step_name)s::text, ids => %(ids)s::bigint[],"
-        " hide_for => %(hide_for)s::int)",
-        {"name": name, "step_name": step_name, "ids": list(ids), "hide_for": ms(hide_for)},
+        " hide_for => %(hide_for)s::int, attempts => %(attempts)s::int[])",
+        {
+            "name": name,
+            "step_name": step_name,
+            "ids": list(ids),
+            "hide_for": ms(hide_for),
+            "attempts": _list_or_null(attempts),
+        },
         _void,
     )
 
@@ -1498,14 +1512,26 @@ def claim_map_tasks(
 
 
 def hide_map_tasks(
-    name: str, step_name: str, ids: Iterable[int], *, hide_for: Duration
+    name: str,
+    step_name: str,
+    ids: Iterable[int],
+    *,
+    hide_for: Duration,
+    attempts: Sequence[int | None] | None = None,
 ) -> Query[None]:
+    """Lease renewal; with ``attempts`` (one per id) only claims still held are renewed."""
     return Query(
         "hide_map_tasks",
         "SELECT catbird.cb_hide_map_tasks(flow_name => %(name)s::text,"
         " step_name => %(step_name)s::text, ids => %(ids)s::bigint[],"
-        " hide_for => %(hide_for)s::int)",
-        {"name": name, "step_name": step_name, "ids": list(ids), "hide_for": ms(hide_for)},
+        " hide_for => %(hide_for)s::int, attempts => %(attempts)s::int[])",
+        {
+            "name": name,
+            "step_name": step_name,
+            "ids": list(ids),
+            "hide_for": ms(hide_for),
+            "attempts": _list_or_null(attempts),
+        },
         _void,
     )
 
