@@ -183,9 +183,9 @@ def test_db_install_plain_then_again_is_a_no_op(empty_db: str) -> None:
 
 
 def test_db_install_extension(empty_db: str) -> None:
+    # The harness always has the extension files on its server (make install for
+    # CATBIRD_TEST_DSN, installed into the embedded one), so this must succeed.
     result = cb(empty_db, "db", "install")
-    if result.exit_code == 1 and "extension files are not on this server" in result.stderr:
-        pytest.skip("this server has no catbird extension files (make install)")
     assert result.exit_code == 0, result.output
     assert "Installed catbird 0.1.0 (extension)" in result.stdout
     with psycopg.connect(empty_db, autocommit=True) as conn:
