@@ -40,6 +40,7 @@ Every worker process uses the default asyncio event loop.
 
 from __future__ import annotations
 
+import abc
 import argparse
 import asyncio
 import contextlib
@@ -255,7 +256,7 @@ def consume(
 # ============================================================================ producers
 
 
-class System:
+class System(abc.ABC):
     """The parent's side of one system: schema, enqueue, queue depth."""
 
     name = ""
@@ -263,21 +264,33 @@ class System:
     def __init__(self, dsn: str) -> None:
         self.dsn = dsn
 
-    async def setup(self) -> None: ...
-    async def enqueue_many(self, numbers: list[int]) -> None: ...
-    async def enqueue_one(self, n: int) -> None: ...
-    async def pending(self) -> int:
-        raise NotImplementedError
+    @abc.abstractmethod
+    async def setup(self) -> None:
+        """Create this system's schema and queue."""
 
+    @abc.abstractmethod
+    async def enqueue_many(self, numbers: list[int]) -> None:
+        """Enqueue one no-op job per number, in batches."""
+
+    @abc.abstractmethod
+    async def enqueue_one(self, n: int) -> None:
+        """Enqueue one no-op job (for pickup latency)."""
+
+    @abc.abstractmethod
+    async def pending(self) -> int:
+        """Runs not yet done."""
+
+    @abc.abstractmethod
     async def backend_pid(self) -> int:
-        raise NotImplementedError
+        """The server process of this system's connection."""
 
     async def postmaster_pid(self) -> int | None:
         """The server's postmaster, when it runs on this machine (for CPU accounting)."""
         st = _proc_stat(await self.backend_pid())
         return st[0] if st is not None else None
 
-    async def close(self) -> None: ...
+    async def close(self) -> None:  # noqa: B027 - systems without a connection to close
+        """Release the parent's connection, if the system keeps one."""
 
 
 class Catbird(System):

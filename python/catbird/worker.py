@@ -63,6 +63,7 @@ between the engine and the handlers:
 
 from __future__ import annotations
 
+import abc
 import asyncio
 import contextlib
 import contextvars
@@ -264,8 +265,11 @@ class _Run:
         self.stop_reason: str | None = None
 
 
-class _Lane:
-    """One handler's claim loop state: what it holds and how it reports outcomes."""
+class _Lane(abc.ABC):
+    """One handler's claim loop state: what it holds and how it reports outcomes.
+
+    Subclasses say how to claim, start, and report (task runs, on-fail runs,
+    flow steps and items)."""
 
     kind = ""
 
@@ -285,25 +289,30 @@ class _Lane:
     def __repr__(self) -> str:
         return f"{self.kind} handler of task {self.name!r}"
 
+    @abc.abstractmethod
     async def claim(self, quantity: int) -> Sequence[Any]:
-        raise NotImplementedError
+        """Implemented by every kind of lane."""
 
+    @abc.abstractmethod
     def start(self, claim: Any) -> tuple[_Run, tuple[Any, ...] | BaseException]:
-        raise NotImplementedError
+        """Implemented by every kind of lane."""
 
+    @abc.abstractmethod
     async def succeeded(self, run: _Run, output_json: str | None) -> None:
-        raise NotImplementedError
+        """Implemented by every kind of lane."""
 
+    @abc.abstractmethod
     async def failed(self, run: _Run, message: str) -> None:
-        raise NotImplementedError
+        """Implemented by every kind of lane."""
 
+    @abc.abstractmethod
     async def cancel_run(self, run: _Run, reason: str | None) -> None:
-        raise NotImplementedError
+        """Implemented by every kind of lane."""
 
-    def outcome_done(self, run: _Run) -> None:
+    def outcome_done(self, run: _Run) -> None:  # noqa: B027 - an optional hook
         """The run's outcome is recorded (or abandoned)."""
 
-    async def stopped(self, run: _Run) -> None:
+    async def stopped(self, run: _Run) -> None:  # noqa: B027 - an optional hook
         """The worker stopped the handler (``run.stop_reason``); flow lanes report it."""
 
 
