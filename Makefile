@@ -65,7 +65,7 @@ lint:
 
 pg-tle: $(PG_TLE_SQL)
 
-$(PG_TLE_SQL): $(BUILT_SQL) $(BUILT_CONTROL) pg_tle/generate.py python/catbird/pg_tle.py
+$(PG_TLE_SQL): $(BUILT_SQL) $(BUILT_CONTROL) pg_tle/generate.py python/catbird/db/pg_tle.py
 	$(PY) pg_tle/generate.py --output $@
 
 # PGXS does the installing so that DESTDIR, sharedir and install-sh behave as

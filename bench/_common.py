@@ -1,7 +1,7 @@
 """Shared helpers for catbird's benchmarks (``bench/*.py``).
 
 * :func:`start_server` - a fresh embedded PostgreSQL 18 with catbird installed
-  (``catbird.dev.start_embedded``), or an existing server given by DSN.
+  (``catbird.db.embedded.start_embedded``), or an existing server given by DSN.
 * :func:`run_workers` - N client *processes* (not threads: the GIL would hide
   server throughput on a small machine) driving one step function for a fixed
   time, started together behind a barrier; reports messages/s, client CPU and
@@ -133,7 +133,7 @@ def start_server(dsn: str | None) -> BenchServer:
 
     Without: a fresh embedded PostgreSQL 18 cluster in a temporary directory
     (default settings, durable commits), removed again by ``stop()``. When the
-    packaged build of the SQL matches the tree, ``catbird.dev.start_embedded``
+    packaged build of the SQL matches the tree, ``catbird.db.embedded.start_embedded``
     starts it and runs ``CREATE EXTENSION catbird``; otherwise (``make build``
     not run, or stale) the server is started the same way and the tree's
     extension/sql is installed as a plain script, so the benchmark always
@@ -150,7 +150,7 @@ def start_server(dsn: str | None) -> BenchServer:
     pgdata = tmp / "pgdata"
     if _packaged_sql_is_current():
         _ensure_catbird_importable()
-        from catbird.dev import start_embedded
+        from catbird.db.embedded import start_embedded
 
         embedded = start_embedded(pgdata)
 
@@ -161,7 +161,7 @@ def start_server(dsn: str | None) -> BenchServer:
         return BenchServer(
             dsn=embedded.dsn,
             description=(
-                "embedded PostgreSQL (catbird.dev.start_embedded), CREATE EXTENSION catbird"
+                "embedded PostgreSQL (catbird.db.embedded.start_embedded), CREATE EXTENSION catbird"
             ),
             _stop=stop_embedded,
         )

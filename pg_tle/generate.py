@@ -4,7 +4,7 @@
     python pg_tle/generate.py [--output PATH]     (or: make pg-tle)
 
 Reads the built extension SQL and control file from python/catbird/sql (run
-`make build` first) and renders them with catbird.pg_tle, the same code that
+`make build` first) and renders them with catbird.db.pg_tle, the same code that
 `catbird db install --mode pg-tle-script` uses. Load the result on a server
 with pg_tle as a member of pgtle_admin, then run CREATE EXTENSION catbird.
 """
@@ -19,7 +19,7 @@ ROOT = Path(__file__).resolve().parent.parent
 # Run from a checkout without requiring the package to be installed.
 sys.path.insert(0, str(ROOT / "python"))
 
-from catbird.pg_tle import PgTleError, parse_control, render_from_control  # noqa: E402
+from catbird.db.pg_tle import PgTleError, parse_control, render_from_control  # noqa: E402
 
 NAME = "catbird"
 BUILT_DIR = ROOT / "python" / "catbird" / "sql"

@@ -118,7 +118,7 @@ def _docker_server() -> Iterator[str]:
 
 
 def _embedded_server() -> Iterator[str]:
-    from catbird.dev import start_embedded
+    from catbird.db.embedded import start_embedded
 
     parent = Path(tempfile.mkdtemp(prefix="catbird-test-", dir=_scratch_parent()))
     try:

@@ -33,7 +33,7 @@ from typer.testing import CliRunner, Result
 
 from catbird import Client, cli
 from catbird.cli import app
-from catbird.demo import AUDIT_QUEUE, ORDERS_QUEUE, run_demo
+from catbird.cli.demo import AUDIT_QUEUE, ORDERS_QUEUE, run_demo
 from sqlhelpers import engine_state, messages, scalar
 
 runner = CliRunner()

@@ -10,7 +10,7 @@ import pytest
 from typer.testing import CliRunner, Result
 
 from catbird import Client, Flow, _sql
-from catbird._cli_flows import layers
+from catbird.cli.flows import layers
 from catbird.cli import app
 
 runner = CliRunner()

@@ -17,10 +17,10 @@ import psycopg
 import pytest
 from psycopg import sql
 
-from catbird import install as inst
-from catbird import pg_tle
-from catbird.dev import start_embedded
-from catbird.install import InstallError, install, status
+from catbird.db import install as inst
+from catbird.db import pg_tle
+from catbird.db.embedded import start_embedded
+from catbird.db.install import InstallError, install, status
 
 ROOT = Path(__file__).resolve().parent.parent
 BUILT_SQL = ROOT / "python" / "catbird" / "sql" / f"catbird--{inst.EXTENSION_VERSION}.sql"
@@ -535,7 +535,7 @@ def _readline(proc: subprocess.Popen[str], timeout: float = 120.0) -> str:
 
 def _run_dev(data_dir: Path) -> subprocess.Popen[str]:
     code = (
-        "import sys; from pathlib import Path; from catbird.dev import run_dev; "
+        "import sys; from pathlib import Path; from catbird.db.embedded import run_dev; "
         "run_dev(Path(sys.argv[1]), 'devdb')"
     )
     return subprocess.Popen(

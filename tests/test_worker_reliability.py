@@ -214,7 +214,7 @@ def test_sigterm_exits_zero_after_the_grace_period(
 
 
 def test_worker_survives_a_database_restart(workers: list[WorkerProcess]) -> None:
-    from catbird.dev import start_embedded
+    from catbird.db.embedded import start_embedded
 
     tmp = Path(tempfile.mkdtemp(prefix="catbird-restart-"))
     server = start_embedded(tmp / "pg", database="catbird")

@@ -21,21 +21,38 @@
 
 from __future__ import annotations
 
-from .aio import AsyncClient
-from .client import Client
+from .client import (
+    AsyncClient,
+    AsyncFlowHandle,
+    AsyncReader,
+    AsyncTaskHandle,
+    Client,
+    FlowHandle,
+    Reader,
+    TaskHandle,
+)
 from .context import (
+    FlowFailure,
+    FlowRunContext,
     RunContext,
     cancel,
     cancel_requested,
+    complete_early,
+    current_flow_run_id,
     current_run,
     current_run_id,
+    get_step,
+    get_step_async,
     logger,
+    wait_for_step,
+    wait_for_step_async,
 )
-from .definitions import CircuitBreaker, DefinitionError, HandlerOptions, Task, task
+from .definitions import CircuitBreaker, DefinitionError, Flow, HandlerOptions, Step, Task, task
 from .errors import (
     AlreadyExists,
     CancelRun,
     CatbirdError,
+    CompleteEarly,
     InvalidArgument,
     NoRunContext,
     NotFound,
@@ -46,23 +63,26 @@ from .errors import (
     RunFailed,
     RunSkipped,
 )
-from .handles import AsyncTaskHandle, TaskHandle
 from .models import (
     Binding,
+    FlowInfo,
+    FlowRunInfo,
     Message,
     QueueInfo,
     RunOutcome,
+    StepInfo,
+    StepRunInfo,
     TaskFailure,
     TaskInfo,
     TaskRunInfo,
     WorkerInfo,
 )
-from .reader import AsyncReader, Reader
 from .worker import Worker
 
 __all__ = [
     "AlreadyExists",
     "AsyncClient",
+    "AsyncFlowHandle",
     "AsyncReader",
     "AsyncTaskHandle",
     "Binding",
@@ -70,7 +90,14 @@ __all__ = [
     "CatbirdError",
     "CircuitBreaker",
     "Client",
+    "CompleteEarly",
     "DefinitionError",
+    "Flow",
+    "FlowFailure",
+    "FlowHandle",
+    "FlowInfo",
+    "FlowRunContext",
+    "FlowRunInfo",
     "HandlerOptions",
     "InvalidArgument",
     "Message",
@@ -86,6 +113,9 @@ __all__ = [
     "RunFailed",
     "RunOutcome",
     "RunSkipped",
+    "Step",
+    "StepInfo",
+    "StepRunInfo",
     "Task",
     "TaskFailure",
     "TaskHandle",
@@ -95,45 +125,14 @@ __all__ = [
     "WorkerInfo",
     "cancel",
     "cancel_requested",
-    "current_run",
-    "current_run_id",
-    "logger",
-    "task",
-]
-
-# flows
-from .errors import CompleteEarly
-from .flow_handles import AsyncFlowHandle, FlowHandle
-from .flows import (
-    Flow,
-    FlowFailure,
-    FlowRunContext,
-    Step,
-    complete_early,
-    current_flow_run_id,
-    get_step,
-    get_step_async,
-    wait_for_step,
-    wait_for_step_async,
-)
-from .models import FlowInfo, FlowRunInfo, StepInfo, StepRunInfo
-
-__all__ += [
-    "AsyncFlowHandle",
-    "CompleteEarly",
-    "Flow",
-    "FlowFailure",
-    "FlowHandle",
-    "FlowInfo",
-    "FlowRunContext",
-    "FlowRunInfo",
-    "Step",
-    "StepInfo",
-    "StepRunInfo",
     "complete_early",
     "current_flow_run_id",
+    "current_run",
+    "current_run_id",
     "get_step",
     "get_step_async",
+    "logger",
+    "task",
     "wait_for_step",
     "wait_for_step_async",
 ]

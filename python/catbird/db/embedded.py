@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 import psycopg
 from psycopg import sql
 
-from .errors import CatbirdError
+from ..errors import CatbirdError
 from .install import EXTENSION_NAME, install_files
 
 if TYPE_CHECKING:

@@ -83,18 +83,18 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import psycopg
 from psycopg_pool import AsyncConnectionPool
 
-from . import _sql
-from ._sql import Query
-from .aio import AsyncClient
-from .codec import dumps
-from .context import RunContext, _current
-from .definitions import Handler, HandlerOptions, Task, definition_args
-from .errors import CancelRun, InvalidArgument, ObjectInUse
-from .flows import Flow
-from .models import OnFailClaim, TaskClaim, TaskFailure
+from .. import _sql
+from .._sql import Query
+from ..client.client_async import AsyncClient
+from ..codec import dumps
+from ..context import RunContext, _current
+from ..definitions import Handler, HandlerOptions, Task, definition_args
+from ..definitions.flows import Flow
+from ..errors import CancelRun, InvalidArgument, ObjectInUse
+from ..models import OnFailClaim, TaskClaim, TaskFailure
 
 if TYPE_CHECKING:
-    from ._flow_lanes import FlowRuntime
+    from .flows import FlowRuntime
 
 __all__ = ["Worker"]
 
@@ -584,7 +584,7 @@ class Worker:
     a :class:`psycopg_pool.AsyncConnectionPool`. ``tasks`` are
     :class:`catbird.Task` objects with handlers; ``flows`` are
     :class:`catbird.Flow` objects, whose step, item and on-fail handlers run
-    next to the tasks' (see :mod:`catbird._flow_lanes`). Durations are seconds.
+    next to the tasks' (see :mod:`catbird.worker.flows`). Durations are seconds.
 
     With ``create_definitions`` (the default) the worker stores each task's
     definition when it starts (``cb_create_task``: idempotent; a definition
@@ -787,7 +787,7 @@ class Worker:
         self._ready = asyncio.Event()
         flow_connections = (0, 0)
         if self.flows:
-            from ._flow_lanes import FlowRuntime
+            from .flows import FlowRuntime
 
             self._flow_runtime = FlowRuntime(self, self.flows)
             flow_connections = self._flow_runtime.connections

@@ -27,16 +27,14 @@ import psycopg
 from psycopg.rows import tuple_row
 from psycopg_pool import AsyncConnectionPool
 
-from . import _sql
-from ._sql import Duration, Query
-from .codec import to_json_value
-from .definitions import Task, definition_args, output_decoder, task_name
-from .errors import map_error
-from .flow_handles import AsyncFlowHandle
-from .flows import Flow, flow_name
-from .flows import output_decoder as flow_output_decoder
-from .handles import AsyncTaskHandle
-from .models import (
+from .. import _sql
+from .._sql import Duration, Query
+from ..codec import to_json_value
+from ..definitions import Task, definition_args, output_decoder, task_name
+from ..definitions.flows import Flow, flow_name
+from ..definitions.flows import output_decoder as flow_output_decoder
+from ..errors import map_error
+from ..models import (
     Binding,
     FlowInfo,
     FlowRunInfo,
@@ -48,6 +46,8 @@ from .models import (
     TaskRunInfo,
     WorkerInfo,
 )
+from .flow_handles import AsyncFlowHandle
+from .handles import AsyncTaskHandle
 from .reader import AsyncReader
 
 __all__ = ["AsyncClient"]

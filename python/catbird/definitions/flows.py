@@ -70,21 +70,18 @@ once a run has failed for good.
 
 from __future__ import annotations
 
-import asyncio
 import copy
 import functools
 import inspect
-import time
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
-from datetime import datetime, timedelta
-from typing import TYPE_CHECKING, Any, NoReturn, TypeVar, overload
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any, TypeVar, overload
 
-from . import _sql
-from ._sql import Query
-from .codec import Codec, codec_for, dumps, is_passthrough
-from .context import RunContext, _current
-from .definitions import (
+from ..codec import Codec, codec_for, is_passthrough
+from ..context import FlowFailure
+from ..errors import InvalidArgument
+from .handlers import (
     DefinitionError,
     Handler,
     HandlerOptions,
@@ -97,25 +94,12 @@ from .definitions import (
     check_name,
     make_handler,
 )
-from .errors import CompleteEarly, InvalidArgument, NoRunContext, NotFound
-from .models import StepRunInfo
-
-if TYPE_CHECKING:
-    from .aio import AsyncClient
 
 __all__ = [
     "Flow",
-    "FlowFailure",
-    "FlowRunContext",
     "Step",
     "StepHandler",
-    "complete_early",
-    "current_flow_run_id",
     "flow_name",
-    "get_step",
-    "get_step_async",
-    "wait_for_step",
-    "wait_for_step_async",
 ]
 
 T = TypeVar("T")
@@ -734,221 +718,6 @@ def output_decoder(flow: Flow | str) -> Callable[[Any], Any] | None:
         if not is_passthrough(codec):
             return codec.decode
     return None
-
-
-# ---------------------------------------------------------------- run context
-
-
-class FlowDB:
-    """The worker's database access as handler helpers use it.
-
-    ``call`` runs a query on the worker's event loop from a handler thread;
-    ``acall`` awaits it on the loop itself.
-    """
-
-    def __init__(self, client: AsyncClient, loop: asyncio.AbstractEventLoop) -> None:
-        self.client = client
-        self.loop = loop
-
-    def call(self, query: Query[T], what: str) -> T:
-        try:
-            running = asyncio.get_running_loop()
-        except RuntimeError:
-            running = None
-        if running is not None:
-            raise RuntimeError(
-                f"{what} blocks; in an async def handler use `await {what}_async(...)` instead"
-            )
-        return asyncio.run_coroutine_threadsafe(self.client.execute(query), self.loop).result()
-
-    async def acall(self, query: Query[T]) -> T:
-        return await self.client.execute(query)
-
-
-@dataclass(eq=False)
-class FlowRunContext(RunContext):
-    """The run context of a flow step, item or on-fail handler.
-
-    ``kind`` is ``"step"``, ``"item"`` (a mapper or generator item) or
-    ``"flow_on_fail"``; ``run_id`` is the step run's id (an item's id for
-    items, the flow run's for on-fail handlers).
-    """
-
-    flow_name: str = ""
-    step_name: str = ""
-    flow_run_id: int = 0
-    db: FlowDB | None = field(default=None, repr=False)
-    early: tuple[str, str | None] | None = field(default=None, repr=False)
-    """Set by :func:`complete_early`: (output JSON, reason)."""
-
-
-def _flow_context(helper: str) -> FlowRunContext:
-    ctx = _current.get()
-    if not isinstance(ctx, FlowRunContext):
-        raise NoRunContext(
-            f"catbird.{helper}() works only inside a flow step handler run by a worker"
-        )
-    return ctx
-
-
-def current_flow_run_id() -> int:
-    """The id of the flow run whose step is being handled."""
-    return _flow_context("current_flow_run_id").flow_run_id
-
-
-def complete_early(output: Any = None, reason: str | None = None) -> NoReturn:
-    """Complete the whole flow run now with ``output``, and stop this handler.
-
-    Raises :class:`catbird.CompleteEarly`; the worker then records the
-    output as the flow's (``cb_complete_flow_early``): the run is
-    ``completed``, queued steps are canceled and running ones are told to
-    stop. Does nothing more if the run already finished meanwhile.
-    """
-    ctx = _flow_context("complete_early")
-    if ctx.kind == "flow_on_fail":
-        raise NoRunContext("catbird.complete_early() is not available in an on-fail handler")
-    ctx.early = (dumps(output), reason)
-    raise CompleteEarly(output, reason)
-
-
-def _db(ctx: FlowRunContext) -> FlowDB:
-    if ctx.db is None:
-        raise NoRunContext("this run context has no database access")
-    return ctx.db
-
-
-def _step_or_raise(ctx: FlowRunContext, info: StepRunInfo | None) -> StepRunInfo:
-    if info is None:
-        raise NotFound(f'flow "{ctx.flow_name}" has no run {ctx.flow_run_id}')
-    return info
-
-
-def get_step(name: str) -> StepRunInfo:
-    """The state of step ``name`` in the current flow run (from a plain handler)."""
-    ctx = _flow_context("get_step")
-    query = _sql.get_flow_step_status(ctx.flow_name, ctx.flow_run_id, name)
-    return _step_or_raise(ctx, _db(ctx).call(query, "catbird.get_step"))
-
-
-async def get_step_async(name: str) -> StepRunInfo:
-    """The state of step ``name`` in the current flow run (from an ``async def`` handler)."""
-    ctx = _flow_context("get_step_async")
-    query = _sql.get_flow_step_status(ctx.flow_name, ctx.flow_run_id, name)
-    return _step_or_raise(ctx, await _db(ctx).acall(query))
-
-
-#: Longest single server-side wait of wait_for_step.
-_STEP_SLICE = 1.0
-
-
-def _wait_slice(deadline: float | None) -> float:
-    if deadline is None:
-        return _STEP_SLICE
-    return max(0.0, min(_STEP_SLICE, deadline - time.monotonic()))
-
-
-def _wait_query(ctx: FlowRunContext, name: str, deadline: float | None, poll: float) -> Query[Any]:
-    return _sql.wait_flow_step_output(
-        ctx.flow_name, ctx.flow_run_id, name, poll_for=_wait_slice(deadline), poll_interval=poll
-    )
-
-
-def _check_wait(
-    ctx: FlowRunContext, name: str, deadline: float | None, limit: float | None
-) -> None:
-    if ctx.canceled:
-        raise asyncio.CancelledError(f"flow run {ctx.flow_run_id} was canceled")
-    if deadline is not None and time.monotonic() >= deadline:
-        raise TimeoutError(
-            f"step {name!r} of flow run {ctx.flow_run_id} is not done after {limit:g} s"
-        )
-
-
-def wait_for_step(
-    name: str, *, timeout: float | None = None, poll_interval: float = 0.1
-) -> StepRunInfo:
-    """Wait until step ``name`` of the current flow run is terminal (completed,
-    failed, skipped, canceled) and return its state (from a plain handler).
-
-    Raises :class:`TimeoutError` after ``timeout`` seconds (``None``: no limit).
-    """
-    ctx = _flow_context("wait_for_step")
-    db = _db(ctx)
-    deadline = None if timeout is None else time.monotonic() + timeout
-    while True:
-        if db.call(_wait_query(ctx, name, deadline, poll_interval), "catbird.wait_for_step"):
-            return get_step(name)
-        _check_wait(ctx, name, deadline, timeout)
-
-
-async def wait_for_step_async(
-    name: str, *, timeout: float | None = None, poll_interval: float = 0.1
-) -> StepRunInfo:
-    """:func:`wait_for_step` for ``async def`` handlers."""
-    ctx = _flow_context("wait_for_step_async")
-    db = _db(ctx)
-    deadline = None if timeout is None else time.monotonic() + timeout
-    while True:
-        if await db.acall(_wait_query(ctx, name, deadline, poll_interval)):
-            return await get_step_async(name)
-        _check_wait(ctx, name, deadline, timeout)
-
-
-# ---------------------------------------------------------------- on-fail
-
-
-@dataclass(frozen=True, slots=True)
-class FlowFailure:
-    """What a flow's on-fail handler receives about the run that failed.
-
-    ``failed_step_name`` is ``None`` when the flow failed without a failing
-    step (no output candidate completed). ``failed_step_input`` is what the
-    failed step worked on (the flow input, or the item of a failed map item)
-    and ``failed_step_signal_input`` its signal. :meth:`output` reads the
-    output of a step that completed before the failure.
-    """
-
-    flow_name: str
-    flow_run_id: int
-    failed_step_name: str | None
-    error_message: str
-    attempts: int
-    """Attempts of the failed step (the first one included)."""
-    on_fail_attempts: int
-    """On-fail attempts, this one included (1 on the first call)."""
-    started_at: datetime | None
-    failed_at: datetime | None
-    concurrency_key: str | None
-    failed_step_input: Any
-    failed_step_signal_input: Any
-    _db: FlowDB | None = field(default=None, repr=False, compare=False)
-
-    def _query(self, step: str) -> Query[StepRunInfo | None]:
-        return _sql.get_flow_step_status(self.flow_name, self.flow_run_id, step)
-
-    def _value(self, step: str, info: StepRunInfo | None) -> Any:
-        if info is None or info.status != "completed":
-            state = "missing" if info is None else info.status
-            raise NotFound(
-                f'step "{step}" of run {self.flow_run_id} of flow "{self.flow_name}" has no'
-                f" output (it is {state})"
-            )
-        return info.output
-
-    def output(self, step: str) -> Any:
-        """The output of a completed step of the failed run (from a plain handler).
-
-        :class:`catbird.NotFound` when the step did not complete.
-        """
-        if self._db is None:
-            raise NoRunContext("FlowFailure.output() needs the worker that made it")
-        return self._value(step, self._db.call(self._query(step), "FlowFailure.output"))
-
-    async def output_async(self, step: str) -> Any:
-        """:meth:`output` for ``async def`` handlers."""
-        if self._db is None:
-            raise NoRunContext("FlowFailure.output_async() needs the worker that made it")
-        return self._value(step, await self._db.acall(self._query(step)))
 
 
 def copy_initial(value: Any) -> Any:

@@ -32,16 +32,14 @@ import psycopg
 from psycopg.rows import tuple_row
 from psycopg_pool import ConnectionPool
 
-from . import _sql
-from ._sql import Duration, Query
-from .codec import to_json_value
-from .definitions import Task, definition_args, output_decoder, task_name
-from .errors import map_error
-from .flow_handles import FlowHandle
-from .flows import Flow, flow_name
-from .flows import output_decoder as flow_output_decoder
-from .handles import TaskHandle
-from .models import (
+from .. import _sql
+from .._sql import Duration, Query
+from ..codec import to_json_value
+from ..definitions import Task, definition_args, output_decoder, task_name
+from ..definitions.flows import Flow, flow_name
+from ..definitions.flows import output_decoder as flow_output_decoder
+from ..errors import map_error
+from ..models import (
     Binding,
     FlowInfo,
     FlowRunInfo,
@@ -53,6 +51,8 @@ from .models import (
     TaskRunInfo,
     WorkerInfo,
 )
+from .flow_handles import FlowHandle
+from .handles import TaskHandle
 from .reader import Reader
 
 __all__ = ["Client"]

@@ -8,7 +8,7 @@ extension SQL and the control file into that call, and refuses input that
 pg_tle would reject or silently mangle.
 
 Used by ``pg_tle/generate.py`` (writes the script next to the sources) and by
-``catbird.install`` (``--mode pg-tle-script``), so both produce the same text.
+``catbird.db.install`` (``--mode pg-tle-script``), so both produce the same text.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from .errors import CatbirdError
+from ..errors import CatbirdError
 
 __all__ = [
     "DELIMITER",

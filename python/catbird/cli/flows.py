@@ -18,7 +18,8 @@ from rich.table import Table
 from rich.text import Text
 from rich.tree import Tree
 
-from .cli import (
+from ..models import FlowInfo, FlowRunInfo, StepInfo, StepRunInfo
+from . import (
     EXIT_ERROR,
     DsnOption,
     JsonOption,
@@ -33,7 +34,6 @@ from .cli import (
     app,
     out,
 )
-from .models import FlowInfo, FlowRunInfo, StepInfo, StepRunInfo
 
 __all__ = ["flow_app", "layers"]
 
@@ -319,7 +319,7 @@ def flow_run(
     as_json: JsonOption = False,
 ) -> None:
     """Start a run of a flow (and optionally wait for its output)."""
-    from .errors import RunError
+    from ..errors import RunError
 
     value = _parse_json(input_json, "INPUT")
     header_map = _parse_headers(headers)

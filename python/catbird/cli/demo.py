@@ -19,8 +19,8 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from .client import Client
-from .models import Message
+from ..client.client import Client
+from ..models import Message
 
 __all__ = ["AUDIT_QUEUE", "ORDERS_QUEUE", "DemoResult", "run_demo"]
 

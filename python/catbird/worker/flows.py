@@ -46,23 +46,16 @@ from typing import TYPE_CHECKING, Any, cast
 
 import psycopg
 
-from . import _sql
-from .codec import codec_for, dumps
-from .definitions import Handler, HandlerOptions
-from .flows import (
-    Flow,
-    FlowDB,
-    FlowFailure,
-    FlowRunContext,
-    Step,
-    StepHandler,
-    copy_initial,
-)
-from .models import FlowOnFailClaim, MapTaskClaim, StepClaim
-from .worker import _FLUSHES, _RELEASE, _Abandoned, _describe, _Lane, _Run
+from .. import _sql
+from ..codec import codec_for, dumps
+from ..context import FlowDB, FlowFailure, FlowRunContext
+from ..definitions import Handler, HandlerOptions
+from ..definitions.flows import Flow, Step, StepHandler, copy_initial
+from ..models import FlowOnFailClaim, MapTaskClaim, StepClaim
+from .base import _FLUSHES, _RELEASE, _Abandoned, _describe, _Lane, _Run
 
 if TYPE_CHECKING:
-    from .worker import Worker
+    from .base import Worker
 
 __all__ = ["FlowRuntime"]
 
@@ -893,7 +886,7 @@ class FlowRuntime:
         return seen
 
     async def create_definitions(self) -> None:
-        from .errors import ObjectInUse
+        from ..errors import ObjectInUse
 
         for flow in self.flows:
             try:

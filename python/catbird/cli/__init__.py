@@ -19,7 +19,7 @@ stdout instead of tables). Errors are one line on stderr: exit code 1 for an
 error reported by catbird or the database, 2 for a usage error.
 
 The commands are thin: the work is done by :class:`catbird.Client`,
-:mod:`catbird.install` and :mod:`catbird.dev`. Nothing imports this module.
+:mod:`catbird.db.install` and :mod:`catbird.db.embedded`. Nothing imports this module.
 """
 
 from __future__ import annotations
@@ -45,11 +45,11 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from . import dev as _dev
-from . import install as _install
-from .client import Client
-from .errors import CatbirdError, NotFound
-from .models import Binding, Message, QueueInfo, TaskInfo, TaskRunInfo
+from ..client.client import Client
+from ..db import embedded as _dev
+from ..db import install as _install
+from ..errors import CatbirdError, NotFound
+from ..models import Binding, Message, QueueInfo, TaskInfo, TaskRunInfo
 
 __all__ = ["app", "main"]
 
@@ -941,7 +941,7 @@ def task_run(
     as_json: JsonOption = False,
 ) -> None:
     """Enqueue a run of a task (and optionally wait for its output)."""
-    from .errors import RunError
+    from ..errors import RunError
 
     value = _parse_json(input_json, "INPUT")
     header_map = _parse_headers(headers)
@@ -1103,9 +1103,9 @@ def worker_command(
     """
     import logging
 
-    from .definitions import Task
-    from .flows import Flow
-    from .worker import Worker
+    from ..definitions import Task
+    from ..definitions.flows import Flow
+    from ..worker import Worker
 
     level = logging.getLevelName(log_level.upper())
     if not isinstance(level, int):
@@ -1146,4 +1146,4 @@ def worker_command(
 # ============================================================================
 # flows: catbird flow ... (in their own module; importing it registers them)
 
-from . import _cli_flows  # noqa: E402, F401
+from . import flows as _cli_flows  # noqa: E402, F401

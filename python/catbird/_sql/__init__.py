@@ -25,8 +25,8 @@ from uuid import UUID
 
 from psycopg.types.json import Jsonb
 
-from .errors import InvalidArgument, NotFound
-from .models import (
+from ..errors import InvalidArgument, NotFound
+from ..models import (
     Binding,
     Message,
     OnFailClaim,
@@ -966,7 +966,7 @@ def ping() -> Query[None]:
 # Flows
 # --------------------------------------------------------------------------
 
-from .models import (  # noqa: E402 - kept with the flow section
+from ..models import (  # noqa: E402 - kept with the flow section
     FlowInfo,
     FlowOnFailClaim,
     FlowRunInfo,

@@ -22,14 +22,14 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
-from . import _sql
-from ._sql import Duration
-from .errors import RunCanceled, RunError, RunExpired, RunFailed, RunSkipped
-from .models import RunOutcome, TaskRunInfo
+from .. import _sql
+from .._sql import Duration
+from ..errors import RunCanceled, RunError, RunExpired, RunFailed, RunSkipped
+from ..models import RunOutcome, TaskRunInfo
 
 if TYPE_CHECKING:
-    from .aio import AsyncClient
     from .client import Client
+    from .client_async import AsyncClient
 
 __all__ = ["AsyncTaskHandle", "TaskHandle"]
 

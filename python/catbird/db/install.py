@@ -28,8 +28,8 @@ from typing import Any, Literal, TypedDict, get_args
 import psycopg
 from psycopg import sql
 
+from ..errors import CatbirdError
 from . import pg_tle
-from .errors import CatbirdError
 
 __all__ = [
     "EXTENSION_NAME",

@@ -24,14 +24,14 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from . import _sql
-from ._sql import Duration
-from .errors import NotFound, RunCanceled, RunError, RunExpired, RunFailed, RunSkipped
-from .models import FlowRunInfo, RunOutcome, StepRunInfo
+from .. import _sql
+from .._sql import Duration
+from ..errors import NotFound, RunCanceled, RunError, RunExpired, RunFailed, RunSkipped
+from ..models import FlowRunInfo, RunOutcome, StepRunInfo
 
 if TYPE_CHECKING:
-    from .aio import AsyncClient
     from .client import Client
+    from .client_async import AsyncClient
 
 __all__ = ["AsyncFlowHandle", "FlowHandle", "flow_outcome_value"]
 

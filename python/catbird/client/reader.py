@@ -49,13 +49,13 @@ import threading
 from collections.abc import Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
-from . import _sql
-from ._sql import Duration, Query
-from .models import Message
+from .. import _sql
+from .._sql import Duration, Query
+from ..models import Message
 
 if TYPE_CHECKING:
-    from .aio import AsyncClient
     from .client import Client
+    from .client_async import AsyncClient
 
 __all__ = ["AsyncReader", "Reader"]
 

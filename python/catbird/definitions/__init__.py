@@ -1,0 +1,36 @@
+"""What users declare: tasks, flows and the handlers they run.
+
+:mod:`.handlers` holds what tasks and flow steps share (options, signature
+checks), :mod:`.tasks` the :class:`Task` definition and :mod:`.flows` the
+flow DSL (:class:`Flow`, :class:`Step`). Nothing here touches the database.
+"""
+
+from .flows import Flow, Step, flow_name
+from .handlers import (
+    CircuitBreaker,
+    DefinitionError,
+    Handler,
+    HandlerOptions,
+    Param,
+    check_name,
+    make_handler,
+)
+from .tasks import Task, definition_args, output_decoder, task, task_name
+
+__all__ = [
+    "CircuitBreaker",
+    "DefinitionError",
+    "Flow",
+    "Handler",
+    "HandlerOptions",
+    "Param",
+    "Step",
+    "Task",
+    "check_name",
+    "definition_args",
+    "flow_name",
+    "make_handler",
+    "output_decoder",
+    "task",
+    "task_name",
+]
