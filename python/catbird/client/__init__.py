@@ -7,17 +7,19 @@ edited by hand.
 
 from .client import Client
 from .client_async import AsyncClient
-from .flow_handles import AsyncFlowHandle, FlowHandle
-from .handles import AsyncTaskHandle, TaskHandle
+from .handles import FlowHandle, RunHandle, TaskHandle
+from .handles_async import AsyncFlowHandle, AsyncRunHandle, AsyncTaskHandle
 from .reader import AsyncReader, Reader
 
 __all__ = [
     "AsyncClient",
     "AsyncFlowHandle",
     "AsyncReader",
+    "AsyncRunHandle",
     "AsyncTaskHandle",
     "Client",
     "FlowHandle",
     "Reader",
+    "RunHandle",
     "TaskHandle",
 ]

@@ -1,23 +1,30 @@
-"""The asyncio client: :class:`AsyncClient`, the twin of :class:`catbird.Client`.
+"""The client: typed access to catbird's SQL API (:class:`AsyncClient`).
 
 ::
 
-    client = await catbird.AsyncClient.connect(dsn)   # owns an autocommit connection
-    client = catbird.AsyncClient(pool)                # psycopg_pool.AsyncConnectionPool
-    client = catbird.AsyncClient(aconn)               # a psycopg.AsyncConnection you own
+    client = await catbird.AsyncClient.connect(dsn)  # owns an autocommit connection
+    client = catbird.AsyncClient(pool)  # a psycopg_pool.AsyncConnectionPool
+    client = catbird.AsyncClient(aconn)  # a psycopg.AsyncConnection you own
 
-Same methods, same arguments and the same statements (:mod:`catbird._sql`) as
-the sync client; every call is a coroutine. ``client.using(aconn)`` binds the
-calls to your connection so they join your transaction::
+With a pool, every call borrows a connection and commits when it returns.
+With a connection, calls run on it as they are: on an autocommit connection
+each call commits on its own; inside ``conn.transaction()`` (or on a
+non-autocommit connection) they are part of your transaction. Use
+:meth:`AsyncClient.using` to enqueue atomically with your own writes::
 
-    async with pool.connection() as conn, conn.transaction():
-        await conn.execute("INSERT INTO orders ...")
-        await client.using(conn).send("orders", {"id": 1})
+    async with pool.connection() as aconn, aconn.transaction():
+        await aconn.execute("INSERT INTO orders ...")
+        await client.using(aconn).send("orders", {"id": 1})   # commits with the insert
+
+Durations are seconds (``float``) or ``timedelta``; timestamps are aware
+``datetime`` objects. Every statement is declared in :mod:`catbird._sql`.
+The asyncio client is the source: the sync :class:`catbird.Client` is
+generated from it (``tools/async_to_sync.py``) and has the same methods.
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from datetime import datetime, timedelta
 from types import TracebackType
@@ -46,9 +53,8 @@ from ..models import (
     TaskRunInfo,
     WorkerInfo,
 )
-from .flow_handles import AsyncFlowHandle
-from .handles import AsyncTaskHandle
-from .reader import AsyncReader
+from .handles_async import AsyncFlowHandle, AsyncTaskHandle
+from .reader import AsyncReader, AsyncReaderHandler
 
 __all__ = ["AsyncClient"]
 
@@ -57,7 +63,7 @@ O = TypeVar("O")  # noqa: E741 - a task's output type
 
 
 class AsyncClient:
-    """Typed async access to catbird's SQL API over a psycopg connection or pool."""
+    """Typed access to catbird's SQL API over a psycopg connection or pool."""
 
     def __init__(
         self,
@@ -374,7 +380,7 @@ class AsyncClient:
     def reader(
         self,
         queue: str,
-        handler: Callable[[Message], Awaitable[object]] | Callable[[Message], object],
+        handler: AsyncReaderHandler,
         *,
         quantity: int = 10,
         hide_for: Duration = 30.0,

@@ -47,7 +47,7 @@ import inspect
 import logging
 import threading
 from collections.abc import Awaitable, Callable, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeAlias
 
 from .. import _sql
 from .._sql import Duration, Query
@@ -57,7 +57,13 @@ if TYPE_CHECKING:
     from .client import Client
     from .client_async import AsyncClient
 
-__all__ = ["AsyncReader", "Reader"]
+__all__ = ["AsyncReader", "AsyncReaderHandler", "Reader", "ReaderHandler"]
+
+#: What a :class:`Reader` calls with each message.
+ReaderHandler: TypeAlias = Callable[[Message], object]
+#: What an :class:`AsyncReader` calls with each message: a coroutine function,
+#: or a plain function (run in a worker thread).
+AsyncReaderHandler: TypeAlias = Callable[[Message], Awaitable[object]] | Callable[[Message], object]
 
 logger = logging.getLogger("catbird.reader")
 
@@ -154,7 +160,7 @@ class Reader(_ReaderBase):
         self,
         client: Client,
         queue: str,
-        handler: Callable[[Message], object],
+        handler: ReaderHandler,
         *,
         quantity: int = 10,
         hide_for: Duration = 30.0,
@@ -206,7 +212,7 @@ class AsyncReader(_ReaderBase):
         self,
         client: AsyncClient,
         queue: str,
-        handler: Callable[[Message], Awaitable[object]] | Callable[[Message], object],
+        handler: AsyncReaderHandler,
         *,
         quantity: int = 10,
         hide_for: Duration = 30.0,
