@@ -174,11 +174,8 @@ def _awaited_primary_parens(
         return None
     while i < closing:
         tok = tokens[i]
-        if tok.type == tokenize.NL:
-            i += 1
-        elif tok.type == tokenize.NAME and not keyword.iskeyword(tok.string):
-            i += 1
-        elif tok.type == tokenize.OP and tok.string == ".":
+        name = tok.type == tokenize.NAME and not keyword.iskeyword(tok.string)
+        if name or tok.type == tokenize.NL or (tok.type == tokenize.OP and tok.string == "."):
             i += 1
         elif tok.type == tokenize.OP and tok.string in "([" and _is_trailer_start(tokens, i):
             i = pairs[i] + 1
