@@ -8,9 +8,14 @@ The asyncio code is the one source: ``client/client_async.py`` becomes
 ``connection_async.py``. The conversion works on tokens, so comments and
 docstrings survive:
 
-* ``async`` before ``def``/``with``/``for`` and every ``await`` are dropped;
+* ``async`` before ``def``/``with``/``for`` and every ``await`` are dropped,
+  and so are parentheses that only wrapped an awaited primary:
+  ``(await client.get_queue(q)).depth`` becomes ``client.get_queue(q).depth``;
 * names are renamed by :data:`RENAMES` (``AsyncClient`` -> ``Client``,
   ``__aenter__`` -> ``__enter__``, ...), in code, strings and comments alike;
+  a dotted entry (``asyncio.sleep`` -> ``time.sleep``) renames an attribute
+  of a module, so the async source must import the sync module too (it does
+  whenever it uses it for something else, e.g. ``time.monotonic``);
 * where the two worlds really differ, the async source says so with a block
   that is valid Python in both::
 
@@ -21,9 +26,11 @@ docstrings survive:
 
   and the sync module keeps only the ``else`` body.
 
-The result goes through ``ruff check --fix --select I,F401`` (imports sorted,
-imports only async code used removed) and ``ruff format``, so it reads like
-hand-written code. Run it after changing an async source::
+The result goes through ``ruff check --fix --select I,F401,SIM117`` (imports
+sorted, imports only async code used removed, and ``with`` statements merged
+that had to be nested in the async source, as in ``with pytest.raises(E):``
+around ``async with conn.transaction():``) and ``ruff format``, so it reads
+like hand-written code. Run it after changing an async source::
 
     python tools/async_to_sync.py            # rewrite the generated files
     python tools/async_to_sync.py --check    # exit 1 if one is stale (CI, tests)
@@ -33,6 +40,7 @@ from __future__ import annotations
 
 import argparse
 import io
+import keyword
 import re
 import subprocess
 import sys
@@ -65,6 +73,7 @@ RENAMES: dict[str, str] = {
     "aclose": "close",
     "aconn": "conn",
     "asynccontextmanager": "contextmanager",
+    "asyncio.sleep": "time.sleep",
     "client_async": "client",
     "handles_async": "handles",
     "test_client_async": "test_client",
@@ -124,17 +133,96 @@ def convert(source: str, origin: str) -> str:
     return _ruff(header + text)
 
 
+def _matching_brackets(tokens: list[tokenize.TokenInfo]) -> dict[int, int]:
+    """Index of each opening bracket token -> index of its closing one."""
+    pairs: dict[int, int] = {}
+    stack: list[int] = []
+    for index, tok in enumerate(tokens):
+        if tok.type == tokenize.OP and tok.string in "([{":
+            stack.append(index)
+        elif tok.type == tokenize.OP and tok.string in ")]}":
+            pairs[stack.pop()] = index
+    return pairs
+
+
+def _is_trailer_start(tokens: list[tokenize.TokenInfo], index: int) -> bool:
+    """Whether the bracket at ``index`` calls or subscripts what precedes it."""
+    before = tokens[index - 1] if index else None
+    if before is None:
+        return False
+    if before.type == tokenize.NAME:
+        return not keyword.iskeyword(before.string)
+    return before.type == tokenize.OP and before.string in ")]"
+
+
+def _awaited_primary_parens(
+    tokens: list[tokenize.TokenInfo], pairs: dict[int, int], index: int
+) -> tuple[int, int] | None:
+    """For ``await`` at ``index``: the indexes of ``(`` and ``)`` to drop, if any.
+
+    Only a grouping ``(await name.attr(args)[i])`` qualifies: once ``await``
+    is gone its content is a primary, which needs no parentheses anywhere.
+    """
+    opening = index - 1
+    if opening < 0 or tokens[opening].string != "(" or _is_trailer_start(tokens, opening):
+        return None
+    closing = pairs.get(opening)
+    if closing is None:
+        return None
+    i = index + 1
+    if tokens[i].type != tokenize.NAME or keyword.iskeyword(tokens[i].string):
+        return None
+    while i < closing:
+        tok = tokens[i]
+        name = tok.type == tokenize.NAME and not keyword.iskeyword(tok.string)
+        if name or tok.type == tokenize.NL or (tok.type == tokenize.OP and tok.string == "."):
+            i += 1
+        elif tok.type == tokenize.OP and tok.string in "([" and _is_trailer_start(tokens, i):
+            i = pairs[i] + 1
+        else:
+            return None
+    return opening, closing
+
+
 def _convert_tokens(source: str) -> str:
     """Drop ``async``/``await`` and rename, editing right to left on each line."""
     tokens = list(tokenize.generate_tokens(io.StringIO(source).readline))
+    pairs = _matching_brackets(tokens)
     lines = source.splitlines(keepends=True)
     edits: dict[int, list[tuple[int, int, str]]] = {}
+    skip: set[int] = set()
 
     def edit(row: int, start: int, end: int, new: str) -> None:
         edits.setdefault(row, []).append((start, end, new))
 
+    def drop_token(index: int) -> None:
+        (row, start), (_, end) = tokens[index].start, tokens[index].end
+        edit(row, start, end, "")
+
     for index, tok in enumerate(tokens):
+        if index in skip:
+            continue
         following = tokens[index + 1] if index + 1 < len(tokens) else None
+        if tok.type == tokenize.NAME and tok.string == "await":
+            parens = _awaited_primary_parens(tokens, pairs, index)
+            if parens is not None:
+                for paren in parens:
+                    drop_token(paren)
+                    skip.add(paren)
+        attribute = tokens[index + 2] if index + 2 < len(tokens) else None
+        if (
+            tok.type == tokenize.NAME
+            and following is not None
+            and following.string == "."
+            and attribute is not None
+            and attribute.type == tokenize.NAME
+            and attribute.end[0] == tok.start[0]
+            and f"{tok.string}.{attribute.string}" in RENAMES
+        ):
+            dotted = RENAMES[f"{tok.string}.{attribute.string}"]
+            edit(tok.start[0], tok.start[1], attribute.end[1], dotted)
+            skip.add(index + 2)
+            continue
         drop = tok.type == tokenize.NAME and (
             tok.string == "await"
             or (
@@ -175,7 +263,7 @@ def _ruff(text: str) -> str:
             "check",
             "--fix",
             "--select",
-            "I,F401",
+            "I,F401,SIM117",
             "--quiet",
             "--exit-zero",
             "--stdin-filename",

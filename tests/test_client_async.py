@@ -1,0 +1,728 @@
+"""catbird.AsyncClient against a real PostgreSQL with the extension installed.
+
+The async and the sync client run the same tests: the sync module is
+generated from the async one by tools/async_to_sync.py. Tests that need
+several connections at once really run them at once on both clients: as
+asyncio tasks for the async one, in threads for the sync one
+(:func:`run_concurrently`).
+
+Time-dependent behaviour is tested through the engine clock: cb_now() reads
+the session setting catbird.fake_now, pinned on the test connection.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import functools
+import math
+import time
+from collections.abc import Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime, timedelta
+from typing import Any, TypeVar
+
+import psycopg
+import pydantic
+import pytest
+from psycopg_pool import AsyncConnectionPool
+
+import catbird
+from catbird import (
+    AsyncClient,
+    Binding,
+    InvalidArgument,
+    Message,
+    NotFound,
+    QueueInfo,
+)
+
+NOW = datetime(2030, 1, 1, 12, 0, tzinfo=UTC)
+
+T = TypeVar("T")
+
+if True:  # ASYNC
+    #: A deferred client call, run (and awaited) by the test.
+    Call = Callable[[], Awaitable[object]]
+
+    async def run_concurrently(*calls: Callable[[], Awaitable[T]]) -> list[T]:
+        """Run the calls at once, each in its own task; their results in order."""
+        return list(await asyncio.gather(*(call() for call in calls)))
+
+else:
+    #: A deferred client call, run by the test.
+    Call = Callable[[], object]
+
+    def run_concurrently(*calls: Callable[[], T]) -> list[T]:
+        """Run the calls at once, each in its own thread; their results in order."""
+        with ThreadPoolExecutor(max_workers=len(calls)) as executor:
+            futures = [executor.submit(call) for call in calls]
+            return [future.result() for future in futures]
+
+
+async def set_now(aconn: psycopg.AsyncConnection[Any], ts: datetime) -> None:
+    await aconn.execute("SELECT set_config('catbird.fake_now', %s, false)", [ts.isoformat()])
+
+
+@pytest.fixture
+async def client(aconn: psycopg.AsyncConnection[Any]) -> AsyncClient:
+    await set_now(aconn, NOW)
+    return AsyncClient(aconn)
+
+
+@pytest.fixture
+async def orders(client: AsyncClient) -> str:
+    await client.create_queue("orders")
+    return "orders"
+
+
+# ---------------------------------------------------------------- queues
+
+
+async def test_create_queue_is_idempotent_and_described(client: AsyncClient) -> None:
+    exp = NOW + timedelta(days=1)
+    await client.create_queue("orders", expires_at=exp, description="all orders")
+    await client.create_queue("orders", description="ignored second time")
+    info = await client.get_queue("orders")
+    assert info == QueueInfo(
+        name="orders",
+        description="all orders",
+        created_at=NOW,
+        expires_at=exp,
+        depth=0,
+        visible=0,
+        oldest_visible_at=None,
+    )
+    assert [q.name for q in await client.list_queues()] == ["orders"]
+
+
+async def test_list_queues_counts_depth_visible_and_oldest(
+    client: AsyncClient, orders: str
+) -> None:
+    await client.create_queue("audit")
+    await client.send(orders, 1)
+    await client.send(orders, 2, visible_at=NOW + timedelta(minutes=5))
+    queues = {q.name: q for q in await client.list_queues()}
+    assert sorted(queues) == ["audit", "orders"]
+    assert (queues["orders"].depth, queues["orders"].visible) == (2, 1)
+    assert queues["orders"].oldest_visible_at == NOW
+    assert (queues["audit"].depth, queues["audit"].visible) == (0, 0)
+    assert queues["audit"].oldest_visible_at is None
+
+
+async def test_get_queue_missing_raises_not_found(client: AsyncClient) -> None:
+    with pytest.raises(NotFound):
+        await client.get_queue("nope")
+
+
+async def test_create_queue_bad_name_is_invalid_argument_and_writes_nothing(
+    client: AsyncClient,
+) -> None:
+    for bad in ["Orders", "1orders", "or-ders", "Not-Valid", "", "x" * 59]:
+        with pytest.raises(InvalidArgument) as info:
+            await client.create_queue(bad)
+        assert info.value.sqlstate == "22023"
+        assert isinstance(info.value.__cause__, psycopg.errors.InvalidParameterValue)
+        assert str(info.value)  # the server's message
+    assert await client.list_queues() == []
+    await client.create_queue("x" * 58)  # the longest valid name
+    assert (await client.get_queue("x" * 58)).name == "x" * 58
+
+
+async def test_delete_queue(client: AsyncClient, orders: str) -> None:
+    await client.send(orders, {"a": 1})
+    await client.bind(orders, "shop.#")
+    assert await client.delete_queue(orders) is True
+    assert await client.delete_queue(orders) is False
+    assert await client.list_queues() == []
+    assert await client.list_bindings() == []
+    with pytest.raises(NotFound):
+        await client.read(orders)
+    with pytest.raises(NotFound):
+        await client.get_queue(orders)
+
+
+async def test_purge_queue(client: AsyncClient, orders: str) -> None:
+    await client.send_many(orders, [1, 2, 3])
+    await client.read(orders)  # a hidden one is purged too
+    assert await client.purge_queue(orders) == 3
+    assert await client.purge_queue(orders) == 0
+    assert (await client.get_queue(orders)).depth == 0
+    with pytest.raises(NotFound) as info:
+        await client.purge_queue("missing")
+    assert info.value.sqlstate == "42704"
+    assert isinstance(info.value.__cause__, psycopg.errors.UndefinedObject)
+
+
+# ---------------------------------------------------------------- send / read / delete
+
+
+async def test_send_read_delete_round_trip(client: AsyncClient, orders: str) -> None:
+    body = {"id": 1, "items": ["a", "b"], "total": 9.5, "paid": True, "note": None}
+    mid = await client.send(
+        orders,
+        body,
+        topic="shop.order.created",
+        headers={"trace": "t-1"},
+        priority=3,
+        expires_at=NOW + timedelta(hours=1),
+    )
+    assert isinstance(mid, int)
+    msgs = await client.read(orders, quantity=10, hide_for=30.0)
+    assert msgs == [
+        Message(
+            id=mid,
+            body=body,
+            headers={"trace": "t-1"},
+            topic="shop.order.created",
+            concurrency_key=None,
+            priority=3,
+            deliveries=1,
+            created_at=NOW,
+            visible_at=NOW + timedelta(seconds=30),
+            expires_at=NOW + timedelta(hours=1),
+        )
+    ]
+    assert msgs[0].created_at.tzinfo is not None
+    assert await client.read(orders) == []  # hidden
+    assert await client.delete(orders, mid) is True
+    assert await client.delete(orders, mid) is False
+    assert (await client.get_queue(orders)).depth == 0
+
+
+@pytest.mark.parametrize(
+    "body", [None, 0, 1.5, "text", [1, "two", None], {"nested": {"deep": [1, {"x": []}]}}, True]
+)
+async def test_any_json_body_round_trips(client: AsyncClient, orders: str, body: Any) -> None:
+    await client.send(orders, body)
+    (msg,) = await client.read(orders)
+    assert msg.body == body
+    assert msg.headers is None and msg.topic is None
+
+
+@dataclasses.dataclass
+class OrderDC:
+    id: int
+    tags: list[str]
+
+
+class OrderModel(pydantic.BaseModel):
+    id: int
+    at: datetime
+
+
+async def test_dataclass_and_pydantic_bodies_are_encoded(client: AsyncClient, orders: str) -> None:
+    await client.send(orders, OrderDC(1, ["x"]))
+    await client.send(orders, OrderModel(id=2, at=NOW))
+    await client.send_many(orders, [OrderDC(3, []), OrderModel(id=4, at=NOW)])
+    bodies = [m.body for m in await client.read(orders, quantity=10)]
+    assert bodies == [
+        {"id": 1, "tags": ["x"]},
+        {"id": 2, "at": "2030-01-01T12:00:00Z"},
+        {"id": 3, "tags": []},
+        {"id": 4, "at": "2030-01-01T12:00:00Z"},
+    ]
+
+
+async def test_priority_then_age_ordering(client: AsyncClient, orders: str) -> None:
+    low = await client.send(orders, "low", priority=0)
+    high = await client.send(orders, "high", priority=5)
+    mid1 = await client.send(orders, "mid1", priority=1)
+    mid2 = await client.send(orders, "mid2", priority=1)
+    neg = await client.send(orders, "neg", priority=-1)
+    first = await client.read(orders, quantity=2)
+    assert [m.id for m in first] == [high, mid1]
+    rest = await client.read(orders, quantity=10)
+    assert [m.id for m in rest] == [mid2, low, neg]
+
+
+async def test_hide_for_hides_until_window_passes(
+    client: AsyncClient, aconn: psycopg.AsyncConnection[Any], orders: str
+) -> None:
+    mid = await client.send(orders, "x")
+    (m1,) = await client.read(orders, hide_for=30.0)
+    assert (m1.deliveries, m1.visible_at) == (1, NOW + timedelta(seconds=30))
+    await set_now(aconn, NOW + timedelta(seconds=29.999))
+    assert await client.read(orders) == []
+    await set_now(aconn, NOW + timedelta(seconds=30))
+    (m2,) = await client.read(orders, hide_for=timedelta(minutes=2))
+    assert (m2.id, m2.deliveries) == (mid, 2)
+    assert m2.visible_at == NOW + timedelta(seconds=150)
+
+
+async def test_hide_for_rounds_up_to_whole_milliseconds(client: AsyncClient, orders: str) -> None:
+    await client.send_many(orders, ["a", "b", "c"])
+    (a,) = await client.read(orders, hide_for=0.0001)  # not silently 0 ms
+    assert a.visible_at == NOW + timedelta(milliseconds=1)
+    (b,) = await client.read(orders, hide_for=0.1)  # float noise does not add a millisecond
+    assert b.visible_at == NOW + timedelta(milliseconds=100)
+    (c,) = await client.read(orders, hide_for=2)  # int seconds
+    assert c.visible_at == NOW + timedelta(seconds=2)
+
+
+async def test_visible_at_and_expires_at(
+    client: AsyncClient, aconn: psycopg.AsyncConnection[Any], orders: str
+) -> None:
+    later = await client.send(orders, "later", visible_at=NOW + timedelta(minutes=10))
+    await client.send(orders, "expired", expires_at=NOW)
+    await client.send(orders, "expiring", expires_at=NOW + timedelta(minutes=5))
+    assert [m.body for m in await client.read(orders, quantity=10)] == ["expiring"]
+    await set_now(aconn, NOW + timedelta(minutes=10))
+    assert [m.id for m in await client.read(orders, quantity=10)] == [later]
+
+
+async def test_concurrency_key_dedups_live_messages(client: AsyncClient, orders: str) -> None:
+    first = await client.send(orders, {"v": 1}, concurrency_key="order-1")
+    again = await client.send(orders, {"v": 2}, concurrency_key="order-1", priority=9)
+    assert again == first
+    other = await client.send(orders, {"v": 3}, concurrency_key="order-2")
+    assert other != first
+    # send_many dedups against live messages too
+    batch = await client.send_many(orders, [{"v": 5}, {"v": 6}], concurrency_keys=["order-1", None])
+    assert batch[0] == first and batch[1] not in (first, other)
+    msgs = await client.read(orders, quantity=10)
+    assert {(m.id, m.concurrency_key): m.body for m in msgs} == {
+        (first, "order-1"): {"v": 1},
+        (other, "order-2"): {"v": 3},
+        (batch[1], None): {"v": 6},
+    }
+    assert await client.delete(orders, [first]) == [first]
+    fresh = await client.send(orders, {"v": 4}, concurrency_key="order-1")
+    assert fresh not in (first, other, batch[1])
+
+
+async def test_send_many_returns_ids_in_input_order(client: AsyncClient, orders: str) -> None:
+    ids = await client.send_many(
+        orders,
+        [{"n": 0}, {"n": 1}, {"n": 2}, {"n": 3}],
+        topic="shop.bulk",
+        concurrency_keys=["k0", None, "k0", "k3"],
+        headers=[{"h": 0}, None, {"h": 2}, {"h": 3}],
+        priority=2,
+    )
+    assert len(ids) == 4
+    assert ids[2] == ids[0]  # same key in one batch: the first position wins
+    assert len(set(ids)) == 3
+    msgs = {m.id: m for m in await client.read(orders, quantity=10)}
+    assert sorted(msgs) == sorted(set(ids))
+    assert msgs[ids[0]].body == {"n": 0} and msgs[ids[0]].headers == {"h": 0}
+    assert msgs[ids[1]].headers is None and msgs[ids[1]].concurrency_key is None
+    assert msgs[ids[3]].concurrency_key == "k3"
+    assert {m.topic for m in msgs.values()} == {"shop.bulk"}
+    assert {m.priority for m in msgs.values()} == {2}
+
+
+async def test_send_many_plain_and_empty(client: AsyncClient, orders: str) -> None:
+    assert await client.send_many(orders, []) == []
+    ids = await client.send_many(orders, (x for x in ["a", "b", "c"]))
+    assert ids == sorted(ids)
+    assert [m.body for m in await client.read(orders, quantity=3)] == ["a", "b", "c"]
+
+
+async def test_send_many_mismatched_lengths_rejected(client: AsyncClient, orders: str) -> None:
+    with pytest.raises(InvalidArgument):
+        await client.send_many(orders, [1, 2], concurrency_keys=["a"])
+    with pytest.raises(InvalidArgument):
+        await client.send_many(orders, [1, 2], headers=[{"a": 1}])
+    with pytest.raises(InvalidArgument):
+        await client.send_many(orders, [1, 2], headers=[{"a": 1}, ["not an object"]])  # type: ignore[list-item]
+    with pytest.raises(InvalidArgument):
+        await client.send_many(orders, [1, 2], topic="a..b")
+    assert (await client.get_queue(orders)).depth == 0
+
+
+async def test_read_poll_returns_at_once_when_messages_exist(
+    client: AsyncClient, orders: str
+) -> None:
+    await client.send(orders, "x")
+    t0 = time.monotonic()
+    await client.send(orders, "y")
+    msgs = await client.read_poll(orders, quantity=5, hide_for=10.0, poll_for=5.0)
+    assert [m.body for m in msgs] == ["x", "y"]
+    assert {m.visible_at for m in msgs} == {NOW + timedelta(seconds=10)}
+    assert time.monotonic() - t0 < 2.0
+
+
+async def test_read_poll_waits_then_returns_empty(client: AsyncClient, orders: str) -> None:
+    t0 = time.monotonic()
+    assert await client.read_poll(orders, poll_for=0.3, poll_interval=0.05) == []
+    assert 0.25 <= time.monotonic() - t0 < 3.0
+
+
+async def test_read_poll_sees_message_sent_meanwhile(
+    client: AsyncClient, orders: str, dsn: str
+) -> None:
+    async def later() -> list[Message]:
+        await asyncio.sleep(0.3)
+        async with await AsyncClient.connect(dsn) as other:
+            await other.send(orders, "late")
+        return []
+
+    async def poll() -> list[Message]:
+        return await client.read_poll(orders, quantity=3, hide_for=5.0, poll_for=10.0)
+
+    t0 = time.monotonic()
+    msgs, _ = await run_concurrently(poll, later)
+    assert [m.body for m in msgs] == ["late"]
+    assert 0.25 <= time.monotonic() - t0 < 5.0
+
+
+async def test_concurrent_readers_never_share_a_message(dsn: str) -> None:
+    async with await AsyncClient.connect(dsn) as setup:
+        await setup.create_queue("jobs")
+        await setup.send_many("jobs", list(range(200)))
+
+    async def consume() -> list[int]:
+        got: list[int] = []
+        async with await AsyncClient.connect(dsn) as c:
+            while batch := await c.read("jobs", quantity=7, hide_for=60.0):
+                got.extend(m.id for m in batch)
+        return got
+
+    seen = await run_concurrently(consume, consume, consume, consume)
+    all_ids = [i for got in seen for i in got]
+    assert len(all_ids) == 200
+    assert len(set(all_ids)) == 200
+
+
+# ---------------------------------------------------------------- hide / delete
+
+
+async def test_hide_single_and_many(
+    client: AsyncClient, aconn: psycopg.AsyncConnection[Any], orders: str
+) -> None:
+    a, b, c = await client.send_many(orders, ["a", "b", "c"])
+    assert await client.hide(orders, a, hide_for=60.0) is True
+    assert await client.hide(orders, 999_999, hide_for=60.0) is False
+    assert await client.hide(orders, [b, 999_999], hide_for=120.0) == [b]
+    assert await client.hide_many(orders, [c], hide_for=30.0) == [c]
+    assert await client.hide_many(orders, [], hide_for=30.0) == []
+    assert await client.read(orders) == []
+    await set_now(aconn, NOW + timedelta(seconds=30))
+    assert [m.id for m in await client.read(orders, quantity=5, hide_for=3600)] == [c]
+    await set_now(aconn, NOW + timedelta(seconds=60))
+    assert [m.id for m in await client.read(orders, quantity=5, hide_for=3600)] == [a]
+    await set_now(aconn, NOW + timedelta(seconds=120))
+    assert [m.id for m in await client.read(orders, quantity=5, hide_for=3600)] == [b]
+
+
+async def test_hide_can_make_visible_sooner(
+    client: AsyncClient, aconn: psycopg.AsyncConnection[Any], orders: str
+) -> None:
+    mid = await client.send(orders, "x")
+    await client.read(orders, hide_for=3600.0)
+    assert await client.hide(orders, mid, hide_for=0.001)
+    await set_now(aconn, NOW + timedelta(milliseconds=1))
+    assert [m.id for m in await client.read(orders)] == [mid]
+
+
+async def test_delete_single_and_many(client: AsyncClient, orders: str) -> None:
+    a, b, c = await client.send_many(orders, ["a", "b", "c"])
+    assert await client.delete(orders, a) is True
+    assert await client.delete(orders, a) is False
+    assert sorted(await client.delete(orders, [a, b, c, 12345])) == sorted([b, c])
+    assert await client.delete_many(orders, [b]) == []
+    assert await client.delete_many(orders, []) == []
+    assert (await client.get_queue(orders)).depth == 0
+
+
+async def test_hide_and_delete_only_touch_their_queue(client: AsyncClient, orders: str) -> None:
+    await client.create_queue("other")
+    mid = await client.send("other", "x")
+    assert await client.delete(orders, mid) is False
+    assert await client.hide(orders, mid, hide_for=10.0) is False
+    assert (await client.get_queue("other")).depth == 1
+
+
+# ---------------------------------------------------------------- topics
+
+
+async def test_bind_unbind_list_bindings(client: AsyncClient, orders: str) -> None:
+    await client.create_queue("audit")
+    await client.bind(orders, "shop.order.*")
+    await client.bind(orders, "shop.order.*")  # idempotent
+    await client.bind("audit", "#")
+    assert await client.list_bindings() == [
+        Binding("audit", "#", NOW),
+        Binding("orders", "shop.order.*", NOW),
+    ]
+    assert await client.list_bindings(orders) == [Binding("orders", "shop.order.*", NOW)]
+    assert await client.unbind(orders, "shop.order.*") is True
+    assert await client.unbind(orders, "shop.order.*") is False
+    assert await client.list_bindings(orders) == []
+
+
+async def test_bind_errors(client: AsyncClient, orders: str) -> None:
+    with pytest.raises(NotFound):
+        await client.bind("missing", "a.b")
+    for bad in ["a..b", "a.#.b", "", "a b", "*x"]:
+        with pytest.raises(InvalidArgument):
+            await client.bind(orders, bad)
+    assert await client.list_bindings() == []
+
+
+async def test_publish_delivers_to_matching_queues(client: AsyncClient, orders: str) -> None:
+    await client.create_queue("audit")
+    await client.create_queue("billing")
+    await client.bind(orders, "shop.order.*")
+    await client.bind(orders, "shop.#")  # a second matching pattern: still one copy
+    await client.bind("audit", "#")
+    await client.bind("billing", "shop.invoice.*")
+    n = await client.publish(
+        "shop.order.created", {"id": 2}, headers={"h": 1}, priority=4, concurrency_key="o2"
+    )
+    assert n == 2
+    (o,) = await client.read(orders, quantity=10)
+    (a,) = await client.read("audit", quantity=10)
+    assert await client.read("billing") == []
+    for m in (o, a):
+        assert (m.body, m.topic, m.headers, m.priority, m.concurrency_key) == (
+            {"id": 2},
+            "shop.order.created",
+            {"h": 1},
+            4,
+            "o2",
+        )
+    assert await client.publish("nobody.listens", 1) == 1  # audit binds "#"
+    await client.unbind("audit", "#")
+    assert await client.publish("nobody.listens", 1) == 0
+
+
+async def test_publish_many_counts_targets_times_messages(client: AsyncClient, orders: str) -> None:
+    await client.create_queue("audit")
+    await client.bind(orders, "shop.*")
+    await client.bind("audit", "shop.#")
+    assert await client.publish_many("shop.sale", [1, 2, 3]) == 6
+    assert await client.publish_many("shop.sale", []) == 0
+    assert await client.publish("shop.sale.eu", 4) == 1  # "*" is one word, "#" any
+    assert [m.body for m in await client.read(orders, quantity=10)] == [1, 2, 3]
+    audit = await client.read("audit", quantity=10)
+    assert [m.body for m in audit] == [1, 2, 3, 4]
+    assert [m.topic for m in audit] == ["shop.sale"] * 3 + ["shop.sale.eu"]
+    assert await client.publish_many("shop.sale", ["x", "y"], concurrency_keys=["k", "k"]) == 4
+    assert [m.body for m in await client.read(orders, quantity=10)] == ["x"]
+
+
+async def test_publish_visible_at_and_expiry(
+    client: AsyncClient, aconn: psycopg.AsyncConnection[Any], orders: str
+) -> None:
+    await client.bind(orders, "t")
+    await client.publish("t", "later", visible_at=NOW + timedelta(seconds=5))
+    await client.publish_many(
+        "t", ["gone"], expires_at=NOW + timedelta(seconds=1), headers=[{"x": 1}], priority=1
+    )
+    assert [m.body for m in await client.read(orders, quantity=5)] == ["gone"]
+    await set_now(aconn, NOW + timedelta(seconds=5))
+    assert [m.body for m in await client.read(orders, quantity=5)] == ["later"]
+
+
+async def test_publish_bad_topic(client: AsyncClient) -> None:
+    for bad in ["", "a..b", "a.*", "a.#", "sp ace"]:
+        with pytest.raises(InvalidArgument):
+            await client.publish(bad, 1)
+
+
+# ---------------------------------------------------------------- errors
+
+
+async def test_unknown_queue_is_not_found_everywhere(client: AsyncClient) -> None:
+    calls: list[Call] = [
+        lambda: client.send("missing", 1),
+        lambda: client.send_many("missing", [1]),
+        lambda: client.read("missing"),
+        lambda: client.read_poll("missing", poll_for=0.0),
+        lambda: client.hide("missing", 1, hide_for=1.0),
+        lambda: client.hide("missing", [1], hide_for=1.0),
+        lambda: client.delete("missing", 1),
+        lambda: client.delete("missing", [1]),
+        lambda: client.purge_queue("missing"),
+        lambda: client.bind("missing", "a"),
+        lambda: client.unbind("missing", "a"),
+    ]
+    for i, call in enumerate(calls):
+        with pytest.raises(NotFound) as info:
+            await call()
+        assert info.value.sqlstate == "42704", i
+        assert isinstance(info.value.__cause__, psycopg.errors.UndefinedObject), i
+        assert "missing" in str(info.value)
+    await client.create_queue("still_usable")  # the connection survived the errors
+    assert [q.name for q in await client.list_queues()] == ["still_usable"]
+
+
+async def test_invalid_arguments_are_rejected_by_sql(client: AsyncClient, orders: str) -> None:
+    calls: list[Call] = [
+        lambda: client.read(orders, quantity=0),
+        lambda: client.read(orders, hide_for=0),
+        lambda: client.read(orders, hide_for=-1.0),
+        lambda: client.read_poll(orders, poll_for=-0.5),
+        lambda: client.read_poll(orders, poll_interval=0),
+        lambda: client.hide(orders, 1, hide_for=0),
+        lambda: client.send(orders, 1, headers=["not", "an", "object"]),  # type: ignore[arg-type]
+        lambda: client.send(orders, 1, topic="bad topic"),
+        lambda: client.send("Bad", 1),
+        lambda: client.publish("bad topic", 1),
+        lambda: client.read(orders, hide_for=1e12),  # does not fit an int of milliseconds
+    ]
+    for call in calls:
+        with pytest.raises(InvalidArgument) as info:
+            await call()
+        assert info.value.sqlstate in {"22023", "22003"}
+    assert (await client.get_queue(orders)).depth == 0
+
+
+async def test_non_finite_durations_rejected_before_sending(
+    client: AsyncClient, orders: str
+) -> None:
+    for bad in [math.nan, math.inf, -math.inf]:
+        with pytest.raises(InvalidArgument) as info:
+            await client.read(orders, hide_for=bad)
+        assert info.value.sqlstate is None
+
+
+def test_errors_form_one_hierarchy() -> None:
+    for cls in [
+        catbird.InvalidArgument,
+        catbird.NotFound,
+        catbird.ObjectInUse,
+        catbird.AlreadyExists,
+        catbird.RunFailed,
+        catbird.RunCanceled,
+        catbird.RunSkipped,
+    ]:
+        assert issubclass(cls, catbird.CatbirdError)
+    assert issubclass(catbird.InvalidArgument, ValueError)
+    assert issubclass(catbird.NotFound, LookupError)
+    for cls in [catbird.RunFailed, catbird.RunCanceled, catbird.RunSkipped]:
+        assert issubclass(cls, catbird.RunError)
+
+
+async def test_unmapped_errors_propagate_unchanged(client: AsyncClient) -> None:
+    from catbird._sql import Query
+
+    with pytest.raises(psycopg.errors.DivisionByZero):
+        await client.execute(Query("boom", "SELECT 1/0", {}, list))
+
+
+# ---------------------------------------------------------------- connections
+
+
+async def test_using_joins_the_callers_transaction(
+    client: AsyncClient, aconn: psycopg.AsyncConnection[Any], orders: str
+) -> None:
+    await aconn.execute("CREATE TABLE app_orders (id int)")
+    async with aconn.transaction(force_rollback=True):
+        await aconn.execute("INSERT INTO app_orders VALUES (1)")
+        bound = client.using(aconn)
+        await bound.send(orders, {"id": 1})
+        assert (await bound.get_queue(orders)).depth == 1
+    assert (await client.get_queue(orders)).depth == 0
+    cur = await aconn.execute("SELECT count(*) FROM app_orders")
+    assert await cur.fetchone() == (0,)
+
+    async with aconn.transaction():
+        await aconn.execute("INSERT INTO app_orders VALUES (2)")
+        await client.using(aconn).send(orders, {"id": 2})
+    assert (await client.get_queue(orders)).depth == 1
+    cur = await aconn.execute("SELECT count(*) FROM app_orders")
+    assert await cur.fetchone() == (1,)
+
+
+async def test_error_inside_transaction_rolls_back_everything(
+    client: AsyncClient, aconn: psycopg.AsyncConnection[Any], orders: str
+) -> None:
+    with pytest.raises(NotFound):
+        async with aconn.transaction():
+            await client.using(aconn).send(orders, "kept?")
+            await client.using(aconn).send("missing", "boom")
+    assert (await client.get_queue(orders)).depth == 0
+
+
+async def test_using_another_connection_with_the_pool(dsn: str) -> None:
+    async with AsyncConnectionPool(dsn, min_size=1, max_size=2, open=False) as pool:
+        client = AsyncClient(pool)
+        await client.create_queue("orders")
+        async with pool.connection() as conn:
+            async with conn.transaction():
+                await client.using(conn).send("orders", "in tx")
+                raise_rollback(conn)
+            assert (await client.get_queue("orders")).depth == 0
+            async with conn.transaction():
+                await client.using(conn).send("orders", "committed")
+        assert [m.body for m in await client.read("orders")] == ["committed"]
+
+
+def raise_rollback(conn: psycopg.AsyncConnection[Any]) -> None:
+    raise psycopg.Rollback()
+
+
+async def test_pool_backed_client(dsn: str) -> None:
+    async with AsyncConnectionPool(dsn, min_size=1, max_size=3, open=False) as pool:
+        client = AsyncClient(pool)
+        assert client.pool is pool and client.connection is None
+        await client.create_queue("orders")
+        ids = await client.send_many("orders", ["a", "b"])
+        # an error returns the connection to the pool in a usable state
+        with pytest.raises(NotFound):
+            await client.send("missing", 1)
+        msgs = await client.read("orders", quantity=10)
+        assert [m.id for m in msgs] == ids
+        assert await client.delete("orders", ids) == ids
+        # each call committed: visible from an independent connection
+        async with await psycopg.AsyncConnection.connect(dsn) as other:
+            assert (await AsyncClient(other).get_queue("orders")).depth == 0
+        # calls at once each borrow their own connection
+        sends = [functools.partial(client.send, "orders", i) for i in range(5)]
+        sent = await run_concurrently(*sends)
+        assert len(set(sent)) == 5
+        msgs = await client.read("orders", quantity=10)
+        assert sorted(m.body for m in msgs) == [0, 1, 2, 3, 4]
+        async with pool.connection() as conn:
+            async with conn.transaction(force_rollback=True):
+                assert sorted(await client.using(conn).delete("orders", sent)) == sorted(sent)
+            assert sorted(await client.using(conn).delete("orders", sent)) == sorted(sent)
+        await client.close()  # not owned: the pool stays open
+        assert not pool.closed
+
+
+async def test_connect_owns_its_connection(dsn: str) -> None:
+    async with await AsyncClient.connect(dsn) as client:
+        conn = client.connection
+        assert conn is not None and conn.autocommit
+        await client.create_queue("orders")
+        await client.send("orders", 1)
+    assert conn.closed
+    async with await AsyncClient.connect(dsn) as again:
+        assert (await again.get_queue("orders")).depth == 1
+
+
+async def test_client_on_a_user_connection_is_not_closed(
+    aconn: psycopg.AsyncConnection[Any],
+) -> None:
+    async with AsyncClient(aconn) as client:
+        await client.create_queue("orders")
+    assert not aconn.closed
+
+
+def test_client_rejects_other_objects(conn: psycopg.Connection[Any]) -> None:
+    with pytest.raises(TypeError):
+        AsyncClient("postgresql://nope")  # type: ignore[arg-type]
+    if True:  # ASYNC
+        with pytest.raises(TypeError):
+            AsyncClient(conn)  # type: ignore[arg-type]  # a sync connection
+    else:
+        # the sync client takes the sync connection, and only that kind
+        assert AsyncClient(conn).connection is conn
+
+
+async def test_user_row_factory_does_not_matter(dsn: str) -> None:
+    from psycopg.rows import dict_row
+
+    async with await psycopg.AsyncConnection.connect(
+        dsn, autocommit=True, row_factory=dict_row
+    ) as conn:
+        client = AsyncClient(conn)
+        await client.create_queue("orders")
+        mid = await client.send("orders", {"k": "v"})
+        (msg,) = await client.read("orders")
+        assert msg.id == mid and msg.body == {"k": "v"}
+        assert (await client.get_queue("orders")).depth == 1
