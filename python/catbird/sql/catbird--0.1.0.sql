@@ -1671,12 +1671,12 @@ BEGIN
     RETURN QUERY SELECT * FROM catbird._cb_task_runs(v_task.id, v_task.name) r WHERE r.id = run_id;
 END
 $$;
--- catbird 50_flows: flow definitions (DAGs of steps) and their runs.
+-- catbird 50_flow_tables: the tables and types of flows (DAGs of steps) and their runs.
 --
 -- Owns: cb_flows, cb_flow_steps (definitions); cb_flow_runs, cb_step_runs,
--- cb_map_tasks (runs); the cb_step_claim type; every flow verb of the public
--- API and of the worker protocol. All dispatch decisions are made here.
--- Guarantees:
+-- cb_map_tasks (runs); the cb_step_claim type. The flow verbs live in 51-57,
+-- one concern a file: definitions, dispatch, runs, worker steps, worker items,
+-- introspection, on-fail. Guarantees of the flow engine as a whole:
 --   * Every transition of a flow run (a step completing, failing, being
 --     signalled; cancellation; early completion) first locks the flow run row,
 --     so concurrent step completions of one run serialize and exactly one of
@@ -1694,6 +1694,9 @@ $$;
 --   * cb_cancel_flow is two-phase: waiting and queued work is canceled at
 --     once; the run stays canceling until started work reports back (or its
 --     lease lapses and cb_gc finalizes it), then it is canceled.
+--   * Step runs and map items carry flow_id and step_name, so the claim
+--     indexes (flow_id, step_name, priority DESC, visible_at, id) serve a
+--     worker's claims for one step without joining the definitions.
 
 CREATE TABLE catbird.cb_flows (
     id               int GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
@@ -1823,10 +1826,21 @@ CREATE TYPE catbird.cb_step_claim AS (
     step_outputs jsonb,
     signal_input jsonb
 );
-
---------------------------------------------------------------------------------
--- Definitions
---------------------------------------------------------------------------------
+-- catbird 51_flow_definitions: creating, replacing, deleting and listing flows.
+--
+-- Owns: _cb_flow and _cb_flow_step (the lookups every flow verb starts with),
+-- _cb_normalize_flow_steps, cb_create_flow, cb_delete_flow, cb_list_flows,
+-- cb_get_flow. Writes cb_flows and cb_flow_steps.
+-- Guarantees:
+--   * A steps array is validated as a whole before anything is written: an
+--     unknown dependency, a cycle, a duplicate or reserved step name, a bad
+--     map/reduce source, a malformed condition or an empty flow is 22023.
+--   * Creating a flow again with an identical definition is a no-op; a
+--     different definition replaces it only while no run is active (55006
+--     otherwise).
+--   * Definition changes take the flow's advisory lock exclusively, and every
+--     verb on a flow holds it shared, so a flow never changes under a running
+--     call.
 
 -- The flow row, holding the flow's shared lock; 42704 when it does not exist.
 CREATE FUNCTION catbird._cb_flow(name text) RETURNS catbird.cb_flows
@@ -2129,10 +2143,19 @@ RETURNS TABLE (name text, description text, steps jsonb, output_priority text[],
                on_fail boolean, created_at timestamptz)
 LANGUAGE sql STABLE
 AS $$ SELECT * FROM catbird.cb_list_flows() f WHERE f.name = $1 $$;
-
---------------------------------------------------------------------------------
--- Dispatch (callers hold the flow run's row lock)
---------------------------------------------------------------------------------
+-- catbird 52_flow_dispatch: moving flow runs forward.
+--
+-- Owns: the internal transitions every flow verb shares: step outputs as
+-- consumers see them, dependency resolution, _cb_advance_flow_run (skip, wait
+-- for signal, fan out, queue; finish the run), failing and cancelling a run's
+-- open work, _cb_lock_flow_run. Writes cb_flow_runs, cb_step_runs and
+-- cb_map_tasks; callers hold the flow run's row lock.
+-- Guarantees:
+--   * Conditions are evaluated here, when a step becomes ready, never by a
+--     worker: a skipped step needs no worker and resolves its dependents.
+--   * A run completes with the output of the first completed step of its
+--     output_priority, or fails with a clear error when none completed.
+--   * Mapping over a value that is not an array fails that step and the run.
 
 -- The output of a finished step as its consumers see it: mapper and generator
 -- outputs are their item outputs in item order.
@@ -2350,10 +2373,19 @@ LANGUAGE sql VOLATILE
 AS $$
     SELECT * FROM catbird.cb_flow_runs r WHERE r.id = flow_run_id AND r.flow_id = flow.id FOR UPDATE
 $$;
-
---------------------------------------------------------------------------------
--- Runs
---------------------------------------------------------------------------------
+-- catbird 53_flow_runs: starting, signalling, cancelling and ending flow runs.
+--
+-- Owns: _cb_insert_flow_runs (the one way runs start: cb_run_flow and
+-- cb_publish), cb_run_flow, cb_bind_flow, cb_unbind_flow, cb_signal_flow,
+-- cb_cancel_flow, cb_complete_flow_early, cb_purge_flow_runs,
+-- cb_clear_flow_runs. Writes cb_flow_runs and cb_step_runs.
+-- Guarantees:
+--   * A concurrency key is held by at most one started or canceling run of a
+--     flow; a run with a held key returns the holder's id and writes nothing.
+--   * A signal is delivered at most once per step run, and only while the
+--     run is started.
+--   * Cancel is two-phase and idempotent; early completion cancels the
+--     run's other work and makes later reports from workers stale.
 
 -- The one implementation of starting runs (cb_run_flow, cb_publish): one run
 -- per input, deduplicated by concurrency key among active runs; returns the
@@ -2569,10 +2601,21 @@ BEGIN
     RETURN true;
 END
 $$;
-
---------------------------------------------------------------------------------
--- Worker protocol: steps
---------------------------------------------------------------------------------
+-- catbird 54_flow_steps: the worker protocol for flow steps.
+--
+-- Owns: cb_claim_steps, cb_hide_steps, _cb_lock_step_run, cb_complete_step,
+-- cb_fail_step. Writes cb_step_runs (and, through dispatch, the run).
+-- Guarantees:
+--   * Claims use FOR UPDATE SKIP LOCKED on cb_step_runs_claim_idx and never
+--     lock the flow run; a step whose lease (visible_at) lapsed is claimable
+--     again, and each claim increments attempts, the fencing token.
+--   * Complete and fail lock the flow run first, then act only on a step run
+--     still started (under the given attempt, when one is given): a stale
+--     worker gets false / NULL and changes nothing.
+--   * The retry decision is made here: a failure re-queues the step with a
+--     full-jitter delay while attempts <= max_retries, else fails the run.
+--   * A report for a step of a canceling run cancels that step (and finishes
+--     the cancel when it was the last started work).
 
 CREATE FUNCTION catbird.cb_claim_steps(flow_name text, step_name text, quantity int, hide_for int)
 RETURNS SETOF catbird.cb_step_claim
@@ -2727,10 +2770,19 @@ BEGIN
     RETURN 'failed';
 END
 $$;
-
---------------------------------------------------------------------------------
--- Worker protocol: map items, generators, reducers
---------------------------------------------------------------------------------
+-- catbird 55_flow_items: the worker protocol for map items, generators and reducers.
+--
+-- Owns: cb_claim_map_tasks, cb_hide_map_tasks, _cb_maybe_complete_map_step,
+-- cb_complete_map_tasks, cb_fail_map_task, cb_spawn_generator_map_tasks,
+-- cb_complete_generator_step, cb_fail_generator_step, cb_read_map_outputs.
+-- Writes cb_map_tasks and cb_step_runs.
+-- Guarantees:
+--   * Items are claimed, fenced, retried and canceled like step runs (see
+--     54_flow_steps), each item independently.
+--   * A mapper or generator step completes when all its items are done (and
+--     a generator's handler has finished); its output is its item outputs in
+--     item order, assembled on read, never stored as one array.
+--   * Generators add items only while their step run is started.
 
 -- with_input / with_outputs false: the claim leaves input / step_outputs NULL,
 -- for item handlers that do not take them (a mapper over a large flow input
@@ -3038,10 +3090,16 @@ BEGIN
     LIMIT lim;
 END
 $$;
-
---------------------------------------------------------------------------------
--- Waiting and introspection
---------------------------------------------------------------------------------
+-- catbird 56_flow_introspection: waiting for flows and reading their state.
+--
+-- Owns: cb_wait_flow_output, cb_get_flow_run_steps, cb_get_flow_step_status,
+-- cb_get_flow_step_output, cb_wait_flow_step_output, cb_list_flow_runs,
+-- cb_get_flow_run, and the cb_step_run_info / cb_flow_run_info types (the
+-- fields of StepRunInfo and FlowRunInfo). Reads only; writes nothing.
+-- Guarantees:
+--   * Waits return one row when the run (or step) is terminal and no row on
+--     timeout or for a run that does not exist.
+--   * Runs list newest first; before_id pages backwards.
 
 CREATE FUNCTION catbird.cb_wait_flow_output(flow_name text, run_id bigint, poll_for int = 5000, poll_interval int = 200)
 RETURNS TABLE (status text, output jsonb, error_message text)
@@ -3245,10 +3303,16 @@ BEGIN
     RETURN v_count;
 END
 $$;
-
---------------------------------------------------------------------------------
--- On-fail handlers of flows
---------------------------------------------------------------------------------
+-- catbird 57_flow_on_fail: on-fail handlers of flows.
+--
+-- Owns: cb_claim_flow_on_fail, cb_complete_flow_on_fail, cb_fail_flow_on_fail.
+-- Writes the on_fail_* columns of cb_flow_runs.
+-- Guarantees:
+--   * A flow run that fails while its flow has on_fail set is queued for its
+--     on-fail handler (on_fail_status), with the failed step's name, input,
+--     signal input and attempts.
+--   * On-fail claims use FOR UPDATE SKIP LOCKED and a hide window like run
+--     claims; complete/fail act only on a claim that is still started.
 
 CREATE FUNCTION catbird.cb_claim_flow_on_fail(name text, quantity int, hide_for int = 30000)
 RETURNS TABLE (id bigint, input jsonb, error_message text, on_fail_attempts int, started_at timestamptz,
