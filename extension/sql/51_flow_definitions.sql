@@ -14,7 +14,8 @@
 --     verb on a flow holds it shared, so a flow never changes under a running
 --     call.
 
--- The flow row, holding the flow's shared lock; 42704 when it does not exist.
+-- The flow row, holding the flow's shared lock. 42704 when it does not
+-- exist; 22023 when the name could never exist.
 CREATE FUNCTION catbird._cb_flow(name text) RETURNS catbird.cb_flows
 LANGUAGE plpgsql VOLATILE
 AS $$
@@ -24,16 +25,14 @@ BEGIN
     PERFORM catbird._cb_lock_definition('flow', name);
     SELECT * INTO v_flow FROM catbird.cb_flows f WHERE f.name = _cb_flow.name;
     IF v_flow.id IS NULL THEN
-        PERFORM catbird._cb_check_name('flow', name);
-        RAISE EXCEPTION 'flow "%" does not exist', name
-            USING ERRCODE = 'undefined_object',
-                  HINT = format('Create it first: SELECT catbird.cb_create_flow(%L, steps => ...);', name);
+        PERFORM catbird._cb_raise_undefined('flow', name);
     END IF;
     RETURN v_flow;
 END
 $$;
 
--- A step of a flow; 42704 when the flow has no such step.
+-- A step of a flow. 42704 when the flow has no such step (the hint lists its
+-- steps).
 CREATE FUNCTION catbird._cb_flow_step(flow catbird.cb_flows, step_name text) RETURNS catbird.cb_flow_steps
 LANGUAGE plpgsql STABLE
 AS $$
@@ -52,7 +51,10 @@ END
 $$;
 
 -- Validates a steps array and returns it normalized (every key present, in a
--- fixed shape), raising 22023 with a precise message for the first problem.
+-- fixed shape), raising 22023 with a precise message for the first problem:
+-- not an array, empty, a step that is not an object, an invalid, reserved or
+-- duplicate name, an unknown or repeated dependency, a bad signal, step_type,
+-- map or reduce source or ignore_output, a malformed condition, a cycle.
 CREATE FUNCTION catbird._cb_normalize_flow_steps(flow_name text, steps jsonb) RETURNS jsonb
 LANGUAGE plpgsql IMMUTABLE
 AS $$
@@ -202,6 +204,12 @@ BEGIN
 END
 $$;
 
+-- Creates a flow from its steps (see _cb_normalize_flow_steps) and
+-- output_priority (default: the terminal steps in definition order).
+-- Creating it again with the same definition is a no-op; a different one
+-- replaces it while no run is active. Announces catbird.flow.created.
+-- Returns nothing. 22023 for an invalid name, steps, output_priority or a
+-- negative retention_period; 55006 when runs are active.
 CREATE FUNCTION catbird.cb_create_flow(name text, description text = NULL, steps jsonb = '[]',
                                        output_priority text[] = NULL, retention_period interval = NULL,
                                        on_fail boolean = false)
@@ -233,10 +241,7 @@ BEGIN
                               WHERE d ->> 'name' = s ->> 'name')
             ORDER BY o);
     END IF;
-    IF retention_period < interval '0' THEN
-        RAISE EXCEPTION 'invalid retention_period %: it must not be negative (NULL keeps runs forever)', retention_period
-            USING ERRCODE = 'invalid_parameter_value';
-    END IF;
+    PERFORM catbird._cb_check_retention(retention_period);
 
     PERFORM catbird._cb_lock_definition('flow', name, exclusive => true);
     SELECT * INTO v_existing FROM catbird.cb_flows f WHERE f.name = cb_create_flow.name;
@@ -280,27 +285,16 @@ BEGIN
 END
 $$;
 
+-- Deletes a flow with all its runs (step runs and map items too) and
+-- bindings; waits for calls in flight on it. Returns false when it does not
+-- exist; 22023 for an invalid name.
 CREATE FUNCTION catbird.cb_delete_flow(name text) RETURNS boolean
-LANGUAGE plpgsql VOLATILE
-AS $$
-DECLARE
-    v_id int;
-BEGIN
-    PERFORM catbird._cb_check_name('flow', name);
-    PERFORM catbird._cb_lock_definition('flow', name, exclusive => true);
-    DELETE FROM catbird.cb_flows f WHERE f.name = cb_delete_flow.name RETURNING f.id INTO v_id;
-    IF v_id IS NULL THEN
-        RETURN false;
-    END IF;
-    DELETE FROM catbird.cb_map_tasks m WHERE m.flow_id = v_id;
-    DELETE FROM catbird.cb_step_runs s WHERE s.flow_id = v_id;
-    DELETE FROM catbird.cb_flow_runs r WHERE r.flow_id = v_id;
-    DELETE FROM catbird.cb_bindings b WHERE b.target_type = 'flow' AND b.target_name = cb_delete_flow.name;
-    PERFORM catbird._cb_notify('catbird.flow.deleted', name);
-    RETURN true;
-END
-$$;
+LANGUAGE sql VOLATILE
+AS $$ SELECT catbird._cb_delete_definition('flow', cb_delete_flow.name) $$;
 
+-- Every flow as FlowInfo (name, description, normalized steps as jsonb,
+-- output_priority, retention_period, on_fail, created_at), by name. Raises
+-- nothing.
 CREATE FUNCTION catbird.cb_list_flows()
 RETURNS TABLE (name text, description text, steps jsonb, output_priority text[], retention_period interval,
                on_fail boolean, created_at timestamptz)
@@ -310,6 +304,7 @@ AS $$
     FROM catbird.cb_flows f ORDER BY f.name
 $$;
 
+-- One flow as FlowInfo; no row when it does not exist. Raises nothing.
 CREATE FUNCTION catbird.cb_get_flow(name text)
 RETURNS TABLE (name text, description text, steps jsonb, output_priority text[], retention_period interval,
                on_fail boolean, created_at timestamptz)

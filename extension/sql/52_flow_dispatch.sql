@@ -13,7 +13,7 @@
 --   * Mapping over a value that is not an array fails that step and the run.
 
 -- The output of a finished step as its consumers see it: mapper and generator
--- outputs are their item outputs in item order.
+-- outputs are their item outputs in item order. Raises nothing.
 CREATE FUNCTION catbird._cb_step_output(step_run_id bigint, step_type text, stored jsonb) RETURNS jsonb
 LANGUAGE sql STABLE
 AS $$
@@ -25,6 +25,7 @@ $$;
 
 -- Outputs of a step's completed dependencies, keyed by step name, without
 -- ignore_output ones and without a reducer's source (read page by page).
+-- Returns a jsonb object ({} for none); raises nothing.
 CREATE FUNCTION catbird._cb_dependency_outputs(flow_run_id bigint, step catbird.cb_flow_steps) RETURNS jsonb
 LANGUAGE sql STABLE
 AS $$
@@ -37,8 +38,8 @@ AS $$
       AND d.status = 'completed'
 $$;
 
--- Marks steps resolved (completed or skipped): their dependents need one
--- dependency less.
+-- Marks a step resolved (completed or skipped): its dependents need one
+-- dependency less. Returns nothing; raises nothing.
 CREATE FUNCTION catbird._cb_resolve_dependents(flow_run_id bigint, flow_id int, step_name text) RETURNS void
 LANGUAGE sql VOLATILE
 AS $$
@@ -49,8 +50,9 @@ AS $$
       AND $3 = ANY (fs.depends_on)
 $$;
 
--- Ends a run: queued, waiting and started work is canceled (workers' later
--- reports are refused because their step is no longer started).
+-- Ends a run's work: waiting and queued step runs and queued items are
+-- canceled, started ones too with include_started (workers' later reports
+-- are refused because their step is no longer started). Raises nothing.
 CREATE FUNCTION catbird._cb_cancel_open_work(flow_run_id bigint, include_started boolean) RETURNS void
 LANGUAGE plpgsql VOLATILE
 AS $$
@@ -67,6 +69,10 @@ BEGIN
 END
 $$;
 
+-- Fails a flow run because of step_name (NULL: no output candidate): records
+-- the error and the failed step's input, signal input and attempts, queues
+-- on-fail handling when the flow has on_fail, cancels all open work and
+-- announces catbird.flow.failed. Returns nothing; raises nothing.
 CREATE FUNCTION catbird._cb_fail_flow_run(flow_run_id bigint, step_name text, error_message text,
                                           step_input jsonb, signal_input jsonb, step_attempts int)
 RETURNS void
@@ -92,6 +98,7 @@ $$;
 -- are skipped (condition false), parked for their signal, fanned out (mapper)
 -- or queued; repeats while skips and empty maps resolve further steps; then
 -- completes (or fails) the run when every step is completed or skipped.
+-- Returns nothing; a mapper over a non-array fails the run, it does not raise.
 CREATE FUNCTION catbird._cb_advance_flow_run(flow_run_id bigint) RETURNS void
 LANGUAGE plpgsql VOLATILE
 AS $$
@@ -207,7 +214,8 @@ BEGIN
 END
 $$;
 
--- A canceling run becomes canceled once no step or item is started any more.
+-- A canceling run becomes canceled (announcing catbird.flow.canceled) once no
+-- step or item is started any more. Returns nothing; raises nothing.
 CREATE FUNCTION catbird._cb_finish_canceling(flow_run_id bigint) RETURNS void
 LANGUAGE plpgsql VOLATILE
 AS $$
@@ -222,7 +230,25 @@ BEGIN
 END
 $$;
 
--- Locks a flow run for a transition and returns it.
+-- A worker's report (complete or fail) for a started step of a canceling run:
+-- the step is canceled, keeping error_message when one is given, and the run
+-- becomes canceled if that was its last started work. Returns nothing;
+-- raises nothing.
+CREATE FUNCTION catbird._cb_cancel_reported_step(flow_run_id bigint, step_run_id bigint, error_message text = NULL)
+RETURNS void
+LANGUAGE plpgsql VOLATILE
+AS $$
+BEGIN
+    UPDATE catbird.cb_step_runs sr
+    SET status = 'canceled', canceled_at = catbird.cb_now(),
+        error_message = coalesce(_cb_cancel_reported_step.error_message, sr.error_message)
+    WHERE sr.id = step_run_id;
+    PERFORM catbird._cb_finish_canceling(flow_run_id);
+END
+$$;
+
+-- Locks a run of the flow for a transition (FOR UPDATE) and returns it; all
+-- fields NULL when the flow has no such run. Raises nothing.
 CREATE FUNCTION catbird._cb_lock_flow_run(flow catbird.cb_flows, flow_run_id bigint) RETURNS catbird.cb_flow_runs
 LANGUAGE sql VOLATILE
 AS $$

@@ -13,8 +13,10 @@
 --     run's other work and makes later reports from workers stale.
 
 -- The one implementation of starting runs (cb_run_flow, cb_publish): one run
--- per input, deduplicated by concurrency key among active runs; returns the
--- run id each input resolved to. Callers hold the flow's shared lock.
+-- per input, deduplicated by concurrency key among active runs, each advanced
+-- at once (root steps queued). Returns the run id each input resolved to.
+-- Callers hold the flow's shared lock. 40001 when a key's holder finished
+-- while the call deduplicated against it (retry).
 CREATE FUNCTION catbird._cb_insert_flow_runs(
     flow catbird.cb_flows, inputs jsonb[], concurrency_keys text[], headers jsonb[],
     visible_at timestamptz, priority int, expires_at timestamptz)
@@ -86,6 +88,10 @@ BEGIN
 END
 $$;
 
+-- Starts one run per input, in one statement; an input whose concurrency key
+-- is held by a started or canceling run resolves to that run. Returns the run
+-- id of each input, in input order. 42704 for an unknown flow; 22023 for
+-- invalid inputs, keys or headers; 40001 as for _cb_insert_flow_runs.
 CREATE FUNCTION catbird.cb_run_flow(
     name text, inputs jsonb[], concurrency_keys text[] = NULL, headers jsonb[] = NULL,
     visible_at timestamptz = NULL, priority int = 0, expires_at timestamptz = NULL)
@@ -103,6 +109,9 @@ BEGIN
 END
 $$;
 
+-- Starts a run (see the batch form). Returns its id, or the id of the run
+-- holding concurrency_key. 42704 for an unknown flow; 22023 for a SQL NULL
+-- input or non-object headers; 40001 as for the batch form.
 CREATE FUNCTION catbird.cb_run_flow(
     name text, input jsonb, concurrency_key text = NULL, headers jsonb = NULL,
     visible_at timestamptz = NULL, priority int = 0, expires_at timestamptz = NULL)
@@ -120,24 +129,24 @@ BEGIN
 END
 $$;
 
+-- Binds the flow to a topic pattern: every publish to a matching topic starts
+-- a run. Binding twice is a no-op. Returns nothing; 42704 for an unknown flow,
+-- 22023 for an invalid name or pattern.
 CREATE FUNCTION catbird.cb_bind_flow(name text, pattern text) RETURNS void
-LANGUAGE plpgsql VOLATILE
-AS $$
-BEGIN
-    PERFORM catbird._cb_flow(name);
-    PERFORM catbird._cb_bind('flow', name, pattern);
-END
-$$;
+LANGUAGE sql VOLATILE
+AS $$ SELECT catbird._cb_bind('flow', (catbird._cb_flow(cb_bind_flow.name)).name, pattern) $$;
 
+-- Removes a binding of the flow. Returns false when there was none; 42704 for
+-- an unknown flow, 22023 for an invalid name or pattern.
 CREATE FUNCTION catbird.cb_unbind_flow(name text, pattern text) RETURNS boolean
-LANGUAGE plpgsql VOLATILE
-AS $$
-BEGIN
-    PERFORM catbird._cb_flow(name);
-    RETURN catbird._cb_unbind('flow', name, pattern);
-END
-$$;
+LANGUAGE sql VOLATILE
+AS $$ SELECT catbird._cb_unbind('flow', (catbird._cb_flow(cb_unbind_flow.name)).name, pattern) $$;
 
+-- Delivers a signal (its input) to a step declared with signal: true, which
+-- may then run. Returns true when delivered, false when the step already has
+-- its signal or is past waiting, or the run is not started. 42704 for an
+-- unknown flow, step or run; 22023 for an invalid name or a step without
+-- signal.
 CREATE FUNCTION catbird.cb_signal_flow(flow_name text, run_id bigint, step_name text, input jsonb) RETURNS boolean
 LANGUAGE plpgsql VOLATILE
 AS $$
@@ -170,6 +179,12 @@ BEGIN
 END
 $$;
 
+-- Cancels a run in two phases: waiting and queued work is canceled at once
+-- and the run is canceling (catbird.flow.canceling) until its started work
+-- reports back or its leases lapse, then canceled. Idempotent. Returns true
+-- when the run is canceling or canceled, false when it does not exist or
+-- already ended otherwise. 42704 for an unknown flow; 22023 for an invalid
+-- name.
 CREATE FUNCTION catbird.cb_cancel_flow(name text, run_id bigint, reason text = NULL) RETURNS boolean
 LANGUAGE plpgsql VOLATILE
 AS $$
@@ -197,6 +212,11 @@ BEGIN
 END
 $$;
 
+-- Completes a started run with output on behalf of step_name (a step
+-- handler ending the flow): the step, if started, completes with it, other
+-- work is canceled, catbird.flow.completed is announced. Returns true when
+-- the run completed, false when it is not started. 42704 for an unknown flow,
+-- step or run; 22023 for an invalid name.
 CREATE FUNCTION catbird.cb_complete_flow_early(flow_name text, run_id bigint, step_name text, output jsonb,
                                                reason text = NULL)
 RETURNS boolean
@@ -226,3 +246,19 @@ BEGIN
     RETURN true;
 END
 $$;
+
+-- Deletes the flow's finished runs (terminal, on-fail handling over) that
+-- finished at least older_than ago, with their step runs and map items.
+-- Returns how many runs it deleted. 42704 for an unknown flow; 22023 for an
+-- invalid name or a NULL or negative older_than.
+CREATE FUNCTION catbird.cb_purge_flow_runs(name text, older_than interval) RETURNS int
+LANGUAGE sql VOLATILE
+AS $$ SELECT catbird._cb_purge_runs('flow', cb_purge_flow_runs.name, older_than) $$;
+
+-- Deletes every run of the flow whatever its status, with its step runs and
+-- map items; in-flight work is lost (workers' later reports find nothing and
+-- are refused). Returns how many runs it deleted. 42704 for an unknown flow;
+-- 22023 for an invalid name.
+CREATE FUNCTION catbird.cb_clear_flow_runs(name text) RETURNS int
+LANGUAGE sql VOLATILE
+AS $$ SELECT catbird._cb_clear_runs('flow', catbird._cb_definition_id('flow', cb_clear_flow_runs.name)) $$;

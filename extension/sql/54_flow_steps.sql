@@ -14,6 +14,13 @@
 --   * A report for a step of a canceling run cancels that step (and finishes
 --     the cancel when it was the last started work).
 
+-- Claims up to quantity runs of one step of a flow: queued, or started with
+-- the lease (visible_at) lapsed, in started flow runs (not expired before
+-- their first attempt), highest priority first, then oldest. Each claim
+-- increments attempts (the fencing token) and holds the step for hide_for ms.
+-- Returns the claims (cb_step_claim: flow input, dependency outputs, signal
+-- input) by priority, then id. 42704 for an unknown flow or step; 22023 for
+-- an invalid name, quantity < 1 or hide_for < 1.
 CREATE FUNCTION catbird.cb_claim_steps(flow_name text, step_name text, quantity int, hide_for int)
 RETURNS SETOF catbird.cb_step_claim
 LANGUAGE plpgsql VOLATILE
@@ -53,8 +60,10 @@ BEGIN
 END
 $$;
 
--- Lease renewal; with attempts (one per id) only claims still held under
--- those attempts are renewed.
+-- Lease renewal: pushes visible_at of started step runs out to hide_for ms
+-- from now; with attempts (one per id) only claims still held under those
+-- attempts. Returns nothing. 42704 for an unknown flow or step; 22023 for an
+-- invalid name, hide_for < 1 or attempts of another length than ids.
 CREATE FUNCTION catbird.cb_hide_steps(flow_name text, step_name text, ids bigint[], hide_for int,
                                       attempts int[] = NULL) RETURNS void
 LANGUAGE plpgsql VOLATILE
@@ -63,10 +72,7 @@ DECLARE
     v_flow catbird.cb_flows := catbird._cb_flow(flow_name);
 BEGIN
     PERFORM catbird._cb_flow_step(v_flow, step_name);
-    PERFORM catbird._cb_check_at_least('hide_for', hide_for, 1, ' ms');
-    IF attempts IS NOT NULL AND cardinality(attempts) IS DISTINCT FROM cardinality(ids) THEN
-        RAISE EXCEPTION 'invalid attempts: give one attempt per id (or none)' USING ERRCODE = 'invalid_parameter_value';
-    END IF;
+    PERFORM catbird._cb_check_lease(hide_for, ids, attempts);
     UPDATE catbird.cb_step_runs sr
     SET visible_at = catbird.cb_now() + make_interval(secs => hide_for / 1000.0)
     FROM unnest(ids, cb_hide_steps.attempts) AS u(id, attempt)
@@ -77,7 +83,8 @@ END
 $$;
 
 -- Locks the run of a step run and returns both; the step run's fields are read
--- after the lock, so they are current.
+-- after the lock, so they are current. Both NULL when there is no such step
+-- run of that flow and step. Raises nothing.
 CREATE FUNCTION catbird._cb_lock_step_run(flow catbird.cb_flows, step_name text, step_run_id bigint,
                                           OUT run catbird.cb_flow_runs, OUT step_run catbird.cb_step_runs)
 LANGUAGE plpgsql VOLATILE
@@ -91,6 +98,11 @@ BEGIN
 END
 $$;
 
+-- Completes a started step run (under attempt, when given) with output and
+-- advances the flow run. Returns true when recorded; false for a stale call,
+-- or when the run is canceling (the step is then canceled). 42704 for an
+-- unknown flow or step; 22023 for an invalid name or a generator step (use
+-- cb_complete_generator_step).
 CREATE FUNCTION catbird.cb_complete_step(flow_name text, step_name text, id bigint, output jsonb, attempt int = NULL)
 RETURNS boolean
 LANGUAGE plpgsql VOLATILE
@@ -107,8 +119,7 @@ BEGIN
         RETURN false;
     END IF;
     IF (v_locked.run).status = 'canceling' THEN
-        UPDATE catbird.cb_step_runs sr SET status = 'canceled', canceled_at = v_now WHERE sr.id = cb_complete_step.id;
-        PERFORM catbird._cb_finish_canceling((v_locked.run).id);
+        PERFORM catbird._cb_cancel_reported_step((v_locked.run).id, cb_complete_step.id);
         RETURN false;
     END IF;
     IF v_step.step_type = 'generator' THEN
@@ -125,9 +136,12 @@ BEGIN
 END
 $$;
 
--- Records a failure of a started step or item: re-queues it with a full-jitter
--- delay while attempts <= max_retries, else fails it and the flow run.
--- Returns 'queued', 'failed', or NULL for a stale call.
+-- Records a failure of a started step run (under attempt, when given):
+-- re-queued with a full-jitter delay while attempts <= max_retries, else the
+-- step and the flow run fail (on-fail handling queued when the flow has
+-- on_fail). Returns 'queued', 'failed', or NULL for a stale call or a
+-- canceling run. 42704 for an unknown flow or step; 22023 for an invalid
+-- name or retry policy.
 CREATE FUNCTION catbird.cb_fail_step(flow_name text, step_name text, id bigint, error_message text,
                                      attempt int = NULL, max_retries int = 0, backoff_min int = 100,
                                      backoff_max int = 2000)
@@ -148,9 +162,7 @@ BEGIN
         RETURN NULL;
     END IF;
     IF (v_locked.run).status = 'canceling' THEN
-        UPDATE catbird.cb_step_runs sr SET status = 'canceled', canceled_at = v_now, error_message = v_error
-        WHERE sr.id = cb_fail_step.id;
-        PERFORM catbird._cb_finish_canceling((v_locked.run).id);
+        PERFORM catbird._cb_cancel_reported_step((v_locked.run).id, cb_fail_step.id, v_error);
         RETURN NULL;
     END IF;
     IF (v_locked.step_run).attempts <= max_retries THEN

@@ -12,9 +12,14 @@
 --     item order, assembled on read, never stored as one array.
 --   * Generators add items only while their step run is started.
 
--- with_input / with_outputs false: the claim leaves input / step_outputs NULL,
--- for item handlers that do not take them (a mapper over a large flow input
--- would otherwise ship that input with every item).
+-- Claims up to quantity items of a mapper or generator step, like
+-- cb_claim_steps: each claim increments the item's attempts and holds it for
+-- hide_for ms. Returns the claims (item, flow input, dependency outputs
+-- without the map source, signal input) by priority, then id. with_input /
+-- with_outputs false: the claim leaves input / step_outputs NULL, for item
+-- handlers that do not take them (a mapper over a large flow input would
+-- otherwise ship that input with every item). 42704 for an unknown flow or
+-- step; 22023 for an invalid name, quantity < 1 or hide_for < 1.
 CREATE FUNCTION catbird.cb_claim_map_tasks(flow_name text, step_name text, quantity int, hide_for int,
                                            with_input boolean = true, with_outputs boolean = true)
 RETURNS TABLE (id bigint, flow_run_id bigint, attempts int, input jsonb, step_outputs jsonb,
@@ -64,6 +69,9 @@ BEGIN
 END
 $$;
 
+-- Lease renewal for items, as cb_hide_steps. Returns nothing. 42704 for an
+-- unknown flow or step; 22023 for an invalid name, hide_for < 1 or attempts
+-- of another length than ids.
 CREATE FUNCTION catbird.cb_hide_map_tasks(flow_name text, step_name text, ids bigint[], hide_for int,
                                           attempts int[] = NULL) RETURNS void
 LANGUAGE plpgsql VOLATILE
@@ -72,10 +80,7 @@ DECLARE
     v_flow catbird.cb_flows := catbird._cb_flow(flow_name);
 BEGIN
     PERFORM catbird._cb_flow_step(v_flow, step_name);
-    PERFORM catbird._cb_check_at_least('hide_for', hide_for, 1, ' ms');
-    IF attempts IS NOT NULL AND cardinality(attempts) IS DISTINCT FROM cardinality(ids) THEN
-        RAISE EXCEPTION 'invalid attempts: give one attempt per id (or none)' USING ERRCODE = 'invalid_parameter_value';
-    END IF;
+    PERFORM catbird._cb_check_lease(hide_for, ids, attempts);
     UPDATE catbird.cb_map_tasks m
     SET visible_at = catbird.cb_now() + make_interval(secs => hide_for / 1000.0)
     FROM unnest(ids, cb_hide_map_tasks.attempts) AS u(id, attempt)
@@ -86,7 +91,8 @@ END
 $$;
 
 -- A mapper or generator step whose items are all done (and, for a
--- generator, whose handler has finished) is completed.
+-- generator, whose handler has finished) is completed, and its run advanced.
+-- Returns nothing; raises nothing.
 CREATE FUNCTION catbird._cb_maybe_complete_map_step(step_run_id bigint, flow_id int) RETURNS void
 LANGUAGE plpgsql VOLATILE
 AS $$
@@ -106,6 +112,11 @@ BEGIN
 END
 $$;
 
+-- Completes started items (under the given attempts, when given) with their
+-- outputs, one flow run at a time (runs locked in id order); a step whose
+-- items are all done completes. Items of canceling runs are canceled.
+-- Returns nothing; stale items are left out. 42704 for an unknown flow or
+-- step; 22023 for an invalid name or arrays of different lengths.
 CREATE FUNCTION catbird.cb_complete_map_tasks(flow_name text, step_name text, ids bigint[], outputs jsonb[],
                                               attempts int[] = NULL)
 RETURNS void
@@ -156,6 +167,11 @@ BEGIN
 END
 $$;
 
+-- Records a failure of a started item (under attempt, when given): re-queued
+-- with a full-jitter delay while attempts <= max_retries, else the item, its
+-- step and the flow run fail. Returns 'queued', 'failed', or NULL for a
+-- stale call or a canceling run. 42704 for an unknown flow or step; 22023 for
+-- an invalid name or retry policy.
 CREATE FUNCTION catbird.cb_fail_map_task(flow_name text, step_name text, id bigint, error_message text,
                                          attempt int = NULL, max_retries int = 0, backoff_min int = 100,
                                          backoff_max int = 2000)
@@ -204,7 +220,11 @@ BEGIN
 END
 $$;
 
--- A generator's handler, while running (its step run started), adds items.
+-- A generator's handler, while running (its step run started), adds items
+-- (queued at visible_at, default now). Returns how many it added; 0 when the
+-- step run or flow run is no longer started. 42704 for an unknown flow or
+-- step; 22023 for an invalid name, a step that is not a generator or items
+-- that are not a JSON array.
 CREATE FUNCTION catbird.cb_spawn_generator_map_tasks(flow_name text, step_name text, id bigint, items jsonb,
                                                      visible_at timestamptz = NULL)
 RETURNS int
@@ -244,6 +264,10 @@ BEGIN
 END
 $$;
 
+-- Records that a generator's handler has finished: the step completes once
+-- all its items are done. A stale call does nothing; for a canceling run the
+-- step is canceled. Returns nothing. 42704 for an unknown flow or step; 22023
+-- for an invalid name.
 CREATE FUNCTION catbird.cb_complete_generator_step(flow_name text, step_name text, id bigint) RETURNS void
 LANGUAGE plpgsql VOLATILE
 AS $$
@@ -257,9 +281,7 @@ BEGIN
         RETURN;
     END IF;
     IF (v_locked.run).status = 'canceling' THEN
-        UPDATE catbird.cb_step_runs sr SET status = 'canceled', canceled_at = catbird.cb_now()
-        WHERE sr.id = cb_complete_generator_step.id;
-        PERFORM catbird._cb_finish_canceling((v_locked.run).id);
+        PERFORM catbird._cb_cancel_reported_step((v_locked.run).id, cb_complete_generator_step.id);
         RETURN;
     END IF;
     UPDATE catbird.cb_step_runs sr
@@ -269,6 +291,10 @@ BEGIN
 END
 $$;
 
+-- Records that a generator's handler failed: the step and the flow run fail
+-- (no retry). A stale call does nothing; for a canceling run the step is
+-- canceled. Returns nothing. 42704 for an unknown flow or step; 22023 for an
+-- invalid name.
 CREATE FUNCTION catbird.cb_fail_generator_step(flow_name text, step_name text, id bigint, error_message text)
 RETURNS void
 LANGUAGE plpgsql VOLATILE
@@ -284,9 +310,7 @@ BEGIN
         RETURN;
     END IF;
     IF (v_locked.run).status = 'canceling' THEN
-        UPDATE catbird.cb_step_runs sr SET status = 'canceled', canceled_at = catbird.cb_now()
-        WHERE sr.id = cb_fail_generator_step.id;
-        PERFORM catbird._cb_finish_canceling((v_locked.run).id);
+        PERFORM catbird._cb_cancel_reported_step((v_locked.run).id, cb_fail_generator_step.id);
         RETURN;
     END IF;
     UPDATE catbird.cb_step_runs sr SET status = 'failed', failed_at = catbird.cb_now(), error_message = v_error
@@ -296,8 +320,10 @@ BEGIN
 END
 $$;
 
--- Item outputs of a mapper or generator step, in item order, a page at a time
--- (for reducers, which fold them without building one array).
+-- Item outputs of a mapper or generator step of a run, in item order, a page
+-- at a time (for reducers, which fold them without building one array):
+-- completed items after after_idx, at most lim. Returns (idx, output) rows.
+-- 42704 for an unknown flow or step; 22023 for an invalid name or lim < 1.
 CREATE FUNCTION catbird.cb_read_map_outputs(flow_name text, run_id bigint, step_name text,
                                             after_idx int = -1, lim int = 1000)
 RETURNS TABLE (idx int, output jsonb)

@@ -9,38 +9,15 @@
 --     timeout or for a run that does not exist.
 --   * Runs list newest first; before_id pages backwards.
 
+-- Waits up to poll_for ms, polling every poll_interval ms, for the flow run to
+-- be terminal (completed, failed, canceled, expired). Returns one row (status,
+-- output, error_message) then, no row on timeout or for a run that does not
+-- exist. 42704 for an unknown flow; 22023 for an invalid name, poll_for < 0 or
+-- poll_interval < 1.
 CREATE FUNCTION catbird.cb_wait_flow_output(flow_name text, run_id bigint, poll_for int = 5000, poll_interval int = 200)
 RETURNS TABLE (status text, output jsonb, error_message text)
-LANGUAGE plpgsql VOLATILE
-AS $$
-DECLARE
-    v_flow catbird.cb_flows := catbird._cb_flow(flow_name);
-    v_deadline timestamptz;
-    v_run record;
-BEGIN
-    PERFORM catbird._cb_check_at_least('poll_for', poll_for, 0, ' ms');
-    PERFORM catbird._cb_check_at_least('poll_interval', poll_interval, 1, ' ms');
-    v_deadline := clock_timestamp() + make_interval(secs => poll_for / 1000.0);
-    LOOP
-        SELECT r.status, r.output, r.error_message INTO v_run
-        FROM catbird.cb_flow_runs r WHERE r.id = run_id AND r.flow_id = v_flow.id;
-        IF NOT FOUND THEN
-            RETURN;
-        END IF;
-        IF v_run.status IN ('completed', 'failed', 'canceled', 'expired') THEN
-            status := v_run.status;
-            output := v_run.output;
-            error_message := v_run.error_message;
-            RETURN NEXT;
-            RETURN;
-        END IF;
-        IF clock_timestamp() >= v_deadline THEN
-            RETURN;
-        END IF;
-        PERFORM pg_sleep(least(poll_interval / 1000.0, extract(epoch FROM v_deadline - clock_timestamp())));
-    END LOOP;
-END
-$$;
+LANGUAGE sql VOLATILE
+AS $$ SELECT * FROM catbird._cb_wait_run('flow', flow_name, run_id, poll_for, poll_interval) $$;
 
 CREATE TYPE catbird.cb_step_run_info AS (
     id bigint, flow_run_id bigint, step_name text, status text, priority int, attempts int,
@@ -49,6 +26,10 @@ CREATE TYPE catbird.cb_step_run_info AS (
     failed_at timestamptz, skipped_at timestamptz, canceled_at timestamptz
 );
 
+-- The step runs of a flow run as cb_step_run_info (StepRunInfo), in
+-- definition order; a completed mapper's or generator's output is its item
+-- outputs. No rows for a run that does not exist. 42704 for an unknown flow;
+-- 22023 for an invalid name.
 CREATE FUNCTION catbird.cb_get_flow_run_steps(flow_name text, run_id bigint)
 RETURNS SETOF catbird.cb_step_run_info
 LANGUAGE plpgsql VOLATILE
@@ -69,6 +50,8 @@ BEGIN
 END
 $$;
 
+-- One step run of a flow run as cb_step_run_info; no row for a run that does
+-- not exist. 42704 for an unknown flow or step; 22023 for an invalid name.
 CREATE FUNCTION catbird.cb_get_flow_step_status(flow_name text, run_id bigint, step_name text)
 RETURNS SETOF catbird.cb_step_run_info
 LANGUAGE plpgsql VOLATILE
@@ -83,42 +66,28 @@ BEGIN
 END
 $$;
 
+-- The output of one step of a flow run (NULL unless completed). Errors as
+-- cb_get_flow_step_status.
 CREATE FUNCTION catbird.cb_get_flow_step_output(flow_name text, run_id bigint, step_name text) RETURNS jsonb
 LANGUAGE sql VOLATILE
 AS $$
     SELECT s.output FROM catbird.cb_get_flow_step_status(flow_name, run_id, step_name) s
 $$;
 
+-- Waits up to poll_for ms, polling every poll_interval ms, for a step of the
+-- flow run to be terminal (completed, failed, skipped, canceled). Returns one
+-- row (status, output, error_message) then, no row on timeout or for a run
+-- that does not exist. 22023 for poll_for < 0 or poll_interval < 1, then as
+-- cb_get_flow_step_status: 42704 for an unknown flow or step.
 CREATE FUNCTION catbird.cb_wait_flow_step_output(flow_name text, run_id bigint, step_name text,
                                                  poll_for int = 5000, poll_interval int = 200)
 RETURNS TABLE (status text, output jsonb, error_message text)
-LANGUAGE plpgsql VOLATILE
+LANGUAGE sql VOLATILE
 AS $$
-DECLARE
-    v_deadline timestamptz;
-    v_step catbird.cb_step_run_info;
-BEGIN
-    PERFORM catbird._cb_check_at_least('poll_for', poll_for, 0, ' ms');
-    PERFORM catbird._cb_check_at_least('poll_interval', poll_interval, 1, ' ms');
-    v_deadline := clock_timestamp() + make_interval(secs => poll_for / 1000.0);
-    LOOP
-        SELECT * INTO v_step FROM catbird.cb_get_flow_step_status(flow_name, run_id, step_name);
-        IF v_step.id IS NULL THEN
-            RETURN;
-        END IF;
-        IF v_step.status IN ('completed', 'failed', 'skipped', 'canceled') THEN
-            status := v_step.status;
-            output := v_step.output;
-            error_message := v_step.error_message;
-            RETURN NEXT;
-            RETURN;
-        END IF;
-        IF clock_timestamp() >= v_deadline THEN
-            RETURN;
-        END IF;
-        PERFORM pg_sleep(least(poll_interval / 1000.0, extract(epoch FROM v_deadline - clock_timestamp())));
-    END LOOP;
-END
+    SELECT * FROM catbird._cb_wait(
+        format('SELECT s.status, s.output, s.error_message FROM catbird.cb_get_flow_step_status(%L, %L, %L) s',
+               flow_name, run_id, step_name),
+        '{completed,failed,skipped,canceled}', poll_for, poll_interval)
 $$;
 
 CREATE TYPE catbird.cb_flow_run_info AS (
@@ -129,7 +98,8 @@ CREATE TYPE catbird.cb_flow_run_info AS (
     on_fail_status text, on_fail_attempts int, on_fail_error_message text
 );
 
--- Every run of a flow as cb_flow_run_info; inlinable, like _cb_task_runs.
+-- Every run of a flow as cb_flow_run_info (FlowRunInfo fields); inlinable,
+-- like _cb_task_runs. Raises nothing.
 CREATE FUNCTION catbird._cb_flow_runs(flow_id int, flow_name text)
 RETURNS SETOF catbird.cb_flow_run_info
 LANGUAGE sql STABLE
@@ -142,72 +112,22 @@ AS $$
     WHERE r.flow_id = $1
 $$;
 
+-- The flow's runs as cb_flow_run_info (FlowRunInfo), newest first, at most
+-- lim, older than before_id when given (to page backwards). 42704 for an
+-- unknown flow; 22023 for an invalid name or lim < 1.
 CREATE FUNCTION catbird.cb_list_flow_runs(name text, lim int = 100, before_id bigint = NULL)
 RETURNS SETOF catbird.cb_flow_run_info
-LANGUAGE plpgsql VOLATILE
+LANGUAGE sql VOLATILE
 AS $$
-DECLARE
-    v_flow catbird.cb_flows := catbird._cb_flow(name);
-BEGIN
-    PERFORM catbird._cb_check_at_least('lim', lim, 1);
-    RETURN QUERY
-    SELECT * FROM catbird._cb_flow_runs(v_flow.id, v_flow.name) r
-    WHERE before_id IS NULL OR r.id < before_id
-    ORDER BY r.id DESC
-    LIMIT lim;
-END
+    SELECT * FROM catbird._cb_list_runs(NULL::catbird.cb_flow_run_info, 'flow', cb_list_flow_runs.name, lim, before_id)
 $$;
 
+-- One run of the flow as cb_flow_run_info; no row when it does not exist.
+-- 42704 for an unknown flow; 22023 for an invalid name.
 CREATE FUNCTION catbird.cb_get_flow_run(name text, run_id bigint)
 RETURNS SETOF catbird.cb_flow_run_info
-LANGUAGE plpgsql VOLATILE
+LANGUAGE sql VOLATILE
 AS $$
-DECLARE
-    v_flow catbird.cb_flows := catbird._cb_flow(name);
-BEGIN
-    RETURN QUERY SELECT * FROM catbird._cb_flow_runs(v_flow.id, v_flow.name) r WHERE r.id = run_id;
-END
-$$;
-
-CREATE FUNCTION catbird.cb_purge_flow_runs(name text, older_than interval) RETURNS int
-LANGUAGE plpgsql VOLATILE
-AS $$
-DECLARE
-    v_flow catbird.cb_flows := catbird._cb_flow(name);
-    v_ids bigint[];
-BEGIN
-    IF older_than IS NULL OR older_than < interval '0' THEN
-        RAISE EXCEPTION 'invalid older_than %: expected a non-negative interval', coalesce(older_than::text, 'NULL')
-            USING ERRCODE = 'invalid_parameter_value';
-    END IF;
-    WITH purged AS (
-        DELETE FROM catbird.cb_flow_runs r
-        WHERE r.flow_id = v_flow.id
-          AND r.status IN ('completed', 'failed', 'canceled', 'expired')
-          AND coalesce(r.on_fail_status, 'completed') IN ('completed', 'failed')
-          AND coalesce(r.completed_at, r.failed_at, r.canceled_at, r.created_at) <= catbird.cb_now() - older_than
-        RETURNING r.id
-    )
-    SELECT coalesce(array_agg(p.id), '{}') INTO v_ids FROM purged p;
-    DELETE FROM catbird.cb_map_tasks m WHERE m.flow_run_id = ANY (v_ids);
-    DELETE FROM catbird.cb_step_runs sr WHERE sr.flow_run_id = ANY (v_ids);
-    RETURN cardinality(v_ids);
-END
-$$;
-
--- Deletes every run of the flow whatever its status; in-flight work is lost
--- (workers' later reports find nothing and are refused).
-CREATE FUNCTION catbird.cb_clear_flow_runs(name text) RETURNS int
-LANGUAGE plpgsql VOLATILE
-AS $$
-DECLARE
-    v_flow catbird.cb_flows := catbird._cb_flow(name);
-    v_count int;
-BEGIN
-    DELETE FROM catbird.cb_map_tasks m WHERE m.flow_id = v_flow.id;
-    DELETE FROM catbird.cb_step_runs sr WHERE sr.flow_id = v_flow.id;
-    DELETE FROM catbird.cb_flow_runs r WHERE r.flow_id = v_flow.id;
-    GET DIAGNOSTICS v_count = ROW_COUNT;
-    RETURN v_count;
-END
+    SELECT * FROM catbird._cb_list_runs(NULL::catbird.cb_flow_run_info, 'flow', cb_get_flow_run.name, 1,
+                                        run_id => run_id)
 $$;

@@ -9,6 +9,12 @@
 --   * On-fail claims use FOR UPDATE SKIP LOCKED and a hide window like run
 --     claims; complete/fail act only on a claim that is still started.
 
+-- Claims up to quantity failed flow runs whose on-fail handling is due
+-- (queued, or started with its hide window lapsed), oldest due first:
+-- on_fail_attempts is incremented and the claim held for hide_for ms.
+-- Returns the claims, with the failed step's name, input, signal input and
+-- attempts, by id. 42704 for an unknown flow; 22023 for an invalid name,
+-- quantity < 1 or hide_for < 1.
 CREATE FUNCTION catbird.cb_claim_flow_on_fail(name text, quantity int, hide_for int = 30000)
 RETURNS TABLE (id bigint, input jsonb, error_message text, on_fail_attempts int, started_at timestamptz,
                failed_at timestamptz, concurrency_key text, failed_step_name text, failed_step_input jsonb,
@@ -41,30 +47,23 @@ BEGIN
 END
 $$;
 
+-- Records that the on-fail handler of a flow run succeeded; acts only on a run
+-- whose on-fail claim is started. Returns nothing; 42704 for an unknown flow,
+-- 22023 for an invalid name.
 CREATE FUNCTION catbird.cb_complete_flow_on_fail(name text, run_id bigint) RETURNS void
-LANGUAGE plpgsql VOLATILE
-AS $$
-DECLARE
-    v_flow catbird.cb_flows := catbird._cb_flow(name);
-BEGIN
-    UPDATE catbird.cb_flow_runs r SET on_fail_status = 'completed', on_fail_error_message = NULL
-    WHERE r.id = run_id AND r.flow_id = v_flow.id AND r.on_fail_status = 'started';
-END
-$$;
+LANGUAGE sql VOLATILE
+AS $$ SELECT catbird._cb_end_on_fail('flow', cb_complete_flow_on_fail.name, run_id, completed => true) $$;
 
+-- Records that the on-fail handler of a flow run failed: claimable again after
+-- retry_delay ms, or failed for good when retry_exhausted. Acts only on a run
+-- whose on-fail claim is started. Returns nothing; 42704 for an unknown flow,
+-- 22023 for an invalid name or retry_delay < 0.
 CREATE FUNCTION catbird.cb_fail_flow_on_fail(name text, run_id bigint, error_message text,
                                              retry_exhausted boolean, retry_delay bigint)
 RETURNS void
-LANGUAGE plpgsql VOLATILE
+LANGUAGE sql VOLATILE
 AS $$
-DECLARE
-    v_flow catbird.cb_flows := catbird._cb_flow(name);
-BEGIN
-    PERFORM catbird._cb_check_at_least('retry_delay', retry_delay, 0, ' ms');
-    UPDATE catbird.cb_flow_runs r
-    SET on_fail_status = CASE WHEN retry_exhausted THEN 'failed' ELSE 'queued' END,
-        on_fail_visible_at = catbird.cb_now() + make_interval(secs => retry_delay / 1000.0),
-        on_fail_error_message = coalesce(cb_fail_flow_on_fail.error_message, 'unknown error')
-    WHERE r.id = run_id AND r.flow_id = v_flow.id AND r.on_fail_status = 'started';
-END
+    SELECT catbird._cb_end_on_fail('flow', cb_fail_flow_on_fail.name, run_id, completed => false,
+                                   error_message => cb_fail_flow_on_fail.error_message,
+                                   retry_exhausted => retry_exhausted, retry_delay => retry_delay)
 $$;
