@@ -11,9 +11,9 @@
 -- Guarantees:
 --   * Hot paths (claims, completions, failures, lease renewal) stay static SQL
 --     in their own files and share only argument checks from here. The helpers
---     that build SQL (delete, purge, clear, list, wait, on-fail outcome) run
---     rarely; they quote every identifier with format('%I') and pass every
---     value as a parameter (or, for _cb_wait's caller-built query, %L).
+--     that build SQL (delete, purge, clear, list, on-fail outcome) run rarely;
+--     they quote every identifier with format('%I') and pass every value as a
+--     parameter.
 --   * A run is finished when its status is terminal and its on-fail handling,
 --     if any, is over (completed or failed); only finished runs are purged.
 --   * Each helper looks the definition up first, as the verbs did before they
@@ -78,8 +78,9 @@ $$;
 -- How the runs of a kind ('task' or 'flow') are stored, for the helpers below
 -- that build SQL: the definition table, the run table, the column of both run
 -- table and parts naming the definition, the tables holding parts of a run
--- (with the column naming their run), the terminal statuses, and the columns
--- whose first non-null value is when a run finished. 22023 for another kind.
+-- (with the column naming their run), the terminal statuses, and six columns
+-- whose first non-null value is when a run finished (padded with created_at,
+-- which is never null). 22023 for another kind.
 CREATE FUNCTION catbird._cb_run_layout(kind text,
     OUT definitions text, OUT runs text, OUT definition_column text, OUT parts text[], OUT part_run_column text,
     OUT finished_statuses text[], OUT finished_at text[])
@@ -101,7 +102,7 @@ BEGIN
         parts := '{cb_map_tasks,cb_step_runs}';
         part_run_column := 'flow_run_id';
         finished_statuses := '{completed,failed,canceled,expired}';
-        finished_at := '{completed_at,failed_at,canceled_at,created_at}';  -- expiry sets canceled_at
+        finished_at := '{completed_at,failed_at,canceled_at,created_at,created_at,created_at}';  -- expiry sets canceled_at
     ELSE
         RAISE EXCEPTION 'invalid kind of run %: expected task or flow', coalesce(quote_literal(kind), 'NULL')
             USING ERRCODE = 'invalid_parameter_value';
@@ -114,13 +115,16 @@ $$;
 CREATE FUNCTION catbird._cb_definition_id(kind text, name text) RETURNS int
 LANGUAGE plpgsql VOLATILE
 AS $$
+DECLARE
+    v_id int;
 BEGIN
     CASE kind
     WHEN 'task' THEN
-        RETURN (catbird._cb_task(name)).id;
+        v_id := (catbird._cb_task(name)).id;
     WHEN 'flow' THEN
-        RETURN (catbird._cb_flow(name)).id;
+        v_id := (catbird._cb_flow(name)).id;
     END CASE;
+    RETURN v_id;
 END
 $$;
 
@@ -155,6 +159,8 @@ $$;
 CREATE FUNCTION catbird._cb_clear_runs(kind text, definition_id int) RETURNS int
 LANGUAGE plpgsql VOLATILE
 AS $$
+-- Its writes are dynamic SQL, which plpgsql_check cannot see (it would ask for STABLE):
+-- @plpgsql_check_options: performance_warnings = false
 DECLARE
     v_layout record := catbird._cb_run_layout(kind);
     v_table text;
@@ -178,6 +184,8 @@ CREATE FUNCTION catbird._cb_delete_finished_runs(kind text, definition_id int, f
 RETURNS int
 LANGUAGE plpgsql VOLATILE
 AS $$
+-- Its writes are dynamic SQL, which plpgsql_check cannot see (it would ask for STABLE):
+-- @plpgsql_check_options: performance_warnings = false
 DECLARE
     v_layout record := catbird._cb_run_layout(kind);
     v_ids bigint[];
@@ -189,13 +197,13 @@ BEGIN
         '    WHERE r.id IN (SELECT x.id FROM catbird.%1$I x'
         '                   WHERE x.%2$I = $1 AND x.status = ANY ($2)'
         '                     AND coalesce(x.on_fail_status, ''completed'') IN (''completed'', ''failed'')'
-        '                     AND coalesce(%3$s) <= $3'
-        '                   %4$s)'
+        '                     AND coalesce(x.%3$I, x.%4$I, x.%5$I, x.%6$I, x.%7$I, x.%8$I) <= $3'
+        '                   %9$s)'
         '    RETURNING r.id)'
         ' SELECT coalesce(array_agg(d.id), ''{}'') FROM deleted d',
         v_layout.runs, v_layout.definition_column,
-        (SELECT string_agg(format('x.%I', c), ', ' ORDER BY o)
-         FROM unnest(v_layout.finished_at) WITH ORDINALITY AS f(c, o)),
+        v_layout.finished_at[1], v_layout.finished_at[2], v_layout.finished_at[3],
+        v_layout.finished_at[4], v_layout.finished_at[5], v_layout.finished_at[6],
         CASE WHEN lim IS NOT NULL THEN 'LIMIT $4 FOR UPDATE SKIP LOCKED' ELSE '' END)
     INTO v_ids
     USING definition_id, v_layout.finished_statuses, finished_before, lim;
@@ -233,16 +241,16 @@ LANGUAGE plpgsql VOLATILE
 AS $$
 DECLARE
     v_layout record := catbird._cb_run_layout(kind);
-    v_definition record;
+    v_id int;
+    v_retention interval;
     v_count int := 0;
 BEGIN
-    FOR v_definition IN EXECUTE format(
+    FOR v_id, v_retention IN EXECUTE format(
         'SELECT d.id, d.retention_period FROM catbird.%I d WHERE d.retention_period > interval ''0'' ORDER BY d.id',
         v_layout.definitions)
     LOOP
         EXIT WHEN v_count >= lim;
-        v_count := v_count + catbird._cb_delete_finished_runs(kind, v_definition.id,
-                                                              now - v_definition.retention_period, lim - v_count);
+        v_count := v_count + catbird._cb_delete_finished_runs(kind, v_id, now - v_retention, lim - v_count);
     END LOOP;
     RETURN v_count;
 END
@@ -261,6 +269,10 @@ AS $$
 DECLARE
     v_id int := catbird._cb_definition_id(kind, name);
 BEGIN
+    IF pg_typeof(row_type) <> format('catbird.cb_%s_run_info', kind)::regtype THEN
+        RAISE EXCEPTION 'invalid row_type %: the runs of a % are catbird.cb_%s_run_info', pg_typeof(row_type), kind, kind
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
     PERFORM catbird._cb_check_at_least('lim', lim, 1);
     RETURN QUERY EXECUTE format(
         'SELECT * FROM catbird.%I($1, $2) r'
@@ -271,30 +283,49 @@ BEGIN
 END
 $$;
 
--- Server-side wait: runs query (one row (status, output, error_message) or
--- none, built by the caller with every value quoted by format('%L')) every
--- poll_interval ms for up to poll_for ms. Returns that row once its status is
--- one of terminal; no row on timeout or when the query finds nothing. 22023
--- for poll_for < 0 or poll_interval < 1.
-CREATE FUNCTION catbird._cb_wait(query text, terminal text[], poll_for int, poll_interval int)
+-- Server-side wait (cb_wait_task_output, cb_wait_flow_output,
+-- cb_wait_flow_step_output): polls a run of a task or flow (kind 'task',
+-- 'flow'; name is the definition) or a step of a flow run (kind 'step'; name
+-- is the flow) every poll_interval ms for up to poll_for ms (wall clock).
+-- Returns one row (status, output, error_message) once it is terminal
+-- (completed, failed, skipped, canceled or expired: each kind has the ones
+-- its statuses allow); no row on timeout or when the run does not exist.
+-- Errors, in this order: for a task or flow, 22023 for an invalid name and
+-- 42704 for an unknown definition; 22023 for poll_for < 0 or poll_interval
+-- < 1; for a step, 42704 for an unknown flow or step.
+CREATE FUNCTION catbird._cb_wait(kind text, name text, run_id bigint, step_name text, poll_for int, poll_interval int)
 RETURNS TABLE (status text, output jsonb, error_message text)
 LANGUAGE plpgsql VOLATILE
 AS $$
 DECLARE
+    v_id int;
     v_deadline timestamptz;
     v_status text;
     v_output jsonb;
     v_error text;
 BEGIN
+    IF kind <> 'step' THEN
+        v_id := catbird._cb_definition_id(kind, name);
+    END IF;
     PERFORM catbird._cb_check_at_least('poll_for', poll_for, 0, ' ms');
     PERFORM catbird._cb_check_at_least('poll_interval', poll_interval, 1, ' ms');
     v_deadline := clock_timestamp() + make_interval(secs => poll_for / 1000.0);
     LOOP
-        EXECUTE query INTO v_status, v_output, v_error;
+        CASE kind
+        WHEN 'task' THEN
+            SELECT r.status, r.output, r.error_message INTO v_status, v_output, v_error
+            FROM catbird.cb_task_runs r WHERE r.id = run_id AND r.task_id = v_id;
+        WHEN 'flow' THEN
+            SELECT r.status, r.output, r.error_message INTO v_status, v_output, v_error
+            FROM catbird.cb_flow_runs r WHERE r.id = run_id AND r.flow_id = v_id;
+        WHEN 'step' THEN
+            SELECT s.status, s.output, s.error_message INTO v_status, v_output, v_error
+            FROM catbird.cb_get_flow_step_status(name, run_id, step_name) s;
+        END CASE;
         IF v_status IS NULL THEN
             RETURN;  -- no such run
         END IF;
-        IF v_status = ANY (terminal) THEN
+        IF v_status IN ('completed', 'failed', 'skipped', 'canceled', 'expired') THEN
             status := v_status;
             output := v_output;
             error_message := v_error;
@@ -306,24 +337,6 @@ BEGIN
         END IF;
         PERFORM pg_sleep(least(poll_interval / 1000.0, extract(epoch FROM v_deadline - clock_timestamp())));
     END LOOP;
-END
-$$;
-
--- cb_wait_task_output / cb_wait_flow_output: waits up to poll_for ms for a run
--- of a task or flow to be terminal (see _cb_wait). 42704 for an unknown
--- definition; 22023 for an invalid name or poll argument.
-CREATE FUNCTION catbird._cb_wait_run(kind text, name text, run_id bigint, poll_for int, poll_interval int)
-RETURNS TABLE (status text, output jsonb, error_message text)
-LANGUAGE plpgsql VOLATILE
-AS $$
-DECLARE
-    v_id int := catbird._cb_definition_id(kind, name);
-    v_layout record := catbird._cb_run_layout(kind);
-BEGIN
-    RETURN QUERY SELECT * FROM catbird._cb_wait(
-        format('SELECT r.status, r.output, r.error_message FROM catbird.%I r WHERE r.id = %L AND r.%I = %L',
-               v_layout.runs, run_id, v_layout.definition_column, v_id),
-        v_layout.finished_statuses, poll_for, poll_interval);
 END
 $$;
 

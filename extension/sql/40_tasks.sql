@@ -516,7 +516,7 @@ $$;
 CREATE FUNCTION catbird.cb_wait_task_output(name text, run_id bigint, poll_for int = 5000, poll_interval int = 200)
 RETURNS TABLE (status text, output jsonb, error_message text)
 LANGUAGE sql VOLATILE
-AS $$ SELECT * FROM catbird._cb_wait_run('task', cb_wait_task_output.name, run_id, poll_for, poll_interval) $$;
+AS $$ SELECT * FROM catbird._cb_wait('task', cb_wait_task_output.name, run_id, NULL, poll_for, poll_interval) $$;
 
 -- Deletes the task's finished runs (terminal, on-fail handling over) that
 -- finished at least older_than ago. Returns how many it deleted. 42704 for an

@@ -17,7 +17,7 @@
 CREATE FUNCTION catbird.cb_wait_flow_output(flow_name text, run_id bigint, poll_for int = 5000, poll_interval int = 200)
 RETURNS TABLE (status text, output jsonb, error_message text)
 LANGUAGE sql VOLATILE
-AS $$ SELECT * FROM catbird._cb_wait_run('flow', flow_name, run_id, poll_for, poll_interval) $$;
+AS $$ SELECT * FROM catbird._cb_wait('flow', flow_name, run_id, NULL, poll_for, poll_interval) $$;
 
 CREATE TYPE catbird.cb_step_run_info AS (
     id bigint, flow_run_id bigint, step_name text, status text, priority int, attempts int,
@@ -83,12 +83,7 @@ CREATE FUNCTION catbird.cb_wait_flow_step_output(flow_name text, run_id bigint, 
                                                  poll_for int = 5000, poll_interval int = 200)
 RETURNS TABLE (status text, output jsonb, error_message text)
 LANGUAGE sql VOLATILE
-AS $$
-    SELECT * FROM catbird._cb_wait(
-        format('SELECT s.status, s.output, s.error_message FROM catbird.cb_get_flow_step_status(%L, %L, %L) s',
-               flow_name, run_id, step_name),
-        '{completed,failed,skipped,canceled}', poll_for, poll_interval)
-$$;
+AS $$ SELECT * FROM catbird._cb_wait('step', flow_name, run_id, step_name, poll_for, poll_interval) $$;
 
 CREATE TYPE catbird.cb_flow_run_info AS (
     id bigint, flow_name text, status text, priority int, concurrency_key text, input jsonb, headers jsonb,
