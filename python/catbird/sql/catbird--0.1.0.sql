@@ -1420,24 +1420,19 @@ BEGIN
           run_id, v_id;
 END
 $$;
--- catbird 40_tasks: task definitions, runs, claims, retries and on-fail handling.
+-- catbird 40_tasks: task definitions and their runs.
 --
 -- Owns: cb_tasks, cb_task_runs, the cb_task_claim and cb_task_run_info types;
--- the task verbs of the public API and the worker protocol (claim, hide,
--- complete, fail, on-fail). Hot paths are static SQL here; deleting, purging,
--- clearing, listing, waiting and on-fail outcomes are thin over 38_runs.
+-- _cb_task (the lookup every task verb starts with), cb_create_task,
+-- cb_delete_task, _cb_insert_task_runs (the one way runs are created:
+-- cb_run_task and cb_publish), cb_run_task, cb_bind_task, cb_unbind_task,
+-- cb_cancel_task, cb_wait_task_output, cb_purge_task_runs,
+-- cb_clear_task_runs and introspection. The worker protocol is in
+-- 45_task_worker; deleting, purging, clearing, listing and waiting are thin
+-- over 38_runs.
 -- Guarantees:
---   * A run is claimable while it is queued, or started with its lease
---     (visible_at) passed: a run whose worker died is picked up again without
---     an operator. Claims use FOR UPDATE SKIP LOCKED on the partial claim index,
---     which holds only queued and started runs.
---   * Every claim increments attempts; attempts is the fencing token: complete
---     and fail given an attempt act only on the run still started under that
---     attempt, so a stale worker cannot overwrite a newer claim's outcome.
---   * The retry decision is made here: cb_fail_task re-queues with a full-jitter
---     delay while attempts <= max_retries, else the run is failed for good.
---   * A queued run past its expires_at becomes expired when a claim meets it
---     and is never handed out.
+--   * Creating a task again with the same definition is a no-op; a different
+--     one replaces it only while no run is queued or started (55006).
 --   * A condition that is false for the input makes the run skipped at creation.
 --   * A concurrency key is held by at most one queued or started run of a task.
 --   * Status changes are announced through cb_notify (80_events).
@@ -1738,6 +1733,137 @@ CREATE FUNCTION catbird.cb_unbind_task(name text, pattern text) RETURNS boolean
 LANGUAGE sql VOLATILE
 AS $$ SELECT catbird._cb_unbind('task', (catbird._cb_task(cb_unbind_task.name)).name, pattern) $$;
 
+-- Cancels a queued or started run (a started run's later reports are
+-- refused); idempotent. Announces catbird.task.canceled. Returns true when the
+-- run is canceled, false when it does not exist or already ended otherwise.
+-- 42704 for an unknown task; 22023 for an invalid name.
+CREATE FUNCTION catbird.cb_cancel_task(name text, run_id bigint, reason text = NULL) RETURNS boolean
+LANGUAGE plpgsql VOLATILE
+AS $$
+DECLARE
+    v_task catbird.cb_tasks := catbird._cb_task(name);
+    v_now timestamptz := catbird.cb_now();
+    v_status text;
+BEGIN
+    UPDATE catbird.cb_task_runs r
+    SET status = 'canceled', canceled_at = v_now, cancel_requested_at = v_now, cancel_reason = reason
+    WHERE r.id = run_id AND r.task_id = v_task.id AND r.status IN ('queued', 'started')
+    RETURNING r.status INTO v_status;
+    IF v_status IS NOT NULL THEN
+        PERFORM catbird._cb_notify('catbird.task.canceled', run_id::text);
+        RETURN true;
+    END IF;
+    -- Canceling a canceled run again is not an error, and still true.
+    RETURN EXISTS (SELECT 1 FROM catbird.cb_task_runs r
+                   WHERE r.id = run_id AND r.task_id = v_task.id AND r.status = 'canceled');
+END
+$$;
+
+-- Waits up to poll_for ms, polling every poll_interval ms, for the run to be
+-- terminal (completed, failed, skipped, canceled, expired). Returns one row
+-- (status, output, error_message) then, no row on timeout or for a run that
+-- does not exist. 42704 for an unknown task; 22023 for an invalid name,
+-- poll_for < 0 or poll_interval < 1.
+CREATE FUNCTION catbird.cb_wait_task_output(name text, run_id bigint, poll_for int = 5000, poll_interval int = 200)
+RETURNS TABLE (status text, output jsonb, error_message text)
+LANGUAGE sql VOLATILE
+AS $$ SELECT * FROM catbird._cb_wait('task', cb_wait_task_output.name, run_id, NULL, poll_for, poll_interval) $$;
+
+-- Deletes the task's finished runs (terminal, on-fail handling over) that
+-- finished at least older_than ago. Returns how many it deleted. 42704 for an
+-- unknown task; 22023 for an invalid name or a NULL or negative older_than.
+CREATE FUNCTION catbird.cb_purge_task_runs(name text, older_than interval) RETURNS int
+LANGUAGE sql VOLATILE
+AS $$ SELECT catbird._cb_purge_runs('task', cb_purge_task_runs.name, older_than) $$;
+
+-- Deletes every run of the task whatever its status; in-flight work is lost
+-- (workers' later reports find nothing and are refused). Returns how many it
+-- deleted. 42704 for an unknown task; 22023 for an invalid name.
+CREATE FUNCTION catbird.cb_clear_task_runs(name text) RETURNS int
+LANGUAGE sql VOLATILE
+AS $$ SELECT catbird._cb_clear_runs('task', catbird._cb_definition_id('task', cb_clear_task_runs.name)) $$;
+
+-- Every task as TaskInfo (name, description, condition, retention_period,
+-- on_fail, created_at), by name. Raises nothing.
+CREATE FUNCTION catbird.cb_list_tasks()
+RETURNS TABLE (name text, description text, condition text, retention_period interval,
+               on_fail boolean, created_at timestamptz)
+LANGUAGE sql STABLE
+AS $$
+    SELECT t.name, t.description, t.condition, t.retention_period, t.on_fail, t.created_at
+    FROM catbird.cb_tasks t ORDER BY t.name
+$$;
+
+-- One task as TaskInfo; no row when it does not exist. Raises nothing.
+CREATE FUNCTION catbird.cb_get_task(name text)
+RETURNS TABLE (name text, description text, condition text, retention_period interval,
+               on_fail boolean, created_at timestamptz)
+LANGUAGE sql STABLE
+AS $$ SELECT * FROM catbird.cb_list_tasks() t WHERE t.name = $1 $$;
+
+CREATE TYPE catbird.cb_task_run_info AS (
+    id bigint, task_name text, status text, priority int, attempts int, concurrency_key text,
+    input jsonb, headers jsonb, output jsonb, error_message text, cancel_reason text,
+    created_at timestamptz, visible_at timestamptz, expires_at timestamptz,
+    started_at timestamptz, completed_at timestamptz, failed_at timestamptz, skipped_at timestamptz,
+    expired_at timestamptz, cancel_requested_at timestamptz, canceled_at timestamptz,
+    on_fail_status text, on_fail_attempts int, on_fail_error_message text
+);
+
+-- Every run of a task as cb_task_run_info (TaskRunInfo fields); an inlinable
+-- building block, so callers' filters, order and limit reach the index.
+-- Raises nothing.
+CREATE FUNCTION catbird._cb_task_runs(task_id int, task_name text)
+RETURNS SETOF catbird.cb_task_run_info
+LANGUAGE sql STABLE
+AS $$
+    SELECT r.id, task_name, r.status, r.priority, r.attempts, r.concurrency_key, r.input, r.headers,
+           r.output, r.error_message, r.cancel_reason, r.created_at, r.visible_at, r.expires_at,
+           r.started_at, r.completed_at, r.failed_at, r.skipped_at, r.expired_at, r.cancel_requested_at,
+           r.canceled_at, r.on_fail_status, r.on_fail_attempts, r.on_fail_error_message
+    FROM catbird.cb_task_runs r
+    WHERE r.task_id = $1
+$$;
+
+-- The task's runs as cb_task_run_info (TaskRunInfo), newest first, at most
+-- lim, older than before_id when given (to page backwards). 42704 for an
+-- unknown task; 22023 for an invalid name or lim < 1.
+CREATE FUNCTION catbird.cb_list_task_runs(name text, lim int = 100, before_id bigint = NULL)
+RETURNS SETOF catbird.cb_task_run_info
+LANGUAGE sql VOLATILE
+AS $$
+    SELECT * FROM catbird._cb_list_runs(NULL::catbird.cb_task_run_info, 'task', cb_list_task_runs.name, lim, before_id)
+$$;
+
+-- One run of the task as cb_task_run_info; no row when it does not exist.
+-- 42704 for an unknown task; 22023 for an invalid name.
+CREATE FUNCTION catbird.cb_get_task_run(name text, run_id bigint)
+RETURNS SETOF catbird.cb_task_run_info
+LANGUAGE sql VOLATILE
+AS $$
+    SELECT * FROM catbird._cb_list_runs(NULL::catbird.cb_task_run_info, 'task', cb_get_task_run.name, 1,
+                                        run_id => run_id)
+$$;
+-- catbird 45_task_worker: the worker protocol for task runs.
+--
+-- Owns: cb_claim_tasks, cb_hide_tasks, cb_complete_tasks, cb_complete_task,
+-- cb_fail_task, and the on-fail lane: cb_claim_task_on_fail,
+-- cb_complete_task_on_fail, cb_fail_task_on_fail. Writes cb_task_runs.
+-- Guarantees:
+--   * A run is claimable while it is queued, or started with its lease
+--     (visible_at) passed: a run whose worker died is picked up again without
+--     an operator. Claims use FOR UPDATE SKIP LOCKED on the partial claim index,
+--     which holds only queued and started runs.
+--   * Every claim increments attempts; attempts is the fencing token: complete
+--     and fail given an attempt act only on the run still started under that
+--     attempt, so a stale worker cannot overwrite a newer claim's outcome.
+--   * The retry decision is made here: cb_fail_task re-queues with a full-jitter
+--     delay while attempts <= max_retries, else the run is failed for good.
+--   * A queued run past its expires_at becomes expired when a claim meets it
+--     and is never handed out.
+--   * Claims, completions, failures and lease renewal are static SQL (cached
+--     plans); on-fail outcomes are thin over 38_runs.
+
 -- Claims up to quantity runs of a task: queued runs, and started runs whose
 -- lease (visible_at) lapsed, highest priority first, then oldest. Each claim
 -- increments attempts (the fencing token) and holds the run for hide_for ms;
@@ -1904,56 +2030,6 @@ BEGIN
 END
 $$;
 
--- Cancels a queued or started run (a started run's later reports are
--- refused); idempotent. Announces catbird.task.canceled. Returns true when the
--- run is canceled, false when it does not exist or already ended otherwise.
--- 42704 for an unknown task; 22023 for an invalid name.
-CREATE FUNCTION catbird.cb_cancel_task(name text, run_id bigint, reason text = NULL) RETURNS boolean
-LANGUAGE plpgsql VOLATILE
-AS $$
-DECLARE
-    v_task catbird.cb_tasks := catbird._cb_task(name);
-    v_now timestamptz := catbird.cb_now();
-    v_status text;
-BEGIN
-    UPDATE catbird.cb_task_runs r
-    SET status = 'canceled', canceled_at = v_now, cancel_requested_at = v_now, cancel_reason = reason
-    WHERE r.id = run_id AND r.task_id = v_task.id AND r.status IN ('queued', 'started')
-    RETURNING r.status INTO v_status;
-    IF v_status IS NOT NULL THEN
-        PERFORM catbird._cb_notify('catbird.task.canceled', run_id::text);
-        RETURN true;
-    END IF;
-    -- Canceling a canceled run again is not an error, and still true.
-    RETURN EXISTS (SELECT 1 FROM catbird.cb_task_runs r
-                   WHERE r.id = run_id AND r.task_id = v_task.id AND r.status = 'canceled');
-END
-$$;
-
--- Waits up to poll_for ms, polling every poll_interval ms, for the run to be
--- terminal (completed, failed, skipped, canceled, expired). Returns one row
--- (status, output, error_message) then, no row on timeout or for a run that
--- does not exist. 42704 for an unknown task; 22023 for an invalid name,
--- poll_for < 0 or poll_interval < 1.
-CREATE FUNCTION catbird.cb_wait_task_output(name text, run_id bigint, poll_for int = 5000, poll_interval int = 200)
-RETURNS TABLE (status text, output jsonb, error_message text)
-LANGUAGE sql VOLATILE
-AS $$ SELECT * FROM catbird._cb_wait('task', cb_wait_task_output.name, run_id, NULL, poll_for, poll_interval) $$;
-
--- Deletes the task's finished runs (terminal, on-fail handling over) that
--- finished at least older_than ago. Returns how many it deleted. 42704 for an
--- unknown task; 22023 for an invalid name or a NULL or negative older_than.
-CREATE FUNCTION catbird.cb_purge_task_runs(name text, older_than interval) RETURNS int
-LANGUAGE sql VOLATILE
-AS $$ SELECT catbird._cb_purge_runs('task', cb_purge_task_runs.name, older_than) $$;
-
--- Deletes every run of the task whatever its status; in-flight work is lost
--- (workers' later reports find nothing and are refused). Returns how many it
--- deleted. 42704 for an unknown task; 22023 for an invalid name.
-CREATE FUNCTION catbird.cb_clear_task_runs(name text) RETURNS int
-LANGUAGE sql VOLATILE
-AS $$ SELECT catbird._cb_clear_runs('task', catbird._cb_definition_id('task', cb_clear_task_runs.name)) $$;
-
 -- Claims up to quantity failed runs whose on-fail handling is due (queued,
 -- or started with its hide window lapsed), oldest due first: on_fail_attempts
 -- is incremented and the claim held for hide_for ms. Returns the claims by
@@ -2013,68 +2089,6 @@ AS $$
     SELECT catbird._cb_end_on_fail('task', cb_fail_task_on_fail.name, run_id, completed => false,
                                    error_message => cb_fail_task_on_fail.error_message,
                                    retry_exhausted => retry_exhausted, retry_delay => retry_delay)
-$$;
-
--- Every task as TaskInfo (name, description, condition, retention_period,
--- on_fail, created_at), by name. Raises nothing.
-CREATE FUNCTION catbird.cb_list_tasks()
-RETURNS TABLE (name text, description text, condition text, retention_period interval,
-               on_fail boolean, created_at timestamptz)
-LANGUAGE sql STABLE
-AS $$
-    SELECT t.name, t.description, t.condition, t.retention_period, t.on_fail, t.created_at
-    FROM catbird.cb_tasks t ORDER BY t.name
-$$;
-
--- One task as TaskInfo; no row when it does not exist. Raises nothing.
-CREATE FUNCTION catbird.cb_get_task(name text)
-RETURNS TABLE (name text, description text, condition text, retention_period interval,
-               on_fail boolean, created_at timestamptz)
-LANGUAGE sql STABLE
-AS $$ SELECT * FROM catbird.cb_list_tasks() t WHERE t.name = $1 $$;
-
-CREATE TYPE catbird.cb_task_run_info AS (
-    id bigint, task_name text, status text, priority int, attempts int, concurrency_key text,
-    input jsonb, headers jsonb, output jsonb, error_message text, cancel_reason text,
-    created_at timestamptz, visible_at timestamptz, expires_at timestamptz,
-    started_at timestamptz, completed_at timestamptz, failed_at timestamptz, skipped_at timestamptz,
-    expired_at timestamptz, cancel_requested_at timestamptz, canceled_at timestamptz,
-    on_fail_status text, on_fail_attempts int, on_fail_error_message text
-);
-
--- Every run of a task as cb_task_run_info (TaskRunInfo fields); an inlinable
--- building block, so callers' filters, order and limit reach the index.
--- Raises nothing.
-CREATE FUNCTION catbird._cb_task_runs(task_id int, task_name text)
-RETURNS SETOF catbird.cb_task_run_info
-LANGUAGE sql STABLE
-AS $$
-    SELECT r.id, task_name, r.status, r.priority, r.attempts, r.concurrency_key, r.input, r.headers,
-           r.output, r.error_message, r.cancel_reason, r.created_at, r.visible_at, r.expires_at,
-           r.started_at, r.completed_at, r.failed_at, r.skipped_at, r.expired_at, r.cancel_requested_at,
-           r.canceled_at, r.on_fail_status, r.on_fail_attempts, r.on_fail_error_message
-    FROM catbird.cb_task_runs r
-    WHERE r.task_id = $1
-$$;
-
--- The task's runs as cb_task_run_info (TaskRunInfo), newest first, at most
--- lim, older than before_id when given (to page backwards). 42704 for an
--- unknown task; 22023 for an invalid name or lim < 1.
-CREATE FUNCTION catbird.cb_list_task_runs(name text, lim int = 100, before_id bigint = NULL)
-RETURNS SETOF catbird.cb_task_run_info
-LANGUAGE sql VOLATILE
-AS $$
-    SELECT * FROM catbird._cb_list_runs(NULL::catbird.cb_task_run_info, 'task', cb_list_task_runs.name, lim, before_id)
-$$;
-
--- One run of the task as cb_task_run_info; no row when it does not exist.
--- 42704 for an unknown task; 22023 for an invalid name.
-CREATE FUNCTION catbird.cb_get_task_run(name text, run_id bigint)
-RETURNS SETOF catbird.cb_task_run_info
-LANGUAGE sql VOLATILE
-AS $$
-    SELECT * FROM catbird._cb_list_runs(NULL::catbird.cb_task_run_info, 'task', cb_get_task_run.name, 1,
-                                        run_id => run_id)
 $$;
 -- catbird 50_flow_tables: the tables and types of flows (DAGs of steps) and their runs.
 --
