@@ -19,6 +19,9 @@
 
 CREATE SCHEMA catbird;
 
+-- The engine clock: clock_timestamp(), or the session setting catbird.fake_now
+-- when it is set and not empty (tests pin time with it). Raises 22007/22008
+-- when catbird.fake_now is not a valid timestamptz.
 CREATE FUNCTION catbird.cb_now() RETURNS timestamptz
 LANGUAGE sql VOLATILE PARALLEL SAFE
 AS $$

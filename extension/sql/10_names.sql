@@ -5,6 +5,9 @@
 -- allowed; none writes anything. Callers validate before their first write, so
 -- a rejected call leaves the database as it was.
 
+-- Checks the name of a queue, task, flow or step (kind names it in the
+-- message): a lowercase letter, then lowercase letters, digits or underscores,
+-- at most 58 characters. Returns nothing; 22023 otherwise.
 CREATE FUNCTION catbird._cb_check_name(kind text, name text) RETURNS void
 LANGUAGE plpgsql IMMUTABLE
 AS $$
@@ -17,6 +20,8 @@ BEGIN
 END
 $$;
 
+-- Checks a topic: dot-separated tokens of letters, digits, '_' or '-', no
+-- wildcards. Returns nothing; 22023 otherwise.
 CREATE FUNCTION catbird._cb_check_topic(topic text) RETURNS void
 LANGUAGE plpgsql IMMUTABLE
 AS $$
@@ -29,6 +34,8 @@ BEGIN
 END
 $$;
 
+-- Checks a binding pattern: a topic whose tokens may be '*' (one token) and
+-- whose last token may be '#' (zero or more). Returns nothing; 22023 otherwise.
 CREATE FUNCTION catbird._cb_check_pattern(pattern text) RETURNS void
 LANGUAGE plpgsql IMMUTABLE
 AS $$
@@ -44,6 +51,7 @@ $$;
 
 -- Checks an integer argument against its lower bound; used for quantities (>= 1),
 -- durations in milliseconds (hide_for >= 1, poll_for >= 0) and intervals.
+-- Returns nothing; 22023 when the value is NULL or below the minimum.
 CREATE FUNCTION catbird._cb_check_at_least(argument text, value bigint, minimum bigint, unit text = '')
 RETURNS void
 LANGUAGE plpgsql IMMUTABLE
@@ -57,6 +65,8 @@ BEGIN
 END
 $$;
 
+-- Checks message or run headers: a JSON object, or NULL. Returns nothing;
+-- 22023 otherwise.
 CREATE FUNCTION catbird._cb_check_headers(headers jsonb) RETURNS void
 LANGUAGE plpgsql IMMUTABLE
 AS $$
@@ -68,7 +78,9 @@ BEGIN
 END
 $$;
 
--- Splits a valid pattern into the columns cb_bindings indexes (see 00_schema).
+-- Splits a valid pattern into the columns cb_bindings indexes (see 00_schema):
+-- literal prefix, token count, trailing '#', anchored regex (NULL without
+-- wildcards). Raises nothing; callers have checked the pattern.
 CREATE FUNCTION catbird._cb_pattern_parts(pattern text,
     OUT prefix text, OUT token_count int, OUT has_hash boolean, OUT regex text)
 LANGUAGE sql IMMUTABLE STRICT

@@ -1,7 +1,9 @@
 -- catbird 20_queues: queues and their messages.
 --
 -- Owns: cb_queues, cb_messages; create/delete/purge, send (single and batch),
--- read (claim with a visibility window), read_poll, hide, delete, introspection.
+-- read (claim with a visibility window), read_poll, hide, delete, introspection;
+-- and, for every kind of definition (queue, task, flow), the definition lock
+-- and the error for a missing one.
 -- Guarantees:
 --   * cb_read claims with FOR UPDATE SKIP LOCKED: concurrent readers never get
 --     the same message inside its hide window; each claim counts a delivery.
@@ -14,7 +16,8 @@
 
 -- Definitions (queues, tasks, flows) are guarded by transaction-level advisory
 -- locks keyed on kind and name: writers of runs and messages hold the shared
--- lock, deleting the definition takes it exclusively.
+-- lock, deleting the definition takes it exclusively. Returns nothing; waits
+-- for the lock, raises nothing of its own.
 CREATE FUNCTION catbird._cb_lock_definition(kind text, name text, exclusive boolean = false)
 RETURNS void
 LANGUAGE plpgsql VOLATILE
@@ -25,6 +28,21 @@ BEGIN
     ELSE
         PERFORM pg_advisory_xact_lock_shared(1667326066, hashtext(kind || '/' || name));
     END IF;
+END
+$$;
+
+-- Raises for a queue, task or flow (kind) that does not exist: 22023 when the
+-- name could never exist, else 42704 with a hint naming the create call.
+-- Never returns.
+CREATE FUNCTION catbird._cb_raise_undefined(kind text, name text) RETURNS void
+LANGUAGE plpgsql VOLATILE
+AS $$
+BEGIN
+    PERFORM catbird._cb_check_name(kind, name);
+    RAISE EXCEPTION '% "%" does not exist', kind, name
+        USING ERRCODE = 'undefined_object',
+              HINT = format('Create it first: SELECT catbird.cb_create_%s(%L%s);', kind, name,
+                            CASE kind WHEN 'flow' THEN ', steps => ...' ELSE '' END);
 END
 $$;
 
@@ -39,15 +57,15 @@ BEGIN
     PERFORM catbird._cb_lock_definition('queue', queue);
     SELECT q.id INTO v_id FROM catbird.cb_queues q WHERE q.name = queue;
     IF v_id IS NULL THEN
-        PERFORM catbird._cb_check_name('queue', queue);
-        RAISE EXCEPTION 'queue "%" does not exist', queue
-            USING ERRCODE = 'undefined_object',
-                  HINT = format('Create it first: SELECT catbird.cb_create_queue(%L);', queue);
+        PERFORM catbird._cb_raise_undefined('queue', queue);
     END IF;
     RETURN v_id;
 END
 $$;
 
+-- Creates a queue; creating an existing queue is a no-op (its description
+-- and expiry are kept). A queue past expires_at is deleted by cb_gc. Returns
+-- nothing; 22023 for an invalid name.
 CREATE FUNCTION catbird.cb_create_queue(name text, expires_at timestamptz = NULL, description text = NULL)
 RETURNS void
 LANGUAGE plpgsql VOLATILE
@@ -60,6 +78,8 @@ BEGIN
 END
 $$;
 
+-- Deletes a queue with its messages and bindings; waits for sends in flight
+-- to it. Returns false when it does not exist; 22023 for an invalid name.
 CREATE FUNCTION catbird.cb_delete_queue(name text) RETURNS boolean
 LANGUAGE plpgsql VOLATILE
 AS $$
@@ -79,6 +99,8 @@ BEGIN
 END
 $$;
 
+-- Deletes every message of a queue, hidden or not. Returns how many it
+-- deleted; 42704 for an unknown queue, 22023 for an invalid name.
 CREATE FUNCTION catbird.cb_purge_queue(name text) RETURNS bigint
 LANGUAGE plpgsql VOLATILE
 AS $$
@@ -188,7 +210,10 @@ BEGIN
 END
 $$;
 
--- Validates the arguments shared by the single and batch forms of send and publish.
+-- Validates the arguments shared by the batch forms of send, publish and
+-- run: bodies a one-dimensional array without SQL NULLs, a valid topic when
+-- given, one concurrency key and one headers object (or NULL) per body.
+-- Returns nothing; 22023 for the first problem.
 CREATE FUNCTION catbird._cb_check_send_args(bodies jsonb[], topic text, concurrency_keys text[], headers jsonb[])
 RETURNS void
 LANGUAGE plpgsql IMMUTABLE
@@ -217,6 +242,12 @@ BEGIN
 END
 $$;
 
+-- Sends bodies to a queue in one statement, in order; a body whose
+-- concurrency key is held by a live message writes nothing and resolves to
+-- the holder's id. Returns the id of each
+-- body, in input order. 42704 for an unknown queue; 22023 for an invalid
+-- name, topic, bodies, keys or headers (see _cb_check_send_args); 40001 when
+-- a key's holder vanished while the call deduplicated against it (retry).
 CREATE FUNCTION catbird.cb_send(
     queue text, bodies jsonb[], topic text = NULL, concurrency_keys text[] = NULL,
     headers jsonb[] = NULL, visible_at timestamptz = NULL, priority int = 0, expires_at timestamptz = NULL)
@@ -235,6 +266,10 @@ BEGIN
 END
 $$;
 
+-- Sends one body to a queue. Returns the new message's id, or the id of the
+-- live message holding concurrency_key (then nothing is written). 42704 for an
+-- unknown queue; 22023 for an invalid name or topic, a SQL NULL body or
+-- non-object headers; 40001 as for the batch form.
 CREATE FUNCTION catbird.cb_send(
     queue text, body jsonb, topic text = NULL, concurrency_key text = NULL,
     headers jsonb = NULL, visible_at timestamptz = NULL, priority int = 0, expires_at timestamptz = NULL)
@@ -260,6 +295,11 @@ BEGIN
 END
 $$;
 
+-- Claims up to quantity visible, unexpired messages of a queue, highest
+-- priority first, then oldest: each is hidden for hide_for ms and its
+-- deliveries incremented; concurrent readers skip each other's rows. Returns
+-- the claimed messages (cb_message) in claim order. 42704 for an unknown
+-- queue; 22023 for an invalid name, quantity < 1 or hide_for < 1.
 -- A generic plan keeps the claim on the claim index; with LIMIT quantity the
 -- planner would otherwise re-plan (custom plans) on every call.
 CREATE FUNCTION catbird.cb_read(queue text, quantity int, hide_for int)
@@ -309,6 +349,9 @@ BEGIN
 END
 $$;
 
+-- Like cb_read, polling every poll_interval ms for up to poll_for ms (wall
+-- clock) until a message is visible. Returns the claimed messages, none on
+-- timeout. 22023 for poll_for < 0 or poll_interval < 1; then as cb_read.
 CREATE FUNCTION catbird.cb_read_poll(queue text, quantity int, hide_for int,
                                      poll_for int = 5000, poll_interval int = 100)
 RETURNS SETOF catbird.cb_message
@@ -332,6 +375,9 @@ BEGIN
 END
 $$;
 
+-- Pushes the visibility of messages of a queue out to hide_for ms from now.
+-- Returns the ids it found (sorted). 42704 for an unknown queue; 22023 for an
+-- invalid name or hide_for < 1.
 CREATE FUNCTION catbird.cb_hide(queue text, ids bigint[], hide_for int) RETURNS bigint[]
 LANGUAGE plpgsql VOLATILE
 AS $$
@@ -352,10 +398,14 @@ BEGIN
 END
 $$;
 
+-- Single form of cb_hide: true when the message was found. Errors as the
+-- array form.
 CREATE FUNCTION catbird.cb_hide(queue text, id bigint, hide_for int) RETURNS boolean
 LANGUAGE sql VOLATILE
 AS $$ SELECT cardinality(catbird.cb_hide(queue, ARRAY[id], hide_for)) > 0 $$;
 
+-- Deletes (acknowledges) messages of a queue. Returns the ids it deleted
+-- (sorted). 42704 for an unknown queue; 22023 for an invalid name.
 CREATE FUNCTION catbird.cb_delete(queue text, ids bigint[]) RETURNS bigint[]
 LANGUAGE plpgsql VOLATILE
 AS $$
@@ -378,12 +428,16 @@ BEGIN
 END
 $$;
 
+-- Single form of cb_delete: true when the message was deleted. Errors as the
+-- array form.
 CREATE FUNCTION catbird.cb_delete(queue text, id bigint) RETURNS boolean
 LANGUAGE sql VOLATILE
 AS $$ SELECT cardinality(catbird.cb_delete(queue, ARRAY[id])) > 0 $$;
 
--- Queue introspection. depth counts every message; visible those readable now;
--- oldest_visible_at is the earliest visible_at among the readable ones.
+-- Queue introspection (QueueInfo fields) for the given names, or all queues
+-- when names is NULL, by name. depth counts every message; visible those
+-- readable now; oldest_visible_at is the earliest visible_at among the
+-- readable ones. Raises nothing.
 CREATE FUNCTION catbird._cb_queue_info(names text[])
 RETURNS TABLE (name text, description text, created_at timestamptz, expires_at timestamptz,
                depth bigint, visible bigint, oldest_visible_at timestamptz)
@@ -407,12 +461,15 @@ AS $$
     ORDER BY q.name
 $$;
 
+-- Every queue as QueueInfo (name, description, created_at, expires_at,
+-- depth, visible, oldest_visible_at), by name. Raises nothing.
 CREATE FUNCTION catbird.cb_list_queues()
 RETURNS TABLE (name text, description text, created_at timestamptz, expires_at timestamptz,
                depth bigint, visible bigint, oldest_visible_at timestamptz)
 LANGUAGE sql VOLATILE
 AS $$ SELECT * FROM catbird._cb_queue_info(NULL) $$;
 
+-- One queue as QueueInfo; no row when it does not exist. Raises nothing.
 CREATE FUNCTION catbird.cb_get_queue(name text)
 RETURNS TABLE (name text, description text, created_at timestamptz, expires_at timestamptz,
                depth bigint, visible bigint, oldest_visible_at timestamptz)

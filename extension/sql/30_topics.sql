@@ -14,6 +14,9 @@
 --   * cb_publish returns targets x messages, whether or not a concurrency key
 --     deduplicated some of them, and writes into every target in one statement.
 
+-- Binds a queue, task or flow (target_type) to a pattern; binding twice is a
+-- no-op. Callers have checked that the target exists. Returns nothing; 22023
+-- for an invalid pattern.
 CREATE FUNCTION catbird._cb_bind(target_type text, target_name text, pattern text) RETURNS void
 LANGUAGE plpgsql VOLATILE
 AS $$
@@ -30,6 +33,8 @@ BEGIN
 END
 $$;
 
+-- Removes a binding. Returns false when there was none; 22023 for an invalid
+-- pattern.
 CREATE FUNCTION catbird._cb_unbind(target_type text, target_name text, pattern text) RETURNS boolean
 LANGUAGE plpgsql VOLATILE
 AS $$
@@ -43,6 +48,9 @@ BEGIN
 END
 $$;
 
+-- Binds a queue to a topic pattern: publishes to matching topics are
+-- delivered to it. Binding twice is a no-op. Returns nothing; 42704 for an
+-- unknown queue; 22023 for an invalid name or pattern.
 CREATE FUNCTION catbird.cb_bind(queue text, pattern text) RETURNS void
 LANGUAGE plpgsql VOLATILE
 AS $$
@@ -52,6 +60,8 @@ BEGIN
 END
 $$;
 
+-- Removes a binding of a queue. Returns false when there was none; 42704 for
+-- an unknown queue; 22023 for an invalid name or pattern.
 CREATE FUNCTION catbird.cb_unbind(queue text, pattern text) RETURNS boolean
 LANGUAGE plpgsql VOLATILE
 AS $$
@@ -61,6 +71,8 @@ BEGIN
 END
 $$;
 
+-- The patterns queues are bound to (all queues, or one), by queue and
+-- pattern. Raises nothing; an unknown queue has no rows.
 CREATE FUNCTION catbird.cb_list_bindings(queue text = NULL)
 RETURNS TABLE (queue text, pattern text, created_at timestamptz)
 LANGUAGE sql STABLE
@@ -125,6 +137,10 @@ BEGIN
 END
 $$;
 
+-- Publishes bodies to a topic: every queue bound to a matching pattern
+-- receives each body once (in one statement), and every bound task and flow
+-- gets one run per body. Returns the number of deliveries (targets x bodies).
+-- 22023 for an invalid topic, bodies, keys or headers; 40001 as for cb_send.
 CREATE FUNCTION catbird.cb_publish(
     topic text, bodies jsonb[], concurrency_keys text[] = NULL, headers jsonb[] = NULL,
     visible_at timestamptz = NULL, priority int = 0, expires_at timestamptz = NULL)
@@ -184,6 +200,8 @@ BEGIN
 END
 $$;
 
+-- Single form of cb_publish. Returns the number of deliveries. 22023 for an
+-- invalid topic, a SQL NULL body or non-object headers; 40001 as for cb_send.
 CREATE FUNCTION catbird.cb_publish(
     topic text, body jsonb, concurrency_key text = NULL, headers jsonb = NULL,
     visible_at timestamptz = NULL, priority int = 0, expires_at timestamptz = NULL)

@@ -16,6 +16,9 @@
 --     other pairing is false. A bare path is true unless missing, null, false,
 --     0, "", [] or {}.
 
+-- Parses a condition (grammar above) into its jsonb form ({"op", "path",
+-- "value"}, or {"not": ...}); paths must start with one of allowed_roots.
+-- Returns the parsed form; 22023 for a malformed condition or another root.
 CREATE FUNCTION catbird._cb_parse_condition(condition text, allowed_roots text[]) RETURNS jsonb
 LANGUAGE plpgsql IMMUTABLE
 AS $$
@@ -93,6 +96,9 @@ AS $$
                 ELSE expr -> 'path' ->> 0 END
 $$;
 
+-- Evaluates a parsed condition against a context object ({"input": ...,
+-- "signal": ..., <step>: ...}); a NULL condition is true. Returns the result;
+-- raises nothing (a missing field makes a comparison false).
 CREATE FUNCTION catbird._cb_eval_condition(expr jsonb, context jsonb) RETURNS boolean
 LANGUAGE plpgsql IMMUTABLE
 AS $$

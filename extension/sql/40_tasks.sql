@@ -1,19 +1,16 @@
--- catbird 40_tasks: task definitions, runs, claims, retries and on-fail handling.
+-- catbird 40_tasks: task definitions and their runs.
 --
--- Owns: cb_tasks, cb_task_runs, the cb_task_claim type; the task verbs of the
--- public API and the worker protocol (claim, hide, complete, fail, on-fail).
+-- Owns: cb_tasks, cb_task_runs, the cb_task_claim and cb_task_run_info types;
+-- _cb_task (the lookup every task verb starts with), cb_create_task,
+-- cb_delete_task, _cb_insert_task_runs (the one way runs are created:
+-- cb_run_task and cb_publish), cb_run_task, cb_bind_task, cb_unbind_task,
+-- cb_cancel_task, cb_wait_task_output, cb_purge_task_runs,
+-- cb_clear_task_runs and introspection. The worker protocol is in
+-- 45_task_worker; deleting, purging, clearing, listing and waiting are thin
+-- over 38_runs.
 -- Guarantees:
---   * A run is claimable while it is queued, or started with its lease
---     (visible_at) passed: a run whose worker died is picked up again without
---     an operator. Claims use FOR UPDATE SKIP LOCKED on the partial claim index,
---     which holds only queued and started runs.
---   * Every claim increments attempts; attempts is the fencing token: complete
---     and fail given an attempt act only on the run still started under that
---     attempt, so a stale worker cannot overwrite a newer claim's outcome.
---   * The retry decision is made here: cb_fail_task re-queues with a full-jitter
---     delay while attempts <= max_retries, else the run is failed for good.
---   * A queued run past its expires_at becomes expired when a claim meets it
---     and is never handed out.
+--   * Creating a task again with the same definition is a no-op; a different
+--     one replaces it only while no run is queued or started (55006).
 --   * A condition that is false for the input makes the run skipped at creation.
 --   * A concurrency key is held by at most one queued or started run of a task.
 --   * Status changes are announced through cb_notify (80_events).
@@ -80,7 +77,8 @@ CREATE TYPE catbird.cb_task_claim AS (
     priority        int
 );
 
--- The task row, holding the task's shared lock; 42704 when it does not exist.
+-- The task row, holding the task's shared lock. 42704 when it does not
+-- exist; 22023 when the name could never exist.
 CREATE FUNCTION catbird._cb_task(name text) RETURNS catbird.cb_tasks
 LANGUAGE plpgsql VOLATILE
 AS $$
@@ -90,15 +88,17 @@ BEGIN
     PERFORM catbird._cb_lock_definition('task', name);
     SELECT * INTO v_task FROM catbird.cb_tasks t WHERE t.name = _cb_task.name;
     IF v_task.id IS NULL THEN
-        PERFORM catbird._cb_check_name('task', name);
-        RAISE EXCEPTION 'task "%" does not exist', name
-            USING ERRCODE = 'undefined_object',
-                  HINT = format('Create it first: SELECT catbird.cb_create_task(%L);', name);
+        PERFORM catbird._cb_raise_undefined('task', name);
     END IF;
     RETURN v_task;
 END
 $$;
 
+-- Creates a task. Creating it again with the same definition (description,
+-- condition, retention_period, on_fail) is a no-op; a different one replaces
+-- it while no run is queued or started. Announces catbird.task.created.
+-- Returns nothing. 22023 for an invalid name, a malformed condition or a
+-- negative retention_period; 55006 when runs are active.
 CREATE FUNCTION catbird.cb_create_task(name text, description text = NULL, condition text = NULL,
                                        retention_period interval = NULL, on_fail boolean = false)
 RETURNS void
@@ -112,10 +112,7 @@ BEGIN
     IF condition IS NOT NULL THEN
         v_expr := catbird._cb_parse_condition(condition, ARRAY['input']);
     END IF;
-    IF retention_period < interval '0' THEN
-        RAISE EXCEPTION 'invalid retention_period %: it must not be negative (NULL keeps runs forever)', retention_period
-            USING ERRCODE = 'invalid_parameter_value';
-    END IF;
+    PERFORM catbird._cb_check_retention(retention_period);
     PERFORM catbird._cb_lock_definition('task', name, exclusive => true);
     SELECT * INTO v_existing FROM catbird.cb_tasks t WHERE t.name = cb_create_task.name;
     IF v_existing.id IS NULL THEN
@@ -143,24 +140,11 @@ BEGIN
 END
 $$;
 
+-- Deletes a task with all its runs and bindings; waits for calls in flight on
+-- it. Returns false when it does not exist; 22023 for an invalid name.
 CREATE FUNCTION catbird.cb_delete_task(name text) RETURNS boolean
-LANGUAGE plpgsql VOLATILE
-AS $$
-DECLARE
-    v_id int;
-BEGIN
-    PERFORM catbird._cb_check_name('task', name);
-    PERFORM catbird._cb_lock_definition('task', name, exclusive => true);
-    DELETE FROM catbird.cb_tasks t WHERE t.name = cb_delete_task.name RETURNING t.id INTO v_id;
-    IF v_id IS NULL THEN
-        RETURN false;
-    END IF;
-    DELETE FROM catbird.cb_task_runs r WHERE r.task_id = v_id;
-    DELETE FROM catbird.cb_bindings b WHERE b.target_type = 'task' AND b.target_name = cb_delete_task.name;
-    PERFORM catbird._cb_notify('catbird.task.deleted', name);
-    RETURN true;
-END
-$$;
+LANGUAGE sql VOLATILE
+AS $$ SELECT catbird._cb_delete_definition('task', cb_delete_task.name) $$;
 
 -- The one implementation of creating runs: one run per input, condition
 -- evaluated, deduplicated by concurrency key among queued/started runs.
@@ -266,6 +250,12 @@ BEGIN
 END
 $$;
 
+-- Creates one run per input (condition false: skipped at creation), in one
+-- statement; an input whose concurrency key is held by a queued or started
+-- run resolves to that run. Returns the run id of each input, in input
+-- order. 42704 for an unknown task; 22023 for invalid inputs, keys or
+-- headers; 40001 when a key's holder finished while the call deduplicated
+-- against it (retry).
 CREATE FUNCTION catbird.cb_run_task(
     name text, inputs jsonb[], concurrency_keys text[] = NULL, headers jsonb[] = NULL,
     visible_at timestamptz = NULL, priority int = 0, expires_at timestamptz = NULL)
@@ -283,6 +273,9 @@ BEGIN
 END
 $$;
 
+-- Creates a run (see the batch form). Returns its id, or the id of the run
+-- holding concurrency_key. 42704 for an unknown task; 22023 for a SQL NULL
+-- input or non-object headers; 40001 as for the batch form.
 CREATE FUNCTION catbird.cb_run_task(
     name text, input jsonb, concurrency_key text = NULL, headers jsonb = NULL,
     visible_at timestamptz = NULL, priority int = 0, expires_at timestamptz = NULL)
@@ -305,196 +298,23 @@ BEGIN
 END
 $$;
 
+-- Binds the task to a topic pattern: every publish to a matching topic creates
+-- a run. Binding twice is a no-op. Returns nothing; 42704 for an unknown task,
+-- 22023 for an invalid name or pattern.
 CREATE FUNCTION catbird.cb_bind_task(name text, pattern text) RETURNS void
-LANGUAGE plpgsql VOLATILE
-AS $$
-BEGIN
-    PERFORM catbird._cb_task(name);
-    PERFORM catbird._cb_bind('task', name, pattern);
-END
-$$;
+LANGUAGE sql VOLATILE
+AS $$ SELECT catbird._cb_bind('task', (catbird._cb_task(cb_bind_task.name)).name, pattern) $$;
 
+-- Removes a binding of the task. Returns false when there was none; 42704 for
+-- an unknown task, 22023 for an invalid name or pattern.
 CREATE FUNCTION catbird.cb_unbind_task(name text, pattern text) RETURNS boolean
-LANGUAGE plpgsql VOLATILE
-AS $$
-BEGIN
-    PERFORM catbird._cb_task(name);
-    RETURN catbird._cb_unbind('task', name, pattern);
-END
-$$;
-
-CREATE FUNCTION catbird.cb_claim_tasks(name text, quantity int, hide_for int)
-RETURNS SETOF catbird.cb_task_claim
-LANGUAGE plpgsql VOLATILE
-AS $$
-DECLARE
-    v_task_id int;
-    v_now timestamptz;
-    v_wanted int := quantity;
-    v_claims catbird.cb_task_claim[];
-    v_expired int;
-BEGIN
-    PERFORM catbird._cb_check_at_least('quantity', quantity, 1);
-    PERFORM catbird._cb_check_at_least('hide_for', hide_for, 1, ' ms');
-    SELECT t.id INTO v_task_id FROM catbird.cb_tasks t WHERE t.name = cb_claim_tasks.name;
-    IF v_task_id IS NULL THEN
-        v_task_id := (catbird._cb_task(name)).id;  -- raises the clear error
-    END IF;
-    v_now := catbird.cb_now();
-    -- Expired runs met on the way are retired (they leave the claim index) and
-    -- do not count against quantity: claim again until it is filled or no
-    -- expired run was met.
-    LOOP
-        WITH candidates AS (
-            SELECT r.id, (r.status = 'queued' AND coalesce(r.expires_at <= v_now, false)) AS expired
-            FROM catbird.cb_task_runs r
-            WHERE r.task_id = v_task_id
-              AND r.status IN ('queued', 'started')
-              AND r.visible_at <= v_now
-            ORDER BY r.priority DESC, r.visible_at, r.id
-            LIMIT v_wanted
-            FOR UPDATE SKIP LOCKED
-        ), claimed AS (
-            UPDATE catbird.cb_task_runs r
-            SET status = CASE WHEN c.expired THEN 'expired' ELSE 'started' END,
-                attempts = r.attempts + CASE WHEN c.expired THEN 0 ELSE 1 END,
-                started_at = CASE WHEN c.expired THEN r.started_at ELSE v_now END,
-                expired_at = CASE WHEN c.expired THEN v_now END,
-                visible_at = CASE WHEN c.expired THEN r.visible_at
-                                  ELSE v_now + make_interval(secs => hide_for / 1000.0) END
-            FROM candidates c
-            WHERE r.id = c.id
-            RETURNING r.id, r.attempts, r.input, r.headers, r.concurrency_key, r.priority, c.expired
-        )
-        SELECT coalesce(array_agg(ROW(c.id, c.attempts, c.input, c.headers, c.concurrency_key, c.priority)::catbird.cb_task_claim
-                                  ORDER BY c.priority DESC, c.id) FILTER (WHERE NOT c.expired), '{}'),
-               count(*) FILTER (WHERE c.expired)
-        INTO v_claims, v_expired
-        FROM claimed c;
-        RETURN QUERY SELECT * FROM unnest(v_claims);
-        v_wanted := v_wanted - cardinality(v_claims);
-        EXIT WHEN v_expired = 0 OR v_wanted = 0;
-    END LOOP;
-END
-$$;
-
--- Lease renewal for runs still being worked on.
-CREATE FUNCTION catbird.cb_hide_tasks(name text, ids bigint[], hide_for int, attempts int[] = NULL) RETURNS void
-LANGUAGE plpgsql VOLATILE
-AS $$
-DECLARE
-    v_task catbird.cb_tasks := catbird._cb_task(name);
-BEGIN
-    PERFORM catbird._cb_check_at_least('hide_for', hide_for, 1, ' ms');
-    IF attempts IS NOT NULL AND cardinality(attempts) IS DISTINCT FROM cardinality(ids) THEN
-        RAISE EXCEPTION 'invalid attempts: give one attempt per id (or none)' USING ERRCODE = 'invalid_parameter_value';
-    END IF;
-    -- With attempts, only leases still held under those claims are renewed.
-    UPDATE catbird.cb_task_runs r
-    SET visible_at = catbird.cb_now() + make_interval(secs => hide_for / 1000.0)
-    FROM unnest(ids, cb_hide_tasks.attempts) AS u(id, attempt)
-    WHERE r.task_id = v_task.id AND r.id = u.id AND r.id = ANY (ids) AND r.status = 'started'
-      AND (u.attempt IS NULL OR r.attempts = u.attempt);
-END
-$$;
-
--- Batch completion: records the outputs of the runs still started under the
--- given attempts (NULL attempts: any), returns the ids recorded.
-CREATE FUNCTION catbird.cb_complete_tasks(name text, run_ids bigint[], outputs jsonb[], attempts int[] = NULL)
-RETURNS bigint[]
-LANGUAGE plpgsql VOLATILE
-AS $$
-DECLARE
-    v_task catbird.cb_tasks := catbird._cb_task(name);
-    v_now timestamptz := catbird.cb_now();
-    v_done bigint[];
-BEGIN
-    IF cardinality(run_ids) IS DISTINCT FROM cardinality(outputs)
-       OR (attempts IS NOT NULL AND cardinality(attempts) <> cardinality(run_ids)) THEN
-        RAISE EXCEPTION 'invalid arguments: run_ids, outputs (and attempts, when given) must have the same length'
-            USING ERRCODE = 'invalid_parameter_value';
-    END IF;
-    WITH done AS (
-        UPDATE catbird.cb_task_runs r
-        SET status = 'completed', output = coalesce(u.output, 'null'::jsonb), completed_at = v_now,
-            error_message = NULL
-        FROM unnest(run_ids, outputs, cb_complete_tasks.attempts) AS u(id, output, attempt)
-        -- r.id = ANY keeps the plan on the primary key (joining the unnest alone
-        -- can walk the task's whole claim index on an unanalyzed table)
-        WHERE r.id = u.id AND r.id = ANY (run_ids) AND r.task_id = v_task.id AND r.status = 'started'
-          AND (u.attempt IS NULL OR r.attempts = u.attempt)
-        RETURNING r.id
-    )
-    SELECT coalesce(array_agg(d.id ORDER BY d.id), '{}') INTO v_done FROM done d;
-    -- One event per call (ids comma-separated, at most 500 per event), not one per run.
-    PERFORM catbird._cb_notify('catbird.task.completed', string_agg(c.id::text, ',' ORDER BY c.id))
-    FROM (SELECT d AS id, (row_number() OVER (ORDER BY d) - 1) / 500 AS chunk FROM unnest(v_done) AS d) c
-    GROUP BY c.chunk;
-    RETURN v_done;
-END
-$$;
-
-CREATE FUNCTION catbird.cb_complete_task(name text, run_id bigint, output jsonb, attempt int = NULL)
-RETURNS boolean
 LANGUAGE sql VOLATILE
-AS $$
-    SELECT cardinality(catbird.cb_complete_tasks(name, ARRAY[run_id], ARRAY[output], ARRAY[attempt])) > 0
-$$;
+AS $$ SELECT catbird._cb_unbind('task', (catbird._cb_task(cb_unbind_task.name)).name, pattern) $$;
 
--- Full-jitter retry delay in milliseconds for the given (1-based) attempt:
--- uniform in [backoff_min, min(backoff_max, backoff_min * 2^(attempt - 1))].
-CREATE FUNCTION catbird._cb_retry_delay(attempt int, backoff_min int, backoff_max int) RETURNS double precision
-LANGUAGE sql VOLATILE
-AS $$
-    SELECT backoff_min + random() * (least(backoff_max::double precision,
-                                           backoff_min * power(2, least(greatest(attempt - 1, 0), 60)))
-                                     - backoff_min)
-$$;
-
-CREATE FUNCTION catbird._cb_check_retry_policy(max_retries int, backoff_min int, backoff_max int) RETURNS void
-LANGUAGE plpgsql IMMUTABLE
-AS $$
-BEGIN
-    PERFORM catbird._cb_check_at_least('max_retries', max_retries, 0);
-    PERFORM catbird._cb_check_at_least('backoff_min', backoff_min, 0, ' ms');
-    IF backoff_max IS NULL OR backoff_max < backoff_min THEN
-        RAISE EXCEPTION 'invalid backoff_max: got %, expected at least backoff_min (% ms)',
-            coalesce(backoff_max::text, 'NULL'), backoff_min
-            USING ERRCODE = 'invalid_parameter_value';
-    END IF;
-END
-$$;
-
-CREATE FUNCTION catbird.cb_fail_task(name text, run_id bigint, error_message text, attempt int = NULL,
-                                     max_retries int = 0, backoff_min int = 100, backoff_max int = 2000)
-RETURNS text
-LANGUAGE plpgsql VOLATILE
-AS $$
-DECLARE
-    v_task catbird.cb_tasks := catbird._cb_task(name);
-    v_now timestamptz := catbird.cb_now();
-    v_status text;
-BEGIN
-    PERFORM catbird._cb_check_retry_policy(max_retries, backoff_min, backoff_max);
-    UPDATE catbird.cb_task_runs r
-    SET status = CASE WHEN r.attempts <= max_retries THEN 'queued' ELSE 'failed' END,
-        visible_at = CASE WHEN r.attempts <= max_retries
-                          THEN v_now + make_interval(secs => catbird._cb_retry_delay(r.attempts, backoff_min, backoff_max) / 1000.0)
-                          ELSE r.visible_at END,
-        failed_at = CASE WHEN r.attempts <= max_retries THEN NULL ELSE v_now END,
-        error_message = coalesce(cb_fail_task.error_message, 'unknown error'),
-        on_fail_status = CASE WHEN r.attempts > max_retries AND v_task.on_fail THEN 'queued' END,
-        on_fail_visible_at = CASE WHEN r.attempts > max_retries AND v_task.on_fail THEN v_now END
-    WHERE r.id = run_id AND r.task_id = v_task.id AND r.status = 'started'
-      AND (attempt IS NULL OR r.attempts = attempt)
-    RETURNING r.status INTO v_status;
-    IF v_status = 'failed' THEN
-        PERFORM catbird._cb_notify('catbird.task.failed', run_id::text);
-    END IF;
-    RETURN v_status;
-END
-$$;
-
+-- Cancels a queued or started run (a started run's later reports are
+-- refused); idempotent. Announces catbird.task.canceled. Returns true when the
+-- run is canceled, false when it does not exist or already ended otherwise.
+-- 42704 for an unknown task; 22023 for an invalid name.
 CREATE FUNCTION catbird.cb_cancel_task(name text, run_id bigint, reason text = NULL) RETURNS boolean
 LANGUAGE plpgsql VOLATILE
 AS $$
@@ -517,141 +337,32 @@ BEGIN
 END
 $$;
 
+-- Waits up to poll_for ms, polling every poll_interval ms, for the run to be
+-- terminal (completed, failed, skipped, canceled, expired). Returns one row
+-- (status, output, error_message) then, no row on timeout or for a run that
+-- does not exist. 42704 for an unknown task; 22023 for an invalid name,
+-- poll_for < 0 or poll_interval < 1.
 CREATE FUNCTION catbird.cb_wait_task_output(name text, run_id bigint, poll_for int = 5000, poll_interval int = 200)
 RETURNS TABLE (status text, output jsonb, error_message text)
-LANGUAGE plpgsql VOLATILE
-AS $$
-DECLARE
-    v_task catbird.cb_tasks := catbird._cb_task(name);
-    v_deadline timestamptz;
-    v_run record;
-BEGIN
-    PERFORM catbird._cb_check_at_least('poll_for', poll_for, 0, ' ms');
-    PERFORM catbird._cb_check_at_least('poll_interval', poll_interval, 1, ' ms');
-    v_deadline := clock_timestamp() + make_interval(secs => poll_for / 1000.0);
-    LOOP
-        SELECT r.status, r.output, r.error_message INTO v_run
-        FROM catbird.cb_task_runs r WHERE r.id = run_id AND r.task_id = v_task.id;
-        IF NOT FOUND THEN
-            RETURN;  -- no such run
-        END IF;
-        IF v_run.status IN ('completed', 'failed', 'skipped', 'canceled', 'expired') THEN
-            status := v_run.status;
-            output := v_run.output;
-            error_message := v_run.error_message;
-            RETURN NEXT;
-            RETURN;
-        END IF;
-        IF clock_timestamp() >= v_deadline THEN
-            RETURN;
-        END IF;
-        PERFORM pg_sleep(least(poll_interval / 1000.0, extract(epoch FROM v_deadline - clock_timestamp())));
-    END LOOP;
-END
-$$;
+LANGUAGE sql VOLATILE
+AS $$ SELECT * FROM catbird._cb_wait('task', cb_wait_task_output.name, run_id, NULL, poll_for, poll_interval) $$;
 
+-- Deletes the task's finished runs (terminal, on-fail handling over) that
+-- finished at least older_than ago. Returns how many it deleted. 42704 for an
+-- unknown task; 22023 for an invalid name or a NULL or negative older_than.
 CREATE FUNCTION catbird.cb_purge_task_runs(name text, older_than interval) RETURNS int
-LANGUAGE plpgsql VOLATILE
-AS $$
-DECLARE
-    v_task catbird.cb_tasks := catbird._cb_task(name);
-    v_count int;
-BEGIN
-    IF older_than IS NULL OR older_than < interval '0' THEN
-        RAISE EXCEPTION 'invalid older_than %: expected a non-negative interval', coalesce(older_than::text, 'NULL')
-            USING ERRCODE = 'invalid_parameter_value';
-    END IF;
-    DELETE FROM catbird.cb_task_runs r
-    WHERE r.task_id = v_task.id
-      AND r.status IN ('completed', 'failed', 'skipped', 'canceled', 'expired')
-      AND coalesce(r.on_fail_status, 'completed') IN ('completed', 'failed')
-      AND coalesce(r.completed_at, r.failed_at, r.skipped_at, r.canceled_at, r.expired_at, r.created_at)
-          <= catbird.cb_now() - older_than;
-    GET DIAGNOSTICS v_count = ROW_COUNT;
-    RETURN v_count;
-END
-$$;
+LANGUAGE sql VOLATILE
+AS $$ SELECT catbird._cb_purge_runs('task', cb_purge_task_runs.name, older_than) $$;
 
 -- Deletes every run of the task whatever its status; in-flight work is lost
--- (workers' later reports find nothing and are refused).
+-- (workers' later reports find nothing and are refused). Returns how many it
+-- deleted. 42704 for an unknown task; 22023 for an invalid name.
 CREATE FUNCTION catbird.cb_clear_task_runs(name text) RETURNS int
-LANGUAGE plpgsql VOLATILE
-AS $$
-DECLARE
-    v_task catbird.cb_tasks := catbird._cb_task(name);
-    v_count int;
-BEGIN
-    DELETE FROM catbird.cb_task_runs r WHERE r.task_id = v_task.id;
-    GET DIAGNOSTICS v_count = ROW_COUNT;
-    RETURN v_count;
-END
-$$;
+LANGUAGE sql VOLATILE
+AS $$ SELECT catbird._cb_clear_runs('task', catbird._cb_definition_id('task', cb_clear_task_runs.name)) $$;
 
-CREATE FUNCTION catbird.cb_claim_task_on_fail(name text, quantity int, hide_for int = 30000)
-RETURNS TABLE (id bigint, input jsonb, error_message text, attempts int, on_fail_attempts int,
-               started_at timestamptz, failed_at timestamptz, concurrency_key text)
-LANGUAGE plpgsql VOLATILE
-AS $$
-DECLARE
-    v_task catbird.cb_tasks := catbird._cb_task(name);
-    v_now timestamptz := catbird.cb_now();
-BEGIN
-    PERFORM catbird._cb_check_at_least('quantity', quantity, 1);
-    PERFORM catbird._cb_check_at_least('hide_for', hide_for, 1, ' ms');
-    RETURN QUERY
-    WITH candidates AS (
-        SELECT r.id
-        FROM catbird.cb_task_runs r
-        WHERE r.task_id = v_task.id AND r.on_fail_status IN ('queued', 'started')
-          AND r.on_fail_visible_at <= v_now
-        ORDER BY r.on_fail_visible_at, r.id
-        LIMIT quantity
-        FOR UPDATE SKIP LOCKED
-    ), claimed AS (
-        UPDATE catbird.cb_task_runs r
-        SET on_fail_status = 'started', on_fail_attempts = r.on_fail_attempts + 1,
-            on_fail_visible_at = v_now + make_interval(secs => hide_for / 1000.0)
-        FROM candidates c
-        WHERE r.id = c.id
-        RETURNING r.id, r.input, r.error_message, r.attempts, r.on_fail_attempts, r.started_at,
-                  r.failed_at, r.concurrency_key
-    )
-    SELECT c.id, c.input, c.error_message, c.attempts, c.on_fail_attempts, c.started_at, c.failed_at,
-           c.concurrency_key
-    FROM claimed c ORDER BY c.id;
-END
-$$;
-
-CREATE FUNCTION catbird.cb_complete_task_on_fail(name text, run_id bigint) RETURNS void
-LANGUAGE plpgsql VOLATILE
-AS $$
-DECLARE
-    v_task catbird.cb_tasks := catbird._cb_task(name);
-BEGIN
-    UPDATE catbird.cb_task_runs r
-    SET on_fail_status = 'completed', on_fail_error_message = NULL
-    WHERE r.id = run_id AND r.task_id = v_task.id AND r.on_fail_status = 'started';
-END
-$$;
-
-CREATE FUNCTION catbird.cb_fail_task_on_fail(name text, run_id bigint, error_message text,
-                                             retry_exhausted boolean, retry_delay bigint)
-RETURNS void
-LANGUAGE plpgsql VOLATILE
-AS $$
-DECLARE
-    v_task catbird.cb_tasks := catbird._cb_task(name);
-BEGIN
-    PERFORM catbird._cb_check_at_least('retry_delay', retry_delay, 0, ' ms');
-    UPDATE catbird.cb_task_runs r
-    SET on_fail_status = CASE WHEN retry_exhausted THEN 'failed' ELSE 'queued' END,
-        on_fail_visible_at = catbird.cb_now() + make_interval(secs => retry_delay / 1000.0),
-        on_fail_error_message = coalesce(cb_fail_task_on_fail.error_message, 'unknown error')
-    WHERE r.id = run_id AND r.task_id = v_task.id AND r.on_fail_status = 'started';
-END
-$$;
-
--- Introspection: the fields of TaskInfo and TaskRunInfo.
+-- Every task as TaskInfo (name, description, condition, retention_period,
+-- on_fail, created_at), by name. Raises nothing.
 CREATE FUNCTION catbird.cb_list_tasks()
 RETURNS TABLE (name text, description text, condition text, retention_period interval,
                on_fail boolean, created_at timestamptz)
@@ -661,6 +372,7 @@ AS $$
     FROM catbird.cb_tasks t ORDER BY t.name
 $$;
 
+-- One task as TaskInfo; no row when it does not exist. Raises nothing.
 CREATE FUNCTION catbird.cb_get_task(name text)
 RETURNS TABLE (name text, description text, condition text, retention_period interval,
                on_fail boolean, created_at timestamptz)
@@ -676,8 +388,9 @@ CREATE TYPE catbird.cb_task_run_info AS (
     on_fail_status text, on_fail_attempts int, on_fail_error_message text
 );
 
--- Every run of a task as cb_task_run_info; an inlinable building block, so
--- callers' filters, order and limit reach the index.
+-- Every run of a task as cb_task_run_info (TaskRunInfo fields); an inlinable
+-- building block, so callers' filters, order and limit reach the index.
+-- Raises nothing.
 CREATE FUNCTION catbird._cb_task_runs(task_id int, task_name text)
 RETURNS SETOF catbird.cb_task_run_info
 LANGUAGE sql STABLE
@@ -690,29 +403,22 @@ AS $$
     WHERE r.task_id = $1
 $$;
 
+-- The task's runs as cb_task_run_info (TaskRunInfo), newest first, at most
+-- lim, older than before_id when given (to page backwards). 42704 for an
+-- unknown task; 22023 for an invalid name or lim < 1.
 CREATE FUNCTION catbird.cb_list_task_runs(name text, lim int = 100, before_id bigint = NULL)
 RETURNS SETOF catbird.cb_task_run_info
-LANGUAGE plpgsql VOLATILE
+LANGUAGE sql VOLATILE
 AS $$
-DECLARE
-    v_task catbird.cb_tasks := catbird._cb_task(name);
-BEGIN
-    PERFORM catbird._cb_check_at_least('lim', lim, 1);
-    RETURN QUERY
-    SELECT * FROM catbird._cb_task_runs(v_task.id, v_task.name) r
-    WHERE before_id IS NULL OR r.id < before_id
-    ORDER BY r.id DESC
-    LIMIT lim;
-END
+    SELECT * FROM catbird._cb_list_runs(NULL::catbird.cb_task_run_info, 'task', cb_list_task_runs.name, lim, before_id)
 $$;
 
+-- One run of the task as cb_task_run_info; no row when it does not exist.
+-- 42704 for an unknown task; 22023 for an invalid name.
 CREATE FUNCTION catbird.cb_get_task_run(name text, run_id bigint)
 RETURNS SETOF catbird.cb_task_run_info
-LANGUAGE plpgsql VOLATILE
+LANGUAGE sql VOLATILE
 AS $$
-DECLARE
-    v_task catbird.cb_tasks := catbird._cb_task(name);
-BEGIN
-    RETURN QUERY SELECT * FROM catbird._cb_task_runs(v_task.id, v_task.name) r WHERE r.id = run_id;
-END
+    SELECT * FROM catbird._cb_list_runs(NULL::catbird.cb_task_run_info, 'task', cb_get_task_run.name, 1,
+                                        run_id => run_id)
 $$;

@@ -3,7 +3,9 @@
 -- Owns: cb_workers, cb_gc. Workers register the handlers they run, send heartbeats
 -- and unregister on shutdown; cb_list_workers shows them (WorkerInfo fields).
 -- A worker that stops heartbeating is stale; its runs need no rescue here,
--- because their leases (visible_at) expire on their own.
+-- because their leases (visible_at) expire on their own. cb_gc's retention purge of
+-- finished runs is the one of cb_purge_task_runs / cb_purge_flow_runs
+-- (38_runs), in bounded batches.
 
 CREATE TABLE catbird.cb_workers (
     id                uuid PRIMARY KEY,
@@ -13,6 +15,9 @@ CREATE TABLE catbird.cb_workers (
     last_heartbeat_at timestamptz NOT NULL
 );
 
+-- Registers a worker (or updates a registered one) with the handlers it runs
+-- and announces catbird.worker.started. Returns nothing; 22023 for a NULL id
+-- or handlers that are not JSON arrays.
 CREATE FUNCTION catbird.cb_worker_started(id uuid, task_handlers jsonb, step_handlers jsonb) RETURNS void
 LANGUAGE plpgsql VOLATILE
 AS $$
@@ -35,8 +40,9 @@ BEGIN
 END
 $$;
 
--- Returns {"registered": false} when the worker is unknown (e.g. removed as
--- stale), so it can register again.
+-- Records a worker's heartbeat. Returns {"registered": true}, or
+-- {"registered": false} when the worker is unknown (e.g. removed as stale),
+-- so it can register again. Raises nothing.
 CREATE FUNCTION catbird.cb_worker_heartbeat(id uuid) RETURNS jsonb
 LANGUAGE plpgsql VOLATILE
 AS $$
@@ -46,6 +52,8 @@ BEGIN
 END
 $$;
 
+-- Unregisters a worker and announces catbird.worker.stopped. Returns false
+-- when it was not registered. Raises nothing.
 CREATE FUNCTION catbird.cb_worker_stopped(id uuid) RETURNS boolean
 LANGUAGE plpgsql VOLATILE
 AS $$
@@ -58,6 +66,7 @@ BEGIN
 END
 $$;
 
+-- Every registered worker as WorkerInfo, oldest first. Raises nothing.
 CREATE FUNCTION catbird.cb_list_workers()
 RETURNS TABLE (id uuid, task_handlers jsonb, step_handlers jsonb, started_at timestamptz,
                last_heartbeat_at timestamptz)
@@ -77,6 +86,8 @@ $$;
 --   stale_wire_nodes_deleted   (no Wire nodes in this version: always 0)
 --   task_runs_purged / flow_runs_purged  finished runs older than their
 --                              definition's retention_period (NULL or 0: kept)
+-- Returns those counters as jsonb; 22023 for batch_size < 1 or a
+-- stale_worker_after that is not a positive interval.
 CREATE FUNCTION catbird.cb_gc(batch_size int = 10000, stale_worker_after interval = '5 minutes')
 RETURNS jsonb
 LANGUAGE plpgsql VOLATILE
@@ -150,33 +161,8 @@ BEGIN
     DELETE FROM catbird.cb_workers w WHERE w.last_heartbeat_at < v_now - stale_worker_after;
     GET DIAGNOSTICS v_stale_workers = ROW_COUNT;
 
-    DELETE FROM catbird.cb_task_runs r
-    WHERE r.id IN (
-        SELECT x.id FROM catbird.cb_task_runs x JOIN catbird.cb_tasks t ON t.id = x.task_id
-        WHERE t.retention_period > interval '0'
-          AND x.status IN ('completed', 'failed', 'skipped', 'canceled', 'expired')
-          AND coalesce(x.on_fail_status, 'completed') IN ('completed', 'failed')
-          AND coalesce(x.completed_at, x.failed_at, x.skipped_at, x.canceled_at, x.expired_at, x.created_at)
-              <= v_now - t.retention_period
-        LIMIT batch_size FOR UPDATE OF x SKIP LOCKED);
-    GET DIAGNOSTICS v_task_purged = ROW_COUNT;
-
-    WITH purged AS (
-        DELETE FROM catbird.cb_flow_runs r
-        WHERE r.id IN (
-            SELECT x.id FROM catbird.cb_flow_runs x JOIN catbird.cb_flows f ON f.id = x.flow_id
-            WHERE f.retention_period > interval '0'
-              AND x.status IN ('completed', 'failed', 'canceled', 'expired')
-              AND coalesce(x.on_fail_status, 'completed') IN ('completed', 'failed')
-              AND coalesce(x.completed_at, x.failed_at, x.canceled_at, x.created_at) <= v_now - f.retention_period
-            LIMIT batch_size FOR UPDATE OF x SKIP LOCKED)
-        RETURNING r.id
-    ), steps AS (
-        DELETE FROM catbird.cb_step_runs sr WHERE sr.flow_run_id IN (SELECT p.id FROM purged p)
-    ), items AS (
-        DELETE FROM catbird.cb_map_tasks m WHERE m.flow_run_id IN (SELECT p.id FROM purged p)
-    )
-    SELECT count(*) INTO v_flow_purged FROM purged;
+    v_task_purged := catbird._cb_purge_retained_runs('task', v_now, batch_size);
+    v_flow_purged := catbird._cb_purge_retained_runs('flow', v_now, batch_size);
 
     RETURN jsonb_build_object(
         'expired_queues_deleted', v_expired_queues,

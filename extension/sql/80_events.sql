@@ -10,12 +10,16 @@
 -- queued events, the run id for run events (catbird.task.completed carries the
 -- ids a call completed, comma-separated), the worker id for worker events.
 
+-- Sends an event on the channel "catbird" (delivered on commit), unchecked:
+-- for the engine's own topics. Returns nothing.
 CREATE FUNCTION catbird._cb_notify(topic text, data text = NULL, node_id uuid = NULL) RETURNS void
 LANGUAGE sql VOLATILE
 AS $$
     SELECT pg_notify('catbird', jsonb_build_object('topic', topic, 'data', data, 'node_id', node_id)::text)
 $$;
 
+-- Sends an event with a user topic (see _cb_notify). Returns nothing; 22023
+-- for an invalid topic or data over 7000 bytes.
 CREATE FUNCTION catbird.cb_notify(topic text, data text = NULL, node_id uuid = NULL) RETURNS void
 LANGUAGE plpgsql VOLATILE
 AS $$

@@ -20,6 +20,9 @@
 
 CREATE SCHEMA catbird;
 
+-- The engine clock: clock_timestamp(), or the session setting catbird.fake_now
+-- when it is set and not empty (tests pin time with it). Raises 22007/22008
+-- when catbird.fake_now is not a valid timestamptz.
 CREATE FUNCTION catbird.cb_now() RETURNS timestamptz
 LANGUAGE sql VOLATILE PARALLEL SAFE
 AS $$
@@ -98,6 +101,9 @@ CREATE INDEX cb_bindings_prefix_idx ON catbird.cb_bindings (prefix, token_count)
 -- allowed; none writes anything. Callers validate before their first write, so
 -- a rejected call leaves the database as it was.
 
+-- Checks the name of a queue, task, flow or step (kind names it in the
+-- message): a lowercase letter, then lowercase letters, digits or underscores,
+-- at most 58 characters. Returns nothing; 22023 otherwise.
 CREATE FUNCTION catbird._cb_check_name(kind text, name text) RETURNS void
 LANGUAGE plpgsql IMMUTABLE
 AS $$
@@ -110,6 +116,8 @@ BEGIN
 END
 $$;
 
+-- Checks a topic: dot-separated tokens of letters, digits, '_' or '-', no
+-- wildcards. Returns nothing; 22023 otherwise.
 CREATE FUNCTION catbird._cb_check_topic(topic text) RETURNS void
 LANGUAGE plpgsql IMMUTABLE
 AS $$
@@ -122,6 +130,8 @@ BEGIN
 END
 $$;
 
+-- Checks a binding pattern: a topic whose tokens may be '*' (one token) and
+-- whose last token may be '#' (zero or more). Returns nothing; 22023 otherwise.
 CREATE FUNCTION catbird._cb_check_pattern(pattern text) RETURNS void
 LANGUAGE plpgsql IMMUTABLE
 AS $$
@@ -137,6 +147,7 @@ $$;
 
 -- Checks an integer argument against its lower bound; used for quantities (>= 1),
 -- durations in milliseconds (hide_for >= 1, poll_for >= 0) and intervals.
+-- Returns nothing; 22023 when the value is NULL or below the minimum.
 CREATE FUNCTION catbird._cb_check_at_least(argument text, value bigint, minimum bigint, unit text = '')
 RETURNS void
 LANGUAGE plpgsql IMMUTABLE
@@ -150,6 +161,8 @@ BEGIN
 END
 $$;
 
+-- Checks message or run headers: a JSON object, or NULL. Returns nothing;
+-- 22023 otherwise.
 CREATE FUNCTION catbird._cb_check_headers(headers jsonb) RETURNS void
 LANGUAGE plpgsql IMMUTABLE
 AS $$
@@ -161,7 +174,9 @@ BEGIN
 END
 $$;
 
--- Splits a valid pattern into the columns cb_bindings indexes (see 00_schema).
+-- Splits a valid pattern into the columns cb_bindings indexes (see 00_schema):
+-- literal prefix, token count, trailing '#', anchored regex (NULL without
+-- wildcards). Raises nothing; callers have checked the pattern.
 CREATE FUNCTION catbird._cb_pattern_parts(pattern text,
     OUT prefix text, OUT token_count int, OUT has_hash boolean, OUT regex text)
 LANGUAGE sql IMMUTABLE STRICT
@@ -192,7 +207,9 @@ $$;
 -- catbird 20_queues: queues and their messages.
 --
 -- Owns: cb_queues, cb_messages; create/delete/purge, send (single and batch),
--- read (claim with a visibility window), read_poll, hide, delete, introspection.
+-- read (claim with a visibility window), read_poll, hide, delete, introspection;
+-- and, for every kind of definition (queue, task, flow), the definition lock
+-- and the error for a missing one.
 -- Guarantees:
 --   * cb_read claims with FOR UPDATE SKIP LOCKED: concurrent readers never get
 --     the same message inside its hide window; each claim counts a delivery.
@@ -205,7 +222,8 @@ $$;
 
 -- Definitions (queues, tasks, flows) are guarded by transaction-level advisory
 -- locks keyed on kind and name: writers of runs and messages hold the shared
--- lock, deleting the definition takes it exclusively.
+-- lock, deleting the definition takes it exclusively. Returns nothing; waits
+-- for the lock, raises nothing of its own.
 CREATE FUNCTION catbird._cb_lock_definition(kind text, name text, exclusive boolean = false)
 RETURNS void
 LANGUAGE plpgsql VOLATILE
@@ -216,6 +234,21 @@ BEGIN
     ELSE
         PERFORM pg_advisory_xact_lock_shared(1667326066, hashtext(kind || '/' || name));
     END IF;
+END
+$$;
+
+-- Raises for a queue, task or flow (kind) that does not exist: 22023 when the
+-- name could never exist, else 42704 with a hint naming the create call.
+-- Never returns.
+CREATE FUNCTION catbird._cb_raise_undefined(kind text, name text) RETURNS void
+LANGUAGE plpgsql VOLATILE
+AS $$
+BEGIN
+    PERFORM catbird._cb_check_name(kind, name);
+    RAISE EXCEPTION '% "%" does not exist', kind, name
+        USING ERRCODE = 'undefined_object',
+              HINT = format('Create it first: SELECT catbird.cb_create_%s(%L%s);', kind, name,
+                            CASE kind WHEN 'flow' THEN ', steps => ...' ELSE '' END);
 END
 $$;
 
@@ -230,15 +263,15 @@ BEGIN
     PERFORM catbird._cb_lock_definition('queue', queue);
     SELECT q.id INTO v_id FROM catbird.cb_queues q WHERE q.name = queue;
     IF v_id IS NULL THEN
-        PERFORM catbird._cb_check_name('queue', queue);
-        RAISE EXCEPTION 'queue "%" does not exist', queue
-            USING ERRCODE = 'undefined_object',
-                  HINT = format('Create it first: SELECT catbird.cb_create_queue(%L);', queue);
+        PERFORM catbird._cb_raise_undefined('queue', queue);
     END IF;
     RETURN v_id;
 END
 $$;
 
+-- Creates a queue; creating an existing queue is a no-op (its description
+-- and expiry are kept). A queue past expires_at is deleted by cb_gc. Returns
+-- nothing; 22023 for an invalid name.
 CREATE FUNCTION catbird.cb_create_queue(name text, expires_at timestamptz = NULL, description text = NULL)
 RETURNS void
 LANGUAGE plpgsql VOLATILE
@@ -251,6 +284,8 @@ BEGIN
 END
 $$;
 
+-- Deletes a queue with its messages and bindings; waits for sends in flight
+-- to it. Returns false when it does not exist; 22023 for an invalid name.
 CREATE FUNCTION catbird.cb_delete_queue(name text) RETURNS boolean
 LANGUAGE plpgsql VOLATILE
 AS $$
@@ -270,6 +305,8 @@ BEGIN
 END
 $$;
 
+-- Deletes every message of a queue, hidden or not. Returns how many it
+-- deleted; 42704 for an unknown queue, 22023 for an invalid name.
 CREATE FUNCTION catbird.cb_purge_queue(name text) RETURNS bigint
 LANGUAGE plpgsql VOLATILE
 AS $$
@@ -379,7 +416,10 @@ BEGIN
 END
 $$;
 
--- Validates the arguments shared by the single and batch forms of send and publish.
+-- Validates the arguments shared by the batch forms of send, publish and
+-- run: bodies a one-dimensional array without SQL NULLs, a valid topic when
+-- given, one concurrency key and one headers object (or NULL) per body.
+-- Returns nothing; 22023 for the first problem.
 CREATE FUNCTION catbird._cb_check_send_args(bodies jsonb[], topic text, concurrency_keys text[], headers jsonb[])
 RETURNS void
 LANGUAGE plpgsql IMMUTABLE
@@ -408,6 +448,12 @@ BEGIN
 END
 $$;
 
+-- Sends bodies to a queue in one statement, in order; a body whose
+-- concurrency key is held by a live message writes nothing and resolves to
+-- the holder's id. Returns the id of each
+-- body, in input order. 42704 for an unknown queue; 22023 for an invalid
+-- name, topic, bodies, keys or headers (see _cb_check_send_args); 40001 when
+-- a key's holder vanished while the call deduplicated against it (retry).
 CREATE FUNCTION catbird.cb_send(
     queue text, bodies jsonb[], topic text = NULL, concurrency_keys text[] = NULL,
     headers jsonb[] = NULL, visible_at timestamptz = NULL, priority int = 0, expires_at timestamptz = NULL)
@@ -426,6 +472,10 @@ BEGIN
 END
 $$;
 
+-- Sends one body to a queue. Returns the new message's id, or the id of the
+-- live message holding concurrency_key (then nothing is written). 42704 for an
+-- unknown queue; 22023 for an invalid name or topic, a SQL NULL body or
+-- non-object headers; 40001 as for the batch form.
 CREATE FUNCTION catbird.cb_send(
     queue text, body jsonb, topic text = NULL, concurrency_key text = NULL,
     headers jsonb = NULL, visible_at timestamptz = NULL, priority int = 0, expires_at timestamptz = NULL)
@@ -451,6 +501,11 @@ BEGIN
 END
 $$;
 
+-- Claims up to quantity visible, unexpired messages of a queue, highest
+-- priority first, then oldest: each is hidden for hide_for ms and its
+-- deliveries incremented; concurrent readers skip each other's rows. Returns
+-- the claimed messages (cb_message) in claim order. 42704 for an unknown
+-- queue; 22023 for an invalid name, quantity < 1 or hide_for < 1.
 -- A generic plan keeps the claim on the claim index; with LIMIT quantity the
 -- planner would otherwise re-plan (custom plans) on every call.
 CREATE FUNCTION catbird.cb_read(queue text, quantity int, hide_for int)
@@ -500,6 +555,9 @@ BEGIN
 END
 $$;
 
+-- Like cb_read, polling every poll_interval ms for up to poll_for ms (wall
+-- clock) until a message is visible. Returns the claimed messages, none on
+-- timeout. 22023 for poll_for < 0 or poll_interval < 1; then as cb_read.
 CREATE FUNCTION catbird.cb_read_poll(queue text, quantity int, hide_for int,
                                      poll_for int = 5000, poll_interval int = 100)
 RETURNS SETOF catbird.cb_message
@@ -523,6 +581,9 @@ BEGIN
 END
 $$;
 
+-- Pushes the visibility of messages of a queue out to hide_for ms from now.
+-- Returns the ids it found (sorted). 42704 for an unknown queue; 22023 for an
+-- invalid name or hide_for < 1.
 CREATE FUNCTION catbird.cb_hide(queue text, ids bigint[], hide_for int) RETURNS bigint[]
 LANGUAGE plpgsql VOLATILE
 AS $$
@@ -543,10 +604,14 @@ BEGIN
 END
 $$;
 
+-- Single form of cb_hide: true when the message was found. Errors as the
+-- array form.
 CREATE FUNCTION catbird.cb_hide(queue text, id bigint, hide_for int) RETURNS boolean
 LANGUAGE sql VOLATILE
 AS $$ SELECT cardinality(catbird.cb_hide(queue, ARRAY[id], hide_for)) > 0 $$;
 
+-- Deletes (acknowledges) messages of a queue. Returns the ids it deleted
+-- (sorted). 42704 for an unknown queue; 22023 for an invalid name.
 CREATE FUNCTION catbird.cb_delete(queue text, ids bigint[]) RETURNS bigint[]
 LANGUAGE plpgsql VOLATILE
 AS $$
@@ -569,12 +634,16 @@ BEGIN
 END
 $$;
 
+-- Single form of cb_delete: true when the message was deleted. Errors as the
+-- array form.
 CREATE FUNCTION catbird.cb_delete(queue text, id bigint) RETURNS boolean
 LANGUAGE sql VOLATILE
 AS $$ SELECT cardinality(catbird.cb_delete(queue, ARRAY[id])) > 0 $$;
 
--- Queue introspection. depth counts every message; visible those readable now;
--- oldest_visible_at is the earliest visible_at among the readable ones.
+-- Queue introspection (QueueInfo fields) for the given names, or all queues
+-- when names is NULL, by name. depth counts every message; visible those
+-- readable now; oldest_visible_at is the earliest visible_at among the
+-- readable ones. Raises nothing.
 CREATE FUNCTION catbird._cb_queue_info(names text[])
 RETURNS TABLE (name text, description text, created_at timestamptz, expires_at timestamptz,
                depth bigint, visible bigint, oldest_visible_at timestamptz)
@@ -598,12 +667,15 @@ AS $$
     ORDER BY q.name
 $$;
 
+-- Every queue as QueueInfo (name, description, created_at, expires_at,
+-- depth, visible, oldest_visible_at), by name. Raises nothing.
 CREATE FUNCTION catbird.cb_list_queues()
 RETURNS TABLE (name text, description text, created_at timestamptz, expires_at timestamptz,
                depth bigint, visible bigint, oldest_visible_at timestamptz)
 LANGUAGE sql VOLATILE
 AS $$ SELECT * FROM catbird._cb_queue_info(NULL) $$;
 
+-- One queue as QueueInfo; no row when it does not exist. Raises nothing.
 CREATE FUNCTION catbird.cb_get_queue(name text)
 RETURNS TABLE (name text, description text, created_at timestamptz, expires_at timestamptz,
                depth bigint, visible bigint, oldest_visible_at timestamptz)
@@ -625,6 +697,9 @@ AS $$ SELECT * FROM catbird._cb_queue_info(ARRAY[name]) $$;
 --   * cb_publish returns targets x messages, whether or not a concurrency key
 --     deduplicated some of them, and writes into every target in one statement.
 
+-- Binds a queue, task or flow (target_type) to a pattern; binding twice is a
+-- no-op. Callers have checked that the target exists. Returns nothing; 22023
+-- for an invalid pattern.
 CREATE FUNCTION catbird._cb_bind(target_type text, target_name text, pattern text) RETURNS void
 LANGUAGE plpgsql VOLATILE
 AS $$
@@ -641,6 +716,8 @@ BEGIN
 END
 $$;
 
+-- Removes a binding. Returns false when there was none; 22023 for an invalid
+-- pattern.
 CREATE FUNCTION catbird._cb_unbind(target_type text, target_name text, pattern text) RETURNS boolean
 LANGUAGE plpgsql VOLATILE
 AS $$
@@ -654,6 +731,9 @@ BEGIN
 END
 $$;
 
+-- Binds a queue to a topic pattern: publishes to matching topics are
+-- delivered to it. Binding twice is a no-op. Returns nothing; 42704 for an
+-- unknown queue; 22023 for an invalid name or pattern.
 CREATE FUNCTION catbird.cb_bind(queue text, pattern text) RETURNS void
 LANGUAGE plpgsql VOLATILE
 AS $$
@@ -663,6 +743,8 @@ BEGIN
 END
 $$;
 
+-- Removes a binding of a queue. Returns false when there was none; 42704 for
+-- an unknown queue; 22023 for an invalid name or pattern.
 CREATE FUNCTION catbird.cb_unbind(queue text, pattern text) RETURNS boolean
 LANGUAGE plpgsql VOLATILE
 AS $$
@@ -672,6 +754,8 @@ BEGIN
 END
 $$;
 
+-- The patterns queues are bound to (all queues, or one), by queue and
+-- pattern. Raises nothing; an unknown queue has no rows.
 CREATE FUNCTION catbird.cb_list_bindings(queue text = NULL)
 RETURNS TABLE (queue text, pattern text, created_at timestamptz)
 LANGUAGE sql STABLE
@@ -736,6 +820,10 @@ BEGIN
 END
 $$;
 
+-- Publishes bodies to a topic: every queue bound to a matching pattern
+-- receives each body once (in one statement), and every bound task and flow
+-- gets one run per body. Returns the number of deliveries (targets x bodies).
+-- 22023 for an invalid topic, bodies, keys or headers; 40001 as for cb_send.
 CREATE FUNCTION catbird.cb_publish(
     topic text, bodies jsonb[], concurrency_keys text[] = NULL, headers jsonb[] = NULL,
     visible_at timestamptz = NULL, priority int = 0, expires_at timestamptz = NULL)
@@ -795,6 +883,8 @@ BEGIN
 END
 $$;
 
+-- Single form of cb_publish. Returns the number of deliveries. 22023 for an
+-- invalid topic, a SQL NULL body or non-object headers; 40001 as for cb_send.
 CREATE FUNCTION catbird.cb_publish(
     topic text, body jsonb, concurrency_key text = NULL, headers jsonb = NULL,
     visible_at timestamptz = NULL, priority int = 0, expires_at timestamptz = NULL)
@@ -829,6 +919,9 @@ $$;
 --     other pairing is false. A bare path is true unless missing, null, false,
 --     0, "", [] or {}.
 
+-- Parses a condition (grammar above) into its jsonb form ({"op", "path",
+-- "value"}, or {"not": ...}); paths must start with one of allowed_roots.
+-- Returns the parsed form; 22023 for a malformed condition or another root.
 CREATE FUNCTION catbird._cb_parse_condition(condition text, allowed_roots text[]) RETURNS jsonb
 LANGUAGE plpgsql IMMUTABLE
 AS $$
@@ -906,6 +999,9 @@ AS $$
                 ELSE expr -> 'path' ->> 0 END
 $$;
 
+-- Evaluates a parsed condition against a context object ({"input": ...,
+-- "signal": ..., <step>: ...}); a NULL condition is true. Returns the result;
+-- raises nothing (a missing field makes a comparison false).
 CREATE FUNCTION catbird._cb_eval_condition(expr jsonb, context jsonb) RETURNS boolean
 LANGUAGE plpgsql IMMUTABLE
 AS $$
@@ -953,22 +1049,390 @@ BEGIN
     END;
 END
 $$;
--- catbird 40_tasks: task definitions, runs, claims, retries and on-fail handling.
+-- catbird 38_runs: the run lifecycle shared by tasks and flows.
 --
--- Owns: cb_tasks, cb_task_runs, the cb_task_claim type; the task verbs of the
--- public API and the worker protocol (claim, hide, complete, fail, on-fail).
+-- Owns: the internal helpers that the task verbs (40_tasks) and the flow verbs
+-- (50-57) delegate to where they do the same thing: the retry policy (check
+-- and full-jitter delay), lease and purge argument checks, deleting a
+-- definition with its runs, purging and clearing runs (also cb_gc's retention
+-- purge), listing runs, waiting for a terminal state, and recording the outcome
+-- of an on-fail handler. _cb_run_layout is the one place that knows how the
+-- run tables of each kind are laid out (cb_tasks/cb_task_runs;
+-- cb_flows/cb_flow_runs with their parts cb_step_runs and cb_map_tasks).
 -- Guarantees:
---   * A run is claimable while it is queued, or started with its lease
---     (visible_at) passed: a run whose worker died is picked up again without
---     an operator. Claims use FOR UPDATE SKIP LOCKED on the partial claim index,
---     which holds only queued and started runs.
---   * Every claim increments attempts; attempts is the fencing token: complete
---     and fail given an attempt act only on the run still started under that
---     attempt, so a stale worker cannot overwrite a newer claim's outcome.
---   * The retry decision is made here: cb_fail_task re-queues with a full-jitter
---     delay while attempts <= max_retries, else the run is failed for good.
---   * A queued run past its expires_at becomes expired when a claim meets it
---     and is never handed out.
+--   * Hot paths (claims, completions, failures, lease renewal) stay static SQL
+--     in their own files and share only argument checks from here. The helpers
+--     that build SQL (delete, purge, clear, list, on-fail outcome) run rarely;
+--     they quote every identifier with format('%I') and pass every value as a
+--     parameter.
+--   * A run is finished when its status is terminal and its on-fail handling,
+--     if any, is over (completed or failed); only finished runs are purged.
+--   * Each helper looks the definition up first, as the verbs did before they
+--     shared it, so errors come in the same order: 22023 for a bad name, 42704
+--     for an unknown definition, then 22023 for a bad argument.
+
+-- Full-jitter retry delay in milliseconds for the given (1-based) attempt:
+-- uniform in [backoff_min, min(backoff_max, backoff_min * 2^(attempt - 1))].
+-- Raises nothing; callers have checked the policy with _cb_check_retry_policy.
+CREATE FUNCTION catbird._cb_retry_delay(attempt int, backoff_min int, backoff_max int) RETURNS double precision
+LANGUAGE sql VOLATILE
+AS $$
+    SELECT backoff_min + random() * (least(backoff_max::double precision,
+                                           backoff_min * power(2, least(greatest(attempt - 1, 0), 60)))
+                                     - backoff_min)
+$$;
+
+-- Checks the retry policy of a fail call (cb_fail_task, cb_fail_step,
+-- cb_fail_map_task): max_retries >= 0, 0 <= backoff_min <= backoff_max.
+-- Returns nothing; 22023 for the first argument out of range.
+CREATE FUNCTION catbird._cb_check_retry_policy(max_retries int, backoff_min int, backoff_max int) RETURNS void
+LANGUAGE plpgsql IMMUTABLE
+AS $$
+BEGIN
+    PERFORM catbird._cb_check_at_least('max_retries', max_retries, 0);
+    PERFORM catbird._cb_check_at_least('backoff_min', backoff_min, 0, ' ms');
+    IF backoff_max IS NULL OR backoff_max < backoff_min THEN
+        RAISE EXCEPTION 'invalid backoff_max: got %, expected at least backoff_min (% ms)',
+            coalesce(backoff_max::text, 'NULL'), backoff_min
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+END
+$$;
+
+-- Checks the arguments of a lease renewal (cb_hide_tasks, cb_hide_steps,
+-- cb_hide_map_tasks): hide_for >= 1 ms, and attempts, when given, one per id.
+-- Returns nothing; 22023 otherwise.
+CREATE FUNCTION catbird._cb_check_lease(hide_for int, ids bigint[], attempts int[]) RETURNS void
+LANGUAGE plpgsql IMMUTABLE
+AS $$
+BEGIN
+    PERFORM catbird._cb_check_at_least('hide_for', hide_for, 1, ' ms');
+    IF attempts IS NOT NULL AND cardinality(attempts) IS DISTINCT FROM cardinality(ids) THEN
+        RAISE EXCEPTION 'invalid attempts: give one attempt per id (or none)' USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+END
+$$;
+
+-- Checks the retention_period of a task or flow definition: NULL (keep runs
+-- forever) or not negative. Returns nothing; 22023 otherwise.
+CREATE FUNCTION catbird._cb_check_retention(retention_period interval) RETURNS void
+LANGUAGE plpgsql IMMUTABLE
+AS $$
+BEGIN
+    IF retention_period < interval '0' THEN
+        RAISE EXCEPTION 'invalid retention_period %: it must not be negative (NULL keeps runs forever)', retention_period
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+END
+$$;
+
+-- How the runs of a kind ('task' or 'flow') are stored, for the helpers below
+-- that build SQL: the definition table, the run table, the column of both run
+-- table and parts naming the definition, the tables holding parts of a run
+-- (with the column naming their run), the terminal statuses, and six columns
+-- whose first non-null value is when a run finished (padded with created_at,
+-- which is never null). 22023 for another kind.
+CREATE FUNCTION catbird._cb_run_layout(kind text,
+    OUT definitions text, OUT runs text, OUT definition_column text, OUT parts text[], OUT part_run_column text,
+    OUT finished_statuses text[], OUT finished_at text[])
+LANGUAGE plpgsql IMMUTABLE
+AS $$
+BEGIN
+    CASE kind
+    WHEN 'task' THEN
+        definitions := 'cb_tasks';
+        runs := 'cb_task_runs';
+        definition_column := 'task_id';
+        parts := '{}';
+        finished_statuses := '{completed,failed,skipped,canceled,expired}';
+        finished_at := '{completed_at,failed_at,skipped_at,canceled_at,expired_at,created_at}';
+    WHEN 'flow' THEN
+        definitions := 'cb_flows';
+        runs := 'cb_flow_runs';
+        definition_column := 'flow_id';
+        parts := '{cb_map_tasks,cb_step_runs}';
+        part_run_column := 'flow_run_id';
+        finished_statuses := '{completed,failed,canceled,expired}';
+        finished_at := '{completed_at,failed_at,canceled_at,created_at,created_at,created_at}';  -- expiry sets canceled_at
+    ELSE
+        RAISE EXCEPTION 'invalid kind of run %: expected task or flow', coalesce(quote_literal(kind), 'NULL')
+            USING ERRCODE = 'invalid_parameter_value';
+    END CASE;
+END
+$$;
+
+-- The id of a task or flow, holding its shared lock (through _cb_task or
+-- _cb_flow). 22023 for an invalid name, 42704 when it does not exist.
+CREATE FUNCTION catbird._cb_definition_id(kind text, name text) RETURNS int
+LANGUAGE plpgsql VOLATILE
+AS $$
+DECLARE
+    v_id int;
+BEGIN
+    CASE kind
+    WHEN 'task' THEN
+        v_id := (catbird._cb_task(name)).id;
+    WHEN 'flow' THEN
+        v_id := (catbird._cb_flow(name)).id;
+    END CASE;
+    RETURN v_id;
+END
+$$;
+
+-- Deletes a task or flow (cb_delete_task, cb_delete_flow): its definition
+-- (flow steps cascade), every run with its parts, its bindings; announces
+-- catbird.<kind>.deleted. Waits for calls holding the definition's shared lock.
+-- Returns false when it does not exist; 22023 for an invalid name.
+CREATE FUNCTION catbird._cb_delete_definition(kind text, name text) RETURNS boolean
+LANGUAGE plpgsql VOLATILE
+AS $$
+DECLARE
+    v_layout record := catbird._cb_run_layout(kind);
+    v_id int;
+BEGIN
+    PERFORM catbird._cb_check_name(kind, name);
+    PERFORM catbird._cb_lock_definition(kind, name, exclusive => true);
+    EXECUTE format('DELETE FROM catbird.%I d WHERE d.name = $1 RETURNING d.id', v_layout.definitions)
+        INTO v_id USING name;
+    IF v_id IS NULL THEN
+        RETURN false;
+    END IF;
+    PERFORM catbird._cb_clear_runs(kind, v_id);
+    DELETE FROM catbird.cb_bindings b WHERE b.target_type = kind AND b.target_name = name;
+    PERFORM catbird._cb_notify(format('catbird.%s.deleted', kind), name);
+    RETURN true;
+END
+$$;
+
+-- Deletes every run of one definition, whatever its status, with its parts;
+-- in-flight work is lost (workers' later reports find nothing and are
+-- refused). Returns the number of runs deleted; raises nothing.
+CREATE FUNCTION catbird._cb_clear_runs(kind text, definition_id int) RETURNS int
+LANGUAGE plpgsql VOLATILE
+AS $$
+-- Its writes are dynamic SQL, which plpgsql_check cannot see (it would ask for STABLE):
+-- @plpgsql_check_options: performance_warnings = false
+DECLARE
+    v_layout record := catbird._cb_run_layout(kind);
+    v_table text;
+    v_count int;
+BEGIN
+    FOREACH v_table IN ARRAY v_layout.parts || v_layout.runs LOOP
+        EXECUTE format('DELETE FROM catbird.%I x WHERE x.%I = $1', v_table, v_layout.definition_column)
+            USING definition_id;
+        GET DIAGNOSTICS v_count = ROW_COUNT;  -- the run table comes last
+    END LOOP;
+    RETURN v_count;
+END
+$$;
+
+-- Deletes the finished runs of one definition (terminal, on-fail handling
+-- over) that finished at or before finished_before, with their parts. With
+-- lim, at most lim runs, skipping rows locked by other transactions (cb_gc's
+-- bounded batches). Returns the number of runs deleted; raises nothing.
+CREATE FUNCTION catbird._cb_delete_finished_runs(kind text, definition_id int, finished_before timestamptz,
+                                                 lim int = NULL)
+RETURNS int
+LANGUAGE plpgsql VOLATILE
+AS $$
+-- Its writes are dynamic SQL, which plpgsql_check cannot see (it would ask for STABLE):
+-- @plpgsql_check_options: performance_warnings = false
+DECLARE
+    v_layout record := catbird._cb_run_layout(kind);
+    v_ids bigint[];
+    v_part text;
+BEGIN
+    EXECUTE format(
+        'WITH deleted AS ('
+        '    DELETE FROM catbird.%1$I r'
+        '    WHERE r.id IN (SELECT x.id FROM catbird.%1$I x'
+        '                   WHERE x.%2$I = $1 AND x.status = ANY ($2)'
+        '                     AND coalesce(x.on_fail_status, ''completed'') IN (''completed'', ''failed'')'
+        '                     AND coalesce(x.%3$I, x.%4$I, x.%5$I, x.%6$I, x.%7$I, x.%8$I) <= $3'
+        '                   %9$s)'
+        '    RETURNING r.id)'
+        ' SELECT coalesce(array_agg(d.id), ''{}'') FROM deleted d',
+        v_layout.runs, v_layout.definition_column,
+        v_layout.finished_at[1], v_layout.finished_at[2], v_layout.finished_at[3],
+        v_layout.finished_at[4], v_layout.finished_at[5], v_layout.finished_at[6],
+        CASE WHEN lim IS NOT NULL THEN 'LIMIT $4 FOR UPDATE SKIP LOCKED' ELSE '' END)
+    INTO v_ids
+    USING definition_id, v_layout.finished_statuses, finished_before, lim;
+    FOREACH v_part IN ARRAY v_layout.parts LOOP
+        EXECUTE format('DELETE FROM catbird.%I p WHERE p.%I = ANY ($1)', v_part, v_layout.part_run_column)
+            USING v_ids;
+    END LOOP;
+    RETURN cardinality(v_ids);
+END
+$$;
+
+-- cb_purge_task_runs / cb_purge_flow_runs: deletes the finished runs of a task
+-- or flow that finished at least older_than ago. Returns how many it deleted.
+-- 42704 for an unknown definition; 22023 for an invalid name or a NULL or
+-- negative older_than.
+CREATE FUNCTION catbird._cb_purge_runs(kind text, name text, older_than interval) RETURNS int
+LANGUAGE plpgsql VOLATILE
+AS $$
+DECLARE
+    v_id int := catbird._cb_definition_id(kind, name);
+BEGIN
+    IF older_than IS NULL OR older_than < interval '0' THEN
+        RAISE EXCEPTION 'invalid older_than %: expected a non-negative interval', coalesce(older_than::text, 'NULL')
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    RETURN catbird._cb_delete_finished_runs(kind, v_id, catbird.cb_now() - older_than);
+END
+$$;
+
+-- cb_gc's retention purge for one kind: deletes up to lim finished runs older
+-- than their definition's retention_period (definitions without one, or with
+-- 0, keep their runs). Returns how many it deleted; raises nothing.
+CREATE FUNCTION catbird._cb_purge_retained_runs(kind text, now timestamptz, lim int) RETURNS int
+LANGUAGE plpgsql VOLATILE
+AS $$
+DECLARE
+    v_layout record := catbird._cb_run_layout(kind);
+    v_id int;
+    v_retention interval;
+    v_count int := 0;
+BEGIN
+    FOR v_id, v_retention IN EXECUTE format(
+        'SELECT d.id, d.retention_period FROM catbird.%I d WHERE d.retention_period > interval ''0'' ORDER BY d.id',
+        v_layout.definitions)
+    LOOP
+        EXIT WHEN v_count >= lim;
+        v_count := v_count + catbird._cb_delete_finished_runs(kind, v_id, now - v_retention, lim - v_count);
+    END LOOP;
+    RETURN v_count;
+END
+$$;
+
+-- cb_list_task_runs / cb_list_flow_runs / cb_get_task_run / cb_get_flow_run:
+-- runs of a task or flow as row_type (cb_task_run_info or cb_flow_run_info,
+-- read through the inlinable _cb_<kind>_runs), newest first, at most lim,
+-- older than before_id when given, only run_id when given. 42704 for an
+-- unknown definition; 22023 for an invalid name or lim < 1.
+CREATE FUNCTION catbird._cb_list_runs(row_type anyelement, kind text, name text, lim int,
+                                      before_id bigint = NULL, run_id bigint = NULL)
+RETURNS SETOF anyelement
+LANGUAGE plpgsql VOLATILE
+AS $$
+DECLARE
+    v_id int := catbird._cb_definition_id(kind, name);
+BEGIN
+    IF pg_typeof(row_type) <> format('catbird.cb_%s_run_info', kind)::regtype THEN
+        RAISE EXCEPTION 'invalid row_type %: the runs of a % are catbird.cb_%s_run_info', pg_typeof(row_type), kind, kind
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    PERFORM catbird._cb_check_at_least('lim', lim, 1);
+    RETURN QUERY EXECUTE format(
+        'SELECT * FROM catbird.%I($1, $2) r'
+        ' WHERE ($3::bigint IS NULL OR r.id < $3) AND ($4::bigint IS NULL OR r.id = $4)'
+        ' ORDER BY r.id DESC LIMIT $5',
+        '_cb_' || kind || '_runs')
+    USING v_id, name, before_id, run_id, lim;
+END
+$$;
+
+-- Server-side wait (cb_wait_task_output, cb_wait_flow_output,
+-- cb_wait_flow_step_output): polls a run of a task or flow (kind 'task',
+-- 'flow'; name is the definition) or a step of a flow run (kind 'step'; name
+-- is the flow) every poll_interval ms for up to poll_for ms (wall clock).
+-- Returns one row (status, output, error_message) once it is terminal
+-- (completed, failed, skipped, canceled or expired: each kind has the ones
+-- its statuses allow); no row on timeout or when the run does not exist.
+-- Errors, in this order: for a task or flow, 22023 for an invalid name and
+-- 42704 for an unknown definition; 22023 for poll_for < 0 or poll_interval
+-- < 1; for a step, 42704 for an unknown flow or step.
+CREATE FUNCTION catbird._cb_wait(kind text, name text, run_id bigint, step_name text, poll_for int, poll_interval int)
+RETURNS TABLE (status text, output jsonb, error_message text)
+LANGUAGE plpgsql VOLATILE
+AS $$
+DECLARE
+    v_id int;
+    v_deadline timestamptz;
+    v_status text;
+    v_output jsonb;
+    v_error text;
+BEGIN
+    IF kind <> 'step' THEN
+        v_id := catbird._cb_definition_id(kind, name);
+    END IF;
+    PERFORM catbird._cb_check_at_least('poll_for', poll_for, 0, ' ms');
+    PERFORM catbird._cb_check_at_least('poll_interval', poll_interval, 1, ' ms');
+    v_deadline := clock_timestamp() + make_interval(secs => poll_for / 1000.0);
+    LOOP
+        CASE kind
+        WHEN 'task' THEN
+            SELECT r.status, r.output, r.error_message INTO v_status, v_output, v_error
+            FROM catbird.cb_task_runs r WHERE r.id = run_id AND r.task_id = v_id;
+        WHEN 'flow' THEN
+            SELECT r.status, r.output, r.error_message INTO v_status, v_output, v_error
+            FROM catbird.cb_flow_runs r WHERE r.id = run_id AND r.flow_id = v_id;
+        WHEN 'step' THEN
+            SELECT s.status, s.output, s.error_message INTO v_status, v_output, v_error
+            FROM catbird.cb_get_flow_step_status(name, run_id, step_name) s;
+        END CASE;
+        IF v_status IS NULL THEN
+            RETURN;  -- no such run
+        END IF;
+        IF v_status IN ('completed', 'failed', 'skipped', 'canceled', 'expired') THEN
+            status := v_status;
+            output := v_output;
+            error_message := v_error;
+            RETURN NEXT;
+            RETURN;
+        END IF;
+        IF clock_timestamp() >= v_deadline THEN
+            RETURN;
+        END IF;
+        PERFORM pg_sleep(least(poll_interval / 1000.0, extract(epoch FROM v_deadline - clock_timestamp())));
+    END LOOP;
+END
+$$;
+
+-- Records the outcome of the on-fail handler of a run whose on-fail claim is
+-- started (cb_complete_task_on_fail, cb_fail_task_on_fail and their flow
+-- forms): completed, or failed and queued again after retry_delay ms unless
+-- retry_exhausted. Otherwise nothing changes. Returns nothing; 42704 for an
+-- unknown definition; 22023 for an invalid name or a failure's retry_delay < 0.
+CREATE FUNCTION catbird._cb_end_on_fail(kind text, name text, run_id bigint, completed boolean,
+                                        error_message text = NULL, retry_exhausted boolean = NULL,
+                                        retry_delay bigint = NULL)
+RETURNS void
+LANGUAGE plpgsql VOLATILE
+AS $$
+DECLARE
+    v_id int := catbird._cb_definition_id(kind, name);
+    v_layout record := catbird._cb_run_layout(kind);
+BEGIN
+    IF NOT completed THEN
+        PERFORM catbird._cb_check_at_least('retry_delay', retry_delay, 0, ' ms');
+    END IF;
+    EXECUTE format(
+        'UPDATE catbird.%I r'
+        ' SET on_fail_status = $1, on_fail_visible_at = coalesce($2, r.on_fail_visible_at), on_fail_error_message = $3'
+        ' WHERE r.id = $4 AND r.%I = $5 AND r.on_fail_status = ''started''',
+        v_layout.runs, v_layout.definition_column)
+    USING CASE WHEN completed THEN 'completed' WHEN retry_exhausted THEN 'failed' ELSE 'queued' END,
+          CASE WHEN NOT completed THEN catbird.cb_now() + make_interval(secs => retry_delay / 1000.0) END,
+          CASE WHEN NOT completed THEN coalesce(_cb_end_on_fail.error_message, 'unknown error') END,
+          run_id, v_id;
+END
+$$;
+-- catbird 40_tasks: task definitions and their runs.
+--
+-- Owns: cb_tasks, cb_task_runs, the cb_task_claim and cb_task_run_info types;
+-- _cb_task (the lookup every task verb starts with), cb_create_task,
+-- cb_delete_task, _cb_insert_task_runs (the one way runs are created:
+-- cb_run_task and cb_publish), cb_run_task, cb_bind_task, cb_unbind_task,
+-- cb_cancel_task, cb_wait_task_output, cb_purge_task_runs,
+-- cb_clear_task_runs and introspection. The worker protocol is in
+-- 45_task_worker; deleting, purging, clearing, listing and waiting are thin
+-- over 38_runs.
+-- Guarantees:
+--   * Creating a task again with the same definition is a no-op; a different
+--     one replaces it only while no run is queued or started (55006).
 --   * A condition that is false for the input makes the run skipped at creation.
 --   * A concurrency key is held by at most one queued or started run of a task.
 --   * Status changes are announced through cb_notify (80_events).
@@ -1035,7 +1499,8 @@ CREATE TYPE catbird.cb_task_claim AS (
     priority        int
 );
 
--- The task row, holding the task's shared lock; 42704 when it does not exist.
+-- The task row, holding the task's shared lock. 42704 when it does not
+-- exist; 22023 when the name could never exist.
 CREATE FUNCTION catbird._cb_task(name text) RETURNS catbird.cb_tasks
 LANGUAGE plpgsql VOLATILE
 AS $$
@@ -1045,15 +1510,17 @@ BEGIN
     PERFORM catbird._cb_lock_definition('task', name);
     SELECT * INTO v_task FROM catbird.cb_tasks t WHERE t.name = _cb_task.name;
     IF v_task.id IS NULL THEN
-        PERFORM catbird._cb_check_name('task', name);
-        RAISE EXCEPTION 'task "%" does not exist', name
-            USING ERRCODE = 'undefined_object',
-                  HINT = format('Create it first: SELECT catbird.cb_create_task(%L);', name);
+        PERFORM catbird._cb_raise_undefined('task', name);
     END IF;
     RETURN v_task;
 END
 $$;
 
+-- Creates a task. Creating it again with the same definition (description,
+-- condition, retention_period, on_fail) is a no-op; a different one replaces
+-- it while no run is queued or started. Announces catbird.task.created.
+-- Returns nothing. 22023 for an invalid name, a malformed condition or a
+-- negative retention_period; 55006 when runs are active.
 CREATE FUNCTION catbird.cb_create_task(name text, description text = NULL, condition text = NULL,
                                        retention_period interval = NULL, on_fail boolean = false)
 RETURNS void
@@ -1067,10 +1534,7 @@ BEGIN
     IF condition IS NOT NULL THEN
         v_expr := catbird._cb_parse_condition(condition, ARRAY['input']);
     END IF;
-    IF retention_period < interval '0' THEN
-        RAISE EXCEPTION 'invalid retention_period %: it must not be negative (NULL keeps runs forever)', retention_period
-            USING ERRCODE = 'invalid_parameter_value';
-    END IF;
+    PERFORM catbird._cb_check_retention(retention_period);
     PERFORM catbird._cb_lock_definition('task', name, exclusive => true);
     SELECT * INTO v_existing FROM catbird.cb_tasks t WHERE t.name = cb_create_task.name;
     IF v_existing.id IS NULL THEN
@@ -1098,24 +1562,11 @@ BEGIN
 END
 $$;
 
+-- Deletes a task with all its runs and bindings; waits for calls in flight on
+-- it. Returns false when it does not exist; 22023 for an invalid name.
 CREATE FUNCTION catbird.cb_delete_task(name text) RETURNS boolean
-LANGUAGE plpgsql VOLATILE
-AS $$
-DECLARE
-    v_id int;
-BEGIN
-    PERFORM catbird._cb_check_name('task', name);
-    PERFORM catbird._cb_lock_definition('task', name, exclusive => true);
-    DELETE FROM catbird.cb_tasks t WHERE t.name = cb_delete_task.name RETURNING t.id INTO v_id;
-    IF v_id IS NULL THEN
-        RETURN false;
-    END IF;
-    DELETE FROM catbird.cb_task_runs r WHERE r.task_id = v_id;
-    DELETE FROM catbird.cb_bindings b WHERE b.target_type = 'task' AND b.target_name = cb_delete_task.name;
-    PERFORM catbird._cb_notify('catbird.task.deleted', name);
-    RETURN true;
-END
-$$;
+LANGUAGE sql VOLATILE
+AS $$ SELECT catbird._cb_delete_definition('task', cb_delete_task.name) $$;
 
 -- The one implementation of creating runs: one run per input, condition
 -- evaluated, deduplicated by concurrency key among queued/started runs.
@@ -1221,6 +1672,12 @@ BEGIN
 END
 $$;
 
+-- Creates one run per input (condition false: skipped at creation), in one
+-- statement; an input whose concurrency key is held by a queued or started
+-- run resolves to that run. Returns the run id of each input, in input
+-- order. 42704 for an unknown task; 22023 for invalid inputs, keys or
+-- headers; 40001 when a key's holder finished while the call deduplicated
+-- against it (retry).
 CREATE FUNCTION catbird.cb_run_task(
     name text, inputs jsonb[], concurrency_keys text[] = NULL, headers jsonb[] = NULL,
     visible_at timestamptz = NULL, priority int = 0, expires_at timestamptz = NULL)
@@ -1238,6 +1695,9 @@ BEGIN
 END
 $$;
 
+-- Creates a run (see the batch form). Returns its id, or the id of the run
+-- holding concurrency_key. 42704 for an unknown task; 22023 for a SQL NULL
+-- input or non-object headers; 40001 as for the batch form.
 CREATE FUNCTION catbird.cb_run_task(
     name text, input jsonb, concurrency_key text = NULL, headers jsonb = NULL,
     visible_at timestamptz = NULL, priority int = 0, expires_at timestamptz = NULL)
@@ -1260,24 +1720,157 @@ BEGIN
 END
 $$;
 
+-- Binds the task to a topic pattern: every publish to a matching topic creates
+-- a run. Binding twice is a no-op. Returns nothing; 42704 for an unknown task,
+-- 22023 for an invalid name or pattern.
 CREATE FUNCTION catbird.cb_bind_task(name text, pattern text) RETURNS void
-LANGUAGE plpgsql VOLATILE
-AS $$
-BEGIN
-    PERFORM catbird._cb_task(name);
-    PERFORM catbird._cb_bind('task', name, pattern);
-END
-$$;
+LANGUAGE sql VOLATILE
+AS $$ SELECT catbird._cb_bind('task', (catbird._cb_task(cb_bind_task.name)).name, pattern) $$;
 
+-- Removes a binding of the task. Returns false when there was none; 42704 for
+-- an unknown task, 22023 for an invalid name or pattern.
 CREATE FUNCTION catbird.cb_unbind_task(name text, pattern text) RETURNS boolean
+LANGUAGE sql VOLATILE
+AS $$ SELECT catbird._cb_unbind('task', (catbird._cb_task(cb_unbind_task.name)).name, pattern) $$;
+
+-- Cancels a queued or started run (a started run's later reports are
+-- refused); idempotent. Announces catbird.task.canceled. Returns true when the
+-- run is canceled, false when it does not exist or already ended otherwise.
+-- 42704 for an unknown task; 22023 for an invalid name.
+CREATE FUNCTION catbird.cb_cancel_task(name text, run_id bigint, reason text = NULL) RETURNS boolean
 LANGUAGE plpgsql VOLATILE
 AS $$
+DECLARE
+    v_task catbird.cb_tasks := catbird._cb_task(name);
+    v_now timestamptz := catbird.cb_now();
+    v_status text;
 BEGIN
-    PERFORM catbird._cb_task(name);
-    RETURN catbird._cb_unbind('task', name, pattern);
+    UPDATE catbird.cb_task_runs r
+    SET status = 'canceled', canceled_at = v_now, cancel_requested_at = v_now, cancel_reason = reason
+    WHERE r.id = run_id AND r.task_id = v_task.id AND r.status IN ('queued', 'started')
+    RETURNING r.status INTO v_status;
+    IF v_status IS NOT NULL THEN
+        PERFORM catbird._cb_notify('catbird.task.canceled', run_id::text);
+        RETURN true;
+    END IF;
+    -- Canceling a canceled run again is not an error, and still true.
+    RETURN EXISTS (SELECT 1 FROM catbird.cb_task_runs r
+                   WHERE r.id = run_id AND r.task_id = v_task.id AND r.status = 'canceled');
 END
 $$;
 
+-- Waits up to poll_for ms, polling every poll_interval ms, for the run to be
+-- terminal (completed, failed, skipped, canceled, expired). Returns one row
+-- (status, output, error_message) then, no row on timeout or for a run that
+-- does not exist. 42704 for an unknown task; 22023 for an invalid name,
+-- poll_for < 0 or poll_interval < 1.
+CREATE FUNCTION catbird.cb_wait_task_output(name text, run_id bigint, poll_for int = 5000, poll_interval int = 200)
+RETURNS TABLE (status text, output jsonb, error_message text)
+LANGUAGE sql VOLATILE
+AS $$ SELECT * FROM catbird._cb_wait('task', cb_wait_task_output.name, run_id, NULL, poll_for, poll_interval) $$;
+
+-- Deletes the task's finished runs (terminal, on-fail handling over) that
+-- finished at least older_than ago. Returns how many it deleted. 42704 for an
+-- unknown task; 22023 for an invalid name or a NULL or negative older_than.
+CREATE FUNCTION catbird.cb_purge_task_runs(name text, older_than interval) RETURNS int
+LANGUAGE sql VOLATILE
+AS $$ SELECT catbird._cb_purge_runs('task', cb_purge_task_runs.name, older_than) $$;
+
+-- Deletes every run of the task whatever its status; in-flight work is lost
+-- (workers' later reports find nothing and are refused). Returns how many it
+-- deleted. 42704 for an unknown task; 22023 for an invalid name.
+CREATE FUNCTION catbird.cb_clear_task_runs(name text) RETURNS int
+LANGUAGE sql VOLATILE
+AS $$ SELECT catbird._cb_clear_runs('task', catbird._cb_definition_id('task', cb_clear_task_runs.name)) $$;
+
+-- Every task as TaskInfo (name, description, condition, retention_period,
+-- on_fail, created_at), by name. Raises nothing.
+CREATE FUNCTION catbird.cb_list_tasks()
+RETURNS TABLE (name text, description text, condition text, retention_period interval,
+               on_fail boolean, created_at timestamptz)
+LANGUAGE sql STABLE
+AS $$
+    SELECT t.name, t.description, t.condition, t.retention_period, t.on_fail, t.created_at
+    FROM catbird.cb_tasks t ORDER BY t.name
+$$;
+
+-- One task as TaskInfo; no row when it does not exist. Raises nothing.
+CREATE FUNCTION catbird.cb_get_task(name text)
+RETURNS TABLE (name text, description text, condition text, retention_period interval,
+               on_fail boolean, created_at timestamptz)
+LANGUAGE sql STABLE
+AS $$ SELECT * FROM catbird.cb_list_tasks() t WHERE t.name = $1 $$;
+
+CREATE TYPE catbird.cb_task_run_info AS (
+    id bigint, task_name text, status text, priority int, attempts int, concurrency_key text,
+    input jsonb, headers jsonb, output jsonb, error_message text, cancel_reason text,
+    created_at timestamptz, visible_at timestamptz, expires_at timestamptz,
+    started_at timestamptz, completed_at timestamptz, failed_at timestamptz, skipped_at timestamptz,
+    expired_at timestamptz, cancel_requested_at timestamptz, canceled_at timestamptz,
+    on_fail_status text, on_fail_attempts int, on_fail_error_message text
+);
+
+-- Every run of a task as cb_task_run_info (TaskRunInfo fields); an inlinable
+-- building block, so callers' filters, order and limit reach the index.
+-- Raises nothing.
+CREATE FUNCTION catbird._cb_task_runs(task_id int, task_name text)
+RETURNS SETOF catbird.cb_task_run_info
+LANGUAGE sql STABLE
+AS $$
+    SELECT r.id, task_name, r.status, r.priority, r.attempts, r.concurrency_key, r.input, r.headers,
+           r.output, r.error_message, r.cancel_reason, r.created_at, r.visible_at, r.expires_at,
+           r.started_at, r.completed_at, r.failed_at, r.skipped_at, r.expired_at, r.cancel_requested_at,
+           r.canceled_at, r.on_fail_status, r.on_fail_attempts, r.on_fail_error_message
+    FROM catbird.cb_task_runs r
+    WHERE r.task_id = $1
+$$;
+
+-- The task's runs as cb_task_run_info (TaskRunInfo), newest first, at most
+-- lim, older than before_id when given (to page backwards). 42704 for an
+-- unknown task; 22023 for an invalid name or lim < 1.
+CREATE FUNCTION catbird.cb_list_task_runs(name text, lim int = 100, before_id bigint = NULL)
+RETURNS SETOF catbird.cb_task_run_info
+LANGUAGE sql VOLATILE
+AS $$
+    SELECT * FROM catbird._cb_list_runs(NULL::catbird.cb_task_run_info, 'task', cb_list_task_runs.name, lim, before_id)
+$$;
+
+-- One run of the task as cb_task_run_info; no row when it does not exist.
+-- 42704 for an unknown task; 22023 for an invalid name.
+CREATE FUNCTION catbird.cb_get_task_run(name text, run_id bigint)
+RETURNS SETOF catbird.cb_task_run_info
+LANGUAGE sql VOLATILE
+AS $$
+    SELECT * FROM catbird._cb_list_runs(NULL::catbird.cb_task_run_info, 'task', cb_get_task_run.name, 1,
+                                        run_id => run_id)
+$$;
+-- catbird 45_task_worker: the worker protocol for task runs.
+--
+-- Owns: cb_claim_tasks, cb_hide_tasks, cb_complete_tasks, cb_complete_task,
+-- cb_fail_task, and the on-fail lane: cb_claim_task_on_fail,
+-- cb_complete_task_on_fail, cb_fail_task_on_fail. Writes cb_task_runs.
+-- Guarantees:
+--   * A run is claimable while it is queued, or started with its lease
+--     (visible_at) passed: a run whose worker died is picked up again without
+--     an operator. Claims use FOR UPDATE SKIP LOCKED on the partial claim index,
+--     which holds only queued and started runs.
+--   * Every claim increments attempts; attempts is the fencing token: complete
+--     and fail given an attempt act only on the run still started under that
+--     attempt, so a stale worker cannot overwrite a newer claim's outcome.
+--   * The retry decision is made here: cb_fail_task re-queues with a full-jitter
+--     delay while attempts <= max_retries, else the run is failed for good.
+--   * A queued run past its expires_at becomes expired when a claim meets it
+--     and is never handed out.
+--   * Claims, completions, failures and lease renewal are static SQL (cached
+--     plans); on-fail outcomes are thin over 38_runs.
+
+-- Claims up to quantity runs of a task: queued runs, and started runs whose
+-- lease (visible_at) lapsed, highest priority first, then oldest. Each claim
+-- increments attempts (the fencing token) and holds the run for hide_for ms;
+-- concurrent claims skip each other's rows. Queued runs past expires_at met
+-- on the way become expired and do not count. Returns the claims
+-- (cb_task_claim) by priority, then id. 42704 for an unknown task; 22023 for
+-- an invalid name, quantity < 1 or hide_for < 1.
 CREATE FUNCTION catbird.cb_claim_tasks(name text, quantity int, hide_for int)
 RETURNS SETOF catbird.cb_task_claim
 LANGUAGE plpgsql VOLATILE
@@ -1333,17 +1926,17 @@ BEGIN
 END
 $$;
 
--- Lease renewal for runs still being worked on.
+-- Lease renewal: pushes visible_at of started runs out to hide_for ms from
+-- now; with attempts (one per id) only runs still started under those claims.
+-- Returns nothing. 42704 for an unknown task; 22023 for an invalid name,
+-- hide_for < 1 or attempts of another length than ids.
 CREATE FUNCTION catbird.cb_hide_tasks(name text, ids bigint[], hide_for int, attempts int[] = NULL) RETURNS void
 LANGUAGE plpgsql VOLATILE
 AS $$
 DECLARE
     v_task catbird.cb_tasks := catbird._cb_task(name);
 BEGIN
-    PERFORM catbird._cb_check_at_least('hide_for', hide_for, 1, ' ms');
-    IF attempts IS NOT NULL AND cardinality(attempts) IS DISTINCT FROM cardinality(ids) THEN
-        RAISE EXCEPTION 'invalid attempts: give one attempt per id (or none)' USING ERRCODE = 'invalid_parameter_value';
-    END IF;
+    PERFORM catbird._cb_check_lease(hide_for, ids, attempts);
     -- With attempts, only leases still held under those claims are renewed.
     UPDATE catbird.cb_task_runs r
     SET visible_at = catbird.cb_now() + make_interval(secs => hide_for / 1000.0)
@@ -1354,7 +1947,9 @@ END
 $$;
 
 -- Batch completion: records the outputs of the runs still started under the
--- given attempts (NULL attempts: any), returns the ids recorded.
+-- given attempts (NULL attempts: any) and announces catbird.task.completed.
+-- Returns the ids recorded (sorted); stale runs are left out. 42704 for an
+-- unknown task; 22023 for an invalid name or arrays of different lengths.
 CREATE FUNCTION catbird.cb_complete_tasks(name text, run_ids bigint[], outputs jsonb[], attempts int[] = NULL)
 RETURNS bigint[]
 LANGUAGE plpgsql VOLATILE
@@ -1389,6 +1984,9 @@ BEGIN
 END
 $$;
 
+-- Completes one run with output (see cb_complete_tasks). Returns true when
+-- the outcome was recorded, false for a run that is not started (under
+-- attempt, when given). Errors as cb_complete_tasks.
 CREATE FUNCTION catbird.cb_complete_task(name text, run_id bigint, output jsonb, attempt int = NULL)
 RETURNS boolean
 LANGUAGE sql VOLATILE
@@ -1396,30 +1994,12 @@ AS $$
     SELECT cardinality(catbird.cb_complete_tasks(name, ARRAY[run_id], ARRAY[output], ARRAY[attempt])) > 0
 $$;
 
--- Full-jitter retry delay in milliseconds for the given (1-based) attempt:
--- uniform in [backoff_min, min(backoff_max, backoff_min * 2^(attempt - 1))].
-CREATE FUNCTION catbird._cb_retry_delay(attempt int, backoff_min int, backoff_max int) RETURNS double precision
-LANGUAGE sql VOLATILE
-AS $$
-    SELECT backoff_min + random() * (least(backoff_max::double precision,
-                                           backoff_min * power(2, least(greatest(attempt - 1, 0), 60)))
-                                     - backoff_min)
-$$;
-
-CREATE FUNCTION catbird._cb_check_retry_policy(max_retries int, backoff_min int, backoff_max int) RETURNS void
-LANGUAGE plpgsql IMMUTABLE
-AS $$
-BEGIN
-    PERFORM catbird._cb_check_at_least('max_retries', max_retries, 0);
-    PERFORM catbird._cb_check_at_least('backoff_min', backoff_min, 0, ' ms');
-    IF backoff_max IS NULL OR backoff_max < backoff_min THEN
-        RAISE EXCEPTION 'invalid backoff_max: got %, expected at least backoff_min (% ms)',
-            coalesce(backoff_max::text, 'NULL'), backoff_min
-            USING ERRCODE = 'invalid_parameter_value';
-    END IF;
-END
-$$;
-
+-- Records a failure of a started run (under attempt, when given): re-queued
+-- with a full-jitter delay in [backoff_min, min(backoff_max, backoff_min *
+-- 2^(attempts - 1))] ms while attempts <= max_retries, else failed for good
+-- (queued for its on-fail handler when the task has on_fail; announces
+-- catbird.task.failed). Returns 'queued', 'failed', or NULL for a stale call.
+-- 42704 for an unknown task; 22023 for an invalid name or retry policy.
 CREATE FUNCTION catbird.cb_fail_task(name text, run_id bigint, error_message text, attempt int = NULL,
                                      max_retries int = 0, backoff_min int = 100, backoff_max int = 2000)
 RETURNS text
@@ -1450,98 +2030,11 @@ BEGIN
 END
 $$;
 
-CREATE FUNCTION catbird.cb_cancel_task(name text, run_id bigint, reason text = NULL) RETURNS boolean
-LANGUAGE plpgsql VOLATILE
-AS $$
-DECLARE
-    v_task catbird.cb_tasks := catbird._cb_task(name);
-    v_now timestamptz := catbird.cb_now();
-    v_status text;
-BEGIN
-    UPDATE catbird.cb_task_runs r
-    SET status = 'canceled', canceled_at = v_now, cancel_requested_at = v_now, cancel_reason = reason
-    WHERE r.id = run_id AND r.task_id = v_task.id AND r.status IN ('queued', 'started')
-    RETURNING r.status INTO v_status;
-    IF v_status IS NOT NULL THEN
-        PERFORM catbird._cb_notify('catbird.task.canceled', run_id::text);
-        RETURN true;
-    END IF;
-    -- Canceling a canceled run again is not an error, and still true.
-    RETURN EXISTS (SELECT 1 FROM catbird.cb_task_runs r
-                   WHERE r.id = run_id AND r.task_id = v_task.id AND r.status = 'canceled');
-END
-$$;
-
-CREATE FUNCTION catbird.cb_wait_task_output(name text, run_id bigint, poll_for int = 5000, poll_interval int = 200)
-RETURNS TABLE (status text, output jsonb, error_message text)
-LANGUAGE plpgsql VOLATILE
-AS $$
-DECLARE
-    v_task catbird.cb_tasks := catbird._cb_task(name);
-    v_deadline timestamptz;
-    v_run record;
-BEGIN
-    PERFORM catbird._cb_check_at_least('poll_for', poll_for, 0, ' ms');
-    PERFORM catbird._cb_check_at_least('poll_interval', poll_interval, 1, ' ms');
-    v_deadline := clock_timestamp() + make_interval(secs => poll_for / 1000.0);
-    LOOP
-        SELECT r.status, r.output, r.error_message INTO v_run
-        FROM catbird.cb_task_runs r WHERE r.id = run_id AND r.task_id = v_task.id;
-        IF NOT FOUND THEN
-            RETURN;  -- no such run
-        END IF;
-        IF v_run.status IN ('completed', 'failed', 'skipped', 'canceled', 'expired') THEN
-            status := v_run.status;
-            output := v_run.output;
-            error_message := v_run.error_message;
-            RETURN NEXT;
-            RETURN;
-        END IF;
-        IF clock_timestamp() >= v_deadline THEN
-            RETURN;
-        END IF;
-        PERFORM pg_sleep(least(poll_interval / 1000.0, extract(epoch FROM v_deadline - clock_timestamp())));
-    END LOOP;
-END
-$$;
-
-CREATE FUNCTION catbird.cb_purge_task_runs(name text, older_than interval) RETURNS int
-LANGUAGE plpgsql VOLATILE
-AS $$
-DECLARE
-    v_task catbird.cb_tasks := catbird._cb_task(name);
-    v_count int;
-BEGIN
-    IF older_than IS NULL OR older_than < interval '0' THEN
-        RAISE EXCEPTION 'invalid older_than %: expected a non-negative interval', coalesce(older_than::text, 'NULL')
-            USING ERRCODE = 'invalid_parameter_value';
-    END IF;
-    DELETE FROM catbird.cb_task_runs r
-    WHERE r.task_id = v_task.id
-      AND r.status IN ('completed', 'failed', 'skipped', 'canceled', 'expired')
-      AND coalesce(r.on_fail_status, 'completed') IN ('completed', 'failed')
-      AND coalesce(r.completed_at, r.failed_at, r.skipped_at, r.canceled_at, r.expired_at, r.created_at)
-          <= catbird.cb_now() - older_than;
-    GET DIAGNOSTICS v_count = ROW_COUNT;
-    RETURN v_count;
-END
-$$;
-
--- Deletes every run of the task whatever its status; in-flight work is lost
--- (workers' later reports find nothing and are refused).
-CREATE FUNCTION catbird.cb_clear_task_runs(name text) RETURNS int
-LANGUAGE plpgsql VOLATILE
-AS $$
-DECLARE
-    v_task catbird.cb_tasks := catbird._cb_task(name);
-    v_count int;
-BEGIN
-    DELETE FROM catbird.cb_task_runs r WHERE r.task_id = v_task.id;
-    GET DIAGNOSTICS v_count = ROW_COUNT;
-    RETURN v_count;
-END
-$$;
-
+-- Claims up to quantity failed runs whose on-fail handling is due (queued,
+-- or started with its hide window lapsed), oldest due first: on_fail_attempts
+-- is incremented and the claim held for hide_for ms. Returns the claims by
+-- id. 42704 for an unknown task; 22023 for an invalid name, quantity < 1 or
+-- hide_for < 1.
 CREATE FUNCTION catbird.cb_claim_task_on_fail(name text, quantity int, hide_for int = 30000)
 RETURNS TABLE (id bigint, input jsonb, error_message text, attempts int, on_fail_attempts int,
                started_at timestamptz, failed_at timestamptz, concurrency_key text)
@@ -1577,106 +2070,32 @@ BEGIN
 END
 $$;
 
+-- Records that the on-fail handler of a run succeeded; acts only on a run whose
+-- on-fail claim is started. Returns nothing; 42704 for an unknown task, 22023
+-- for an invalid name.
 CREATE FUNCTION catbird.cb_complete_task_on_fail(name text, run_id bigint) RETURNS void
-LANGUAGE plpgsql VOLATILE
-AS $$
-DECLARE
-    v_task catbird.cb_tasks := catbird._cb_task(name);
-BEGIN
-    UPDATE catbird.cb_task_runs r
-    SET on_fail_status = 'completed', on_fail_error_message = NULL
-    WHERE r.id = run_id AND r.task_id = v_task.id AND r.on_fail_status = 'started';
-END
-$$;
+LANGUAGE sql VOLATILE
+AS $$ SELECT catbird._cb_end_on_fail('task', cb_complete_task_on_fail.name, run_id, completed => true) $$;
 
+-- Records that the on-fail handler of a run failed: claimable again after
+-- retry_delay ms, or failed for good when retry_exhausted. Acts only on a run
+-- whose on-fail claim is started. Returns nothing; 42704 for an unknown task,
+-- 22023 for an invalid name or retry_delay < 0.
 CREATE FUNCTION catbird.cb_fail_task_on_fail(name text, run_id bigint, error_message text,
                                              retry_exhausted boolean, retry_delay bigint)
 RETURNS void
-LANGUAGE plpgsql VOLATILE
+LANGUAGE sql VOLATILE
 AS $$
-DECLARE
-    v_task catbird.cb_tasks := catbird._cb_task(name);
-BEGIN
-    PERFORM catbird._cb_check_at_least('retry_delay', retry_delay, 0, ' ms');
-    UPDATE catbird.cb_task_runs r
-    SET on_fail_status = CASE WHEN retry_exhausted THEN 'failed' ELSE 'queued' END,
-        on_fail_visible_at = catbird.cb_now() + make_interval(secs => retry_delay / 1000.0),
-        on_fail_error_message = coalesce(cb_fail_task_on_fail.error_message, 'unknown error')
-    WHERE r.id = run_id AND r.task_id = v_task.id AND r.on_fail_status = 'started';
-END
+    SELECT catbird._cb_end_on_fail('task', cb_fail_task_on_fail.name, run_id, completed => false,
+                                   error_message => cb_fail_task_on_fail.error_message,
+                                   retry_exhausted => retry_exhausted, retry_delay => retry_delay)
 $$;
-
--- Introspection: the fields of TaskInfo and TaskRunInfo.
-CREATE FUNCTION catbird.cb_list_tasks()
-RETURNS TABLE (name text, description text, condition text, retention_period interval,
-               on_fail boolean, created_at timestamptz)
-LANGUAGE sql STABLE
-AS $$
-    SELECT t.name, t.description, t.condition, t.retention_period, t.on_fail, t.created_at
-    FROM catbird.cb_tasks t ORDER BY t.name
-$$;
-
-CREATE FUNCTION catbird.cb_get_task(name text)
-RETURNS TABLE (name text, description text, condition text, retention_period interval,
-               on_fail boolean, created_at timestamptz)
-LANGUAGE sql STABLE
-AS $$ SELECT * FROM catbird.cb_list_tasks() t WHERE t.name = $1 $$;
-
-CREATE TYPE catbird.cb_task_run_info AS (
-    id bigint, task_name text, status text, priority int, attempts int, concurrency_key text,
-    input jsonb, headers jsonb, output jsonb, error_message text, cancel_reason text,
-    created_at timestamptz, visible_at timestamptz, expires_at timestamptz,
-    started_at timestamptz, completed_at timestamptz, failed_at timestamptz, skipped_at timestamptz,
-    expired_at timestamptz, cancel_requested_at timestamptz, canceled_at timestamptz,
-    on_fail_status text, on_fail_attempts int, on_fail_error_message text
-);
-
--- Every run of a task as cb_task_run_info; an inlinable building block, so
--- callers' filters, order and limit reach the index.
-CREATE FUNCTION catbird._cb_task_runs(task_id int, task_name text)
-RETURNS SETOF catbird.cb_task_run_info
-LANGUAGE sql STABLE
-AS $$
-    SELECT r.id, task_name, r.status, r.priority, r.attempts, r.concurrency_key, r.input, r.headers,
-           r.output, r.error_message, r.cancel_reason, r.created_at, r.visible_at, r.expires_at,
-           r.started_at, r.completed_at, r.failed_at, r.skipped_at, r.expired_at, r.cancel_requested_at,
-           r.canceled_at, r.on_fail_status, r.on_fail_attempts, r.on_fail_error_message
-    FROM catbird.cb_task_runs r
-    WHERE r.task_id = $1
-$$;
-
-CREATE FUNCTION catbird.cb_list_task_runs(name text, lim int = 100, before_id bigint = NULL)
-RETURNS SETOF catbird.cb_task_run_info
-LANGUAGE plpgsql VOLATILE
-AS $$
-DECLARE
-    v_task catbird.cb_tasks := catbird._cb_task(name);
-BEGIN
-    PERFORM catbird._cb_check_at_least('lim', lim, 1);
-    RETURN QUERY
-    SELECT * FROM catbird._cb_task_runs(v_task.id, v_task.name) r
-    WHERE before_id IS NULL OR r.id < before_id
-    ORDER BY r.id DESC
-    LIMIT lim;
-END
-$$;
-
-CREATE FUNCTION catbird.cb_get_task_run(name text, run_id bigint)
-RETURNS SETOF catbird.cb_task_run_info
-LANGUAGE plpgsql VOLATILE
-AS $$
-DECLARE
-    v_task catbird.cb_tasks := catbird._cb_task(name);
-BEGIN
-    RETURN QUERY SELECT * FROM catbird._cb_task_runs(v_task.id, v_task.name) r WHERE r.id = run_id;
-END
-$$;
--- catbird 50_flows: flow definitions (DAGs of steps) and their runs.
+-- catbird 50_flow_tables: the tables and types of flows (DAGs of steps) and their runs.
 --
 -- Owns: cb_flows, cb_flow_steps (definitions); cb_flow_runs, cb_step_runs,
--- cb_map_tasks (runs); the cb_step_claim type; every flow verb of the public
--- API and of the worker protocol. All dispatch decisions are made here.
--- Guarantees:
+-- cb_map_tasks (runs); the cb_step_claim type. The flow verbs live in 51-57,
+-- one concern a file: definitions, dispatch, runs, worker steps, worker items,
+-- introspection, on-fail. Guarantees of the flow engine as a whole:
 --   * Every transition of a flow run (a step completing, failing, being
 --     signalled; cancellation; early completion) first locks the flow run row,
 --     so concurrent step completions of one run serialize and exactly one of
@@ -1694,6 +2113,9 @@ $$;
 --   * cb_cancel_flow is two-phase: waiting and queued work is canceled at
 --     once; the run stays canceling until started work reports back (or its
 --     lease lapses and cb_gc finalizes it), then it is canceled.
+--   * Step runs and map items carry flow_id and step_name, so the claim
+--     indexes (flow_id, step_name, priority DESC, visible_at, id) serve a
+--     worker's claims for one step without joining the definitions.
 
 CREATE TABLE catbird.cb_flows (
     id               int GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
@@ -1823,12 +2245,24 @@ CREATE TYPE catbird.cb_step_claim AS (
     step_outputs jsonb,
     signal_input jsonb
 );
+-- catbird 51_flow_definitions: creating, replacing, deleting and listing flows.
+--
+-- Owns: _cb_flow and _cb_flow_step (the lookups every flow verb starts with),
+-- _cb_normalize_flow_steps, cb_create_flow, cb_delete_flow, cb_list_flows,
+-- cb_get_flow. Writes cb_flows and cb_flow_steps.
+-- Guarantees:
+--   * A steps array is validated as a whole before anything is written: an
+--     unknown dependency, a cycle, a duplicate or reserved step name, a bad
+--     map/reduce source, a malformed condition or an empty flow is 22023.
+--   * Creating a flow again with an identical definition is a no-op; a
+--     different definition replaces it only while no run is active (55006
+--     otherwise).
+--   * Definition changes take the flow's advisory lock exclusively, and every
+--     verb on a flow holds it shared, so a flow never changes under a running
+--     call.
 
---------------------------------------------------------------------------------
--- Definitions
---------------------------------------------------------------------------------
-
--- The flow row, holding the flow's shared lock; 42704 when it does not exist.
+-- The flow row, holding the flow's shared lock. 42704 when it does not
+-- exist; 22023 when the name could never exist.
 CREATE FUNCTION catbird._cb_flow(name text) RETURNS catbird.cb_flows
 LANGUAGE plpgsql VOLATILE
 AS $$
@@ -1838,16 +2272,14 @@ BEGIN
     PERFORM catbird._cb_lock_definition('flow', name);
     SELECT * INTO v_flow FROM catbird.cb_flows f WHERE f.name = _cb_flow.name;
     IF v_flow.id IS NULL THEN
-        PERFORM catbird._cb_check_name('flow', name);
-        RAISE EXCEPTION 'flow "%" does not exist', name
-            USING ERRCODE = 'undefined_object',
-                  HINT = format('Create it first: SELECT catbird.cb_create_flow(%L, steps => ...);', name);
+        PERFORM catbird._cb_raise_undefined('flow', name);
     END IF;
     RETURN v_flow;
 END
 $$;
 
--- A step of a flow; 42704 when the flow has no such step.
+-- A step of a flow. 42704 when the flow has no such step (the hint lists its
+-- steps).
 CREATE FUNCTION catbird._cb_flow_step(flow catbird.cb_flows, step_name text) RETURNS catbird.cb_flow_steps
 LANGUAGE plpgsql STABLE
 AS $$
@@ -1866,7 +2298,10 @@ END
 $$;
 
 -- Validates a steps array and returns it normalized (every key present, in a
--- fixed shape), raising 22023 with a precise message for the first problem.
+-- fixed shape), raising 22023 with a precise message for the first problem:
+-- not an array, empty, a step that is not an object, an invalid, reserved or
+-- duplicate name, an unknown or repeated dependency, a bad signal, step_type,
+-- map or reduce source or ignore_output, a malformed condition, a cycle.
 CREATE FUNCTION catbird._cb_normalize_flow_steps(flow_name text, steps jsonb) RETURNS jsonb
 LANGUAGE plpgsql IMMUTABLE
 AS $$
@@ -2016,6 +2451,12 @@ BEGIN
 END
 $$;
 
+-- Creates a flow from its steps (see _cb_normalize_flow_steps) and
+-- output_priority (default: the terminal steps in definition order).
+-- Creating it again with the same definition is a no-op; a different one
+-- replaces it while no run is active. Announces catbird.flow.created.
+-- Returns nothing. 22023 for an invalid name, steps, output_priority or a
+-- negative retention_period; 55006 when runs are active.
 CREATE FUNCTION catbird.cb_create_flow(name text, description text = NULL, steps jsonb = '[]',
                                        output_priority text[] = NULL, retention_period interval = NULL,
                                        on_fail boolean = false)
@@ -2047,10 +2488,7 @@ BEGIN
                               WHERE d ->> 'name' = s ->> 'name')
             ORDER BY o);
     END IF;
-    IF retention_period < interval '0' THEN
-        RAISE EXCEPTION 'invalid retention_period %: it must not be negative (NULL keeps runs forever)', retention_period
-            USING ERRCODE = 'invalid_parameter_value';
-    END IF;
+    PERFORM catbird._cb_check_retention(retention_period);
 
     PERFORM catbird._cb_lock_definition('flow', name, exclusive => true);
     SELECT * INTO v_existing FROM catbird.cb_flows f WHERE f.name = cb_create_flow.name;
@@ -2094,27 +2532,16 @@ BEGIN
 END
 $$;
 
+-- Deletes a flow with all its runs (step runs and map items too) and
+-- bindings; waits for calls in flight on it. Returns false when it does not
+-- exist; 22023 for an invalid name.
 CREATE FUNCTION catbird.cb_delete_flow(name text) RETURNS boolean
-LANGUAGE plpgsql VOLATILE
-AS $$
-DECLARE
-    v_id int;
-BEGIN
-    PERFORM catbird._cb_check_name('flow', name);
-    PERFORM catbird._cb_lock_definition('flow', name, exclusive => true);
-    DELETE FROM catbird.cb_flows f WHERE f.name = cb_delete_flow.name RETURNING f.id INTO v_id;
-    IF v_id IS NULL THEN
-        RETURN false;
-    END IF;
-    DELETE FROM catbird.cb_map_tasks m WHERE m.flow_id = v_id;
-    DELETE FROM catbird.cb_step_runs s WHERE s.flow_id = v_id;
-    DELETE FROM catbird.cb_flow_runs r WHERE r.flow_id = v_id;
-    DELETE FROM catbird.cb_bindings b WHERE b.target_type = 'flow' AND b.target_name = cb_delete_flow.name;
-    PERFORM catbird._cb_notify('catbird.flow.deleted', name);
-    RETURN true;
-END
-$$;
+LANGUAGE sql VOLATILE
+AS $$ SELECT catbird._cb_delete_definition('flow', cb_delete_flow.name) $$;
 
+-- Every flow as FlowInfo (name, description, normalized steps as jsonb,
+-- output_priority, retention_period, on_fail, created_at), by name. Raises
+-- nothing.
 CREATE FUNCTION catbird.cb_list_flows()
 RETURNS TABLE (name text, description text, steps jsonb, output_priority text[], retention_period interval,
                on_fail boolean, created_at timestamptz)
@@ -2124,18 +2551,28 @@ AS $$
     FROM catbird.cb_flows f ORDER BY f.name
 $$;
 
+-- One flow as FlowInfo; no row when it does not exist. Raises nothing.
 CREATE FUNCTION catbird.cb_get_flow(name text)
 RETURNS TABLE (name text, description text, steps jsonb, output_priority text[], retention_period interval,
                on_fail boolean, created_at timestamptz)
 LANGUAGE sql STABLE
 AS $$ SELECT * FROM catbird.cb_list_flows() f WHERE f.name = $1 $$;
-
---------------------------------------------------------------------------------
--- Dispatch (callers hold the flow run's row lock)
---------------------------------------------------------------------------------
+-- catbird 52_flow_dispatch: moving flow runs forward.
+--
+-- Owns: the internal transitions every flow verb shares: step outputs as
+-- consumers see them, dependency resolution, _cb_advance_flow_run (skip, wait
+-- for signal, fan out, queue; finish the run), failing and cancelling a run's
+-- open work, _cb_lock_flow_run. Writes cb_flow_runs, cb_step_runs and
+-- cb_map_tasks; callers hold the flow run's row lock.
+-- Guarantees:
+--   * Conditions are evaluated here, when a step becomes ready, never by a
+--     worker: a skipped step needs no worker and resolves its dependents.
+--   * A run completes with the output of the first completed step of its
+--     output_priority, or fails with a clear error when none completed.
+--   * Mapping over a value that is not an array fails that step and the run.
 
 -- The output of a finished step as its consumers see it: mapper and generator
--- outputs are their item outputs in item order.
+-- outputs are their item outputs in item order. Raises nothing.
 CREATE FUNCTION catbird._cb_step_output(step_run_id bigint, step_type text, stored jsonb) RETURNS jsonb
 LANGUAGE sql STABLE
 AS $$
@@ -2147,6 +2584,7 @@ $$;
 
 -- Outputs of a step's completed dependencies, keyed by step name, without
 -- ignore_output ones and without a reducer's source (read page by page).
+-- Returns a jsonb object ({} for none); raises nothing.
 CREATE FUNCTION catbird._cb_dependency_outputs(flow_run_id bigint, step catbird.cb_flow_steps) RETURNS jsonb
 LANGUAGE sql STABLE
 AS $$
@@ -2159,8 +2597,8 @@ AS $$
       AND d.status = 'completed'
 $$;
 
--- Marks steps resolved (completed or skipped): their dependents need one
--- dependency less.
+-- Marks a step resolved (completed or skipped): its dependents need one
+-- dependency less. Returns nothing; raises nothing.
 CREATE FUNCTION catbird._cb_resolve_dependents(flow_run_id bigint, flow_id int, step_name text) RETURNS void
 LANGUAGE sql VOLATILE
 AS $$
@@ -2171,8 +2609,9 @@ AS $$
       AND $3 = ANY (fs.depends_on)
 $$;
 
--- Ends a run: queued, waiting and started work is canceled (workers' later
--- reports are refused because their step is no longer started).
+-- Ends a run's work: waiting and queued step runs and queued items are
+-- canceled, started ones too with include_started (workers' later reports
+-- are refused because their step is no longer started). Raises nothing.
 CREATE FUNCTION catbird._cb_cancel_open_work(flow_run_id bigint, include_started boolean) RETURNS void
 LANGUAGE plpgsql VOLATILE
 AS $$
@@ -2189,6 +2628,10 @@ BEGIN
 END
 $$;
 
+-- Fails a flow run because of step_name (NULL: no output candidate): records
+-- the error and the failed step's input, signal input and attempts, queues
+-- on-fail handling when the flow has on_fail, cancels all open work and
+-- announces catbird.flow.failed. Returns nothing; raises nothing.
 CREATE FUNCTION catbird._cb_fail_flow_run(flow_run_id bigint, step_name text, error_message text,
                                           step_input jsonb, signal_input jsonb, step_attempts int)
 RETURNS void
@@ -2214,6 +2657,7 @@ $$;
 -- are skipped (condition false), parked for their signal, fanned out (mapper)
 -- or queued; repeats while skips and empty maps resolve further steps; then
 -- completes (or fails) the run when every step is completed or skipped.
+-- Returns nothing; a mapper over a non-array fails the run, it does not raise.
 CREATE FUNCTION catbird._cb_advance_flow_run(flow_run_id bigint) RETURNS void
 LANGUAGE plpgsql VOLATILE
 AS $$
@@ -2329,7 +2773,8 @@ BEGIN
 END
 $$;
 
--- A canceling run becomes canceled once no step or item is started any more.
+-- A canceling run becomes canceled (announcing catbird.flow.canceled) once no
+-- step or item is started any more. Returns nothing; raises nothing.
 CREATE FUNCTION catbird._cb_finish_canceling(flow_run_id bigint) RETURNS void
 LANGUAGE plpgsql VOLATILE
 AS $$
@@ -2344,20 +2789,49 @@ BEGIN
 END
 $$;
 
--- Locks a flow run for a transition and returns it.
+-- A worker's report (complete or fail) for a started step of a canceling run:
+-- the step is canceled, keeping error_message when one is given, and the run
+-- becomes canceled if that was its last started work. Returns nothing;
+-- raises nothing.
+CREATE FUNCTION catbird._cb_cancel_reported_step(flow_run_id bigint, step_run_id bigint, error_message text = NULL)
+RETURNS void
+LANGUAGE plpgsql VOLATILE
+AS $$
+BEGIN
+    UPDATE catbird.cb_step_runs sr
+    SET status = 'canceled', canceled_at = catbird.cb_now(),
+        error_message = coalesce(_cb_cancel_reported_step.error_message, sr.error_message)
+    WHERE sr.id = step_run_id;
+    PERFORM catbird._cb_finish_canceling(flow_run_id);
+END
+$$;
+
+-- Locks a run of the flow for a transition (FOR UPDATE) and returns it; all
+-- fields NULL when the flow has no such run. Raises nothing.
 CREATE FUNCTION catbird._cb_lock_flow_run(flow catbird.cb_flows, flow_run_id bigint) RETURNS catbird.cb_flow_runs
 LANGUAGE sql VOLATILE
 AS $$
     SELECT * FROM catbird.cb_flow_runs r WHERE r.id = flow_run_id AND r.flow_id = flow.id FOR UPDATE
 $$;
-
---------------------------------------------------------------------------------
--- Runs
---------------------------------------------------------------------------------
+-- catbird 53_flow_runs: starting, signalling, cancelling and ending flow runs.
+--
+-- Owns: _cb_insert_flow_runs (the one way runs start: cb_run_flow and
+-- cb_publish), cb_run_flow, cb_bind_flow, cb_unbind_flow, cb_signal_flow,
+-- cb_cancel_flow, cb_complete_flow_early, cb_purge_flow_runs,
+-- cb_clear_flow_runs. Writes cb_flow_runs and cb_step_runs.
+-- Guarantees:
+--   * A concurrency key is held by at most one started or canceling run of a
+--     flow; a run with a held key returns the holder's id and writes nothing.
+--   * A signal is delivered at most once per step run, and only while the
+--     run is started.
+--   * Cancel is two-phase and idempotent; early completion cancels the
+--     run's other work and makes later reports from workers stale.
 
 -- The one implementation of starting runs (cb_run_flow, cb_publish): one run
--- per input, deduplicated by concurrency key among active runs; returns the
--- run id each input resolved to. Callers hold the flow's shared lock.
+-- per input, deduplicated by concurrency key among active runs, each advanced
+-- at once (root steps queued). Returns the run id each input resolved to.
+-- Callers hold the flow's shared lock. 40001 when a key's holder finished
+-- while the call deduplicated against it (retry).
 CREATE FUNCTION catbird._cb_insert_flow_runs(
     flow catbird.cb_flows, inputs jsonb[], concurrency_keys text[], headers jsonb[],
     visible_at timestamptz, priority int, expires_at timestamptz)
@@ -2429,6 +2903,10 @@ BEGIN
 END
 $$;
 
+-- Starts one run per input, in one statement; an input whose concurrency key
+-- is held by a started or canceling run resolves to that run. Returns the run
+-- id of each input, in input order. 42704 for an unknown flow; 22023 for
+-- invalid inputs, keys or headers; 40001 as for _cb_insert_flow_runs.
 CREATE FUNCTION catbird.cb_run_flow(
     name text, inputs jsonb[], concurrency_keys text[] = NULL, headers jsonb[] = NULL,
     visible_at timestamptz = NULL, priority int = 0, expires_at timestamptz = NULL)
@@ -2446,6 +2924,9 @@ BEGIN
 END
 $$;
 
+-- Starts a run (see the batch form). Returns its id, or the id of the run
+-- holding concurrency_key. 42704 for an unknown flow; 22023 for a SQL NULL
+-- input or non-object headers; 40001 as for the batch form.
 CREATE FUNCTION catbird.cb_run_flow(
     name text, input jsonb, concurrency_key text = NULL, headers jsonb = NULL,
     visible_at timestamptz = NULL, priority int = 0, expires_at timestamptz = NULL)
@@ -2463,24 +2944,24 @@ BEGIN
 END
 $$;
 
+-- Binds the flow to a topic pattern: every publish to a matching topic starts
+-- a run. Binding twice is a no-op. Returns nothing; 42704 for an unknown flow,
+-- 22023 for an invalid name or pattern.
 CREATE FUNCTION catbird.cb_bind_flow(name text, pattern text) RETURNS void
-LANGUAGE plpgsql VOLATILE
-AS $$
-BEGIN
-    PERFORM catbird._cb_flow(name);
-    PERFORM catbird._cb_bind('flow', name, pattern);
-END
-$$;
+LANGUAGE sql VOLATILE
+AS $$ SELECT catbird._cb_bind('flow', (catbird._cb_flow(cb_bind_flow.name)).name, pattern) $$;
 
+-- Removes a binding of the flow. Returns false when there was none; 42704 for
+-- an unknown flow, 22023 for an invalid name or pattern.
 CREATE FUNCTION catbird.cb_unbind_flow(name text, pattern text) RETURNS boolean
-LANGUAGE plpgsql VOLATILE
-AS $$
-BEGIN
-    PERFORM catbird._cb_flow(name);
-    RETURN catbird._cb_unbind('flow', name, pattern);
-END
-$$;
+LANGUAGE sql VOLATILE
+AS $$ SELECT catbird._cb_unbind('flow', (catbird._cb_flow(cb_unbind_flow.name)).name, pattern) $$;
 
+-- Delivers a signal (its input) to a step declared with signal: true, which
+-- may then run. Returns true when delivered, false when the step already has
+-- its signal or is past waiting, or the run is not started. 42704 for an
+-- unknown flow, step or run; 22023 for an invalid name or a step without
+-- signal.
 CREATE FUNCTION catbird.cb_signal_flow(flow_name text, run_id bigint, step_name text, input jsonb) RETURNS boolean
 LANGUAGE plpgsql VOLATILE
 AS $$
@@ -2513,6 +2994,12 @@ BEGIN
 END
 $$;
 
+-- Cancels a run in two phases: waiting and queued work is canceled at once
+-- and the run is canceling (catbird.flow.canceling) until its started work
+-- reports back or its leases lapse, then canceled. Idempotent. Returns true
+-- when the run is canceling or canceled, false when it does not exist or
+-- already ended otherwise. 42704 for an unknown flow; 22023 for an invalid
+-- name.
 CREATE FUNCTION catbird.cb_cancel_flow(name text, run_id bigint, reason text = NULL) RETURNS boolean
 LANGUAGE plpgsql VOLATILE
 AS $$
@@ -2540,6 +3027,11 @@ BEGIN
 END
 $$;
 
+-- Completes a started run with output on behalf of step_name (a step
+-- handler ending the flow): the step, if started, completes with it, other
+-- work is canceled, catbird.flow.completed is announced. Returns true when
+-- the run completed, false when it is not started. 42704 for an unknown flow,
+-- step or run; 22023 for an invalid name.
 CREATE FUNCTION catbird.cb_complete_flow_early(flow_name text, run_id bigint, step_name text, output jsonb,
                                                reason text = NULL)
 RETURNS boolean
@@ -2570,10 +3062,44 @@ BEGIN
 END
 $$;
 
---------------------------------------------------------------------------------
--- Worker protocol: steps
---------------------------------------------------------------------------------
+-- Deletes the flow's finished runs (terminal, on-fail handling over) that
+-- finished at least older_than ago, with their step runs and map items.
+-- Returns how many runs it deleted. 42704 for an unknown flow; 22023 for an
+-- invalid name or a NULL or negative older_than.
+CREATE FUNCTION catbird.cb_purge_flow_runs(name text, older_than interval) RETURNS int
+LANGUAGE sql VOLATILE
+AS $$ SELECT catbird._cb_purge_runs('flow', cb_purge_flow_runs.name, older_than) $$;
 
+-- Deletes every run of the flow whatever its status, with its step runs and
+-- map items; in-flight work is lost (workers' later reports find nothing and
+-- are refused). Returns how many runs it deleted. 42704 for an unknown flow;
+-- 22023 for an invalid name.
+CREATE FUNCTION catbird.cb_clear_flow_runs(name text) RETURNS int
+LANGUAGE sql VOLATILE
+AS $$ SELECT catbird._cb_clear_runs('flow', catbird._cb_definition_id('flow', cb_clear_flow_runs.name)) $$;
+-- catbird 54_flow_steps: the worker protocol for flow steps.
+--
+-- Owns: cb_claim_steps, cb_hide_steps, _cb_lock_step_run, cb_complete_step,
+-- cb_fail_step. Writes cb_step_runs (and, through dispatch, the run).
+-- Guarantees:
+--   * Claims use FOR UPDATE SKIP LOCKED on cb_step_runs_claim_idx and never
+--     lock the flow run; a step whose lease (visible_at) lapsed is claimable
+--     again, and each claim increments attempts, the fencing token.
+--   * Complete and fail lock the flow run first, then act only on a step run
+--     still started (under the given attempt, when one is given): a stale
+--     worker gets false / NULL and changes nothing.
+--   * The retry decision is made here: a failure re-queues the step with a
+--     full-jitter delay while attempts <= max_retries, else fails the run.
+--   * A report for a step of a canceling run cancels that step (and finishes
+--     the cancel when it was the last started work).
+
+-- Claims up to quantity runs of one step of a flow: queued, or started with
+-- the lease (visible_at) lapsed, in started flow runs (not expired before
+-- their first attempt), highest priority first, then oldest. Each claim
+-- increments attempts (the fencing token) and holds the step for hide_for ms.
+-- Returns the claims (cb_step_claim: flow input, dependency outputs, signal
+-- input) by priority, then id. 42704 for an unknown flow or step; 22023 for
+-- an invalid name, quantity < 1 or hide_for < 1.
 CREATE FUNCTION catbird.cb_claim_steps(flow_name text, step_name text, quantity int, hide_for int)
 RETURNS SETOF catbird.cb_step_claim
 LANGUAGE plpgsql VOLATILE
@@ -2613,8 +3139,10 @@ BEGIN
 END
 $$;
 
--- Lease renewal; with attempts (one per id) only claims still held under
--- those attempts are renewed.
+-- Lease renewal: pushes visible_at of started step runs out to hide_for ms
+-- from now; with attempts (one per id) only claims still held under those
+-- attempts. Returns nothing. 42704 for an unknown flow or step; 22023 for an
+-- invalid name, hide_for < 1 or attempts of another length than ids.
 CREATE FUNCTION catbird.cb_hide_steps(flow_name text, step_name text, ids bigint[], hide_for int,
                                       attempts int[] = NULL) RETURNS void
 LANGUAGE plpgsql VOLATILE
@@ -2623,10 +3151,7 @@ DECLARE
     v_flow catbird.cb_flows := catbird._cb_flow(flow_name);
 BEGIN
     PERFORM catbird._cb_flow_step(v_flow, step_name);
-    PERFORM catbird._cb_check_at_least('hide_for', hide_for, 1, ' ms');
-    IF attempts IS NOT NULL AND cardinality(attempts) IS DISTINCT FROM cardinality(ids) THEN
-        RAISE EXCEPTION 'invalid attempts: give one attempt per id (or none)' USING ERRCODE = 'invalid_parameter_value';
-    END IF;
+    PERFORM catbird._cb_check_lease(hide_for, ids, attempts);
     UPDATE catbird.cb_step_runs sr
     SET visible_at = catbird.cb_now() + make_interval(secs => hide_for / 1000.0)
     FROM unnest(ids, cb_hide_steps.attempts) AS u(id, attempt)
@@ -2637,7 +3162,8 @@ END
 $$;
 
 -- Locks the run of a step run and returns both; the step run's fields are read
--- after the lock, so they are current.
+-- after the lock, so they are current. Both NULL when there is no such step
+-- run of that flow and step. Raises nothing.
 CREATE FUNCTION catbird._cb_lock_step_run(flow catbird.cb_flows, step_name text, step_run_id bigint,
                                           OUT run catbird.cb_flow_runs, OUT step_run catbird.cb_step_runs)
 LANGUAGE plpgsql VOLATILE
@@ -2651,6 +3177,11 @@ BEGIN
 END
 $$;
 
+-- Completes a started step run (under attempt, when given) with output and
+-- advances the flow run. Returns true when recorded; false for a stale call,
+-- or when the run is canceling (the step is then canceled). 42704 for an
+-- unknown flow or step; 22023 for an invalid name or a generator step (use
+-- cb_complete_generator_step).
 CREATE FUNCTION catbird.cb_complete_step(flow_name text, step_name text, id bigint, output jsonb, attempt int = NULL)
 RETURNS boolean
 LANGUAGE plpgsql VOLATILE
@@ -2667,8 +3198,7 @@ BEGIN
         RETURN false;
     END IF;
     IF (v_locked.run).status = 'canceling' THEN
-        UPDATE catbird.cb_step_runs sr SET status = 'canceled', canceled_at = v_now WHERE sr.id = cb_complete_step.id;
-        PERFORM catbird._cb_finish_canceling((v_locked.run).id);
+        PERFORM catbird._cb_cancel_reported_step((v_locked.run).id, cb_complete_step.id);
         RETURN false;
     END IF;
     IF v_step.step_type = 'generator' THEN
@@ -2685,9 +3215,12 @@ BEGIN
 END
 $$;
 
--- Records a failure of a started step or item: re-queues it with a full-jitter
--- delay while attempts <= max_retries, else fails it and the flow run.
--- Returns 'queued', 'failed', or NULL for a stale call.
+-- Records a failure of a started step run (under attempt, when given):
+-- re-queued with a full-jitter delay while attempts <= max_retries, else the
+-- step and the flow run fail (on-fail handling queued when the flow has
+-- on_fail). Returns 'queued', 'failed', or NULL for a stale call or a
+-- canceling run. 42704 for an unknown flow or step; 22023 for an invalid
+-- name or retry policy.
 CREATE FUNCTION catbird.cb_fail_step(flow_name text, step_name text, id bigint, error_message text,
                                      attempt int = NULL, max_retries int = 0, backoff_min int = 100,
                                      backoff_max int = 2000)
@@ -2708,9 +3241,7 @@ BEGIN
         RETURN NULL;
     END IF;
     IF (v_locked.run).status = 'canceling' THEN
-        UPDATE catbird.cb_step_runs sr SET status = 'canceled', canceled_at = v_now, error_message = v_error
-        WHERE sr.id = cb_fail_step.id;
-        PERFORM catbird._cb_finish_canceling((v_locked.run).id);
+        PERFORM catbird._cb_cancel_reported_step((v_locked.run).id, cb_fail_step.id, v_error);
         RETURN NULL;
     END IF;
     IF (v_locked.step_run).attempts <= max_retries THEN
@@ -2727,14 +3258,28 @@ BEGIN
     RETURN 'failed';
 END
 $$;
+-- catbird 55_flow_items: the worker protocol for map items, generators and reducers.
+--
+-- Owns: cb_claim_map_tasks, cb_hide_map_tasks, _cb_maybe_complete_map_step,
+-- cb_complete_map_tasks, cb_fail_map_task, cb_spawn_generator_map_tasks,
+-- cb_complete_generator_step, cb_fail_generator_step, cb_read_map_outputs.
+-- Writes cb_map_tasks and cb_step_runs.
+-- Guarantees:
+--   * Items are claimed, fenced, retried and canceled like step runs (see
+--     54_flow_steps), each item independently.
+--   * A mapper or generator step completes when all its items are done (and
+--     a generator's handler has finished); its output is its item outputs in
+--     item order, assembled on read, never stored as one array.
+--   * Generators add items only while their step run is started.
 
---------------------------------------------------------------------------------
--- Worker protocol: map items, generators, reducers
---------------------------------------------------------------------------------
-
--- with_input / with_outputs false: the claim leaves input / step_outputs NULL,
--- for item handlers that do not take them (a mapper over a large flow input
--- would otherwise ship that input with every item).
+-- Claims up to quantity items of a mapper or generator step, like
+-- cb_claim_steps: each claim increments the item's attempts and holds it for
+-- hide_for ms. Returns the claims (item, flow input, dependency outputs
+-- without the map source, signal input) by priority, then id. with_input /
+-- with_outputs false: the claim leaves input / step_outputs NULL, for item
+-- handlers that do not take them (a mapper over a large flow input would
+-- otherwise ship that input with every item). 42704 for an unknown flow or
+-- step; 22023 for an invalid name, quantity < 1 or hide_for < 1.
 CREATE FUNCTION catbird.cb_claim_map_tasks(flow_name text, step_name text, quantity int, hide_for int,
                                            with_input boolean = true, with_outputs boolean = true)
 RETURNS TABLE (id bigint, flow_run_id bigint, attempts int, input jsonb, step_outputs jsonb,
@@ -2784,6 +3329,9 @@ BEGIN
 END
 $$;
 
+-- Lease renewal for items, as cb_hide_steps. Returns nothing. 42704 for an
+-- unknown flow or step; 22023 for an invalid name, hide_for < 1 or attempts
+-- of another length than ids.
 CREATE FUNCTION catbird.cb_hide_map_tasks(flow_name text, step_name text, ids bigint[], hide_for int,
                                           attempts int[] = NULL) RETURNS void
 LANGUAGE plpgsql VOLATILE
@@ -2792,10 +3340,7 @@ DECLARE
     v_flow catbird.cb_flows := catbird._cb_flow(flow_name);
 BEGIN
     PERFORM catbird._cb_flow_step(v_flow, step_name);
-    PERFORM catbird._cb_check_at_least('hide_for', hide_for, 1, ' ms');
-    IF attempts IS NOT NULL AND cardinality(attempts) IS DISTINCT FROM cardinality(ids) THEN
-        RAISE EXCEPTION 'invalid attempts: give one attempt per id (or none)' USING ERRCODE = 'invalid_parameter_value';
-    END IF;
+    PERFORM catbird._cb_check_lease(hide_for, ids, attempts);
     UPDATE catbird.cb_map_tasks m
     SET visible_at = catbird.cb_now() + make_interval(secs => hide_for / 1000.0)
     FROM unnest(ids, cb_hide_map_tasks.attempts) AS u(id, attempt)
@@ -2806,7 +3351,8 @@ END
 $$;
 
 -- A mapper or generator step whose items are all done (and, for a
--- generator, whose handler has finished) is completed.
+-- generator, whose handler has finished) is completed, and its run advanced.
+-- Returns nothing; raises nothing.
 CREATE FUNCTION catbird._cb_maybe_complete_map_step(step_run_id bigint, flow_id int) RETURNS void
 LANGUAGE plpgsql VOLATILE
 AS $$
@@ -2826,6 +3372,11 @@ BEGIN
 END
 $$;
 
+-- Completes started items (under the given attempts, when given) with their
+-- outputs, one flow run at a time (runs locked in id order); a step whose
+-- items are all done completes. Items of canceling runs are canceled.
+-- Returns nothing; stale items are left out. 42704 for an unknown flow or
+-- step; 22023 for an invalid name or arrays of different lengths.
 CREATE FUNCTION catbird.cb_complete_map_tasks(flow_name text, step_name text, ids bigint[], outputs jsonb[],
                                               attempts int[] = NULL)
 RETURNS void
@@ -2876,6 +3427,11 @@ BEGIN
 END
 $$;
 
+-- Records a failure of a started item (under attempt, when given): re-queued
+-- with a full-jitter delay while attempts <= max_retries, else the item, its
+-- step and the flow run fail. Returns 'queued', 'failed', or NULL for a
+-- stale call or a canceling run. 42704 for an unknown flow or step; 22023 for
+-- an invalid name or retry policy.
 CREATE FUNCTION catbird.cb_fail_map_task(flow_name text, step_name text, id bigint, error_message text,
                                          attempt int = NULL, max_retries int = 0, backoff_min int = 100,
                                          backoff_max int = 2000)
@@ -2924,7 +3480,11 @@ BEGIN
 END
 $$;
 
--- A generator's handler, while running (its step run started), adds items.
+-- A generator's handler, while running (its step run started), adds items
+-- (queued at visible_at, default now). Returns how many it added; 0 when the
+-- step run or flow run is no longer started. 42704 for an unknown flow or
+-- step; 22023 for an invalid name, a step that is not a generator or items
+-- that are not a JSON array.
 CREATE FUNCTION catbird.cb_spawn_generator_map_tasks(flow_name text, step_name text, id bigint, items jsonb,
                                                      visible_at timestamptz = NULL)
 RETURNS int
@@ -2964,6 +3524,10 @@ BEGIN
 END
 $$;
 
+-- Records that a generator's handler has finished: the step completes once
+-- all its items are done. A stale call does nothing; for a canceling run the
+-- step is canceled. Returns nothing. 42704 for an unknown flow or step; 22023
+-- for an invalid name.
 CREATE FUNCTION catbird.cb_complete_generator_step(flow_name text, step_name text, id bigint) RETURNS void
 LANGUAGE plpgsql VOLATILE
 AS $$
@@ -2977,9 +3541,7 @@ BEGIN
         RETURN;
     END IF;
     IF (v_locked.run).status = 'canceling' THEN
-        UPDATE catbird.cb_step_runs sr SET status = 'canceled', canceled_at = catbird.cb_now()
-        WHERE sr.id = cb_complete_generator_step.id;
-        PERFORM catbird._cb_finish_canceling((v_locked.run).id);
+        PERFORM catbird._cb_cancel_reported_step((v_locked.run).id, cb_complete_generator_step.id);
         RETURN;
     END IF;
     UPDATE catbird.cb_step_runs sr
@@ -2989,6 +3551,10 @@ BEGIN
 END
 $$;
 
+-- Records that a generator's handler failed: the step and the flow run fail
+-- (no retry). A stale call does nothing; for a canceling run the step is
+-- canceled. Returns nothing. 42704 for an unknown flow or step; 22023 for an
+-- invalid name.
 CREATE FUNCTION catbird.cb_fail_generator_step(flow_name text, step_name text, id bigint, error_message text)
 RETURNS void
 LANGUAGE plpgsql VOLATILE
@@ -3004,9 +3570,7 @@ BEGIN
         RETURN;
     END IF;
     IF (v_locked.run).status = 'canceling' THEN
-        UPDATE catbird.cb_step_runs sr SET status = 'canceled', canceled_at = catbird.cb_now()
-        WHERE sr.id = cb_fail_generator_step.id;
-        PERFORM catbird._cb_finish_canceling((v_locked.run).id);
+        PERFORM catbird._cb_cancel_reported_step((v_locked.run).id, cb_fail_generator_step.id);
         RETURN;
     END IF;
     UPDATE catbird.cb_step_runs sr SET status = 'failed', failed_at = catbird.cb_now(), error_message = v_error
@@ -3016,8 +3580,10 @@ BEGIN
 END
 $$;
 
--- Item outputs of a mapper or generator step, in item order, a page at a time
--- (for reducers, which fold them without building one array).
+-- Item outputs of a mapper or generator step of a run, in item order, a page
+-- at a time (for reducers, which fold them without building one array):
+-- completed items after after_idx, at most lim. Returns (idx, output) rows.
+-- 42704 for an unknown flow or step; 22023 for an invalid name or lim < 1.
 CREATE FUNCTION catbird.cb_read_map_outputs(flow_name text, run_id bigint, step_name text,
                                             after_idx int = -1, lim int = 1000)
 RETURNS TABLE (idx int, output jsonb)
@@ -3038,43 +3604,26 @@ BEGIN
     LIMIT lim;
 END
 $$;
+-- catbird 56_flow_introspection: waiting for flows and reading their state.
+--
+-- Owns: cb_wait_flow_output, cb_get_flow_run_steps, cb_get_flow_step_status,
+-- cb_get_flow_step_output, cb_wait_flow_step_output, cb_list_flow_runs,
+-- cb_get_flow_run, and the cb_step_run_info / cb_flow_run_info types (the
+-- fields of StepRunInfo and FlowRunInfo). Reads only; writes nothing.
+-- Guarantees:
+--   * Waits return one row when the run (or step) is terminal and no row on
+--     timeout or for a run that does not exist.
+--   * Runs list newest first; before_id pages backwards.
 
---------------------------------------------------------------------------------
--- Waiting and introspection
---------------------------------------------------------------------------------
-
+-- Waits up to poll_for ms, polling every poll_interval ms, for the flow run to
+-- be terminal (completed, failed, canceled, expired). Returns one row (status,
+-- output, error_message) then, no row on timeout or for a run that does not
+-- exist. 42704 for an unknown flow; 22023 for an invalid name, poll_for < 0 or
+-- poll_interval < 1.
 CREATE FUNCTION catbird.cb_wait_flow_output(flow_name text, run_id bigint, poll_for int = 5000, poll_interval int = 200)
 RETURNS TABLE (status text, output jsonb, error_message text)
-LANGUAGE plpgsql VOLATILE
-AS $$
-DECLARE
-    v_flow catbird.cb_flows := catbird._cb_flow(flow_name);
-    v_deadline timestamptz;
-    v_run record;
-BEGIN
-    PERFORM catbird._cb_check_at_least('poll_for', poll_for, 0, ' ms');
-    PERFORM catbird._cb_check_at_least('poll_interval', poll_interval, 1, ' ms');
-    v_deadline := clock_timestamp() + make_interval(secs => poll_for / 1000.0);
-    LOOP
-        SELECT r.status, r.output, r.error_message INTO v_run
-        FROM catbird.cb_flow_runs r WHERE r.id = run_id AND r.flow_id = v_flow.id;
-        IF NOT FOUND THEN
-            RETURN;
-        END IF;
-        IF v_run.status IN ('completed', 'failed', 'canceled', 'expired') THEN
-            status := v_run.status;
-            output := v_run.output;
-            error_message := v_run.error_message;
-            RETURN NEXT;
-            RETURN;
-        END IF;
-        IF clock_timestamp() >= v_deadline THEN
-            RETURN;
-        END IF;
-        PERFORM pg_sleep(least(poll_interval / 1000.0, extract(epoch FROM v_deadline - clock_timestamp())));
-    END LOOP;
-END
-$$;
+LANGUAGE sql VOLATILE
+AS $$ SELECT * FROM catbird._cb_wait('flow', flow_name, run_id, NULL, poll_for, poll_interval) $$;
 
 CREATE TYPE catbird.cb_step_run_info AS (
     id bigint, flow_run_id bigint, step_name text, status text, priority int, attempts int,
@@ -3083,6 +3632,10 @@ CREATE TYPE catbird.cb_step_run_info AS (
     failed_at timestamptz, skipped_at timestamptz, canceled_at timestamptz
 );
 
+-- The step runs of a flow run as cb_step_run_info (StepRunInfo), in
+-- definition order; a completed mapper's or generator's output is its item
+-- outputs. No rows for a run that does not exist. 42704 for an unknown flow;
+-- 22023 for an invalid name.
 CREATE FUNCTION catbird.cb_get_flow_run_steps(flow_name text, run_id bigint)
 RETURNS SETOF catbird.cb_step_run_info
 LANGUAGE plpgsql VOLATILE
@@ -3103,6 +3656,8 @@ BEGIN
 END
 $$;
 
+-- One step run of a flow run as cb_step_run_info; no row for a run that does
+-- not exist. 42704 for an unknown flow or step; 22023 for an invalid name.
 CREATE FUNCTION catbird.cb_get_flow_step_status(flow_name text, run_id bigint, step_name text)
 RETURNS SETOF catbird.cb_step_run_info
 LANGUAGE plpgsql VOLATILE
@@ -3117,43 +3672,24 @@ BEGIN
 END
 $$;
 
+-- The output of one step of a flow run (NULL unless completed). Errors as
+-- cb_get_flow_step_status.
 CREATE FUNCTION catbird.cb_get_flow_step_output(flow_name text, run_id bigint, step_name text) RETURNS jsonb
 LANGUAGE sql VOLATILE
 AS $$
     SELECT s.output FROM catbird.cb_get_flow_step_status(flow_name, run_id, step_name) s
 $$;
 
+-- Waits up to poll_for ms, polling every poll_interval ms, for a step of the
+-- flow run to be terminal (completed, failed, skipped, canceled). Returns one
+-- row (status, output, error_message) then, no row on timeout or for a run
+-- that does not exist. 22023 for poll_for < 0 or poll_interval < 1, then as
+-- cb_get_flow_step_status: 42704 for an unknown flow or step.
 CREATE FUNCTION catbird.cb_wait_flow_step_output(flow_name text, run_id bigint, step_name text,
                                                  poll_for int = 5000, poll_interval int = 200)
 RETURNS TABLE (status text, output jsonb, error_message text)
-LANGUAGE plpgsql VOLATILE
-AS $$
-DECLARE
-    v_deadline timestamptz;
-    v_step catbird.cb_step_run_info;
-BEGIN
-    PERFORM catbird._cb_check_at_least('poll_for', poll_for, 0, ' ms');
-    PERFORM catbird._cb_check_at_least('poll_interval', poll_interval, 1, ' ms');
-    v_deadline := clock_timestamp() + make_interval(secs => poll_for / 1000.0);
-    LOOP
-        SELECT * INTO v_step FROM catbird.cb_get_flow_step_status(flow_name, run_id, step_name);
-        IF v_step.id IS NULL THEN
-            RETURN;
-        END IF;
-        IF v_step.status IN ('completed', 'failed', 'skipped', 'canceled') THEN
-            status := v_step.status;
-            output := v_step.output;
-            error_message := v_step.error_message;
-            RETURN NEXT;
-            RETURN;
-        END IF;
-        IF clock_timestamp() >= v_deadline THEN
-            RETURN;
-        END IF;
-        PERFORM pg_sleep(least(poll_interval / 1000.0, extract(epoch FROM v_deadline - clock_timestamp())));
-    END LOOP;
-END
-$$;
+LANGUAGE sql VOLATILE
+AS $$ SELECT * FROM catbird._cb_wait('step', flow_name, run_id, step_name, poll_for, poll_interval) $$;
 
 CREATE TYPE catbird.cb_flow_run_info AS (
     id bigint, flow_name text, status text, priority int, concurrency_key text, input jsonb, headers jsonb,
@@ -3163,7 +3699,8 @@ CREATE TYPE catbird.cb_flow_run_info AS (
     on_fail_status text, on_fail_attempts int, on_fail_error_message text
 );
 
--- Every run of a flow as cb_flow_run_info; inlinable, like _cb_task_runs.
+-- Every run of a flow as cb_flow_run_info (FlowRunInfo fields); inlinable,
+-- like _cb_task_runs. Raises nothing.
 CREATE FUNCTION catbird._cb_flow_runs(flow_id int, flow_name text)
 RETURNS SETOF catbird.cb_flow_run_info
 LANGUAGE sql STABLE
@@ -3176,80 +3713,42 @@ AS $$
     WHERE r.flow_id = $1
 $$;
 
+-- The flow's runs as cb_flow_run_info (FlowRunInfo), newest first, at most
+-- lim, older than before_id when given (to page backwards). 42704 for an
+-- unknown flow; 22023 for an invalid name or lim < 1.
 CREATE FUNCTION catbird.cb_list_flow_runs(name text, lim int = 100, before_id bigint = NULL)
 RETURNS SETOF catbird.cb_flow_run_info
-LANGUAGE plpgsql VOLATILE
+LANGUAGE sql VOLATILE
 AS $$
-DECLARE
-    v_flow catbird.cb_flows := catbird._cb_flow(name);
-BEGIN
-    PERFORM catbird._cb_check_at_least('lim', lim, 1);
-    RETURN QUERY
-    SELECT * FROM catbird._cb_flow_runs(v_flow.id, v_flow.name) r
-    WHERE before_id IS NULL OR r.id < before_id
-    ORDER BY r.id DESC
-    LIMIT lim;
-END
+    SELECT * FROM catbird._cb_list_runs(NULL::catbird.cb_flow_run_info, 'flow', cb_list_flow_runs.name, lim, before_id)
 $$;
 
+-- One run of the flow as cb_flow_run_info; no row when it does not exist.
+-- 42704 for an unknown flow; 22023 for an invalid name.
 CREATE FUNCTION catbird.cb_get_flow_run(name text, run_id bigint)
 RETURNS SETOF catbird.cb_flow_run_info
-LANGUAGE plpgsql VOLATILE
+LANGUAGE sql VOLATILE
 AS $$
-DECLARE
-    v_flow catbird.cb_flows := catbird._cb_flow(name);
-BEGIN
-    RETURN QUERY SELECT * FROM catbird._cb_flow_runs(v_flow.id, v_flow.name) r WHERE r.id = run_id;
-END
+    SELECT * FROM catbird._cb_list_runs(NULL::catbird.cb_flow_run_info, 'flow', cb_get_flow_run.name, 1,
+                                        run_id => run_id)
 $$;
+-- catbird 57_flow_on_fail: on-fail handlers of flows.
+--
+-- Owns: cb_claim_flow_on_fail, cb_complete_flow_on_fail, cb_fail_flow_on_fail.
+-- Writes the on_fail_* columns of cb_flow_runs.
+-- Guarantees:
+--   * A flow run that fails while its flow has on_fail set is queued for its
+--     on-fail handler (on_fail_status), with the failed step's name, input,
+--     signal input and attempts.
+--   * On-fail claims use FOR UPDATE SKIP LOCKED and a hide window like run
+--     claims; complete/fail act only on a claim that is still started.
 
-CREATE FUNCTION catbird.cb_purge_flow_runs(name text, older_than interval) RETURNS int
-LANGUAGE plpgsql VOLATILE
-AS $$
-DECLARE
-    v_flow catbird.cb_flows := catbird._cb_flow(name);
-    v_ids bigint[];
-BEGIN
-    IF older_than IS NULL OR older_than < interval '0' THEN
-        RAISE EXCEPTION 'invalid older_than %: expected a non-negative interval', coalesce(older_than::text, 'NULL')
-            USING ERRCODE = 'invalid_parameter_value';
-    END IF;
-    WITH purged AS (
-        DELETE FROM catbird.cb_flow_runs r
-        WHERE r.flow_id = v_flow.id
-          AND r.status IN ('completed', 'failed', 'canceled', 'expired')
-          AND coalesce(r.on_fail_status, 'completed') IN ('completed', 'failed')
-          AND coalesce(r.completed_at, r.failed_at, r.canceled_at, r.created_at) <= catbird.cb_now() - older_than
-        RETURNING r.id
-    )
-    SELECT coalesce(array_agg(p.id), '{}') INTO v_ids FROM purged p;
-    DELETE FROM catbird.cb_map_tasks m WHERE m.flow_run_id = ANY (v_ids);
-    DELETE FROM catbird.cb_step_runs sr WHERE sr.flow_run_id = ANY (v_ids);
-    RETURN cardinality(v_ids);
-END
-$$;
-
--- Deletes every run of the flow whatever its status; in-flight work is lost
--- (workers' later reports find nothing and are refused).
-CREATE FUNCTION catbird.cb_clear_flow_runs(name text) RETURNS int
-LANGUAGE plpgsql VOLATILE
-AS $$
-DECLARE
-    v_flow catbird.cb_flows := catbird._cb_flow(name);
-    v_count int;
-BEGIN
-    DELETE FROM catbird.cb_map_tasks m WHERE m.flow_id = v_flow.id;
-    DELETE FROM catbird.cb_step_runs sr WHERE sr.flow_id = v_flow.id;
-    DELETE FROM catbird.cb_flow_runs r WHERE r.flow_id = v_flow.id;
-    GET DIAGNOSTICS v_count = ROW_COUNT;
-    RETURN v_count;
-END
-$$;
-
---------------------------------------------------------------------------------
--- On-fail handlers of flows
---------------------------------------------------------------------------------
-
+-- Claims up to quantity failed flow runs whose on-fail handling is due
+-- (queued, or started with its hide window lapsed), oldest due first:
+-- on_fail_attempts is incremented and the claim held for hide_for ms.
+-- Returns the claims, with the failed step's name, input, signal input and
+-- attempts, by id. 42704 for an unknown flow; 22023 for an invalid name,
+-- quantity < 1 or hide_for < 1.
 CREATE FUNCTION catbird.cb_claim_flow_on_fail(name text, quantity int, hide_for int = 30000)
 RETURNS TABLE (id bigint, input jsonb, error_message text, on_fail_attempts int, started_at timestamptz,
                failed_at timestamptz, concurrency_key text, failed_step_name text, failed_step_input jsonb,
@@ -3282,39 +3781,34 @@ BEGIN
 END
 $$;
 
+-- Records that the on-fail handler of a flow run succeeded; acts only on a run
+-- whose on-fail claim is started. Returns nothing; 42704 for an unknown flow,
+-- 22023 for an invalid name.
 CREATE FUNCTION catbird.cb_complete_flow_on_fail(name text, run_id bigint) RETURNS void
-LANGUAGE plpgsql VOLATILE
-AS $$
-DECLARE
-    v_flow catbird.cb_flows := catbird._cb_flow(name);
-BEGIN
-    UPDATE catbird.cb_flow_runs r SET on_fail_status = 'completed', on_fail_error_message = NULL
-    WHERE r.id = run_id AND r.flow_id = v_flow.id AND r.on_fail_status = 'started';
-END
-$$;
+LANGUAGE sql VOLATILE
+AS $$ SELECT catbird._cb_end_on_fail('flow', cb_complete_flow_on_fail.name, run_id, completed => true) $$;
 
+-- Records that the on-fail handler of a flow run failed: claimable again after
+-- retry_delay ms, or failed for good when retry_exhausted. Acts only on a run
+-- whose on-fail claim is started. Returns nothing; 42704 for an unknown flow,
+-- 22023 for an invalid name or retry_delay < 0.
 CREATE FUNCTION catbird.cb_fail_flow_on_fail(name text, run_id bigint, error_message text,
                                              retry_exhausted boolean, retry_delay bigint)
 RETURNS void
-LANGUAGE plpgsql VOLATILE
+LANGUAGE sql VOLATILE
 AS $$
-DECLARE
-    v_flow catbird.cb_flows := catbird._cb_flow(name);
-BEGIN
-    PERFORM catbird._cb_check_at_least('retry_delay', retry_delay, 0, ' ms');
-    UPDATE catbird.cb_flow_runs r
-    SET on_fail_status = CASE WHEN retry_exhausted THEN 'failed' ELSE 'queued' END,
-        on_fail_visible_at = catbird.cb_now() + make_interval(secs => retry_delay / 1000.0),
-        on_fail_error_message = coalesce(cb_fail_flow_on_fail.error_message, 'unknown error')
-    WHERE r.id = run_id AND r.flow_id = v_flow.id AND r.on_fail_status = 'started';
-END
+    SELECT catbird._cb_end_on_fail('flow', cb_fail_flow_on_fail.name, run_id, completed => false,
+                                   error_message => cb_fail_flow_on_fail.error_message,
+                                   retry_exhausted => retry_exhausted, retry_delay => retry_delay)
 $$;
 -- catbird 70_maintenance: the worker registry and garbage collection.
 --
 -- Owns: cb_workers, cb_gc. Workers register the handlers they run, send heartbeats
 -- and unregister on shutdown; cb_list_workers shows them (WorkerInfo fields).
 -- A worker that stops heartbeating is stale; its runs need no rescue here,
--- because their leases (visible_at) expire on their own.
+-- because their leases (visible_at) expire on their own. cb_gc's retention purge of
+-- finished runs is the one of cb_purge_task_runs / cb_purge_flow_runs
+-- (38_runs), in bounded batches.
 
 CREATE TABLE catbird.cb_workers (
     id                uuid PRIMARY KEY,
@@ -3324,6 +3818,9 @@ CREATE TABLE catbird.cb_workers (
     last_heartbeat_at timestamptz NOT NULL
 );
 
+-- Registers a worker (or updates a registered one) with the handlers it runs
+-- and announces catbird.worker.started. Returns nothing; 22023 for a NULL id
+-- or handlers that are not JSON arrays.
 CREATE FUNCTION catbird.cb_worker_started(id uuid, task_handlers jsonb, step_handlers jsonb) RETURNS void
 LANGUAGE plpgsql VOLATILE
 AS $$
@@ -3346,8 +3843,9 @@ BEGIN
 END
 $$;
 
--- Returns {"registered": false} when the worker is unknown (e.g. removed as
--- stale), so it can register again.
+-- Records a worker's heartbeat. Returns {"registered": true}, or
+-- {"registered": false} when the worker is unknown (e.g. removed as stale),
+-- so it can register again. Raises nothing.
 CREATE FUNCTION catbird.cb_worker_heartbeat(id uuid) RETURNS jsonb
 LANGUAGE plpgsql VOLATILE
 AS $$
@@ -3357,6 +3855,8 @@ BEGIN
 END
 $$;
 
+-- Unregisters a worker and announces catbird.worker.stopped. Returns false
+-- when it was not registered. Raises nothing.
 CREATE FUNCTION catbird.cb_worker_stopped(id uuid) RETURNS boolean
 LANGUAGE plpgsql VOLATILE
 AS $$
@@ -3369,6 +3869,7 @@ BEGIN
 END
 $$;
 
+-- Every registered worker as WorkerInfo, oldest first. Raises nothing.
 CREATE FUNCTION catbird.cb_list_workers()
 RETURNS TABLE (id uuid, task_handlers jsonb, step_handlers jsonb, started_at timestamptz,
                last_heartbeat_at timestamptz)
@@ -3388,6 +3889,8 @@ $$;
 --   stale_wire_nodes_deleted   (no Wire nodes in this version: always 0)
 --   task_runs_purged / flow_runs_purged  finished runs older than their
 --                              definition's retention_period (NULL or 0: kept)
+-- Returns those counters as jsonb; 22023 for batch_size < 1 or a
+-- stale_worker_after that is not a positive interval.
 CREATE FUNCTION catbird.cb_gc(batch_size int = 10000, stale_worker_after interval = '5 minutes')
 RETURNS jsonb
 LANGUAGE plpgsql VOLATILE
@@ -3461,33 +3964,8 @@ BEGIN
     DELETE FROM catbird.cb_workers w WHERE w.last_heartbeat_at < v_now - stale_worker_after;
     GET DIAGNOSTICS v_stale_workers = ROW_COUNT;
 
-    DELETE FROM catbird.cb_task_runs r
-    WHERE r.id IN (
-        SELECT x.id FROM catbird.cb_task_runs x JOIN catbird.cb_tasks t ON t.id = x.task_id
-        WHERE t.retention_period > interval '0'
-          AND x.status IN ('completed', 'failed', 'skipped', 'canceled', 'expired')
-          AND coalesce(x.on_fail_status, 'completed') IN ('completed', 'failed')
-          AND coalesce(x.completed_at, x.failed_at, x.skipped_at, x.canceled_at, x.expired_at, x.created_at)
-              <= v_now - t.retention_period
-        LIMIT batch_size FOR UPDATE OF x SKIP LOCKED);
-    GET DIAGNOSTICS v_task_purged = ROW_COUNT;
-
-    WITH purged AS (
-        DELETE FROM catbird.cb_flow_runs r
-        WHERE r.id IN (
-            SELECT x.id FROM catbird.cb_flow_runs x JOIN catbird.cb_flows f ON f.id = x.flow_id
-            WHERE f.retention_period > interval '0'
-              AND x.status IN ('completed', 'failed', 'canceled', 'expired')
-              AND coalesce(x.on_fail_status, 'completed') IN ('completed', 'failed')
-              AND coalesce(x.completed_at, x.failed_at, x.canceled_at, x.created_at) <= v_now - f.retention_period
-            LIMIT batch_size FOR UPDATE OF x SKIP LOCKED)
-        RETURNING r.id
-    ), steps AS (
-        DELETE FROM catbird.cb_step_runs sr WHERE sr.flow_run_id IN (SELECT p.id FROM purged p)
-    ), items AS (
-        DELETE FROM catbird.cb_map_tasks m WHERE m.flow_run_id IN (SELECT p.id FROM purged p)
-    )
-    SELECT count(*) INTO v_flow_purged FROM purged;
+    v_task_purged := catbird._cb_purge_retained_runs('task', v_now, batch_size);
+    v_flow_purged := catbird._cb_purge_retained_runs('flow', v_now, batch_size);
 
     RETURN jsonb_build_object(
         'expired_queues_deleted', v_expired_queues,
@@ -3513,12 +3991,16 @@ $$;
 -- queued events, the run id for run events (catbird.task.completed carries the
 -- ids a call completed, comma-separated), the worker id for worker events.
 
+-- Sends an event on the channel "catbird" (delivered on commit), unchecked:
+-- for the engine's own topics. Returns nothing.
 CREATE FUNCTION catbird._cb_notify(topic text, data text = NULL, node_id uuid = NULL) RETURNS void
 LANGUAGE sql VOLATILE
 AS $$
     SELECT pg_notify('catbird', jsonb_build_object('topic', topic, 'data', data, 'node_id', node_id)::text)
 $$;
 
+-- Sends an event with a user topic (see _cb_notify). Returns nothing; 22023
+-- for an invalid topic or data over 7000 bytes.
 CREATE FUNCTION catbird.cb_notify(topic text, data text = NULL, node_id uuid = NULL) RETURNS void
 LANGUAGE plpgsql VOLATILE
 AS $$

@@ -1,0 +1,371 @@
+-- catbird 38_runs: the run lifecycle shared by tasks and flows.
+--
+-- Owns: the internal helpers that the task verbs (40_tasks) and the flow verbs
+-- (50-57) delegate to where they do the same thing: the retry policy (check
+-- and full-jitter delay), lease and purge argument checks, deleting a
+-- definition with its runs, purging and clearing runs (also cb_gc's retention
+-- purge), listing runs, waiting for a terminal state, and recording the outcome
+-- of an on-fail handler. _cb_run_layout is the one place that knows how the
+-- run tables of each kind are laid out (cb_tasks/cb_task_runs;
+-- cb_flows/cb_flow_runs with their parts cb_step_runs and cb_map_tasks).
+-- Guarantees:
+--   * Hot paths (claims, completions, failures, lease renewal) stay static SQL
+--     in their own files and share only argument checks from here. The helpers
+--     that build SQL (delete, purge, clear, list, on-fail outcome) run rarely;
+--     they quote every identifier with format('%I') and pass every value as a
+--     parameter.
+--   * A run is finished when its status is terminal and its on-fail handling,
+--     if any, is over (completed or failed); only finished runs are purged.
+--   * Each helper looks the definition up first, as the verbs did before they
+--     shared it, so errors come in the same order: 22023 for a bad name, 42704
+--     for an unknown definition, then 22023 for a bad argument.
+
+-- Full-jitter retry delay in milliseconds for the given (1-based) attempt:
+-- uniform in [backoff_min, min(backoff_max, backoff_min * 2^(attempt - 1))].
+-- Raises nothing; callers have checked the policy with _cb_check_retry_policy.
+CREATE FUNCTION catbird._cb_retry_delay(attempt int, backoff_min int, backoff_max int) RETURNS double precision
+LANGUAGE sql VOLATILE
+AS $$
+    SELECT backoff_min + random() * (least(backoff_max::double precision,
+                                           backoff_min * power(2, least(greatest(attempt - 1, 0), 60)))
+                                     - backoff_min)
+$$;
+
+-- Checks the retry policy of a fail call (cb_fail_task, cb_fail_step,
+-- cb_fail_map_task): max_retries >= 0, 0 <= backoff_min <= backoff_max.
+-- Returns nothing; 22023 for the first argument out of range.
+CREATE FUNCTION catbird._cb_check_retry_policy(max_retries int, backoff_min int, backoff_max int) RETURNS void
+LANGUAGE plpgsql IMMUTABLE
+AS $$
+BEGIN
+    PERFORM catbird._cb_check_at_least('max_retries', max_retries, 0);
+    PERFORM catbird._cb_check_at_least('backoff_min', backoff_min, 0, ' ms');
+    IF backoff_max IS NULL OR backoff_max < backoff_min THEN
+        RAISE EXCEPTION 'invalid backoff_max: got %, expected at least backoff_min (% ms)',
+            coalesce(backoff_max::text, 'NULL'), backoff_min
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+END
+$$;
+
+-- Checks the arguments of a lease renewal (cb_hide_tasks, cb_hide_steps,
+-- cb_hide_map_tasks): hide_for >= 1 ms, and attempts, when given, one per id.
+-- Returns nothing; 22023 otherwise.
+CREATE FUNCTION catbird._cb_check_lease(hide_for int, ids bigint[], attempts int[]) RETURNS void
+LANGUAGE plpgsql IMMUTABLE
+AS $$
+BEGIN
+    PERFORM catbird._cb_check_at_least('hide_for', hide_for, 1, ' ms');
+    IF attempts IS NOT NULL AND cardinality(attempts) IS DISTINCT FROM cardinality(ids) THEN
+        RAISE EXCEPTION 'invalid attempts: give one attempt per id (or none)' USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+END
+$$;
+
+-- Checks the retention_period of a task or flow definition: NULL (keep runs
+-- forever) or not negative. Returns nothing; 22023 otherwise.
+CREATE FUNCTION catbird._cb_check_retention(retention_period interval) RETURNS void
+LANGUAGE plpgsql IMMUTABLE
+AS $$
+BEGIN
+    IF retention_period < interval '0' THEN
+        RAISE EXCEPTION 'invalid retention_period %: it must not be negative (NULL keeps runs forever)', retention_period
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+END
+$$;
+
+-- How the runs of a kind ('task' or 'flow') are stored, for the helpers below
+-- that build SQL: the definition table, the run table, the column of both run
+-- table and parts naming the definition, the tables holding parts of a run
+-- (with the column naming their run), the terminal statuses, and six columns
+-- whose first non-null value is when a run finished (padded with created_at,
+-- which is never null). 22023 for another kind.
+CREATE FUNCTION catbird._cb_run_layout(kind text,
+    OUT definitions text, OUT runs text, OUT definition_column text, OUT parts text[], OUT part_run_column text,
+    OUT finished_statuses text[], OUT finished_at text[])
+LANGUAGE plpgsql IMMUTABLE
+AS $$
+BEGIN
+    CASE kind
+    WHEN 'task' THEN
+        definitions := 'cb_tasks';
+        runs := 'cb_task_runs';
+        definition_column := 'task_id';
+        parts := '{}';
+        finished_statuses := '{completed,failed,skipped,canceled,expired}';
+        finished_at := '{completed_at,failed_at,skipped_at,canceled_at,expired_at,created_at}';
+    WHEN 'flow' THEN
+        definitions := 'cb_flows';
+        runs := 'cb_flow_runs';
+        definition_column := 'flow_id';
+        parts := '{cb_map_tasks,cb_step_runs}';
+        part_run_column := 'flow_run_id';
+        finished_statuses := '{completed,failed,canceled,expired}';
+        finished_at := '{completed_at,failed_at,canceled_at,created_at,created_at,created_at}';  -- expiry sets canceled_at
+    ELSE
+        RAISE EXCEPTION 'invalid kind of run %: expected task or flow', coalesce(quote_literal(kind), 'NULL')
+            USING ERRCODE = 'invalid_parameter_value';
+    END CASE;
+END
+$$;
+
+-- The id of a task or flow, holding its shared lock (through _cb_task or
+-- _cb_flow). 22023 for an invalid name, 42704 when it does not exist.
+CREATE FUNCTION catbird._cb_definition_id(kind text, name text) RETURNS int
+LANGUAGE plpgsql VOLATILE
+AS $$
+DECLARE
+    v_id int;
+BEGIN
+    CASE kind
+    WHEN 'task' THEN
+        v_id := (catbird._cb_task(name)).id;
+    WHEN 'flow' THEN
+        v_id := (catbird._cb_flow(name)).id;
+    END CASE;
+    RETURN v_id;
+END
+$$;
+
+-- Deletes a task or flow (cb_delete_task, cb_delete_flow): its definition
+-- (flow steps cascade), every run with its parts, its bindings; announces
+-- catbird.<kind>.deleted. Waits for calls holding the definition's shared lock.
+-- Returns false when it does not exist; 22023 for an invalid name.
+CREATE FUNCTION catbird._cb_delete_definition(kind text, name text) RETURNS boolean
+LANGUAGE plpgsql VOLATILE
+AS $$
+DECLARE
+    v_layout record := catbird._cb_run_layout(kind);
+    v_id int;
+BEGIN
+    PERFORM catbird._cb_check_name(kind, name);
+    PERFORM catbird._cb_lock_definition(kind, name, exclusive => true);
+    EXECUTE format('DELETE FROM catbird.%I d WHERE d.name = $1 RETURNING d.id', v_layout.definitions)
+        INTO v_id USING name;
+    IF v_id IS NULL THEN
+        RETURN false;
+    END IF;
+    PERFORM catbird._cb_clear_runs(kind, v_id);
+    DELETE FROM catbird.cb_bindings b WHERE b.target_type = kind AND b.target_name = name;
+    PERFORM catbird._cb_notify(format('catbird.%s.deleted', kind), name);
+    RETURN true;
+END
+$$;
+
+-- Deletes every run of one definition, whatever its status, with its parts;
+-- in-flight work is lost (workers' later reports find nothing and are
+-- refused). Returns the number of runs deleted; raises nothing.
+CREATE FUNCTION catbird._cb_clear_runs(kind text, definition_id int) RETURNS int
+LANGUAGE plpgsql VOLATILE
+AS $$
+-- Its writes are dynamic SQL, which plpgsql_check cannot see (it would ask for STABLE):
+-- @plpgsql_check_options: performance_warnings = false
+DECLARE
+    v_layout record := catbird._cb_run_layout(kind);
+    v_table text;
+    v_count int;
+BEGIN
+    FOREACH v_table IN ARRAY v_layout.parts || v_layout.runs LOOP
+        EXECUTE format('DELETE FROM catbird.%I x WHERE x.%I = $1', v_table, v_layout.definition_column)
+            USING definition_id;
+        GET DIAGNOSTICS v_count = ROW_COUNT;  -- the run table comes last
+    END LOOP;
+    RETURN v_count;
+END
+$$;
+
+-- Deletes the finished runs of one definition (terminal, on-fail handling
+-- over) that finished at or before finished_before, with their parts. With
+-- lim, at most lim runs, skipping rows locked by other transactions (cb_gc's
+-- bounded batches). Returns the number of runs deleted; raises nothing.
+CREATE FUNCTION catbird._cb_delete_finished_runs(kind text, definition_id int, finished_before timestamptz,
+                                                 lim int = NULL)
+RETURNS int
+LANGUAGE plpgsql VOLATILE
+AS $$
+-- Its writes are dynamic SQL, which plpgsql_check cannot see (it would ask for STABLE):
+-- @plpgsql_check_options: performance_warnings = false
+DECLARE
+    v_layout record := catbird._cb_run_layout(kind);
+    v_ids bigint[];
+    v_part text;
+BEGIN
+    EXECUTE format(
+        'WITH deleted AS ('
+        '    DELETE FROM catbird.%1$I r'
+        '    WHERE r.id IN (SELECT x.id FROM catbird.%1$I x'
+        '                   WHERE x.%2$I = $1 AND x.status = ANY ($2)'
+        '                     AND coalesce(x.on_fail_status, ''completed'') IN (''completed'', ''failed'')'
+        '                     AND coalesce(x.%3$I, x.%4$I, x.%5$I, x.%6$I, x.%7$I, x.%8$I) <= $3'
+        '                   %9$s)'
+        '    RETURNING r.id)'
+        ' SELECT coalesce(array_agg(d.id), ''{}'') FROM deleted d',
+        v_layout.runs, v_layout.definition_column,
+        v_layout.finished_at[1], v_layout.finished_at[2], v_layout.finished_at[3],
+        v_layout.finished_at[4], v_layout.finished_at[5], v_layout.finished_at[6],
+        CASE WHEN lim IS NOT NULL THEN 'LIMIT $4 FOR UPDATE SKIP LOCKED' ELSE '' END)
+    INTO v_ids
+    USING definition_id, v_layout.finished_statuses, finished_before, lim;
+    FOREACH v_part IN ARRAY v_layout.parts LOOP
+        EXECUTE format('DELETE FROM catbird.%I p WHERE p.%I = ANY ($1)', v_part, v_layout.part_run_column)
+            USING v_ids;
+    END LOOP;
+    RETURN cardinality(v_ids);
+END
+$$;
+
+-- cb_purge_task_runs / cb_purge_flow_runs: deletes the finished runs of a task
+-- or flow that finished at least older_than ago. Returns how many it deleted.
+-- 42704 for an unknown definition; 22023 for an invalid name or a NULL or
+-- negative older_than.
+CREATE FUNCTION catbird._cb_purge_runs(kind text, name text, older_than interval) RETURNS int
+LANGUAGE plpgsql VOLATILE
+AS $$
+DECLARE
+    v_id int := catbird._cb_definition_id(kind, name);
+BEGIN
+    IF older_than IS NULL OR older_than < interval '0' THEN
+        RAISE EXCEPTION 'invalid older_than %: expected a non-negative interval', coalesce(older_than::text, 'NULL')
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    RETURN catbird._cb_delete_finished_runs(kind, v_id, catbird.cb_now() - older_than);
+END
+$$;
+
+-- cb_gc's retention purge for one kind: deletes up to lim finished runs older
+-- than their definition's retention_period (definitions without one, or with
+-- 0, keep their runs). Returns how many it deleted; raises nothing.
+CREATE FUNCTION catbird._cb_purge_retained_runs(kind text, now timestamptz, lim int) RETURNS int
+LANGUAGE plpgsql VOLATILE
+AS $$
+DECLARE
+    v_layout record := catbird._cb_run_layout(kind);
+    v_id int;
+    v_retention interval;
+    v_count int := 0;
+BEGIN
+    FOR v_id, v_retention IN EXECUTE format(
+        'SELECT d.id, d.retention_period FROM catbird.%I d WHERE d.retention_period > interval ''0'' ORDER BY d.id',
+        v_layout.definitions)
+    LOOP
+        EXIT WHEN v_count >= lim;
+        v_count := v_count + catbird._cb_delete_finished_runs(kind, v_id, now - v_retention, lim - v_count);
+    END LOOP;
+    RETURN v_count;
+END
+$$;
+
+-- cb_list_task_runs / cb_list_flow_runs / cb_get_task_run / cb_get_flow_run:
+-- runs of a task or flow as row_type (cb_task_run_info or cb_flow_run_info,
+-- read through the inlinable _cb_<kind>_runs), newest first, at most lim,
+-- older than before_id when given, only run_id when given. 42704 for an
+-- unknown definition; 22023 for an invalid name or lim < 1.
+CREATE FUNCTION catbird._cb_list_runs(row_type anyelement, kind text, name text, lim int,
+                                      before_id bigint = NULL, run_id bigint = NULL)
+RETURNS SETOF anyelement
+LANGUAGE plpgsql VOLATILE
+AS $$
+DECLARE
+    v_id int := catbird._cb_definition_id(kind, name);
+BEGIN
+    IF pg_typeof(row_type) <> format('catbird.cb_%s_run_info', kind)::regtype THEN
+        RAISE EXCEPTION 'invalid row_type %: the runs of a % are catbird.cb_%s_run_info', pg_typeof(row_type), kind, kind
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    PERFORM catbird._cb_check_at_least('lim', lim, 1);
+    RETURN QUERY EXECUTE format(
+        'SELECT * FROM catbird.%I($1, $2) r'
+        ' WHERE ($3::bigint IS NULL OR r.id < $3) AND ($4::bigint IS NULL OR r.id = $4)'
+        ' ORDER BY r.id DESC LIMIT $5',
+        '_cb_' || kind || '_runs')
+    USING v_id, name, before_id, run_id, lim;
+END
+$$;
+
+-- Server-side wait (cb_wait_task_output, cb_wait_flow_output,
+-- cb_wait_flow_step_output): polls a run of a task or flow (kind 'task',
+-- 'flow'; name is the definition) or a step of a flow run (kind 'step'; name
+-- is the flow) every poll_interval ms for up to poll_for ms (wall clock).
+-- Returns one row (status, output, error_message) once it is terminal
+-- (completed, failed, skipped, canceled or expired: each kind has the ones
+-- its statuses allow); no row on timeout or when the run does not exist.
+-- Errors, in this order: for a task or flow, 22023 for an invalid name and
+-- 42704 for an unknown definition; 22023 for poll_for < 0 or poll_interval
+-- < 1; for a step, 42704 for an unknown flow or step.
+CREATE FUNCTION catbird._cb_wait(kind text, name text, run_id bigint, step_name text, poll_for int, poll_interval int)
+RETURNS TABLE (status text, output jsonb, error_message text)
+LANGUAGE plpgsql VOLATILE
+AS $$
+DECLARE
+    v_id int;
+    v_deadline timestamptz;
+    v_status text;
+    v_output jsonb;
+    v_error text;
+BEGIN
+    IF kind <> 'step' THEN
+        v_id := catbird._cb_definition_id(kind, name);
+    END IF;
+    PERFORM catbird._cb_check_at_least('poll_for', poll_for, 0, ' ms');
+    PERFORM catbird._cb_check_at_least('poll_interval', poll_interval, 1, ' ms');
+    v_deadline := clock_timestamp() + make_interval(secs => poll_for / 1000.0);
+    LOOP
+        CASE kind
+        WHEN 'task' THEN
+            SELECT r.status, r.output, r.error_message INTO v_status, v_output, v_error
+            FROM catbird.cb_task_runs r WHERE r.id = run_id AND r.task_id = v_id;
+        WHEN 'flow' THEN
+            SELECT r.status, r.output, r.error_message INTO v_status, v_output, v_error
+            FROM catbird.cb_flow_runs r WHERE r.id = run_id AND r.flow_id = v_id;
+        WHEN 'step' THEN
+            SELECT s.status, s.output, s.error_message INTO v_status, v_output, v_error
+            FROM catbird.cb_get_flow_step_status(name, run_id, step_name) s;
+        END CASE;
+        IF v_status IS NULL THEN
+            RETURN;  -- no such run
+        END IF;
+        IF v_status IN ('completed', 'failed', 'skipped', 'canceled', 'expired') THEN
+            status := v_status;
+            output := v_output;
+            error_message := v_error;
+            RETURN NEXT;
+            RETURN;
+        END IF;
+        IF clock_timestamp() >= v_deadline THEN
+            RETURN;
+        END IF;
+        PERFORM pg_sleep(least(poll_interval / 1000.0, extract(epoch FROM v_deadline - clock_timestamp())));
+    END LOOP;
+END
+$$;
+
+-- Records the outcome of the on-fail handler of a run whose on-fail claim is
+-- started (cb_complete_task_on_fail, cb_fail_task_on_fail and their flow
+-- forms): completed, or failed and queued again after retry_delay ms unless
+-- retry_exhausted. Otherwise nothing changes. Returns nothing; 42704 for an
+-- unknown definition; 22023 for an invalid name or a failure's retry_delay < 0.
+CREATE FUNCTION catbird._cb_end_on_fail(kind text, name text, run_id bigint, completed boolean,
+                                        error_message text = NULL, retry_exhausted boolean = NULL,
+                                        retry_delay bigint = NULL)
+RETURNS void
+LANGUAGE plpgsql VOLATILE
+AS $$
+DECLARE
+    v_id int := catbird._cb_definition_id(kind, name);
+    v_layout record := catbird._cb_run_layout(kind);
+BEGIN
+    IF NOT completed THEN
+        PERFORM catbird._cb_check_at_least('retry_delay', retry_delay, 0, ' ms');
+    END IF;
+    EXECUTE format(
+        'UPDATE catbird.%I r'
+        ' SET on_fail_status = $1, on_fail_visible_at = coalesce($2, r.on_fail_visible_at), on_fail_error_message = $3'
+        ' WHERE r.id = $4 AND r.%I = $5 AND r.on_fail_status = ''started''',
+        v_layout.runs, v_layout.definition_column)
+    USING CASE WHEN completed THEN 'completed' WHEN retry_exhausted THEN 'failed' ELSE 'queued' END,
+          CASE WHEN NOT completed THEN catbird.cb_now() + make_interval(secs => retry_delay / 1000.0) END,
+          CASE WHEN NOT completed THEN coalesce(_cb_end_on_fail.error_message, 'unknown error') END,
+          run_id, v_id;
+END
+$$;

@@ -1,0 +1,181 @@
+-- catbird 54_flow_steps: the worker protocol for flow steps.
+--
+-- Owns: cb_claim_steps, cb_hide_steps, _cb_lock_step_run, cb_complete_step,
+-- cb_fail_step. Writes cb_step_runs (and, through dispatch, the run).
+-- Guarantees:
+--   * Claims use FOR UPDATE SKIP LOCKED on cb_step_runs_claim_idx and never
+--     lock the flow run; a step whose lease (visible_at) lapsed is claimable
+--     again, and each claim increments attempts, the fencing token.
+--   * Complete and fail lock the flow run first, then act only on a step run
+--     still started (under the given attempt, when one is given): a stale
+--     worker gets false / NULL and changes nothing.
+--   * The retry decision is made here: a failure re-queues the step with a
+--     full-jitter delay while attempts <= max_retries, else fails the run.
+--   * A report for a step of a canceling run cancels that step (and finishes
+--     the cancel when it was the last started work).
+
+-- Claims up to quantity runs of one step of a flow: queued, or started with
+-- the lease (visible_at) lapsed, in started flow runs (not expired before
+-- their first attempt), highest priority first, then oldest. Each claim
+-- increments attempts (the fencing token) and holds the step for hide_for ms.
+-- Returns the claims (cb_step_claim: flow input, dependency outputs, signal
+-- input) by priority, then id. 42704 for an unknown flow or step; 22023 for
+-- an invalid name, quantity < 1 or hide_for < 1.
+CREATE FUNCTION catbird.cb_claim_steps(flow_name text, step_name text, quantity int, hide_for int)
+RETURNS SETOF catbird.cb_step_claim
+LANGUAGE plpgsql VOLATILE
+AS $$
+DECLARE
+    v_flow catbird.cb_flows := catbird._cb_flow(flow_name);
+    v_step catbird.cb_flow_steps := catbird._cb_flow_step(v_flow, step_name);
+    v_now timestamptz;
+BEGIN
+    PERFORM catbird._cb_check_at_least('quantity', quantity, 1);
+    PERFORM catbird._cb_check_at_least('hide_for', hide_for, 1, ' ms');
+    v_now := catbird.cb_now();
+    RETURN QUERY
+    WITH candidates AS (
+        SELECT sr.id
+        FROM catbird.cb_step_runs sr
+        JOIN catbird.cb_flow_runs r ON r.id = sr.flow_run_id
+        WHERE sr.flow_id = v_flow.id AND sr.step_name = v_step.name
+          AND sr.status IN ('queued', 'started') AND sr.visible_at <= v_now
+          AND r.status = 'started' AND (r.expires_at IS NULL OR r.expires_at > v_now OR sr.attempts > 0)
+        ORDER BY sr.priority DESC, sr.visible_at, sr.id
+        LIMIT quantity
+        FOR UPDATE OF sr SKIP LOCKED
+    ), claimed AS (
+        UPDATE catbird.cb_step_runs sr
+        SET status = 'started', attempts = sr.attempts + 1, started_at = v_now,
+            visible_at = v_now + make_interval(secs => hide_for / 1000.0)
+        FROM candidates c
+        WHERE sr.id = c.id
+        RETURNING sr.id, sr.flow_run_id, sr.attempts, sr.signal_input, sr.priority
+    )
+    SELECT c.id, c.flow_run_id, c.attempts, r.input, catbird._cb_dependency_outputs(c.flow_run_id, v_step),
+           c.signal_input
+    FROM claimed c
+    JOIN catbird.cb_flow_runs r ON r.id = c.flow_run_id
+    ORDER BY c.priority DESC, c.id;
+END
+$$;
+
+-- Lease renewal: pushes visible_at of started step runs out to hide_for ms
+-- from now; with attempts (one per id) only claims still held under those
+-- attempts. Returns nothing. 42704 for an unknown flow or step; 22023 for an
+-- invalid name, hide_for < 1 or attempts of another length than ids.
+CREATE FUNCTION catbird.cb_hide_steps(flow_name text, step_name text, ids bigint[], hide_for int,
+                                      attempts int[] = NULL) RETURNS void
+LANGUAGE plpgsql VOLATILE
+AS $$
+DECLARE
+    v_flow catbird.cb_flows := catbird._cb_flow(flow_name);
+BEGIN
+    PERFORM catbird._cb_flow_step(v_flow, step_name);
+    PERFORM catbird._cb_check_lease(hide_for, ids, attempts);
+    UPDATE catbird.cb_step_runs sr
+    SET visible_at = catbird.cb_now() + make_interval(secs => hide_for / 1000.0)
+    FROM unnest(ids, cb_hide_steps.attempts) AS u(id, attempt)
+    WHERE sr.flow_id = v_flow.id AND sr.step_name = cb_hide_steps.step_name
+      AND sr.id = u.id AND sr.id = ANY (ids) AND sr.status = 'started'
+      AND (u.attempt IS NULL OR sr.attempts = u.attempt);
+END
+$$;
+
+-- Locks the run of a step run and returns both; the step run's fields are read
+-- after the lock, so they are current. Both NULL when there is no such step
+-- run of that flow and step. Raises nothing.
+CREATE FUNCTION catbird._cb_lock_step_run(flow catbird.cb_flows, step_name text, step_run_id bigint,
+                                          OUT run catbird.cb_flow_runs, OUT step_run catbird.cb_step_runs)
+LANGUAGE plpgsql VOLATILE
+AS $$
+BEGIN
+    SELECT * INTO run FROM catbird.cb_flow_runs r
+    WHERE r.id = (SELECT sr.flow_run_id FROM catbird.cb_step_runs sr
+                  WHERE sr.id = step_run_id AND sr.flow_id = flow.id AND sr.step_name = _cb_lock_step_run.step_name)
+    FOR UPDATE;
+    SELECT * INTO step_run FROM catbird.cb_step_runs sr WHERE sr.id = step_run_id AND sr.flow_run_id = run.id;
+END
+$$;
+
+-- Completes a started step run (under attempt, when given) with output and
+-- advances the flow run. Returns true when recorded; false for a stale call,
+-- or when the run is canceling (the step is then canceled). 42704 for an
+-- unknown flow or step; 22023 for an invalid name or a generator step (use
+-- cb_complete_generator_step).
+CREATE FUNCTION catbird.cb_complete_step(flow_name text, step_name text, id bigint, output jsonb, attempt int = NULL)
+RETURNS boolean
+LANGUAGE plpgsql VOLATILE
+AS $$
+DECLARE
+    v_flow catbird.cb_flows := catbird._cb_flow(flow_name);
+    v_step catbird.cb_flow_steps := catbird._cb_flow_step(v_flow, step_name);
+    v_locked record;
+    v_now timestamptz := catbird.cb_now();
+BEGIN
+    v_locked := catbird._cb_lock_step_run(v_flow, step_name, id);
+    IF (v_locked.step_run).status IS DISTINCT FROM 'started'
+       OR (attempt IS NOT NULL AND (v_locked.step_run).attempts <> attempt) THEN
+        RETURN false;
+    END IF;
+    IF (v_locked.run).status = 'canceling' THEN
+        PERFORM catbird._cb_cancel_reported_step((v_locked.run).id, cb_complete_step.id);
+        RETURN false;
+    END IF;
+    IF v_step.step_type = 'generator' THEN
+        RAISE EXCEPTION 'step "%" is a generator: finish it with cb_complete_generator_step', step_name
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    UPDATE catbird.cb_step_runs sr
+    SET status = 'completed', completed_at = v_now, output = coalesce(cb_complete_step.output, 'null'),
+        error_message = NULL
+    WHERE sr.id = cb_complete_step.id;
+    PERFORM catbird._cb_resolve_dependents((v_locked.run).id, v_flow.id, step_name);
+    PERFORM catbird._cb_advance_flow_run((v_locked.run).id);
+    RETURN true;
+END
+$$;
+
+-- Records a failure of a started step run (under attempt, when given):
+-- re-queued with a full-jitter delay while attempts <= max_retries, else the
+-- step and the flow run fail (on-fail handling queued when the flow has
+-- on_fail). Returns 'queued', 'failed', or NULL for a stale call or a
+-- canceling run. 42704 for an unknown flow or step; 22023 for an invalid
+-- name or retry policy.
+CREATE FUNCTION catbird.cb_fail_step(flow_name text, step_name text, id bigint, error_message text,
+                                     attempt int = NULL, max_retries int = 0, backoff_min int = 100,
+                                     backoff_max int = 2000)
+RETURNS text
+LANGUAGE plpgsql VOLATILE
+AS $$
+DECLARE
+    v_flow catbird.cb_flows := catbird._cb_flow(flow_name);
+    v_locked record;
+    v_now timestamptz := catbird.cb_now();
+    v_error text := coalesce(cb_fail_step.error_message, 'unknown error');
+BEGIN
+    PERFORM catbird._cb_flow_step(v_flow, step_name);
+    PERFORM catbird._cb_check_retry_policy(max_retries, backoff_min, backoff_max);
+    v_locked := catbird._cb_lock_step_run(v_flow, step_name, id);
+    IF (v_locked.step_run).status IS DISTINCT FROM 'started'
+       OR (attempt IS NOT NULL AND (v_locked.step_run).attempts <> attempt) THEN
+        RETURN NULL;
+    END IF;
+    IF (v_locked.run).status = 'canceling' THEN
+        PERFORM catbird._cb_cancel_reported_step((v_locked.run).id, cb_fail_step.id, v_error);
+        RETURN NULL;
+    END IF;
+    IF (v_locked.step_run).attempts <= max_retries THEN
+        UPDATE catbird.cb_step_runs sr
+        SET status = 'queued', error_message = v_error,
+            visible_at = v_now + make_interval(secs => catbird._cb_retry_delay(sr.attempts, backoff_min, backoff_max) / 1000.0)
+        WHERE sr.id = cb_fail_step.id;
+        RETURN 'queued';
+    END IF;
+    UPDATE catbird.cb_step_runs sr SET status = 'failed', failed_at = v_now, error_message = v_error
+    WHERE sr.id = cb_fail_step.id;
+    PERFORM catbird._cb_fail_flow_run((v_locked.run).id, step_name, v_error, (v_locked.run).input,
+                                      (v_locked.step_run).signal_input, (v_locked.step_run).attempts);
+    RETURN 'failed';
+END
+$$;
