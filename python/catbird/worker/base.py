@@ -65,7 +65,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import inspect
 import json
 import logging
 import random
@@ -84,8 +83,9 @@ from ..definitions import Task, definition_args
 from ..definitions.flows import Flow
 from ..errors import InvalidArgument, ObjectInUse
 from .batching import BatchedLane
+from .connections import TRANSIENT, Backoff, Connections
 from .flows import FlowRuntime
-from .lanes import Abandoned, Lane, describe, with_concurrency
+from .lanes import Lane, describe, with_concurrency
 from .on_fail import OnFailLane, TaskOnFailLane
 from .tasks import TaskLane
 from .threads import HandlerThreads
@@ -96,32 +96,15 @@ T = TypeVar("T")
 
 log = logging.getLogger("catbird.worker")
 
-#: Errors after which a statement is simply tried again: a lost or refused
-#: connection, a pool without a free connection, a serialization failure.
-TRANSIENT: tuple[type[BaseException], ...] = (
-    psycopg.OperationalError,
-    psycopg.InterfaceError,
-    psycopg.errors.TransactionRollback,
-)
-
 #: How long stop() keeps trying to record outcomes after the grace period.
 OUTCOME_GRACE = 5.0
 
 
-class Backoff:
-    """Exponential backoff with jitter for reconnecting (0.1 s doubling to ``high``)."""
-
-    def __init__(self, low: float = 0.1, high: float = 5.0) -> None:
-        self.low, self.high = low, high
-        self.failures = 0
-
-    def next(self) -> float:
-        delay = min(self.high, self.low * 2 ** min(self.failures, 16))
-        self.failures += 1
-        return random.uniform(delay / 2, delay)
-
-    def reset(self) -> None:
-        self.failures = 0
+def _started(value: T | None) -> T:
+    """``value``, which exists once the worker is started."""
+    if value is None:
+        raise RuntimeError("the worker is not started")
+    return value
 
 
 class Worker:
@@ -165,17 +148,7 @@ class Worker:
         durable_claims: bool = False,
         id: uuid.UUID | None = None,
     ) -> None:
-        if isinstance(dsn_or_pool, AsyncConnectionPool):
-            self._pool: AsyncConnectionPool[Any] | None = dsn_or_pool
-            self._dsn = ""
-        elif isinstance(dsn_or_pool, str):
-            self._pool = None
-            self._dsn = dsn_or_pool
-        else:
-            raise TypeError(
-                "Worker() takes a DSN string or a psycopg_pool.AsyncConnectionPool,"
-                f" not {type(dsn_or_pool).__name__}"
-            )
+        self._db = Connections(dsn_or_pool, durable_claims)
         self.tasks: list[Task[Any, Any]] = list(tasks)
         self.flows: list[Flow] = list(flows)
         for f in self.flows:
@@ -211,7 +184,6 @@ class Worker:
         self._started = False
         self._stopped = False
         self._stopping = False
-        self._abandon = False
         self._registered = False
         self._lanes: list[Lane] = []
         self._task_lanes: dict[str, TaskLane] = {}
@@ -221,10 +193,6 @@ class Worker:
         self._claim_loops: list[asyncio.Task[None]] = []
         self._flush_loops: list[asyncio.Task[None]] = []
         self._run_tasks: set[asyncio.Task[None]] = set()
-        self._owns_pool = False
-        self._claims_pool: AsyncConnectionPool[Any] | None = None
-        self._client: AsyncClient | None = None
-        self._claims: AsyncClient | None = None
         self._threads: HandlerThreads | None = None
         self._stop_requested: asyncio.Event | None = None
         self._force: asyncio.Event | None = None
@@ -338,37 +306,10 @@ class Worker:
             self._flow_runtime = FlowRuntime(self, self.flows, self.concurrency)
             flow_connections = self._flow_runtime.connections
 
-        if self._pool is None:
-            self._pool = AsyncConnectionPool(
-                self._dsn,
-                min_size=1,
-                max_size=4 + 3 * len(self.tasks) + flow_connections[0],
-                kwargs={"autocommit": True, "application_name": "catbird-worker"},
-                timeout=5.0,
-                reconnect_timeout=24 * 3600.0,
-                open=False,
-                name="catbird-worker",
-            )
-            self._owns_pool = True
-            await self._pool.open(wait=False)
-        elif self._pool.closed:
-            self._owns_pool = True
-            await self._pool.open(wait=False)
-        self._client = self._claims = AsyncClient(self._pool)
-        if not self.durable_claims:
-            self._claims_pool = AsyncConnectionPool(
-                self._pool.conninfo,
-                min_size=1,
-                max_size=2 + 2 * len(self.tasks) + flow_connections[1],
-                kwargs=self._pool.kwargs,
-                configure=self._configure_claims_connection,
-                timeout=5.0,
-                reconnect_timeout=24 * 3600.0,
-                open=False,
-                name="catbird-worker-claims",
-            )
-            await self._claims_pool.open(wait=False)
-            self._claims = AsyncClient(self._claims_pool)
+        await self._db.open(
+            outcome_connections=4 + 3 * len(self.tasks) + flow_connections[0],
+            claim_connections=2 + 2 * len(self.tasks) + flow_connections[1],
+        )
 
         for t in self.tasks:
             if t.handler is not None:
@@ -393,7 +334,7 @@ class Worker:
                 "database not reachable yet (%s); retrying in the background", describe(exc)
             )
         except BaseException:
-            await self._close_pool()
+            await self._db.close()
             raise
 
         spawn = asyncio.create_task
@@ -450,7 +391,7 @@ class Worker:
                 lane.drain()
         if self._flush_loops:
             await asyncio.wait(self._flush_loops, timeout=OUTCOME_GRACE)
-        self._abandon = True  # retries of outcomes stop now
+        self._db.abandon = True  # retries of outcomes stop now
         left = [t for t in (*self._run_tasks, *self._flush_loops) if not t.done()]
         if left:
             await asyncio.wait(left, timeout=1.0)
@@ -466,7 +407,7 @@ class Worker:
         await asyncio.gather(*self._loops, return_exceptions=True)
         with contextlib.suppress(Exception):
             await asyncio.wait_for(self.client.execute(_sql.worker_stopped(self.id)), 2.0)
-        await self._close_pool()
+        await self._db.close()
         if self._threads is not None:
             self._threads.shutdown()
         log.info("worker %s stopped", self.id)
@@ -487,69 +428,32 @@ class Worker:
                 if force_wait is not None:
                     force_wait.cancel()
 
-    @staticmethod
-    async def _configure_claims_connection(conn: psycopg.AsyncConnection[Any]) -> None:
-        await AsyncClient(conn).execute(_sql.async_commit())
-        if not conn.autocommit:
-            await conn.commit()  # the pool wants its connections idle
-
-    async def _close_pool(self) -> None:
-        if self._claims_pool is not None:
-            with contextlib.suppress(Exception):
-                await self._claims_pool.close(timeout=2.0)
-        if self._owns_pool and self._pool is not None:
-            with contextlib.suppress(Exception):
-                await self._pool.close(timeout=2.0)
-
     # ------------------------------------------------------------------
     # database access: what the lanes use of the worker (the LaneHost interface)
 
     @property
     def client(self) -> AsyncClient:
         """The client of durable statements (outcomes, registration, handler helpers)."""
-        if self._client is None:
-            raise RuntimeError("the worker is not started")
-        return self._client
+        return _started(self._db.client)
 
     @property
     def claim_client(self) -> AsyncClient:
         """The client of claims and lease renewals (see ``durable_claims``)."""
-        if self._claims is None:
-            raise RuntimeError("the worker is not started")
-        return self._claims
+        return _started(self._db.claim_client)
 
     @property
     def handler_threads(self) -> HandlerThreads:
         """The threads plain handlers run in."""
-        if self._threads is None:
-            raise RuntimeError("the worker is not started")
-        return self._threads
+        return _started(self._threads)
 
     @property
     def event_loop(self) -> asyncio.AbstractEventLoop:
         """The loop the worker runs on."""
-        if self._loop is None:
-            raise RuntimeError("the worker is not started")
-        return self._loop
+        return _started(self._loop)
 
     async def record(self, query: _sql.Query[T], what: str) -> T:
-        """Execute an outcome's ``query``, retrying transient errors until it succeeds.
-
-        Raises :class:`.lanes.Abandoned` when the worker gives up (end of
-        shutdown) and any non-transient error as it is.
-        """
-        backoff = Backoff()
-        while True:
-            try:
-                return await self.client.execute(query)
-            except TRANSIENT as exc:
-                if self._abandon:
-                    log.warning("gave up trying to %s: %s", what, describe(exc))
-                    raise Abandoned(what) from exc
-                delay = backoff.next()
-                level = logging.WARNING if backoff.failures == 1 else logging.DEBUG
-                log.log(level, "cannot %s (%s); retrying in %.2f s", what, describe(exc), delay)
-                await asyncio.sleep(delay)
+        """Execute an outcome's ``query``, retrying transient errors (see :class:`.Connections`)."""
+        return await self._db.record(query, what)
 
     async def _register(self) -> None:
         if self.create_definitions:
@@ -627,9 +531,12 @@ class Worker:
                 claims = await lane.claim(quantity)
             except Exception as exc:
                 delay = backoff.next()
-                level = logging.WARNING if backoff.failures == 1 else logging.DEBUG
                 log.log(
-                    level, "%r: claim failed (%s); retrying in %.2f s", lane, describe(exc), delay
+                    backoff.log_level(),
+                    "%r: claim failed (%s); retrying in %.2f s",
+                    lane,
+                    describe(exc),
+                    delay,
                 )
                 await self._sleep(delay)
                 continue
@@ -690,8 +597,12 @@ class Worker:
                 delay = self.heartbeat_interval
             except Exception as exc:
                 delay = backoff.next()
-                level = logging.WARNING if backoff.failures == 1 else logging.DEBUG
-                log.log(level, "heartbeat failed (%s); retrying in %.2f s", describe(exc), delay)
+                log.log(
+                    backoff.log_level(),
+                    "heartbeat failed (%s); retrying in %.2f s",
+                    describe(exc),
+                    delay,
+                )
             await asyncio.sleep(delay)
 
     async def _listen_loop(self) -> None:
@@ -700,8 +611,7 @@ class Worker:
             conn: psycopg.AsyncConnection[Any] | None = None
             delay = 0.0
             try:
-                conninfo, kwargs = await self._listen_params()
-                conn = await psycopg.AsyncConnection.connect(conninfo, **kwargs)
+                conn = await self._db.connect_listener()
                 client = AsyncClient(conn)
                 await client.execute(_sql.listen_events())
                 if backoff.failures:
@@ -718,29 +628,17 @@ class Worker:
                 raise
             except Exception as exc:
                 delay = backoff.next()
-                level = logging.WARNING if backoff.failures == 1 else logging.DEBUG
-                log.log(level, "event listener: %s; reconnecting in %.2f s", describe(exc), delay)
+                log.log(
+                    backoff.log_level(),
+                    "event listener: %s; reconnecting in %.2f s",
+                    describe(exc),
+                    delay,
+                )
             finally:
                 if conn is not None:
                     with contextlib.suppress(Exception):
                         await conn.close()
             await asyncio.sleep(delay)
-
-    async def _listen_params(self) -> tuple[str, dict[str, Any]]:
-        """Connection parameters of the LISTEN connection: the pool's, or the DSN."""
-        if self._pool is None:
-            return self._dsn, {"autocommit": True}
-        conninfo: Any = self._pool.conninfo
-        kwargs: Any = self._pool.kwargs
-        if callable(conninfo):
-            conninfo = conninfo()
-        if inspect.isawaitable(conninfo):
-            conninfo = await conninfo
-        if callable(kwargs):
-            kwargs = kwargs()
-        if inspect.isawaitable(kwargs):
-            kwargs = await kwargs
-        return str(conninfo), {**(kwargs or {}), "autocommit": True}
 
     def _on_event(self, payload: str) -> None:
         if "catbird.task.completed" in payload:
