@@ -84,8 +84,8 @@ from ..definitions.flows import Flow
 from ..errors import InvalidArgument, ObjectInUse
 from .batching import BatchedLane
 from .connections import TRANSIENT, Backoff, Connections
-from .flows import FlowRuntime
-from .lanes import Lane, describe, with_concurrency
+from .flow_runtime import FlowRuntime
+from .lanes import Lane, describe, parse_run_id, with_concurrency
 from .on_fail import OnFailLane, TaskOnFailLane
 from .tasks import TaskLane
 from .threads import HandlerThreads
@@ -530,13 +530,8 @@ class Worker:
             try:
                 claims = await lane.claim(quantity)
             except Exception as exc:
-                delay = backoff.next()
-                log.log(
-                    backoff.log_level(),
-                    "%r: claim failed (%s); retrying in %.2f s",
-                    lane,
-                    describe(exc),
-                    delay,
+                delay = backoff.failed(
+                    "%r: claim failed (%s); retrying in %.2f s", lane, describe(exc)
                 )
                 await self._sleep(delay)
                 continue
@@ -596,13 +591,7 @@ class Worker:
                 backoff.reset()
                 delay = self.heartbeat_interval
             except Exception as exc:
-                delay = backoff.next()
-                log.log(
-                    backoff.log_level(),
-                    "heartbeat failed (%s); retrying in %.2f s",
-                    describe(exc),
-                    delay,
-                )
+                delay = backoff.failed("heartbeat failed (%s); retrying in %.2f s", describe(exc))
             await asyncio.sleep(delay)
 
     async def _listen_loop(self) -> None:
@@ -627,13 +616,7 @@ class Worker:
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
-                delay = backoff.next()
-                log.log(
-                    backoff.log_level(),
-                    "event listener: %s; reconnecting in %.2f s",
-                    describe(exc),
-                    delay,
-                )
+                delay = backoff.failed("event listener: %s; reconnecting in %.2f s", describe(exc))
             finally:
                 if conn is not None:
                     with contextlib.suppress(Exception):
@@ -657,9 +640,8 @@ class Worker:
             if lane is not None:
                 lane.wake.set()
         elif topic == "catbird.task.canceled":
-            try:
-                run_id = int(data)
-            except (TypeError, ValueError):
+            run_id = parse_run_id(data)
+            if run_id is None:
                 return
             for lane in self._task_lanes.values():
                 run = lane.inflight.get(run_id)

@@ -52,9 +52,16 @@ class Backoff:
     def reset(self) -> None:
         self.failures = 0
 
-    def log_level(self) -> int:
-        """WARNING for the first failure in a row, DEBUG for the next ones."""
-        return logging.WARNING if self.failures == 1 else logging.DEBUG
+    def failed(self, message: str, *args: Any) -> float:
+        """Count a failure and log it; returns the delay before the next try.
+
+        ``message`` ends with a placeholder for the delay. The first failure
+        in a row is a warning, the next ones (an outage goes on) are debug.
+        """
+        delay = self.next()
+        level = logging.WARNING if self.failures == 1 else logging.DEBUG
+        log.log(level, message, *args, delay)
+        return delay
 
 
 class Connections:
@@ -144,14 +151,7 @@ class Connections:
                 if self.abandon:
                     log.warning("gave up trying to %s: %s", what, describe(exc))
                     raise Abandoned(what) from exc
-                delay = backoff.next()
-                log.log(
-                    backoff.log_level(),
-                    "cannot %s (%s); retrying in %.2f s",
-                    what,
-                    describe(exc),
-                    delay,
-                )
+                delay = backoff.failed("cannot %s (%s); retrying in %.2f s", what, describe(exc))
                 await asyncio.sleep(delay)
 
     async def connect_listener(self) -> psycopg.AsyncConnection[Any]:

@@ -1,7 +1,7 @@
 """The worker's lanes for flows: steps, map items, generators, reducers, on-fail.
 
-A :class:`FlowRuntime` is what :class:`catbird.Worker` builds from its
-``flows``: one lane per handler, each a :class:`.lanes.Lane` run by the
+:class:`.flow_runtime.FlowRuntime` makes them from a worker's ``flows``:
+one lane per handler, each a :class:`.lanes.Lane` run by the
 worker's claim loop and :meth:`.lanes.Lane.execute` (timeouts, threads for
 plain handlers, circuit breakers, shutdown); step and item lanes batch
 completions and renew leases as :class:`.batching.BatchedLane` does for
@@ -39,7 +39,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 import functools
 import threading
 from collections.abc import Callable, Sequence
@@ -51,14 +50,18 @@ from .. import _sql
 from ..codec import codec_for, dumps
 from ..context import FlowDB, FlowRunContext
 from ..definitions import Handler, HandlerOptions
-from ..definitions.flows import Flow, Step, StepHandler, copy_initial
-from ..errors import ObjectInUse
+from ..definitions.flows import Step, StepHandler, copy_initial
 from ..models import MapTaskClaim, StepClaim
 from .batching import BatchedLane, Completion
-from .lanes import RELEASE_LEASE, Lane, LaneHost, Run, log, retry_policy, with_concurrency
-from .on_fail import FlowOnFailLane
+from .lanes import (
+    RELEASE_LEASE,
+    LaneHost,
+    Run,
+    log,
+    retry_policy,
+)
 
-__all__ = ["FlowRuntime"]
+__all__ = ["FlowLane", "GeneratorLane", "MapLane", "ReducerLane", "StepLane"]
 
 #: A generator's items wait at most this long (seconds) to share a statement.
 SPAWN_LINGER = 0.05
@@ -110,16 +113,20 @@ class FlowLane(BatchedLane):
     releasable = True
 
     def __init__(
-        self, runtime: FlowRuntime, step: Step, handler: Handler, options: HandlerOptions
+        self, host: LaneHost, step: Step, handler: Handler, options: HandlerOptions
     ) -> None:
-        super().__init__(runtime.host, f"{step.flow.name}/{step.name}", handler, options)
-        self.runtime = runtime
+        super().__init__(host, f"{step.flow.name}/{step.name}", handler, options)
         self.step = step
         self.flow = step.flow.name
         self.step_name = step.name
 
     def __repr__(self) -> str:
         return f"{self.kind} handler of step {self.step_name!r} of flow {self.flow!r}"
+
+    @functools.cached_property
+    def db(self) -> FlowDB:
+        """The database access of handler helpers (made once the worker runs)."""
+        return FlowDB(self.host.client, self.host.event_loop)
 
     def context(self, kind: str, run_id: int, attempt: int, flow_run_id: int) -> FlowRunContext:
         return FlowRunContext(
@@ -130,7 +137,7 @@ class FlowLane(BatchedLane):
             flow_name=self.flow,
             step_name=self.step_name,
             flow_run_id=flow_run_id,
-            db=self.runtime.db,
+            db=self.db,
         )
 
     def hide_query(self, ids: list[int], attempts: list[int], hide_for: float) -> _sql.Query[None]:
@@ -213,7 +220,7 @@ class FlowLane(BatchedLane):
 class StepLane(FlowLane):
     """A normal step (and the base of generator and reducer steps)."""
 
-    def __init__(self, runtime: FlowRuntime, step: Step, handler: StepHandler) -> None:
+    def __init__(self, host: LaneHost, step: Step, handler: StepHandler) -> None:
         wrapped = Handler(
             keyword_caller(handler.fn, handler.is_async),
             handler.options,
@@ -221,7 +228,7 @@ class StepLane(FlowLane):
             handler.output,
             handler.is_async,
         )
-        super().__init__(runtime, step, wrapped, handler.options)
+        super().__init__(host, step, wrapped, handler.options)
         self.step_handler = handler
 
     @property
@@ -266,8 +273,8 @@ class GeneratorLane(StepLane):
     releasable = False  # a released generator would run twice at once
     batched = False  # its end is recorded by succeeded() itself
 
-    def __init__(self, runtime: FlowRuntime, step: Step, handler: StepHandler) -> None:
-        super().__init__(runtime, step, handler)
+    def __init__(self, host: LaneHost, step: Step, handler: StepHandler) -> None:
+        super().__init__(host, step, handler)
         self.handler = Handler(self._drive, handler.options, (), handler.output, True)
         self.encode_output = False
         self.chunk = max(1, handler.options.batch_size)
@@ -411,8 +418,8 @@ class ReducerLane(StepLane):
 
     kind = "reducer"
 
-    def __init__(self, runtime: FlowRuntime, step: Step, handler: StepHandler) -> None:
-        super().__init__(runtime, step, handler)
+    def __init__(self, host: LaneHost, step: Step, handler: StepHandler) -> None:
+        super().__init__(host, step, handler)
         self.handler = Handler(self._reduce, handler.options, (), handler.output, True)
         assert step.reduce_source is not None
         self.source = step.reduce_source
@@ -459,7 +466,7 @@ class MapLane(FlowLane):
     kind = "item"
 
     def __init__(
-        self, runtime: FlowRuntime, step: Step, handler: StepHandler | None, options: HandlerOptions
+        self, host: LaneHost, step: Step, handler: StepHandler | None, options: HandlerOptions
     ) -> None:
         if handler is None:  # a generator without item handler: an item is its own output
             wrapped = Handler(identity_item, options, (), codec_for(Any), False)
@@ -471,7 +478,7 @@ class MapLane(FlowLane):
                 handler.output,
                 handler.is_async,
             )
-        super().__init__(runtime, step, wrapped, options)
+        super().__init__(host, step, wrapped, options)
         self.item_handler = handler
 
     def __repr__(self) -> str:
@@ -523,113 +530,3 @@ class MapLane(FlowLane):
 
     def describe_run(self, run: Run) -> str:
         return f"item {run.id} of step {self.step_name!r}"
-
-
-class FlowRuntime:
-    """The flow lanes of one worker, and what the worker asks of them.
-
-    ``concurrency`` (the worker's option) overrides every handler's own.
-    """
-
-    def __init__(self, host: LaneHost, flows: Sequence[Flow], concurrency: int | None) -> None:
-        self.host = host
-        self.flows = list(flows)
-        self.concurrency = concurrency
-        self._db: FlowDB | None = None
-        self.step_lanes: list[FlowLane] = []
-        self.on_fail_lanes: list[FlowOnFailLane] = []
-        self.by_key: dict[str, list[Lane]] = {}
-        for flow in self.flows:
-            for step in flow.steps.values():
-                self._add_step(step)
-            if flow.on_fail_handler is not None:
-                handler = with_concurrency(flow.on_fail_handler, concurrency)
-                self.on_fail_lanes.append(FlowOnFailLane(host, flow, handler, lambda: self.db))
-        self.lanes: list[Lane] = [*self.step_lanes, *self.on_fail_lanes]
-
-    def _options(self, options: HandlerOptions) -> HandlerOptions:
-        if self.concurrency is None:
-            return options
-        return options.replace(concurrency=self.concurrency)
-
-    def _step_handler(self, handler: StepHandler) -> StepHandler:
-        return dataclasses.replace(handler, options=self._options(handler.options))
-
-    def _add_step(self, step: Step) -> None:
-        key = f"{step.flow.name}/{step.name}"
-        lanes: list[FlowLane] = []
-        handler = self._step_handler(step.handler)
-        if step.step_type == "mapper":
-            lanes.append(MapLane(self, step, handler, handler.options))
-        elif step.step_type == "generator":
-            lanes.append(GeneratorLane(self, step, handler))
-            items = step.item_handler
-            if items is not None:
-                items = self._step_handler(items)
-            lanes.append(MapLane(self, step, items, self._options(step.item_options)))
-        elif step.step_type == "reducer":
-            lanes.append(ReducerLane(self, step, handler))
-        else:
-            lanes.append(StepLane(self, step, handler))
-        for lane in lanes:
-            self.step_lanes.append(lane)
-            self.by_key.setdefault(key, []).append(lane)
-
-    @property
-    def db(self) -> FlowDB:
-        """The database access of handler helpers (made once the worker runs)."""
-        if self._db is None:
-            self._db = FlowDB(self.host.client, self.host.event_loop)
-        return self._db
-
-    @property
-    def connections(self) -> tuple[int, int]:
-        """Extra connections for the worker's pools: (outcomes, claims)."""
-        n = len(self.lanes)
-        return min(3 * n, 24), min(2 * n, 16)
-
-    def step_handlers(self) -> list[dict[str, Any]]:
-        """The worker registry's ``step_handlers`` entries."""
-        seen: list[dict[str, Any]] = []
-        for flow in self.flows:
-            for step in flow.steps.values():
-                seen.append({"flow_name": flow.name, "step_name": step.name})
-        return seen
-
-    async def create_definitions(self) -> None:
-        for flow in self.flows:
-            try:
-                await self.host.client.execute(_sql.create_flow(flow.name, **flow.create_args()))
-            except ObjectInUse as exc:
-                log.warning(
-                    "flow %r: the stored definition differs from this one and runs are"
-                    " active, so it is kept (%s)",
-                    flow.name,
-                    exc.message,
-                )
-
-    def on_event(self, topic: str, data: Any) -> None:
-        if topic == "catbird.step.queued":
-            for lane in self.by_key.get(str(data), ()):
-                lane.wake.set()
-            return
-        if topic not in ("catbird.flow.canceling", "catbird.flow.completed", "catbird.flow.failed"):
-            return
-        try:
-            run_id = int(data)
-        except (TypeError, ValueError):
-            return
-        reason = "canceled" if topic == "catbird.flow.canceling" else "finished"
-        for lane in self.step_lanes:
-            for run in list(lane.inflight.values()):
-                if flow_run_of(run) == run_id:
-                    log.info(
-                        "%r: flow run %d %s: stopping its handler",
-                        lane,
-                        run_id,
-                        "is canceling" if reason == "canceled" else "finished",
-                    )
-                    run.stop(reason)
-        if topic == "catbird.flow.failed":
-            for on_fail in self.on_fail_lanes:
-                on_fail.wake.set()

@@ -37,6 +37,7 @@ __all__ = [
     "LaneHost",
     "Run",
     "describe",
+    "parse_run_id",
     "retry_policy",
     "with_concurrency",
 ]
@@ -55,6 +56,14 @@ def describe(exc: BaseException) -> str:
     text = str(exc)
     name = type(exc).__name__
     return f"{name}: {text}" if text else name
+
+
+def parse_run_id(data: Any) -> int | None:
+    """The run id an event carries (``None``: none that makes sense)."""
+    try:
+        return int(data)
+    except (TypeError, ValueError):
+        return None
 
 
 def retry_policy(options: HandlerOptions) -> dict[str, int]:

@@ -9,7 +9,8 @@ backoff, computed here (``retry_delay``), until its retries are exhausted.
 from __future__ import annotations
 
 import abc
-from collections.abc import Callable, Sequence
+import functools
+from collections.abc import Sequence
 from typing import Any
 
 from .. import _sql
@@ -137,14 +138,16 @@ class TaskOnFailLane(OnFailLane):
 
 
 class FlowOnFailLane(OnFailLane):
-    """The on-fail handler of a flow (``db``: the helpers' database access)."""
+    """The on-fail handler of a flow."""
 
-    def __init__(
-        self, host: LaneHost, flow: Flow, handler: Handler, db: Callable[[], FlowDB]
-    ) -> None:
+    def __init__(self, host: LaneHost, flow: Flow, handler: Handler) -> None:
         super().__init__(host, flow.name, handler)
         self.flow = flow.name
-        self.db = db
+
+    @functools.cached_property
+    def db(self) -> FlowDB:
+        """The database access of handler helpers (made once the worker runs)."""
+        return FlowDB(self.host.client, self.host.event_loop)
 
     def __repr__(self) -> str:
         return f"on-fail handler of flow {self.flow!r}"
@@ -169,7 +172,7 @@ class FlowOnFailLane(OnFailLane):
             flow_name=self.flow,
             step_name=claim.failed_step_name or "",
             flow_run_id=claim.id,
-            db=self.db(),
+            db=self.db,
         )
 
     def failure(self, claim: FlowOnFailClaim) -> FlowFailure:
@@ -185,7 +188,7 @@ class FlowOnFailLane(OnFailLane):
             concurrency_key=claim.concurrency_key,
             failed_step_input=claim.failed_step_input,
             failed_step_signal_input=claim.failed_step_signal_input,
-            _db=self.db(),
+            _db=self.db,
         )
 
     def complete_query(self, run: Run) -> _sql.Query[Any]:
