@@ -101,6 +101,11 @@ class RunContext:
 _current: ContextVar[RunContext | None] = ContextVar("catbird_run", default=None)
 
 
+def enter_run(ctx: RunContext) -> None:
+    """Make ``ctx`` the run of the calling task (the worker's call, before a handler)."""
+    _current.set(ctx)
+
+
 def current_run() -> RunContext:
     """The :class:`RunContext` of the running handler."""
     ctx = _current.get()

@@ -63,38 +63,32 @@ between the engine and the handlers:
 
 from __future__ import annotations
 
-import abc
 import asyncio
 import contextlib
-import contextvars
-import functools
-import inspect
 import json
 import logging
-import queue
 import random
 import signal
-import threading
 import time
 import uuid
-from collections.abc import Callable, Iterable, Sequence
-from typing import TYPE_CHECKING, Any, TypeVar
+from collections.abc import Iterable
+from typing import Any, TypeVar
 
 import psycopg
 from psycopg_pool import AsyncConnectionPool
 
 from .. import _sql
-from .._sql import Query
 from ..client.client_async import AsyncClient
-from ..codec import dumps
-from ..context import RunContext, _current
-from ..definitions import Handler, HandlerOptions, Task, definition_args
+from ..definitions import Task, definition_args
 from ..definitions.flows import Flow
-from ..errors import CancelRun, InvalidArgument, ObjectInUse
-from ..models import OnFailClaim, TaskClaim, TaskFailure
-
-if TYPE_CHECKING:
-    from .flows import FlowRuntime
+from ..errors import InvalidArgument, ObjectInUse
+from .batching import BatchedLane
+from .connections import TRANSIENT, Backoff, Connections
+from .flow_runtime import FlowRuntime
+from .lanes import Lane, describe, parse_run_id, with_concurrency
+from .on_fail import OnFailLane, TaskOnFailLane
+from .tasks import TaskLane
+from .threads import HandlerThreads
 
 __all__ = ["Worker"]
 
@@ -102,479 +96,15 @@ T = TypeVar("T")
 
 log = logging.getLogger("catbird.worker")
 
-#: Errors after which a statement is simply tried again: a lost or refused
-#: connection, a pool without a free connection, a serialization failure.
-_TRANSIENT: tuple[type[BaseException], ...] = (
-    psycopg.OperationalError,
-    psycopg.InterfaceError,
-    psycopg.errors.TransactionRollback,
-)
-
 #: How long stop() keeps trying to record outcomes after the grace period.
-_OUTCOME_GRACE = 5.0
+OUTCOME_GRACE = 5.0
 
-#: The shortest lease: used to hand runs back on shutdown.
-_RELEASE = 0.001
 
-#: Completion batches of one task in flight at once.
-_FLUSHES = 2
-
-
-def _describe(exc: BaseException) -> str:
-    text = str(exc)
-    name = type(exc).__name__
-    return f"{name}: {text}" if text else name
-
-
-class _Abandoned(Exception):
-    """An outcome could not be recorded before the worker gave up (shutdown)."""
-
-
-class _Backoff:
-    """Exponential backoff with jitter for reconnecting (0.1 s doubling to ``high``)."""
-
-    def __init__(self, low: float = 0.1, high: float = 5.0) -> None:
-        self.low, self.high = low, high
-        self.failures = 0
-
-    def next(self) -> float:
-        delay = min(self.high, self.low * 2 ** min(self.failures, 16))
-        self.failures += 1
-        return random.uniform(delay / 2, delay)
-
-    def reset(self) -> None:
-        self.failures = 0
-
-
-class _Breaker:
-    """The per-handler circuit breaker (closed → open → half-open → closed)."""
-
-    def __init__(self, threshold: int, open_timeout: float) -> None:
-        self.threshold = threshold
-        self.open_timeout = open_timeout
-        self.failures = 0
-        self.open_until: float | None = None
-        self.probing = False
-
-    def is_half_open(self, now: float) -> bool:
-        return self.open_until is not None and now >= self.open_until
-
-    def wait_time(self, now: float) -> float:
-        """Seconds until claims may resume (0: now)."""
-        if self.open_until is None:
-            return 0.0
-        return max(0.0, self.open_until - now)
-
-    def record_success(self) -> None:
-        self.failures = 0
-        self.open_until = None
-        self.probing = False
-
-    def record_failure(self, now: float) -> None:
-        self.failures += 1
-        half_open_probe = self.probing or self.is_half_open(now)
-        self.probing = False
-        if half_open_probe or self.failures >= self.threshold:
-            if self.open_until is None or now >= self.open_until:
-                log.warning(
-                    "circuit breaker open for %.3g s after %d consecutive failure(s)",
-                    self.open_timeout,
-                    self.failures,
-                )
-            self.open_until = now + self.open_timeout
-
-
-class _ThreadPool:
-    """Daemon threads for plain (sync) handlers.
-
-    Not a ThreadPoolExecutor: its threads are joined at interpreter exit, so
-    one stuck handler would keep a stopped worker process alive. These are
-    daemon threads, and a result that arrives after its waiter was cancelled
-    is dropped.
-    """
-
-    def __init__(self, max_threads: int) -> None:
-        self._max = max(1, max_threads)
-        self._queue: queue.SimpleQueue[Callable[[], None] | None] = queue.SimpleQueue()
-        self._lock = threading.Lock()
-        self._threads = 0
-        self._busy = 0
-
-    def submit(self, fn: Callable[[], Any]) -> asyncio.Future[tuple[bool, Any]]:
-        """Run ``fn`` in a thread; the future gets ``(True, result)`` or ``(False, exception)``."""
-        loop = asyncio.get_running_loop()
-        future: asyncio.Future[tuple[bool, Any]] = loop.create_future()
-
-        def settle(outcome: tuple[bool, Any]) -> None:
-            if not future.done():
-                future.set_result(outcome)
-
-        def job() -> None:
-            # The outcome travels as a result, exceptions included: raising a
-            # BaseException such as GeneratorExit through an awaited future
-            # upsets CPython 3.11.
-            try:
-                outcome: tuple[bool, Any] = (True, fn())
-            except BaseException as exc:  # handler code: everything is an outcome
-                outcome = (False, exc)
-            with contextlib.suppress(RuntimeError):  # loop closed: nobody waits
-                loop.call_soon_threadsafe(settle, outcome)
-
-        with self._lock:
-            self._busy += 1
-            spawn = self._busy > self._threads and self._threads < self._max
-            if spawn:
-                self._threads += 1
-        if spawn:
-            threading.Thread(target=self._work, name="catbird-handler", daemon=True).start()
-        self._queue.put(job)
-        return future
-
-    def _work(self) -> None:
-        while True:
-            job = self._queue.get()
-            if job is None:
-                with self._lock:
-                    self._threads -= 1
-                return
-            try:
-                job()
-            finally:
-                with self._lock:
-                    self._busy -= 1
-
-    def shutdown(self) -> None:
-        """Let idle threads exit (busy ones end with their handler)."""
-        with self._lock:
-            threads = self._threads
-        for _ in range(threads):
-            self._queue.put(None)
-
-
-class _Run:
-    """One claimed run while the worker holds it."""
-
-    __slots__ = ("attempt", "ctx", "id", "in_handler", "stop_reason", "task")
-
-    def __init__(self, run_id: int, attempt: int, ctx: RunContext) -> None:
-        self.id = run_id
-        self.attempt = attempt
-        self.ctx = ctx
-        self.task: asyncio.Task[None] | None = None
-        self.in_handler = False
-        self.stop_reason: str | None = None
-
-
-class _Lane(abc.ABC):
-    """One handler's claim loop state: what it holds and how it reports outcomes.
-
-    Subclasses say how to claim, start, and report (task runs, on-fail runs,
-    flow steps and items)."""
-
-    kind = ""
-
-    def __init__(self, worker: Worker, task: Task[Any, Any], handler: Handler) -> None:
-        self.worker = worker
-        self.task = task
-        self.name = task.name
-        self.handler = handler
-        self.options: HandlerOptions = handler.options
-        self.inflight: dict[int, _Run] = {}
-        self.wake = asyncio.Event()
-        self.slot_free = asyncio.Event()
-        cb = self.options.circuit_breaker
-        self.breaker = _Breaker(cb.failure_threshold, cb.open_timeout) if cb else None
-        self.encode_output = True
-
-    def __repr__(self) -> str:
-        return f"{self.kind} handler of task {self.name!r}"
-
-    @abc.abstractmethod
-    async def claim(self, quantity: int) -> Sequence[Any]:
-        """Implemented by every kind of lane."""
-
-    @abc.abstractmethod
-    def start(self, claim: Any) -> tuple[_Run, tuple[Any, ...] | BaseException]:
-        """Implemented by every kind of lane."""
-
-    @abc.abstractmethod
-    async def succeeded(self, run: _Run, output_json: str | None) -> None:
-        """Implemented by every kind of lane."""
-
-    @abc.abstractmethod
-    async def failed(self, run: _Run, message: str) -> None:
-        """Implemented by every kind of lane."""
-
-    @abc.abstractmethod
-    async def cancel_run(self, run: _Run, reason: str | None) -> None:
-        """Implemented by every kind of lane."""
-
-    def outcome_done(self, run: _Run) -> None:  # noqa: B027 - an optional hook
-        """The run's outcome is recorded (or abandoned)."""
-
-    async def stopped(self, run: _Run) -> None:  # noqa: B027 - an optional hook
-        """The worker stopped the handler (``run.stop_reason``); flow lanes report it."""
-
-
-class _TaskLane(_Lane):
-    kind = "task"
-
-    def __init__(self, worker: Worker, task: Task[Any, Any], handler: Handler) -> None:
-        super().__init__(worker, task, handler)
-        # Runs whose handler returned but whose outcome is not recorded yet:
-        # their leases are renewed like those of running ones.
-        self.pending: dict[int, int] = {}  # run id -> attempt
-        # Runs whose completion statement is in flight: their leases are not
-        # renewed meanwhile, so renewal and completion never wait on each
-        # other's row locks (two multi-row updates could deadlock).
-        self.flushing: set[int] = set()
-        self.buffer: list[tuple[int, str, int]] = []
-        self.flush_wake = asyncio.Event()
-        self.buffer_full = asyncio.Event()
-        self.flush_size = max(self.options.batch_size, 1)
-        # A bound on one completion statement (the buffer grows while flushes
-        # are in flight); the rest waits for the next one.
-        self.max_flush = max(4 * self.flush_size, 400)
-        self.draining = False
-        self.decode = handler.params[0].codec.decode
-
-    async def claim(self, quantity: int) -> Sequence[TaskClaim]:
-        return await self.worker._claims.execute(
-            _sql.claim_tasks(self.name, quantity=quantity, hide_for=self.worker.lease)
-        )
-
-    def start(self, claim: TaskClaim) -> tuple[_Run, tuple[Any, ...] | BaseException]:
-        ctx = RunContext(
-            "task", self.name, claim.id, claim.attempts, claim.headers, claim.concurrency_key
-        )
-        run = _Run(claim.id, claim.attempts, ctx)
-        try:
-            return run, (self.decode(claim.input),)
-        except Exception as exc:
-            return run, exc
-
-    def leases(self) -> tuple[list[int], list[int]]:
-        """Ids and attempts of the runs whose leases this worker renews."""
-        ids = list(self.inflight)
-        attempts = [r.attempt for r in self.inflight.values()]
-        for run_id, attempt in self.pending.items():
-            if run_id not in self.flushing:
-                ids.append(run_id)
-                attempts.append(attempt)
-        return ids, attempts
-
-    async def succeeded(self, run: _Run, output_json: str | None) -> None:
-        self.pending[run.id] = run.attempt
-        self.buffer.append((run.id, output_json or "null", run.attempt))
-        self.flush_wake.set()
-        if len(self.buffer) >= self.flush_size:
-            self.buffer_full.set()
-
-    async def failed(self, run: _Run, message: str) -> None:
-        opts = self.options
-        low, high = opts.backoff_ms
-        self.pending[run.id] = run.attempt
-        try:
-            status = await self.worker._retrying(
-                _sql.fail_task(
-                    self.name,
-                    run.id,
-                    message,
-                    attempt=run.attempt,
-                    max_retries=opts.max_retries,
-                    backoff_min=low,
-                    backoff_max=high,
-                ),
-                f"record the failure of run {run.id} of task {self.name!r}",
-            )
-        finally:
-            self.pending.pop(run.id, None)
-        if status == "queued":
-            log.info(
-                "task %r run %d attempt %d failed, retrying: %s",
-                self.name,
-                run.id,
-                run.attempt,
-                message,
-            )
-        elif status == "failed":
-            log.warning(
-                "task %r run %d failed after %d attempt(s): %s",
-                self.name,
-                run.id,
-                run.attempt,
-                message,
-            )
-        else:
-            log.info(
-                "task %r run %d: failure not recorded (lease lost or run canceled)",
-                self.name,
-                run.id,
-            )
-
-    async def cancel_run(self, run: _Run, reason: str | None) -> None:
-        self.pending[run.id] = run.attempt
-        try:
-            await self.worker._retrying(
-                _sql.cancel_task(self.name, run.id, reason=reason),
-                f"cancel run {run.id} of task {self.name!r}",
-            )
-        finally:
-            self.pending.pop(run.id, None)
-        log.info("task %r run %d canceled by its handler: %s", self.name, run.id, reason)
-
-    async def flush_loop(self) -> None:
-        """Record buffered completions in batches (one statement per batch).
-
-        Up to ``_FLUSHES`` batches are in flight at once (on different
-        connections), so their commits can share a WAL flush; while both are
-        busy, completions keep collecting into a bigger next batch.
-        """
-        linger = self.worker.flush_interval
-        slots = asyncio.Semaphore(_FLUSHES)
-        inflight: set[asyncio.Task[None]] = set()
-
-        def done(task: asyncio.Task[None]) -> None:
-            inflight.discard(task)
-            slots.release()
-
-        try:
-            while True:
-                await self.flush_wake.wait()
-                if not self.draining and len(self.buffer) < self.flush_size and linger > 0:
-                    with contextlib.suppress(TimeoutError):
-                        async with asyncio.timeout(linger):
-                            await self.buffer_full.wait()
-                await slots.acquire()
-                self.flush_wake.clear()
-                self.buffer_full.clear()
-                batch, self.buffer = self.buffer[: self.max_flush], self.buffer[self.max_flush :]
-                if self.buffer:
-                    self.flush_wake.set()
-                if batch:
-                    task = asyncio.create_task(self._complete(batch))
-                    inflight.add(task)
-                    task.add_done_callback(done)
-                else:
-                    slots.release()
-                if self.draining and not self.buffer:
-                    await asyncio.gather(*inflight, return_exceptions=True)
-                    if not self.buffer:
-                        return
-        finally:
-            for task in inflight:
-                task.cancel()
-
-    async def _complete(self, batch: list[tuple[int, str, int]]) -> None:
-        ids = [b[0] for b in batch]
-        self.flushing.update(ids)
-        try:
-            done = await self.worker._retrying(
-                _sql.complete_tasks_json(
-                    self.name, ids, [b[1] for b in batch], [b[2] for b in batch]
-                ),
-                f"record {len(batch)} completion(s) of task {self.name!r}",
-            )
-        except psycopg.DataError:
-            # One output the server refuses (it passed json.dumps): find it.
-            done = []
-            for item in batch:
-                done.extend(await self._complete_one(item))
-        except _Abandoned:
-            done = []
-        except Exception:
-            log.exception("task %r: recording %d completion(s) failed", self.name, len(batch))
-            done = []
-        finally:
-            self.flushing.difference_update(ids)
-            for run_id in ids:
-                self.pending.pop(run_id, None)
-        if len(done) < len(batch):
-            log.info(
-                "task %r: %d of %d completion(s) not recorded (lease lost or run canceled)",
-                self.name,
-                len(batch) - len(done),
-                len(batch),
-            )
-
-    async def _complete_one(self, item: tuple[int, str, int]) -> list[int]:
-        run_id, text, attempt = item
-        try:
-            return await self.worker._retrying(
-                _sql.complete_tasks_json(self.name, [run_id], [text], [attempt]),
-                f"record the completion of run {run_id} of task {self.name!r}",
-            )
-        except psycopg.DataError as exc:
-            run = _Run(run_id, attempt, RunContext("task", self.name, run_id, attempt))
-            await self.failed(run, f"the output could not be stored: {_describe(exc)}")
-        except Exception:
-            log.exception("task %r: recording the completion of run %d failed", self.name, run_id)
-        return []
-
-
-class _OnFailLane(_Lane):
-    kind = "on-fail"
-
-    def __init__(self, worker: Worker, task: Task[Any, Any], handler: Handler) -> None:
-        super().__init__(worker, task, handler)
-        self.encode_output = False
-        self.decode = handler.params[0].codec.decode
-        timeout = self.options.timeout
-        # There is no lease renewal for on-fail claims: hide them long enough
-        # for one call to run to its timeout.
-        self.hide_for = worker.lease + (timeout or worker.lease)
-
-    async def claim(self, quantity: int) -> Sequence[OnFailClaim]:
-        return await self.worker._claims.execute(
-            _sql.claim_task_on_fail(self.name, quantity=quantity, hide_for=self.hide_for)
-        )
-
-    def start(self, claim: OnFailClaim) -> tuple[_Run, tuple[Any, ...] | BaseException]:
-        ctx = RunContext(
-            "on_fail", self.name, claim.id, claim.on_fail_attempts, None, claim.concurrency_key
-        )
-        run = _Run(claim.id, claim.on_fail_attempts, ctx)
-        failure = TaskFailure(
-            task_name=self.name,
-            task_run_id=claim.id,
-            error_message=claim.error_message or "",
-            attempts=claim.attempts,
-            on_fail_attempts=claim.on_fail_attempts,
-            started_at=claim.started_at,
-            failed_at=claim.failed_at,
-            concurrency_key=claim.concurrency_key,
-        )
-        try:
-            return run, (self.decode(claim.input), failure)
-        except Exception as exc:
-            return run, exc
-
-    async def succeeded(self, run: _Run, output_json: str | None) -> None:
-        await self.worker._retrying(
-            _sql.complete_task_on_fail(self.name, run.id),
-            f"record the on-fail completion of run {run.id} of task {self.name!r}",
-        )
-
-    async def failed(self, run: _Run, message: str) -> None:
-        exhausted = run.attempt > self.options.max_retries
-        delay = _sql.ms(self.options.retry_delay(run.attempt))
-        await self.worker._retrying(
-            _sql.fail_task_on_fail(
-                self.name, run.id, message, retry_exhausted=exhausted, retry_delay=delay
-            ),
-            f"record the on-fail failure of run {run.id} of task {self.name!r}",
-        )
-        log.warning(
-            "on-fail handler of task %r run %d attempt %d failed%s: %s",
-            self.name,
-            run.id,
-            run.attempt,
-            " for good" if exhausted else ", retrying",
-            message,
-        )
-
-    async def cancel_run(self, run: _Run, reason: str | None) -> None:  # pragma: no cover
-        await self.failed(run, "catbird.cancel() is not available in an on-fail handler")
+def _started(value: T | None) -> T:
+    """``value``, which exists once the worker is started."""
+    if value is None:
+        raise RuntimeError("the worker is not started")
+    return value
 
 
 class Worker:
@@ -618,17 +148,7 @@ class Worker:
         durable_claims: bool = False,
         id: uuid.UUID | None = None,
     ) -> None:
-        if isinstance(dsn_or_pool, AsyncConnectionPool):
-            self._pool: AsyncConnectionPool[Any] | None = dsn_or_pool
-            self._dsn = ""
-        elif isinstance(dsn_or_pool, str):
-            self._pool = None
-            self._dsn = dsn_or_pool
-        else:
-            raise TypeError(
-                "Worker() takes a DSN string or a psycopg_pool.AsyncConnectionPool,"
-                f" not {type(dsn_or_pool).__name__}"
-            )
+        self._db = Connections(dsn_or_pool, durable_claims)
         self.tasks: list[Task[Any, Any]] = list(tasks)
         self.flows: list[Flow] = list(flows)
         for f in self.flows:
@@ -664,20 +184,16 @@ class Worker:
         self._started = False
         self._stopped = False
         self._stopping = False
-        self._abandon = False
         self._registered = False
-        self._lanes: list[_Lane] = []
-        self._task_lanes: dict[str, _TaskLane] = {}
-        self._on_fail_lanes: list[_OnFailLane] = []
+        self._lanes: list[Lane] = []
+        self._task_lanes: dict[str, TaskLane] = {}
+        self._on_fail_lanes: list[OnFailLane] = []
         self._flow_runtime: FlowRuntime | None = None
         self._loops: list[asyncio.Task[None]] = []
         self._claim_loops: list[asyncio.Task[None]] = []
         self._flush_loops: list[asyncio.Task[None]] = []
         self._run_tasks: set[asyncio.Task[None]] = set()
-        self._released: dict[str, list[tuple[int, int]]] = {}
-        self._owns_pool = False
-        self._claims_pool: AsyncConnectionPool[Any] | None = None
-        self._threads: _ThreadPool | None = None
+        self._threads: HandlerThreads | None = None
         self._stop_requested: asyncio.Event | None = None
         self._force: asyncio.Event | None = None
         self._ready: asyncio.Event | None = None
@@ -787,100 +303,51 @@ class Worker:
         self._ready = asyncio.Event()
         flow_connections = (0, 0)
         if self.flows:
-            from .flows import FlowRuntime
-
-            self._flow_runtime = FlowRuntime(self, self.flows)
+            self._flow_runtime = FlowRuntime(self, self.flows, self.concurrency)
             flow_connections = self._flow_runtime.connections
 
-        if self._pool is None:
-            self._pool = AsyncConnectionPool(
-                self._dsn,
-                min_size=1,
-                max_size=4 + 3 * len(self.tasks) + flow_connections[0],
-                kwargs={"autocommit": True, "application_name": "catbird-worker"},
-                timeout=5.0,
-                reconnect_timeout=24 * 3600.0,
-                open=False,
-                name="catbird-worker",
-            )
-            self._owns_pool = True
-            await self._pool.open(wait=False)
-        elif self._pool.closed:
-            self._owns_pool = True
-            await self._pool.open(wait=False)
-        self._client = AsyncClient(self._pool)
-        self._claims = self._client
-        if not self.durable_claims:
-            self._claims_pool = AsyncConnectionPool(
-                self._pool.conninfo,
-                min_size=1,
-                max_size=2 + 2 * len(self.tasks) + flow_connections[1],
-                kwargs=self._pool.kwargs,
-                configure=self._configure_claims_connection,
-                timeout=5.0,
-                reconnect_timeout=24 * 3600.0,
-                open=False,
-                name="catbird-worker-claims",
-            )
-            await self._claims_pool.open(wait=False)
-            self._claims = AsyncClient(self._claims_pool)
+        await self._db.open(
+            outcome_connections=4 + 3 * len(self.tasks) + flow_connections[0],
+            claim_connections=2 + 2 * len(self.tasks) + flow_connections[1],
+        )
 
-        sync_slots = 0
         for t in self.tasks:
-            lane_classes: tuple[tuple[Handler | None, type[_Lane]], ...] = (
-                (t.handler, _TaskLane),
-                (t.on_fail_handler, _OnFailLane),
-            )
-            for handler, lane_cls in lane_classes:
-                if handler is None:
-                    continue
-                if self.concurrency is not None:
-                    handler = Handler(
-                        handler.fn,
-                        handler.options.replace(concurrency=self.concurrency),
-                        handler.params,
-                        handler.output,
-                        handler.is_async,
-                    )
-                lane = lane_cls(self, t, handler)
-                self._lanes.append(lane)
-                if isinstance(lane, _TaskLane):
-                    self._task_lanes[t.name] = lane
-                elif isinstance(lane, _OnFailLane):
-                    self._on_fail_lanes.append(lane)
-                if not handler.is_async:
-                    sync_slots += handler.options.concurrency
+            if t.handler is not None:
+                task_lane = TaskLane(self, t, with_concurrency(t.handler, self.concurrency))
+                self._task_lanes[t.name] = task_lane
+                self._lanes.append(task_lane)
+            if t.on_fail_handler is not None:
+                handler = with_concurrency(t.on_fail_handler, self.concurrency)
+                on_fail = TaskOnFailLane(self, t, handler)
+                self._on_fail_lanes.append(on_fail)
+                self._lanes.append(on_fail)
         if self._flow_runtime is not None:
             self._lanes.extend(self._flow_runtime.lanes)
-            sync_slots += self._flow_runtime.sync_slots
-        self._threads = _ThreadPool(2 * sync_slots + 4)
+        sync_slots = sum(lane.options.concurrency for lane in self._lanes if lane.uses_threads)
+        self._threads = HandlerThreads(2 * sync_slots + 4)
 
         try:
             await self._register()
             self._registered = True
-        except _TRANSIENT as exc:
+        except TRANSIENT as exc:
             log.warning(
-                "database not reachable yet (%s); retrying in the background", _describe(exc)
+                "database not reachable yet (%s); retrying in the background", describe(exc)
             )
         except BaseException:
-            await self._close_pool()
+            await self._db.close()
             raise
 
         spawn = asyncio.create_task
         self._loops.append(spawn(self._listen_loop(), name="catbird-listen"))
         self._loops.append(spawn(self._heartbeat_loop(), name="catbird-heartbeat"))
         self._loops.append(spawn(self._lease_loop(), name="catbird-lease"))
-        if self._flow_runtime is not None:
-            self._loops.append(spawn(self._flow_runtime.lease_loop(), name="catbird-flow-lease"))
-            for i, flush in enumerate(self._flow_runtime.flush_loops()):
-                self._flush_loops.append(spawn(flush, name=f"catbird-flow-flush-{i}"))
         if self.gc_interval is not None:
             self._loops.append(spawn(self._gc_loop(self.gc_interval), name="catbird-gc"))
         for lane in self._lanes:
             self._claim_loops.append(
                 spawn(self._claim_loop(lane), name=f"catbird-claim-{lane.name}")
             )
-            if isinstance(lane, _TaskLane):
+            if isinstance(lane, BatchedLane) and lane.batched:
                 self._flush_loops.append(
                     spawn(lane.flush_loop(), name=f"catbird-flush-{lane.name}")
                 )
@@ -916,18 +383,15 @@ class Worker:
         # 2. stop what still runs; async handlers are cancelled, threads are left
         for lane in self._lanes:
             for run in list(lane.inflight.values()):
-                self._stop_run(run, "shutdown")
+                run.stop("shutdown")
         # 3. outcomes: let them be recorded, within bounds
-        await self._wait_runs(loop.time() + _OUTCOME_GRACE, None)
+        await self._wait_runs(loop.time() + OUTCOME_GRACE, None)
         for lane in self._lanes:
-            if isinstance(lane, _TaskLane):
-                lane.draining = True
-                lane.flush_wake.set()
-        if self._flow_runtime is not None:
-            self._flow_runtime.drain()
+            if isinstance(lane, BatchedLane):
+                lane.drain()
         if self._flush_loops:
-            await asyncio.wait(self._flush_loops, timeout=_OUTCOME_GRACE)
-        self._abandon = True  # retries of outcomes stop now
+            await asyncio.wait(self._flush_loops, timeout=OUTCOME_GRACE)
+        self._db.abandon = True  # retries of outcomes stop now
         left = [t for t in (*self._run_tasks, *self._flush_loops) if not t.done()]
         if left:
             await asyncio.wait(left, timeout=1.0)
@@ -935,19 +399,15 @@ class Worker:
             t.cancel()
         await asyncio.gather(*self._run_tasks, *self._flush_loops, return_exceptions=True)
         # 4. hand back runs whose async handler was cancelled by the shutdown
-        for name, held in self._released.items():
-            ids, attempts = [h[0] for h in held], [h[1] for h in held]
-            release = _sql.hide_tasks(name, ids, hide_for=_RELEASE, attempts=attempts)
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(self._client.execute(release), 2.0)
-                log.info("task %r: released %d run(s) cancelled by the shutdown", name, len(ids))
+        for task_lane in self._task_lanes.values():
+            await task_lane.release_stopped()
         # 5. background loops, registry, connections
         for t in self._loops:
             t.cancel()
         await asyncio.gather(*self._loops, return_exceptions=True)
         with contextlib.suppress(Exception):
-            await asyncio.wait_for(self._client.execute(_sql.worker_stopped(self.id)), 2.0)
-        await self._close_pool()
+            await asyncio.wait_for(self.client.execute(_sql.worker_stopped(self.id)), 2.0)
+        await self._db.close()
         if self._threads is not None:
             self._threads.shutdown()
         log.info("worker %s stopped", self.id)
@@ -968,41 +428,32 @@ class Worker:
                 if force_wait is not None:
                     force_wait.cancel()
 
-    @staticmethod
-    async def _configure_claims_connection(conn: psycopg.AsyncConnection[Any]) -> None:
-        await AsyncClient(conn).execute(_sql.async_commit())
-        if not conn.autocommit:
-            await conn.commit()  # the pool wants its connections idle
-
-    async def _close_pool(self) -> None:
-        if self._claims_pool is not None:
-            with contextlib.suppress(Exception):
-                await self._claims_pool.close(timeout=2.0)
-        if self._owns_pool and self._pool is not None:
-            with contextlib.suppress(Exception):
-                await self._pool.close(timeout=2.0)
-
     # ------------------------------------------------------------------
-    # database access
+    # database access: what the lanes use of the worker (the LaneHost interface)
 
-    async def _retrying(self, query: Query[T], what: str) -> T:
-        """Execute ``query``, retrying transient errors until it succeeds.
+    @property
+    def client(self) -> AsyncClient:
+        """The client of durable statements (outcomes, registration, handler helpers)."""
+        return _started(self._db.client)
 
-        Raises :class:`_Abandoned` when the worker gives up (end of shutdown)
-        and any non-transient error as it is.
-        """
-        backoff = _Backoff()
-        while True:
-            try:
-                return await self._client.execute(query)
-            except _TRANSIENT as exc:
-                if self._abandon:
-                    log.warning("gave up trying to %s: %s", what, _describe(exc))
-                    raise _Abandoned(what) from exc
-                delay = backoff.next()
-                level = logging.WARNING if backoff.failures == 1 else logging.DEBUG
-                log.log(level, "cannot %s (%s); retrying in %.2f s", what, _describe(exc), delay)
-                await asyncio.sleep(delay)
+    @property
+    def claim_client(self) -> AsyncClient:
+        """The client of claims and lease renewals (see ``durable_claims``)."""
+        return _started(self._db.claim_client)
+
+    @property
+    def handler_threads(self) -> HandlerThreads:
+        """The threads plain handlers run in."""
+        return _started(self._threads)
+
+    @property
+    def event_loop(self) -> asyncio.AbstractEventLoop:
+        """The loop the worker runs on."""
+        return _started(self._loop)
+
+    async def record(self, query: _sql.Query[T], what: str) -> T:
+        """Execute an outcome's ``query``, retrying transient errors (see :class:`.Connections`)."""
+        return await self._db.record(query, what)
 
     async def _register(self) -> None:
         if self.create_definitions:
@@ -1011,7 +462,7 @@ class Worker:
                     t, description=None, condition=None, retention_period=None, on_fail=None
                 )
                 try:
-                    await self._client.execute(_sql.create_task(t.name, **args))
+                    await self.client.execute(_sql.create_task(t.name, **args))
                 except ObjectInUse as exc:
                     log.warning(
                         "task %r: the stored definition differs from this one and runs are"
@@ -1023,7 +474,7 @@ class Worker:
                 await self._flow_runtime.create_definitions()
         assert self._ready is not None
         self._ready.set()
-        await self._client.execute(
+        await self.client.execute(
             _sql.worker_started(
                 self.id,
                 task_handlers=[{"task_name": lane.name} for lane in self._task_lanes.values()],
@@ -1049,10 +500,10 @@ class Worker:
             async with asyncio.timeout(seconds):
                 await event.wait()
 
-    async def _claim_loop(self, lane: _Lane) -> None:
+    async def _claim_loop(self, lane: Lane) -> None:
         assert self._ready is not None
         await self._ready.wait()
-        backoff = _Backoff()
+        backoff = Backoff()
         opts = lane.options
         breaker = lane.breaker
         while not self._stopping:
@@ -1079,10 +530,8 @@ class Worker:
             try:
                 claims = await lane.claim(quantity)
             except Exception as exc:
-                delay = backoff.next()
-                level = logging.WARNING if backoff.failures == 1 else logging.DEBUG
-                log.log(
-                    level, "%r: claim failed (%s); retrying in %.2f s", lane, _describe(exc), delay
+                delay = backoff.failed(
+                    "%r: claim failed (%s); retrying in %.2f s", lane, describe(exc)
                 )
                 await self._sleep(delay)
                 continue
@@ -1096,154 +545,38 @@ class Worker:
             if len(claims) < quantity:
                 await self._wait(lane.wake, self.poll_interval)
 
-    def _start(self, lane: _Lane, claim: Any) -> None:
+    def _start(self, lane: Lane, claim: Any) -> None:
         run, args = lane.start(claim)
         lane.inflight[run.id] = run
-        task = asyncio.create_task(self._execute(lane, run, args))
+        task = asyncio.create_task(lane.execute(run, args))
         run.task = task
         self._run_tasks.add(task)
         task.add_done_callback(self._run_tasks.discard)
 
-    async def _execute(self, lane: _Lane, run: _Run, args: tuple[Any, ...] | BaseException) -> None:
-        _current.set(run.ctx)
-        status: str
-        payload: str | None
-        exc: BaseException | None
-        try:
-            if isinstance(args, BaseException):
-                status, payload, exc = "error", f"invalid input: {_describe(args)}", args
-            else:
-                status, payload, exc = await self._invoke(lane, run, args)
-        finally:
-            del lane.inflight[run.id]
-            lane.slot_free.set()
-        breaker = lane.breaker
-        try:
-            if status == "ok":
-                if breaker is not None:
-                    breaker.record_success()
-                await lane.succeeded(run, payload)
-            elif status == "error":
-                if breaker is not None:
-                    breaker.record_failure(time.monotonic())
-                if exc is not None and not isinstance(exc, TimeoutError | asyncio.CancelledError):
-                    log.debug("%r run %d raised", lane, run.id, exc_info=exc)
-                await lane.failed(run, payload or "unknown error")
-            elif status == "cancel":
-                if breaker is not None:
-                    breaker.probing = False
-                await lane.cancel_run(run, payload)
-            else:  # stopped: canceled elsewhere, or cancelled by the shutdown
-                if breaker is not None:
-                    breaker.probing = False
-                if run.stop_reason == "shutdown" and lane.handler.is_async and lane.kind == "task":
-                    self._released.setdefault(lane.name, []).append((run.id, run.attempt))
-                await lane.stopped(run)
-        except _Abandoned:
-            pass
-        except Exception:
-            log.exception("%r run %d: recording the outcome failed", lane, run.id)
-
-    async def _invoke(
-        self, lane: _Lane, run: _Run, args: tuple[Any, ...]
-    ) -> tuple[str, str | None, BaseException | None]:
-        """Call the handler; returns (status, payload, exception).
-
-        status: ``ok`` (payload: output JSON), ``error`` (payload: message),
-        ``cancel`` (payload: reason; the handler called catbird.cancel()),
-        ``stopped`` (the worker cancelled the call; nothing to record).
-        """
-        timeout = lane.options.timeout
-        handler = lane.handler
-        run.in_handler = True
-        cm = asyncio.timeout(timeout)
-        try:
-            async with cm:
-                if handler.is_async:
-                    value = await handler.fn(*args)
-                else:
-                    assert self._threads is not None
-                    ctx = contextvars.copy_context()
-                    ok, value = await self._threads.submit(
-                        functools.partial(ctx.run, handler.fn, *args)
-                    )
-                    if not ok:
-                        if isinstance(value, CancelRun):
-                            return "cancel", value.reason, None
-                        return "error", _describe(value), value
-                    if inspect.isawaitable(value):
-                        value = await value
-        except CancelRun as exc:
-            return "cancel", exc.reason, None
-        except TimeoutError as exc:
-            if cm.expired():
-                return "error", f"timed out after {timeout:g} s", exc
-            return "error", _describe(exc), exc
-        except asyncio.CancelledError as exc:
-            current = asyncio.current_task()
-            if current is not None and current.cancelling():
-                current.uncancel()
-            if run.stop_reason is not None:
-                return "stopped", run.stop_reason, None
-            return (
-                "error",
-                _describe(exc) if str(exc) else "CancelledError: the handler was cancelled",
-                exc,
-            )
-        except BaseException as exc:  # handler code: SystemExit, KeyboardInterrupt, ...
-            return "error", _describe(exc), exc
-        finally:
-            run.in_handler = False
-        if not lane.encode_output:
-            return "ok", None, None
-        try:
-            return "ok", dumps(value), None
-        except (TypeError, ValueError) as exc:
-            return "error", f"the output is not JSON-serialisable: {exc}", exc
-
-    def _stop_run(self, run: _Run, reason: str) -> None:
-        if run.stop_reason is None:
-            run.stop_reason = reason
-        run.ctx.canceled = True
-        if run.in_handler and run.task is not None:
-            run.task.cancel()
-
     async def _lease_loop(self) -> None:
+        """Renew the leases of held runs every ``lease / 3`` seconds."""
         interval = self.lease / 3
-        lanes = list(self._task_lanes.values())
+        lanes = [lane for lane in self._lanes if isinstance(lane, BatchedLane)]
         while True:
             await asyncio.sleep(interval)
             for lane in lanes:
-                ids, attempts = lane.leases()
-                if not ids:
-                    continue
-                try:
-                    await self._claims.execute(
-                        _sql.hide_tasks(lane.name, ids, hide_for=self.lease, attempts=attempts)
-                    )
-                except Exception as exc:
-                    log.warning(
-                        "task %r: renewing the lease of %d run(s) failed: %s",
-                        lane.name,
-                        len(ids),
-                        _describe(exc),
-                    )
+                await lane.renew_leases()
 
     async def _gc_loop(self, interval: float) -> None:
         """The built-in periodic garbage collection (``cb_gc``), jittered across workers."""
         while True:
             await asyncio.sleep(interval * random.uniform(0.8, 1.2))
             try:
-                counters = await self._client.execute(_sql.gc())
+                counters = await self.client.execute(_sql.gc())
             except Exception as exc:
-                log.warning("gc failed: %s", _describe(exc))
+                log.warning("gc failed: %s", describe(exc))
                 continue
             removed = {k: v for k, v in counters.items() if v}
             if removed:
                 log.info("gc: %s", ", ".join(f"{k}={v}" for k, v in sorted(removed.items())))
 
     async def _heartbeat_loop(self) -> None:
-        backoff = _Backoff(high=max(5.0, self.heartbeat_interval))
+        backoff = Backoff(high=max(5.0, self.heartbeat_interval))
         while True:
             try:
                 if not self._registered:
@@ -1251,26 +584,23 @@ class Worker:
                     self._registered = True
                     if backoff.failures:
                         log.info("worker %s registered", self.id)
-                elif not await self._client.execute(_sql.worker_heartbeat(self.id)):
+                elif not await self.client.execute(_sql.worker_heartbeat(self.id)):
                     log.info("worker %s was unregistered (stale?); registering again", self.id)
                     self._registered = False
                     continue
                 backoff.reset()
                 delay = self.heartbeat_interval
             except Exception as exc:
-                delay = backoff.next()
-                level = logging.WARNING if backoff.failures == 1 else logging.DEBUG
-                log.log(level, "heartbeat failed (%s); retrying in %.2f s", _describe(exc), delay)
+                delay = backoff.failed("heartbeat failed (%s); retrying in %.2f s", describe(exc))
             await asyncio.sleep(delay)
 
     async def _listen_loop(self) -> None:
-        backoff = _Backoff()
+        backoff = Backoff()
         while True:
             conn: psycopg.AsyncConnection[Any] | None = None
             delay = 0.0
             try:
-                conninfo, kwargs = await self._listen_params()
-                conn = await psycopg.AsyncConnection.connect(conninfo, **kwargs)
+                conn = await self._db.connect_listener()
                 client = AsyncClient(conn)
                 await client.execute(_sql.listen_events())
                 if backoff.failures:
@@ -1286,30 +616,12 @@ class Worker:
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
-                delay = backoff.next()
-                level = logging.WARNING if backoff.failures == 1 else logging.DEBUG
-                log.log(level, "event listener: %s; reconnecting in %.2f s", _describe(exc), delay)
+                delay = backoff.failed("event listener: %s; reconnecting in %.2f s", describe(exc))
             finally:
                 if conn is not None:
                     with contextlib.suppress(Exception):
                         await conn.close()
             await asyncio.sleep(delay)
-
-    async def _listen_params(self) -> tuple[str, dict[str, Any]]:
-        """Connection parameters of the LISTEN connection: the pool's, or the DSN."""
-        if self._pool is None:
-            return self._dsn, {"autocommit": True}
-        conninfo: Any = self._pool.conninfo
-        kwargs: Any = self._pool.kwargs
-        if callable(conninfo):
-            conninfo = conninfo()
-        if inspect.isawaitable(conninfo):
-            conninfo = await conninfo
-        if callable(kwargs):
-            kwargs = kwargs()
-        if inspect.isawaitable(kwargs):
-            kwargs = await kwargs
-        return str(conninfo), {**(kwargs or {}), "autocommit": True}
 
     def _on_event(self, payload: str) -> None:
         if "catbird.task.completed" in payload:
@@ -1328,15 +640,14 @@ class Worker:
             if lane is not None:
                 lane.wake.set()
         elif topic == "catbird.task.canceled":
-            try:
-                run_id = int(data)
-            except (TypeError, ValueError):
+            run_id = parse_run_id(data)
+            if run_id is None:
                 return
             for lane in self._task_lanes.values():
                 run = lane.inflight.get(run_id)
                 if run is not None:
                     log.info("task %r run %d was canceled: stopping its handler", lane.name, run_id)
-                    self._stop_run(run, "canceled")
+                    run.stop("canceled")
         elif topic == "catbird.task.failed":
             for on_fail in self._on_fail_lanes:
                 on_fail.wake.set()
