@@ -49,7 +49,23 @@ class Query(Generic[T]):
     decode: Callable[[Rows], T]
 
 
-class Call:
+class Statement:
+    """A named SQL text; calling it with parameters and a decoder makes a :class:`Query`."""
+
+    __slots__ = ("name", "sql")
+
+    def __init__(self, name: str, sql: LiteralString) -> None:
+        self.name = name
+        self.sql = sql
+
+    def __call__(self, params: Params, decode: Callable[[Rows], T]) -> Query[T]:
+        return Query(self.name, self.sql, params, decode)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.name!r}, {self.sql!r})"
+
+
+class Call(Statement):
     """One declared call of a ``catbird.<function>``, its SQL rendered once.
 
     ``args`` maps each argument name to its SQL type (the cast of its
@@ -61,7 +77,7 @@ class Call:
     :class:`Query` (default: the function name without ``cb_``).
     """
 
-    __slots__ = ("args", "function", "name", "sql")
+    __slots__ = ("args", "function")
 
     def __init__(
         self,
@@ -77,18 +93,17 @@ class Call:
             raise ValueError(f"not an identifier: {function}({', '.join(args)})")
         self.function = function
         self.args = args
-        self.name = statement or function.removeprefix("cb_")
         named = ", ".join(f"{arg} => %({arg})s::{type_}" for arg, type_ in args.items())
         call = f"catbird.{function}({named})"
         sql = f"SELECT {returns} FROM {call}" if returns else f"SELECT {call}"
         # Made of the declaration's literal pieces only, once, at import.
-        self.sql: LiteralString = sql + (f" {then}" if then else "")
+        text: LiteralString = sql + (f" {then}" if then else "")
+        super().__init__(statement or function.removeprefix("cb_"), text)
 
-    def __call__(self, params: Params, decode: Callable[[Rows], T]) -> Query[T]:
-        return Query(self.name, self.sql, params, decode)
 
-    def __repr__(self) -> str:
-        return f"Call({self.sql!r})"
+#: Argument groups the engine's functions share.
+POLL_ARGS: dict[str, str] = {"poll_for": "int", "poll_interval": "int"}
+CLAIM_ARGS: dict[str, str] = {"quantity": "int", "hide_for": "int"}
 
 
 # --------------------------------------------------------------------------
@@ -158,6 +173,13 @@ def interval_or_null(value: Duration | None) -> timedelta | None:
 
 def list_or_null(values: Iterable[Any] | None) -> list[Any] | None:
     return None if values is None else list(values)
+
+
+def poll_params(params: Params, poll_for: Duration, poll_interval: Duration) -> Params:
+    """``params`` with the polling of a ``cb_read_poll``/``cb_wait_*`` call (in ms)."""
+    params["poll_for"] = ms(poll_for)
+    params["poll_interval"] = ms(poll_interval)
+    return params
 
 
 def retry_params(params: Params, max_retries: int, backoff_min: int, backoff_max: int) -> Params:

@@ -10,6 +10,7 @@ from typing import Any, LiteralString
 from ..models import FlowInfo, FlowOnFailClaim, FlowRunInfo, RunOutcome, StepInfo, StepRunInfo
 from ._call import (
     OUTCOME_COLUMNS,
+    POLL_ARGS,
     Call,
     Duration,
     Query,
@@ -21,7 +22,7 @@ from ._call import (
     jsonb,
     jsonb_value,
     list_or_null,
-    ms,
+    poll_params,
     run_outcome,
     void,
 )
@@ -131,27 +132,14 @@ fail_flow_on_fail = FLOWS.fail_on_fail
 
 # ------------------------------------------------------ signals and steps
 
-_SIGNAL_FLOW = Call(
-    "cb_signal_flow", flow_name="text", run_id="bigint", step_name="text", input="jsonb"
-)
-_GET_FLOW_STEP_STATUS = Call(
-    "cb_get_flow_step_status",
-    returns=STEP_RUN_COLUMNS,
-    flow_name="text",
-    run_id="bigint",
-    step_name="text",
-)
-_GET_FLOW_STEP_OUTPUT = Call(
-    "cb_get_flow_step_output", flow_name="text", run_id="bigint", step_name="text"
-)
+#: The arguments naming a step of a flow run.
+_RUN_STEP_ARGS = {"flow_name": "text", "run_id": "bigint", "step_name": "text"}
+
+_SIGNAL_FLOW = Call("cb_signal_flow", **_RUN_STEP_ARGS, input="jsonb")
+_GET_FLOW_STEP_STATUS = Call("cb_get_flow_step_status", returns=STEP_RUN_COLUMNS, **_RUN_STEP_ARGS)
+_GET_FLOW_STEP_OUTPUT = Call("cb_get_flow_step_output", **_RUN_STEP_ARGS)
 _WAIT_FLOW_STEP_OUTPUT = Call(
-    "cb_wait_flow_step_output",
-    returns=OUTCOME_COLUMNS,
-    flow_name="text",
-    run_id="bigint",
-    step_name="text",
-    poll_for="int",
-    poll_interval="int",
+    "cb_wait_flow_step_output", returns=OUTCOME_COLUMNS, **_RUN_STEP_ARGS, **POLL_ARGS
 )
 _GET_FLOW_RUN_STEPS = Call(
     "cb_get_flow_run_steps", returns=STEP_RUN_COLUMNS, flow_name="text", run_id="bigint"
@@ -189,14 +177,8 @@ def wait_flow_step_output(
     poll_for: Duration = 5.0,
     poll_interval: Duration = 0.2,
 ) -> Query[RunOutcome | None]:
-    params = {
-        "flow_name": name,
-        "run_id": run_id,
-        "step_name": step_name,
-        "poll_for": ms(poll_for),
-        "poll_interval": ms(poll_interval),
-    }
-    return _WAIT_FLOW_STEP_OUTPUT(params, run_outcome)
+    params = {"flow_name": name, "run_id": run_id, "step_name": step_name}
+    return _WAIT_FLOW_STEP_OUTPUT(poll_params(params, poll_for, poll_interval), run_outcome)
 
 
 def get_flow_run_steps(name: str, run_id: int) -> Query[list[StepRunInfo]]:

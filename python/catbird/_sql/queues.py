@@ -8,6 +8,8 @@ from typing import Any, LiteralString
 
 from ..models import Binding, Message, QueueInfo
 from ._call import (
+    CLAIM_ARGS,
+    POLL_ARGS,
     Call,
     Duration,
     Params,
@@ -23,6 +25,7 @@ from ._call import (
     jsonb_array,
     ms,
     one,
+    poll_params,
     void,
 )
 
@@ -85,16 +88,8 @@ _SEND_MANY = Call(
     topic="text",
     **enqueue_args(many=True),
 )
-_READ = Call("cb_read", returns=MESSAGE_COLUMNS, queue="text", quantity="int", hide_for="int")
-_READ_POLL = Call(
-    "cb_read_poll",
-    returns=MESSAGE_COLUMNS,
-    queue="text",
-    quantity="int",
-    hide_for="int",
-    poll_for="int",
-    poll_interval="int",
-)
+_READ = Call("cb_read", returns=MESSAGE_COLUMNS, queue="text", **CLAIM_ARGS)
+_READ_POLL = Call("cb_read_poll", returns=MESSAGE_COLUMNS, queue="text", **CLAIM_ARGS, **POLL_ARGS)
 _HIDE = Call("cb_hide", queue="text", id="bigint", hide_for="int")
 _HIDE_MANY = Call("cb_hide", statement="hide_many", queue="text", ids="bigint[]", hide_for="int")
 _DELETE = Call("cb_delete", queue="text", id="bigint")
@@ -148,16 +143,8 @@ def read_poll(
     poll_for: Duration = 5.0,
     poll_interval: Duration = 0.1,
 ) -> Query[list[Message]]:
-    return _READ_POLL(
-        {
-            "queue": queue,
-            "quantity": quantity,
-            "hide_for": ms(hide_for),
-            "poll_for": ms(poll_for),
-            "poll_interval": ms(poll_interval),
-        },
-        _messages,
-    )
+    params: Params = {"queue": queue, "quantity": quantity, "hide_for": ms(hide_for)}
+    return _READ_POLL(poll_params(params, poll_for, poll_interval), _messages)
 
 
 def hide(queue: str, id: int, *, hide_for: Duration) -> Query[bool]:

@@ -19,7 +19,9 @@ from typing import Any, Generic, LiteralString, TypeVar
 
 from ..models import RunOutcome
 from ._call import (
+    CLAIM_ARGS,
     OUTCOME_COLUMNS,
+    POLL_ARGS,
     Call,
     Duration,
     Params,
@@ -38,6 +40,7 @@ from ._call import (
     jsonb_array,
     ms,
     one,
+    poll_params,
     run_outcome,
     void,
 )
@@ -86,14 +89,8 @@ class RunStatements(Generic[D, R, F]):
         self._bind = Call(f"cb_bind_{k}", name="text", pattern="text")
         self._unbind = Call(f"cb_unbind_{k}", name="text", pattern="text")
         self._cancel = Call(f"cb_cancel_{k}", name="text", run_id="bigint", reason="text")
-        self._wait = Call(
-            f"cb_wait_{k}_output",
-            returns=OUTCOME_COLUMNS,
-            **{kind.wait_arg: "text"},
-            run_id="bigint",
-            poll_for="int",
-            poll_interval="int",
-        )
+        wait_args = {kind.wait_arg: "text", "run_id": "bigint", **POLL_ARGS}
+        self._wait = Call(f"cb_wait_{k}_output", returns=OUTCOME_COLUMNS, **wait_args)
         self._purge = Call(f"cb_purge_{k}_runs", name="text", older_than="interval")
         self._clear = Call(f"cb_clear_{k}_runs", name="text")
         self._get_run = Call(
@@ -107,11 +104,7 @@ class RunStatements(Generic[D, R, F]):
             before_id="bigint",
         )
         self._claim_on_fail = Call(
-            f"cb_claim_{k}_on_fail",
-            returns=kind.on_fail_columns,
-            name="text",
-            quantity="int",
-            hide_for="int",
+            f"cb_claim_{k}_on_fail", returns=kind.on_fail_columns, name="text", **CLAIM_ARGS
         )
         self._complete_on_fail = Call(f"cb_complete_{k}_on_fail", name="text", run_id="bigint")
         self._fail_on_fail = Call(
@@ -194,13 +187,8 @@ class RunStatements(Generic[D, R, F]):
     def wait_output(
         self, name: str, run_id: int, *, poll_for: Duration = 5.0, poll_interval: Duration = 0.2
     ) -> Query[RunOutcome | None]:
-        params: Params = {
-            self.kind.wait_arg: name,
-            "run_id": run_id,
-            "poll_for": ms(poll_for),
-            "poll_interval": ms(poll_interval),
-        }
-        return self._wait(params, run_outcome)
+        params: Params = {self.kind.wait_arg: name, "run_id": run_id}
+        return self._wait(poll_params(params, poll_for, poll_interval), run_outcome)
 
     def purge_runs(self, name: str, older_than: Duration) -> Query[int]:
         return self._purge({"name": name, "older_than": interval_or_null(older_than)}, integer)

@@ -4,17 +4,19 @@ failing step runs and map items, generators' items, early completion
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from datetime import datetime
-from typing import Any, LiteralString
+from typing import Any, Generic, TypeVar
 
 from ..models import MapTaskClaim, StepClaim
 from ._call import (
+    CLAIM_ARGS,
     RETRY_ARGS,
     Call,
     Duration,
     Query,
     Rows,
+    Statement,
     boolean,
     integer,
     list_or_null,
@@ -24,24 +26,61 @@ from ._call import (
     void,
 )
 
+#: The arguments naming a step of a flow.
+STEP_ARGS: dict[str, str] = {"flow_name": "text", "step_name": "text"}
 
-class StepWork:
-    """Lease renewal and failure of one kind of step work, declared once:
-    step runs (``cb_hide_steps``/``cb_fail_step``) or map items
-    (``cb_hide_map_tasks``/``cb_fail_map_task``)."""
+C = TypeVar("C")
+K = TypeVar("K")
 
-    def __init__(self, unit: str) -> None:
+
+class StepWork(Generic[C, K]):
+    """The claim, lease renewal, completion and failure of one kind of step
+    work, declared once: step runs (``cb_claim_steps``, ``cb_hide_steps``,
+    ``cb_complete_step``, ``cb_fail_step``) or map items of mappers and
+    generators (``cb_claim_map_tasks``, ``cb_hide_map_tasks``,
+    ``cb_complete_map_tasks``, ``cb_fail_map_task``).
+
+    Claims with ``with_input``/``with_outputs`` false leave those columns
+    NULL (not sent), for handlers that do not take them: for map items the
+    engine would otherwise return the whole flow input with every item,
+    which for a mapper over the input is the whole array each time.
+    Completions take the outputs already serialised to JSON text.
+    """
+
+    def __init__(
+        self,
+        unit: str,
+        claim: Call,
+        claims: Callable[[Rows], list[C]],
+        complete: Statement,
+        completed: Callable[[Rows], K],
+    ) -> None:
+        self._claim, self._claims = claim, claims
+        self._complete, self._completed = complete, completed
         self._hide = Call(
-            f"cb_hide_{unit}s",
-            flow_name="text",
-            step_name="text",
-            ids="bigint[]",
-            hide_for="int",
-            attempts="int[]",
+            f"cb_hide_{unit}s", **STEP_ARGS, ids="bigint[]", hide_for="int", attempts="int[]"
         )
-        self._fail = Call(
-            f"cb_fail_{unit}", flow_name="text", step_name="text", id="bigint", **RETRY_ARGS
-        )
+        self._fail = Call(f"cb_fail_{unit}", **STEP_ARGS, id="bigint", **RETRY_ARGS)
+
+    def claim(
+        self,
+        name: str,
+        step_name: str,
+        *,
+        quantity: int,
+        hide_for: Duration,
+        with_input: bool = True,
+        with_outputs: bool = True,
+    ) -> Query[list[C]]:
+        params = {
+            "flow_name": name,
+            "step_name": step_name,
+            "quantity": quantity,
+            "hide_for": ms(hide_for),
+            "with_input": with_input,
+            "with_outputs": with_outputs,
+        }
+        return self._claim(params, self._claims)
 
     def hide(
         self,
@@ -61,6 +100,23 @@ class StepWork:
             "attempts": list_or_null(attempts),
         }
         return self._hide(params, void)
+
+    def complete_json(
+        self,
+        name: str,
+        step_name: str,
+        ids: Sequence[int],
+        outputs_json: Sequence[str],
+        attempts: Sequence[int] | None = None,
+    ) -> Query[K]:
+        params = {
+            "flow_name": name,
+            "step_name": step_name,
+            "ids": list(ids),
+            "outputs": list(outputs_json),
+            "attempts": list_or_null(attempts),
+        }
+        return self._complete(params, self._completed)
 
     def fail(
         self,
@@ -85,37 +141,80 @@ class StepWork:
         return self._fail(retry_params(params, max_retries, backoff_min, backoff_max), text_or_none)
 
 
-STEPS = StepWork("step")
-MAP_TASKS = StepWork("map_task")
+def _step_claims(rows: Rows) -> list[StepClaim]:
+    return [StepClaim(r[0], r[1], r[2], r[3], r[4] or {}, r[5]) for r in rows]
 
-# ---------------------------------------------------------------- step runs
 
-_CLAIM_STEPS = Call(
-    "cb_claim_steps",
-    returns="id, flow_run_id, attempts,"
-    " CASE WHEN %(with_input)s::boolean THEN input END,"
-    " CASE WHEN %(with_outputs)s::boolean THEN step_outputs END, signal_input",
-    flow_name="text",
-    step_name="text",
-    quantity="int",
-    hide_for="int",
+def _ids_done(rows: Rows) -> list[int]:
+    return [int(r[0]) for r in rows]
+
+
+def _map_task_claims(rows: Rows) -> list[MapTaskClaim]:
+    return [MapTaskClaim(r[0], r[1], r[2], r[3], r[4] or {}, r[5], r[6]) for r in rows]
+
+
+#: Step runs. Their completion is several ``cb_complete_step`` calls in one
+#: statement (one commit), in the order given, returning the ids whose
+#: completion was recorded: the caller orders them by flow run, as each call
+#: locks its flow run, so statements taking their locks in the same order
+#: cannot deadlock. (``unnest`` pads a NULL ``attempts`` with NULLs.)
+STEPS = StepWork(
+    "step",
+    Call(
+        "cb_claim_steps",
+        returns="id, flow_run_id, attempts,"
+        " CASE WHEN %(with_input)s::boolean THEN input END,"
+        " CASE WHEN %(with_outputs)s::boolean THEN step_outputs END, signal_input",
+        **STEP_ARGS,
+        **CLAIM_ARGS,
+    ),
+    _step_claims,
+    Statement(
+        "complete_steps",
+        "SELECT u.id FROM unnest(%(ids)s::bigint[], %(outputs)s::text[], %(attempts)s::int[])"
+        " WITH ORDINALITY AS u(id, output, attempt, ord)"
+        " CROSS JOIN LATERAL catbird.cb_complete_step(flow_name => %(flow_name)s::text,"
+        " step_name => %(step_name)s::text, id => u.id, output => u.output::jsonb,"
+        " attempt => u.attempt) AS c(done)"
+        " WHERE c.done ORDER BY u.ord",
+    ),
+    _ids_done,
 )
+#: Map items of mappers and generators.
+MAP_TASKS = StepWork(
+    "map_task",
+    Call(
+        "cb_claim_map_tasks",
+        returns="id, flow_run_id, attempts, input, step_outputs, signal_input, item",
+        **STEP_ARGS,
+        **CLAIM_ARGS,
+        with_input="boolean",
+        with_outputs="boolean",
+    ),
+    _map_task_claims,
+    Call(
+        "cb_complete_map_tasks",
+        **STEP_ARGS,
+        ids="bigint[]",
+        outputs="text[]::jsonb[]",
+        attempts="int[]",
+    ),
+    void,
+)
+
+claim_steps = STEPS.claim
+hide_steps = STEPS.hide
+complete_steps_json = STEPS.complete_json
+fail_step = STEPS.fail
+claim_map_tasks = MAP_TASKS.claim
+hide_map_tasks = MAP_TASKS.hide
+complete_map_tasks_json = MAP_TASKS.complete_json
+fail_map_task = MAP_TASKS.fail
+
+# ------------------------------------------------- single steps, generators
+
 _COMPLETE_STEP = Call(
-    "cb_complete_step",
-    flow_name="text",
-    step_name="text",
-    id="bigint",
-    output="text::jsonb",
-    attempt="int",
-)
-#: Several ``cb_complete_step`` calls in one statement, in the order given.
-_COMPLETE_STEPS: LiteralString = (
-    "SELECT u.id FROM unnest(%(ids)s::bigint[], %(outputs)s::text[], %(attempts)s::int[])"
-    " WITH ORDINALITY AS u(id, output, attempt, ord)"
-    " CROSS JOIN LATERAL catbird.cb_complete_step(flow_name => %(flow_name)s::text,"
-    " step_name => %(step_name)s::text, id => u.id, output => u.output::jsonb,"
-    " attempt => u.attempt) AS c(done)"
-    " WHERE c.done ORDER BY u.ord"
+    "cb_complete_step", **STEP_ARGS, id="bigint", output="text::jsonb", attempt="int"
 )
 _COMPLETE_FLOW_EARLY = Call(
     "cb_complete_flow_early",
@@ -125,40 +224,30 @@ _COMPLETE_FLOW_EARLY = Call(
     output="text::jsonb",
     reason="text",
 )
+_SPAWN_GENERATOR_MAP_TASKS = Call(
+    "cb_spawn_generator_map_tasks",
+    **STEP_ARGS,
+    id="bigint",
+    items="text::jsonb",
+    visible_at="timestamptz",
+)
+_COMPLETE_GENERATOR_STEP = Call("cb_complete_generator_step", **STEP_ARGS, id="bigint")
+_FAIL_GENERATOR_STEP = Call(
+    "cb_fail_generator_step", **STEP_ARGS, id="bigint", error_message="text"
+)
+_READ_MAP_OUTPUTS = Call(
+    "cb_read_map_outputs",
+    returns="idx, output",
+    flow_name="text",
+    run_id="bigint",
+    step_name="text",
+    after_idx="int",
+    lim="int",
+)
 
 
-def _step_claims(rows: Rows) -> list[StepClaim]:
-    return [StepClaim(r[0], r[1], r[2], r[3], r[4] or {}, r[5]) for r in rows]
-
-
-def _ids_done(rows: Rows) -> list[int]:
-    return [int(r[0]) for r in rows]
-
-
-def claim_steps(
-    name: str,
-    step_name: str,
-    *,
-    quantity: int,
-    hide_for: Duration,
-    with_input: bool = True,
-    with_outputs: bool = True,
-) -> Query[list[StepClaim]]:
-    """Claim step runs; ``with_input``/``with_outputs`` false leave those columns
-    NULL (not sent), for handlers that do not take them."""
-    params = {
-        "flow_name": name,
-        "step_name": step_name,
-        "quantity": quantity,
-        "hide_for": ms(hide_for),
-        "with_input": with_input,
-        "with_outputs": with_outputs,
-    }
-    return _CLAIM_STEPS(params, _step_claims)
-
-
-hide_steps = STEPS.hide
-fail_step = STEPS.fail
+def _idx_outputs(rows: Rows) -> list[tuple[int, Any]]:
+    return [(int(r[0]), r[1]) for r in rows]
 
 
 def complete_step_json(
@@ -175,29 +264,6 @@ def complete_step_json(
     return _COMPLETE_STEP(params, boolean)
 
 
-def complete_steps_json(
-    name: str,
-    step_name: str,
-    ids: Sequence[int],
-    outputs_json: Sequence[str],
-    attempts: Sequence[int] | None = None,
-) -> Query[list[int]]:
-    """Several ``cb_complete_step`` calls in one statement (one commit), in the
-    order given; returns the ids whose completion was recorded.
-
-    The caller orders them by flow run: each call locks its flow run, so
-    statements that take their locks in the same order cannot deadlock.
-    """
-    params = {
-        "flow_name": name,
-        "step_name": step_name,
-        "ids": list(ids),
-        "outputs": list(outputs_json),
-        "attempts": [None] * len(ids) if attempts is None else list(attempts),
-    }
-    return Query("complete_steps", _COMPLETE_STEPS, params, _ids_done)
-
-
 def complete_flow_early_json(
     name: str, run_id: int, step_name: str, output_json: str, *, reason: str | None = None
 ) -> Query[bool]:
@@ -210,108 +276,6 @@ def complete_flow_early_json(
         "reason": reason,
     }
     return _COMPLETE_FLOW_EARLY(params, boolean)
-
-
-# ---------------------------------------------------------------- map items
-
-_CLAIM_MAP_TASKS = Call(
-    "cb_claim_map_tasks",
-    returns="id, flow_run_id, attempts, input, step_outputs, signal_input, item",
-    flow_name="text",
-    step_name="text",
-    quantity="int",
-    hide_for="int",
-    with_input="boolean",
-    with_outputs="boolean",
-)
-_COMPLETE_MAP_TASKS = Call(
-    "cb_complete_map_tasks",
-    flow_name="text",
-    step_name="text",
-    ids="bigint[]",
-    outputs="text[]::jsonb[]",
-    attempts="int[]",
-)
-_SPAWN_GENERATOR_MAP_TASKS = Call(
-    "cb_spawn_generator_map_tasks",
-    flow_name="text",
-    step_name="text",
-    id="bigint",
-    items="text::jsonb",
-    visible_at="timestamptz",
-)
-_COMPLETE_GENERATOR_STEP = Call(
-    "cb_complete_generator_step", flow_name="text", step_name="text", id="bigint"
-)
-_FAIL_GENERATOR_STEP = Call(
-    "cb_fail_generator_step",
-    flow_name="text",
-    step_name="text",
-    id="bigint",
-    error_message="text",
-)
-_READ_MAP_OUTPUTS = Call(
-    "cb_read_map_outputs",
-    returns="idx, output",
-    flow_name="text",
-    run_id="bigint",
-    step_name="text",
-    after_idx="int",
-    lim="int",
-)
-
-
-def _map_task_claims(rows: Rows) -> list[MapTaskClaim]:
-    return [MapTaskClaim(r[0], r[1], r[2], r[3], r[4] or {}, r[5], r[6]) for r in rows]
-
-
-def _idx_outputs(rows: Rows) -> list[tuple[int, Any]]:
-    return [(int(r[0]), r[1]) for r in rows]
-
-
-def claim_map_tasks(
-    name: str,
-    step_name: str,
-    *,
-    quantity: int,
-    hide_for: Duration,
-    with_input: bool = True,
-    with_outputs: bool = True,
-) -> Query[list[MapTaskClaim]]:
-    """Claim items; ``with_input``/``with_outputs`` false leave those columns NULL
-    (not sent): the engine returns the whole flow input with every item, which
-    for a mapper over the input is the whole array each time."""
-    params = {
-        "flow_name": name,
-        "step_name": step_name,
-        "quantity": quantity,
-        "hide_for": ms(hide_for),
-        "with_input": with_input,
-        "with_outputs": with_outputs,
-    }
-    return _CLAIM_MAP_TASKS(params, _map_task_claims)
-
-
-hide_map_tasks = MAP_TASKS.hide
-fail_map_task = MAP_TASKS.fail
-
-
-def complete_map_tasks_json(
-    name: str,
-    step_name: str,
-    ids: Sequence[int],
-    outputs_json: Sequence[str],
-    attempts: Sequence[int] | None = None,
-) -> Query[None]:
-    """Batch completion of items with outputs already serialised to JSON text."""
-    params = {
-        "flow_name": name,
-        "step_name": step_name,
-        "ids": list(ids),
-        "outputs": list(outputs_json),
-        "attempts": list_or_null(attempts),
-    }
-    return _COMPLETE_MAP_TASKS(params, void)
 
 
 def spawn_generator_map_tasks_json(

@@ -8,6 +8,7 @@ from typing import Any, LiteralString
 
 from ..models import OnFailClaim, TaskClaim, TaskInfo, TaskRunInfo
 from ._call import (
+    CLAIM_ARGS,
     RETRY_ARGS,
     Call,
     Duration,
@@ -112,8 +113,7 @@ _CLAIM_TASKS = Call(
     "cb_claim_tasks",
     returns="id, attempts, input, headers, concurrency_key, priority",
     name="text",
-    quantity="int",
-    hide_for="int",
+    **CLAIM_ARGS,
 )
 _HIDE_TASKS = Call("cb_hide_tasks", name="text", ids="bigint[]", hide_for="int", attempts="int[]")
 _COMPLETE_TASK = Call(
