@@ -107,7 +107,7 @@ def create_flow(
         "retention_period": interval_or_null(retention_period),
         "on_fail": on_fail,
     }
-    return _CREATE_FLOW(params, void)
+    return _CREATE_FLOW.query(params, void)
 
 
 delete_flow = FLOWS.delete
@@ -154,19 +154,19 @@ def _step_run_or_none(rows: Rows) -> StepRunInfo | None:
 
 def signal_flow(name: str, run_id: int, step_name: str, input: Any) -> Query[bool]:
     params = {"flow_name": name, "run_id": run_id, "step_name": step_name, "input": jsonb(input)}
-    return _SIGNAL_FLOW(params, boolean)
+    return _SIGNAL_FLOW.query(params, boolean)
 
 
 def get_flow_step_status(name: str, run_id: int, step_name: str) -> Query[StepRunInfo | None]:
     """One step of a run; ``None`` when the run does not exist (42704 for an unknown step)."""
     params = {"flow_name": name, "run_id": run_id, "step_name": step_name}
-    return _GET_FLOW_STEP_STATUS(params, _step_run_or_none)
+    return _GET_FLOW_STEP_STATUS.query(params, _step_run_or_none)
 
 
 def get_flow_step_output(name: str, run_id: int, step_name: str) -> Query[Any]:
     """A completed step's output (JSON null when it is not completed)."""
     params = {"flow_name": name, "run_id": run_id, "step_name": step_name}
-    return _GET_FLOW_STEP_OUTPUT(params, jsonb_value)
+    return _GET_FLOW_STEP_OUTPUT.query(params, jsonb_value)
 
 
 def wait_flow_step_output(
@@ -178,8 +178,8 @@ def wait_flow_step_output(
     poll_interval: Duration = 0.2,
 ) -> Query[RunOutcome | None]:
     params = {"flow_name": name, "run_id": run_id, "step_name": step_name}
-    return _WAIT_FLOW_STEP_OUTPUT(poll_params(params, poll_for, poll_interval), run_outcome)
+    return _WAIT_FLOW_STEP_OUTPUT.query(poll_params(params, poll_for, poll_interval), run_outcome)
 
 
 def get_flow_run_steps(name: str, run_id: int) -> Query[list[StepRunInfo]]:
-    return _GET_FLOW_RUN_STEPS({"flow_name": name, "run_id": run_id}, _step_runs)
+    return _GET_FLOW_RUN_STEPS.query({"flow_name": name, "run_id": run_id}, _step_runs)

@@ -54,15 +54,17 @@ _LIST_QUEUES = Call("cb_list_queues", returns=QUEUE_COLUMNS, then="ORDER BY name
 def create_queue(
     name: str, *, expires_at: datetime | None = None, description: str | None = None
 ) -> Query[None]:
-    return _CREATE_QUEUE({"name": name, "expires_at": expires_at, "description": description}, void)
+    return _CREATE_QUEUE.query(
+        {"name": name, "expires_at": expires_at, "description": description}, void
+    )
 
 
 def delete_queue(name: str) -> Query[bool]:
-    return _DELETE_QUEUE({"name": name}, boolean)
+    return _DELETE_QUEUE.query({"name": name}, boolean)
 
 
 def purge_queue(name: str) -> Query[int]:
-    return _PURGE_QUEUE({"name": name}, integer)
+    return _PURGE_QUEUE.query({"name": name}, integer)
 
 
 def _queue_info(row: tuple[Any, ...]) -> QueueInfo:
@@ -70,11 +72,11 @@ def _queue_info(row: tuple[Any, ...]) -> QueueInfo:
 
 
 def get_queue(name: str) -> Query[QueueInfo]:
-    return _GET_QUEUE({"name": name}, one(_queue_info, f'queue "{name}" does not exist'))
+    return _GET_QUEUE.query({"name": name}, one(_queue_info, f'queue "{name}" does not exist'))
 
 
 def list_queues() -> Query[list[QueueInfo]]:
-    return _LIST_QUEUES({}, _queue_infos)
+    return _LIST_QUEUES.query({}, _queue_infos)
 
 
 # ------------------------------------------------------------------ messages
@@ -108,7 +110,7 @@ def send(
     expires_at: datetime | None = None,
 ) -> Query[int]:
     params: Params = {"queue": queue, "body": jsonb(body), "topic": topic}
-    return _SEND(
+    return _SEND.query(
         enqueue_one(params, concurrency_key, headers, visible_at, priority, expires_at), integer
     )
 
@@ -125,14 +127,14 @@ def send_many(
     expires_at: datetime | None = None,
 ) -> Query[list[int]]:
     params: Params = {"queue": queue, "bodies": jsonb_array(bodies), "topic": topic}
-    return _SEND_MANY(
+    return _SEND_MANY.query(
         enqueue_many(params, concurrency_keys, headers, visible_at, priority, expires_at),
         int_list,
     )
 
 
 def read(queue: str, *, quantity: int = 1, hide_for: Duration = 30.0) -> Query[list[Message]]:
-    return _READ({"queue": queue, "quantity": quantity, "hide_for": ms(hide_for)}, _messages)
+    return _READ.query({"queue": queue, "quantity": quantity, "hide_for": ms(hide_for)}, _messages)
 
 
 def read_poll(
@@ -144,23 +146,23 @@ def read_poll(
     poll_interval: Duration = 0.1,
 ) -> Query[list[Message]]:
     params: Params = {"queue": queue, "quantity": quantity, "hide_for": ms(hide_for)}
-    return _READ_POLL(poll_params(params, poll_for, poll_interval), _messages)
+    return _READ_POLL.query(poll_params(params, poll_for, poll_interval), _messages)
 
 
 def hide(queue: str, id: int, *, hide_for: Duration) -> Query[bool]:
-    return _HIDE({"queue": queue, "id": id, "hide_for": ms(hide_for)}, boolean)
+    return _HIDE.query({"queue": queue, "id": id, "hide_for": ms(hide_for)}, boolean)
 
 
 def hide_many(queue: str, ids: Iterable[int], *, hide_for: Duration) -> Query[list[int]]:
-    return _HIDE_MANY({"queue": queue, "ids": list(ids), "hide_for": ms(hide_for)}, int_list)
+    return _HIDE_MANY.query({"queue": queue, "ids": list(ids), "hide_for": ms(hide_for)}, int_list)
 
 
 def delete(queue: str, id: int) -> Query[bool]:
-    return _DELETE({"queue": queue, "id": id}, boolean)
+    return _DELETE.query({"queue": queue, "id": id}, boolean)
 
 
 def delete_many(queue: str, ids: Iterable[int]) -> Query[list[int]]:
-    return _DELETE_MANY({"queue": queue, "ids": list(ids)}, int_list)
+    return _DELETE_MANY.query({"queue": queue, "ids": list(ids)}, int_list)
 
 
 # -------------------------------------------------------------------- topics
@@ -180,15 +182,15 @@ _PUBLISH_MANY = Call(
 
 
 def bind(queue: str, pattern: str) -> Query[None]:
-    return _BIND({"queue": queue, "pattern": pattern}, void)
+    return _BIND.query({"queue": queue, "pattern": pattern}, void)
 
 
 def unbind(queue: str, pattern: str) -> Query[bool]:
-    return _UNBIND({"queue": queue, "pattern": pattern}, boolean)
+    return _UNBIND.query({"queue": queue, "pattern": pattern}, boolean)
 
 
 def list_bindings(queue: str | None = None) -> Query[list[Binding]]:
-    return _LIST_BINDINGS({"queue": queue}, _bindings)
+    return _LIST_BINDINGS.query({"queue": queue}, _bindings)
 
 
 def publish(
@@ -202,7 +204,7 @@ def publish(
     expires_at: datetime | None = None,
 ) -> Query[int]:
     params: Params = {"topic": topic, "body": jsonb(body)}
-    return _PUBLISH(
+    return _PUBLISH.query(
         enqueue_one(params, concurrency_key, headers, visible_at, priority, expires_at), integer
     )
 
@@ -218,7 +220,7 @@ def publish_many(
     expires_at: datetime | None = None,
 ) -> Query[int]:
     params: Params = {"topic": topic, "bodies": jsonb_array(bodies)}
-    return _PUBLISH_MANY(
+    return _PUBLISH_MANY.query(
         enqueue_many(params, concurrency_keys, headers, visible_at, priority, expires_at),
         integer,
     )

@@ -130,14 +130,14 @@ class RunStatements(Generic[D, R, F]):
     # ------------------------------------------------------------ definitions
 
     def delete(self, name: str) -> Query[bool]:
-        return self._delete({"name": name}, boolean)
+        return self._delete.query({"name": name}, boolean)
 
     def get(self, name: str) -> Query[D]:
         missing = f'{self.kind.word} "{name}" does not exist'
-        return self._get({"name": name}, one(self.kind.definition, missing))
+        return self._get.query({"name": name}, one(self.kind.definition, missing))
 
     def list_all(self) -> Query[list[D]]:
-        return self._list({}, self._definitions)
+        return self._list.query({}, self._definitions)
 
     # ------------------------------------------------------------------- runs
 
@@ -153,7 +153,7 @@ class RunStatements(Generic[D, R, F]):
         expires_at: datetime | None = None,
     ) -> Query[int]:
         params: Params = {"name": name, "input": jsonb(input)}
-        return self._run(
+        return self._run.query(
             enqueue_one(params, concurrency_key, headers, visible_at, priority, expires_at),
             integer,
         )
@@ -170,40 +170,44 @@ class RunStatements(Generic[D, R, F]):
         expires_at: datetime | None = None,
     ) -> Query[list[int]]:
         params: Params = {"name": name, "inputs": jsonb_array(inputs)}
-        return self._run_many(
+        return self._run_many.query(
             enqueue_many(params, concurrency_keys, headers, visible_at, priority, expires_at),
             int_list,
         )
 
     def bind(self, name: str, pattern: str) -> Query[None]:
-        return self._bind({"name": name, "pattern": pattern}, void)
+        return self._bind.query({"name": name, "pattern": pattern}, void)
 
     def unbind(self, name: str, pattern: str) -> Query[bool]:
-        return self._unbind({"name": name, "pattern": pattern}, boolean)
+        return self._unbind.query({"name": name, "pattern": pattern}, boolean)
 
     def cancel(self, name: str, run_id: int, *, reason: str | None = None) -> Query[bool]:
-        return self._cancel({"name": name, "run_id": run_id, "reason": reason}, boolean)
+        return self._cancel.query({"name": name, "run_id": run_id, "reason": reason}, boolean)
 
     def wait_output(
         self, name: str, run_id: int, *, poll_for: Duration = 5.0, poll_interval: Duration = 0.2
     ) -> Query[RunOutcome | None]:
         params: Params = {self.kind.wait_arg: name, "run_id": run_id}
-        return self._wait(poll_params(params, poll_for, poll_interval), run_outcome)
+        return self._wait.query(poll_params(params, poll_for, poll_interval), run_outcome)
 
     def purge_runs(self, name: str, older_than: Duration) -> Query[int]:
-        return self._purge({"name": name, "older_than": interval_or_null(older_than)}, integer)
+        return self._purge.query(
+            {"name": name, "older_than": interval_or_null(older_than)}, integer
+        )
 
     def clear_runs(self, name: str) -> Query[int]:
-        return self._clear({"name": name}, integer)
+        return self._clear.query({"name": name}, integer)
 
     def get_run(self, name: str, run_id: int) -> Query[R]:
         missing = f'{self.kind.word} "{name}" has no run {run_id}'
-        return self._get_run({"name": name, "run_id": run_id}, one(self._run_record, missing))
+        return self._get_run.query({"name": name, "run_id": run_id}, one(self._run_record, missing))
 
     def list_runs(
         self, name: str, *, limit: int = 100, before_id: int | None = None
     ) -> Query[list[R]]:
-        return self._list_runs({"name": name, "lim": limit, "before_id": before_id}, self._runs)
+        return self._list_runs.query(
+            {"name": name, "lim": limit, "before_id": before_id}, self._runs
+        )
 
     # ---------------------------------------------------------------- on-fail
 
@@ -211,10 +215,10 @@ class RunStatements(Generic[D, R, F]):
         self, name: str, *, quantity: int, hide_for: Duration = 30.0
     ) -> Query[list[F]]:
         params = {"name": name, "quantity": quantity, "hide_for": ms(hide_for)}
-        return self._claim_on_fail(params, self._on_fail_claims)
+        return self._claim_on_fail.query(params, self._on_fail_claims)
 
     def complete_on_fail(self, name: str, run_id: int) -> Query[None]:
-        return self._complete_on_fail({"name": name, "run_id": run_id}, void)
+        return self._complete_on_fail.query({"name": name, "run_id": run_id}, void)
 
     def fail_on_fail(
         self, name: str, run_id: int, error_message: str, *, retry_exhausted: bool, retry_delay: int
@@ -227,4 +231,4 @@ class RunStatements(Generic[D, R, F]):
             "retry_exhausted": retry_exhausted,
             "retry_delay": retry_delay,
         }
-        return self._fail_on_fail(params, void)
+        return self._fail_on_fail.query(params, void)

@@ -80,7 +80,7 @@ class StepWork(Generic[C, K]):
             "with_input": with_input,
             "with_outputs": with_outputs,
         }
-        return self._claim(params, self._claims)
+        return self._claim.query(params, self._claims)
 
     def hide(
         self,
@@ -99,7 +99,7 @@ class StepWork(Generic[C, K]):
             "hide_for": ms(hide_for),
             "attempts": list_or_null(attempts),
         }
-        return self._hide(params, void)
+        return self._hide.query(params, void)
 
     def complete_json(
         self,
@@ -116,7 +116,7 @@ class StepWork(Generic[C, K]):
             "outputs": list(outputs_json),
             "attempts": list_or_null(attempts),
         }
-        return self._complete(params, self._completed)
+        return self._complete.query(params, self._completed)
 
     def fail(
         self,
@@ -138,7 +138,9 @@ class StepWork(Generic[C, K]):
             "error_message": error_message,
             "attempt": attempt,
         }
-        return self._fail(retry_params(params, max_retries, backoff_min, backoff_max), text_or_none)
+        return self._fail.query(
+            retry_params(params, max_retries, backoff_min, backoff_max), text_or_none
+        )
 
 
 def _step_claims(rows: Rows) -> list[StepClaim]:
@@ -261,7 +263,7 @@ def complete_step_json(
         "output": output_json,
         "attempt": attempt,
     }
-    return _COMPLETE_STEP(params, boolean)
+    return _COMPLETE_STEP.query(params, boolean)
 
 
 def complete_flow_early_json(
@@ -275,7 +277,7 @@ def complete_flow_early_json(
         "output": output_json,
         "reason": reason,
     }
-    return _COMPLETE_FLOW_EARLY(params, boolean)
+    return _COMPLETE_FLOW_EARLY.query(params, boolean)
 
 
 def spawn_generator_map_tasks_json(
@@ -289,17 +291,17 @@ def spawn_generator_map_tasks_json(
         "items": items_json,
         "visible_at": visible_at,
     }
-    return _SPAWN_GENERATOR_MAP_TASKS(params, integer)
+    return _SPAWN_GENERATOR_MAP_TASKS.query(params, integer)
 
 
 def complete_generator_step(name: str, step_name: str, id: int) -> Query[None]:
     params = {"flow_name": name, "step_name": step_name, "id": id}
-    return _COMPLETE_GENERATOR_STEP(params, void)
+    return _COMPLETE_GENERATOR_STEP.query(params, void)
 
 
 def fail_generator_step(name: str, step_name: str, id: int, error_message: str) -> Query[None]:
     params = {"flow_name": name, "step_name": step_name, "id": id, "error_message": error_message}
-    return _FAIL_GENERATOR_STEP(params, void)
+    return _FAIL_GENERATOR_STEP.query(params, void)
 
 
 def read_map_outputs(
@@ -313,4 +315,4 @@ def read_map_outputs(
         "after_idx": after_idx,
         "lim": limit,
     }
-    return _READ_MAP_OUTPUTS(params, _idx_outputs)
+    return _READ_MAP_OUTPUTS.query(params, _idx_outputs)

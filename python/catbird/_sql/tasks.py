@@ -84,7 +84,7 @@ def create_task(
         "retention_period": interval_or_null(retention_period),
         "on_fail": on_fail,
     }
-    return _CREATE_TASK(params, void)
+    return _CREATE_TASK.query(params, void)
 
 
 delete_task = TASKS.delete
@@ -132,7 +132,7 @@ _task_claims = each(TaskClaim)
 
 
 def claim_tasks(name: str, *, quantity: int, hide_for: Duration) -> Query[list[TaskClaim]]:
-    return _CLAIM_TASKS(
+    return _CLAIM_TASKS.query(
         {"name": name, "quantity": quantity, "hide_for": ms(hide_for)}, _task_claims
     )
 
@@ -151,14 +151,14 @@ def hide_tasks(
         "hide_for": ms(hide_for),
         "attempts": list_or_null(attempts),
     }
-    return _HIDE_TASKS(params, void)
+    return _HIDE_TASKS.query(params, void)
 
 
 def complete_task(
     name: str, run_id: int, output: Any, *, attempt: int | None = None
 ) -> Query[bool]:
     params = {"name": name, "run_id": run_id, "output": jsonb(output), "attempt": attempt}
-    return _COMPLETE_TASK(params, boolean)
+    return _COMPLETE_TASK.query(params, boolean)
 
 
 def complete_tasks_json(
@@ -178,7 +178,7 @@ def complete_tasks_json(
         "outputs": list(outputs_json),
         "attempts": list_or_null(attempts),
     }
-    return _COMPLETE_TASKS(params, int_list)
+    return _COMPLETE_TASKS.query(params, int_list)
 
 
 def fail_task(
@@ -193,4 +193,6 @@ def fail_task(
 ) -> Query[str | None]:
     """``backoff_min``/``backoff_max`` are milliseconds, as the engine takes them."""
     params = {"name": name, "run_id": run_id, "error_message": error_message, "attempt": attempt}
-    return _FAIL_TASK(retry_params(params, max_retries, backoff_min, backoff_max), text_or_none)
+    return _FAIL_TASK.query(
+        retry_params(params, max_retries, backoff_min, backoff_max), text_or_none
+    )

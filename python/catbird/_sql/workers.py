@@ -42,7 +42,7 @@ def worker_started(
         "task_handlers": jsonb(list(task_handlers)),
         "step_handlers": jsonb(list(step_handlers)),
     }
-    return _WORKER_STARTED(params, void)
+    return _WORKER_STARTED.query(params, void)
 
 
 def _registered(rows: Rows) -> bool:
@@ -52,24 +52,24 @@ def _registered(rows: Rows) -> bool:
 
 def worker_heartbeat(id: UUID) -> Query[bool]:
     """True while the worker is registered; False means: register again."""
-    return _WORKER_HEARTBEAT({"id": id}, _registered)
+    return _WORKER_HEARTBEAT.query({"id": id}, _registered)
 
 
 def worker_stopped(id: UUID) -> Query[bool]:
-    return _WORKER_STOPPED({"id": id}, boolean)
+    return _WORKER_STOPPED.query({"id": id}, boolean)
 
 
 _worker_infos = each(WorkerInfo)
 
 
 def list_workers() -> Query[list[WorkerInfo]]:
-    return _LIST_WORKERS({}, _worker_infos)
+    return _LIST_WORKERS.query({}, _worker_infos)
 
 
 def gc(*, batch_size: int = 10000, stale_worker_after: Duration = 300.0) -> Query[dict[str, Any]]:
     """Bounded garbage collection (``cb_gc``); returns its counters."""
     params = {"batch_size": batch_size, "stale_worker_after": interval_or_null(stale_worker_after)}
-    return _GC(params, jsonb_object)
+    return _GC.query(params, jsonb_object)
 
 
 # -------------------------------------------------------------------- events
