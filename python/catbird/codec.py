@@ -115,19 +115,47 @@ def _json_key(key: Any) -> Any:
     return key
 
 
+def _default(value: Any) -> Any:
+    """The ``json.dumps`` hook: one level of :func:`to_json_value` for the
+    values JSON has no form of (``json`` encodes what it returns in turn)."""
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {f.name: getattr(value, f.name) for f in dataclasses.fields(value)}
+    if isinstance(value, set | frozenset):
+        return list(value)
+    converted = to_json_value(value)
+    if converted is value:
+        raise TypeError(f"Object of type {type(value).__name__} is not JSON serializable")
+    return converted
+
+
 def dumps(value: Any) -> str:
     """The JSON text of ``value`` (after :func:`to_json_value`), as jsonb accepts it.
 
-    Raises ``TypeError`` for values JSON cannot represent and ``ValueError``
-    for NaN/infinity and for NUL characters, which ``jsonb`` refuses.
+    This is the one encoder of every JSON value the package sends: queue
+    bodies and headers, run inputs and outputs, signals. Raises ``TypeError``
+    for values JSON cannot represent and ``ValueError`` for NaN/infinity and
+    for NUL characters, which ``jsonb`` refuses.
     """
     try:
-        text = json.dumps(to_json_value(value), allow_nan=False, ensure_ascii=False)
+        # Plain JSON values (the common case) are encoded as they are; only
+        # the others go through to_json_value, by the default hook.
+        text = json.dumps(value, default=_default, allow_nan=False, ensure_ascii=False)
+    except TypeError:
+        # Keys json refuses (a UUID, a date, an Enum...): the whole value,
+        # converted first.
+        text = _dumps_converted(value)
     except ValueError as exc:
         raise ValueError(f"{exc} (NaN and infinity have no JSON form)") from None
     if "\\u0000" in text:
         raise ValueError("a string contains a NUL character (\\u0000), which jsonb cannot store")
     return text
+
+
+def _dumps_converted(value: Any) -> str:
+    try:
+        return json.dumps(to_json_value(value), allow_nan=False, ensure_ascii=False)
+    except ValueError as exc:
+        raise ValueError(f"{exc} (NaN and infinity have no JSON form)") from None
 
 
 # ---------------------------------------------------------------- decoding
