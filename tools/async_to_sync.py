@@ -61,6 +61,7 @@ RENAMES: dict[str, str] = {
     "AsyncClient": "Client",
     "AsyncConnection": "Connection",
     "AsyncConnectionPool": "ConnectionPool",
+    "AsyncExecutor": "Executor",
     "AsyncFlowHandle": "FlowHandle",
     "AsyncGenerator": "Generator",
     "AsyncIterator": "Iterator",

@@ -27,21 +27,16 @@ from collections.abc import MutableMapping
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, NoReturn, Protocol, TypeVar
+from typing import Any, NoReturn, TypeVar
 
 from . import _sql
-from ._sql import Query
+from ._sql import AsyncExecutor, Query
 from .codec import dumps
 from .errors import CancelRun, CompleteEarly, NoRunContext, NotFound
 from .models import StepRunInfo
 
 T = TypeVar("T")
 
-
-class Executor(Protocol):
-    """What the flow helpers need of the worker's client: run one statement."""
-
-    async def execute(self, query: Query[T]) -> T: ...
 
 __all__ = [
     "FlowFailure",
@@ -160,7 +155,7 @@ class FlowDB:
     ``acall`` awaits it on the loop itself.
     """
 
-    def __init__(self, client: Executor, loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(self, client: AsyncExecutor, loop: asyncio.AbstractEventLoop) -> None:
         self.client = client
         self.loop = loop
 
@@ -363,5 +358,3 @@ class FlowFailure:
         if self._db is None:
             raise NoRunContext("FlowFailure.output_async() needs the worker that made it")
         return self._value(step, await self._db.acall(self._query(step)))
-
-

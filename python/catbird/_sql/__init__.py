@@ -25,7 +25,11 @@ types, selected columns). The modules:
 from __future__ import annotations
 
 from ._call import (
+    AsyncExecutor,
+    BatchEnqueueOptions,
     Duration,
+    EnqueueOptions,
+    Executor,
     Params,
     Query,
     Row,
@@ -157,7 +161,11 @@ __all__ = [
     "TASKS",
     "TASK_COLUMNS",
     "TASK_RUN_COLUMNS",
+    "AsyncExecutor",
+    "BatchEnqueueOptions",
     "Duration",
+    "EnqueueOptions",
+    "Executor",
     "Kind",
     "Params",
     "Query",

@@ -22,7 +22,7 @@ import math
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import datetime, timedelta
 from functools import partial
-from typing import Any, Generic, LiteralString, NamedTuple, TypeAlias, TypeVar
+from typing import Any, Generic, LiteralString, NamedTuple, Protocol, TypeAlias, TypedDict, TypeVar
 
 from psycopg.types.json import Jsonb
 
@@ -51,6 +51,22 @@ class Query(NamedTuple, Generic[T]):
     sql: LiteralString
     params: Params
     decode: Callable[[Rows], T]
+
+
+class Executor(Protocol):
+    """What runs a statement and decodes its rows: a :class:`catbird.Client`.
+
+    Handles and readers depend on this, not on the client class, so the
+    client can hand them out without an import loop.
+    """
+
+    def execute(self, query: Query[T], /) -> T: ...
+
+
+class AsyncExecutor(Protocol):
+    """:class:`Executor` for asyncio: a :class:`catbird.AsyncClient`."""
+
+    async def execute(self, query: Query[T], /) -> T: ...
 
 
 class Statement:
@@ -218,37 +234,51 @@ def enqueue_args(many: bool) -> dict[str, str]:
     }
 
 
-def enqueue_one(
-    params: Params,
-    concurrency_key: str | None,
-    headers: Mapping[str, Any] | None,
-    visible_at: datetime | None,
-    priority: int,
-    expires_at: datetime | None,
-) -> Params:
+class EnqueueOptions(TypedDict, total=False):
+    """The keyword options of one send, publish or run.
+
+    ``concurrency_key``: while a live message or run holds the key, nothing
+    new is written and the holder's id is returned. ``headers``: a JSON object
+    stored with it. ``visible_at``: not delivered before then. ``priority``:
+    higher first (default 0). ``expires_at``: dropped unread after then.
+    """
+
+    concurrency_key: str | None
+    headers: Mapping[str, Any] | None
+    visible_at: datetime | None
+    priority: int
+    expires_at: datetime | None
+
+
+class BatchEnqueueOptions(TypedDict, total=False):
+    """The keyword options of a batch send, publish or run: as
+    :class:`EnqueueOptions`, with one key and one headers object per item."""
+
+    concurrency_keys: Sequence[str | None] | None
+    headers: Sequence[Mapping[str, Any] | None] | None
+    visible_at: datetime | None
+    priority: int
+    expires_at: datetime | None
+
+
+def enqueue_one(params: Params, options: EnqueueOptions) -> Params:
     """``params`` with the options of a single send, publish or run."""
-    params["concurrency_key"] = concurrency_key
+    headers = options.get("headers")
+    params["concurrency_key"] = options.get("concurrency_key")
     params["headers"] = None if headers is None else Jsonb(headers, dumps)
-    params["visible_at"] = visible_at
-    params["priority"] = priority
-    params["expires_at"] = expires_at
+    params["visible_at"] = options.get("visible_at")
+    params["priority"] = options.get("priority", 0)
+    params["expires_at"] = options.get("expires_at")
     return params
 
 
-def enqueue_many(
-    params: Params,
-    concurrency_keys: Sequence[str | None] | None,
-    headers: Sequence[Mapping[str, Any] | None] | None,
-    visible_at: datetime | None,
-    priority: int,
-    expires_at: datetime | None,
-) -> Params:
+def enqueue_many(params: Params, options: BatchEnqueueOptions) -> Params:
     """``params`` with the options of a batch send, publish or run."""
-    params["concurrency_keys"] = list_or_null(concurrency_keys)
-    params["headers"] = jsonb_array_or_null(headers)
-    params["visible_at"] = visible_at
-    params["priority"] = priority
-    params["expires_at"] = expires_at
+    params["concurrency_keys"] = list_or_null(options.get("concurrency_keys"))
+    params["headers"] = jsonb_array_or_null(options.get("headers"))
+    params["visible_at"] = options.get("visible_at")
+    params["priority"] = options.get("priority", 0)
+    params["expires_at"] = options.get("expires_at")
     return params
 
 

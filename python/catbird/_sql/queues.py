@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable
 from datetime import datetime
-from typing import Any, LiteralString
+from typing import Any, LiteralString, Unpack
 
 from ..models import Binding, Message, QueueInfo
 from ._call import (
     CLAIM_ARGS,
     POLL_ARGS,
+    BatchEnqueueOptions,
     Call,
     Duration,
+    EnqueueOptions,
     Params,
     Query,
     boolean,
@@ -103,16 +105,10 @@ def send(
     body: Any,
     *,
     topic: str | None = None,
-    concurrency_key: str | None = None,
-    headers: Mapping[str, Any] | None = None,
-    visible_at: datetime | None = None,
-    priority: int = 0,
-    expires_at: datetime | None = None,
+    **options: Unpack[EnqueueOptions],
 ) -> Query[int]:
     params: Params = {"queue": queue, "body": jsonb(body), "topic": topic}
-    return _SEND.query(
-        enqueue_one(params, concurrency_key, headers, visible_at, priority, expires_at), integer
-    )
+    return _SEND.query(enqueue_one(params, options), integer)
 
 
 def send_many(
@@ -120,15 +116,11 @@ def send_many(
     bodies: Iterable[Any],
     *,
     topic: str | None = None,
-    concurrency_keys: Sequence[str | None] | None = None,
-    headers: Sequence[Mapping[str, Any] | None] | None = None,
-    visible_at: datetime | None = None,
-    priority: int = 0,
-    expires_at: datetime | None = None,
+    **options: Unpack[BatchEnqueueOptions],
 ) -> Query[list[int]]:
     params: Params = {"queue": queue, "bodies": jsonb_array(bodies), "topic": topic}
     return _SEND_MANY.query(
-        enqueue_many(params, concurrency_keys, headers, visible_at, priority, expires_at),
+        enqueue_many(params, options),
         int_list,
     )
 
@@ -196,31 +188,19 @@ def list_bindings(queue: str | None = None) -> Query[list[Binding]]:
 def publish(
     topic: str,
     body: Any,
-    *,
-    concurrency_key: str | None = None,
-    headers: Mapping[str, Any] | None = None,
-    visible_at: datetime | None = None,
-    priority: int = 0,
-    expires_at: datetime | None = None,
+    **options: Unpack[EnqueueOptions],
 ) -> Query[int]:
     params: Params = {"topic": topic, "body": jsonb(body)}
-    return _PUBLISH.query(
-        enqueue_one(params, concurrency_key, headers, visible_at, priority, expires_at), integer
-    )
+    return _PUBLISH.query(enqueue_one(params, options), integer)
 
 
 def publish_many(
     topic: str,
     bodies: Iterable[Any],
-    *,
-    concurrency_keys: Sequence[str | None] | None = None,
-    headers: Sequence[Mapping[str, Any] | None] | None = None,
-    visible_at: datetime | None = None,
-    priority: int = 0,
-    expires_at: datetime | None = None,
+    **options: Unpack[BatchEnqueueOptions],
 ) -> Query[int]:
     params: Params = {"topic": topic, "bodies": jsonb_array(bodies)}
     return _PUBLISH_MANY.query(
-        enqueue_many(params, concurrency_keys, headers, visible_at, priority, expires_at),
+        enqueue_many(params, options),
         integer,
     )

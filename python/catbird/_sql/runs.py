@@ -12,18 +12,19 @@ word in the function names, the columns and records of their rows), and
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from datetime import datetime
-from typing import Any, Generic, LiteralString, TypeVar
+from typing import Any, Generic, LiteralString, TypeVar, Unpack
 
 from ..models import RunOutcome
 from ._call import (
     CLAIM_ARGS,
     OUTCOME_COLUMNS,
     POLL_ARGS,
+    BatchEnqueueOptions,
     Call,
     Duration,
+    EnqueueOptions,
     Params,
     Query,
     Row,
@@ -145,16 +146,11 @@ class RunStatements(Generic[D, R, F]):
         self,
         name: str,
         input: Any,
-        *,
-        concurrency_key: str | None = None,
-        headers: Mapping[str, Any] | None = None,
-        visible_at: datetime | None = None,
-        priority: int = 0,
-        expires_at: datetime | None = None,
+        **options: Unpack[EnqueueOptions],
     ) -> Query[int]:
         params: Params = {"name": name, "input": jsonb(input)}
         return self._run.query(
-            enqueue_one(params, concurrency_key, headers, visible_at, priority, expires_at),
+            enqueue_one(params, options),
             integer,
         )
 
@@ -162,16 +158,11 @@ class RunStatements(Generic[D, R, F]):
         self,
         name: str,
         inputs: Iterable[Any],
-        *,
-        concurrency_keys: Sequence[str | None] | None = None,
-        headers: Sequence[Mapping[str, Any] | None] | None = None,
-        visible_at: datetime | None = None,
-        priority: int = 0,
-        expires_at: datetime | None = None,
+        **options: Unpack[BatchEnqueueOptions],
     ) -> Query[list[int]]:
         params: Params = {"name": name, "inputs": jsonb_array(inputs)}
         return self._run_many.query(
-            enqueue_many(params, concurrency_keys, headers, visible_at, priority, expires_at),
+            enqueue_many(params, options),
             int_list,
         )
 

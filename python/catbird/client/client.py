@@ -26,19 +26,18 @@ generated from it (``tools/async_to_sync.py``) and has the same methods.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from datetime import datetime, timedelta
 from types import TracebackType
-from typing import Any, TypeVar, overload
+from typing import Any, TypeVar, Unpack, overload
 
 import psycopg
 from psycopg.rows import tuple_row
 from psycopg_pool import ConnectionPool
 
 from .. import _sql
-from .._sql import Duration, Query
-from ..codec import to_json_value
+from .._sql import BatchEnqueueOptions, Duration, EnqueueOptions, Query
 from ..definitions import Task, definition_args, output_decoder, task_name
 from ..definitions.flows import Flow, flow_name
 from ..definitions.flows import output_decoder as flow_output_decoder
@@ -196,11 +195,7 @@ class Client:
         body: Any,
         *,
         topic: str | None = None,
-        concurrency_key: str | None = None,
-        headers: Mapping[str, Any] | None = None,
-        visible_at: datetime | None = None,
-        priority: int = 0,
-        expires_at: datetime | None = None,
+        **options: Unpack[EnqueueOptions],
     ) -> int:
         """Enqueue one message and return its id.
 
@@ -212,11 +207,7 @@ class Client:
                 queue,
                 body,
                 topic=topic,
-                concurrency_key=concurrency_key,
-                headers=headers,
-                visible_at=visible_at,
-                priority=priority,
-                expires_at=expires_at,
+                **options,
             )
         )
 
@@ -226,11 +217,7 @@ class Client:
         bodies: Iterable[Any],
         *,
         topic: str | None = None,
-        concurrency_keys: Sequence[str | None] | None = None,
-        headers: Sequence[Mapping[str, Any] | None] | None = None,
-        visible_at: datetime | None = None,
-        priority: int = 0,
-        expires_at: datetime | None = None,
+        **options: Unpack[BatchEnqueueOptions],
     ) -> list[int]:
         """Enqueue several messages in one statement; returns their ids in order."""
         return self.execute(
@@ -238,11 +225,7 @@ class Client:
                 queue,
                 bodies,
                 topic=topic,
-                concurrency_keys=concurrency_keys,
-                headers=headers,
-                visible_at=visible_at,
-                priority=priority,
-                expires_at=expires_at,
+                **options,
             )
         )
 
@@ -325,12 +308,7 @@ class Client:
         self,
         topic: str,
         body: Any,
-        *,
-        concurrency_key: str | None = None,
-        headers: Mapping[str, Any] | None = None,
-        visible_at: datetime | None = None,
-        priority: int = 0,
-        expires_at: datetime | None = None,
+        **options: Unpack[EnqueueOptions],
     ) -> int:
         """Deliver to every queue (and task/flow) bound to a matching pattern.
 
@@ -340,11 +318,7 @@ class Client:
             _sql.publish(
                 topic,
                 body,
-                concurrency_key=concurrency_key,
-                headers=headers,
-                visible_at=visible_at,
-                priority=priority,
-                expires_at=expires_at,
+                **options,
             )
         )
 
@@ -352,23 +326,14 @@ class Client:
         self,
         topic: str,
         bodies: Iterable[Any],
-        *,
-        concurrency_keys: Sequence[str | None] | None = None,
-        headers: Sequence[Mapping[str, Any] | None] | None = None,
-        visible_at: datetime | None = None,
-        priority: int = 0,
-        expires_at: datetime | None = None,
+        **options: Unpack[BatchEnqueueOptions],
     ) -> int:
         """Publish several messages in one statement; returns targets x messages."""
         return self.execute(
             _sql.publish_many(
                 topic,
                 bodies,
-                concurrency_keys=concurrency_keys,
-                headers=headers,
-                visible_at=visible_at,
-                priority=priority,
-                expires_at=expires_at,
+                **options,
             )
         )
 
@@ -445,35 +410,20 @@ class Client:
         self,
         task: Task[Any, O],
         input: Any,
-        *,
-        concurrency_key: str | None = None,
-        headers: Mapping[str, Any] | None = None,
-        visible_at: datetime | None = None,
-        priority: int = 0,
-        expires_at: datetime | None = None,
+        **options: Unpack[EnqueueOptions],
     ) -> TaskHandle[O]: ...
     @overload
     def run_task(
         self,
         task: str,
         input: Any,
-        *,
-        concurrency_key: str | None = None,
-        headers: Mapping[str, Any] | None = None,
-        visible_at: datetime | None = None,
-        priority: int = 0,
-        expires_at: datetime | None = None,
+        **options: Unpack[EnqueueOptions],
     ) -> TaskHandle[Any]: ...
     def run_task(
         self,
         task: Task[Any, Any] | str,
         input: Any,
-        *,
-        concurrency_key: str | None = None,
-        headers: Mapping[str, Any] | None = None,
-        visible_at: datetime | None = None,
-        priority: int = 0,
-        expires_at: datetime | None = None,
+        **options: Unpack[EnqueueOptions],
     ) -> TaskHandle[Any]:
         """Enqueue a run and return its handle.
 
@@ -486,12 +436,8 @@ class Client:
         run_id = self.execute(
             _sql.run_task(
                 name,
-                to_json_value(input),
-                concurrency_key=concurrency_key,
-                headers=headers,
-                visible_at=visible_at,
-                priority=priority,
-                expires_at=expires_at,
+                input,
+                **options,
             )
         )
         return TaskHandle(self, name, run_id, output_decoder(task))
@@ -501,47 +447,28 @@ class Client:
         self,
         task: Task[Any, O],
         inputs: Iterable[Any],
-        *,
-        concurrency_keys: Sequence[str | None] | None = None,
-        headers: Sequence[Mapping[str, Any] | None] | None = None,
-        visible_at: datetime | None = None,
-        priority: int = 0,
-        expires_at: datetime | None = None,
+        **options: Unpack[BatchEnqueueOptions],
     ) -> list[TaskHandle[O]]: ...
     @overload
     def run_tasks(
         self,
         task: str,
         inputs: Iterable[Any],
-        *,
-        concurrency_keys: Sequence[str | None] | None = None,
-        headers: Sequence[Mapping[str, Any] | None] | None = None,
-        visible_at: datetime | None = None,
-        priority: int = 0,
-        expires_at: datetime | None = None,
+        **options: Unpack[BatchEnqueueOptions],
     ) -> list[TaskHandle[Any]]: ...
     def run_tasks(
         self,
         task: Task[Any, Any] | str,
         inputs: Iterable[Any],
-        *,
-        concurrency_keys: Sequence[str | None] | None = None,
-        headers: Sequence[Mapping[str, Any] | None] | None = None,
-        visible_at: datetime | None = None,
-        priority: int = 0,
-        expires_at: datetime | None = None,
+        **options: Unpack[BatchEnqueueOptions],
     ) -> list[TaskHandle[Any]]:
         """Enqueue several runs in one statement; handles in input order."""
         name = task_name(task)
         ids = self.execute(
             _sql.run_tasks(
                 name,
-                [to_json_value(v) for v in inputs],
-                concurrency_keys=concurrency_keys,
-                headers=headers,
-                visible_at=visible_at,
-                priority=priority,
-                expires_at=expires_at,
+                list(inputs),
+                **options,
             )
         )
         decode = output_decoder(task)
@@ -651,12 +578,7 @@ class Client:
         self,
         flow: Flow | str,
         input: Any,
-        *,
-        concurrency_key: str | None = None,
-        headers: Mapping[str, Any] | None = None,
-        visible_at: datetime | None = None,
-        priority: int = 0,
-        expires_at: datetime | None = None,
+        **options: Unpack[EnqueueOptions],
     ) -> FlowHandle:
         """Start a run and return its handle.
 
@@ -668,12 +590,8 @@ class Client:
         run_id = self.execute(
             _sql.run_flow(
                 name,
-                to_json_value(input),
-                concurrency_key=concurrency_key,
-                headers=headers,
-                visible_at=visible_at,
-                priority=priority,
-                expires_at=expires_at,
+                input,
+                **options,
             )
         )
         return FlowHandle(self, name, run_id, flow_output_decoder(flow))
@@ -682,24 +600,15 @@ class Client:
         self,
         flow: Flow | str,
         inputs: Iterable[Any],
-        *,
-        concurrency_keys: Sequence[str | None] | None = None,
-        headers: Sequence[Mapping[str, Any] | None] | None = None,
-        visible_at: datetime | None = None,
-        priority: int = 0,
-        expires_at: datetime | None = None,
+        **options: Unpack[BatchEnqueueOptions],
     ) -> list[FlowHandle]:
         """Start several runs in one statement; handles in input order."""
         name = flow_name(flow)
         ids = self.execute(
             _sql.run_flows(
                 name,
-                [to_json_value(v) for v in inputs],
-                concurrency_keys=concurrency_keys,
-                headers=headers,
-                visible_at=visible_at,
-                priority=priority,
-                expires_at=expires_at,
+                list(inputs),
+                **options,
             )
         )
         decode = flow_output_decoder(flow)
@@ -716,7 +625,7 @@ class Client:
         the run is finished. :class:`catbird.NotFound` for an unknown run or
         step, :class:`catbird.InvalidArgument` for a step without signal.
         """
-        query = _sql.signal_flow(flow_name(flow), run_id, step, to_json_value(input))
+        query = _sql.signal_flow(flow_name(flow), run_id, step, input)
         return self.execute(query)
 
     def cancel_flow_run(self, flow: Flow | str, run_id: int, *, reason: str | None = None) -> bool:

@@ -24,19 +24,18 @@ generated from it (``tools/async_to_sync.py``) and has the same methods.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Iterable
 from contextlib import asynccontextmanager
 from datetime import datetime, timedelta
 from types import TracebackType
-from typing import Any, TypeVar, overload
+from typing import Any, TypeVar, Unpack, overload
 
 import psycopg
 from psycopg.rows import tuple_row
 from psycopg_pool import AsyncConnectionPool
 
 from .. import _sql
-from .._sql import Duration, Query
-from ..codec import to_json_value
+from .._sql import BatchEnqueueOptions, Duration, EnqueueOptions, Query
 from ..definitions import Task, definition_args, output_decoder, task_name
 from ..definitions.flows import Flow, flow_name
 from ..definitions.flows import output_decoder as flow_output_decoder
@@ -194,11 +193,7 @@ class AsyncClient:
         body: Any,
         *,
         topic: str | None = None,
-        concurrency_key: str | None = None,
-        headers: Mapping[str, Any] | None = None,
-        visible_at: datetime | None = None,
-        priority: int = 0,
-        expires_at: datetime | None = None,
+        **options: Unpack[EnqueueOptions],
     ) -> int:
         """Enqueue one message and return its id.
 
@@ -210,11 +205,7 @@ class AsyncClient:
                 queue,
                 body,
                 topic=topic,
-                concurrency_key=concurrency_key,
-                headers=headers,
-                visible_at=visible_at,
-                priority=priority,
-                expires_at=expires_at,
+                **options,
             )
         )
 
@@ -224,11 +215,7 @@ class AsyncClient:
         bodies: Iterable[Any],
         *,
         topic: str | None = None,
-        concurrency_keys: Sequence[str | None] | None = None,
-        headers: Sequence[Mapping[str, Any] | None] | None = None,
-        visible_at: datetime | None = None,
-        priority: int = 0,
-        expires_at: datetime | None = None,
+        **options: Unpack[BatchEnqueueOptions],
     ) -> list[int]:
         """Enqueue several messages in one statement; returns their ids in order."""
         return await self.execute(
@@ -236,11 +223,7 @@ class AsyncClient:
                 queue,
                 bodies,
                 topic=topic,
-                concurrency_keys=concurrency_keys,
-                headers=headers,
-                visible_at=visible_at,
-                priority=priority,
-                expires_at=expires_at,
+                **options,
             )
         )
 
@@ -327,12 +310,7 @@ class AsyncClient:
         self,
         topic: str,
         body: Any,
-        *,
-        concurrency_key: str | None = None,
-        headers: Mapping[str, Any] | None = None,
-        visible_at: datetime | None = None,
-        priority: int = 0,
-        expires_at: datetime | None = None,
+        **options: Unpack[EnqueueOptions],
     ) -> int:
         """Deliver to every queue (and task/flow) bound to a matching pattern.
 
@@ -342,11 +320,7 @@ class AsyncClient:
             _sql.publish(
                 topic,
                 body,
-                concurrency_key=concurrency_key,
-                headers=headers,
-                visible_at=visible_at,
-                priority=priority,
-                expires_at=expires_at,
+                **options,
             )
         )
 
@@ -354,23 +328,14 @@ class AsyncClient:
         self,
         topic: str,
         bodies: Iterable[Any],
-        *,
-        concurrency_keys: Sequence[str | None] | None = None,
-        headers: Sequence[Mapping[str, Any] | None] | None = None,
-        visible_at: datetime | None = None,
-        priority: int = 0,
-        expires_at: datetime | None = None,
+        **options: Unpack[BatchEnqueueOptions],
     ) -> int:
         """Publish several messages in one statement; returns targets x messages."""
         return await self.execute(
             _sql.publish_many(
                 topic,
                 bodies,
-                concurrency_keys=concurrency_keys,
-                headers=headers,
-                visible_at=visible_at,
-                priority=priority,
-                expires_at=expires_at,
+                **options,
             )
         )
 
@@ -447,35 +412,20 @@ class AsyncClient:
         self,
         task: Task[Any, O],
         input: Any,
-        *,
-        concurrency_key: str | None = None,
-        headers: Mapping[str, Any] | None = None,
-        visible_at: datetime | None = None,
-        priority: int = 0,
-        expires_at: datetime | None = None,
+        **options: Unpack[EnqueueOptions],
     ) -> AsyncTaskHandle[O]: ...
     @overload
     async def run_task(
         self,
         task: str,
         input: Any,
-        *,
-        concurrency_key: str | None = None,
-        headers: Mapping[str, Any] | None = None,
-        visible_at: datetime | None = None,
-        priority: int = 0,
-        expires_at: datetime | None = None,
+        **options: Unpack[EnqueueOptions],
     ) -> AsyncTaskHandle[Any]: ...
     async def run_task(
         self,
         task: Task[Any, Any] | str,
         input: Any,
-        *,
-        concurrency_key: str | None = None,
-        headers: Mapping[str, Any] | None = None,
-        visible_at: datetime | None = None,
-        priority: int = 0,
-        expires_at: datetime | None = None,
+        **options: Unpack[EnqueueOptions],
     ) -> AsyncTaskHandle[Any]:
         """Enqueue a run and return its handle.
 
@@ -488,12 +438,8 @@ class AsyncClient:
         run_id = await self.execute(
             _sql.run_task(
                 name,
-                to_json_value(input),
-                concurrency_key=concurrency_key,
-                headers=headers,
-                visible_at=visible_at,
-                priority=priority,
-                expires_at=expires_at,
+                input,
+                **options,
             )
         )
         return AsyncTaskHandle(self, name, run_id, output_decoder(task))
@@ -503,47 +449,28 @@ class AsyncClient:
         self,
         task: Task[Any, O],
         inputs: Iterable[Any],
-        *,
-        concurrency_keys: Sequence[str | None] | None = None,
-        headers: Sequence[Mapping[str, Any] | None] | None = None,
-        visible_at: datetime | None = None,
-        priority: int = 0,
-        expires_at: datetime | None = None,
+        **options: Unpack[BatchEnqueueOptions],
     ) -> list[AsyncTaskHandle[O]]: ...
     @overload
     async def run_tasks(
         self,
         task: str,
         inputs: Iterable[Any],
-        *,
-        concurrency_keys: Sequence[str | None] | None = None,
-        headers: Sequence[Mapping[str, Any] | None] | None = None,
-        visible_at: datetime | None = None,
-        priority: int = 0,
-        expires_at: datetime | None = None,
+        **options: Unpack[BatchEnqueueOptions],
     ) -> list[AsyncTaskHandle[Any]]: ...
     async def run_tasks(
         self,
         task: Task[Any, Any] | str,
         inputs: Iterable[Any],
-        *,
-        concurrency_keys: Sequence[str | None] | None = None,
-        headers: Sequence[Mapping[str, Any] | None] | None = None,
-        visible_at: datetime | None = None,
-        priority: int = 0,
-        expires_at: datetime | None = None,
+        **options: Unpack[BatchEnqueueOptions],
     ) -> list[AsyncTaskHandle[Any]]:
         """Enqueue several runs in one statement; handles in input order."""
         name = task_name(task)
         ids = await self.execute(
             _sql.run_tasks(
                 name,
-                [to_json_value(v) for v in inputs],
-                concurrency_keys=concurrency_keys,
-                headers=headers,
-                visible_at=visible_at,
-                priority=priority,
-                expires_at=expires_at,
+                list(inputs),
+                **options,
             )
         )
         decode = output_decoder(task)
@@ -655,12 +582,7 @@ class AsyncClient:
         self,
         flow: Flow | str,
         input: Any,
-        *,
-        concurrency_key: str | None = None,
-        headers: Mapping[str, Any] | None = None,
-        visible_at: datetime | None = None,
-        priority: int = 0,
-        expires_at: datetime | None = None,
+        **options: Unpack[EnqueueOptions],
     ) -> AsyncFlowHandle:
         """Start a run and return its handle.
 
@@ -672,12 +594,8 @@ class AsyncClient:
         run_id = await self.execute(
             _sql.run_flow(
                 name,
-                to_json_value(input),
-                concurrency_key=concurrency_key,
-                headers=headers,
-                visible_at=visible_at,
-                priority=priority,
-                expires_at=expires_at,
+                input,
+                **options,
             )
         )
         return AsyncFlowHandle(self, name, run_id, flow_output_decoder(flow))
@@ -686,24 +604,15 @@ class AsyncClient:
         self,
         flow: Flow | str,
         inputs: Iterable[Any],
-        *,
-        concurrency_keys: Sequence[str | None] | None = None,
-        headers: Sequence[Mapping[str, Any] | None] | None = None,
-        visible_at: datetime | None = None,
-        priority: int = 0,
-        expires_at: datetime | None = None,
+        **options: Unpack[BatchEnqueueOptions],
     ) -> list[AsyncFlowHandle]:
         """Start several runs in one statement; handles in input order."""
         name = flow_name(flow)
         ids = await self.execute(
             _sql.run_flows(
                 name,
-                [to_json_value(v) for v in inputs],
-                concurrency_keys=concurrency_keys,
-                headers=headers,
-                visible_at=visible_at,
-                priority=priority,
-                expires_at=expires_at,
+                list(inputs),
+                **options,
             )
         )
         decode = flow_output_decoder(flow)
@@ -722,7 +631,7 @@ class AsyncClient:
         the run is finished. :class:`catbird.NotFound` for an unknown run or
         step, :class:`catbird.InvalidArgument` for a step without signal.
         """
-        query = _sql.signal_flow(flow_name(flow), run_id, step, to_json_value(input))
+        query = _sql.signal_flow(flow_name(flow), run_id, step, input)
         return await self.execute(query)
 
     async def cancel_flow_run(

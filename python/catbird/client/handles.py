@@ -28,16 +28,13 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, ClassVar, Generic, TypeVar
+from typing import Any, ClassVar, Generic, TypeVar
 
 from .. import _sql
-from .._sql import Duration, Query
+from .._sql import Duration, Executor, Query
 from ..errors import NotFound
 from ..models import FlowRunInfo, RunOutcome, StepRunInfo, TaskRunInfo
 from ._waiting import Deadline, outcome_value
-
-if TYPE_CHECKING:
-    from .client import Client
 
 __all__ = ["FlowHandle", "RunHandle", "TaskHandle"]
 
@@ -54,7 +51,7 @@ class RunHandle(ABC, Generic[O]):
 
     def __init__(
         self,
-        client: Client,
+        client: Executor,
         name: str,
         id: int,
         decode: Callable[[Any], O] | None = None,

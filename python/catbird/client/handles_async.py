@@ -26,16 +26,13 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, ClassVar, Generic, TypeVar
+from typing import Any, ClassVar, Generic, TypeVar
 
 from .. import _sql
-from .._sql import Duration, Query
+from .._sql import AsyncExecutor, Duration, Query
 from ..errors import NotFound
 from ..models import FlowRunInfo, RunOutcome, StepRunInfo, TaskRunInfo
 from ._waiting import Deadline, outcome_value
-
-if TYPE_CHECKING:
-    from .client_async import AsyncClient
 
 __all__ = ["AsyncFlowHandle", "AsyncRunHandle", "AsyncTaskHandle"]
 
@@ -52,7 +49,7 @@ class AsyncRunHandle(ABC, Generic[O]):
 
     def __init__(
         self,
-        client: AsyncClient,
+        client: AsyncExecutor,
         name: str,
         id: int,
         decode: Callable[[Any], O] | None = None,

@@ -47,15 +47,11 @@ import inspect
 import logging
 import threading
 from collections.abc import Awaitable, Callable, Sequence
-from typing import TYPE_CHECKING, Any, TypeAlias
+from typing import Any, TypeAlias
 
 from .. import _sql
-from .._sql import Duration, Query
+from .._sql import AsyncExecutor, Duration, Executor, Query
 from ..models import Message
-
-if TYPE_CHECKING:
-    from .client import Client
-    from .client_async import AsyncClient
 
 __all__ = ["AsyncReader", "AsyncReaderHandler", "Reader", "ReaderHandler"]
 
@@ -158,7 +154,7 @@ class Reader(_ReaderBase):
 
     def __init__(
         self,
-        client: Client,
+        client: Executor,
         queue: str,
         handler: ReaderHandler,
         *,
@@ -210,7 +206,7 @@ class AsyncReader(_ReaderBase):
 
     def __init__(
         self,
-        client: AsyncClient,
+        client: AsyncExecutor,
         queue: str,
         handler: AsyncReaderHandler,
         *,
