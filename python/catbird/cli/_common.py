@@ -36,8 +36,10 @@ __all__ = [
     "App",
     "DsnOption",
     "FullOption",
+    "HeadersOption",
     "JsonOption",
     "delay_until",
+    "delivery_options",
     "err",
     "errors",
     "fail",
@@ -113,6 +115,7 @@ DsnOption = Annotated[
 JsonOption = Annotated[
     bool, typer.Option("--json", help="Print one JSON document on stdout instead of tables.")
 ]
+HeadersOption = Annotated[str | None, typer.Option("--headers", help="Headers, as a JSON object.")]
 FullOption = Annotated[
     bool,
     typer.Option(
@@ -231,3 +234,15 @@ def delay_until(delay: float | None) -> datetime | None:
     if delay < 0:
         usage_error("--delay must not be negative")
     return datetime.now(UTC) + timedelta(seconds=delay)
+
+
+def delivery_options(
+    *, concurrency_key: str | None, headers: str | None, delay: float | None, priority: int
+) -> dict[str, Any]:
+    """The keyword arguments of ``send``/``publish``/``run_*`` given on the command line."""
+    return {
+        "concurrency_key": concurrency_key,
+        "headers": parse_headers(headers),
+        "visible_at": delay_until(delay),
+        "priority": priority,
+    }

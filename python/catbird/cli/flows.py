@@ -120,7 +120,7 @@ def dag_tree(flow: FlowInfo, statuses: dict[str, str] | None = None) -> Tree:
 # ---------------------------------------------------------------- tables
 
 
-def flows_table(flows: Sequence[FlowInfo], *, width: int, full: bool) -> RenderableType:
+def flows_table(flows: Sequence[FlowInfo], width: int, full: bool) -> RenderableType:
     columns = [
         Column("name", style="bold"),
         Column("steps", justify="right"),
@@ -200,8 +200,10 @@ FLOWS = RunKind(
     cancel_run=Client.cancel_flow_run,
     purge_runs=Client.purge_flow_runs,
     clear_runs=Client.clear_flow_runs,
+    list_all=Client.list_flows,
     get=Client.get_flow,
     definition_doc=flow_doc,
+    definitions_table=flows_table,
     render_definition=_render_flow,
     show_help="Show a flow's DAG (steps in topological layers) and its latest runs.",
     show_run_help="Mark the steps' statuses in this run.",
@@ -212,21 +214,6 @@ FLOWS = RunKind(
 
 
 # ---------------------------------------------------------------- commands
-
-
-@app.command("ls")
-def flow_ls(dsn: DsnOption = None, as_json: JsonOption = False, full: FullOption = False) -> None:
-    """List flow definitions."""
-    with open_client(dsn) as client:
-        flows = client.list_flows()
-    if as_json:
-        print_json([flow_doc(f) for f in flows])
-    elif not flows:
-        out.print(
-            "No flows. Define them in Python and run 'catbird worker', or use client.create_flow()."
-        )
-    else:
-        out.print(flows_table(flows, width=out.width, full=full))
 
 
 add_run_commands(app, FLOWS)

@@ -15,13 +15,13 @@ from ._common import (
     App,
     DsnOption,
     FullOption,
+    HeadersOption,
     JsonOption,
-    delay_until,
+    delivery_options,
     fail,
     interactive,
     open_client,
     out,
-    parse_headers,
     parse_json,
     parse_timestamp,
     usage_error,
@@ -173,9 +173,7 @@ def queue_send(
     topic: Annotated[
         str | None, typer.Option("--topic", help="Topic recorded on the message.")
     ] = None,
-    headers: Annotated[
-        str | None, typer.Option("--headers", help="Headers, as a JSON object.")
-    ] = None,
+    headers: HeadersOption = None,
     delay: Annotated[
         float | None,
         typer.Option("--delay", help="Seconds before the message becomes visible.", min=0),
@@ -189,18 +187,11 @@ def queue_send(
     live message's id is printed.
     """
     value = parse_json(body, "BODY")
-    header_map = parse_headers(headers)
-    visible_at = delay_until(delay)
+    options = delivery_options(
+        concurrency_key=concurrency_key, headers=headers, delay=delay, priority=priority
+    )
     with open_client(dsn) as client:
-        message_id = client.send(
-            name,
-            value,
-            topic=topic,
-            concurrency_key=concurrency_key,
-            headers=header_map,
-            visible_at=visible_at,
-            priority=priority,
-        )
+        message_id = client.send(name, value, topic=topic, **options)
     if as_json:
         print_json({"queue": name, "id": message_id})
     else:
@@ -343,9 +334,7 @@ def publish_command(
         ),
     ] = None,
     priority: Annotated[int, typer.Option("--priority", help="Higher is read first.")] = 0,
-    headers: Annotated[
-        str | None, typer.Option("--headers", help="Headers, as a JSON object.")
-    ] = None,
+    headers: HeadersOption = None,
     delay: Annotated[
         float | None,
         typer.Option("--delay", help="Seconds before the messages become visible.", min=0),
@@ -355,17 +344,11 @@ def publish_command(
 ) -> None:
     """Publish to a topic: every queue (and task or flow) bound to a matching pattern gets it."""
     value = parse_json(body, "BODY")
-    header_map = parse_headers(headers)
-    visible_at = delay_until(delay)
+    options = delivery_options(
+        concurrency_key=concurrency_key, headers=headers, delay=delay, priority=priority
+    )
     with open_client(dsn) as client:
-        deliveries = client.publish(
-            topic,
-            value,
-            concurrency_key=concurrency_key,
-            headers=header_map,
-            visible_at=visible_at,
-            priority=priority,
-        )
+        deliveries = client.publish(topic, value, **options)
     if as_json:
         print_json({"topic": topic, "deliveries": deliveries})
     else:

@@ -1,6 +1,6 @@
-"""The run-lifecycle commands, written once for tasks and flows.
+"""The definition and run-lifecycle commands, written once for tasks and flows.
 
-``catbird task|flow show/run/runs/cancel/purge`` differ only in the client
+``catbird task|flow ls/show/run/runs/cancel/purge`` differ only in the client
 calls they make and a few words; a :class:`RunKind` holds those, and
 :func:`add_run_commands` registers the commands on the kind's group.
 """
@@ -25,12 +25,12 @@ from ._common import (
     App,
     DsnOption,
     FullOption,
+    HeadersOption,
     JsonOption,
-    delay_until,
+    delivery_options,
     fail,
     open_client,
     out,
-    parse_headers,
     parse_json,
     usage_error,
 )
@@ -60,9 +60,13 @@ class RunKind:
     cancel_run: Callable[..., bool]
     purge_runs: Callable[[Client, str, float], int]
     clear_runs: Callable[[Client, str], int]
+    list_all: Callable[[Client], Sequence[Any]]
+    """The definitions, for ``ls``."""
     get: Callable[[Client, str], Any]
     """The definition, for ``show``."""
     definition_doc: Callable[[Any], dict[str, Any]]
+    definitions_table: Callable[[Sequence[Any], int, bool], RenderableType]
+    """(definitions, width, full) -> the table ``ls`` prints."""
     render_definition: Callable[[Any, Sequence[Any] | None, int, bool], list[RenderableType]]
     """(definition, steps of the --run run or None, width, full) -> what ``show`` prints."""
     show_help: str
@@ -139,9 +143,23 @@ def _run_details(run: Run, name: str, width: int) -> RenderableType:
 
 
 def add_run_commands(app: App, kind: RunKind) -> None:
-    """Register show, run, runs, cancel and purge for ``kind`` on its group ``app``."""
+    """Register ls, show, run, runs, cancel and purge for ``kind`` on its group ``app``."""
     noun = kind.noun
     name_help = f"{noun.capitalize()} name."
+
+    @app.command("ls", help=f"List {noun} definitions.")
+    def ls(dsn: DsnOption = None, as_json: JsonOption = False, full: FullOption = False) -> None:
+        with open_client(dsn) as client:
+            definitions = kind.list_all(client)
+        if as_json:
+            print_json([kind.definition_doc(d) for d in definitions])
+        elif not definitions:
+            out.print(
+                f"No {noun}s. Define them in Python and run 'catbird worker',"
+                f" or use client.create_{noun}()."
+            )
+        else:
+            out.print(kind.definitions_table(definitions, out.width, full))
 
     @app.command("show", help=kind.show_help)
     def show(
@@ -192,9 +210,7 @@ def add_run_commands(app: App, kind: RunKind) -> None:
             typer.Option("--concurrency-key", help="No new run while a live run holds this key."),
         ] = None,
         priority: Annotated[int, typer.Option("--priority", help="Higher is claimed first.")] = 0,
-        headers: Annotated[
-            str | None, typer.Option("--headers", help="Headers, as a JSON object.")
-        ] = None,
+        headers: HeadersOption = None,
         delay: Annotated[
             float | None, typer.Option("--delay", help="Seconds before the run may start.", min=0)
         ] = None,
@@ -206,18 +222,11 @@ def add_run_commands(app: App, kind: RunKind) -> None:
         as_json: JsonOption = False,
     ) -> None:
         value = parse_json(input_json, "INPUT")
-        header_map = parse_headers(headers)
-        when = delay_until(delay)
+        options = delivery_options(
+            concurrency_key=concurrency_key, headers=headers, delay=delay, priority=priority
+        )
         with open_client(dsn) as client:
-            handle = kind.run(
-                client,
-                name,
-                value,
-                concurrency_key=concurrency_key,
-                headers=header_map,
-                visible_at=when,
-                priority=priority,
-            )
+            handle = kind.run(client, name, value, **options)
             if wait is None:
                 if as_json:
                     print_json({noun: name, "run_id": handle.id})

@@ -10,8 +10,8 @@ from rich.markup import escape
 
 from ..client import Client
 from ..models import TaskInfo
-from ._common import App, DsnOption, FullOption, JsonOption, open_client, out
-from .output import Column, fmt_duration, fmt_ts, print_json, record, table
+from ._common import App
+from .output import Column, fmt_duration, fmt_ts, record, table
 from .runs import RunKind, add_run_commands
 
 __all__ = ["TASKS", "app"]
@@ -19,7 +19,7 @@ __all__ = ["TASKS", "app"]
 app = App(help="Tasks: definitions, runs, run, cancel, purge.")
 
 
-def tasks_table(tasks: Sequence[TaskInfo], *, width: int, full: bool) -> RenderableType:
+def tasks_table(tasks: Sequence[TaskInfo], width: int, full: bool) -> RenderableType:
     columns = [
         Column("name", style="bold"),
         Column("condition", fit="cut"),
@@ -43,7 +43,7 @@ def tasks_table(tasks: Sequence[TaskInfo], *, width: int, full: bool) -> Rendera
 
 
 def _render_task(task: TaskInfo, steps: Any, width: int, full: bool) -> list[RenderableType]:
-    return [tasks_table([task], width=width, full=full)]
+    return [tasks_table([task], width, full)]
 
 
 TASKS = RunKind(
@@ -56,29 +56,16 @@ TASKS = RunKind(
     cancel_run=Client.cancel_task_run,
     purge_runs=Client.purge_task_runs,
     clear_runs=Client.clear_task_runs,
+    list_all=Client.list_tasks,
     get=Client.get_task,
     definition_doc=record,
+    definitions_table=tasks_table,
     render_definition=_render_task,
     show_help="Show a task definition and its latest runs, or one run (--run ID).",
     show_run_help="Show this run instead of the definition.",
     cancel_help="Cancel a queued or started run (a worker running it is told to stop).",
     counts_attempts=True,
 )
-
-
-@app.command("ls")
-def task_ls(dsn: DsnOption = None, as_json: JsonOption = False, full: FullOption = False) -> None:
-    """List task definitions."""
-    with open_client(dsn) as client:
-        tasks = client.list_tasks()
-    if as_json:
-        print_json([record(t) for t in tasks])
-    elif not tasks:
-        out.print(
-            "No tasks. Define them in Python and run 'catbird worker', or use client.create_task()."
-        )
-    else:
-        out.print(tasks_table(tasks, width=out.width, full=full))
 
 
 add_run_commands(app, TASKS)
