@@ -10,8 +10,8 @@ import pytest
 from typer.testing import CliRunner, Result
 
 from catbird import Client, Flow, _sql
-from catbird.cli.flows import layers
 from catbird.cli import app
+from catbird.cli.flows import layers
 
 runner = CliRunner()
 

@@ -23,12 +23,13 @@ from typing import Annotated, Any, NoReturn
 
 import psycopg
 import typer
-from rich.console import Console
+from rich.console import Console, RenderableType
 from rich.markup import escape
 from typer.core import TyperCommand, TyperGroup
 
 from ..client import Client
 from ..errors import CatbirdError
+from .output import print_json
 
 __all__ = [
     "EXIT_ERROR",
@@ -38,6 +39,8 @@ __all__ = [
     "FullOption",
     "HeadersOption",
     "JsonOption",
+    "concurrency_key_option",
+    "delay_option",
     "delay_until",
     "delivery_options",
     "err",
@@ -51,6 +54,8 @@ __all__ = [
     "parse_headers",
     "parse_json",
     "parse_timestamp",
+    "priority_option",
+    "report",
     "require_dsn",
     "usage_error",
 ]
@@ -116,6 +121,20 @@ JsonOption = Annotated[
     bool, typer.Option("--json", help="Print one JSON document on stdout instead of tables.")
 ]
 HeadersOption = Annotated[str | None, typer.Option("--headers", help="Headers, as a JSON object.")]
+
+
+def concurrency_key_option(help: str) -> Any:
+    return typer.Option("--concurrency-key", help=help)
+
+
+def priority_option(help: str) -> Any:
+    return typer.Option("--priority", help=help)
+
+
+def delay_option(help: str) -> Any:
+    return typer.Option("--delay", help=help, min=0)
+
+
 FullOption = Annotated[
     bool,
     typer.Option(
@@ -190,6 +209,14 @@ def open_client(dsn: str | None) -> Iterator[Client]:
     """A :class:`Client` on an autocommit connection, with CLI error handling."""
     with open_connection(dsn) as conn:
         yield Client(conn)
+
+
+def report(as_json: bool, document: Any, message: RenderableType) -> None:
+    """What a command did: ``document`` as JSON with ``--json``, else ``message``."""
+    if as_json:
+        print_json(document)
+    else:
+        out.print(message)
 
 
 def interactive() -> bool:

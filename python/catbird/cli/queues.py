@@ -17,6 +17,8 @@ from ._common import (
     FullOption,
     HeadersOption,
     JsonOption,
+    concurrency_key_option,
+    delay_option,
     delivery_options,
     fail,
     interactive,
@@ -24,6 +26,8 @@ from ._common import (
     out,
     parse_json,
     parse_timestamp,
+    priority_option,
+    report,
     usage_error,
 )
 from .output import Column, fmt_json, fmt_ts, print_json, record, table
@@ -152,22 +156,22 @@ def queue_delete(name: QueueArg, dsn: DsnOption = None, as_json: JsonOption = Fa
         deleted = client.delete_queue(name)
     if not deleted:
         fail(f'queue "{name}" does not exist')
-    if as_json:
-        print_json({"queue": name, "deleted": True})
-    else:
-        out.print(f"[green]Deleted[/] queue [bold]{escape(name)}[/].")
+    report(
+        as_json,
+        {"queue": name, "deleted": True},
+        f"[green]Deleted[/] queue [bold]{escape(name)}[/].",
+    )
 
 
 @app.command("send")
 def queue_send(
     name: QueueArg,
     body: Annotated[str, typer.Argument(help="Message body, as JSON.", show_default=False)],
-    priority: Annotated[int, typer.Option("--priority", help="Higher is read first.")] = 0,
+    priority: Annotated[int, priority_option("Higher is read first.")] = 0,
     concurrency_key: Annotated[
         str | None,
-        typer.Option(
-            "--concurrency-key",
-            help="While a message with this key is live, sending another is a no-op.",
+        concurrency_key_option(
+            "While a message with this key is live, sending another is a no-op."
         ),
     ] = None,
     topic: Annotated[
@@ -175,8 +179,7 @@ def queue_send(
     ] = None,
     headers: HeadersOption = None,
     delay: Annotated[
-        float | None,
-        typer.Option("--delay", help="Seconds before the message becomes visible.", min=0),
+        float | None, delay_option("Seconds before the message becomes visible.")
     ] = None,
     dsn: DsnOption = None,
     as_json: JsonOption = False,
@@ -192,10 +195,11 @@ def queue_send(
     )
     with open_client(dsn) as client:
         message_id = client.send(name, value, topic=topic, **options)
-    if as_json:
-        print_json({"queue": name, "id": message_id})
-    else:
-        out.print(f"Sent message [bold]{message_id}[/] to queue [bold]{escape(name)}[/].")
+    report(
+        as_json,
+        {"queue": name, "id": message_id},
+        f"Sent message [bold]{message_id}[/] to queue [bold]{escape(name)}[/].",
+    )
 
 
 @app.command("read")
@@ -252,10 +256,11 @@ def queue_purge(
             ):
                 fail("aborted, nothing purged")
         purged = client.purge_queue(name)
-    if as_json:
-        print_json({"queue": name, "purged": purged})
-    else:
-        out.print(f"[green]Purged[/] {purged} message(s) from queue [bold]{escape(name)}[/].")
+    report(
+        as_json,
+        {"queue": name, "purged": purged},
+        f"[green]Purged[/] {purged} message(s) from queue [bold]{escape(name)}[/].",
+    )
 
 
 @app.command("bind")
@@ -274,10 +279,11 @@ def queue_bind(
     """Subscribe a queue to a topic pattern (binding twice changes nothing)."""
     with open_client(dsn) as client:
         client.bind(name, pattern)
-    if as_json:
-        print_json({"queue": name, "pattern": pattern, "bound": True})
-    else:
-        out.print(f"[green]Bound[/] queue [bold]{escape(name)}[/] to [bold]{escape(pattern)}[/].")
+    report(
+        as_json,
+        {"queue": name, "pattern": pattern, "bound": True},
+        f"[green]Bound[/] queue [bold]{escape(name)}[/] to [bold]{escape(pattern)}[/].",
+    )
 
 
 @app.command("unbind")
@@ -328,16 +334,12 @@ def publish_command(
     ],
     body: Annotated[str, typer.Argument(help="Message body, as JSON.", show_default=False)],
     concurrency_key: Annotated[
-        str | None,
-        typer.Option(
-            "--concurrency-key", help="Per target queue: no-op while a live message holds it."
-        ),
+        str | None, concurrency_key_option("Per target queue: no-op while a live message holds it.")
     ] = None,
-    priority: Annotated[int, typer.Option("--priority", help="Higher is read first.")] = 0,
+    priority: Annotated[int, priority_option("Higher is read first.")] = 0,
     headers: HeadersOption = None,
     delay: Annotated[
-        float | None,
-        typer.Option("--delay", help="Seconds before the messages become visible.", min=0),
+        float | None, delay_option("Seconds before the messages become visible.")
     ] = None,
     dsn: DsnOption = None,
     as_json: JsonOption = False,

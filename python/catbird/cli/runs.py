@@ -27,11 +27,15 @@ from ._common import (
     FullOption,
     HeadersOption,
     JsonOption,
+    concurrency_key_option,
+    delay_option,
     delivery_options,
     fail,
     open_client,
     out,
     parse_json,
+    priority_option,
+    report,
     usage_error,
 )
 from .output import Column, fmt_json, fmt_ts, print_json, record, status, table
@@ -172,10 +176,7 @@ def add_run_commands(app: App, kind: RunKind) -> None:
         with open_client(dsn) as client:
             if run_id is not None and kind.get_steps is None:
                 run = kind.get_run(client, name, run_id)
-                if as_json:
-                    print_json(record(run))
-                else:
-                    out.print(_run_details(run, name, out.width))
+                report(as_json, record(run), _run_details(run, name, out.width))
                 return
             definition = kind.get(client, name)
             steps = None
@@ -206,14 +207,11 @@ def add_run_commands(app: App, kind: RunKind) -> None:
             str, typer.Argument(metavar="INPUT", help="Run input, as JSON.", show_default=False)
         ],
         concurrency_key: Annotated[
-            str | None,
-            typer.Option("--concurrency-key", help="No new run while a live run holds this key."),
+            str | None, concurrency_key_option("No new run while a live run holds this key.")
         ] = None,
-        priority: Annotated[int, typer.Option("--priority", help="Higher is claimed first.")] = 0,
+        priority: Annotated[int, priority_option("Higher is claimed first.")] = 0,
         headers: HeadersOption = None,
-        delay: Annotated[
-            float | None, typer.Option("--delay", help="Seconds before the run may start.", min=0)
-        ] = None,
+        delay: Annotated[float | None, delay_option("Seconds before the run may start.")] = None,
         wait: Annotated[
             float | None,
             typer.Option("--wait", help="Wait up to this many seconds for the output.", min=0),
@@ -250,10 +248,11 @@ def add_run_commands(app: App, kind: RunKind) -> None:
                     )
                     raise typer.Exit(EXIT_ERROR) from None
                 fail(exc.message)
-        if as_json:
-            print_json({noun: name, "run_id": handle.id, "status": "completed", "output": output})
-        else:
-            out.print(f"Run [bold]{handle.id}[/] completed: {escape(fmt_json(output))}")
+        report(
+            as_json,
+            {noun: name, "run_id": handle.id, "status": "completed", "output": output},
+            f"Run [bold]{handle.id}[/] completed: {escape(fmt_json(output))}",
+        )
 
     @app.command("runs", help=f"List a {noun}'s runs, newest first.")
     def runs(
@@ -324,7 +323,8 @@ def add_run_commands(app: App, kind: RunKind) -> None:
                 deleted = kind.clear_runs(client, name)
             else:
                 deleted = kind.purge_runs(client, name, older_than)
-        if as_json:
-            print_json({noun: name, "deleted": deleted})
-        else:
-            out.print(f"Deleted {deleted} run{'' if deleted == 1 else 's'} of {escape(name)}.")
+        report(
+            as_json,
+            {noun: name, "deleted": deleted},
+            f"Deleted {deleted} run{'' if deleted == 1 else 's'} of {escape(name)}.",
+        )
