@@ -176,18 +176,34 @@ def steps_table(
     return table(title, columns, rows, width=width, full=full)
 
 
-_LEGEND = Text(
-    "◀─ depends on   ★ output candidate   ⇉ mapper   ↻ generator   Σ reducer"
-    "   ⚑ waits for a signal   ? condition",
-    style="dim",
+_LEGEND = (
+    "◀─ depends on",
+    "★ output candidate",
+    "⇉ mapper",
+    "↻ generator",
+    "Σ reducer",
+    "⚑ waits for a signal",
+    "? condition",
 )
+
+
+def legend(width: int) -> Text:
+    """The DAG's symbols, on as many lines of ``width`` as they take."""
+    lines = [""]
+    for entry in _LEGEND:
+        joined = f"{lines[-1]}   {entry}" if lines[-1] else entry
+        if len(joined) <= width or not lines[-1]:
+            lines[-1] = joined
+        else:
+            lines.append(entry)
+    return Text("\n".join(lines), style="dim")
 
 
 def _render_flow(
     flow: FlowInfo, steps: Sequence[StepRunInfo] | None, width: int, full: bool
 ) -> list[RenderableType]:
     statuses = None if steps is None else {s.step_name: s.status for s in steps}
-    return [dag_tree(flow, statuses), _LEGEND]
+    return [dag_tree(flow, statuses), legend(width)]
 
 
 FLOWS = RunKind(

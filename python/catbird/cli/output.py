@@ -23,6 +23,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import sys
+import textwrap
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -198,8 +199,15 @@ def _layout(
         room -= natural[i]
     for k, i in enumerate(sharing):
         share = room // len(sharing) + (1 if k < room % len(sharing) else 0)
-        widths[i] = max(least(i), share)
+        # never narrower than its header; with --full, wider than the terminal before too narrow
+        floor = least(i) if full else cell_len(columns[i].header)
+        widths[i] = max(floor, share)
     return shown, widths, stacked
+
+
+def _hidden_note(hidden: Sequence[str], width: int) -> str:
+    note = f"not shown at this width: {', '.join(hidden)} (--full shows them)"
+    return textwrap.fill(note, width=max(width, 20))
 
 
 def table(
@@ -221,9 +229,7 @@ def table(
     result = Table(
         title=title,
         title_justify="left",
-        caption=f"not shown at this width: {', '.join(hidden)} (--full shows them)"
-        if hidden
-        else None,
+        caption=_hidden_note(hidden, width) if hidden else None,
         caption_justify="left",
         width=sum(widths.values()) + _chrome(len(shown)),
     )
