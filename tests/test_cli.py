@@ -31,8 +31,8 @@ from psycopg.conninfo import make_conninfo
 from rich.console import Console
 from typer.testing import CliRunner, Result
 
-from catbird import Client, cli
-from catbird.cli import app
+from catbird import Client
+from catbird.cli import app, queues
 from catbird.cli.demo import AUDIT_QUEUE, ORDERS_QUEUE, run_demo
 from sqlhelpers import engine_state, messages, scalar
 
@@ -421,7 +421,7 @@ def test_queue_purge(
     assert len(messages(conn, orders)) == 3
 
     # On a terminal it asks; "no" purges nothing.
-    monkeypatch.setattr(cli, "_interactive", lambda: True)
+    monkeypatch.setattr(queues, "interactive", lambda: True)
     result = cb(dsn, "queue", "purge", orders, input="n\n")
     assert result.exit_code == 1
     assert "Delete all 3 message(s) of queue 'orders'?" in result.stdout

@@ -1,89 +1,51 @@
-"""``catbird flow ...``: flow definitions, runs, steps, signals, cancellation.
+"""``catbird flow ...``: flow definitions with their DAG, runs, steps, signals.
 
-Registered on :data:`catbird.cli.app` when :mod:`catbird.cli` is imported
-(it imports this module at its end); it uses the CLI's shared options and
-helpers. ``catbird flow show NAME`` draws the DAG in topological layers.
+The run commands (show, run, runs, cancel, purge) are the ones of
+:mod:`.runs`; this module adds what only flows have. ``catbird flow show
+NAME`` draws the DAG in topological layers.
 """
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Sequence
-from datetime import timedelta
 from typing import Annotated, Any
 
 import typer
+from rich.console import RenderableType
 from rich.markup import escape
-from rich.table import Table
 from rich.text import Text
 from rich.tree import Tree
 
-from ..models import FlowInfo, FlowRunInfo, StepInfo, StepRunInfo
-from . import (
-    EXIT_ERROR,
-    DsnOption,
-    JsonOption,
-    _client,
-    _fail,
-    _fmt_json,
-    _fmt_ts,
-    _parse_headers,
-    _parse_json,
-    _print_json,
-    _visible_at,
-    app,
-    out,
+from ..client import Client
+from ..models import FlowInfo, StepInfo, StepRunInfo
+from ._common import App, DsnOption, FullOption, JsonOption, fail, open_client, out, parse_json
+from .output import (
+    Column,
+    fmt_duration,
+    fmt_json,
+    fmt_ts,
+    print_json,
+    record,
+    status,
+    status_style,
+    table,
 )
+from .runs import RunKind, add_run_commands, run_result
 
-__all__ = ["flow_app", "layers"]
+__all__ = ["FLOWS", "app", "dag_tree", "layers"]
 
-flow_app = typer.Typer(help="Flows: definitions (with their DAG), runs, steps, signals, cancel.")
-app.add_typer(flow_app, name="flow", no_args_is_help=True)
+app = App(help="Flows: definitions (with their DAG), runs, steps, signals, cancel.")
 
 FlowArg = Annotated[str, typer.Argument(help="Flow name.", show_default=False)]
 RunArg = Annotated[int, typer.Argument(help="Flow run id.", show_default=False)]
 
-_STATUS_STYLE = {
-    "completed": "green",
-    "failed": "red",
-    "canceled": "yellow",
-    "canceling": "yellow",
-    "expired": "yellow",
-    "skipped": "dim",
-    "started": "cyan",
-    "queued": "blue",
-}
 
-_FINISHED_AT = ("completed_at", "failed_at", "canceled_at")
-
-
-def _doc(value: Any) -> Any:
-    """A record as a JSON document."""
-    return dataclasses.asdict(value)
-
-
-def _flow_doc(flow: FlowInfo) -> dict[str, Any]:
-    doc: dict[str, Any] = _doc(flow)
-    doc["steps"] = [_doc(s) for s in flow.steps]
+def flow_doc(flow: FlowInfo) -> dict[str, Any]:
+    """A flow definition as a JSON document, with its steps in layers."""
+    doc = record(flow)
+    doc["steps"] = [record(s) for s in flow.steps]
     doc["layers"] = layers(flow.steps)
     return doc
-
-
-def _status(status: str | None) -> str:
-    if status is None:
-        return "-"
-    style = _STATUS_STYLE.get(status, "")
-    return f"[{style}]{status}[/]" if style else status
-
-
-def _fmt_duration(value: timedelta | None) -> str:
-    if value is None:
-        return "-"
-    seconds = value.total_seconds()
-    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
-        if seconds >= size and seconds % size == 0:
-            return f"{seconds / size:g}{unit}"
-    return f"{seconds:g}s"
 
 
 # ---------------------------------------------------------------- the DAG
@@ -144,8 +106,8 @@ def dag_tree(flow: FlowInfo, statuses: dict[str, str] | None = None) -> Tree:
             step = by_name[name]
             label = Text(name, style="bold")
             if statuses is not None:
-                status = statuses.get(name, "-")
-                label.append(f" [{status}]", style=_STATUS_STYLE.get(status, ""))
+                state = statuses.get(name, "-")
+                label.append(f" [{state}]", style=status_style(state))
             if step.depends_on:
                 label.append(f"  ◀─ {', '.join(step.depends_on)}", style="green")
             label.append_text(_markers(step, flow.output_priority))
@@ -158,244 +120,145 @@ def dag_tree(flow: FlowInfo, statuses: dict[str, str] | None = None) -> Tree:
 # ---------------------------------------------------------------- tables
 
 
-def _flows_table(flows: Sequence[FlowInfo]) -> Table:
-    table = Table(title="Flows", title_justify="left")
-    table.add_column("name", style="bold", overflow="fold")
-    table.add_column("steps", justify="right")
-    table.add_column("output", overflow="fold")
-    table.add_column("retention", no_wrap=True)
-    table.add_column("on-fail", no_wrap=True)
-    table.add_column("created", no_wrap=True)
-    table.add_column("description", overflow="fold")
-    for f in flows:
-        table.add_row(
+def flows_table(flows: Sequence[FlowInfo], width: int, full: bool) -> RenderableType:
+    columns = [
+        Column("name", style="bold"),
+        Column("steps", justify="right"),
+        Column("output", fit="cut"),
+        Column("retention", hide=2),
+        Column("on-fail", hide=1),
+        Column("created", hide=3, stack=True),
+        Column("description", fit="cut", hide=4),
+    ]
+    rows = [
+        [
             escape(f.name),
             str(len(f.steps)),
             escape(", ".join(f.output_priority)),
-            _fmt_duration(f.retention_period),
+            fmt_duration(f.retention_period),
             "yes" if f.on_fail else "no",
-            _fmt_ts(f.created_at),
+            fmt_ts(f.created_at),
             escape(f.description or ""),
-        )
-    return table
+        ]
+        for f in flows
+    ]
+    return table("Flows", columns, rows, width=width, full=full)
 
 
-def _run_result(run: FlowRunInfo) -> str:
-    if run.status == "completed":
-        return _fmt_json(run.output)
-    if run.status in ("canceled", "canceling"):
-        return run.cancel_reason or ""
-    if run.status == "failed" and run.failed_step_name:
-        return f"{run.failed_step_name}: {run.error_message or ''}"
-    return run.error_message or ""
-
-
-def _runs_table(name: str, runs: Sequence[FlowRunInfo]) -> Table:
-    table = Table(title=f"Runs of {escape(name)} (newest first)", title_justify="left")
-    table.add_column("id", justify="right", style="bold")
-    table.add_column("status", no_wrap=True)
-    table.add_column("priority", justify="right")
-    table.add_column("created", no_wrap=True)
-    table.add_column("finished", no_wrap=True)
-    table.add_column("input", overflow="fold", ratio=1)
-    table.add_column("output / error", overflow="fold", ratio=1)
-    for r in runs:
-        finished = next((getattr(r, f) for f in _FINISHED_AT if getattr(r, f)), None)
-        table.add_row(
-            str(r.id),
-            _status(r.status),
-            str(r.priority),
-            _fmt_ts(r.created_at),
-            _fmt_ts(finished),
-            escape(_fmt_json(r.input)),
-            escape(_run_result(r)),
-        )
-    return table
-
-
-def _steps_table(name: str, run_id: int, steps: Sequence[StepRunInfo]) -> Table:
-    table = Table(title=f"Steps of run {run_id} of {escape(name)}", title_justify="left")
-    table.add_column("step", style="bold", no_wrap=True)
-    table.add_column("status", no_wrap=True)
-    table.add_column("attempts", justify="right")
-    table.add_column("items", justify="right", no_wrap=True)
-    table.add_column("started", no_wrap=True)
-    table.add_column("finished", no_wrap=True)
-    table.add_column("output / error", overflow="fold", ratio=1)
+def steps_table(
+    name: str, run_id: int, steps: Sequence[StepRunInfo], *, width: int, full: bool
+) -> RenderableType:
+    columns = [
+        Column("step", style="bold"),
+        Column("status"),
+        Column("attempts", justify="right", hide=3),
+        Column("items", justify="right", hide=4),
+        Column("started", hide=2, stack=True),
+        Column("finished", hide=1, stack=True),
+        Column("output / error", fit="cut"),
+    ]
+    rows = []
     for s in steps:
         finished = s.completed_at or s.failed_at or s.skipped_at or s.canceled_at
-        items = "-" if s.map_total is None else f"{s.map_done}/{s.map_total}"
-        result = _fmt_json(s.output) if s.status == "completed" else (s.error_message or "")
-        table.add_row(
-            escape(s.step_name),
-            _status(s.status),
-            str(s.attempts),
-            items,
-            _fmt_ts(s.started_at),
-            _fmt_ts(finished),
-            escape(result),
+        result = fmt_json(s.output) if s.status == "completed" else (s.error_message or "")
+        rows.append(
+            [
+                escape(s.step_name),
+                status(s.status),
+                str(s.attempts),
+                "-" if s.map_total is None else f"{s.map_done}/{s.map_total}",
+                fmt_ts(s.started_at),
+                fmt_ts(finished),
+                escape(result),
+            ]
         )
-    return table
+    title = f"Steps of run {run_id} of {escape(name)}"
+    return table(title, columns, rows, width=width, full=full)
+
+
+_LEGEND = (
+    "◀─ depends on",
+    "★ output candidate",
+    "⇉ mapper",
+    "↻ generator",
+    "Σ reducer",
+    "⚑ waits for a signal",
+    "? condition",
+)
+
+
+def legend(width: int) -> Text:
+    """The DAG's symbols, on as many lines of ``width`` as they take."""
+    lines = [""]
+    for entry in _LEGEND:
+        joined = f"{lines[-1]}   {entry}" if lines[-1] else entry
+        if len(joined) <= width or not lines[-1]:
+            lines[-1] = joined
+        else:
+            lines.append(entry)
+    return Text("\n".join(lines), style="dim")
+
+
+def _render_flow(
+    flow: FlowInfo, steps: Sequence[StepRunInfo] | None, width: int, full: bool
+) -> list[RenderableType]:
+    statuses = None if steps is None else {s.step_name: s.status for s in steps}
+    return [dag_tree(flow, statuses), legend(width)]
+
+
+FLOWS = RunKind(
+    noun="flow",
+    start_verb="start",
+    started="started",
+    run=Client.run_flow,
+    get_run=Client.get_flow_run,
+    list_runs=Client.list_flow_runs,
+    cancel_run=Client.cancel_flow_run,
+    purge_runs=Client.purge_flow_runs,
+    clear_runs=Client.clear_flow_runs,
+    list_all=Client.list_flows,
+    get=Client.get_flow,
+    definition_doc=flow_doc,
+    definitions_table=flows_table,
+    render_definition=_render_flow,
+    show_help="Show a flow's DAG (steps in topological layers) and its latest runs.",
+    show_run_help="Mark the steps' statuses in this run.",
+    cancel_help="Cancel a run: queued steps at once, running ones as their workers stop them.",
+    get_steps=Client.get_flow_run_steps,
+    cancel_reports_status=True,
+)
 
 
 # ---------------------------------------------------------------- commands
 
 
-@flow_app.command("ls")
-def flow_ls(dsn: DsnOption = None, as_json: JsonOption = False) -> None:
-    """List flow definitions."""
-    with _client(dsn) as client:
-        flows = client.list_flows()
-    if as_json:
-        _print_json([_flow_doc(f) for f in flows])
-    elif not flows:
-        out.print(
-            "No flows. Define them in Python and run 'catbird worker', or use client.create_flow()."
-        )
-    else:
-        out.print(_flows_table(flows))
+add_run_commands(app, FLOWS)
 
 
-@flow_app.command("show")
-def flow_show(
-    name: FlowArg,
-    run_id: Annotated[
-        int | None, typer.Option("--run", help="Mark the steps' statuses in this run.")
-    ] = None,
-    dsn: DsnOption = None,
-    as_json: JsonOption = False,
-) -> None:
-    """Show a flow's DAG (steps in topological layers) and its latest runs."""
-    with _client(dsn) as client:
-        flow = client.get_flow(name)
-        steps = None
-        if run_id is not None:
-            client.get_flow_run(name, run_id)  # NotFound for a missing run
-            steps = client.get_flow_run_steps(name, run_id)
-        runs = client.list_flow_runs(name, limit=10)
-    if as_json:
-        doc: dict[str, Any] = {"flow": _flow_doc(flow), "runs": [_doc(r) for r in runs]}
-        if steps is not None:
-            doc["steps"] = [_doc(s) for s in steps]
-        _print_json(doc)
-        return
-    statuses = None if steps is None else {s.step_name: s.status for s in steps}
-    out.print(dag_tree(flow, statuses))
-    out.print(
-        Text(
-            "◀─ depends on   ★ output candidate   ⇉ mapper   ↻ generator   Σ reducer"
-            "   ⚑ waits for a signal   ? condition",
-            style="dim",
-        )
-    )
-    if runs:
-        out.print(_runs_table(name, runs))
-    else:
-        out.print("No runs.")
-
-
-@flow_app.command("run")
-def flow_run(
-    name: FlowArg,
-    input_json: Annotated[
-        str, typer.Argument(metavar="INPUT", help="Flow input, as JSON.", show_default=False)
-    ],
-    concurrency_key: Annotated[
-        str | None,
-        typer.Option("--concurrency-key", help="No new run while an active run holds this key."),
-    ] = None,
-    priority: Annotated[int, typer.Option("--priority", help="Higher is claimed first.")] = 0,
-    headers: Annotated[
-        str | None, typer.Option("--headers", help="Headers, as a JSON object.")
-    ] = None,
-    delay: Annotated[
-        float | None, typer.Option("--delay", help="Seconds before the run may start.", min=0)
-    ] = None,
-    wait: Annotated[
-        float | None,
-        typer.Option("--wait", help="Wait up to this many seconds for the output.", min=0),
-    ] = None,
-    dsn: DsnOption = None,
-    as_json: JsonOption = False,
-) -> None:
-    """Start a run of a flow (and optionally wait for its output)."""
-    from ..errors import RunError
-
-    value = _parse_json(input_json, "INPUT")
-    header_map = _parse_headers(headers)
-    visible_at = _visible_at(delay)
-    with _client(dsn) as client:
-        handle = client.run_flow(
-            name,
-            value,
-            concurrency_key=concurrency_key,
-            headers=header_map,
-            visible_at=visible_at,
-            priority=priority,
-        )
-        if wait is None:
-            if as_json:
-                _print_json({"flow": name, "run_id": handle.id})
-            else:
-                out.print(f"Run [bold]{handle.id}[/] of [bold]{escape(name)}[/] started.")
-            return
-        try:
-            output = handle.wait_for_output(timeout=wait)
-        except TimeoutError:
-            _fail(f"run {handle.id} is not done after {wait:g} s")
-        except RunError as exc:
-            if as_json:
-                _print_json(
-                    {"flow": name, "run_id": handle.id, "status": exc.status, "error": exc.message}
-                )
-                raise typer.Exit(EXIT_ERROR) from None
-            _fail(exc.message)
-    if as_json:
-        _print_json({"flow": name, "run_id": handle.id, "status": "completed", "output": output})
-    else:
-        out.print(f"Run [bold]{handle.id}[/] completed: {escape(_fmt_json(output))}")
-
-
-@flow_app.command("runs")
-def flow_runs(
-    name: FlowArg,
-    limit: Annotated[int, typer.Option("--limit", help="At most this many runs.", min=1)] = 20,
-    before: Annotated[
-        int | None, typer.Option("--before", help="Only runs with a smaller id (paging).")
-    ] = None,
-    dsn: DsnOption = None,
-    as_json: JsonOption = False,
-) -> None:
-    """List a flow's runs, newest first."""
-    with _client(dsn) as client:
-        runs = client.list_flow_runs(name, limit=limit, before_id=before)
-    if as_json:
-        _print_json([_doc(r) for r in runs])
-    elif not runs:
-        out.print(f"No runs of {escape(name)}.")
-    else:
-        out.print(_runs_table(name, runs))
-
-
-@flow_app.command("steps")
+@app.command("steps")
 def flow_steps(
-    name: FlowArg, run_id: RunArg, dsn: DsnOption = None, as_json: JsonOption = False
+    name: FlowArg,
+    run_id: RunArg,
+    dsn: DsnOption = None,
+    as_json: JsonOption = False,
+    full: FullOption = False,
 ) -> None:
     """Show the steps of one run: status, attempts, items, output or error."""
-    with _client(dsn) as client:
+    with open_client(dsn) as client:
         run = client.get_flow_run(name, run_id)
         steps = client.get_flow_run_steps(name, run_id)
     if as_json:
-        _print_json({"run": _doc(run), "steps": [_doc(s) for s in steps]})
+        print_json({"run": record(run), "steps": [record(s) for s in steps]})
         return
+    result = run_result(run)
     out.print(
-        f"Run [bold]{run.id}[/] of [bold]{escape(name)}[/]: {_status(run.status)}"
-        + (f" — {escape(_run_result(run))}" if _run_result(run) else "")
+        f"Run [bold]{run.id}[/] of [bold]{escape(name)}[/]: {status(run.status)}"
+        + (f" — {escape(result)}" if result else "")
     )
-    out.print(_steps_table(name, run_id, steps))
+    out.print(steps_table(name, run_id, steps, width=out.width, full=full))
 
 
-@flow_app.command("signal")
+@app.command("signal")
 def flow_signal(
     name: FlowArg,
     run_id: RunArg,
@@ -407,32 +270,12 @@ def flow_signal(
     as_json: JsonOption = False,
 ) -> None:
     """Deliver a signal to a step declared with signal=True."""
-    value = _parse_json(input_json, "INPUT")
-    with _client(dsn) as client:
+    value = parse_json(input_json, "INPUT")
+    with open_client(dsn) as client:
         delivered = client.signal_flow(name, run_id, step, value)
     if as_json:
-        _print_json({"flow": name, "run_id": run_id, "step": step, "delivered": delivered})
+        print_json({"flow": name, "run_id": run_id, "step": step, "delivered": delivered})
     elif delivered:
         out.print(f"Signal delivered to [bold]{escape(step)}[/] of run {run_id}.")
     else:
-        _fail(f"signal not delivered: step {step!r} already has one, or run {run_id} is finished")
-
-
-@flow_app.command("cancel")
-def flow_cancel(
-    name: FlowArg,
-    run_id: RunArg,
-    reason: Annotated[str | None, typer.Option("--reason", help="Why (stored on the run).")] = None,
-    dsn: DsnOption = None,
-    as_json: JsonOption = False,
-) -> None:
-    """Cancel a run: queued steps at once, running ones as their workers stop them."""
-    with _client(dsn) as client:
-        canceled = client.cancel_flow_run(name, run_id, reason=reason)
-        status = client.get_flow_run(name, run_id).status if canceled else None
-    if as_json:
-        _print_json({"flow": name, "run_id": run_id, "canceled": canceled, "status": status})
-    elif canceled:
-        out.print(f"Run {run_id} of [bold]{escape(name)}[/]: {_status(status)}.")
-    else:
-        _fail(f"run {run_id} of flow {name!r} does not exist or already finished")
+        fail(f"signal not delivered: step {step!r} already has one, or run {run_id} is finished")

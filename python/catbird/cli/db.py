@@ -1,0 +1,87 @@
+"""``catbird db ...``: install catbird into a database, show the installation."""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from typing import Annotated
+
+import typer
+from rich.markup import escape
+from rich.table import Table
+
+from ..db import install as _install
+from ._common import App, DsnOption, JsonOption, open_connection, out
+from .output import print_json
+
+__all__ = ["app"]
+
+app = App(help="Install catbird into a database and inspect the installation.")
+
+
+class InstallModeChoice(StrEnum):
+    extension = "extension"
+    plain = "plain"
+    pg_tle_script = "pg-tle-script"
+
+
+@app.command("install")
+def db_install(
+    dsn: DsnOption = None,
+    mode: Annotated[
+        InstallModeChoice,
+        typer.Option(
+            "--mode",
+            help=(
+                "extension: CREATE EXTENSION (the server has the files); "
+                "pg-tle-script: register through pg_tle, then CREATE EXTENSION; "
+                "plain: run the SQL into schema catbird without an extension."
+            ),
+        ),
+    ] = InstallModeChoice.extension,
+    as_json: JsonOption = False,
+) -> None:
+    """Install catbird into the database (installing it again is a no-op)."""
+    with open_connection(dsn) as conn:
+        before = _install.status(conn)
+        _install.install(conn, mode=mode.value)
+        after = _install.status(conn)
+        database = conn.info.dbname
+    changed = not before["installed"]
+    if as_json:
+        print_json({"database": database, "changed": changed, **after})
+        return
+    if changed:
+        out.print(
+            f"[green]Installed[/] catbird {after['version']} ({after['how']}) "
+            f"in database [bold]{escape(database)}[/]."
+        )
+    else:
+        out.print(
+            f"catbird {after['version']} is already installed ({after['how']}) "
+            f"in database [bold]{escape(database)}[/]; nothing to do."
+        )
+
+
+@app.command("status")
+def db_status(dsn: DsnOption = None, as_json: JsonOption = False) -> None:
+    """Show whether and how catbird is installed in the database."""
+    with open_connection(dsn) as conn:
+        status = _install.status(conn)
+        database = conn.info.dbname
+    if as_json:
+        print_json({"database": database, **status})
+        return
+    table = Table(show_header=False, title=f"catbird in {escape(database)}", title_justify="left")
+    table.add_column(style="bold")
+    table.add_column()
+    installed = (
+        f"[green]yes[/] ({status['how']}, version {status['version']})"
+        if status["installed"]
+        else "[yellow]no[/] (run 'catbird db install')"
+    )
+    table.add_row("installed", installed)
+    table.add_row("package version", _install.EXTENSION_VERSION)
+    table.add_row("available versions", ", ".join(status["available_versions"]) or "-")
+    table.add_row("pg_tle", "yes" if status["pg_tle"] else "no")
+    table.add_row("server", f"PostgreSQL {escape(status['server_version'])}")
+    out.print(table)
