@@ -63,7 +63,7 @@ def _call(name: str, function: Any) -> Query[Any]:
     args = {
         p.name: uuid.uuid4() if name.startswith("worker") and p.name == "id" else SAMPLES[p.name]
         for p in inspect.signature(function).parameters.values()
-        if p.default is inspect.Parameter.empty
+        if p.default is inspect.Parameter.empty and p.kind is not inspect.Parameter.VAR_KEYWORD
     }
     query: Query[Any] = function(**args)
     return query
