@@ -95,6 +95,17 @@ AS $$
                 ELSE quote_literal(cron_spec) END
 $$;
 
+-- The hint of a cron field error: the field's grammar and values.
+CREATE FUNCTION catbird._cb_cron_hint(field_name text, lo int, hi int) RETURNS text
+LANGUAGE sql IMMUTABLE
+AS $$
+    SELECT format('The %s field takes "*", N, N-M, */S, N-M/S, N/S or a comma list of those, with values %s-%s%s.',
+                  field_name, lo, hi,
+                  CASE WHEN field_name = 'month' THEN ' or JAN-DEC'
+                       WHEN field_name = 'day-of-week' THEN ' or SUN-SAT (0 and 7 are Sunday)'
+                       ELSE '' END)
+$$;
+
 -- One field of a cron spec as a bit mask of its allowed values (bit v for
 -- value v; a weekday 7 is stored as 0), and whether it holds a bare "*".
 -- Raises 22023 naming the field for anything outside the grammar.
@@ -105,45 +116,50 @@ AS $$
 DECLARE
     v_element text;
     v_parts text[];
+    v_base text;
     v_from int;
     v_to int;
     v_step int;
     v_value int;
     -- the largest value a range may name: 7 for Sunday in day-of-week
     v_max int := CASE WHEN field_name = 'day-of-week' THEN 7 ELSE hi END;
-    v_hint text := format('expected "*", N, N-M, */S, N-M/S, N/S or a comma list of those, with values %s-%s%s',
-                          lo, v_max,
-                          CASE WHEN field_name = 'month' THEN ' or JAN-DEC'
-                               WHEN field_name = 'day-of-week' THEN ' or SUN-SAT (0 and 7 are Sunday)'
-                               ELSE '' END);
 BEGIN
     mask := 0;
     star := false;
     FOREACH v_element IN ARRAY string_to_array(field, ',') LOOP
         IF v_element = '' THEN
             RAISE EXCEPTION 'invalid cron spec %: the % field % has an empty list element', catbird._cb_cron_quote(cron_spec), field_name, quote_literal(field)
-                USING ERRCODE = 'invalid_parameter_value', HINT = v_hint;
+                USING ERRCODE = 'invalid_parameter_value', HINT = catbird._cb_cron_hint(field_name, lo, v_max);
         END IF;
-        v_parts := regexp_match(v_element, '^(?:(\*)|([a-z0-9]+)(?:-([a-z0-9]+))?)(?:/([0-9]+))?$');
-        IF v_parts IS NULL THEN
-            IF v_element ~ '/(0*|.*[^0-9].*)$' THEN
-                RAISE EXCEPTION 'invalid cron spec %: the % field % has a bad step in %: a step is a whole number of at least 1',
-                    catbird._cb_cron_quote(cron_spec), field_name, quote_literal(left(field, 100)), quote_literal(left(v_element, 100))
-                    USING ERRCODE = 'invalid_parameter_value', HINT = v_hint;
-            END IF;
-            RAISE EXCEPTION 'invalid cron spec %: the % field % cannot be read at %',
-                catbird._cb_cron_quote(cron_spec), field_name, quote_literal(left(field, 100)), quote_literal(left(v_element, 100))
-                USING ERRCODE = 'invalid_parameter_value', HINT = v_hint;
-        END IF;
-        IF v_parts[4] IS NOT NULL THEN
-            IF length(v_parts[4]) > 4 OR v_parts[4]::int < 1 THEN
+        -- element = base ["/" step]; base = "*" | value ["-" value]. Split by
+        -- hand: regexp_match with capture groups costs more than the rest of
+        -- the parse together.
+        v_parts := ARRAY[NULL, NULL, NULL, NULL]::text[];
+        v_base := v_element;
+        IF strpos(v_element, '/') > 0 THEN
+            v_base := split_part(v_element, '/', 1);
+            v_parts[4] := substr(v_element, strpos(v_element, '/') + 1);
+            IF v_parts[4] !~ '^[0-9]{1,4}$' OR v_parts[4]::int < 1 THEN
                 RAISE EXCEPTION 'invalid cron spec %: the % field % has a bad step %: a step is a whole number from 1 to 9999',
-                    catbird._cb_cron_quote(cron_spec), field_name, quote_literal(left(field, 100)), quote_literal(v_parts[4])
-                    USING ERRCODE = 'invalid_parameter_value', HINT = v_hint;
+                    catbird._cb_cron_quote(cron_spec), field_name, quote_literal(left(field, 100)), quote_literal(left(v_parts[4], 100))
+                    USING ERRCODE = 'invalid_parameter_value', HINT = catbird._cb_cron_hint(field_name, lo, v_max);
             END IF;
             v_step := v_parts[4]::int;
         ELSE
             v_step := 1;
+        END IF;
+        IF v_base = '*' THEN
+            v_parts[1] := '*';
+        ELSIF strpos(v_base, '-') > 0 THEN
+            v_parts[2] := split_part(v_base, '-', 1);
+            v_parts[3] := substr(v_base, strpos(v_base, '-') + 1);
+        ELSE
+            v_parts[2] := v_base;
+        END IF;
+        IF v_parts[1] IS NULL AND (v_parts[2] !~ '^[a-z0-9]+$' OR v_parts[3] !~ '^[a-z0-9]+$') THEN
+            RAISE EXCEPTION 'invalid cron spec %: the % field % cannot be read at %',
+                catbird._cb_cron_quote(cron_spec), field_name, quote_literal(left(field, 100)), quote_literal(left(v_element, 100))
+                USING ERRCODE = 'invalid_parameter_value', HINT = catbird._cb_cron_hint(field_name, lo, v_max);
         END IF;
         IF v_parts[1] IS NOT NULL THEN
             v_from := lo;
@@ -163,7 +179,7 @@ BEGIN
                     IF v_value IS NULL THEN
                         RAISE EXCEPTION 'invalid cron spec %: the % field % has an unknown value %',
                             catbird._cb_cron_quote(cron_spec), field_name, quote_literal(left(field, 100)), quote_literal(left(v_parts[i], 100))
-                            USING ERRCODE = 'invalid_parameter_value', HINT = v_hint;
+                            USING ERRCODE = 'invalid_parameter_value', HINT = catbird._cb_cron_hint(field_name, lo, v_max);
                     END IF;
                     -- names are 1-based in the array: JAN = 1, SUN = 0
                     v_value := v_value + lo - 1;
@@ -175,7 +191,7 @@ BEGIN
                 IF v_value < lo OR v_value > v_max THEN
                     RAISE EXCEPTION 'invalid cron spec %: the % field % has the value %, out of range %-%',
                         catbird._cb_cron_quote(cron_spec), field_name, quote_literal(left(field, 100)), v_parts[i], lo, v_max
-                        USING ERRCODE = 'invalid_parameter_value', HINT = v_hint;
+                        USING ERRCODE = 'invalid_parameter_value', HINT = catbird._cb_cron_hint(field_name, lo, v_max);
                 END IF;
                 IF i = 2 THEN v_from := v_value; ELSE v_to := v_value; END IF;
             END LOOP;
@@ -189,8 +205,13 @@ BEGIN
             ELSIF v_to < v_from THEN
                 RAISE EXCEPTION 'invalid cron spec %: the % field % has a reversed range %: write the smaller value first',
                     catbird._cb_cron_quote(cron_spec), field_name, quote_literal(left(field, 100)), quote_literal(left(v_element, 100))
-                    USING ERRCODE = 'invalid_parameter_value', HINT = v_hint;
+                    USING ERRCODE = 'invalid_parameter_value', HINT = catbird._cb_cron_hint(field_name, lo, v_max);
             END IF;
+        END IF;
+        IF v_step = 1 AND field_name <> 'day-of-week' THEN
+            -- a plain range: bits v_from..v_to at once
+            mask := mask | ((((1::bigint << (v_to - v_from + 1)) - 1)) << v_from);
+            CONTINUE;
         END IF;
         v_value := v_from;
         WHILE v_value <= v_to LOOP
@@ -202,31 +223,54 @@ END
 $$;
 
 -- Lookup arrays of a mask over lo..hi: for each value, the next (forward) or
--- previous allowed value, NULL when there is none.
+-- previous allowed value, NULL when there is none. One pass over the range.
 CREATE FUNCTION catbird._cb_cron_lookup(mask bigint, lo int, hi int, forward boolean) RETURNS int[]
-LANGUAGE sql IMMUTABLE STRICT
+LANGUAGE plpgsql IMMUTABLE STRICT
 AS $$
-    SELECT array_agg(CASE WHEN forward
-                          THEN (SELECT min(b) FROM generate_series(i, hi) b WHERE (mask >> b) & 1 = 1)
-                          ELSE (SELECT max(b) FROM generate_series(lo, i) b WHERE (mask >> b) & 1 = 1) END
-                     ORDER BY i)
-    FROM generate_series(lo, hi) i
+DECLARE
+    v_lookup int[] := array_fill(NULL::int, ARRAY[hi - lo + 1]);
+    v_current int;
+BEGIN
+    IF forward THEN
+        FOR i IN REVERSE hi..lo LOOP
+            IF (mask >> i) & 1 = 1 THEN v_current := i; END IF;
+            v_lookup[i - lo + 1] := v_current;
+        END LOOP;
+    ELSE
+        FOR i IN lo..hi LOOP
+            IF (mask >> i) & 1 = 1 THEN v_current := i; END IF;
+            v_lookup[i - lo + 1] := v_current;
+        END LOOP;
+    END IF;
+    RETURN v_lookup;
+END
 $$;
 
 -- Weekday offsets: for each weekday w (0 = Sunday), how many days forward
--- (or back) the nearest allowed weekday is.
+-- (or back) the nearest allowed weekday is (mask is not empty).
 CREATE FUNCTION catbird._cb_cron_dow_lookup(mask bigint, forward boolean) RETURNS int[]
-LANGUAGE sql IMMUTABLE STRICT
+LANGUAGE plpgsql IMMUTABLE STRICT
 AS $$
-    SELECT array_agg((SELECT min(k) FROM generate_series(0, 6) k
-                      WHERE (mask >> (CASE WHEN forward THEN w + k ELSE w - k + 7 END) % 7) & 1 = 1)
-                     ORDER BY w)
-    FROM generate_series(0, 6) w
+DECLARE
+    v_lookup int[] := array_fill(NULL::int, ARRAY[7]);
+    v_k int;
+BEGIN
+    FOR w IN 0..6 LOOP
+        v_k := 0;
+        WHILE (mask >> (CASE WHEN forward THEN w + v_k ELSE w - v_k + 7 END) % 7) & 1 = 0 LOOP
+            v_k := v_k + 1;
+        END LOOP;
+        v_lookup[w + 1] := v_k;
+    END LOOP;
+    RETURN v_lookup;
+END
 $$;
 
 -- Parses a cron spec into a cb_cron; 22023 naming the bad field when invalid
 -- (including a spec that matches no day at all, such as "0 0 30 2 *").
-CREATE FUNCTION catbird._cb_parse_cron(cron_spec text) RETURNS catbird.cb_cron
+-- Without with_prev the *_prev arrays are left NULL (enough for
+-- _cb_cron_next, and half the work).
+CREATE FUNCTION catbird._cb_parse_cron(cron_spec text, with_prev boolean = true) RETURNS catbird.cb_cron
 LANGUAGE plpgsql IMMUTABLE
 AS $$
 DECLARE
@@ -301,15 +345,17 @@ BEGIN
     END IF;
 
     v_cron.minute_next := catbird._cb_cron_lookup(v_minute.mask, 0, 59, true);
-    v_cron.minute_prev := catbird._cb_cron_lookup(v_minute.mask, 0, 59, false);
     v_cron.hour_next := catbird._cb_cron_lookup(v_hour.mask, 0, 23, true);
-    v_cron.hour_prev := catbird._cb_cron_lookup(v_hour.mask, 0, 23, false);
     v_cron.dom_next := catbird._cb_cron_lookup(v_dom.mask, 1, 31, true);
-    v_cron.dom_prev := catbird._cb_cron_lookup(v_dom.mask, 1, 31, false);
     v_cron.month_next := catbird._cb_cron_lookup(v_month.mask, 1, 12, true);
-    v_cron.month_prev := catbird._cb_cron_lookup(v_month.mask, 1, 12, false);
     v_cron.dow_next := catbird._cb_cron_dow_lookup(v_dow.mask, true);
-    v_cron.dow_prev := catbird._cb_cron_dow_lookup(v_dow.mask, false);
+    IF with_prev THEN
+        v_cron.minute_prev := catbird._cb_cron_lookup(v_minute.mask, 0, 59, false);
+        v_cron.hour_prev := catbird._cb_cron_lookup(v_hour.mask, 0, 23, false);
+        v_cron.dom_prev := catbird._cb_cron_lookup(v_dom.mask, 1, 31, false);
+        v_cron.month_prev := catbird._cb_cron_lookup(v_month.mask, 1, 12, false);
+        v_cron.dow_prev := catbird._cb_cron_dow_lookup(v_dow.mask, false);
+    END IF;
     RETURN v_cron;
 END
 $$;
@@ -519,7 +565,7 @@ LANGUAGE plpgsql IMMUTABLE
 AS $$
 BEGIN
     PERFORM catbird._cb_check_cron_time('from_time', from_time);
-    RETURN catbird._cb_cron_next(catbird._cb_parse_cron(cron_spec), from_time);
+    RETURN catbird._cb_cron_next(catbird._cb_parse_cron(cron_spec, with_prev => false), from_time);
 END
 $$;
 
@@ -531,7 +577,7 @@ RETURNS SETOF timestamptz
 LANGUAGE plpgsql IMMUTABLE
 AS $$
 DECLARE
-    v_cron catbird.cb_cron := catbird._cb_parse_cron(cron_spec);
+    v_cron catbird.cb_cron := catbird._cb_parse_cron(cron_spec, with_prev => false);
     v_tick timestamptz := from_time;
 BEGIN
     PERFORM catbird._cb_check_cron_time('from_time', from_time);
