@@ -4183,12 +4183,28 @@ BEGIN
         v_keys := ARRAY(SELECT 'sched:' || v_schedule.name || ':'
                                || to_char(k AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS"Z"')
                         FROM unnest(v_plan.ticks) WITH ORDINALITY AS u(k, o) ORDER BY o);
+        -- A tick whose key a live run already holds (a replayed tick) enqueues
+        -- nothing; the insert below deduplicates any race on top of this.
         IF kind = 'task' THEN
-            PERFORM catbird._cb_insert_task_runs(v_schedule.task, array_fill(v_schedule.input, ARRAY[cardinality(v_keys)]),
-                                                 v_keys, NULL, NULL, 0, NULL);
+            v_keys := ARRAY(SELECT k FROM unnest(v_keys) WITH ORDINALITY AS u(k, o)
+                            WHERE NOT EXISTS (SELECT 1 FROM catbird.cb_task_runs r
+                                              WHERE r.task_id = (v_schedule.task).id AND r.concurrency_key = u.k
+                                                AND r.status IN ('queued', 'started'))
+                            ORDER BY o);
+            IF cardinality(v_keys) > 0 THEN
+                PERFORM catbird._cb_insert_task_runs(v_schedule.task, array_fill(v_schedule.input, ARRAY[cardinality(v_keys)]),
+                                                     v_keys, NULL, NULL, 0, NULL);
+            END IF;
         ELSE
-            PERFORM catbird._cb_insert_flow_runs(v_schedule.flow, array_fill(v_schedule.input, ARRAY[cardinality(v_keys)]),
-                                                 v_keys, NULL, NULL, 0, NULL);
+            v_keys := ARRAY(SELECT k FROM unnest(v_keys) WITH ORDINALITY AS u(k, o)
+                            WHERE NOT EXISTS (SELECT 1 FROM catbird.cb_flow_runs r
+                                              WHERE r.flow_id = (v_schedule.flow).id AND r.concurrency_key = u.k
+                                                AND r.status IN ('started', 'canceling'))
+                            ORDER BY o);
+            IF cardinality(v_keys) > 0 THEN
+                PERFORM catbird._cb_insert_flow_runs(v_schedule.flow, array_fill(v_schedule.input, ARRAY[cardinality(v_keys)]),
+                                                     v_keys, NULL, NULL, 0, NULL);
+            END IF;
         END IF;
         v_count := v_count + cardinality(v_keys);
         v_done_ids := v_done_ids || v_schedule.id;
@@ -4211,9 +4227,11 @@ $$;
 -- 'all' every due tick, at most batch_size per schedule per call (the rest on
 -- the next call). At most max_schedules schedules are fired per call, oldest
 -- tick first (call again for the rest). Safe to call concurrently from any
--- number of sessions: each tick fires exactly once. Returns the number of
--- ticks fired (one run each; a tick whose concurrency key
--- sched:<task>:<tick> is still held by a queued or started run reuses it).
+-- number of sessions: each tick fires exactly once. Each tick enqueues one
+-- run with the schedule's input and the concurrency key sched:<task>:<tick>
+-- (tick in ISO-8601 UTC, e.g. sched:report:2030-01-01T09:00:00Z); a tick
+-- whose key a queued or started run still holds enqueues nothing. Returns the
+-- number of runs enqueued.
 -- Errors: 22023 batch_size or max_schedules < 1.
 CREATE FUNCTION catbird.cb_execute_due_task_schedules(task_names text[] = NULL, batch_size int = 100,
                                                       max_schedules int = 1000)
