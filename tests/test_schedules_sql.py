@@ -125,16 +125,29 @@ def test_next_cron_tick_fixed_cases(conn, spec, start, expected):
 def test_next_cron_ticks_lists_the_following_ticks(conn):
     got = [
         r["cb_next_cron_ticks"]
-        for r in call(conn, "cb_next_cron_ticks", cron_spec="0 9 * * 1-5", from_time=at("2030-01-03 10:00"), quantity=4)
+        for r in call(
+            conn,
+            "cb_next_cron_ticks",
+            cron_spec="0 9 * * 1-5",
+            from_time=at("2030-01-03 10:00"),
+            quantity=4,
+        )
     ]
-    assert got == [at("2030-01-04 09:00"), at("2030-01-07 09:00"), at("2030-01-08 09:00"), at("2030-01-09 09:00")]
+    assert got == [
+        at("2030-01-04 09:00"),
+        at("2030-01-07 09:00"),
+        at("2030-01-08 09:00"),
+        at("2030-01-09 09:00"),
+    ]
     with rejected(conn, errors.InvalidParameterValue):
         call(conn, "cb_next_cron_ticks", cron_spec="* * * * *", from_time=T0, quantity=0)
     with rejected(conn, errors.InvalidParameterValue):
         call(conn, "cb_next_cron_ticks", cron_spec="* * * * *", from_time=T0, quantity=100_000)
 
 
-@pytest.mark.parametrize("zone", ["UTC", "America/New_York", "Asia/Kolkata", "Pacific/Chatham", "Australia/Lord_Howe"])
+@pytest.mark.parametrize(
+    "zone", ["UTC", "America/New_York", "Asia/Kolkata", "Pacific/Chatham", "Australia/Lord_Howe"]
+)
 def test_the_session_time_zone_is_ignored(conn, zone):
     conn.execute(f"SET TimeZone = '{zone}'")
     # DST changes in New York (2030-03-10, 2030-11-03) and Lord Howe (half an hour)
@@ -145,12 +158,14 @@ def test_the_session_time_zone_is_ignored(conn, zone):
         ("@monthly", "2030-01-31 23:00", "2030-02-01 00:00"),
     ]:
         assert next_tick(conn, spec, at(start)) == at(expected)
-    # a time given with an offset is the same instant
+    # a time given with an offset is the same instant (23:30 UTC)
     assert scalar(
-        conn, "SELECT catbird.cb_next_cron_tick('0 0 * * *', '2030-01-01 20:00-05')"
+        conn, "SELECT catbird.cb_next_cron_tick('0 0 * * *', '2030-01-01 18:30-05')"
     ) == at("2030-01-02 00:00")
     assert scalar(
-        conn, "SELECT catbird.cb_next_cron_tick('0 0 * * *', '2030-01-01 20:00-05') = '2030-01-02 00:00+00'"
+        conn,
+        "SELECT catbird.cb_next_cron_tick('0 0 * * *', '2030-01-01 18:30-05')"
+        " = '2030-01-02 00:00+00'",
     )
 
 
@@ -199,7 +214,9 @@ def _field(rng: random.Random, lo: int, hi: int, kind: str) -> str:
 
 def random_spec(rng: random.Random) -> str:
     if rng.random() < 0.03:
-        return rng.choice(["@yearly", "@annually", "@monthly", "@weekly", "@daily", "@midnight", "@hourly"])
+        return rng.choice(
+            ["@yearly", "@annually", "@monthly", "@weekly", "@daily", "@midnight", "@hourly"]
+        )
     return " ".join(
         [
             _field(rng, 0, 59, "minute"),
@@ -256,11 +273,14 @@ def test_next_cron_tick_agrees_with_croniter(conn):
             r[0]
             for r in cur.execute(
                 "SELECT catbird.cb_next_cron_tick(u.s, u.f)"
-                " FROM unnest(%s::text[], %s::timestamptz[]) WITH ORDINALITY AS u(s, f, o) ORDER BY u.o",
+                " FROM unnest(%s::text[], %s::timestamptz[]) WITH ORDINALITY AS u(s, f, o)"
+                " ORDER BY u.o",
                 (specs, starts),
             ).fetchall()
         ]
-    mismatches = [(s, f, e, g) for s, f, e, g in zip(specs, starts, expected, got, strict=True) if e != g]
+    mismatches = [
+        (s, f, e, g) for s, f, e, g in zip(specs, starts, expected, got, strict=True) if e != g
+    ]
     assert not mismatches, f"{len(mismatches)} of {len(specs)} differ, e.g. {mismatches[:5]}"
 
 
@@ -282,11 +302,14 @@ def test_previous_tick_agrees_with_croniter(conn):
             r[0]
             for r in cur.execute(
                 "SELECT catbird._cb_cron_prev(catbird._cb_parse_cron(u.s), u.f)"
-                " FROM unnest(%s::text[], %s::timestamptz[]) WITH ORDINALITY AS u(s, f, o) ORDER BY u.o",
+                " FROM unnest(%s::text[], %s::timestamptz[]) WITH ORDINALITY AS u(s, f, o)"
+                " ORDER BY u.o",
                 (specs, starts),
             ).fetchall()
         ]
-    mismatches = [(s, f, e, g) for s, f, e, g in zip(specs, starts, expected, got, strict=True) if e != g]
+    mismatches = [
+        (s, f, e, g) for s, f, e, g in zip(specs, starts, expected, got, strict=True) if e != g
+    ]
     assert not mismatches, f"{len(mismatches)} of {len(specs)} differ, e.g. {mismatches[:5]}"
 
 
@@ -295,12 +318,14 @@ def test_specs_croniter_finds_no_date_for_are_rejected(conn):
     never = [f"0 0 {d} {m} *" for d, m in [(30, 2), (31, 2), (31, 4), (31, 6), (31, 9), (31, 11)]]
     while len(never) < 40:
         months = rng.sample([2, 4, 6, 9, 11], rng.randint(1, 3))
-        days = [31] if 2 not in months else rng.sample([30, 31], rng.randint(1, 2))
+        days = rng.sample([30, 31], rng.randint(1, 2)) if months == [2] else [31]
         never.append(f"0 0 {','.join(map(str, days))} {','.join(map(str, months))} *")
     for spec in never:
         with pytest.raises(Exception):  # noqa: B017 - the oracle's own error type
             croniter(spec, T0).get_next(dt.datetime)
-        with pytest.raises(errors.InvalidParameterValue, match="matches no minute in the next 8 years"):
+        with pytest.raises(
+            errors.InvalidParameterValue, match="matches no minute in the next 8 years"
+        ):
             next_tick(conn, spec, T0)
 
 
@@ -373,7 +398,9 @@ def test_absurd_specs_are_rejected_without_quoting_them_in_full(conn):
     for spec in ["1," * 5000 + "1 * * * *", "*" * 100_000, "x" * 2000]:
         with rejected(conn, errors.InvalidParameterValue) as info:
             fn(conn, "cb_create_task_schedule", task_name="work", cron_spec=spec)
-        assert len(str(info.value)) < 600
+        message = info.value.diag.message_primary or ""
+        assert "longer than 1000 characters" in message or "cannot be read" in message
+        assert len(message) < 400
 
 
 def test_null_arguments_are_rejected(conn):
@@ -390,7 +417,10 @@ def test_null_arguments_are_rejected(conn):
 
 # =========================================================================== schedules
 
-def create_task_schedule(conn: psycopg.Connection, spec: str, task: str = "work", **kw: Any) -> None:
+
+def create_task_schedule(
+    conn: psycopg.Connection, spec: str, task: str = "work", **kw: Any
+) -> None:
     if "input" in kw:
         kw["input"] = J(kw["input"])
     fn(conn, "cb_create_task_schedule", task_name=task, cron_spec=spec, **kw)
@@ -486,7 +516,10 @@ def test_a_schedule_fires_each_tick_once_with_its_input_and_key(conn, clock, wor
     clock.set(at("2030-01-01 00:10:01"))
     assert execute(conn) == 1
     got = runs(conn)
-    assert [r["concurrency_key"] for r in got] == [key("work", "2030-01-01 00:05"), key("work", "2030-01-01 00:10")]
+    assert [r["concurrency_key"] for r in got] == [
+        key("work", "2030-01-01 00:05"),
+        key("work", "2030-01-01 00:10"),
+    ]
     assert [r["input"] for r in got] == [{"n": 1}, {"n": 1}]
     assert [r["status"] for r in got] == ["queued", "queued"]
     info = task_schedules(conn)["work"]
@@ -496,7 +529,13 @@ def test_a_schedule_fires_each_tick_once_with_its_input_and_key(conn, clock, wor
 
 
 # ten-minute ticks from 00:10; the clock comes back at 00:55 after downtime
-MISSED = ["2030-01-01 00:10", "2030-01-01 00:20", "2030-01-01 00:30", "2030-01-01 00:40", "2030-01-01 00:50"]
+MISSED = [
+    "2030-01-01 00:10",
+    "2030-01-01 00:20",
+    "2030-01-01 00:30",
+    "2030-01-01 00:40",
+    "2030-01-01 00:50",
+]
 
 
 @pytest.mark.parametrize(
@@ -556,7 +595,13 @@ def test_max_schedules_limits_one_call_oldest_tick_first(conn, clock):
         create_task_schedule(conn, "* * * * *", task=f"t{i}")
     clock.set(T0 + dt.timedelta(minutes=10))
     assert execute(conn, max_schedules=2) == 2
-    assert {n: len(runs(conn, n)) for n in ["t0", "t1", "t2", "t3", "t4"]} == {"t0": 1, "t1": 1, "t2": 0, "t3": 0, "t4": 0}
+    assert {n: len(runs(conn, n)) for n in ["t0", "t1", "t2", "t3", "t4"]} == {
+        "t0": 1,
+        "t1": 1,
+        "t2": 0,
+        "t3": 0,
+        "t4": 0,
+    }
     assert execute(conn) == 3
 
 
@@ -649,21 +694,36 @@ def test_a_false_condition_makes_scheduled_runs_skipped(conn, clock):
 
 
 def test_flow_schedules(conn, clock):
-    fn(conn, "cb_create_flow", name="nightly", steps=J([{"name": "extract"}, {"name": "load", "depends_on": [{"name": "extract"}]}]))
-    fn(conn, "cb_create_flow_schedule", flow_name="nightly", cron_spec="30 2 * * *", input=J({"day": "x"}), catch_up="skip")
+    fn(
+        conn,
+        "cb_create_flow",
+        name="nightly",
+        steps=J([{"name": "extract"}, {"name": "load", "depends_on": [{"name": "extract"}]}]),
+    )
+    fn(
+        conn,
+        "cb_create_flow_schedule",
+        flow_name="nightly",
+        cron_spec="30 2 * * *",
+        input=J({"day": "x"}),
+        catch_up="skip",
+    )
     (info,) = call(conn, "cb_list_flow_schedules")
     assert info["flow_name"] == "nightly"
     assert info["next_run_at"] == at("2030-01-01 02:30")
     assert info["catch_up"] == "skip"
-    clock.set(at("2030-01-04 03:00"))  # three nights missed
+    clock.set(at("2030-01-04 03:00"))  # four nights missed: skip fires the last
     assert fn(conn, "cb_execute_due_task_schedules") == 0  # task schedules only
     assert fn(conn, "cb_execute_due_flow_schedules") == 1
     assert fn(conn, "cb_execute_due_flow_schedules") == 0
     (run,) = call(conn, "cb_list_flow_runs", name="nightly")
-    assert run["concurrency_key"] == key("nightly", "2030-01-03 02:30")
+    assert run["concurrency_key"] == key("nightly", "2030-01-04 02:30")
     assert run["input"] == {"day": "x"}
     assert run["status"] == "started"
-    steps = {s["step_name"]: s["status"] for s in call(conn, "cb_get_flow_run_steps", flow_name="nightly", run_id=run["id"])}
+    steps = {
+        s["step_name"]: s["status"]
+        for s in call(conn, "cb_get_flow_run_steps", flow_name="nightly", run_id=run["id"])
+    }
     assert steps == {"extract": "queued", "load": "waiting_for_dependencies"}
     assert fn(conn, "cb_disable_flow_schedule", flow_name="nightly") is True
     assert fn(conn, "cb_enable_flow_schedule", flow_name="nightly") is True
@@ -761,8 +821,12 @@ def test_eight_concurrent_executors_fire_each_tick_exactly_once(conn, dsn):
     Clock(conn, T0)
     for i, name in enumerate(tasks):
         fn(conn, "cb_create_task", name=name)
-        create_task_schedule(conn, "* * * * *" if i % 2 else "*/2 * * * *", task=name,
-                             catch_up=["skip", "one", "all"][i % 3])
+        create_task_schedule(
+            conn,
+            "* * * * *" if i % 2 else "*/2 * * * *",
+            task=name,
+            catch_up=["skip", "one", "all"][i % 3],
+        )
     fn(conn, "cb_create_flow", name="f", steps=J([{"name": "s"}]))
     fn(conn, "cb_create_flow_schedule", flow_name="f", cron_spec="* * * * *", catch_up="all")
     minutes = 30
@@ -775,7 +839,9 @@ def test_eight_concurrent_executors_fire_each_tick_exactly_once(conn, dsn):
         for m in range(1, minutes + 1):
             clock.set(T0 + m * MINUTE + dt.timedelta(seconds=index))
             barrier.wait(timeout=60)
-            n = fn(c, "cb_execute_due_task_schedules") + fn(c, "cb_execute_due_flow_schedules", batch_size=1)
+            n = fn(c, "cb_execute_due_task_schedules") + fn(
+                c, "cb_execute_due_flow_schedules", batch_size=1
+            )
             with lock:
                 fired.append(n)
             barrier.wait(timeout=60)
@@ -792,7 +858,9 @@ def test_eight_concurrent_executors_fire_each_tick_exactly_once(conn, dsn):
     assert len(all_keys) == sum(fired) - flow_ticks
     assert Counter(all_keys).most_common(1)[0][1] == 1
     flow_keys = [r["concurrency_key"] for r in call(conn, "cb_list_flow_runs", name="f", lim=1000)]
-    assert sorted(flow_keys) == [key("f", (T0 + m * MINUTE).strftime("%Y-%m-%d %H:%M")) for m in range(1, minutes + 1)]
+    assert sorted(flow_keys) == [
+        key("f", (T0 + m * MINUTE).strftime("%Y-%m-%d %H:%M")) for m in range(1, minutes + 1)
+    ]
 
 
 def test_concurrent_executors_after_downtime_split_the_backlog(conn, dsn):
@@ -814,9 +882,15 @@ def test_concurrent_executors_after_downtime_split_the_backlog(conn, dsn):
             n = fn(c, "cb_execute_due_task_schedules", batch_size=7)
             with lock:
                 total[0] += n
-            if n == 0 and scalar(
-                c, "SELECT count(*) FROM catbird.cb_schedules WHERE next_run_at <= catbird.cb_now()"
-            ) == 0:
+            if (
+                n == 0
+                and scalar(
+                    c,
+                    "SELECT count(*) FROM catbird.cb_schedules"
+                    " WHERE next_run_at <= catbird.cb_now()",
+                )
+                == 0
+            ):
                 return
 
     with connections(dsn, 8) as conns, ThreadPoolExecutor(8) as pool:
@@ -842,7 +916,9 @@ def test_delete_task_waits_for_an_open_executor_and_removes_its_runs(conn, dsn):
         future = pool.submit(fn, deleter, "cb_delete_task", name="work")
         deadline = time.monotonic() + 60
         while not scalar(
-            conn, "SELECT count(*) FROM pg_stat_activity WHERE pid = %s AND wait_event_type = 'Lock'", (pid,)
+            conn,
+            "SELECT count(*) FROM pg_stat_activity WHERE pid = %s AND wait_event_type = 'Lock'",
+            (pid,),
         ):
             assert time.monotonic() < deadline
             time.sleep(0.01)
