@@ -131,6 +131,14 @@ BEGIN
             RAISE EXCEPTION 'invalid cron spec %: the % field % has an empty list element', catbird._cb_cron_quote(cron_spec), field_name, quote_literal(field)
                 USING ERRCODE = 'invalid_parameter_value', HINT = catbird._cb_cron_hint(field_name, lo, v_max);
         END IF;
+        -- Fast path: a plain number (most list elements).
+        IF v_element ~ '^[0-9]{1,2}$' THEN
+            v_value := v_element::int;
+            IF v_value >= lo AND v_value <= v_max THEN
+                mask := mask | (1::bigint << (v_value % CASE WHEN field_name = 'day-of-week' THEN 7 ELSE 64 END));
+                CONTINUE;
+            END IF;
+        END IF;
         -- element = base ["/" step]; base = "*" | value ["-" value]. Split by
         -- hand: regexp_match with capture groups costs more than the rest of
         -- the parse together.
@@ -835,6 +843,7 @@ DECLARE
     v_done_next timestamptz[] := '{}';
     v_done_last timestamptz[] := '{}';
     v_count int := 0;
+    v_queued int[];
 BEGIN
     PERFORM catbird._cb_check_at_least('batch_size', batch_size, 1);
     PERFORM catbird._cb_check_at_least('max_schedules', max_schedules, 1);
@@ -857,12 +866,62 @@ BEGIN
     END IF;
     PERFORM catbird._cb_lock_definition(kind, n) FROM unnest(v_names) AS n ORDER BY n;
 
+    IF kind = 'task' THEN
+        -- Tasks, in one statement: lock the due rows, plan their ticks, advance
+        -- them, and insert one run per tick the way _cb_insert_task_runs does
+        -- (condition evaluated at creation, a live holder of the key wins),
+        -- without a call per schedule.
+        WITH locked AS (
+            SELECT s.id, s.cron, s.next_run_at, s.catch_up, s.input, t.id AS task_id, t.name,
+                   t.condition_expr
+            FROM catbird.cb_schedules s JOIN catbird.cb_tasks t ON t.id = s.task_id
+            WHERE s.id = ANY (v_ids) AND s.enabled AND s.next_run_at <= v_now
+            FOR UPDATE OF s SKIP LOCKED
+        ), planned AS (
+            SELECT l.*, p.ticks, p.next_tick
+            FROM locked l,
+                 LATERAL catbird._cb_schedule_ticks(l.cron, l.next_run_at, v_now, l.catch_up, batch_size) p
+        ), advanced AS (
+            UPDATE catbird.cb_schedules s
+            SET next_run_at = p.next_tick, last_run_at = p.ticks[cardinality(p.ticks)], last_enqueued_at = v_now
+            FROM planned p
+            WHERE s.id = p.id
+        ), fired AS (
+            SELECT p.task_id, p.name, p.input, u.o,
+                   'sched:' || p.name || ':' || to_char(u.k AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS"Z"') AS key,
+                   p.condition_expr IS NULL
+                   OR catbird._cb_eval_condition(p.condition_expr, jsonb_build_object('input', p.input)) AS runnable
+            FROM planned p, unnest(p.ticks) WITH ORDINALITY AS u(k, o)
+        ), inserted AS (
+            INSERT INTO catbird.cb_task_runs
+                (id, task_id, status, priority, visible_at, created_at, skipped_at, concurrency_key, input)
+            SELECT nextval('catbird.cb_task_runs_id_seq'), f.task_id,
+                   CASE WHEN f.runnable THEN 'queued' ELSE 'skipped' END, 0, v_now, v_now,
+                   CASE WHEN NOT f.runnable THEN v_now END, f.key, f.input
+            FROM (SELECT f.* FROM fired f
+                  WHERE NOT EXISTS (SELECT 1 FROM catbird.cb_task_runs r
+                                    WHERE r.task_id = f.task_id AND r.concurrency_key = f.key
+                                      AND r.status IN ('queued', 'started'))
+                  ORDER BY f.task_id, f.o) f
+            ON CONFLICT (task_id, concurrency_key)
+                WHERE concurrency_key IS NOT NULL AND status IN ('queued', 'started')
+                DO NOTHING
+            RETURNING task_id, status
+        )
+        SELECT count(*), array_agg(DISTINCT i.task_id) FILTER (WHERE i.status = 'queued')
+        INTO v_count, v_queued
+        FROM inserted i;
+        PERFORM catbird._cb_notify('catbird.task.queued', t.name)
+        FROM catbird.cb_tasks t WHERE t.id = ANY (v_queued);
+        RETURN v_count;
+    END IF;
+
+    -- Flows: one _cb_insert_flow_runs call per schedule (each new run's
+    -- first steps are dispatched there).
     FOR v_schedule IN
-        SELECT s.id, s.cron, s.next_run_at, s.catch_up, s.input, t AS task, f AS flow,
-               coalesce(t.name, f.name) AS name
+        SELECT s.id, s.cron, s.next_run_at, s.catch_up, s.input, f AS flow, f.name
         FROM catbird.cb_schedules s
-        LEFT JOIN catbird.cb_tasks t ON t.id = s.task_id
-        LEFT JOIN catbird.cb_flows f ON f.id = s.flow_id
+        JOIN catbird.cb_flows f ON f.id = s.flow_id
         WHERE s.id = ANY (v_ids) AND s.enabled AND s.next_run_at <= v_now
         ORDER BY s.id
         FOR UPDATE OF s SKIP LOCKED
@@ -874,26 +933,14 @@ BEGIN
                         FROM unnest(v_plan.ticks) WITH ORDINALITY AS u(k, o) ORDER BY o);
         -- A tick whose key a live run already holds (a replayed tick) enqueues
         -- nothing; the insert below deduplicates any race on top of this.
-        IF kind = 'task' THEN
-            v_keys := ARRAY(SELECT k FROM unnest(v_keys) WITH ORDINALITY AS u(k, o)
-                            WHERE NOT EXISTS (SELECT 1 FROM catbird.cb_task_runs r
-                                              WHERE r.task_id = (v_schedule.task).id AND r.concurrency_key = u.k
-                                                AND r.status IN ('queued', 'started'))
-                            ORDER BY o);
-            IF cardinality(v_keys) > 0 THEN
-                PERFORM catbird._cb_insert_task_runs(v_schedule.task, array_fill(v_schedule.input, ARRAY[cardinality(v_keys)]),
-                                                     v_keys, NULL, NULL, 0, NULL);
-            END IF;
-        ELSE
-            v_keys := ARRAY(SELECT k FROM unnest(v_keys) WITH ORDINALITY AS u(k, o)
-                            WHERE NOT EXISTS (SELECT 1 FROM catbird.cb_flow_runs r
-                                              WHERE r.flow_id = (v_schedule.flow).id AND r.concurrency_key = u.k
-                                                AND r.status IN ('started', 'canceling'))
-                            ORDER BY o);
-            IF cardinality(v_keys) > 0 THEN
-                PERFORM catbird._cb_insert_flow_runs(v_schedule.flow, array_fill(v_schedule.input, ARRAY[cardinality(v_keys)]),
-                                                     v_keys, NULL, NULL, 0, NULL);
-            END IF;
+        v_keys := ARRAY(SELECT k FROM unnest(v_keys) WITH ORDINALITY AS u(k, o)
+                        WHERE NOT EXISTS (SELECT 1 FROM catbird.cb_flow_runs r
+                                          WHERE r.flow_id = (v_schedule.flow).id AND r.concurrency_key = u.k
+                                            AND r.status IN ('started', 'canceling'))
+                        ORDER BY o);
+        IF cardinality(v_keys) > 0 THEN
+            PERFORM catbird._cb_insert_flow_runs(v_schedule.flow, array_fill(v_schedule.input, ARRAY[cardinality(v_keys)]),
+                                                 v_keys, NULL, NULL, 0, NULL);
         END IF;
         v_count := v_count + cardinality(v_keys);
         v_done_ids := v_done_ids || v_schedule.id;
