@@ -3690,11 +3690,11 @@ LANGUAGE plpgsql IMMUTABLE STRICT
 AS $$
 DECLARE
     v_t timestamp := date_trunc('minute', from_time AT TIME ZONE 'UTC') + interval '1 minute';
-    v_y int := extract(year FROM v_t);
-    v_mo int := extract(month FROM v_t);
-    v_d int := extract(day FROM v_t);
-    v_h int := extract(hour FROM v_t);
-    v_mi int := extract(minute FROM v_t);
+    v_y int := extract(year FROM v_t)::int;
+    v_mo int := extract(month FROM v_t)::int;
+    v_d int := extract(day FROM v_t)::int;
+    v_h int := extract(hour FROM v_t)::int;
+    v_mi int := extract(minute FROM v_t)::int;
     v_limit int := v_y + 9;  -- a feasible spec matches within 8 years (Feb 29 across 2100)
     v_dim int;
     v_v int;
@@ -3781,11 +3781,11 @@ LANGUAGE plpgsql IMMUTABLE STRICT
 AS $$
 DECLARE
     v_t timestamp := date_trunc('minute', until_time AT TIME ZONE 'UTC');
-    v_y int := extract(year FROM v_t);
-    v_mo int := extract(month FROM v_t);
-    v_d int := extract(day FROM v_t);
-    v_h int := extract(hour FROM v_t);
-    v_mi int := extract(minute FROM v_t);
+    v_y int := extract(year FROM v_t)::int;
+    v_mo int := extract(month FROM v_t)::int;
+    v_d int := extract(day FROM v_t)::int;
+    v_h int := extract(hour FROM v_t)::int;
+    v_mi int := extract(minute FROM v_t)::int;
     v_limit int := v_y - 9;
     v_dim int;
     v_v int;
@@ -4150,9 +4150,9 @@ DECLARE
     v_schedule record;
     v_plan record;
     v_keys text[];
-    v_done_ids int[] := '{}';
-    v_done_next timestamptz[] := '{}';
-    v_done_last timestamptz[] := '{}';
+    v_done_ids int[] := '{}'::int[];
+    v_done_next timestamptz[] := '{}'::timestamptz[];
+    v_done_last timestamptz[] := '{}'::timestamptz[];
     v_count int := 0;
     v_queued int[];
 BEGIN
@@ -4219,7 +4219,7 @@ BEGIN
                 DO NOTHING
             RETURNING task_id, status
         )
-        SELECT count(*), array_agg(DISTINCT i.task_id) FILTER (WHERE i.status = 'queued')
+        SELECT count(*)::int, array_agg(DISTINCT i.task_id) FILTER (WHERE i.status = 'queued')
         INTO v_count, v_queued
         FROM inserted i;
         PERFORM catbird._cb_notify('catbird.task.queued', t.name)
