@@ -85,7 +85,8 @@ SELECT count(pg_temp.raw_tick(%(spec)s, %(start)s::timestamptz + g * interval '7
 FROM generate_series(1, %(n)s) g
 """
 RAW_INLINE = """
-SELECT count(date_trunc('minute', %(start)s::timestamptz + g * interval '7 seconds') + interval '1 minute')
+SELECT count(date_trunc('minute', %(start)s::timestamptz + g * interval '7 seconds')
+             + interval '1 minute')
 FROM generate_series(1, %(n)s) g
 """
 
@@ -120,7 +121,8 @@ def measure_next_tick(dsn: str, n: int, rounds: int) -> None:
         singles = []
         for i in range(200):
             plan = conn.execute(
-                "EXPLAIN (ANALYZE, FORMAT JSON) SELECT catbird.cb_next_cron_tick(%s, %s::timestamptz"
+                "EXPLAIN (ANALYZE, FORMAT JSON)"
+                " SELECT catbird.cb_next_cron_tick(%s, %s::timestamptz"
                 " + %s * interval '13 seconds')",
                 (worst_spec, worst_start, i),
             ).fetchone()
@@ -175,7 +177,8 @@ def measure_next_tick(dsn: str, n: int, rounds: int) -> None:
             f"({fmt_us(mean['fn'])} us/call); the same expression inline "
             f"{fmt_rate(1e6 / mean['inline'])} /s ({fmt_us(mean['inline'])} us/row). "
             "Ratios are to the trivial function.",
-            f"Worst spec: {worst_label} (`{worst_spec}`), {fmt_us(per_spec[worst_label]['parse'])} us "
+            f"Worst spec: {worst_label} (`{worst_spec}`), "
+            f"{fmt_us(per_spec[worst_label]['parse'])} us "
             f"per parse+next; slowest of 200 single calls timed by EXPLAIN ANALYZE: "
             f"{fmt_us(max(singles))} us (median {fmt_us(median(singles))} us).",
         ],
@@ -189,7 +192,8 @@ def measure_due(dsn: str, count: int) -> None:
             with conn.transaction():
                 conn.execute(
                     "SELECT catbird.cb_create_task('sched_' || g), "
-                    "catbird.cb_create_task_schedule('sched_' || g, '* * * * *', jsonb_build_object('n', g))"
+                    "catbird.cb_create_task_schedule('sched_' || g, '* * * * *',"
+                    " jsonb_build_object('n', g))"
                     " FROM generate_series(1, %s) g",
                     (count,),
                 )
@@ -226,11 +230,13 @@ def measure_due(dsn: str, count: int) -> None:
             "CREATE TEMP TABLE raw_sched (id int PRIMARY KEY, next_run_at timestamptz, input jsonb)"
         )
         conn.execute(
-            "CREATE TEMP TABLE raw_runs (id bigserial PRIMARY KEY, sched int, key text, input jsonb,"
+            "CREATE TEMP TABLE raw_runs (id bigserial PRIMARY KEY, sched int, key text,"
+            " input jsonb,"
             " status text, created_at timestamptz)"
         )
         conn.execute(
-            "INSERT INTO raw_sched SELECT g, %s, jsonb_build_object('n', g) FROM generate_series(1, %s) g",
+            "INSERT INTO raw_sched SELECT g, %s, jsonb_build_object('n', g)"
+            " FROM generate_series(1, %s) g",
             (T0 + dt.timedelta(minutes=1), count),
         )
         r0 = time.perf_counter()
@@ -262,7 +268,8 @@ def measure_due(dsn: str, count: int) -> None:
         ],
         right=(1, 2, 3),
         notes=[
-            f"Each fired exactly once: {'yes' if exactly_once else 'NO'} ({runs:,} runs, {keys:,} distinct "
+            f"Each fired exactly once: {'yes' if exactly_once else 'NO'} ({runs:,} runs, "
+            f"{keys:,} distinct "
             f"concurrency keys, {tasks:,} tasks, {advanced:,} schedules advanced to the next tick; "
             "a further call fires nothing). Slowest call "
             f"{max(calls) * 1000:.0f} ms (max_schedules 1,000 per call).",
