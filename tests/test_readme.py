@@ -7,6 +7,7 @@ pointing at the test database. Afterwards the state they promise is checked.
 
 from __future__ import annotations
 
+import datetime as dt
 import re
 import sys
 import types
@@ -55,6 +56,15 @@ def test_the_sql_guide_runs_and_does_what_it_says(conn: psycopg.Connection) -> N
         ("charge", "completed"),
         ("ship", "completed"),
     ]
+    # Scheduling: one task schedule and one flow schedule, with their policies.
+    schedules = conn.execute(
+        "SELECT task_name, cron_spec, catch_up FROM cb_list_task_schedules()"
+    ).fetchall()
+    assert schedules == [("nightly_report", "30 2 * * *", "one")]
+    assert one("SELECT flow_name, catch_up FROM cb_list_flow_schedules()") == ("order_flow", "skip")
+    assert one("SELECT cb_next_cron_tick('0 9 * * 1-5', '2030-01-04 12:00Z')") == (
+        dt.datetime(2030, 1, 7, 9, tzinfo=dt.UTC),
+    )
 
 
 def test_the_python_guide_runs(dsn: str, monkeypatch: pytest.MonkeyPatch) -> None:
