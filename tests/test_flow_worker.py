@@ -17,7 +17,7 @@ import dataclasses
 import threading
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import psycopg
@@ -33,6 +33,7 @@ from catbird import (
     StepRunInfo,
     Worker,
 )
+from workerhelpers import eventually, running_worker
 
 
 @dataclasses.dataclass
@@ -54,31 +55,10 @@ async def client(aconn: psycopg.AsyncConnection[Any]) -> AsyncClient:
     return AsyncClient(aconn)
 
 
-@contextlib.asynccontextmanager
-async def running(dsn: str, *flows: Flow, **options: Any) -> AsyncIterator[Worker]:
-    options.setdefault("poll_interval", 0.05)
-    options.setdefault("heartbeat_interval", 0.2)
-    options.setdefault("shutdown_timeout", 2.0)
-    worker = Worker(dsn, flows=list(flows), **options)
-    await worker.start()
-    try:
-        yield worker
-    finally:
-        await worker.stop()
-
-
-async def eventually(check: Callable[[], Any], timeout: float = 10.0) -> Any:
-    """Poll an (async or sync) check until it returns something truthy."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = check()
-        if asyncio.iscoroutine(value):
-            value = await value
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"condition not met within {timeout} s")
-        await asyncio.sleep(0.02)
+def running(
+    dsn: str, *flows: Flow, **options: Any
+) -> contextlib.AbstractAsyncContextManager[Worker]:
+    return running_worker(dsn, flows=list(flows), **options)
 
 
 async def statuses(client: AsyncClient, flow: Flow, run_id: int) -> dict[str, str]:
