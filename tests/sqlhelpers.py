@@ -21,20 +21,27 @@ from psycopg.rows import dict_row, tuple_row
 from psycopg.types.json import Jsonb
 
 __all__ = [
+    "HIDE",
     "T0",
     "Clock",
     "J",
     "call",
+    "claim_steps",
+    "complete_step",
     "engine_state",
     "fn",
     "messages",
     "orphans",
     "rejected",
     "scalar",
+    "step",
 ]
 
 #: The instant the pinned engine clock starts from in time-dependent tests.
 T0 = dt.datetime(2030, 1, 1, tzinfo=dt.UTC)
+
+#: A claim lease (ms) longer than any test.
+HIDE = 60_000
 
 #: Wraps a Python value so that psycopg sends it as jsonb (a list of J is jsonb[]).
 J = Jsonb
@@ -149,3 +156,53 @@ class Clock:
 
     def engine_now(self) -> dt.datetime:
         return scalar(self.conn, "SELECT catbird.cb_now()")  # type: ignore[no-any-return]
+
+
+# ------------------------------------------------------------------------- flows
+
+
+def step(name: str, *deps: str, **fields: Any) -> dict[str, Any]:
+    """A step object of cb_create_flow; positional arguments are its dependencies."""
+    out: dict[str, Any] = {"name": name, **fields}
+    if deps:
+        out["depends_on"] = [{"name": d} for d in deps]
+    return out
+
+
+def claim_steps(
+    conn: psycopg.Connection[Any],
+    flow: str,
+    step_name: str,
+    quantity: int = 10,
+    hide_for: int = HIDE,
+) -> list[dict[str, Any]]:
+    """cb_claim_steps: up to ``quantity`` queued runs of one step."""
+    return call(
+        conn,
+        "cb_claim_steps",
+        flow_name=flow,
+        step_name=step_name,
+        quantity=quantity,
+        hide_for=hide_for,
+    )
+
+
+def complete_step(
+    conn: psycopg.Connection[Any],
+    flow: str,
+    step_name: str,
+    claimed: dict[str, Any],
+    output: Any,
+    **options: Any,
+) -> bool:
+    """cb_complete_step of a claim (its attempt, unless ``attempt`` is given)."""
+    options.setdefault("attempt", claimed["attempts"])
+    return fn(  # type: ignore[no-any-return]
+        conn,
+        "cb_complete_step",
+        flow_name=flow,
+        step_name=step_name,
+        id=claimed["id"],
+        output=J(output),
+        **options,
+    )

@@ -32,19 +32,11 @@ from typing import Any
 import pytest
 from psycopg import errors
 
-from sqlhelpers import T0, Clock, J, call, fn, rejected, scalar
-
-HIDE = 60_000  # ms: a lease longer than any test
-
+from sqlhelpers import HIDE, T0, Clock, J, call, fn, rejected, scalar, step
+from sqlhelpers import claim_steps as claim
+from sqlhelpers import complete_step as complete
 
 # --------------------------------------------------------------------------- helpers
-
-
-def step(name: str, *deps: str, **fields: Any) -> dict[str, Any]:
-    out: dict[str, Any] = {"name": name, **fields}
-    if deps:
-        out["depends_on"] = [{"name": d} for d in deps]
-    return out
 
 
 def create_flow(conn, name: str, steps: list[dict[str, Any]], **options: Any) -> None:
@@ -55,38 +47,10 @@ def run_flow(conn, name: str, input: Any, **options: Any) -> int:
     return fn(conn, "cb_run_flow", name=name, input=J(input), **options)  # type: ignore[no-any-return]
 
 
-def claim(
-    conn, flow: str, step_name: str, quantity: int = 10, hide_for: int = HIDE
-) -> list[dict[str, Any]]:
-    return call(
-        conn,
-        "cb_claim_steps",
-        flow_name=flow,
-        step_name=step_name,
-        quantity=quantity,
-        hide_for=hide_for,
-    )
-
-
 def claim_one(conn, flow: str, step_name: str, **options: Any) -> dict[str, Any]:
     rows = claim(conn, flow, step_name, **options)
     assert len(rows) == 1, rows
     return rows[0]
-
-
-def complete(
-    conn, flow: str, step_name: str, claimed: dict[str, Any], output: Any, **options: Any
-) -> bool:
-    options.setdefault("attempt", claimed["attempts"])
-    return fn(  # type: ignore[no-any-return]
-        conn,
-        "cb_complete_step",
-        flow_name=flow,
-        step_name=step_name,
-        id=claimed["id"],
-        output=J(output),
-        **options,
-    )
 
 
 def fail(
@@ -140,6 +104,20 @@ def complete_items(
         ids=[i["id"] for i in items],
         outputs=[J(o) for o in outputs],
         attempts=[i["attempts"] for i in items] if attempts is None else attempts,
+    )
+
+
+def fail_item(
+    conn, flow: str, step_name: str, claimed: dict[str, Any], error: str, **options: Any
+) -> str | None:
+    return fn(  # type: ignore[no-any-return]
+        conn,
+        "cb_fail_map_task",
+        flow_name=flow,
+        step_name=step_name,
+        id=claimed["id"],
+        error_message=error,
+        **options,
     )
 
 
@@ -756,13 +734,12 @@ def test_each_item_retries_independently(conn):
     run_id = run_flow(conn, "mapped", [1, 2])
     first, second = claim_items(conn, "mapped", "double")
     assert (
-        fn(
+        fail_item(
             conn,
-            "cb_fail_map_task",
-            flow_name="mapped",
-            step_name="double",
-            id=first["id"],
-            error_message="flaky",
+            "mapped",
+            "double",
+            first,
+            "flaky",
             attempt=1,
             max_retries=1,
             backoff_min=1000,
@@ -791,13 +768,12 @@ def test_an_item_out_of_retries_fails_the_step_and_the_flow(conn):
     run_id = run_flow(conn, "mapped", [{"n": 1}, {"n": 2}, {"n": 3}])
     items = claim_items(conn, "mapped", "double", quantity=2)
     assert (
-        fn(
+        fail_item(
             conn,
-            "cb_fail_map_task",
-            flow_name="mapped",
-            step_name="double",
-            id=items[0]["id"],
-            error_message="e1",
+            "mapped",
+            "double",
+            items[0],
+            "e1",
             attempt=1,
             max_retries=1,
             backoff_min=0,
@@ -808,19 +784,7 @@ def test_an_item_out_of_retries_fails_the_step_and_the_flow(conn):
     [again] = claim_items(conn, "mapped", "double", quantity=1)
     assert again["attempts"] == 2 and again["id"] == items[0]["id"]
     clock.advance(seconds=1)
-    assert (
-        fn(
-            conn,
-            "cb_fail_map_task",
-            flow_name="mapped",
-            step_name="double",
-            id=again["id"],
-            error_message="e2",
-            attempt=2,
-            max_retries=1,
-        )
-        == "failed"
-    )
+    assert fail_item(conn, "mapped", "double", again, "e2", attempt=2, max_retries=1) == "failed"
 
     info = run_info(conn, "mapped", run_id)
     assert (info["status"], info["failed_step_name"], info["error_message"], info["failed_at"]) == (
@@ -1244,18 +1208,7 @@ def test_cancel_waits_for_started_map_items(conn):
     assert item_statuses(conn, run_id) == ["started", "started", "canceled"]
     complete_items(conn, "mapped", "double", items[:1], [2])
     assert run_info(conn, "mapped", run_id)["status"] == "canceling"
-    assert (
-        fn(
-            conn,
-            "cb_fail_map_task",
-            flow_name="mapped",
-            step_name="double",
-            id=items[1]["id"],
-            error_message="x",
-            attempt=1,
-        )
-        is None
-    )
+    assert fail_item(conn, "mapped", "double", items[1], "x", attempt=1) is None
     assert run_info(conn, "mapped", run_id)["status"] == "canceled"
     assert item_statuses(conn, run_id) == ["canceled", "canceled", "canceled"]
 
@@ -1520,18 +1473,7 @@ def test_a_stale_item_worker_cannot_overwrite_the_newer_claim(conn):
     [fresh] = claim_items(conn, "mapped", "double", hide_for=1000)
     assert fresh["attempts"] == 2
     complete_items(conn, "mapped", "double", [stale], ["stale"])
-    assert (
-        fn(
-            conn,
-            "cb_fail_map_task",
-            flow_name="mapped",
-            step_name="double",
-            id=stale["id"],
-            error_message="x",
-            attempt=1,
-        )
-        is None
-    )
+    assert fail_item(conn, "mapped", "double", stale, "x", attempt=1) is None
     assert item_statuses(conn, run_id) == ["started"]
     complete_items(conn, "mapped", "double", [fresh], ["fresh"])
     assert steps_of(conn, "mapped", run_id)["double"]["output"] == ["fresh"]
