@@ -12,7 +12,6 @@ sharing a map step.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import dataclasses
 import threading
 import time
@@ -33,7 +32,7 @@ from catbird import (
     StepRunInfo,
     Worker,
 )
-from workerhelpers import eventually, running_worker
+from workerhelpers import eventually, running
 
 
 @dataclasses.dataclass
@@ -53,12 +52,6 @@ FAST = {"max_retries": 0}
 @pytest.fixture
 async def client(aconn: psycopg.AsyncConnection[Any]) -> AsyncClient:
     return AsyncClient(aconn)
-
-
-def running(
-    dsn: str, *flows: Flow, **options: Any
-) -> contextlib.AbstractAsyncContextManager[Worker]:
-    return running_worker(dsn, flows=list(flows), **options)
 
 
 async def statuses(client: AsyncClient, flow: Flow, run_id: int) -> dict[str, str]:

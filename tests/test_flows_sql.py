@@ -121,6 +121,12 @@ def fail_item(
     )
 
 
+def signal_flow(conn, flow: str, run_id: int, step_name: str, input: Any) -> bool:
+    return fn(  # type: ignore[no-any-return]
+        conn, "cb_signal_flow", flow_name=flow, run_id=run_id, step_name=step_name, input=J(input)
+    )
+
+
 def run_info(conn, flow: str, run_id: int) -> dict[str, Any]:
     rows = call(conn, "cb_get_flow_run", name=flow, run_id=run_id)
     assert len(rows) == 1, rows
@@ -490,17 +496,7 @@ def test_a_signal_step_without_dependencies_waits_for_its_signal(conn):
     }
     assert claim(conn, "approval", "approve") == []
 
-    assert (
-        fn(
-            conn,
-            "cb_signal_flow",
-            flow_name="approval",
-            run_id=run_id,
-            step_name="approve",
-            input=J({"approved": True}),
-        )
-        is True
-    )
+    assert signal_flow(conn, "approval", run_id, "approve", {"approved": True}) is True
     info = steps_of(conn, "approval", run_id)["approve"]
     assert (info["status"], info["signal_input"]) == ("queued", {"approved": True})
     approve = claim_one(conn, "approval", "approve")
@@ -519,10 +515,7 @@ def test_a_signal_delivered_before_the_dependencies_is_kept_until_they_complete(
     create_flow(conn, "sig", [step("a"), step("b", "a", signal=True)])
     run_id = run_flow(conn, "sig", {})
     assert statuses(conn, "sig", run_id)["b"] == "waiting_for_dependencies"
-    assert (
-        fn(conn, "cb_signal_flow", flow_name="sig", run_id=run_id, step_name="b", input=J("go"))
-        is True
-    )
+    assert signal_flow(conn, "sig", run_id, "b", "go") is True
     assert statuses(conn, "sig", run_id)["b"] == "waiting_for_dependencies"
     assert claim(conn, "sig", "b") == []
     run_step(conn, "sig", "a", "A")
@@ -536,10 +529,7 @@ def test_dependencies_completed_before_the_signal_park_the_step_until_it_arrives
     run_step(conn, "sig", "a", "A")
     assert statuses(conn, "sig", run_id)["b"] == "waiting_for_signal"
     assert claim(conn, "sig", "b") == []
-    assert (
-        fn(conn, "cb_signal_flow", flow_name="sig", run_id=run_id, step_name="b", input=J({"v": 1}))
-        is True
-    )
+    assert signal_flow(conn, "sig", run_id, "b", {"v": 1}) is True
     assert statuses(conn, "sig", run_id)["b"] == "queued"
     assert claim_one(conn, "sig", "b")["signal_input"] == {"v": 1}
 
@@ -555,44 +545,22 @@ def test_the_signal_input_reaches_the_condition(conn, signal, expected):
         output_priority=["review", "fallback"],
     )
     run_id = run_flow(conn, "sig", {})
-    assert (
-        fn(
-            conn,
-            "cb_signal_flow",
-            flow_name="sig",
-            run_id=run_id,
-            step_name="review",
-            input=J(signal),
-        )
-        is True
-    )
+    assert signal_flow(conn, "sig", run_id, "review", signal) is True
     assert statuses(conn, "sig", run_id)["review"] == expected
 
 
 def test_signal_flow_returns_false_once_delivered_or_when_the_run_is_terminal(conn):
     create_flow(conn, "sig", [step("a", signal=True), step("b", signal=True)])
     run_id = run_flow(conn, "sig", {})
-    assert (
-        fn(conn, "cb_signal_flow", flow_name="sig", run_id=run_id, step_name="a", input=J(1))
-        is True
-    )
-    assert (
-        fn(conn, "cb_signal_flow", flow_name="sig", run_id=run_id, step_name="a", input=J(2))
-        is False
-    )
+    assert signal_flow(conn, "sig", run_id, "a", 1) is True
+    assert signal_flow(conn, "sig", run_id, "a", 2) is False
     assert steps_of(conn, "sig", run_id)["a"]["signal_input"] == 1  # the first signal stays
     run_step(conn, "sig", "a", "A")
-    assert (
-        fn(conn, "cb_signal_flow", flow_name="sig", run_id=run_id, step_name="a", input=J(3))
-        is False
-    )
+    assert signal_flow(conn, "sig", run_id, "a", 3) is False
 
     assert fn(conn, "cb_cancel_flow", name="sig", run_id=run_id) is True
     assert run_info(conn, "sig", run_id)["status"] == "canceled"
-    assert (
-        fn(conn, "cb_signal_flow", flow_name="sig", run_id=run_id, step_name="b", input=J(4))
-        is False
-    )
+    assert signal_flow(conn, "sig", run_id, "b", 4) is False
     assert steps_of(conn, "sig", run_id)["b"]["signal_input"] is None
 
 
@@ -602,11 +570,11 @@ def test_signal_flow_errors(conn):
     with rejected(conn, errors.UndefinedObject):
         fn(conn, "cb_signal_flow", flow_name="sig", run_id=run_id + 1000, step_name="a", input=J(1))
     with rejected(conn, errors.UndefinedObject):
-        fn(conn, "cb_signal_flow", flow_name="sig", run_id=run_id, step_name="nope", input=J(1))
+        signal_flow(conn, "sig", run_id, "nope", 1)
     with rejected(conn, errors.UndefinedObject):
-        fn(conn, "cb_signal_flow", flow_name="nope", run_id=run_id, step_name="a", input=J(1))
+        signal_flow(conn, "nope", run_id, "a", 1)
     with rejected(conn, errors.InvalidParameterValue) as info:
-        fn(conn, "cb_signal_flow", flow_name="sig", run_id=run_id, step_name="plain", input=J(1))
+        signal_flow(conn, "sig", run_id, "plain", 1)
     assert "signal" in str(info.value)
 
 
@@ -812,17 +780,7 @@ def test_a_signal_mapper_hands_the_signal_to_every_item(conn):
     run_id = run_flow(conn, "sigmap", [1, 2])
     assert statuses(conn, "sigmap", run_id) == {"each": "waiting_for_signal"}
     assert claim_items(conn, "sigmap", "each") == []
-    assert (
-        fn(
-            conn,
-            "cb_signal_flow",
-            flow_name="sigmap",
-            run_id=run_id,
-            step_name="each",
-            input=J({"k": 1}),
-        )
-        is True
-    )
+    assert signal_flow(conn, "sigmap", run_id, "each", {"k": 1}) is True
     items = claim_items(conn, "sigmap", "each")
     assert [(i["item"], i["signal_input"]) for i in items] == [(1, {"k": 1}), (2, {"k": 1})]
 
@@ -1311,14 +1269,7 @@ def test_the_failure_context_reaches_the_on_fail_handler(conn):
     )
     run_id = run_flow(conn, "pay", {"order": 7}, concurrency_key="order-7")
     run_step(conn, "pay", "charge", {"charged": 100})
-    assert fn(
-        conn,
-        "cb_signal_flow",
-        flow_name="pay",
-        run_id=run_id,
-        step_name="confirm",
-        input=J({"by": "alice"}),
-    )
+    assert signal_flow(conn, "pay", run_id, "confirm", {"by": "alice"})
     confirm = claim_one(conn, "pay", "confirm")
     assert (
         fail(
@@ -1714,7 +1665,7 @@ def test_get_flow_step_status_reports_one_step(conn):
         "skipped_at": None,
         "canceled_at": None,
     }
-    fn(conn, "cb_signal_flow", flow_name="sig", run_id=run_id, step_name="a", input=J("yes"))
+    signal_flow(conn, "sig", run_id, "a", "yes")
     clock.advance(seconds=1)
     run_step(conn, "sig", "a", "A")
     [after] = call(conn, "cb_get_flow_step_status", flow_name="sig", run_id=run_id, step_name="a")

@@ -10,7 +10,6 @@ backoffs are a few milliseconds.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import dataclasses
 import logging
 import threading
@@ -33,7 +32,7 @@ from catbird import (
     Worker,
     _sql,
 )
-from workerhelpers import eventually, running_worker
+from workerhelpers import eventually, running
 
 
 @dataclasses.dataclass
@@ -53,12 +52,6 @@ FAST = {"max_retries": 0}
 @pytest.fixture
 async def client(aconn: psycopg.AsyncConnection[Any]) -> AsyncClient:
     return AsyncClient(aconn)
-
-
-def running(
-    dsn: str, *tasks: Task[Any, Any], **options: Any
-) -> contextlib.AbstractAsyncContextManager[Worker]:
-    return running_worker(dsn, tasks=list(tasks), **options)
 
 
 # ---------------------------------------------------------------- completing runs

@@ -12,18 +12,22 @@ import time
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
-from catbird import Worker
+from catbird import Flow, Task, Worker
 
-__all__ = ["eventually", "running_worker"]
+__all__ = ["eventually", "running"]
 
 
 @contextlib.asynccontextmanager
-async def running_worker(dsn: str, **options: Any) -> AsyncIterator[Worker]:
-    """A started ``Worker(dsn, **options)`` with short intervals, stopped on exit."""
+async def running(
+    dsn: str, *definitions: Task[Any, Any] | Flow, **options: Any
+) -> AsyncIterator[Worker]:
+    """A started worker of these tasks and flows with short intervals, stopped on exit."""
     options.setdefault("poll_interval", 0.05)
     options.setdefault("heartbeat_interval", 0.2)
     options.setdefault("shutdown_timeout", 2.0)
-    worker = Worker(dsn, **options)
+    tasks = [d for d in definitions if isinstance(d, Task)]
+    flows = [d for d in definitions if isinstance(d, Flow)]
+    worker = Worker(dsn, tasks=tasks, flows=flows, **options)
     await worker.start()
     try:
         yield worker
