@@ -127,6 +127,20 @@ def signal_flow(conn, flow: str, run_id: int, step_name: str, input: Any) -> boo
     )
 
 
+def complete_early(
+    conn, flow: str, run_id: int, step_name: str, output: Any, **options: Any
+) -> bool:
+    return fn(  # type: ignore[no-any-return]
+        conn,
+        "cb_complete_flow_early",
+        flow_name=flow,
+        run_id=run_id,
+        step_name=step_name,
+        output=J(output),
+        **options,
+    )
+
+
 def run_info(conn, flow: str, run_id: int) -> dict[str, Any]:
     rows = call(conn, "cb_get_flow_run", name=flow, run_id=run_id)
     assert len(rows) == 1, rows
@@ -1014,18 +1028,7 @@ def test_early_completion_wins_over_a_slow_sibling(conn):
     a = claim_one(conn, "race", "a")
     b = claim_one(conn, "race", "b")  # the slow sibling, still started
     clock.advance(seconds=3)
-    assert (
-        fn(
-            conn,
-            "cb_complete_flow_early",
-            flow_name="race",
-            run_id=run_id,
-            step_name="a",
-            output=J({"answer": 42}),
-            reason="found it",
-        )
-        is True
-    )
+    assert complete_early(conn, "race", run_id, "a", {"answer": 42}, reason="found it") is True
 
     info = run_info(conn, "race", run_id)
     assert (info["status"], info["output"], info["completed_at"], info["cancel_reason"]) == (
@@ -1046,17 +1049,7 @@ def test_early_completion_wins_over_a_slow_sibling(conn):
     assert fail(conn, "race", "b", b, "late") is None
     assert claim(conn, "race", "c") == []
     assert complete(conn, "race", "a", a, "normal output") is False
-    assert (
-        fn(
-            conn,
-            "cb_complete_flow_early",
-            flow_name="race",
-            run_id=run_id,
-            step_name="b",
-            output=J(0),
-        )
-        is False
-    )
+    assert complete_early(conn, "race", run_id, "b", 0) is False
     assert run_info(conn, "race", run_id)["output"] == {"answer": 42}
     assert wait_output(conn, "race", run_id) == [
         {"status": "completed", "output": {"answer": 42}, "error_message": None}
@@ -1067,17 +1060,7 @@ def test_early_completion_cancels_mapper_items(conn):
     create_flow(conn, "race", [step("a"), step("m", step_type="mapper")])
     run_id = run_flow(conn, "race", [1, 2, 3])
     items = claim_items(conn, "race", "m", quantity=1)
-    assert (
-        fn(
-            conn,
-            "cb_complete_flow_early",
-            flow_name="race",
-            run_id=run_id,
-            step_name="a",
-            output=J("early"),
-        )
-        is True
-    )
+    assert complete_early(conn, "race", run_id, "a", "early") is True
     assert run_info(conn, "race", run_id)["cancel_reason"] == 'completed early by step "a"'
     assert item_statuses(conn, run_id) == ["canceled", "canceled", "canceled"]
     complete_items(conn, "race", "m", items, ["late"])
@@ -1089,23 +1072,9 @@ def test_early_completion_errors(conn):
     create_flow(conn, "race", [step("a")])
     run_id = run_flow(conn, "race", {})
     with rejected(conn, errors.UndefinedObject):
-        fn(
-            conn,
-            "cb_complete_flow_early",
-            flow_name="race",
-            run_id=run_id + 1000,
-            step_name="a",
-            output=J(1),
-        )
+        complete_early(conn, "race", run_id + 1000, "a", 1)
     with rejected(conn, errors.UndefinedObject):
-        fn(
-            conn,
-            "cb_complete_flow_early",
-            flow_name="race",
-            run_id=run_id,
-            step_name="zz",
-            output=J(1),
-        )
+        complete_early(conn, "race", run_id, "zz", 1)
 
 
 def test_cancel_drains_started_work_then_cancels(conn):
