@@ -16,7 +16,7 @@ from typing import Any
 
 import psycopg
 import pytest
-from psycopg import sql
+from psycopg import errors, sql
 from psycopg.rows import dict_row, tuple_row
 from psycopg.types.json import Jsonb
 
@@ -25,6 +25,7 @@ __all__ = [
     "T0",
     "Clock",
     "J",
+    "assert_pages_backwards",
     "call",
     "claim_steps",
     "complete_step",
@@ -136,6 +137,25 @@ def rejected(
         yield info
     assert info.value.sqlstate == error.sqlstate
     assert engine_state(conn) == before, "a rejected call must not write anything"
+
+
+def assert_pages_backwards(
+    conn: psycopg.Connection[Any], function: str, name: str, ids: list[int]
+) -> None:
+    """``function`` (cb_list_task_runs, cb_list_flow_runs) lists the five runs ``ids`` of
+    ``name`` newest first, ``lim`` at a time, ``before_id`` paging backwards; ``lim`` 0 is
+    rejected."""
+
+    def page(**options: Any) -> list[int]:
+        return [r["id"] for r in call(conn, function, name=name, **options)]
+
+    assert page() == ids[::-1]
+    assert page(lim=2) == [ids[4], ids[3]]
+    assert page(lim=2, before_id=ids[3]) == [ids[2], ids[1]]
+    assert page(lim=2, before_id=ids[1]) == [ids[0]]
+    assert page(lim=2, before_id=ids[0]) == []
+    with rejected(conn, errors.InvalidParameterValue):
+        page(lim=0)
 
 
 class Clock:

@@ -32,7 +32,7 @@ from typing import Any
 import pytest
 from psycopg import errors
 
-from sqlhelpers import HIDE, T0, Clock, J, call, fn, rejected, scalar, step
+from sqlhelpers import HIDE, T0, Clock, J, assert_pages_backwards, call, fn, rejected, scalar, step
 from sqlhelpers import claim_steps as claim
 from sqlhelpers import complete_step as complete
 
@@ -1670,16 +1670,7 @@ def test_list_flow_runs_pages_newest_first(conn):
     ids = [run_flow(conn, "solo", {"i": i}) for i in range(5)]
     run_flow(conn, "other", {})
 
-    def page(**options: Any) -> list[int]:
-        return [r["id"] for r in call(conn, "cb_list_flow_runs", name="solo", **options)]
-
-    assert page() == ids[::-1]
-    assert page(lim=2) == [ids[4], ids[3]]
-    assert page(lim=2, before_id=ids[3]) == [ids[2], ids[1]]
-    assert page(lim=2, before_id=ids[1]) == [ids[0]]
-    assert page(lim=2, before_id=ids[0]) == []
-    with rejected(conn, errors.InvalidParameterValue):
-        page(lim=0)
+    assert_pages_backwards(conn, "cb_list_flow_runs", "solo", ids)
 
 
 def test_purge_flow_runs_removes_old_terminal_runs_with_their_steps(conn):
