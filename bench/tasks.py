@@ -53,7 +53,7 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar, LiteralString
 
 import psycopg
 from psycopg import sql
@@ -293,26 +293,17 @@ class System(abc.ABC):
         """Release the parent's connection, if the system keeps one."""
 
 
-class Catbird(System):
-    name = "catbird"
+class _PsycopgCounted(System):
+    """A system whose pending runs the parent counts on a psycopg connection of its own."""
 
-    async def setup(self) -> None:
-        import catbird
+    #: Counts the runs not yet done.
+    pending_query: ClassVar[LiteralString]
 
-        self.client = await catbird.AsyncClient.connect(self.dsn, prepare_threshold=0)
-        await self.client.create_task(TASK)
+    async def connect_counter(self) -> None:
         self.conn = await psycopg.AsyncConnection.connect(self.dsn, autocommit=True)
 
-    async def enqueue_many(self, numbers: list[int]) -> None:
-        await self.client.run_tasks(TASK, numbers)
-
-    async def enqueue_one(self, n: int) -> None:
-        await self.client.run_task(TASK, n)
-
     async def pending(self) -> int:
-        cur = await self.conn.execute(
-            "SELECT count(*) FROM catbird.cb_task_runs WHERE status IN ('queued', 'started')"
-        )
+        cur = await self.conn.execute(self.pending_query)
         row = await cur.fetchone()
         return int(row[0]) if row else 0
 
@@ -320,8 +311,31 @@ class Catbird(System):
         return self.conn.info.backend_pid
 
     async def close(self) -> None:
-        await self.client.close()
         await self.conn.close()
+
+
+class Catbird(_PsycopgCounted):
+    name = "catbird"
+    pending_query = (
+        "SELECT count(*) FROM catbird.cb_task_runs WHERE status IN ('queued', 'started')"
+    )
+
+    async def setup(self) -> None:
+        import catbird
+
+        self.client = await catbird.AsyncClient.connect(self.dsn, prepare_threshold=0)
+        await self.client.create_task(TASK)
+        await self.connect_counter()
+
+    async def enqueue_many(self, numbers: list[int]) -> None:
+        await self.client.run_tasks(TASK, numbers)
+
+    async def enqueue_one(self, n: int) -> None:
+        await self.client.run_task(TASK, n)
+
+    async def close(self) -> None:
+        await self.client.close()
+        await super().close()
 
 
 class Pgqueuer(System):
@@ -353,8 +367,9 @@ class Pgqueuer(System):
         await self.pg.close()
 
 
-class Procrastinate(System):
+class Procrastinate(_PsycopgCounted):
     name = "procrastinate"
+    pending_query = "SELECT count(*) FROM procrastinate_jobs WHERE status IN ('todo', 'doing')"
 
     async def setup(self) -> None:
         import procrastinate
@@ -368,7 +383,7 @@ class Procrastinate(System):
         self.task = noop
         await self.app.open_async()
         await self.app.schema_manager.apply_schema_async()
-        self.conn = await psycopg.AsyncConnection.connect(self.dsn, autocommit=True)
+        await self.connect_counter()
 
     async def enqueue_many(self, numbers: list[int]) -> None:
         await self.task.batch_defer_async(*({"n": n} for n in numbers))
@@ -376,19 +391,9 @@ class Procrastinate(System):
     async def enqueue_one(self, n: int) -> None:
         await self.task.defer_async(n=n)
 
-    async def pending(self) -> int:
-        cur = await self.conn.execute(
-            "SELECT count(*) FROM procrastinate_jobs WHERE status IN ('todo', 'doing')"
-        )
-        row = await cur.fetchone()
-        return int(row[0]) if row else 0
-
-    async def backend_pid(self) -> int:
-        return self.conn.info.backend_pid
-
     async def close(self) -> None:
         await self.app.close_async()
-        await self.conn.close()
+        await super().close()
 
 
 # ============================================================================ driver

@@ -16,25 +16,33 @@ from typing import Any
 
 import psycopg
 import pytest
-from psycopg import sql
+from psycopg import errors, sql
 from psycopg.rows import dict_row, tuple_row
 from psycopg.types.json import Jsonb
 
 __all__ = [
+    "HIDE",
     "T0",
     "Clock",
     "J",
+    "assert_pages_backwards",
     "call",
+    "claim_steps",
+    "complete_step",
     "engine_state",
     "fn",
     "messages",
     "orphans",
     "rejected",
     "scalar",
+    "step",
 ]
 
 #: The instant the pinned engine clock starts from in time-dependent tests.
 T0 = dt.datetime(2030, 1, 1, tzinfo=dt.UTC)
+
+#: A claim lease (ms) longer than any test.
+HIDE = 60_000
 
 #: Wraps a Python value so that psycopg sends it as jsonb (a list of J is jsonb[]).
 J = Jsonb
@@ -131,6 +139,25 @@ def rejected(
     assert engine_state(conn) == before, "a rejected call must not write anything"
 
 
+def assert_pages_backwards(
+    conn: psycopg.Connection[Any], function: str, name: str, ids: list[int]
+) -> None:
+    """``function`` (cb_list_task_runs, cb_list_flow_runs) lists the five runs ``ids`` of
+    ``name`` newest first, ``lim`` at a time, ``before_id`` paging backwards; ``lim`` 0 is
+    rejected."""
+
+    def page(**options: Any) -> list[int]:
+        return [r["id"] for r in call(conn, function, name=name, **options)]
+
+    assert page() == ids[::-1]
+    assert page(lim=2) == [ids[4], ids[3]]
+    assert page(lim=2, before_id=ids[3]) == [ids[2], ids[1]]
+    assert page(lim=2, before_id=ids[1]) == [ids[0]]
+    assert page(lim=2, before_id=ids[0]) == []
+    with rejected(conn, errors.InvalidParameterValue):
+        page(lim=0)
+
+
 class Clock:
     """The engine clock of one session, pinned through ``SET catbird.fake_now``."""
 
@@ -149,3 +176,53 @@ class Clock:
 
     def engine_now(self) -> dt.datetime:
         return scalar(self.conn, "SELECT catbird.cb_now()")  # type: ignore[no-any-return]
+
+
+# ------------------------------------------------------------------------- flows
+
+
+def step(name: str, *deps: str, **fields: Any) -> dict[str, Any]:
+    """A step object of cb_create_flow; positional arguments are its dependencies."""
+    out: dict[str, Any] = {"name": name, **fields}
+    if deps:
+        out["depends_on"] = [{"name": d} for d in deps]
+    return out
+
+
+def claim_steps(
+    conn: psycopg.Connection[Any],
+    flow: str,
+    step_name: str,
+    quantity: int = 10,
+    hide_for: int = HIDE,
+) -> list[dict[str, Any]]:
+    """cb_claim_steps: up to ``quantity`` queued runs of one step."""
+    return call(
+        conn,
+        "cb_claim_steps",
+        flow_name=flow,
+        step_name=step_name,
+        quantity=quantity,
+        hide_for=hide_for,
+    )
+
+
+def complete_step(
+    conn: psycopg.Connection[Any],
+    flow: str,
+    step_name: str,
+    claimed: dict[str, Any],
+    output: Any,
+    **options: Any,
+) -> bool:
+    """cb_complete_step of a claim (its attempt, unless ``attempt`` is given)."""
+    options.setdefault("attempt", claimed["attempts"])
+    return fn(  # type: ignore[no-any-return]
+        conn,
+        "cb_complete_step",
+        flow_name=flow,
+        step_name=step_name,
+        id=claimed["id"],
+        output=J(output),
+        **options,
+    )

@@ -29,37 +29,19 @@ import pytest
 from psycopg import sql
 from psycopg.conninfo import make_conninfo
 from rich.console import Console
-from typer.testing import CliRunner, Result
+from typer.testing import Result
 
 from catbird import Client
-from catbird.cli import app, queues
+from catbird.cli import queues
 from catbird.cli.demo import AUDIT_QUEUE, ORDERS_QUEUE, run_demo
+from clihelpers import cb, cbj
 from sqlhelpers import engine_state, messages, scalar
-
-runner = CliRunner()
 
 
 @pytest.fixture(autouse=True)
 def _no_env_dsn(monkeypatch: pytest.MonkeyPatch) -> None:
     # A developer's exported CATBIRD_DSN must not leak into these tests.
     monkeypatch.delenv("CATBIRD_DSN", raising=False)
-
-
-def cb(dsn: str | None, *args: str, input: str | None = None, columns: int = 80) -> Result:
-    """Run ``catbird ARGS --dsn DSN`` in-process, on a ``columns`` wide "terminal"."""
-    argv = [*args, "--dsn", dsn] if dsn is not None else list(args)
-    result = runner.invoke(
-        app, argv, input=input, env={"COLUMNS": str(columns)}, catch_exceptions=False
-    )
-    assert "Traceback" not in result.output
-    return result
-
-
-def cbj(dsn: str, *args: str) -> Any:
-    """Run ``catbird ARGS --dsn DSN --json``, expect success, return the parsed document."""
-    result = cb(dsn, *args, "--json")
-    assert result.exit_code == 0, result.output
-    return json.loads(result.stdout)
 
 
 def assert_error(result: Result, code: int, *fragments: str) -> None:

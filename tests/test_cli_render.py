@@ -17,14 +17,13 @@ import pytest
 import typer
 from psycopg.types.json import Jsonb
 from rich.console import Console
-from typer.testing import CliRunner, Result
+from typer.testing import Result
 
+import clihelpers
 from catbird import Client, Flow
 from catbird.cli import app
 from catbird.cli.output import Column, table
 from sqlhelpers import call, fn
-
-runner = CliRunner()
 
 LONG_TASK = "a_rather_long_task_name_for_monthly_billing"
 TAIL = "END-OF-VALUE"
@@ -42,9 +41,7 @@ def _no_env_dsn(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def cb(dsn: str | None, *args: str, columns: int) -> Result:
-    argv = [*args, "--dsn", dsn] if dsn is not None else list(args)
-    result = runner.invoke(app, argv, env={"COLUMNS": str(columns)}, catch_exceptions=False)
-    assert "Traceback" not in result.output
+    result = clihelpers.cb(dsn, *args, columns=columns)
     assert result.exit_code == 0, result.output
     return result
 

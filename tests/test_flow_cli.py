@@ -2,18 +2,16 @@
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 import psycopg
 import pytest
-from typer.testing import CliRunner, Result
+from typer.testing import Result
 
+import clihelpers
 from catbird import Client, Flow, _sql
-from catbird.cli import app
 from catbird.cli.flows import layers
-
-runner = CliRunner()
+from clihelpers import cbj
 
 
 @pytest.fixture(autouse=True)
@@ -22,17 +20,7 @@ def _no_env_dsn(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def cb(dsn: str, *args: str, columns: int = 120) -> Result:
-    result = runner.invoke(
-        app, [*args, "--dsn", dsn], env={"COLUMNS": str(columns)}, catch_exceptions=False
-    )
-    assert "Traceback" not in result.output
-    return result
-
-
-def cbj(dsn: str, *args: str) -> Any:
-    result = cb(dsn, *args, "--json")
-    assert result.exit_code == 0, result.output
-    return json.loads(result.stdout)
+    return clihelpers.cb(dsn, *args, columns=columns)
 
 
 def shop() -> Flow:

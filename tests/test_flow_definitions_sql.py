@@ -24,15 +24,7 @@ from typing import Any
 import pytest
 from psycopg import errors
 
-from sqlhelpers import T0, Clock, J, call, engine_state, fn, rejected, scalar
-
-
-def step(name: str, *deps: str, **fields: Any) -> dict[str, Any]:
-    """A step object; positional arguments are its dependencies."""
-    out: dict[str, Any] = {"name": name, **fields}
-    if deps:
-        out["depends_on"] = [{"name": d} for d in deps]
-    return out
+from sqlhelpers import T0, Clock, J, call, engine_state, fn, rejected, scalar, step
 
 
 def normalized(name: str, *deps: str, **fields: Any) -> dict[str, Any]:

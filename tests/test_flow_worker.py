@@ -12,12 +12,11 @@ sharing a map step.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import dataclasses
 import threading
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import psycopg
@@ -33,6 +32,7 @@ from catbird import (
     StepRunInfo,
     Worker,
 )
+from workerhelpers import eventually, running
 
 
 @dataclasses.dataclass
@@ -52,33 +52,6 @@ FAST = {"max_retries": 0}
 @pytest.fixture
 async def client(aconn: psycopg.AsyncConnection[Any]) -> AsyncClient:
     return AsyncClient(aconn)
-
-
-@contextlib.asynccontextmanager
-async def running(dsn: str, *flows: Flow, **options: Any) -> AsyncIterator[Worker]:
-    options.setdefault("poll_interval", 0.05)
-    options.setdefault("heartbeat_interval", 0.2)
-    options.setdefault("shutdown_timeout", 2.0)
-    worker = Worker(dsn, flows=list(flows), **options)
-    await worker.start()
-    try:
-        yield worker
-    finally:
-        await worker.stop()
-
-
-async def eventually(check: Callable[[], Any], timeout: float = 10.0) -> Any:
-    """Poll an (async or sync) check until it returns something truthy."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = check()
-        if asyncio.iscoroutine(value):
-            value = await value
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"condition not met within {timeout} s")
-        await asyncio.sleep(0.02)
 
 
 async def statuses(client: AsyncClient, flow: Flow, run_id: int) -> dict[str, str]:

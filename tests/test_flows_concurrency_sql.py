@@ -20,40 +20,14 @@ from typing import Any
 
 import psycopg
 
-from sqlhelpers import J, call, fn, scalar
+from sqlhelpers import HIDE, J, call, claim_steps, fn, scalar, step
+from sqlhelpers import complete_step as complete
 
-HIDE = 60_000
 TIMEOUT = 30  # s: a thread that takes longer than this is stuck
 
 
-def step(name: str, *deps: str, **fields: Any) -> dict[str, Any]:
-    out: dict[str, Any] = {"name": name, **fields}
-    if deps:
-        out["depends_on"] = [{"name": d} for d in deps]
-    return out
-
-
 def claim(conn, flow: str, step_name: str, quantity: int = 100) -> list[dict[str, Any]]:
-    return call(
-        conn,
-        "cb_claim_steps",
-        flow_name=flow,
-        step_name=step_name,
-        quantity=quantity,
-        hide_for=HIDE,
-    )
-
-
-def complete(conn, flow: str, step_name: str, claimed: dict[str, Any], output: Any) -> bool:
-    return fn(  # type: ignore[no-any-return]
-        conn,
-        "cb_complete_step",
-        flow_name=flow,
-        step_name=step_name,
-        id=claimed["id"],
-        output=J(output),
-        attempt=claimed["attempts"],
-    )
+    return claim_steps(conn, flow, step_name, quantity)
 
 
 def run_threads(*targets: Callable[[], None]) -> None:

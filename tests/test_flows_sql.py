@@ -32,19 +32,11 @@ from typing import Any
 import pytest
 from psycopg import errors
 
-from sqlhelpers import T0, Clock, J, call, fn, rejected, scalar
-
-HIDE = 60_000  # ms: a lease longer than any test
-
+from sqlhelpers import HIDE, T0, Clock, J, assert_pages_backwards, call, fn, rejected, scalar, step
+from sqlhelpers import claim_steps as claim
+from sqlhelpers import complete_step as complete
 
 # --------------------------------------------------------------------------- helpers
-
-
-def step(name: str, *deps: str, **fields: Any) -> dict[str, Any]:
-    out: dict[str, Any] = {"name": name, **fields}
-    if deps:
-        out["depends_on"] = [{"name": d} for d in deps]
-    return out
 
 
 def create_flow(conn, name: str, steps: list[dict[str, Any]], **options: Any) -> None:
@@ -55,38 +47,10 @@ def run_flow(conn, name: str, input: Any, **options: Any) -> int:
     return fn(conn, "cb_run_flow", name=name, input=J(input), **options)  # type: ignore[no-any-return]
 
 
-def claim(
-    conn, flow: str, step_name: str, quantity: int = 10, hide_for: int = HIDE
-) -> list[dict[str, Any]]:
-    return call(
-        conn,
-        "cb_claim_steps",
-        flow_name=flow,
-        step_name=step_name,
-        quantity=quantity,
-        hide_for=hide_for,
-    )
-
-
 def claim_one(conn, flow: str, step_name: str, **options: Any) -> dict[str, Any]:
     rows = claim(conn, flow, step_name, **options)
     assert len(rows) == 1, rows
     return rows[0]
-
-
-def complete(
-    conn, flow: str, step_name: str, claimed: dict[str, Any], output: Any, **options: Any
-) -> bool:
-    options.setdefault("attempt", claimed["attempts"])
-    return fn(  # type: ignore[no-any-return]
-        conn,
-        "cb_complete_step",
-        flow_name=flow,
-        step_name=step_name,
-        id=claimed["id"],
-        output=J(output),
-        **options,
-    )
 
 
 def fail(
@@ -140,6 +104,40 @@ def complete_items(
         ids=[i["id"] for i in items],
         outputs=[J(o) for o in outputs],
         attempts=[i["attempts"] for i in items] if attempts is None else attempts,
+    )
+
+
+def fail_item(
+    conn, flow: str, step_name: str, claimed: dict[str, Any], error: str, **options: Any
+) -> str | None:
+    return fn(  # type: ignore[no-any-return]
+        conn,
+        "cb_fail_map_task",
+        flow_name=flow,
+        step_name=step_name,
+        id=claimed["id"],
+        error_message=error,
+        **options,
+    )
+
+
+def signal_flow(conn, flow: str, run_id: int, step_name: str, input: Any) -> bool:
+    return fn(  # type: ignore[no-any-return]
+        conn, "cb_signal_flow", flow_name=flow, run_id=run_id, step_name=step_name, input=J(input)
+    )
+
+
+def complete_early(
+    conn, flow: str, run_id: int, step_name: str, output: Any, **options: Any
+) -> bool:
+    return fn(  # type: ignore[no-any-return]
+        conn,
+        "cb_complete_flow_early",
+        flow_name=flow,
+        run_id=run_id,
+        step_name=step_name,
+        output=J(output),
+        **options,
     )
 
 
@@ -512,17 +510,7 @@ def test_a_signal_step_without_dependencies_waits_for_its_signal(conn):
     }
     assert claim(conn, "approval", "approve") == []
 
-    assert (
-        fn(
-            conn,
-            "cb_signal_flow",
-            flow_name="approval",
-            run_id=run_id,
-            step_name="approve",
-            input=J({"approved": True}),
-        )
-        is True
-    )
+    assert signal_flow(conn, "approval", run_id, "approve", {"approved": True}) is True
     info = steps_of(conn, "approval", run_id)["approve"]
     assert (info["status"], info["signal_input"]) == ("queued", {"approved": True})
     approve = claim_one(conn, "approval", "approve")
@@ -541,10 +529,7 @@ def test_a_signal_delivered_before_the_dependencies_is_kept_until_they_complete(
     create_flow(conn, "sig", [step("a"), step("b", "a", signal=True)])
     run_id = run_flow(conn, "sig", {})
     assert statuses(conn, "sig", run_id)["b"] == "waiting_for_dependencies"
-    assert (
-        fn(conn, "cb_signal_flow", flow_name="sig", run_id=run_id, step_name="b", input=J("go"))
-        is True
-    )
+    assert signal_flow(conn, "sig", run_id, "b", "go") is True
     assert statuses(conn, "sig", run_id)["b"] == "waiting_for_dependencies"
     assert claim(conn, "sig", "b") == []
     run_step(conn, "sig", "a", "A")
@@ -558,10 +543,7 @@ def test_dependencies_completed_before_the_signal_park_the_step_until_it_arrives
     run_step(conn, "sig", "a", "A")
     assert statuses(conn, "sig", run_id)["b"] == "waiting_for_signal"
     assert claim(conn, "sig", "b") == []
-    assert (
-        fn(conn, "cb_signal_flow", flow_name="sig", run_id=run_id, step_name="b", input=J({"v": 1}))
-        is True
-    )
+    assert signal_flow(conn, "sig", run_id, "b", {"v": 1}) is True
     assert statuses(conn, "sig", run_id)["b"] == "queued"
     assert claim_one(conn, "sig", "b")["signal_input"] == {"v": 1}
 
@@ -577,44 +559,22 @@ def test_the_signal_input_reaches_the_condition(conn, signal, expected):
         output_priority=["review", "fallback"],
     )
     run_id = run_flow(conn, "sig", {})
-    assert (
-        fn(
-            conn,
-            "cb_signal_flow",
-            flow_name="sig",
-            run_id=run_id,
-            step_name="review",
-            input=J(signal),
-        )
-        is True
-    )
+    assert signal_flow(conn, "sig", run_id, "review", signal) is True
     assert statuses(conn, "sig", run_id)["review"] == expected
 
 
 def test_signal_flow_returns_false_once_delivered_or_when_the_run_is_terminal(conn):
     create_flow(conn, "sig", [step("a", signal=True), step("b", signal=True)])
     run_id = run_flow(conn, "sig", {})
-    assert (
-        fn(conn, "cb_signal_flow", flow_name="sig", run_id=run_id, step_name="a", input=J(1))
-        is True
-    )
-    assert (
-        fn(conn, "cb_signal_flow", flow_name="sig", run_id=run_id, step_name="a", input=J(2))
-        is False
-    )
+    assert signal_flow(conn, "sig", run_id, "a", 1) is True
+    assert signal_flow(conn, "sig", run_id, "a", 2) is False
     assert steps_of(conn, "sig", run_id)["a"]["signal_input"] == 1  # the first signal stays
     run_step(conn, "sig", "a", "A")
-    assert (
-        fn(conn, "cb_signal_flow", flow_name="sig", run_id=run_id, step_name="a", input=J(3))
-        is False
-    )
+    assert signal_flow(conn, "sig", run_id, "a", 3) is False
 
     assert fn(conn, "cb_cancel_flow", name="sig", run_id=run_id) is True
     assert run_info(conn, "sig", run_id)["status"] == "canceled"
-    assert (
-        fn(conn, "cb_signal_flow", flow_name="sig", run_id=run_id, step_name="b", input=J(4))
-        is False
-    )
+    assert signal_flow(conn, "sig", run_id, "b", 4) is False
     assert steps_of(conn, "sig", run_id)["b"]["signal_input"] is None
 
 
@@ -624,11 +584,11 @@ def test_signal_flow_errors(conn):
     with rejected(conn, errors.UndefinedObject):
         fn(conn, "cb_signal_flow", flow_name="sig", run_id=run_id + 1000, step_name="a", input=J(1))
     with rejected(conn, errors.UndefinedObject):
-        fn(conn, "cb_signal_flow", flow_name="sig", run_id=run_id, step_name="nope", input=J(1))
+        signal_flow(conn, "sig", run_id, "nope", 1)
     with rejected(conn, errors.UndefinedObject):
-        fn(conn, "cb_signal_flow", flow_name="nope", run_id=run_id, step_name="a", input=J(1))
+        signal_flow(conn, "nope", run_id, "a", 1)
     with rejected(conn, errors.InvalidParameterValue) as info:
-        fn(conn, "cb_signal_flow", flow_name="sig", run_id=run_id, step_name="plain", input=J(1))
+        signal_flow(conn, "sig", run_id, "plain", 1)
     assert "signal" in str(info.value)
 
 
@@ -756,13 +716,12 @@ def test_each_item_retries_independently(conn):
     run_id = run_flow(conn, "mapped", [1, 2])
     first, second = claim_items(conn, "mapped", "double")
     assert (
-        fn(
+        fail_item(
             conn,
-            "cb_fail_map_task",
-            flow_name="mapped",
-            step_name="double",
-            id=first["id"],
-            error_message="flaky",
+            "mapped",
+            "double",
+            first,
+            "flaky",
             attempt=1,
             max_retries=1,
             backoff_min=1000,
@@ -791,13 +750,12 @@ def test_an_item_out_of_retries_fails_the_step_and_the_flow(conn):
     run_id = run_flow(conn, "mapped", [{"n": 1}, {"n": 2}, {"n": 3}])
     items = claim_items(conn, "mapped", "double", quantity=2)
     assert (
-        fn(
+        fail_item(
             conn,
-            "cb_fail_map_task",
-            flow_name="mapped",
-            step_name="double",
-            id=items[0]["id"],
-            error_message="e1",
+            "mapped",
+            "double",
+            items[0],
+            "e1",
             attempt=1,
             max_retries=1,
             backoff_min=0,
@@ -808,19 +766,7 @@ def test_an_item_out_of_retries_fails_the_step_and_the_flow(conn):
     [again] = claim_items(conn, "mapped", "double", quantity=1)
     assert again["attempts"] == 2 and again["id"] == items[0]["id"]
     clock.advance(seconds=1)
-    assert (
-        fn(
-            conn,
-            "cb_fail_map_task",
-            flow_name="mapped",
-            step_name="double",
-            id=again["id"],
-            error_message="e2",
-            attempt=2,
-            max_retries=1,
-        )
-        == "failed"
-    )
+    assert fail_item(conn, "mapped", "double", again, "e2", attempt=2, max_retries=1) == "failed"
 
     info = run_info(conn, "mapped", run_id)
     assert (info["status"], info["failed_step_name"], info["error_message"], info["failed_at"]) == (
@@ -848,17 +794,7 @@ def test_a_signal_mapper_hands_the_signal_to_every_item(conn):
     run_id = run_flow(conn, "sigmap", [1, 2])
     assert statuses(conn, "sigmap", run_id) == {"each": "waiting_for_signal"}
     assert claim_items(conn, "sigmap", "each") == []
-    assert (
-        fn(
-            conn,
-            "cb_signal_flow",
-            flow_name="sigmap",
-            run_id=run_id,
-            step_name="each",
-            input=J({"k": 1}),
-        )
-        is True
-    )
+    assert signal_flow(conn, "sigmap", run_id, "each", {"k": 1}) is True
     items = claim_items(conn, "sigmap", "each")
     assert [(i["item"], i["signal_input"]) for i in items] == [(1, {"k": 1}), (2, {"k": 1})]
 
@@ -1092,18 +1028,7 @@ def test_early_completion_wins_over_a_slow_sibling(conn):
     a = claim_one(conn, "race", "a")
     b = claim_one(conn, "race", "b")  # the slow sibling, still started
     clock.advance(seconds=3)
-    assert (
-        fn(
-            conn,
-            "cb_complete_flow_early",
-            flow_name="race",
-            run_id=run_id,
-            step_name="a",
-            output=J({"answer": 42}),
-            reason="found it",
-        )
-        is True
-    )
+    assert complete_early(conn, "race", run_id, "a", {"answer": 42}, reason="found it") is True
 
     info = run_info(conn, "race", run_id)
     assert (info["status"], info["output"], info["completed_at"], info["cancel_reason"]) == (
@@ -1124,17 +1049,7 @@ def test_early_completion_wins_over_a_slow_sibling(conn):
     assert fail(conn, "race", "b", b, "late") is None
     assert claim(conn, "race", "c") == []
     assert complete(conn, "race", "a", a, "normal output") is False
-    assert (
-        fn(
-            conn,
-            "cb_complete_flow_early",
-            flow_name="race",
-            run_id=run_id,
-            step_name="b",
-            output=J(0),
-        )
-        is False
-    )
+    assert complete_early(conn, "race", run_id, "b", 0) is False
     assert run_info(conn, "race", run_id)["output"] == {"answer": 42}
     assert wait_output(conn, "race", run_id) == [
         {"status": "completed", "output": {"answer": 42}, "error_message": None}
@@ -1145,17 +1060,7 @@ def test_early_completion_cancels_mapper_items(conn):
     create_flow(conn, "race", [step("a"), step("m", step_type="mapper")])
     run_id = run_flow(conn, "race", [1, 2, 3])
     items = claim_items(conn, "race", "m", quantity=1)
-    assert (
-        fn(
-            conn,
-            "cb_complete_flow_early",
-            flow_name="race",
-            run_id=run_id,
-            step_name="a",
-            output=J("early"),
-        )
-        is True
-    )
+    assert complete_early(conn, "race", run_id, "a", "early") is True
     assert run_info(conn, "race", run_id)["cancel_reason"] == 'completed early by step "a"'
     assert item_statuses(conn, run_id) == ["canceled", "canceled", "canceled"]
     complete_items(conn, "race", "m", items, ["late"])
@@ -1167,23 +1072,9 @@ def test_early_completion_errors(conn):
     create_flow(conn, "race", [step("a")])
     run_id = run_flow(conn, "race", {})
     with rejected(conn, errors.UndefinedObject):
-        fn(
-            conn,
-            "cb_complete_flow_early",
-            flow_name="race",
-            run_id=run_id + 1000,
-            step_name="a",
-            output=J(1),
-        )
+        complete_early(conn, "race", run_id + 1000, "a", 1)
     with rejected(conn, errors.UndefinedObject):
-        fn(
-            conn,
-            "cb_complete_flow_early",
-            flow_name="race",
-            run_id=run_id,
-            step_name="zz",
-            output=J(1),
-        )
+        complete_early(conn, "race", run_id, "zz", 1)
 
 
 def test_cancel_drains_started_work_then_cancels(conn):
@@ -1244,18 +1135,7 @@ def test_cancel_waits_for_started_map_items(conn):
     assert item_statuses(conn, run_id) == ["started", "started", "canceled"]
     complete_items(conn, "mapped", "double", items[:1], [2])
     assert run_info(conn, "mapped", run_id)["status"] == "canceling"
-    assert (
-        fn(
-            conn,
-            "cb_fail_map_task",
-            flow_name="mapped",
-            step_name="double",
-            id=items[1]["id"],
-            error_message="x",
-            attempt=1,
-        )
-        is None
-    )
+    assert fail_item(conn, "mapped", "double", items[1], "x", attempt=1) is None
     assert run_info(conn, "mapped", run_id)["status"] == "canceled"
     assert item_statuses(conn, run_id) == ["canceled", "canceled", "canceled"]
 
@@ -1358,14 +1238,7 @@ def test_the_failure_context_reaches_the_on_fail_handler(conn):
     )
     run_id = run_flow(conn, "pay", {"order": 7}, concurrency_key="order-7")
     run_step(conn, "pay", "charge", {"charged": 100})
-    assert fn(
-        conn,
-        "cb_signal_flow",
-        flow_name="pay",
-        run_id=run_id,
-        step_name="confirm",
-        input=J({"by": "alice"}),
-    )
+    assert signal_flow(conn, "pay", run_id, "confirm", {"by": "alice"})
     confirm = claim_one(conn, "pay", "confirm")
     assert (
         fail(
@@ -1520,18 +1393,7 @@ def test_a_stale_item_worker_cannot_overwrite_the_newer_claim(conn):
     [fresh] = claim_items(conn, "mapped", "double", hide_for=1000)
     assert fresh["attempts"] == 2
     complete_items(conn, "mapped", "double", [stale], ["stale"])
-    assert (
-        fn(
-            conn,
-            "cb_fail_map_task",
-            flow_name="mapped",
-            step_name="double",
-            id=stale["id"],
-            error_message="x",
-            attempt=1,
-        )
-        is None
-    )
+    assert fail_item(conn, "mapped", "double", stale, "x", attempt=1) is None
     assert item_statuses(conn, run_id) == ["started"]
     complete_items(conn, "mapped", "double", [fresh], ["fresh"])
     assert steps_of(conn, "mapped", run_id)["double"]["output"] == ["fresh"]
@@ -1772,7 +1634,7 @@ def test_get_flow_step_status_reports_one_step(conn):
         "skipped_at": None,
         "canceled_at": None,
     }
-    fn(conn, "cb_signal_flow", flow_name="sig", run_id=run_id, step_name="a", input=J("yes"))
+    signal_flow(conn, "sig", run_id, "a", "yes")
     clock.advance(seconds=1)
     run_step(conn, "sig", "a", "A")
     [after] = call(conn, "cb_get_flow_step_status", flow_name="sig", run_id=run_id, step_name="a")
@@ -1808,16 +1670,7 @@ def test_list_flow_runs_pages_newest_first(conn):
     ids = [run_flow(conn, "solo", {"i": i}) for i in range(5)]
     run_flow(conn, "other", {})
 
-    def page(**options: Any) -> list[int]:
-        return [r["id"] for r in call(conn, "cb_list_flow_runs", name="solo", **options)]
-
-    assert page() == ids[::-1]
-    assert page(lim=2) == [ids[4], ids[3]]
-    assert page(lim=2, before_id=ids[3]) == [ids[2], ids[1]]
-    assert page(lim=2, before_id=ids[1]) == [ids[0]]
-    assert page(lim=2, before_id=ids[0]) == []
-    with rejected(conn, errors.InvalidParameterValue):
-        page(lim=0)
+    assert_pages_backwards(conn, "cb_list_flow_runs", "solo", ids)
 
 
 def test_purge_flow_runs_removes_old_terminal_runs_with_their_steps(conn):

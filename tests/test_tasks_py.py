@@ -12,7 +12,6 @@ import asyncio
 import dataclasses
 import enum
 import functools
-import json
 import threading
 import time
 import uuid
@@ -24,9 +23,10 @@ from typing import Any, Literal, Optional, TypedDict
 import psycopg
 import pydantic
 import pytest
-from typer.testing import CliRunner, Result
+from typer.testing import Result
 
 import catbird
+import clihelpers
 from catbird import (
     AsyncClient,
     Client,
@@ -44,9 +44,9 @@ from catbird import (
     TaskRunInfo,
     _sql,
 )
-from catbird.cli import app
 from catbird.codec import codec_for, dumps, to_json_value
 from catbird.definitions import HandlerOptions
+from clihelpers import cbj
 
 NOW = datetime(2030, 1, 1, 12, 0, tzinfo=UTC)
 
@@ -743,20 +743,9 @@ def test_list_workers_reflects_the_registry(client: Client) -> None:
 
 # ---------------------------------------------------------------- command line
 
-cli_runner = CliRunner()
-
 
 def cb(dsn: str | None, *args: str) -> Result:
-    argv = [*args, "--dsn", dsn] if dsn is not None else list(args)
-    result = cli_runner.invoke(app, argv, env={"COLUMNS": "120"}, catch_exceptions=False)
-    assert "Traceback" not in result.output
-    return result
-
-
-def cbj(dsn: str, *args: str) -> Any:
-    result = cb(dsn, *args, "--json")
-    assert result.exit_code == 0, result.output
-    return json.loads(result.stdout)
+    return clihelpers.cb(dsn, *args, columns=120)
 
 
 @pytest.fixture

@@ -20,7 +20,7 @@ import psycopg
 import pytest
 from psycopg import errors
 
-from sqlhelpers import T0, Clock, J, call, fn, messages, rejected, scalar
+from sqlhelpers import T0, Clock, J, assert_pages_backwards, call, fn, messages, rejected, scalar
 
 SECOND = dt.timedelta(seconds=1)
 MS = dt.timedelta(milliseconds=1)
@@ -1340,16 +1340,7 @@ def test_bind_task_rejects_an_invalid_pattern(conn, work, pattern):
 def test_list_task_runs_is_newest_first_and_pages_backwards(conn, work):
     ids = run_many(conn, [{"i": i} for i in range(5)])
 
-    def page(**kw: Any) -> list[int]:
-        return [r["id"] for r in call(conn, "cb_list_task_runs", name="work", **kw)]
-
-    assert page() == ids[::-1]
-    assert page(lim=2) == [ids[4], ids[3]]
-    assert page(lim=2, before_id=ids[3]) == [ids[2], ids[1]]
-    assert page(lim=2, before_id=ids[1]) == [ids[0]]
-    assert page(lim=2, before_id=ids[0]) == []
-    with rejected(conn, errors.InvalidParameterValue):
-        page(lim=0)
+    assert_pages_backwards(conn, "cb_list_task_runs", "work", ids)
 
 
 def test_get_task_run_only_finds_runs_of_that_task(conn, work):

@@ -10,12 +10,10 @@ backoffs are a few milliseconds.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import dataclasses
 import logging
 import threading
 import time
-from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import psycopg
@@ -34,6 +32,7 @@ from catbird import (
     Worker,
     _sql,
 )
+from workerhelpers import eventually, running
 
 
 @dataclasses.dataclass
@@ -53,33 +52,6 @@ FAST = {"max_retries": 0}
 @pytest.fixture
 async def client(aconn: psycopg.AsyncConnection[Any]) -> AsyncClient:
     return AsyncClient(aconn)
-
-
-@contextlib.asynccontextmanager
-async def running(dsn: str, *tasks: Task[Any, Any], **options: Any) -> AsyncIterator[Worker]:
-    options.setdefault("poll_interval", 0.05)
-    options.setdefault("heartbeat_interval", 0.2)
-    options.setdefault("shutdown_timeout", 2.0)
-    worker = Worker(dsn, tasks=list(tasks), **options)
-    await worker.start()
-    try:
-        yield worker
-    finally:
-        await worker.stop()
-
-
-async def eventually(check: Callable[[], Any], timeout: float = 10.0) -> Any:
-    """Poll an (async or sync) check until it returns something truthy."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = check()
-        if asyncio.iscoroutine(value):
-            value = await value
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not met in time")
-        await asyncio.sleep(0.02)
 
 
 # ---------------------------------------------------------------- completing runs

@@ -77,6 +77,25 @@ class Binding:
 TERMINAL_STATUSES = frozenset({"completed", "failed", "skipped", "canceled", "expired"})
 
 
+class _RunStatus:
+    """The status tests shared by task and flow run records."""
+
+    __slots__ = ()
+    status: str
+
+    @property
+    def is_done(self) -> bool:
+        """The run reached a terminal state (completed, failed, canceled, expired; a task run
+        also skipped)."""
+        return self.status in TERMINAL_STATUSES
+
+    @property
+    def is_completed(self) -> bool:
+        """The run completed successfully (its ``output`` is the task handler's result or the
+        flow's output)."""
+        return self.status == "completed"
+
+
 @dataclass(frozen=True, slots=True)
 class TaskInfo:
     """A task definition as listed by ``cb_list_tasks()``."""
@@ -91,7 +110,7 @@ class TaskInfo:
 
 
 @dataclass(frozen=True, slots=True)
-class TaskRunInfo:
+class TaskRunInfo(_RunStatus):
     """One run of a task (``catbird.cb_task_run_info``).
 
     ``input``, ``headers`` and ``output`` are plain JSON values; use
@@ -123,16 +142,6 @@ class TaskRunInfo:
     on_fail_status: str | None
     on_fail_attempts: int
     on_fail_error_message: str | None
-
-    @property
-    def is_done(self) -> bool:
-        """The run reached a terminal state (completed, failed, skipped, canceled, expired)."""
-        return self.status in TERMINAL_STATUSES
-
-    @property
-    def is_completed(self) -> bool:
-        """The run completed successfully (its ``output`` is the handler's result)."""
-        return self.status == "completed"
 
 
 @dataclass(frozen=True, slots=True)
@@ -277,7 +286,7 @@ class FlowInfo:
 
 
 @dataclass(frozen=True, slots=True)
-class FlowRunInfo:
+class FlowRunInfo(_RunStatus):
     """One run of a flow (``catbird.cb_flow_run_info``).
 
     ``input``, ``headers`` and ``output`` are plain JSON values; use
@@ -306,16 +315,6 @@ class FlowRunInfo:
     on_fail_status: str | None
     on_fail_attempts: int
     on_fail_error_message: str | None
-
-    @property
-    def is_done(self) -> bool:
-        """The run reached a terminal state (completed, failed, canceled, expired)."""
-        return self.status in TERMINAL_STATUSES
-
-    @property
-    def is_completed(self) -> bool:
-        """The run completed (its ``output`` is the flow's output)."""
-        return self.status == "completed"
 
 
 @dataclass(frozen=True, slots=True)

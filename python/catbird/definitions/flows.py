@@ -91,8 +91,9 @@ from .handlers import (
     _is_async,
     _options,
     _retention,
+    _signature,
     check_name,
-    make_handler,
+    make_on_fail_handler,
 )
 
 __all__ = [
@@ -207,10 +208,7 @@ def _bind(
             f"{what}: handler {_callable_name(fn)} is a generator; only a step declared with"
             " generator=True yields items (other handlers return their output)"
         )
-    try:
-        sig = inspect.signature(fn)
-    except (TypeError, ValueError) as exc:
-        raise DefinitionError(f"{what}: cannot inspect the handler {fn!r}: {exc}") from exc
+    sig = _signature(fn, what)
     hints = _hints(fn, what)
     shown = f"{_callable_name(fn)}{sig}"
     names = ", ".join(accepted) or "none"
@@ -630,21 +628,13 @@ class Flow:
         ``@flow.on_fail(timeout=10)``; returns the function."""
 
         def attach(f: F) -> F:
-            what = f"flow {self.name!r} on-fail"
-            handler = make_handler(
+            self.on_fail_handler = make_on_fail_handler(
                 f,
-                _options(HandlerOptions(), options),
-                what=what,
-                arity=2,
-                param_roles=("the flow input", "a catbird.FlowFailure"),
+                options,
+                what=f"flow {self.name!r} on-fail",
+                input_role="the flow input",
+                failure_type=FlowFailure,
             )
-            failure = handler.params[1]
-            if failure.annotation not in (inspect.Parameter.empty, Any, object, FlowFailure):
-                raise DefinitionError(
-                    f"{what}: parameter {failure.name!r} of {handler.name} receives a"
-                    f" catbird.FlowFailure, not {failure.annotation!r}"
-                )
-            self.on_fail_handler = handler
             return f
 
         return attach if fn is None else attach(fn)

@@ -34,6 +34,7 @@ __all__ = [
     "Param",
     "check_name",
     "make_handler",
+    "make_on_fail_handler",
 ]
 
 I = TypeVar("I")  # noqa: E741 - the conventional name of an input type
@@ -310,10 +311,7 @@ def make_handler(
             f"{what}: handler {_callable_name(fn)} is a generator; a handler must return its"
             " output, not yield it"
         )
-    try:
-        sig = inspect.signature(fn)
-    except (TypeError, ValueError) as exc:
-        raise DefinitionError(f"{what}: cannot inspect the handler {fn!r}: {exc}") from exc
+    sig = _signature(fn, what)
     roles = ", ".join(param_roles) if param_roles else f"{arity} argument(s)"
     expected = (
         f"{what}: handler {_callable_name(fn)}{sig} must take exactly {arity}"
@@ -363,6 +361,41 @@ def make_handler(
     except TypeError as exc:
         raise DefinitionError(f"{what}: return annotation of {_callable_name(fn)}: {exc}") from exc
     return Handler(fn, options, tuple(params), output, _is_async(fn))
+
+
+def _signature(fn: Callable[..., Any], what: str) -> inspect.Signature:
+    try:
+        return inspect.signature(fn)
+    except (TypeError, ValueError) as exc:
+        raise DefinitionError(f"{what}: cannot inspect the handler {fn!r}: {exc}") from exc
+
+
+def make_on_fail_handler(
+    fn: Callable[..., Any],
+    options: dict[str, Any],
+    *,
+    what: str,
+    input_role: str,
+    failure_type: type,
+) -> Handler:
+    """Check ``fn`` as an on-fail handler called with ``(input, failure)``: a
+    :class:`Handler` with the standard options overridden by ``options``; the
+    failure parameter, if annotated, must take ``failure_type``."""
+    failure_name = f"catbird.{failure_type.__name__}"
+    handler = make_handler(
+        fn,
+        _options(HandlerOptions(), options),
+        what=what,
+        arity=2,
+        param_roles=(input_role, f"a {failure_name}"),
+    )
+    failure = handler.params[1]
+    if failure.annotation not in (inspect.Parameter.empty, Any, object, failure_type):
+        raise DefinitionError(
+            f"{what}: parameter {failure.name!r} of {handler.name} receives a"
+            f" {failure_name}, not {failure.annotation!r}"
+        )
+    return handler
 
 
 # ---------------------------------------------------------------- tasks

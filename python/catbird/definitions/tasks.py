@@ -28,7 +28,6 @@ Handlers and their options are not task-specific: flow steps use the same
 from __future__ import annotations
 
 import functools
-import inspect
 import typing
 from collections.abc import Awaitable, Callable
 from datetime import timedelta
@@ -45,6 +44,7 @@ from .handlers import (
     _retention,
     check_name,
     make_handler,
+    make_on_fail_handler,
 )
 
 __all__ = ["Task", "definition_args", "output_decoder", "task", "task_name"]
@@ -144,21 +144,13 @@ class Task(Generic[I, O]):
         return self._set_on_fail(fn, options)
 
     def _set_on_fail(self, fn: Callable[..., Any], options: dict[str, Any]) -> Task[I, O]:
-        what = f"task {self.name!r} on-fail"
-        handler = make_handler(
+        self.on_fail_handler = make_on_fail_handler(
             fn,
-            _options(HandlerOptions(), options),
-            what=what,
-            arity=2,
-            param_roles=("the run input", "a catbird.TaskFailure"),
+            options,
+            what=f"task {self.name!r} on-fail",
+            input_role="the run input",
+            failure_type=TaskFailure,
         )
-        failure = handler.params[1]
-        if failure.annotation not in (inspect.Parameter.empty, Any, object, TaskFailure):
-            raise DefinitionError(
-                f"{what}: parameter {failure.name!r} of {handler.name} receives a"
-                f" catbird.TaskFailure, not {failure.annotation!r}"
-            )
-        self.on_fail_handler = handler
         return self
 
     def __call__(self, input: I) -> Any:

@@ -11,9 +11,10 @@ from __future__ import annotations
 import abc
 import functools
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, ClassVar
 
 from .. import _sql
+from .._sql.runs import RunStatements
 from ..context import FlowDB, FlowFailure, FlowRunContext, RunContext
 from ..definitions import Handler, Task
 from ..definitions.flows import Flow
@@ -50,15 +51,25 @@ class OnFailLane(Lane):
     def failure(self, claim: Any) -> Any:
         """The failure the handler gets as its second argument."""
 
-    @abc.abstractmethod
+    #: The run statements of the kind (tasks or flows) this lane handles.
+    statements: ClassVar[RunStatements[Any, Any, Any]]
+
+    async def claim(self, quantity: int) -> Sequence[Any]:
+        return await self.host.claim_client.execute(
+            self.statements.claim_on_fail(self.name, quantity=quantity, hide_for=self.hide_for)
+        )
+
     def complete_query(self, run: Run) -> _sql.Query[Any]:
         """The statement that records the handler's success."""
+        return self.statements.complete_on_fail(self.name, run.id)
 
-    @abc.abstractmethod
     def fail_query(
         self, run: Run, message: str, exhausted: bool, retry_delay: int
     ) -> _sql.Query[Any]:
         """The statement that records the handler's failure."""
+        return self.statements.fail_on_fail(
+            self.name, run.id, message, retry_exhausted=exhausted, retry_delay=retry_delay
+        )
 
     def start(self, claim: Any) -> tuple[Run, tuple[Any, ...] | BaseException]:
         run = Run(claim.id, claim.on_fail_attempts, self.context(claim))
@@ -97,17 +108,14 @@ class OnFailLane(Lane):
 class TaskOnFailLane(OnFailLane):
     """The on-fail handler of a task."""
 
+    statements = _sql.TASKS
+
     def __init__(self, host: LaneHost, task: Task[Any, Any], handler: Handler) -> None:
         super().__init__(host, task.name, handler)
 
     @property
     def subject(self) -> str:
         return f"task {self.name!r}"
-
-    async def claim(self, quantity: int) -> Sequence[OnFailClaim]:
-        return await self.host.claim_client.execute(
-            _sql.claim_task_on_fail(self.name, quantity=quantity, hide_for=self.hide_for)
-        )
 
     def context(self, claim: OnFailClaim) -> RunContext:
         return RunContext(
@@ -126,19 +134,11 @@ class TaskOnFailLane(OnFailLane):
             concurrency_key=claim.concurrency_key,
         )
 
-    def complete_query(self, run: Run) -> _sql.Query[Any]:
-        return _sql.complete_task_on_fail(self.name, run.id)
-
-    def fail_query(
-        self, run: Run, message: str, exhausted: bool, retry_delay: int
-    ) -> _sql.Query[Any]:
-        return _sql.fail_task_on_fail(
-            self.name, run.id, message, retry_exhausted=exhausted, retry_delay=retry_delay
-        )
-
 
 class FlowOnFailLane(OnFailLane):
     """The on-fail handler of a flow."""
+
+    statements = _sql.FLOWS
 
     def __init__(self, host: LaneHost, flow: Flow, handler: Handler) -> None:
         super().__init__(host, flow.name, handler)
@@ -155,11 +155,6 @@ class FlowOnFailLane(OnFailLane):
     @property
     def subject(self) -> str:
         return f"flow {self.flow!r}"
-
-    async def claim(self, quantity: int) -> Sequence[FlowOnFailClaim]:
-        return await self.host.claim_client.execute(
-            _sql.claim_flow_on_fail(self.flow, quantity=quantity, hide_for=self.hide_for)
-        )
 
     def context(self, claim: FlowOnFailClaim) -> FlowRunContext:
         return FlowRunContext(
@@ -189,14 +184,4 @@ class FlowOnFailLane(OnFailLane):
             failed_step_input=claim.failed_step_input,
             failed_step_signal_input=claim.failed_step_signal_input,
             _db=self.db,
-        )
-
-    def complete_query(self, run: Run) -> _sql.Query[Any]:
-        return _sql.complete_flow_on_fail(self.flow, run.id)
-
-    def fail_query(
-        self, run: Run, message: str, exhausted: bool, retry_delay: int
-    ) -> _sql.Query[Any]:
-        return _sql.fail_flow_on_fail(
-            self.flow, run.id, message, retry_exhausted=exhausted, retry_delay=retry_delay
         )
