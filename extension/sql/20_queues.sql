@@ -65,13 +65,14 @@ $$;
 
 -- Creates a queue; creating an existing queue is a no-op (its description
 -- and expiry are kept). A queue past expires_at is deleted by cb_gc. Returns
--- nothing; 22023 for an invalid name.
+-- nothing; 22023 for an invalid name or an infinite expires_at.
 CREATE FUNCTION catbird.cb_create_queue(name text, expires_at timestamptz = NULL, description text = NULL)
 RETURNS void
 LANGUAGE plpgsql VOLATILE
 AS $$
 BEGIN
     PERFORM catbird._cb_check_name('queue', name);
+    PERFORM catbird._cb_check_time('expires_at', expires_at);
     INSERT INTO catbird.cb_queues (name, description, created_at, expires_at)
     VALUES (cb_create_queue.name, cb_create_queue.description, catbird.cb_now(), cb_create_queue.expires_at)
     ON CONFLICT ON CONSTRAINT cb_queues_name_key DO NOTHING;
@@ -129,6 +130,10 @@ DECLARE
     v_ids bigint[];
     v_id bigint;
 BEGIN
+    -- Bounded inputs (10_names): keys fit the index, times are finite.
+    IF concurrency_keys IS NOT NULL OR _cb_insert_messages.visible_at IS NOT NULL OR _cb_insert_messages.expires_at IS NOT NULL THEN
+        PERFORM catbird._cb_check_bounds(concurrency_keys, _cb_insert_messages.visible_at, _cb_insert_messages.expires_at);
+    END IF;
     -- Fast path: no concurrency key anywhere (the common case) needs no
     -- ON CONFLICT arbiter, no dedup join and no aggregate over the input.
     IF concurrency_keys IS NULL OR cardinality(array_remove(concurrency_keys, NULL)) = 0 THEN

@@ -223,8 +223,8 @@ $$;
 -- A generator's handler, while running (its step run started), adds items
 -- (queued at visible_at, default now). Returns how many it added; 0 when the
 -- step run or flow run is no longer started. 42704 for an unknown flow or
--- step; 22023 for an invalid name, a step that is not a generator or items
--- that are not a JSON array.
+-- step; 22023 for an invalid name, a step that is not a generator, items
+-- that are not a JSON array or an infinite visible_at.
 CREATE FUNCTION catbird.cb_spawn_generator_map_tasks(flow_name text, step_name text, id bigint, items jsonb,
                                                      visible_at timestamptz = NULL)
 RETURNS int
@@ -244,6 +244,7 @@ BEGIN
     IF items IS NULL OR jsonb_typeof(items) <> 'array' THEN
         RAISE EXCEPTION 'invalid items: expected a JSON array of items' USING ERRCODE = 'invalid_parameter_value';
     END IF;
+    PERFORM catbird._cb_check_time('visible_at', visible_at);
     v_locked := catbird._cb_lock_step_run(v_flow, step_name, id);
     IF (v_locked.step_run).status IS DISTINCT FROM 'started' OR (v_locked.run).status <> 'started' THEN
         RETURN 0;  -- the run was canceled or finished meanwhile
