@@ -9,6 +9,9 @@
 #   make lint [LINT_DSN=...]        ruff, mypy, and plpgsql_check when LINT_DSN names
 #                                   a server that has plpgsql_check and catbird installed
 #   make pg-tle                     write pg_tle/catbird--$(EXTVERSION).pg_tle.sql
+#   make pg-tle-check PG_DSN=...    run the pg_tle tests against a real server that has
+#                                   pg_tle in shared_preload_libraries (superuser DSN;
+#                                   the catbird files must not be on that server)
 
 EXT_NAME    = catbird
 EXTVERSION := $(shell sed -n "s/^default_version *= *'\(.*\)'.*/\1/p" extension/catbird.control)
@@ -31,7 +34,7 @@ PG_TLE_SQL    := pg_tle/$(EXT_NAME)--$(EXTVERSION).pg_tle.sql
 BUILT_HEADER := -- GENERATED FILE, do not edit: concatenation of extension/sql/[0-9]*.sql by 'make build'.
 
 .DEFAULT_GOAL := build
-.PHONY: build test lint pg-tle
+.PHONY: build test lint pg-tle pg-tle-check
 
 build: $(BUILT_SQL) $(BUILT_CONTROL) $(BUILT_UPGRADE)
 
@@ -64,6 +67,10 @@ lint:
 	fi
 
 pg-tle: $(PG_TLE_SQL)
+
+pg-tle-check: build
+	@test -n "$(PG_DSN)" || { echo "usage: make pg-tle-check PG_DSN=postgresql://..." >&2; exit 2; }
+	PG_TLE_DSN='$(PG_DSN)' $(PY) -m pytest -q -rs tests/test_pg_tle_real.py
 
 $(PG_TLE_SQL): $(BUILT_SQL) $(BUILT_CONTROL) pg_tle/generate.py python/catbird/db/pg_tle.py
 	$(PY) pg_tle/generate.py --output $@

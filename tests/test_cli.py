@@ -144,6 +144,17 @@ def test_db_status_of_an_installed_database(dsn: str) -> None:
     assert "yes (extension, version 0.1.0)" in result.stdout
 
 
+def test_db_roles_creates_nothing_new_and_grants(dsn: str) -> None:
+    doc = cbj(dsn, "db", "roles")
+    assert doc["created"] == []
+    assert doc["existing"] == ["catbird_admin", "catbird_client", "catbird_worker"]
+    assert doc["missing"] == []
+    assert doc["granted"] is True
+    result = cb(dsn, "db", "roles")
+    assert result.exit_code == 0
+    assert "granted EXECUTE" in result.stdout
+
+
 def test_db_install_plain_then_again_is_a_no_op(empty_db: str) -> None:
     assert cbj(empty_db, "db", "status")["installed"] is False
     assert "no (run 'catbird db install')" in cb(empty_db, "db", "status").stdout

@@ -11,6 +11,7 @@ import stat
 import subprocess
 import sys
 import time
+import uuid
 from pathlib import Path
 
 import psycopg
@@ -81,24 +82,85 @@ def _smoke(conn: psycopg.Connection) -> None:
     assert got == [(row[0], {"n": 1})]
 
 
-# A stand-in for pg_tle's install_extension with its 1.5 signature, recording
-# what it is given. pg_tle itself is a C extension that must be in
-# shared_preload_libraries; it is not packaged for this machine, so the
-# registration path is tested up to the call, and the payload is run the way
-# pg_tle would run it at CREATE EXTENSION time.
-_CAPTURING_PGTLE = """
+# A stand-in for pg_tle (a C extension that must be in shared_preload_libraries
+# and is not packaged for this machine), faithful to its SQL API: 1.4's
+# five-argument or 1.5's six-argument install_extension, install_update_path,
+# available_extensions() (1.4's three columns, 1.5's eight) and
+# available_extension_versions(), all executable by pgtle_admin only, and the
+# refusal to shadow an extension whose control file is on disk (55000). It
+# records what it is given in pgtle.registry; CREATE EXTENSION on the test
+# server is then served by the files, so the registered payload is run the
+# way pg_tle would run it in a separate test.
+def _pgtle_stand_in(api: str = "1.5") -> str:
+    schema_param = ", schema text DEFAULT NULL" if api == "1.5" else ""
+    schema_value = "schema" if api == "1.5" else "NULL"
+    extensions_out = (
+        "name name, default_version text, superuser boolean, trusted boolean, "
+        "relocatable boolean, schema name, requires name[], comment text"
+        if api == "1.5"
+        else "name name, default_version text, comment text"
+    )
+    extensions_select = (
+        "r.name, r.version, false, false, false, r.schema, r.requires, r.description"
+        if api == "1.5"
+        else "r.name, r.version, r.description"
+    )
+    install_signature = "text, text, text, text, text[]" + (", text" if api == "1.5" else "")
+    return f"""
+DO $$ BEGIN
+    IF to_regrole('pgtle_admin') IS NULL THEN CREATE ROLE pgtle_admin NOLOGIN; END IF;
+END $$;
 CREATE SCHEMA pgtle;
-CREATE TABLE pgtle.captured (
-    name text, version text, description text, ext text, requires text[], schema text
+CREATE TABLE pgtle.registry (
+    name text, version text, description text, ext text, requires text[], schema text,
+    PRIMARY KEY (name, version)
 );
+CREATE TABLE pgtle.update_paths (
+    name text, fromvers text, tovers text, ext text, PRIMARY KEY (name, fromvers, tovers)
+);
+-- Names whose control file the stand-in treats as present on disk.
+CREATE TABLE pgtle.files_on_disk (name text PRIMARY KEY);
 CREATE FUNCTION pgtle.install_extension(
-    name text, version text, description text, ext text,
-    requires text[] DEFAULT NULL, schema text DEFAULT NULL
-) RETURNS boolean LANGUAGE sql AS $$
-    INSERT INTO pgtle.captured VALUES (name, version, description, ext, requires, schema);
-    SELECT true;
-$$;
+    name text, version text, description text, ext text, requires text[] DEFAULT NULL{schema_param}
+) RETURNS boolean LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog AS $f$
+BEGIN
+    IF EXISTS (SELECT FROM pgtle.files_on_disk f WHERE f.name = install_extension.name) THEN
+        RAISE EXCEPTION 'control file already exists for the % extension', name
+            USING ERRCODE = 'object_not_in_prerequisite_state';
+    END IF;
+    IF EXISTS (SELECT FROM pgtle.registry r WHERE r.name = install_extension.name) THEN
+        RAISE EXCEPTION 'extension "%" already installed', name USING ERRCODE = 'duplicate_object';
+    END IF;
+    INSERT INTO pgtle.registry VALUES (name, version, description, ext, requires, {schema_value});
+    RETURN true;
+END $f$;
+CREATE FUNCTION pgtle.install_update_path(name text, fromvers text, tovers text, ext text)
+RETURNS boolean LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog AS $f$
+BEGIN
+    INSERT INTO pgtle.update_paths VALUES (name, fromvers, tovers, ext);
+    RETURN true;
+END $f$;
+CREATE FUNCTION pgtle.available_extensions(OUT {extensions_out.replace(", ", ", OUT ")})
+RETURNS SETOF record LANGUAGE sql STABLE SECURITY DEFINER AS $f$
+    SELECT DISTINCT ON (r.name) {extensions_select}
+    FROM pgtle.registry r ORDER BY r.name, r.version DESC
+$f$;
+CREATE FUNCTION pgtle.available_extension_versions(
+    OUT name name, OUT version text, OUT superuser boolean, OUT trusted boolean,
+    OUT relocatable boolean, OUT schema name, OUT requires name[], OUT comment text)
+RETURNS SETOF record LANGUAGE sql STABLE SECURITY DEFINER AS $f$
+    SELECT r.name, r.version, false, false, false, r.schema, r.requires, r.description
+    FROM pgtle.registry r
+$f$;
+REVOKE ALL ON FUNCTION pgtle.install_extension({install_signature}) FROM PUBLIC;
+REVOKE ALL ON FUNCTION pgtle.install_update_path(text, text, text, text) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION pgtle.install_extension({install_signature}) TO pgtle_admin;
+GRANT EXECUTE ON FUNCTION pgtle.install_update_path(text, text, text, text) TO pgtle_admin;
+GRANT USAGE ON SCHEMA pgtle TO PUBLIC;
 """
+
+
+_CAPTURING_PGTLE = _pgtle_stand_in("1.5")
 
 
 def _built_header() -> str:
@@ -297,13 +359,115 @@ def test_install_pg_tle_mode_registers_then_creates_the_extension(
     _uninstall(conn)
     conn.execute(_CAPTURING_PGTLE)
     install(conn, mode="pg-tle-script")
-    captured = conn.execute("SELECT name, version, ext FROM pgtle.captured").fetchall()
+    captured = conn.execute("SELECT name, version, ext FROM pgtle.registry").fetchall()
     assert captured == [("catbird", inst.EXTENSION_VERSION, BUILT_SQL.read_text())]
     # The stand-in registers nothing, so this CREATE EXTENSION was served by
     # the files on the test server; what matters is that install() issued it.
     assert _extension_version(conn) == inst.EXTENSION_VERSION
     install(conn, mode="pg-tle-script")  # installed already: not registered twice
-    assert conn.execute("SELECT count(*) FROM pgtle.captured").fetchone() == (1,)
+    assert conn.execute("SELECT count(*) FROM pgtle.registry").fetchone() == (1,)
+
+
+@pytest.mark.parametrize("api", ["1.4", "1.5"])
+def test_install_pg_tle_mode_works_with_both_pg_tle_apis(
+    conn: psycopg.Connection, api: str
+) -> None:
+    _uninstall(conn)
+    conn.execute(_pgtle_stand_in(api))
+    install(conn, mode="pg-tle-script")
+    assert conn.execute("SELECT name, version, schema FROM pgtle.registry").fetchall() == [
+        ("catbird", inst.EXTENSION_VERSION, None)
+    ]
+    assert _extension_version(conn) == inst.EXTENSION_VERSION
+
+
+def _tle_role(conn: psycopg.Connection) -> str:
+    name = f"tle_{uuid.uuid4().hex[:10]}"
+    conn.execute(sql.SQL("CREATE ROLE {} NOLOGIN").format(sql.Identifier(name)))
+    conn.execute(sql.SQL("GRANT pgtle_admin TO {}").format(sql.Identifier(name)))
+    return name
+
+
+def _drop_role(conn: psycopg.Connection, name: str) -> None:
+    conn.execute("RESET ROLE")
+    conn.execute(sql.SQL("DROP OWNED BY {}").format(sql.Identifier(name)))
+    conn.execute(sql.SQL("DROP ROLE {}").format(sql.Identifier(name)))
+
+
+def test_install_pg_tle_as_a_non_superuser_needs_create_on_the_database(
+    conn: psycopg.Connection,
+) -> None:
+    _uninstall(conn)
+    conn.execute(_pgtle_stand_in("1.5"))
+    role = _tle_role(conn)
+    database = conn.info.dbname
+    try:
+        conn.execute(sql.SQL("SET ROLE {}").format(sql.Identifier(role)))
+        with pytest.raises(InstallError, match="CREATE privilege on database") as info:
+            install(conn, mode="pg-tle-script")
+        assert "GRANT CREATE ON DATABASE" in str(info.value)
+        conn.execute("RESET ROLE")
+        assert conn.execute("SELECT count(*) FROM pgtle.registry").fetchone() == (0,)
+        assert not _schema_exists(conn)
+        conn.execute(
+            sql.SQL("GRANT CREATE ON DATABASE {} TO {}").format(
+                sql.Identifier(database), sql.Identifier(role)
+            )
+        )
+        conn.execute(sql.SQL("SET ROLE {}").format(sql.Identifier(role)))
+        install(conn, mode="pg-tle-script")
+        assert _extension_version(conn) == inst.EXTENSION_VERSION
+        conn.execute("RESET ROLE")
+        owner = conn.execute(
+            "SELECT extowner::regrole::text FROM pg_extension WHERE extname = 'catbird'"
+        ).fetchone()
+        assert owner == (role,)
+        # The group roles work on an install made by a non-superuser owner.
+        conn.execute("SET ROLE catbird_admin")
+        conn.execute("SELECT catbird.cb_create_queue('tle')")
+        conn.execute("RESET ROLE")
+    finally:
+        _drop_role(conn, role)
+
+
+def test_install_pg_tle_without_pgtle_admin_says_so(conn: psycopg.Connection) -> None:
+    _uninstall(conn)
+    conn.execute(_pgtle_stand_in("1.4"))
+    role = f"nottle_{uuid.uuid4().hex[:10]}"
+    conn.execute(sql.SQL("CREATE ROLE {} NOLOGIN").format(sql.Identifier(role)))
+    try:
+        conn.execute(sql.SQL("SET ROLE {}").format(sql.Identifier(role)))
+        with pytest.raises(InstallError, match="not a member of pgtle_admin"):
+            install(conn, mode="pg-tle-script")
+    finally:
+        _drop_role(conn, role)
+
+
+def test_install_pg_tle_reports_pg_tle_refusals_as_such(conn: psycopg.Connection) -> None:
+    _uninstall(conn)
+    conn.execute(_pgtle_stand_in("1.5"))
+    conn.execute("INSERT INTO pgtle.files_on_disk VALUES ('catbird')")
+    with pytest.raises(InstallError, match=r"pg_tle refused.*control file already exists"):
+        install(conn, mode="pg-tle-script")
+    assert not _schema_exists(conn)
+
+
+def test_status_and_extension_mode_see_pg_tle_registered_versions(
+    conn: psycopg.Connection, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    conn.execute(_pgtle_stand_in("1.4"))
+    conn.execute(
+        "INSERT INTO pgtle.registry"
+        " VALUES ('catbird', '9.9.9', 'registered', 'SELECT 1;', NULL, NULL)"
+    )
+    assert status(conn)["available_versions"] == [inst.EXTENSION_VERSION, "9.9.9"]
+    _uninstall(conn)
+    monkeypatch.setattr(inst, "EXTENSION_VERSION", "9.9.9")
+    # --mode extension goes ahead with CREATE EXTENSION (served by pg_tle on a
+    # real server; here the stand-in registered nothing the server can load).
+    with pytest.raises(psycopg.Error) as info:
+        install(conn, mode="extension")
+    assert not isinstance(info.value, InstallError)
 
 
 # --- status() ---------------------------------------------------------------------
@@ -363,7 +527,8 @@ def _parse_pg_tle_script(text: str) -> dict[str, object]:
     call = head[head.index("SELECT pgtle.install_extension(") :]
     literals = [s.replace("''", "'") for s in re.findall(r"'((?:[^']|'')*)'", call)]
     assert len(literals) == 3, f"expected name, version, description before the payload: {call!r}"
-    tail_match = re.fullmatch(r",\n\s*'\{\}'::text\[\],\n\s*(?:'((?:[^']|'')*)'|NULL)\n\);\n", tail)
+    # Five arguments (pg_tle 1.4 and 1.5) without a pinned schema, six with one.
+    tail_match = re.fullmatch(r",\n\s*'\{\}'::text\[\](?:,\n\s*'((?:[^']|'')*)')?\n\);\n", tail)
     assert tail_match is not None, f"unexpected text after the payload: {tail!r}"
     return {
         "name": literals[0],
@@ -414,7 +579,7 @@ def test_pg_tle_script_registers_the_built_sql_and_its_payload_installs(
     _uninstall(conn)
     conn.execute(_CAPTURING_PGTLE)
     conn.execute(pg_tle_script.encode())
-    rows = conn.execute("SELECT * FROM pgtle.captured").fetchall()
+    rows = conn.execute("SELECT * FROM pgtle.registry").fetchall()
     control = _control_fields()
     assert rows == [
         (
@@ -472,7 +637,7 @@ def test_pg_tle_quotes_the_description_and_reads_requires_from_control() -> None
     script = pg_tle.render_from_control(control, "SELECT 1;\n", name="x")
     assert "'it''s a test'" in script
     assert "ARRAY['a', 'b']::text[]" in script
-    assert script.rstrip().endswith("NULL\n);")
+    assert script.rstrip().endswith("ARRAY['a', 'b']::text[]\n);")
 
 
 # --- install_files() --------------------------------------------------------------

@@ -6,7 +6,9 @@
 -- Guarantees:
 --   * Every engine time comparison reads cb_now(), which a session can pin with
 --     SET catbird.fake_now = '<timestamptz>' so expiry and visibility are
---     testable without sleeping.
+--     testable without sleeping. Only a superuser or a member of
+--     catbird_admin moves the clock: anyone else's catbird.fake_now is
+--     ignored (it would let them take messages and leases others hold).
 --   * cb_messages is one table for every queue (queue_id column), so every
 --     engine statement is static SQL with a cached plan. The claim index
 --     (queue_id, priority DESC, visible_at, id) lists the visible messages of a
@@ -22,17 +24,34 @@
 
 CREATE SCHEMA catbird;
 
+-- Whether the calling role may move the engine clock: a superuser or a member
+-- of catbird_admin. The caller is the role of the session (SET ROLE's role,
+-- else the session user), not current_user, which is the extension owner
+-- inside catbird's SECURITY DEFINER functions. Raises nothing.
+CREATE FUNCTION catbird._cb_caller_moves_clock() RETURNS boolean
+LANGUAGE sql STABLE
+AS $$
+    SELECT coalesce(r.rolsuper, false)
+           OR CASE WHEN r.oid IS NULL OR to_regrole('catbird_admin') IS NULL THEN false
+                   ELSE pg_has_role(r.oid, 'catbird_admin', 'MEMBER') END
+    FROM (SELECT CASE WHEN current_setting('role') = 'none' THEN session_user::text
+                      ELSE current_setting('role') END AS caller) c
+    LEFT JOIN pg_roles r ON r.rolname = c.caller
+$$;
+
 -- The engine clock: clock_timestamp(), or the session setting catbird.fake_now
--- when it is set and not empty (tests pin time with it). Raises 22007/22008
--- when catbird.fake_now is not a valid timestamptz.
+-- when it is set, not empty, and the caller may move the clock (see
+-- _cb_caller_moves_clock; for anyone else the setting is ignored). Raises
+-- 22007/22008 when an admin's catbird.fake_now is not a valid timestamptz.
 CREATE FUNCTION catbird.cb_now() RETURNS timestamptz
 LANGUAGE sql VOLATILE PARALLEL SAFE
 AS $$
-    SELECT coalesce(nullif(current_setting('catbird.fake_now', true), '')::timestamptz,
-                    clock_timestamp())
+    SELECT CASE WHEN f.fake IS NOT NULL AND catbird._cb_caller_moves_clock() THEN f.fake::timestamptz
+                ELSE clock_timestamp() END
+    FROM (SELECT nullif(current_setting('catbird.fake_now', true), '') AS fake) f
 $$;
 COMMENT ON FUNCTION catbird.cb_now() IS
-    'The engine clock: clock_timestamp(), or the session setting catbird.fake_now when it is set (for tests).';
+    'The engine clock: clock_timestamp(), or the session setting catbird.fake_now when it is set by a superuser or a catbird_admin member (for tests).';
 
 CREATE TABLE catbird.cb_queues (
     id          int GENERATED ALWAYS AS IDENTITY PRIMARY KEY,

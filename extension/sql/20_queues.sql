@@ -77,7 +77,7 @@ $$;
 -- by cb_gc. With max_deliveries, a message about to be delivered for the
 -- max_deliveries + 1-th time is moved to dead_letter_queue (which must exist
 -- and be another queue), or deleted without one. Returns nothing; 22023 for
--- an invalid name, max_deliveries < 1, a dead_letter_queue without
+-- an invalid name, an infinite expires_at, max_deliveries < 1, a dead_letter_queue without
 -- max_deliveries or naming the queue itself; 42704 for an unknown
 -- dead_letter_queue.
 CREATE FUNCTION catbird.cb_create_queue(name text, expires_at timestamptz = NULL, description text = NULL,
@@ -89,6 +89,7 @@ DECLARE
     v_dlq_id int;
 BEGIN
     PERFORM catbird._cb_check_name('queue', name);
+    PERFORM catbird._cb_check_time('expires_at', expires_at);
     IF max_deliveries IS NOT NULL THEN
         PERFORM catbird._cb_check_at_least('max_deliveries', max_deliveries, 1);
     END IF;
@@ -170,6 +171,10 @@ DECLARE
     v_ids bigint[];
     v_id bigint;
 BEGIN
+    -- Bounded inputs (10_names): keys fit the index, times are finite.
+    IF concurrency_keys IS NOT NULL OR _cb_insert_messages.visible_at IS NOT NULL OR _cb_insert_messages.expires_at IS NOT NULL THEN
+        PERFORM catbird._cb_check_bounds(concurrency_keys, _cb_insert_messages.visible_at, _cb_insert_messages.expires_at);
+    END IF;
     -- Fast path: no concurrency key anywhere (the common case) needs no
     -- ON CONFLICT arbiter, no dedup join and no aggregate over the input.
     IF concurrency_keys IS NULL OR cardinality(array_remove(concurrency_keys, NULL)) = 0 THEN

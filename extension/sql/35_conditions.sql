@@ -9,7 +9,8 @@
 --     value     := a JSON literal ("text", 12, true, null, [..], {..}) or a bare word (a string)
 -- Guarantees:
 --   * A malformed condition, or one whose root is not allowed where it is
---     used, is rejected with 22023 at definition time.
+--     used, is rejected with 22023 at definition time; so is one longer than
+--     2000 characters or with more than 32 nested "not".
 --   * A missing field makes every comparison false and `exists` false; `not`
 --     negates the result, so `not input.x eq 1` is true when x is missing.
 --   * gt/gte/lt/lte compare numbers with numbers and strings with strings; any
@@ -18,7 +19,8 @@
 
 -- Parses a condition (grammar above) into its jsonb form ({"op", "path",
 -- "value"}, or {"not": ...}); paths must start with one of allowed_roots.
--- Returns the parsed form; 22023 for a malformed condition or another root.
+-- Returns the parsed form; 22023 for a malformed condition, another root, more
+-- than 2000 characters or more than 32 nested "not".
 CREATE FUNCTION catbird._cb_parse_condition(condition text, allowed_roots text[]) RETURNS jsonb
 LANGUAGE plpgsql IMMUTABLE
 AS $$
@@ -30,9 +32,17 @@ DECLARE
     v_syntax constant text := 'a condition is "<path> <op> <value>", "<path> exists", "<path>" or "not <condition>"; ops: eq ne gt gte lt lte in contains; paths start with %s';
 BEGIN
     IF condition IS NULL OR btrim(condition) = '' THEN
-        RAISE EXCEPTION 'invalid condition %: it is empty', coalesce(quote_literal(condition), 'NULL')
+        RAISE EXCEPTION 'invalid condition %: it is empty', catbird._cb_quote_arg(condition)
             USING ERRCODE = 'invalid_parameter_value',
                   HINT = format(v_syntax, array_to_string(allowed_roots, ', '));
+    END IF;
+
+    -- Bounded before any regular expression runs: a long chain of "not" is too
+    -- complex for the regex engine (2201B) and too deep for the recursion.
+    IF length(condition) > 2000 OR condition ~ '^(\s*not\s+){33}' THEN
+        RAISE EXCEPTION 'invalid condition %: a condition has at most 2000 characters and 32 nested "not"',
+            catbird._cb_quote_arg(condition)
+            USING ERRCODE = 'invalid_parameter_value';
     END IF;
 
     v_match := regexp_match(condition, '^\s*not\s+(.+)$');
@@ -42,7 +52,7 @@ BEGIN
 
     v_match := regexp_match(condition, '^\s*' || v_path_re || '(?:\s+(exists|eq|ne|gte|gt|lte|lt|in|contains)(?:\s+(.+?))?)?\s*$');
     IF v_match IS NULL THEN
-        RAISE EXCEPTION 'invalid condition %: cannot parse it', quote_literal(condition)
+        RAISE EXCEPTION 'invalid condition %: cannot parse it', catbird._cb_quote_arg(condition)
             USING ERRCODE = 'invalid_parameter_value',
                   HINT = format(v_syntax, array_to_string(allowed_roots, ', '));
     END IF;
@@ -50,13 +60,13 @@ BEGIN
     v_path := string_to_array(v_match[1], '.');
     IF NOT v_path[1] = ANY (allowed_roots) THEN
         RAISE EXCEPTION 'invalid condition %: path "%" must start with one of: %',
-            quote_literal(condition), v_match[1], array_to_string(allowed_roots, ', ')
+            catbird._cb_quote_arg(condition), v_match[1], array_to_string(allowed_roots, ', ')
             USING ERRCODE = 'invalid_parameter_value';
     END IF;
 
     IF v_match[2] IS NULL OR v_match[2] = 'exists' THEN
         IF v_match[3] IS NOT NULL THEN
-            RAISE EXCEPTION 'invalid condition %: nothing may follow "%"', quote_literal(condition),
+            RAISE EXCEPTION 'invalid condition %: nothing may follow "%"', catbird._cb_quote_arg(condition),
                 coalesce(v_match[2], v_match[1])
                 USING ERRCODE = 'invalid_parameter_value',
                       HINT = format(v_syntax, array_to_string(allowed_roots, ', '));
@@ -65,7 +75,7 @@ BEGIN
     END IF;
 
     IF v_match[3] IS NULL THEN
-        RAISE EXCEPTION 'invalid condition %: operator "%" needs a value', quote_literal(condition), v_match[2]
+        RAISE EXCEPTION 'invalid condition %: operator "%" needs a value', catbird._cb_quote_arg(condition), v_match[2]
             USING ERRCODE = 'invalid_parameter_value';
     END IF;
     BEGIN
@@ -75,13 +85,13 @@ BEGIN
             v_value := to_jsonb(v_match[3]);
         ELSE
             RAISE EXCEPTION 'invalid condition %: value % is neither JSON nor a bare word',
-                quote_literal(condition), v_match[3]
+                catbird._cb_quote_arg(condition), v_match[3]
                 USING ERRCODE = 'invalid_parameter_value',
                       HINT = 'Quote strings: input.status eq "on hold"';
         END IF;
     END;
     IF v_match[2] = 'in' AND jsonb_typeof(v_value) <> 'array' THEN
-        RAISE EXCEPTION 'invalid condition %: "in" needs a JSON array, e.g. input.k in [1, 2]', quote_literal(condition)
+        RAISE EXCEPTION 'invalid condition %: "in" needs a JSON array, e.g. input.k in [1, 2]', catbird._cb_quote_arg(condition)
             USING ERRCODE = 'invalid_parameter_value';
     END IF;
     RETURN jsonb_build_object('path', to_jsonb(v_path), 'op', v_match[2], 'value', v_value);

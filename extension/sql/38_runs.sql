@@ -140,7 +140,7 @@ END
 $$;
 
 -- Checks the retention_period of a task or flow definition: NULL (keep runs
--- forever) or not negative. Returns nothing; 22023 otherwise.
+-- forever) or not negative, and at most 1000 years. Returns nothing; 22023 otherwise.
 CREATE FUNCTION catbird._cb_check_retention(retention_period interval) RETURNS void
 LANGUAGE plpgsql IMMUTABLE
 AS $$
@@ -149,6 +149,7 @@ BEGIN
         RAISE EXCEPTION 'invalid retention_period %: it must not be negative (NULL keeps runs forever)', retention_period
             USING ERRCODE = 'invalid_parameter_value';
     END IF;
+    PERFORM catbird._cb_check_interval('retention_period', retention_period);
 END
 $$;
 
@@ -300,7 +301,7 @@ $$;
 -- cb_purge_task_runs / cb_purge_flow_runs: deletes the finished runs of a task
 -- or flow that finished at least older_than ago. Returns how many it deleted.
 -- 42704 for an unknown definition; 22023 for an invalid name or a NULL or
--- negative older_than.
+-- negative older_than, or one over 1000 years.
 CREATE FUNCTION catbird._cb_purge_runs(kind text, name text, older_than interval) RETURNS int
 LANGUAGE plpgsql VOLATILE
 AS $$
@@ -311,6 +312,7 @@ BEGIN
         RAISE EXCEPTION 'invalid older_than %: expected a non-negative interval', coalesce(older_than::text, 'NULL')
             USING ERRCODE = 'invalid_parameter_value';
     END IF;
+    PERFORM catbird._cb_check_interval('older_than', older_than);
     RETURN catbird._cb_delete_finished_runs(kind, v_id, catbird.cb_now() - older_than);
 END
 $$;

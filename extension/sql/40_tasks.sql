@@ -180,6 +180,10 @@ DECLARE
     v_ids bigint[];
     v_queued boolean;
 BEGIN
+    -- Bounded inputs (10_names): keys fit the index, times are finite.
+    IF concurrency_keys IS NOT NULL OR _cb_insert_task_runs.visible_at IS NOT NULL OR _cb_insert_task_runs.expires_at IS NOT NULL THEN
+        PERFORM catbird._cb_check_bounds(concurrency_keys, _cb_insert_task_runs.visible_at, _cb_insert_task_runs.expires_at);
+    END IF;
     -- Fast path: no concurrency key anywhere needs no arbiter and no dedup join.
     -- Ids are drawn after the sort, so ascending ids are the input order.
     IF concurrency_keys IS NULL OR cardinality(array_remove(concurrency_keys, NULL)) = 0 THEN

@@ -53,7 +53,7 @@ $$;
 -- Validates a steps array and returns it normalized (every key present, in a
 -- fixed shape), raising 22023 with a precise message for the first problem:
 -- not an array, empty, a step that is not an object, an invalid, reserved or
--- duplicate name, an unknown or repeated dependency, a bad signal, step_type,
+-- duplicate name, an unknown key, an unknown or repeated dependency, a bad signal, step_type,
 -- map or reduce source or ignore_output, a malformed condition, a cycle, a
 -- retry policy key (max_retries, backoff_min, backoff_max: whole numbers,
 -- kept in the normalized step only when given) out of range.
@@ -83,11 +83,24 @@ BEGIN
     -- Names first, so dependencies can refer to later steps.
     FOR v_step IN SELECT s FROM jsonb_array_elements(steps) s LOOP
         IF jsonb_typeof(v_step) <> 'object' THEN
-            RAISE EXCEPTION 'invalid step in flow "%": % is not a JSON object', flow_name, v_step
+            RAISE EXCEPTION 'invalid step in flow "%": % is not a JSON object', flow_name, catbird._cb_quote_arg(v_step::text)
                 USING ERRCODE = 'invalid_parameter_value';
         END IF;
         v_name := v_step ->> 'name';
         PERFORM catbird._cb_check_name('step', v_name);
+        -- A misspelt key ("conditon", "dependson") would silently drop what it
+        -- meant to say. max_retries, backoff_min, backoff_max: the stored
+        -- retry policy (SPEC 7.1).
+        SELECT k INTO v_key FROM jsonb_object_keys(v_step) k
+        WHERE k NOT IN ('name', 'description', 'step_type', 'signal', 'condition', 'depends_on',
+                        'map_source_step_name', 'reduce_source_step_name', 'ignore_output',
+                        'max_retries', 'backoff_min', 'backoff_max')
+        ORDER BY k LIMIT 1;
+        IF v_key IS NOT NULL THEN
+            RAISE EXCEPTION 'invalid step "%" in flow "%": unknown key %', v_name, flow_name, catbird._cb_quote_arg(v_key)
+                USING ERRCODE = 'invalid_parameter_value',
+                      HINT = 'A step object has the keys name, description, step_type, signal, condition, depends_on, map_source_step_name, reduce_source_step_name, ignore_output, max_retries, backoff_min, backoff_max.';
+        END IF;
         IF v_name IN ('input', 'signal') THEN
             RAISE EXCEPTION 'invalid step name "%" in flow "%": "input" and "signal" are reserved', v_name, flow_name
                 USING ERRCODE = 'invalid_parameter_value';
@@ -121,17 +134,17 @@ BEGIN
         END IF;
         IF EXISTS (SELECT 1 FROM unnest(v_deps) d WHERE NOT d = ANY (v_names)) THEN
             RAISE EXCEPTION 'invalid flow "%": step "%" depends on unknown step(s) %', flow_name, v_name,
-                (SELECT string_agg(format('"%s"', d), ', ') FROM unnest(v_deps) d WHERE NOT d = ANY (v_names))
+                catbird._cb_quote_arg((SELECT string_agg(format('"%s"', d), ', ') FROM unnest(v_deps) d WHERE NOT d = ANY (v_names)))
                 USING ERRCODE = 'invalid_parameter_value',
                       HINT = format('The steps are: %s.', array_to_string(v_names, ', '));
         END IF;
         IF jsonb_typeof(v_step -> 'signal') NOT IN ('boolean', 'null') THEN
-            RAISE EXCEPTION 'invalid signal of step "%": expected true or false, got %', v_name, v_step -> 'signal'
+            RAISE EXCEPTION 'invalid signal of step "%": expected true or false, got %', v_name, catbird._cb_quote_arg((v_step -> 'signal')::text)
                 USING ERRCODE = 'invalid_parameter_value';
         END IF;
         v_type := coalesce(v_step ->> 'step_type', 'normal');
         IF v_type NOT IN ('normal', 'mapper', 'generator', 'reducer') THEN
-            RAISE EXCEPTION 'invalid step_type "%" of step "%": expected normal, mapper, generator or reducer', v_type, v_name
+            RAISE EXCEPTION 'invalid step_type % of step "%": expected normal, mapper, generator or reducer', catbird._cb_quote_arg(v_type), v_name
                 USING ERRCODE = 'invalid_parameter_value';
         END IF;
         IF v_step ->> 'map_source_step_name' IS NOT NULL AND (v_type <> 'mapper'
@@ -247,7 +260,7 @@ BEGIN
            OR EXISTS (SELECT 1 FROM unnest(output_priority) o
                       WHERE NOT EXISTS (SELECT 1 FROM jsonb_array_elements(v_steps) s WHERE s ->> 'name' = o)) THEN
             RAISE EXCEPTION 'invalid output_priority %: it must name one or more steps of flow "%"',
-                output_priority, name
+                catbird._cb_quote_arg(output_priority::text), name
                 USING ERRCODE = 'invalid_parameter_value';
         END IF;
         v_output_priority := output_priority;

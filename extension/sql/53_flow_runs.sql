@@ -49,6 +49,10 @@ DECLARE
     v_new bigint[];
     v_run bigint;
 BEGIN
+    -- Bounded inputs (10_names): keys fit the index, times are finite.
+    IF concurrency_keys IS NOT NULL OR _cb_insert_flow_runs.visible_at IS NOT NULL OR _cb_insert_flow_runs.expires_at IS NOT NULL THEN
+        PERFORM catbird._cb_check_bounds(concurrency_keys, _cb_insert_flow_runs.visible_at, _cb_insert_flow_runs.expires_at);
+    END IF;
     IF cardinality(array_remove(concurrency_keys, NULL)) > 0 THEN
         -- Expired runs hold nothing: expire the holders of these keys first.
         FOR v_run IN

@@ -250,7 +250,8 @@ $$;
 -- current) or the step run or flow run is no longer started, and then
 -- nothing is written. 42704 for an unknown flow or step; 22023 for an invalid
 -- name, a step that is not a generator, items that are not a JSON array,
--- attempt < 1, start_index < 0 or past the step's items.
+-- attempt < 1, start_index < 0 or past the step's items, an infinite
+-- visible_at.
 CREATE FUNCTION catbird.cb_spawn_generator_map_tasks(flow_name text, step_name text, id bigint, items jsonb,
                                                      visible_at timestamptz = NULL, attempt int = NULL,
                                                      start_index int = NULL)
@@ -273,6 +274,7 @@ BEGIN
     IF items IS NULL OR jsonb_typeof(items) <> 'array' THEN
         RAISE EXCEPTION 'invalid items: expected a JSON array of items' USING ERRCODE = 'invalid_parameter_value';
     END IF;
+    PERFORM catbird._cb_check_time('visible_at', visible_at);
     PERFORM catbird._cb_check_fail_args(true, attempt);
     IF start_index IS NOT NULL THEN
         PERFORM catbird._cb_check_at_least('start_index', start_index, 0);

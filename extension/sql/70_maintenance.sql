@@ -91,7 +91,7 @@ $$;
 --   task_runs_purged / flow_runs_purged  finished runs older than their
 --                              definition's retention_period (NULL or 0: kept)
 -- Returns those counters as jsonb; 22023 for batch_size < 1 or a
--- stale_worker_after that is not a positive interval.
+-- stale_worker_after that is not a positive interval of at most 1000 years.
 CREATE FUNCTION catbird.cb_gc(batch_size int = 10000, stale_worker_after interval = '5 minutes')
 RETURNS jsonb
 LANGUAGE plpgsql VOLATILE
@@ -117,6 +117,7 @@ BEGIN
         RAISE EXCEPTION 'invalid stale_worker_after: expected a positive interval'
             USING ERRCODE = 'invalid_parameter_value';
     END IF;
+    PERFORM catbird._cb_check_interval('stale_worker_after', stale_worker_after);
 
     FOR v_queue IN
         SELECT q.name FROM catbird.cb_queues q WHERE q.expires_at <= v_now ORDER BY q.name LIMIT batch_size

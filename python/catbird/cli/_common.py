@@ -192,7 +192,11 @@ def errors() -> Iterator[None]:
             "Run 'catbird db install' first."
         )
     except psycopg.OperationalError as exc:
-        fail(f"cannot reach the database: {one_line(str(exc))}")
+        # Only connection failures (no SQLSTATE, or class 08) mean the server
+        # was not reached; other operational errors come from the server.
+        if exc.sqlstate is None or exc.sqlstate.startswith("08"):
+            fail(f"cannot reach the database: {one_line(str(exc))}")
+        fail(f"database error: {one_line(str(exc))}")
     except psycopg.Error as exc:
         fail(f"database error: {one_line(str(exc))}")
 

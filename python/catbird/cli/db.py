@@ -85,3 +85,22 @@ def db_status(dsn: DsnOption = None, as_json: JsonOption = False) -> None:
     table.add_row("pg_tle", "yes" if status["pg_tle"] else "no")
     table.add_row("server", f"PostgreSQL {escape(status['server_version'])}")
     out.print(table)
+
+
+@app.command("roles")
+def db_roles(dsn: DsnOption = None, as_json: JsonOption = False) -> None:
+    """Create the group roles catbird_admin, catbird_worker, catbird_client and grant them
+    their rights (needs CREATEROLE to create them, and the installing role to grant)."""
+    with open_connection(dsn) as conn:
+        report = _install.roles(conn)
+    if as_json:
+        print_json(dict(report))
+        return
+    for role in report["created"]:
+        out.print(f"[green]created[/] role {role}")
+    for role in report["missing"]:
+        out.print(
+            f"[yellow]missing[/] role {role}: this role may not create roles; "
+            "run 'catbird db roles' as a role with CREATEROLE"
+        )
+    out.print("granted EXECUTE on catbird's functions to the roles that exist.")

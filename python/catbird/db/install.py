@@ -4,8 +4,10 @@
     ``CREATE EXTENSION catbird`` — the server must have the extension files
     (``make install PG_CONFIG=...``, the Docker image, or ``catbird dev``).
 ``pg-tle-script``
-    Register the packaged SQL through pg_tle, then ``CREATE EXTENSION`` — for
-    managed servers without file-system access.
+    Register the packaged SQL through pg_tle (1.4 or later), then ``CREATE
+    EXTENSION`` — for managed servers without file-system access. The role
+    needs membership in ``pgtle_admin`` and CREATE on the database (the
+    extension creates its schema).
 ``plain``
     Run the packaged SQL as a script into schema ``catbird``, without an
     extension object — when neither of the above is possible.
@@ -34,15 +36,18 @@ from . import pg_tle
 __all__ = [
     "EXTENSION_NAME",
     "EXTENSION_VERSION",
+    "ROLES",
     "SCHEMA",
     "InstallError",
     "InstallMode",
     "InstallStatus",
+    "RolesReport",
     "control_text",
     "extension_sql",
     "install",
     "install_files",
     "pg_tle_script",
+    "roles",
     "status",
 ]
 
@@ -67,6 +72,19 @@ _NOT_AVAILABLE_HINT = (
 
 class InstallError(CatbirdError):
     """catbird cannot be installed into this server or database as asked."""
+
+
+#: The group roles catbird's functions are granted to (SPEC 7.2).
+ROLES = ("catbird_admin", "catbird_worker", "catbird_client")
+
+
+class RolesReport(TypedDict):
+    """What :func:`roles` did."""
+
+    created: list[str]
+    existing: list[str]
+    missing: list[str]
+    granted: bool
 
 
 class InstallStatus(TypedDict):
@@ -156,8 +174,37 @@ def install_files(pg_config: str | PathLike[str]) -> Path:
     return target
 
 
+def _pg_tle_versions(conn: psycopg.Connection[Any]) -> list[str]:
+    """The catbird versions registered through pg_tle in this database (none
+    without pg_tle). pg_tle's functions are only reachable in a database where
+    CREATE EXTENSION pg_tle was done."""
+    row = conn.execute(
+        """
+        SELECT to_regprocedure('pgtle.available_extension_versions()') IS NOT NULL,
+               to_regprocedure('pgtle.available_extensions()') IS NOT NULL
+        """
+    ).fetchone()
+    assert row is not None
+    has_versions, has_extensions = row
+    if has_versions:
+        query = "SELECT version FROM pgtle.available_extension_versions() WHERE name = %s"
+    elif has_extensions:
+        query = "SELECT default_version FROM pgtle.available_extensions() WHERE name = %s"
+    else:
+        return []
+    try:
+        with conn.transaction():
+            return [str(r[0]) for r in conn.execute(query, (EXTENSION_NAME,)).fetchall()]
+    except psycopg.errors.InsufficientPrivilege:
+        return []
+
+
 def status(conn: psycopg.Connection[Any]) -> InstallStatus:
-    """Report whether and how catbird is installed in ``conn``'s database."""
+    """Report whether and how catbird is installed in ``conn``'s database.
+
+    ``available_versions`` lists the versions CREATE EXTENSION can install:
+    those whose files are on the server and those registered through pg_tle.
+    """
     row = conn.execute(
         """
         SELECT current_setting('server_version'),
@@ -189,7 +236,7 @@ def status(conn: psycopg.Connection[Any]) -> InstallStatus:
         how=how,
         version=version,
         schema_present=bool(schema_present),
-        available_versions=list(available),
+        available_versions=sorted(set(available) | set(_pg_tle_versions(conn))),
         pg_tle=bool(has_tle),
         server_version=server_version,
         server_version_num=version_num,
@@ -284,32 +331,101 @@ def _install_plain(conn: psycopg.Connection[Any]) -> None:
     conn.execute("SELECT set_config('search_path', %s, true)", (saved_search_path,))
 
 
+_PG_TLE_NEEDS = (
+    "pg_tle needs shared_preload_libraries = 'pg_tle' on the server (on RDS/Aurora: the "
+    "parameter group), CREATE EXTENSION pg_tle in this database, and a role that is a "
+    "member of pgtle_admin and has CREATE on the database "
+    "(GRANT CREATE ON DATABASE <db> TO <role>), because the extension creates its schema"
+)
+
+
 def _install_pg_tle(conn: psycopg.Connection[Any]) -> None:
     row = conn.execute(
         """
         SELECT to_regprocedure('pgtle.install_extension(text,text,text,text,text[],text)'),
-               to_regprocedure('pgtle.available_extension_versions()')
+               to_regprocedure('pgtle.install_extension(text,text,text,text,text[])'),
+               current_database(),
+               has_database_privilege(current_database(), 'CREATE'),
+               CASE WHEN to_regrole('pgtle_admin') IS NULL THEN NULL
+                    ELSE pg_has_role('pgtle_admin', 'MEMBER') END,
+               (SELECT rolsuper FROM pg_catalog.pg_roles WHERE rolname = current_user)
         """
     ).fetchone()
     assert row is not None
-    install_fn, versions_fn = row
-    if install_fn is None:
+    six_args, five_args, database, may_create, tle_admin, superuser = row
+    if six_args is None and five_args is None:
         raise InstallError(
-            "pg_tle (>= 1.5) is not available in this database: it needs "
-            "shared_preload_libraries = 'pg_tle' on the server and CREATE EXTENSION pg_tle "
-            "in this database, and the installing role must be a member of pgtle_admin"
+            f"pg_tle (>= 1.4) is not available in database {database}: {_PG_TLE_NEEDS}"
         )
-    registered = False
-    if versions_fn is not None:
-        registered = (
-            conn.execute(
-                "SELECT FROM pgtle.available_extension_versions() WHERE name = %s AND version = %s",
-                (EXTENSION_NAME, EXTENSION_VERSION),
-            ).fetchone()
-            is not None
+    if not superuser and tle_admin is False:
+        raise InstallError(f"the current role is not a member of pgtle_admin: {_PG_TLE_NEEDS}")
+    if not may_create:
+        raise InstallError(
+            f"the current role has no CREATE privilege on database {database}, which CREATE "
+            f"EXTENSION needs to create schema {SCHEMA}: run "
+            f"GRANT CREATE ON DATABASE {sql.Identifier(database).as_string(conn)} TO <role>; "
+            f"as the database owner ({_PG_TLE_NEEDS})"
         )
+    registered = EXTENSION_VERSION in _pg_tle_versions(conn)
     # pg_tle cannot replace a registered version in place; a registered one is
-    # taken as is and only CREATE EXTENSION remains to be done.
+    # taken as is and only CREATE EXTENSION remains to be done. The script
+    # calls the five-argument form (pg_tle 1.4), which 1.5 accepts too.
     if not registered:
-        conn.execute(pg_tle_script().encode())
+        try:
+            with conn.transaction():
+                conn.execute(pg_tle_script().encode())
+        except psycopg.Error as exc:
+            raise InstallError(
+                f"pg_tle refused to register catbird {EXTENSION_VERSION}: {exc}"
+            ) from exc
     _create_extension(conn)
+
+
+def roles(conn: psycopg.Connection[Any]) -> RolesReport:
+    """Create the group roles that are missing and grant them their rights.
+
+    Creating needs CREATEROLE (or superuser); granting needs the owner of the
+    catbird functions (the role that installed it) or a superuser. Roles that
+    cannot be created are reported as ``missing``; run this again as a role
+    that may create them, or use the SQL snippet in the README.
+    """
+    with conn.transaction():
+        current = status(conn)
+        if not current["installed"]:
+            raise InstallError(
+                "catbird is not installed in this database: run 'catbird db install'"
+            )
+        row = conn.execute(
+            """
+            SELECT r.rolsuper OR r.rolcreaterole, r.rolsuper
+                   OR pg_has_role((SELECT p.proowner FROM pg_catalog.pg_proc p
+                                    WHERE p.oid = 'catbird._cb_apply_privileges()'::regprocedure),
+                                  'USAGE')
+              FROM pg_catalog.pg_roles r WHERE r.rolname = current_user
+            """
+        ).fetchone()
+        assert row is not None
+        may_create, may_grant = row
+        existing = {
+            str(r[0])
+            for r in conn.execute(
+                "SELECT rolname FROM pg_catalog.pg_roles WHERE rolname = ANY (%s)", (list(ROLES),)
+            ).fetchall()
+        }
+        created: list[str] = []
+        for role in ROLES:
+            if role not in existing and may_create:
+                conn.execute(sql.SQL("CREATE ROLE {} NOLOGIN").format(sql.Identifier(role)))
+                created.append(role)
+        if not may_grant:
+            raise InstallError(
+                "only the owner of the catbird functions (the role that installed catbird) or a "
+                "superuser can grant the roles their rights: run 'catbird db roles' as that role"
+            )
+        conn.execute("SELECT catbird._cb_apply_privileges()")
+    return RolesReport(
+        created=created,
+        existing=sorted(existing),
+        missing=[r for r in ROLES if r not in existing and r not in created],
+        granted=True,
+    )

@@ -7,7 +7,9 @@
 -- Guarantees:
 --   * Every engine time comparison reads cb_now(), which a session can pin with
 --     SET catbird.fake_now = '<timestamptz>' so expiry and visibility are
---     testable without sleeping.
+--     testable without sleeping. Only a superuser or a member of
+--     catbird_admin moves the clock: anyone else's catbird.fake_now is
+--     ignored (it would let them take messages and leases others hold).
 --   * cb_messages is one table for every queue (queue_id column), so every
 --     engine statement is static SQL with a cached plan. The claim index
 --     (queue_id, priority DESC, visible_at, id) lists the visible messages of a
@@ -23,17 +25,34 @@
 
 CREATE SCHEMA catbird;
 
+-- Whether the calling role may move the engine clock: a superuser or a member
+-- of catbird_admin. The caller is the role of the session (SET ROLE's role,
+-- else the session user), not current_user, which is the extension owner
+-- inside catbird's SECURITY DEFINER functions. Raises nothing.
+CREATE FUNCTION catbird._cb_caller_moves_clock() RETURNS boolean
+LANGUAGE sql STABLE
+AS $$
+    SELECT coalesce(r.rolsuper, false)
+           OR CASE WHEN r.oid IS NULL OR to_regrole('catbird_admin') IS NULL THEN false
+                   ELSE pg_has_role(r.oid, 'catbird_admin', 'MEMBER') END
+    FROM (SELECT CASE WHEN current_setting('role') = 'none' THEN session_user::text
+                      ELSE current_setting('role') END AS caller) c
+    LEFT JOIN pg_roles r ON r.rolname = c.caller
+$$;
+
 -- The engine clock: clock_timestamp(), or the session setting catbird.fake_now
--- when it is set and not empty (tests pin time with it). Raises 22007/22008
--- when catbird.fake_now is not a valid timestamptz.
+-- when it is set, not empty, and the caller may move the clock (see
+-- _cb_caller_moves_clock; for anyone else the setting is ignored). Raises
+-- 22007/22008 when an admin's catbird.fake_now is not a valid timestamptz.
 CREATE FUNCTION catbird.cb_now() RETURNS timestamptz
 LANGUAGE sql VOLATILE PARALLEL SAFE
 AS $$
-    SELECT coalesce(nullif(current_setting('catbird.fake_now', true), '')::timestamptz,
-                    clock_timestamp())
+    SELECT CASE WHEN f.fake IS NOT NULL AND catbird._cb_caller_moves_clock() THEN f.fake::timestamptz
+                ELSE clock_timestamp() END
+    FROM (SELECT nullif(current_setting('catbird.fake_now', true), '') AS fake) f
 $$;
 COMMENT ON FUNCTION catbird.cb_now() IS
-    'The engine clock: clock_timestamp(), or the session setting catbird.fake_now when it is set (for tests).';
+    'The engine clock: clock_timestamp(), or the session setting catbird.fake_now when it is set by a superuser or a catbird_admin member (for tests).';
 
 CREATE TABLE catbird.cb_queues (
     id          int GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
@@ -108,10 +127,31 @@ CREATE INDEX cb_bindings_pattern_idx ON catbird.cb_bindings (pattern);
 CREATE INDEX cb_bindings_prefix_idx ON catbird.cb_bindings (prefix, token_count);
 -- catbird 10_names: validation of names, topics, patterns and arguments.
 --
--- Owns: the _cb_check_* helpers. Each raises SQLSTATE 22023
--- (invalid_parameter_value) with a message that says what was wrong and what is
--- allowed; none writes anything. Callers validate before their first write, so
--- a rejected call leaves the database as it was.
+-- Owns: the _cb_check_* helpers and _cb_quote_arg. Each check raises SQLSTATE
+-- 22023 (invalid_parameter_value) with a message that says what was wrong and
+-- what is allowed; none writes anything. Callers validate before their first
+-- write, so a rejected call leaves the database as it was.
+-- Guarantees:
+--   * Every value that reaches an index is bounded here (names 58 characters,
+--     topics and patterns 255, concurrency keys 1024 bytes), so an oversized
+--     argument is 22023, never 54000 (index row size) from the insert.
+--   * An error message quotes at most 200 characters of a bad argument
+--     (_cb_quote_arg), so a huge argument cannot flood the server log.
+--   * Times must be finite ('infinity' would be a message or run that can
+--     never be delivered or never expire), intervals at most 1000 years (so
+--     that cb_now() minus them stays a timestamp).
+
+-- A bad argument quoted for an error message: quote_literal of its first 200
+-- characters, followed by how long it really was when it was cut; 'NULL' for
+-- NULL. Raises nothing.
+CREATE FUNCTION catbird._cb_quote_arg(value text) RETURNS text
+LANGUAGE sql IMMUTABLE
+AS $$
+    SELECT CASE WHEN value IS NULL THEN 'NULL'
+                WHEN length(value) <= 200 THEN quote_literal(value)
+                ELSE quote_literal(left(value, 200)) || format('... (%s characters)', length(value))
+           END
+$$;
 
 -- Checks the name of a queue, task, flow or step (kind names it in the
 -- message): a lowercase letter, then lowercase letters, digits or underscores,
@@ -120,38 +160,39 @@ CREATE FUNCTION catbird._cb_check_name(kind text, name text) RETURNS void
 LANGUAGE plpgsql IMMUTABLE
 AS $$
 BEGIN
-    IF name IS NULL OR name !~ '^[a-z][a-z0-9_]*$' OR length(name) > 58 THEN
+    IF name IS NULL OR length(name) > 58 OR name !~ '^[a-z][a-z0-9_]*$' THEN
         RAISE EXCEPTION 'invalid % name %: a name starts with a lowercase letter, continues with lowercase letters, digits or underscores, and has at most 58 characters',
-            kind, coalesce(quote_literal(name), 'NULL')
+            kind, catbird._cb_quote_arg(name)
             USING ERRCODE = 'invalid_parameter_value';
     END IF;
 END
 $$;
 
 -- Checks a topic: dot-separated tokens of letters, digits, '_' or '-', no
--- wildcards. Returns nothing; 22023 otherwise.
+-- wildcards, at most 255 characters. Returns nothing; 22023 otherwise.
 CREATE FUNCTION catbird._cb_check_topic(topic text) RETURNS void
 LANGUAGE plpgsql IMMUTABLE
 AS $$
 BEGIN
-    IF topic IS NULL OR topic !~ '^[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*$' THEN
-        RAISE EXCEPTION 'invalid topic %: a topic is one or more tokens of letters, digits, "_" or "-", separated by "." (e.g. orders.eu.created); wildcards belong in patterns only',
-            coalesce(quote_literal(topic), 'NULL')
+    IF topic IS NULL OR length(topic) > 255 OR topic !~ '^[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*$' THEN
+        RAISE EXCEPTION 'invalid topic %: a topic is one or more tokens of letters, digits, "_" or "-", separated by "." (e.g. orders.eu.created), at most 255 characters; wildcards belong in patterns only',
+            catbird._cb_quote_arg(topic)
             USING ERRCODE = 'invalid_parameter_value';
     END IF;
 END
 $$;
 
 -- Checks a binding pattern: a topic whose tokens may be '*' (one token) and
--- whose last token may be '#' (zero or more). Returns nothing; 22023 otherwise.
+-- whose last token may be '#' (zero or more), at most 255 characters.
+-- Returns nothing; 22023 otherwise.
 CREATE FUNCTION catbird._cb_check_pattern(pattern text) RETURNS void
 LANGUAGE plpgsql IMMUTABLE
 AS $$
 BEGIN
-    IF pattern IS NULL
+    IF pattern IS NULL OR length(pattern) > 255
        OR pattern !~ '^(#|([A-Za-z0-9_-]+|\*)(\.([A-Za-z0-9_-]+|\*))*(\.#)?)$' THEN
-        RAISE EXCEPTION 'invalid pattern %: a pattern is a topic whose tokens may be "*" (exactly one token), and whose last token may be "#" (zero or more tokens), e.g. orders.*.created or orders.#',
-            coalesce(quote_literal(pattern), 'NULL')
+        RAISE EXCEPTION 'invalid pattern %: a pattern is a topic whose tokens may be "*" (exactly one token), and whose last token may be "#" (zero or more tokens), e.g. orders.*.created or orders.#, at most 255 characters',
+            catbird._cb_quote_arg(pattern)
             USING ERRCODE = 'invalid_parameter_value';
     END IF;
 END
@@ -180,7 +221,7 @@ LANGUAGE plpgsql IMMUTABLE
 AS $$
 BEGIN
     IF headers IS NOT NULL AND jsonb_typeof(headers) <> 'object' THEN
-        RAISE EXCEPTION 'invalid headers %: headers must be a JSON object (or null)', headers::text
+        RAISE EXCEPTION 'invalid headers %: headers must be a JSON object (or null)', catbird._cb_quote_arg(headers::text)
             USING ERRCODE = 'invalid_parameter_value';
     END IF;
 END
@@ -215,6 +256,54 @@ AS $$
                              FROM tokens) || '$'
            END
     FROM shape s
+$$;
+
+-- Checks the bounded arguments of a send, publish or run: every concurrency
+-- key at most 1024 bytes (it is indexed), visible_at and expires_at finite.
+-- NULLs are allowed. Returns nothing; 22023 for the first problem.
+CREATE FUNCTION catbird._cb_check_bounds(concurrency_keys text[], visible_at timestamptz, expires_at timestamptz)
+RETURNS void
+LANGUAGE plpgsql IMMUTABLE
+AS $$
+DECLARE
+    v_key text;
+BEGIN
+    SELECT k INTO v_key FROM unnest(concurrency_keys) k WHERE octet_length(k) > 1024 LIMIT 1;
+    IF v_key IS NOT NULL THEN
+        RAISE EXCEPTION 'invalid concurrency key %: % bytes, at most 1024 are allowed',
+            catbird._cb_quote_arg(v_key), octet_length(v_key)
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    PERFORM catbird._cb_check_time('visible_at', visible_at);
+    PERFORM catbird._cb_check_time('expires_at', expires_at);
+END
+$$;
+
+-- Checks a time argument (argument names it): NULL or finite. Returns
+-- nothing; 22023 for 'infinity' or '-infinity'.
+CREATE FUNCTION catbird._cb_check_time(argument text, value timestamptz) RETURNS void
+LANGUAGE plpgsql IMMUTABLE
+AS $$
+BEGIN
+    IF NOT isfinite(value) THEN
+        RAISE EXCEPTION 'invalid %: % is not a finite time', argument, value
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+END
+$$;
+
+-- Checks an interval argument (argument names it): NULL or at most 1000
+-- years either way, so that cb_now() plus or minus it is a timestamp.
+-- Returns nothing; 22023 otherwise.
+CREATE FUNCTION catbird._cb_check_interval(argument text, value interval) RETURNS void
+LANGUAGE plpgsql IMMUTABLE
+AS $$
+BEGIN
+    IF value > interval '1000 years' OR value < interval '-1000 years' THEN
+        RAISE EXCEPTION 'invalid %: % is longer than 1000 years', argument, value
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+END
 $$;
 -- catbird 20_queues: queues and their messages.
 --
@@ -295,7 +384,7 @@ $$;
 -- by cb_gc. With max_deliveries, a message about to be delivered for the
 -- max_deliveries + 1-th time is moved to dead_letter_queue (which must exist
 -- and be another queue), or deleted without one. Returns nothing; 22023 for
--- an invalid name, max_deliveries < 1, a dead_letter_queue without
+-- an invalid name, an infinite expires_at, max_deliveries < 1, a dead_letter_queue without
 -- max_deliveries or naming the queue itself; 42704 for an unknown
 -- dead_letter_queue.
 CREATE FUNCTION catbird.cb_create_queue(name text, expires_at timestamptz = NULL, description text = NULL,
@@ -307,6 +396,7 @@ DECLARE
     v_dlq_id int;
 BEGIN
     PERFORM catbird._cb_check_name('queue', name);
+    PERFORM catbird._cb_check_time('expires_at', expires_at);
     IF max_deliveries IS NOT NULL THEN
         PERFORM catbird._cb_check_at_least('max_deliveries', max_deliveries, 1);
     END IF;
@@ -388,6 +478,10 @@ DECLARE
     v_ids bigint[];
     v_id bigint;
 BEGIN
+    -- Bounded inputs (10_names): keys fit the index, times are finite.
+    IF concurrency_keys IS NOT NULL OR _cb_insert_messages.visible_at IS NOT NULL OR _cb_insert_messages.expires_at IS NOT NULL THEN
+        PERFORM catbird._cb_check_bounds(concurrency_keys, _cb_insert_messages.visible_at, _cb_insert_messages.expires_at);
+    END IF;
     -- Fast path: no concurrency key anywhere (the common case) needs no
     -- ON CONFLICT arbiter, no dedup join and no aggregate over the input.
     IF concurrency_keys IS NULL OR cardinality(array_remove(concurrency_keys, NULL)) = 0 THEN
@@ -1121,7 +1215,8 @@ $$;
 --     value     := a JSON literal ("text", 12, true, null, [..], {..}) or a bare word (a string)
 -- Guarantees:
 --   * A malformed condition, or one whose root is not allowed where it is
---     used, is rejected with 22023 at definition time.
+--     used, is rejected with 22023 at definition time; so is one longer than
+--     2000 characters or with more than 32 nested "not".
 --   * A missing field makes every comparison false and `exists` false; `not`
 --     negates the result, so `not input.x eq 1` is true when x is missing.
 --   * gt/gte/lt/lte compare numbers with numbers and strings with strings; any
@@ -1130,7 +1225,8 @@ $$;
 
 -- Parses a condition (grammar above) into its jsonb form ({"op", "path",
 -- "value"}, or {"not": ...}); paths must start with one of allowed_roots.
--- Returns the parsed form; 22023 for a malformed condition or another root.
+-- Returns the parsed form; 22023 for a malformed condition, another root, more
+-- than 2000 characters or more than 32 nested "not".
 CREATE FUNCTION catbird._cb_parse_condition(condition text, allowed_roots text[]) RETURNS jsonb
 LANGUAGE plpgsql IMMUTABLE
 AS $$
@@ -1142,9 +1238,17 @@ DECLARE
     v_syntax constant text := 'a condition is "<path> <op> <value>", "<path> exists", "<path>" or "not <condition>"; ops: eq ne gt gte lt lte in contains; paths start with %s';
 BEGIN
     IF condition IS NULL OR btrim(condition) = '' THEN
-        RAISE EXCEPTION 'invalid condition %: it is empty', coalesce(quote_literal(condition), 'NULL')
+        RAISE EXCEPTION 'invalid condition %: it is empty', catbird._cb_quote_arg(condition)
             USING ERRCODE = 'invalid_parameter_value',
                   HINT = format(v_syntax, array_to_string(allowed_roots, ', '));
+    END IF;
+
+    -- Bounded before any regular expression runs: a long chain of "not" is too
+    -- complex for the regex engine (2201B) and too deep for the recursion.
+    IF length(condition) > 2000 OR condition ~ '^(\s*not\s+){33}' THEN
+        RAISE EXCEPTION 'invalid condition %: a condition has at most 2000 characters and 32 nested "not"',
+            catbird._cb_quote_arg(condition)
+            USING ERRCODE = 'invalid_parameter_value';
     END IF;
 
     v_match := regexp_match(condition, '^\s*not\s+(.+)$');
@@ -1154,7 +1258,7 @@ BEGIN
 
     v_match := regexp_match(condition, '^\s*' || v_path_re || '(?:\s+(exists|eq|ne|gte|gt|lte|lt|in|contains)(?:\s+(.+?))?)?\s*$');
     IF v_match IS NULL THEN
-        RAISE EXCEPTION 'invalid condition %: cannot parse it', quote_literal(condition)
+        RAISE EXCEPTION 'invalid condition %: cannot parse it', catbird._cb_quote_arg(condition)
             USING ERRCODE = 'invalid_parameter_value',
                   HINT = format(v_syntax, array_to_string(allowed_roots, ', '));
     END IF;
@@ -1162,13 +1266,13 @@ BEGIN
     v_path := string_to_array(v_match[1], '.');
     IF NOT v_path[1] = ANY (allowed_roots) THEN
         RAISE EXCEPTION 'invalid condition %: path "%" must start with one of: %',
-            quote_literal(condition), v_match[1], array_to_string(allowed_roots, ', ')
+            catbird._cb_quote_arg(condition), v_match[1], array_to_string(allowed_roots, ', ')
             USING ERRCODE = 'invalid_parameter_value';
     END IF;
 
     IF v_match[2] IS NULL OR v_match[2] = 'exists' THEN
         IF v_match[3] IS NOT NULL THEN
-            RAISE EXCEPTION 'invalid condition %: nothing may follow "%"', quote_literal(condition),
+            RAISE EXCEPTION 'invalid condition %: nothing may follow "%"', catbird._cb_quote_arg(condition),
                 coalesce(v_match[2], v_match[1])
                 USING ERRCODE = 'invalid_parameter_value',
                       HINT = format(v_syntax, array_to_string(allowed_roots, ', '));
@@ -1177,7 +1281,7 @@ BEGIN
     END IF;
 
     IF v_match[3] IS NULL THEN
-        RAISE EXCEPTION 'invalid condition %: operator "%" needs a value', quote_literal(condition), v_match[2]
+        RAISE EXCEPTION 'invalid condition %: operator "%" needs a value', catbird._cb_quote_arg(condition), v_match[2]
             USING ERRCODE = 'invalid_parameter_value';
     END IF;
     BEGIN
@@ -1187,13 +1291,13 @@ BEGIN
             v_value := to_jsonb(v_match[3]);
         ELSE
             RAISE EXCEPTION 'invalid condition %: value % is neither JSON nor a bare word',
-                quote_literal(condition), v_match[3]
+                catbird._cb_quote_arg(condition), v_match[3]
                 USING ERRCODE = 'invalid_parameter_value',
                       HINT = 'Quote strings: input.status eq "on hold"';
         END IF;
     END;
     IF v_match[2] = 'in' AND jsonb_typeof(v_value) <> 'array' THEN
-        RAISE EXCEPTION 'invalid condition %: "in" needs a JSON array, e.g. input.k in [1, 2]', quote_literal(condition)
+        RAISE EXCEPTION 'invalid condition %: "in" needs a JSON array, e.g. input.k in [1, 2]', catbird._cb_quote_arg(condition)
             USING ERRCODE = 'invalid_parameter_value';
     END IF;
     RETURN jsonb_build_object('path', to_jsonb(v_path), 'op', v_match[2], 'value', v_value);
@@ -1400,7 +1504,7 @@ END
 $$;
 
 -- Checks the retention_period of a task or flow definition: NULL (keep runs
--- forever) or not negative. Returns nothing; 22023 otherwise.
+-- forever) or not negative, and at most 1000 years. Returns nothing; 22023 otherwise.
 CREATE FUNCTION catbird._cb_check_retention(retention_period interval) RETURNS void
 LANGUAGE plpgsql IMMUTABLE
 AS $$
@@ -1409,6 +1513,7 @@ BEGIN
         RAISE EXCEPTION 'invalid retention_period %: it must not be negative (NULL keeps runs forever)', retention_period
             USING ERRCODE = 'invalid_parameter_value';
     END IF;
+    PERFORM catbird._cb_check_interval('retention_period', retention_period);
 END
 $$;
 
@@ -1560,7 +1665,7 @@ $$;
 -- cb_purge_task_runs / cb_purge_flow_runs: deletes the finished runs of a task
 -- or flow that finished at least older_than ago. Returns how many it deleted.
 -- 42704 for an unknown definition; 22023 for an invalid name or a NULL or
--- negative older_than.
+-- negative older_than, or one over 1000 years.
 CREATE FUNCTION catbird._cb_purge_runs(kind text, name text, older_than interval) RETURNS int
 LANGUAGE plpgsql VOLATILE
 AS $$
@@ -1571,6 +1676,7 @@ BEGIN
         RAISE EXCEPTION 'invalid older_than %: expected a non-negative interval', coalesce(older_than::text, 'NULL')
             USING ERRCODE = 'invalid_parameter_value';
     END IF;
+    PERFORM catbird._cb_check_interval('older_than', older_than);
     RETURN catbird._cb_delete_finished_runs(kind, v_id, catbird.cb_now() - older_than);
 END
 $$;
@@ -1918,6 +2024,10 @@ DECLARE
     v_ids bigint[];
     v_queued boolean;
 BEGIN
+    -- Bounded inputs (10_names): keys fit the index, times are finite.
+    IF concurrency_keys IS NOT NULL OR _cb_insert_task_runs.visible_at IS NOT NULL OR _cb_insert_task_runs.expires_at IS NOT NULL THEN
+        PERFORM catbird._cb_check_bounds(concurrency_keys, _cb_insert_task_runs.visible_at, _cb_insert_task_runs.expires_at);
+    END IF;
     -- Fast path: no concurrency key anywhere needs no arbiter and no dedup join.
     -- Ids are drawn after the sort, so ascending ids are the input order.
     IF concurrency_keys IS NULL OR cardinality(array_remove(concurrency_keys, NULL)) = 0 THEN
@@ -2751,7 +2861,7 @@ $$;
 -- Validates a steps array and returns it normalized (every key present, in a
 -- fixed shape), raising 22023 with a precise message for the first problem:
 -- not an array, empty, a step that is not an object, an invalid, reserved or
--- duplicate name, an unknown or repeated dependency, a bad signal, step_type,
+-- duplicate name, an unknown key, an unknown or repeated dependency, a bad signal, step_type,
 -- map or reduce source or ignore_output, a malformed condition, a cycle, a
 -- retry policy key (max_retries, backoff_min, backoff_max: whole numbers,
 -- kept in the normalized step only when given) out of range.
@@ -2781,11 +2891,24 @@ BEGIN
     -- Names first, so dependencies can refer to later steps.
     FOR v_step IN SELECT s FROM jsonb_array_elements(steps) s LOOP
         IF jsonb_typeof(v_step) <> 'object' THEN
-            RAISE EXCEPTION 'invalid step in flow "%": % is not a JSON object', flow_name, v_step
+            RAISE EXCEPTION 'invalid step in flow "%": % is not a JSON object', flow_name, catbird._cb_quote_arg(v_step::text)
                 USING ERRCODE = 'invalid_parameter_value';
         END IF;
         v_name := v_step ->> 'name';
         PERFORM catbird._cb_check_name('step', v_name);
+        -- A misspelt key ("conditon", "dependson") would silently drop what it
+        -- meant to say. max_retries, backoff_min, backoff_max: the stored
+        -- retry policy (SPEC 7.1).
+        SELECT k INTO v_key FROM jsonb_object_keys(v_step) k
+        WHERE k NOT IN ('name', 'description', 'step_type', 'signal', 'condition', 'depends_on',
+                        'map_source_step_name', 'reduce_source_step_name', 'ignore_output',
+                        'max_retries', 'backoff_min', 'backoff_max')
+        ORDER BY k LIMIT 1;
+        IF v_key IS NOT NULL THEN
+            RAISE EXCEPTION 'invalid step "%" in flow "%": unknown key %', v_name, flow_name, catbird._cb_quote_arg(v_key)
+                USING ERRCODE = 'invalid_parameter_value',
+                      HINT = 'A step object has the keys name, description, step_type, signal, condition, depends_on, map_source_step_name, reduce_source_step_name, ignore_output, max_retries, backoff_min, backoff_max.';
+        END IF;
         IF v_name IN ('input', 'signal') THEN
             RAISE EXCEPTION 'invalid step name "%" in flow "%": "input" and "signal" are reserved', v_name, flow_name
                 USING ERRCODE = 'invalid_parameter_value';
@@ -2819,17 +2942,17 @@ BEGIN
         END IF;
         IF EXISTS (SELECT 1 FROM unnest(v_deps) d WHERE NOT d = ANY (v_names)) THEN
             RAISE EXCEPTION 'invalid flow "%": step "%" depends on unknown step(s) %', flow_name, v_name,
-                (SELECT string_agg(format('"%s"', d), ', ') FROM unnest(v_deps) d WHERE NOT d = ANY (v_names))
+                catbird._cb_quote_arg((SELECT string_agg(format('"%s"', d), ', ') FROM unnest(v_deps) d WHERE NOT d = ANY (v_names)))
                 USING ERRCODE = 'invalid_parameter_value',
                       HINT = format('The steps are: %s.', array_to_string(v_names, ', '));
         END IF;
         IF jsonb_typeof(v_step -> 'signal') NOT IN ('boolean', 'null') THEN
-            RAISE EXCEPTION 'invalid signal of step "%": expected true or false, got %', v_name, v_step -> 'signal'
+            RAISE EXCEPTION 'invalid signal of step "%": expected true or false, got %', v_name, catbird._cb_quote_arg((v_step -> 'signal')::text)
                 USING ERRCODE = 'invalid_parameter_value';
         END IF;
         v_type := coalesce(v_step ->> 'step_type', 'normal');
         IF v_type NOT IN ('normal', 'mapper', 'generator', 'reducer') THEN
-            RAISE EXCEPTION 'invalid step_type "%" of step "%": expected normal, mapper, generator or reducer', v_type, v_name
+            RAISE EXCEPTION 'invalid step_type % of step "%": expected normal, mapper, generator or reducer', catbird._cb_quote_arg(v_type), v_name
                 USING ERRCODE = 'invalid_parameter_value';
         END IF;
         IF v_step ->> 'map_source_step_name' IS NOT NULL AND (v_type <> 'mapper'
@@ -2945,7 +3068,7 @@ BEGIN
            OR EXISTS (SELECT 1 FROM unnest(output_priority) o
                       WHERE NOT EXISTS (SELECT 1 FROM jsonb_array_elements(v_steps) s WHERE s ->> 'name' = o)) THEN
             RAISE EXCEPTION 'invalid output_priority %: it must name one or more steps of flow "%"',
-                output_priority, name
+                catbird._cb_quote_arg(output_priority::text), name
                 USING ERRCODE = 'invalid_parameter_value';
         END IF;
         v_output_priority := output_priority;
@@ -3400,6 +3523,10 @@ DECLARE
     v_new bigint[];
     v_run bigint;
 BEGIN
+    -- Bounded inputs (10_names): keys fit the index, times are finite.
+    IF concurrency_keys IS NOT NULL OR _cb_insert_flow_runs.visible_at IS NOT NULL OR _cb_insert_flow_runs.expires_at IS NOT NULL THEN
+        PERFORM catbird._cb_check_bounds(concurrency_keys, _cb_insert_flow_runs.visible_at, _cb_insert_flow_runs.expires_at);
+    END IF;
     IF cardinality(array_remove(concurrency_keys, NULL)) > 0 THEN
         -- Expired runs hold nothing: expire the holders of these keys first.
         FOR v_run IN
@@ -4160,7 +4287,8 @@ $$;
 -- current) or the step run or flow run is no longer started, and then
 -- nothing is written. 42704 for an unknown flow or step; 22023 for an invalid
 -- name, a step that is not a generator, items that are not a JSON array,
--- attempt < 1, start_index < 0 or past the step's items.
+-- attempt < 1, start_index < 0 or past the step's items, an infinite
+-- visible_at.
 CREATE FUNCTION catbird.cb_spawn_generator_map_tasks(flow_name text, step_name text, id bigint, items jsonb,
                                                      visible_at timestamptz = NULL, attempt int = NULL,
                                                      start_index int = NULL)
@@ -4183,6 +4311,7 @@ BEGIN
     IF items IS NULL OR jsonb_typeof(items) <> 'array' THEN
         RAISE EXCEPTION 'invalid items: expected a JSON array of items' USING ERRCODE = 'invalid_parameter_value';
     END IF;
+    PERFORM catbird._cb_check_time('visible_at', visible_at);
     PERFORM catbird._cb_check_fail_args(true, attempt);
     IF start_index IS NOT NULL THEN
         PERFORM catbird._cb_check_at_least('start_index', start_index, 0);
@@ -5628,7 +5757,7 @@ $$;
 --   task_runs_purged / flow_runs_purged  finished runs older than their
 --                              definition's retention_period (NULL or 0: kept)
 -- Returns those counters as jsonb; 22023 for batch_size < 1 or a
--- stale_worker_after that is not a positive interval.
+-- stale_worker_after that is not a positive interval of at most 1000 years.
 CREATE FUNCTION catbird.cb_gc(batch_size int = 10000, stale_worker_after interval = '5 minutes')
 RETURNS jsonb
 LANGUAGE plpgsql VOLATILE
@@ -5654,6 +5783,7 @@ BEGIN
         RAISE EXCEPTION 'invalid stale_worker_after: expected a positive interval'
             USING ERRCODE = 'invalid_parameter_value';
     END IF;
+    PERFORM catbird._cb_check_interval('stale_worker_after', stale_worker_after);
 
     FOR v_queue IN
         SELECT q.name FROM catbird.cb_queues q WHERE q.expires_at <= v_now ORDER BY q.name LIMIT batch_size
@@ -5787,6 +5917,131 @@ BEGIN
     PERFORM catbird._cb_notify(topic, data, node_id);
 END
 $$;
+-- catbird 90_privileges: search_path, SECURITY DEFINER, the three group roles
+-- and their EXECUTE rights.
+--
+-- Owns: the roles catbird_admin, catbird_worker and catbird_client (created
+-- here when the installing role may create roles), _cb_function_roles (which
+-- role may call which public function), _cb_apply_privileges (applies it all).
+-- Runs after every file that creates functions and walks pg_proc, so a
+-- function added in any file is covered without being listed here.
+-- Guarantees:
+--   * Every function in schema catbird runs with search_path pinned to
+--     pg_catalog, catbird, pg_temp: a function or operator that a caller's
+--     search_path puts in front of a built-in (say public.make_interval) is
+--     never called by the engine.
+--   * The public functions (cb_*) are SECURITY DEFINER, owned by the
+--     extension owner: callers need EXECUTE on them and USAGE on the schema,
+--     no privilege on any table or sequence. The internal functions (_cb_*)
+--     are callable only by the owner (and superusers), i.e. from inside the
+--     public functions.
+--   * PUBLIC has no EXECUTE on any catbird function: a role that is in none
+--     of the three groups (and not the owner or a superuser) gets 42501.
+--   * catbird_admin may call every public function; catbird_worker and
+--     catbird_client what _cb_function_roles lists. A public function that
+--     it does not know (one added later) is catbird_admin's only, until it is
+--     listed.
+--   * Roles are cluster-wide: they are created only when missing, never
+--     dropped, and DROP EXTENSION leaves them (with nothing granted).
+--   * Privileges are applied by GRANT/REVOKE during the install script, so
+--     pg_dump's record of the extension's initial privileges (pg_init_privs)
+--     covers them; the tables stay dumpable (95_backup).
+
+-- The group roles, when the installing role may create them (a superuser, or
+-- a role with CREATEROLE). Otherwise 'catbird db roles' or the README's SQL
+-- snippet creates them later, then calls catbird._cb_apply_privileges().
+DO $$
+DECLARE
+    v_role text;
+BEGIN
+    IF (SELECT r.rolsuper OR r.rolcreaterole FROM pg_catalog.pg_roles r WHERE r.rolname = current_user) THEN
+        FOREACH v_role IN ARRAY ARRAY['catbird_admin', 'catbird_worker', 'catbird_client'] LOOP
+            IF NOT EXISTS (SELECT FROM pg_catalog.pg_roles r WHERE r.rolname = v_role) THEN
+                EXECUTE format('CREATE ROLE %I NOLOGIN', v_role);
+            END IF;
+        END LOOP;
+    END IF;
+END
+$$;
+
+-- The group roles that may call a public catbird function, by name (all its
+-- overloads alike): catbird_admin everything; catbird_worker enqueueing,
+-- reading and acknowledging messages, claiming, completing, failing and
+-- hiding runs, heartbeats, signals, waits and introspection; catbird_client
+-- sending, publishing, running, signalling, waiting, cancelling, retrying
+-- and introspection; both compute cron ticks, and workers execute due
+-- schedules. Schedules and dead-letter redrives are catbird_admin's. Any other name (a function added later): catbird_admin
+-- only. Raises nothing.
+CREATE FUNCTION catbird._cb_function_roles(function_name text) RETURNS text[]
+LANGUAGE sql IMMUTABLE
+AS $$
+    SELECT ARRAY['catbird_admin']
+           || CASE WHEN function_name IN ('cb_now', 'cb_send', 'cb_publish', 'cb_run_task', 'cb_run_flow',
+                                          'cb_signal_flow', 'cb_notify', 'cb_next_cron_tick', 'cb_next_cron_ticks')
+                     OR function_name LIKE 'cb\_wait\_%'
+                     OR function_name LIKE 'cb\_get\_%'
+                     OR function_name LIKE 'cb\_list\_%'
+                   THEN ARRAY['catbird_worker', 'catbird_client']
+                   WHEN function_name IN ('cb_read', 'cb_read_poll', 'cb_hide', 'cb_delete',
+                                          'cb_spawn_generator_map_tasks', 'cb_read_map_outputs',
+                                          'cb_worker_started', 'cb_worker_heartbeat', 'cb_worker_stopped',
+                                          'cb_execute_due_task_schedules', 'cb_execute_due_flow_schedules')
+                     OR function_name LIKE 'cb\_claim\_%'
+                     OR function_name LIKE 'cb\_complete\_%'
+                     OR function_name LIKE 'cb\_fail\_%'
+                     OR function_name LIKE 'cb\_hide\_%'
+                   THEN ARRAY['catbird_worker']
+                   WHEN function_name IN ('cb_cancel_task', 'cb_cancel_flow', 'cb_retry_task_run', 'cb_retry_flow_run')
+                   THEN ARRAY['catbird_client']
+                   ELSE '{}'::text[]
+              END
+$$;
+
+-- Applies the rules above to every function in schema catbird: pins
+-- search_path, makes the public ones SECURITY DEFINER, revokes EXECUTE from
+-- PUBLIC, grants USAGE on the schema and EXECUTE per _cb_function_roles to
+-- those of the three roles that exist. Idempotent; run at install, and again
+-- by the owner (or a superuser) after the roles were created later ('catbird
+-- db roles'). Returns how many functions it went through; 42501 for a caller
+-- that does not own the functions.
+CREATE FUNCTION catbird._cb_apply_privileges() RETURNS int
+LANGUAGE plpgsql VOLATILE
+AS $$
+DECLARE
+    v_fn record;
+    v_role text;
+    v_count int := 0;
+    v_existing text[];
+BEGIN
+    SELECT coalesce(array_agg(r.rolname::text), '{}') INTO v_existing
+    FROM pg_catalog.pg_roles r
+    WHERE r.rolname IN ('catbird_admin', 'catbird_worker', 'catbird_client');
+    FOREACH v_role IN ARRAY v_existing LOOP
+        EXECUTE format('GRANT USAGE ON SCHEMA catbird TO %I', v_role);
+    END LOOP;
+    FOR v_fn IN
+        SELECT p.oid::regprocedure AS signature, p.proname::text AS name
+        FROM pg_catalog.pg_proc p
+        WHERE p.pronamespace = 'catbird'::regnamespace AND p.prokind IN ('f', 'p')
+        ORDER BY p.proname, p.oid
+    LOOP
+        v_count := v_count + 1;
+        EXECUTE format('ALTER ROUTINE %s SET search_path = pg_catalog, catbird, pg_temp', v_fn.signature);
+        EXECUTE format('REVOKE ALL ON ROUTINE %s FROM PUBLIC', v_fn.signature);
+        IF v_fn.name LIKE 'cb\_%' THEN
+            EXECUTE format('ALTER ROUTINE %s SECURITY DEFINER', v_fn.signature);
+            FOREACH v_role IN ARRAY catbird._cb_function_roles(v_fn.name) LOOP
+                IF v_role = ANY (v_existing) THEN
+                    EXECUTE format('GRANT EXECUTE ON ROUTINE %s TO %I', v_fn.signature, v_role);
+                END IF;
+            END LOOP;
+        END IF;
+    END LOOP;
+    RETURN v_count;
+END
+$$;
+
+SELECT catbird._cb_apply_privileges();
 -- catbird 95_backup: what pg_dump keeps.
 --
 -- Tables created by an extension are left out of pg_dump unless marked as
