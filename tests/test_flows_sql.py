@@ -1145,6 +1145,7 @@ def test_early_completion_cancels_mapper_items(conn):
     create_flow(conn, "race", [step("a"), step("m", step_type="mapper")])
     run_id = run_flow(conn, "race", [1, 2, 3])
     items = claim_items(conn, "race", "m", quantity=1)
+    claim_one(conn, "race", "a")  # only a started step completes a flow early (SPEC 7.1)
     assert (
         fn(
             conn,
@@ -1166,7 +1167,8 @@ def test_early_completion_cancels_mapper_items(conn):
 def test_early_completion_errors(conn):
     create_flow(conn, "race", [step("a")])
     run_id = run_flow(conn, "race", {})
-    with rejected(conn, errors.UndefinedObject):
+    # SPEC 7.1: a run that does not exist is not an error, just false
+    assert (
         fn(
             conn,
             "cb_complete_flow_early",
@@ -1175,6 +1177,8 @@ def test_early_completion_errors(conn):
             step_name="a",
             output=J(1),
         )
+        is False
+    )
     with rejected(conn, errors.UndefinedObject):
         fn(
             conn,
@@ -1338,14 +1342,16 @@ def test_a_step_that_fails_after_its_retries_fails_the_flow(conn):
         info["error_message"],
         info["failed_at"],
         info["on_fail_status"],
-    ) == ("failed", "a", "boom 3", clock.now, None)
+    ) == ("failed", "a", "boom 3", clock.now, "queued")  # SPEC 7.1: on-fail for every failure
     assert statuses(conn, "work", run_id) == {"a": "failed", "b": "canceled", "c": "canceled"}
     assert complete(conn, "work", "b", b, "late") is False
     assert wait_output(conn, "work", run_id) == [
         {"status": "failed", "output": None, "error_message": "boom 3"}
     ]
-    # Without on_fail there is nothing to handle.
-    assert call(conn, "cb_claim_flow_on_fail", name="work", quantity=10) == []
+    # Without on_fail too, the failure can be handled (SPEC 7.1: Go/psql never pass on_fail).
+    assert [c["id"] for c in call(conn, "cb_claim_flow_on_fail", name="work", quantity=10)] == [
+        run_id
+    ]
 
 
 def test_the_failure_context_reaches_the_on_fail_handler(conn):
@@ -1771,6 +1777,7 @@ def test_get_flow_step_status_reports_one_step(conn):
         "failed_at": None,
         "skipped_at": None,
         "canceled_at": None,
+        "error_detail": None,
     }
     fn(conn, "cb_signal_flow", flow_name="sig", run_id=run_id, step_name="a", input=J("yes"))
     clock.advance(seconds=1)

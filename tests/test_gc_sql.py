@@ -21,6 +21,8 @@ ZERO = {
     "expired_task_runs": 0,
     "expired_flow_runs": 0,
     "canceling_flow_runs_finalized": 0,
+    "lease_expired_task_runs": 0,
+    "lease_expired_flow_runs": 0,
     "stale_workers_deleted": 0,
     "stale_wire_nodes_deleted": 0,
     "task_runs_purged": 0,

@@ -61,6 +61,8 @@ def test_create_queue_stores_description_and_expiry(conn):
         "depth": 0,
         "visible": 0,
         "oldest_visible_at": None,
+        "max_deliveries": None,
+        "dead_letter_queue": None,
     }
 
 
@@ -247,12 +249,14 @@ def test_send_returns_the_id_and_stores_every_field(conn):
         "id": first, "queue_id": qid, "priority": 0, "deliveries": 0,
         "visible_at": clock.now, "created_at": clock.now, "expires_at": None,
         "concurrency_key": None, "topic": None, "headers": None, "body": {"n": 1},
+        "source_queue_id": None, "source_deliveries": None,
     }  # fmt: skip
     assert stored[second] == {
         "id": second, "queue_id": qid, "priority": 7, "deliveries": 0,
         "visible_at": clock.now, "created_at": clock.now, "expires_at": T0 + 3600 * SECOND,
         "concurrency_key": "order-2", "topic": "orders.eu-1.created",
         "headers": {"trace": "abc"}, "body": {"n": 2},
+        "source_queue_id": None, "source_deliveries": None,
     }  # fmt: skip
 
 
@@ -555,7 +559,7 @@ def test_read_returns_the_cb_message_fields(conn):
             "id": mid, "concurrency_key": "k", "topic": "a.b", "body": {"n": 1},
             "headers": {"h": "v"}, "priority": 2, "deliveries": 1, "created_at": clock.now,
             "visible_at": clock.now + dt.timedelta(milliseconds=1500),
-            "expires_at": T0 + 3600 * SECOND,
+            "expires_at": T0 + 3600 * SECOND, "source_queue": None, "source_deliveries": None,
         }
     ]  # fmt: skip
 

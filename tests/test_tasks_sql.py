@@ -120,6 +120,9 @@ def test_create_task_stores_its_definition(conn, clock):
         "retention_period": dt.timedelta(days=7),
         "on_fail": False,
         "created_at": T0,
+        "max_retries": None,
+        "backoff_min": None,
+        "backoff_max": None,
     }
 
 
@@ -156,6 +159,9 @@ def test_create_task_with_a_changed_definition_replaces_it_when_no_run_is_active
         "retention_period": dt.timedelta(hours=1),
         "on_fail": True,
         "created_at": T0,  # the task is the same task, redefined
+        "max_retries": None,
+        "backoff_min": None,
+        "backoff_max": None,
     }
     assert statuses(conn) == {done: "completed", skipped: "skipped"}  # finished runs are kept
     assert run_info(conn, run(conn, {"n": 1}))["status"] == "queued"  # the new condition applies
@@ -275,6 +281,9 @@ def test_get_and_list_tasks(conn, clock):
             "retention_period": None,
             "on_fail": True,
             "created_at": T0,
+            "max_retries": None,
+            "backoff_min": None,
+            "backoff_max": None,
         }
     ]
     assert call(conn, "cb_get_task", name="missing") == []
@@ -351,6 +360,7 @@ def test_run_task_queues_a_run(conn, work):
         "on_fail_status": None,
         "on_fail_attempts": 0,
         "on_fail_error_message": None,
+        "error_detail": None,
     }
 
 
@@ -852,17 +862,17 @@ def test_retry_delays_of_a_third_attempt_spread_over_the_jitter_window(
     "policy",
     [
         {"max_retries": -1},
-        {"max_retries": None},
+        {"retryable": None},
         {"backoff_min": -1},
         {"backoff_min": 500, "backoff_max": 100},
-        {"backoff_max": None},
+        {"backoff_max": 50},
     ],
     ids=[
         "negative-retries",
-        "null-retries",
+        "null-retryable",
         "negative-backoff-min",
         "max-below-min",
-        "null-backoff-max",
+        "max-below-default-min",
     ],
 )
 def test_fail_rejects_an_invalid_retry_policy_and_changes_nothing(conn, work, policy):
@@ -887,12 +897,13 @@ def test_a_retried_run_that_completes_clears_its_error(conn, work, clock):
 # =========================================================================== on-fail
 
 
-def test_failed_runs_of_a_task_without_on_fail_are_not_queued_for_on_fail(conn, work):
+def test_failed_runs_of_a_task_without_on_fail_are_queued_for_on_fail_too(conn, work):
+    # SPEC 7.1: Go catbird and psql callers never pass on_fail; every failed run is claimable.
     run_id = run(conn)
     claim(conn)
     assert fail(conn, run_id) == "failed"
-    assert run_info(conn, run_id)["on_fail_status"] is None
-    assert claim_on_fail(conn) == []
+    assert run_info(conn, run_id)["on_fail_status"] == "queued"
+    assert [c["id"] for c in claim_on_fail(conn)] == [run_id]
 
 
 def test_on_fail_claim_returns_the_failure_context_of_terminally_failed_runs(conn, clock):

@@ -12,8 +12,11 @@
 --     (queue_id, priority DESC, visible_at, id) lists the visible messages of a
 --     priority level before its hidden ones, so a claim never walks past rows
 --     that are in flight at the same priority.
---   * A concurrency key is unique among the live messages of one queue
---     (partial unique index); it becomes reusable once the message is deleted.
+--   * A concurrency key is unique among the messages of one queue (partial
+--     unique index); it becomes reusable once the message is deleted, and a
+--     send deletes an expired holder first (expired rows hold nothing).
+--   * A dead letter (moved by cb_read past its queue's max_deliveries) records
+--     its source queue and delivery count (source_queue_id, source_deliveries).
 --   * cb_bindings is indexed by pattern and by literal prefix so that a publish
 --     finds its targets through index lookups, not by testing every pattern.
 
@@ -36,7 +39,11 @@ CREATE TABLE catbird.cb_queues (
     name        text NOT NULL UNIQUE,
     description text,
     created_at  timestamptz NOT NULL,
-    expires_at  timestamptz
+    expires_at  timestamptz,
+    -- dead letters: a message about to be delivered for the max_deliveries + 1-th
+    -- time moves to dead_letter_queue_id (deleted when NULL)
+    max_deliveries       int,
+    dead_letter_queue_id int
 );
 
 CREATE TABLE catbird.cb_messages (
@@ -50,7 +57,10 @@ CREATE TABLE catbird.cb_messages (
     concurrency_key text,
     topic           text,
     headers         jsonb,
-    body            jsonb NOT NULL
+    body            jsonb NOT NULL,
+    -- set on a dead letter: the queue it came from and its deliveries there
+    source_queue_id   int,
+    source_deliveries int
 ) WITH (autovacuum_vacuum_scale_factor = 0.02, autovacuum_vacuum_insert_scale_factor = 0.02);
 
 -- Ids are drawn before the insert so a batch send can return them in input order.
@@ -73,7 +83,9 @@ CREATE TYPE catbird.cb_message AS (
     deliveries      int,
     created_at      timestamptz,
     visible_at      timestamptz,
-    expires_at      timestamptz
+    expires_at      timestamptz,
+    source_queue      text,
+    source_deliveries int
 );
 
 CREATE TABLE catbird.cb_bindings (

@@ -12,7 +12,15 @@
 --     transaction ends and cb_delete_queue takes it exclusively, so a message is
 --     never written into a queue that is being deleted.
 --   * cb_send with a concurrency key held by a live message of the queue writes
---     nothing and returns the live message's id.
+--     nothing and returns the live message's id; a holder past its expires_at
+--     is deleted first, so an expired message never holds its key.
+--   * Receipts: cb_hide and cb_delete given the deliveries value of a read
+--     act only while it is current, so a consumer whose window lapsed cannot
+--     touch a message another consumer now holds.
+--   * Dead letters: with max_deliveries, the read that would deliver a message
+--     for the max_deliveries + 1-th time moves it instead, in the same
+--     statement, to the queue's dead_letter_queue (deleted without one);
+--     cb_redrive moves dead letters back to the queues they came from.
 
 -- Definitions (queues, tasks, flows) are guarded by transaction-level advisory
 -- locks keyed on kind and name: writers of runs and messages hold the shared
@@ -64,17 +72,46 @@ END
 $$;
 
 -- Creates a queue; creating an existing queue is a no-op (its description
--- and expiry are kept). A queue past expires_at is deleted by cb_gc. Returns
--- nothing; 22023 for an invalid name.
-CREATE FUNCTION catbird.cb_create_queue(name text, expires_at timestamptz = NULL, description text = NULL)
+-- and expiry are kept) except that max_deliveries and dead_letter_queue, when
+-- given, replace its dead-letter settings. A queue past expires_at is deleted
+-- by cb_gc. With max_deliveries, a message about to be delivered for the
+-- max_deliveries + 1-th time is moved to dead_letter_queue (which must exist
+-- and be another queue), or deleted without one. Returns nothing; 22023 for
+-- an invalid name, max_deliveries < 1, a dead_letter_queue without
+-- max_deliveries or naming the queue itself; 42704 for an unknown
+-- dead_letter_queue.
+CREATE FUNCTION catbird.cb_create_queue(name text, expires_at timestamptz = NULL, description text = NULL,
+                                        max_deliveries int = NULL, dead_letter_queue text = NULL)
 RETURNS void
 LANGUAGE plpgsql VOLATILE
 AS $$
+DECLARE
+    v_dlq_id int;
 BEGIN
     PERFORM catbird._cb_check_name('queue', name);
-    INSERT INTO catbird.cb_queues (name, description, created_at, expires_at)
-    VALUES (cb_create_queue.name, cb_create_queue.description, catbird.cb_now(), cb_create_queue.expires_at)
+    IF max_deliveries IS NOT NULL THEN
+        PERFORM catbird._cb_check_at_least('max_deliveries', max_deliveries, 1);
+    END IF;
+    IF dead_letter_queue IS NOT NULL THEN
+        IF max_deliveries IS NULL THEN
+            RAISE EXCEPTION 'invalid dead_letter_queue: it needs max_deliveries (how many deliveries before a message is dead)'
+                USING ERRCODE = 'invalid_parameter_value';
+        END IF;
+        IF dead_letter_queue = name THEN
+            RAISE EXCEPTION 'invalid dead_letter_queue "%": a queue cannot be its own dead-letter queue', name
+                USING ERRCODE = 'invalid_parameter_value';
+        END IF;
+        v_dlq_id := catbird._cb_queue_id(dead_letter_queue);
+    END IF;
+    INSERT INTO catbird.cb_queues (name, description, created_at, expires_at, max_deliveries, dead_letter_queue_id)
+    VALUES (cb_create_queue.name, cb_create_queue.description, catbird.cb_now(), cb_create_queue.expires_at,
+            cb_create_queue.max_deliveries, v_dlq_id)
     ON CONFLICT ON CONSTRAINT cb_queues_name_key DO NOTHING;
+    IF NOT FOUND AND max_deliveries IS NOT NULL THEN
+        UPDATE catbird.cb_queues q
+        SET max_deliveries = cb_create_queue.max_deliveries, dead_letter_queue_id = v_dlq_id
+        WHERE q.name = cb_create_queue.name;
+    END IF;
 END
 $$;
 
@@ -95,6 +132,10 @@ BEGIN
     END IF;
     DELETE FROM catbird.cb_messages m WHERE m.queue_id = v_id;
     DELETE FROM catbird.cb_bindings b WHERE b.target_type = 'queue' AND b.target_name = cb_delete_queue.name;
+    -- queues that dead-lettered into it delete their dead messages from now on
+    UPDATE catbird.cb_queues q SET dead_letter_queue_id = NULL WHERE q.dead_letter_queue_id = v_id;
+    -- dead letters that came from it have nowhere to be redriven to
+    UPDATE catbird.cb_messages m SET source_queue_id = NULL WHERE m.source_queue_id = v_id;
     RETURN true;
 END
 $$;
@@ -160,6 +201,10 @@ BEGIN
         SELECT array_agg(i.id ORDER BY i.id) INTO v_ids FROM inserted i WHERE i.queue_id = queue_ids[1];
         RETURN v_ids;
     END IF;
+    -- Expired messages hold nothing: the expired holders of these keys (never
+    -- readable again; cb_gc would delete them) go before deduplicating.
+    DELETE FROM catbird.cb_messages m
+    WHERE m.queue_id = ANY (queue_ids) AND m.concurrency_key = ANY (concurrency_keys) AND m.expires_at <= v_now;
     WITH input AS (
         SELECT q.queue_id, u.ord, u.body, u.concurrency_key, u.headers,
                nextval('catbird.cb_messages_id_seq') AS new_id
@@ -297,9 +342,13 @@ $$;
 
 -- Claims up to quantity visible, unexpired messages of a queue, highest
 -- priority first, then oldest: each is hidden for hide_for ms and its
--- deliveries incremented; concurrent readers skip each other's rows. Returns
--- the claimed messages (cb_message) in claim order. 42704 for an unknown
--- queue; 22023 for an invalid name, quantity < 1 or hide_for < 1.
+-- deliveries incremented; concurrent readers skip each other's rows. With the
+-- queue's max_deliveries, a message already delivered that many times is not
+-- returned: the same statement moves it to the dead-letter queue (source queue
+-- and deliveries recorded, deliveries reset, concurrency key dropped) or
+-- deletes it, and the claim goes on for the quantity asked. Returns the
+-- claimed messages (cb_message) in claim order. 42704 for an unknown queue;
+-- 22023 for an invalid name, quantity < 1 or hide_for < 1.
 -- A generic plan keeps the claim on the claim index; with LIMIT quantity the
 -- planner would otherwise re-plan (custom plans) on every call.
 CREATE FUNCTION catbird.cb_read(queue text, quantity int, hide_for int)
@@ -310,6 +359,11 @@ AS $$
 DECLARE
     v_now timestamptz;
     v_queue_id int;
+    v_max_deliveries int;
+    v_dlq_id int;
+    v_wanted int := quantity;
+    v_messages catbird.cb_message[];
+    v_dead bigint;
 BEGIN
     IF quantity IS NULL OR quantity < 1 THEN
         PERFORM catbird._cb_check_at_least('quantity', quantity, 1);
@@ -317,35 +371,91 @@ BEGIN
     IF hide_for IS NULL OR hide_for < 1 THEN
         PERFORM catbird._cb_check_at_least('hide_for', hide_for, 1, ' ms');
     END IF;
-    SELECT q.id INTO v_queue_id FROM catbird.cb_queues q WHERE q.name = queue;
+    SELECT q.id, q.max_deliveries, q.dead_letter_queue_id INTO v_queue_id, v_max_deliveries, v_dlq_id
+    FROM catbird.cb_queues q WHERE q.name = queue;
     IF v_queue_id IS NULL THEN
         v_queue_id := catbird._cb_queue_id(queue);  -- raises the clear error
     END IF;
     v_now := catbird.cb_now();
-    RETURN QUERY
-    WITH claimed AS (
-        SELECT m.id, m.visible_at AS was_visible_at
-        FROM catbird.cb_messages m
-        WHERE m.queue_id = v_queue_id
-          AND m.visible_at <= v_now
-          AND (m.expires_at IS NULL OR m.expires_at > v_now)
-        ORDER BY m.priority DESC, m.visible_at, m.id
-        LIMIT quantity
-        FOR UPDATE SKIP LOCKED
-    ), updated AS (
-        UPDATE catbird.cb_messages m
-        SET visible_at = v_now + make_interval(secs => hide_for / 1000.0),
-            deliveries = m.deliveries + 1
-        FROM claimed c
-        WHERE m.id = c.id
-          AND m.id = ANY (ARRAY(SELECT c2.id FROM claimed c2))  -- keeps the generic plan on the primary key
-        RETURNING m.id, m.concurrency_key, m.topic, m.body, m.headers, m.priority, m.deliveries,
-                  m.created_at, m.visible_at, m.expires_at, c.was_visible_at
-    )
-    SELECT u.id, u.concurrency_key, u.topic, u.body, u.headers, u.priority, u.deliveries,
-           u.created_at, u.visible_at, u.expires_at
-    FROM updated u
-    ORDER BY u.priority DESC, u.was_visible_at, u.id;  -- the order they were claimed in
+    IF v_max_deliveries IS NULL THEN
+        RETURN QUERY
+        WITH claimed AS (
+            SELECT m.id, m.visible_at AS was_visible_at
+            FROM catbird.cb_messages m
+            WHERE m.queue_id = v_queue_id
+              AND m.visible_at <= v_now
+              AND (m.expires_at IS NULL OR m.expires_at > v_now)
+            ORDER BY m.priority DESC, m.visible_at, m.id
+            LIMIT quantity
+            FOR UPDATE SKIP LOCKED
+        ), updated AS (
+            UPDATE catbird.cb_messages m
+            SET visible_at = v_now + make_interval(secs => hide_for / 1000.0),
+                deliveries = m.deliveries + 1
+            FROM claimed c
+            WHERE m.id = c.id
+              AND m.id = ANY (ARRAY(SELECT c2.id FROM claimed c2))  -- keeps the generic plan on the primary key
+            RETURNING m.id, m.concurrency_key, m.topic, m.body, m.headers, m.priority, m.deliveries,
+                      m.created_at, m.visible_at, m.expires_at, m.source_queue_id, m.source_deliveries,
+                      c.was_visible_at
+        )
+        SELECT u.id, u.concurrency_key, u.topic, u.body, u.headers, u.priority, u.deliveries,
+               u.created_at, u.visible_at, u.expires_at,
+               (SELECT q.name FROM catbird.cb_queues q WHERE q.id = u.source_queue_id), u.source_deliveries
+        FROM updated u
+        ORDER BY u.priority DESC, u.was_visible_at, u.id;  -- the order they were claimed in
+        RETURN;
+    END IF;
+    IF v_dlq_id IS NOT NULL THEN
+        -- Dead letters must not land in a dead-letter queue being deleted.
+        PERFORM catbird._cb_lock_definition('queue', q.name) FROM catbird.cb_queues q WHERE q.id = v_dlq_id;
+    END IF;
+    -- Dead messages met on the way do not count against quantity: claim again
+    -- until it is filled or none was met.
+    LOOP
+        WITH candidates AS (
+            SELECT m.id, m.visible_at AS was_visible_at, m.deliveries >= v_max_deliveries AS dead
+            FROM catbird.cb_messages m
+            WHERE m.queue_id = v_queue_id
+              AND m.visible_at <= v_now
+              AND (m.expires_at IS NULL OR m.expires_at > v_now)
+            ORDER BY m.priority DESC, m.visible_at, m.id
+            LIMIT v_wanted
+            FOR UPDATE SKIP LOCKED
+        ), moved AS (
+            UPDATE catbird.cb_messages m
+            SET queue_id = v_dlq_id, source_queue_id = v_queue_id, source_deliveries = m.deliveries,
+                deliveries = 0, visible_at = v_now, concurrency_key = NULL
+            FROM candidates c
+            WHERE m.id = c.id AND c.dead AND v_dlq_id IS NOT NULL
+            RETURNING m.id
+        ), dropped AS (
+            DELETE FROM catbird.cb_messages m
+            USING candidates c
+            WHERE m.id = c.id AND c.dead AND v_dlq_id IS NULL
+            RETURNING m.id
+        ), updated AS (
+            UPDATE catbird.cb_messages m
+            SET visible_at = v_now + make_interval(secs => hide_for / 1000.0),
+                deliveries = m.deliveries + 1
+            FROM candidates c
+            WHERE m.id = c.id AND NOT c.dead
+            RETURNING m.id, m.concurrency_key, m.topic, m.body, m.headers, m.priority, m.deliveries,
+                      m.created_at, m.visible_at, m.expires_at, m.source_queue_id, m.source_deliveries,
+                      c.was_visible_at
+        )
+        SELECT coalesce(array_agg(ROW(u.id, u.concurrency_key, u.topic, u.body, u.headers, u.priority, u.deliveries,
+                                      u.created_at, u.visible_at, u.expires_at,
+                                      (SELECT q.name FROM catbird.cb_queues q WHERE q.id = u.source_queue_id),
+                                      u.source_deliveries)::catbird.cb_message
+                                  ORDER BY u.priority DESC, u.was_visible_at, u.id), '{}'),
+               (SELECT count(*) FROM moved) + (SELECT count(*) FROM dropped)
+        INTO v_messages, v_dead
+        FROM updated u;
+        RETURN QUERY SELECT * FROM unnest(v_messages);
+        v_wanted := v_wanted - cardinality(v_messages);
+        EXIT WHEN v_dead = 0 OR v_wanted = 0;
+    END LOOP;
 END
 $$;
 
@@ -375,10 +485,26 @@ BEGIN
 END
 $$;
 
--- Pushes the visibility of messages of a queue out to hide_for ms from now.
--- Returns the ids it found (sorted). 42704 for an unknown queue; 22023 for an
--- invalid name or hide_for < 1.
-CREATE FUNCTION catbird.cb_hide(queue text, ids bigint[], hide_for int) RETURNS bigint[]
+-- Checks the receipts given to cb_hide / cb_delete: NULL, or one deliveries
+-- value (>= 1, as returned by cb_read) per id. Returns nothing; 22023
+-- otherwise.
+CREATE FUNCTION catbird._cb_check_receipts(ids bigint[], deliveries int[]) RETURNS void
+LANGUAGE plpgsql IMMUTABLE
+AS $$
+BEGIN
+    IF deliveries IS NOT NULL AND (cardinality(deliveries) IS DISTINCT FROM cardinality(ids)
+                                   OR EXISTS (SELECT 1 FROM unnest(deliveries) d WHERE d IS NULL OR d < 1)) THEN
+        RAISE EXCEPTION 'invalid deliveries: give one receipt per id, each the deliveries value (>= 1) its read returned'
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+END
+$$;
+
+-- Pushes the visibility of messages of a queue out to hide_for ms from now;
+-- with deliveries (the receipts returned by cb_read, one per id) only messages
+-- still at that delivery. Returns the ids it hid (sorted). 42704 for an
+-- unknown queue; 22023 for an invalid name, hide_for < 1 or bad receipts.
+CREATE FUNCTION catbird.cb_hide(queue text, ids bigint[], hide_for int, deliveries int[] = NULL) RETURNS bigint[]
 LANGUAGE plpgsql VOLATILE
 AS $$
 DECLARE
@@ -387,10 +513,22 @@ DECLARE
     v_hidden bigint[];
 BEGIN
     PERFORM catbird._cb_check_at_least('hide_for', hide_for, 1, ' ms');
+    IF deliveries IS NULL THEN
+        WITH hidden AS (
+            UPDATE catbird.cb_messages m
+            SET visible_at = v_now + make_interval(secs => hide_for / 1000.0)
+            WHERE m.queue_id = v_queue_id AND m.id = ANY (ids)
+            RETURNING m.id
+        )
+        SELECT coalesce(array_agg(h.id ORDER BY h.id), '{}') INTO v_hidden FROM hidden h;
+        RETURN v_hidden;
+    END IF;
+    PERFORM catbird._cb_check_receipts(ids, deliveries);
     WITH hidden AS (
         UPDATE catbird.cb_messages m
         SET visible_at = v_now + make_interval(secs => hide_for / 1000.0)
-        WHERE m.queue_id = v_queue_id AND m.id = ANY (ids)
+        FROM unnest(ids, cb_hide.deliveries) AS u(id, delivery)
+        WHERE m.queue_id = v_queue_id AND m.id = u.id AND m.id = ANY (ids) AND m.deliveries = u.delivery
         RETURNING m.id
     )
     SELECT coalesce(array_agg(h.id ORDER BY h.id), '{}') INTO v_hidden FROM hidden h;
@@ -398,15 +536,20 @@ BEGIN
 END
 $$;
 
--- Single form of cb_hide: true when the message was found. Errors as the
--- array form.
-CREATE FUNCTION catbird.cb_hide(queue text, id bigint, hide_for int) RETURNS boolean
+-- Single form of cb_hide: true when the message was hidden (with delivery:
+-- only while it is still at that delivery). Errors as the array form.
+CREATE FUNCTION catbird.cb_hide(queue text, id bigint, hide_for int, delivery int = NULL) RETURNS boolean
 LANGUAGE sql VOLATILE
-AS $$ SELECT cardinality(catbird.cb_hide(queue, ARRAY[id], hide_for)) > 0 $$;
+AS $$
+    SELECT cardinality(catbird.cb_hide(queue, ARRAY[id], hide_for,
+                                       CASE WHEN delivery IS NOT NULL THEN ARRAY[delivery] END)) > 0
+$$;
 
--- Deletes (acknowledges) messages of a queue. Returns the ids it deleted
--- (sorted). 42704 for an unknown queue; 22023 for an invalid name.
-CREATE FUNCTION catbird.cb_delete(queue text, ids bigint[]) RETURNS bigint[]
+-- Deletes (acknowledges) messages of a queue; with deliveries (the receipts
+-- returned by cb_read, one per id) only messages still at that delivery.
+-- Returns the ids it deleted (sorted). 42704 for an unknown queue; 22023 for
+-- an invalid name or bad receipts.
+CREATE FUNCTION catbird.cb_delete(queue text, ids bigint[], deliveries int[] = NULL) RETURNS bigint[]
 LANGUAGE plpgsql VOLATILE
 AS $$
 DECLARE
@@ -418,9 +561,20 @@ BEGIN
     IF v_queue_id IS NULL THEN
         v_queue_id := catbird._cb_queue_id(queue);  -- raises the clear error
     END IF;
+    IF deliveries IS NULL THEN
+        WITH deleted AS (
+            DELETE FROM catbird.cb_messages m
+            WHERE m.queue_id = v_queue_id AND m.id = ANY (ids)
+            RETURNING m.id
+        )
+        SELECT coalesce(array_agg(d.id ORDER BY d.id), '{}') INTO v_deleted FROM deleted d;
+        RETURN v_deleted;
+    END IF;
+    PERFORM catbird._cb_check_receipts(ids, deliveries);
     WITH deleted AS (
         DELETE FROM catbird.cb_messages m
-        WHERE m.queue_id = v_queue_id AND m.id = ANY (ids)
+        USING unnest(ids, cb_delete.deliveries) AS u(id, delivery)
+        WHERE m.queue_id = v_queue_id AND m.id = u.id AND m.id = ANY (ids) AND m.deliveries = u.delivery
         RETURNING m.id
     )
     SELECT coalesce(array_agg(d.id ORDER BY d.id), '{}') INTO v_deleted FROM deleted d;
@@ -428,11 +582,49 @@ BEGIN
 END
 $$;
 
--- Single form of cb_delete: true when the message was deleted. Errors as the
--- array form.
-CREATE FUNCTION catbird.cb_delete(queue text, id bigint) RETURNS boolean
+-- Single form of cb_delete: true when the message was deleted (with delivery:
+-- only while it is still at that delivery). Errors as the array form.
+CREATE FUNCTION catbird.cb_delete(queue text, id bigint, delivery int = NULL) RETURNS boolean
 LANGUAGE sql VOLATILE
-AS $$ SELECT cardinality(catbird.cb_delete(queue, ARRAY[id])) > 0 $$;
+AS $$
+    SELECT cardinality(catbird.cb_delete(queue, ARRAY[id], CASE WHEN delivery IS NOT NULL THEN ARRAY[delivery] END)) > 0
+$$;
+
+-- Moves up to quantity dead letters (all when NULL) of a dead-letter queue
+-- back to the queues they came from, oldest first, visible at once with
+-- deliveries reset to 0. Dead letters whose source queue no longer exists
+-- stay. Returns how many it moved. 42704 for an unknown queue; 22023 for an
+-- invalid name or quantity < 1.
+CREATE FUNCTION catbird.cb_redrive(dead_letter_queue text, quantity int = NULL) RETURNS bigint
+LANGUAGE plpgsql VOLATILE
+AS $$
+DECLARE
+    v_dlq_id int := catbird._cb_queue_id(dead_letter_queue);
+    v_now timestamptz := catbird.cb_now();
+    v_count bigint;
+BEGIN
+    IF quantity IS NOT NULL THEN
+        PERFORM catbird._cb_check_at_least('quantity', quantity, 1);
+    END IF;
+    -- Messages must not land in a queue being deleted: hold the sources' shared locks.
+    PERFORM catbird._cb_lock_definition('queue', q.name)
+    FROM catbird.cb_queues q
+    WHERE q.id IN (SELECT DISTINCT m.source_queue_id FROM catbird.cb_messages m
+                   WHERE m.queue_id = v_dlq_id AND m.source_queue_id IS NOT NULL)
+    ORDER BY q.name;
+    UPDATE catbird.cb_messages m
+    SET queue_id = m.source_queue_id, source_queue_id = NULL, source_deliveries = NULL,
+        deliveries = 0, visible_at = v_now
+    WHERE m.id IN (SELECT x.id FROM catbird.cb_messages x
+                   WHERE x.queue_id = v_dlq_id AND x.source_queue_id IS NOT NULL
+                     AND EXISTS (SELECT 1 FROM catbird.cb_queues q WHERE q.id = x.source_queue_id)
+                   ORDER BY x.id
+                   LIMIT quantity
+                   FOR UPDATE SKIP LOCKED);
+    GET DIAGNOSTICS v_count = ROW_COUNT;
+    RETURN v_count;
+END
+$$;
 
 -- Queue introspection (QueueInfo fields) for the given names, or all queues
 -- when names is NULL, by name. depth counts every message; visible those
@@ -440,12 +632,14 @@ AS $$ SELECT cardinality(catbird.cb_delete(queue, ARRAY[id])) > 0 $$;
 -- readable ones. Raises nothing.
 CREATE FUNCTION catbird._cb_queue_info(names text[])
 RETURNS TABLE (name text, description text, created_at timestamptz, expires_at timestamptz,
-               depth bigint, visible bigint, oldest_visible_at timestamptz)
+               depth bigint, visible bigint, oldest_visible_at timestamptz,
+               max_deliveries int, dead_letter_queue text)
 LANGUAGE sql VOLATILE
 AS $$
     WITH now AS (SELECT catbird.cb_now() AS ts)
     SELECT q.name, q.description, q.created_at, q.expires_at,
-           coalesce(s.depth, 0), coalesce(s.visible, 0), s.oldest_visible_at
+           coalesce(s.depth, 0), coalesce(s.visible, 0), s.oldest_visible_at,
+           q.max_deliveries, (SELECT d.name FROM catbird.cb_queues d WHERE d.id = q.dead_letter_queue_id)
     FROM catbird.cb_queues q
     CROSS JOIN now
     LEFT JOIN LATERAL (
@@ -462,16 +656,19 @@ AS $$
 $$;
 
 -- Every queue as QueueInfo (name, description, created_at, expires_at,
--- depth, visible, oldest_visible_at), by name. Raises nothing.
+-- depth, visible, oldest_visible_at, max_deliveries, dead_letter_queue), by
+-- name. Raises nothing.
 CREATE FUNCTION catbird.cb_list_queues()
 RETURNS TABLE (name text, description text, created_at timestamptz, expires_at timestamptz,
-               depth bigint, visible bigint, oldest_visible_at timestamptz)
+               depth bigint, visible bigint, oldest_visible_at timestamptz,
+               max_deliveries int, dead_letter_queue text)
 LANGUAGE sql VOLATILE
 AS $$ SELECT * FROM catbird._cb_queue_info(NULL) $$;
 
 -- One queue as QueueInfo; no row when it does not exist. Raises nothing.
 CREATE FUNCTION catbird.cb_get_queue(name text)
 RETURNS TABLE (name text, description text, created_at timestamptz, expires_at timestamptz,
-               depth bigint, visible bigint, oldest_visible_at timestamptz)
+               depth bigint, visible bigint, oldest_visible_at timestamptz,
+               max_deliveries int, dead_letter_queue text)
 LANGUAGE sql VOLATILE
 AS $$ SELECT * FROM catbird._cb_queue_info(ARRAY[name]) $$;

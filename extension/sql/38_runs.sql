@@ -16,6 +16,13 @@
 --     parameter.
 --   * A run is finished when its status is terminal and its on-fail handling,
 --     if any, is over (completed or failed); only finished runs are purged.
+--     Every failed run is queued for on-fail handling; when the definition
+--     declares no on_fail handler, a queued (never claimed) one does not hold
+--     the purge back.
+--   * The retry policy: stored on the definition (each part NULL: not
+--     stored), overridden part by part by a fail call's arguments; defaults 0
+--     retries, backoff 100-2000 ms. A lapsed lease is an attempt: runs are
+--     capped at max_retries + 1 attempts (25 without a stored policy).
 --   * Each helper looks the definition up first, as the verbs did before they
 --     shared it, so errors come in the same order: 22023 for a bad name, 42704
 --     for an unknown definition, then 22023 for a bad argument.
@@ -44,6 +51,76 @@ BEGIN
         RAISE EXCEPTION 'invalid backoff_max: got %, expected at least backoff_min (% ms)',
             coalesce(backoff_max::text, 'NULL'), backoff_min
             USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+END
+$$;
+
+-- Checks a retry policy stored on a definition (cb_create_task, flow step
+-- keys): each part NULL (not stored) or max_retries >= 0, backoff_min >= 0,
+-- backoff_max not below backoff_min (100 ms when not stored). Returns nothing;
+-- 22023 for the first part out of range.
+CREATE FUNCTION catbird._cb_check_stored_policy(max_retries int, backoff_min int, backoff_max int) RETURNS void
+LANGUAGE plpgsql IMMUTABLE
+AS $$
+BEGIN
+    IF max_retries IS NOT NULL THEN
+        PERFORM catbird._cb_check_at_least('max_retries', max_retries, 0);
+    END IF;
+    IF backoff_min IS NOT NULL THEN
+        PERFORM catbird._cb_check_at_least('backoff_min', backoff_min, 0, ' ms');
+    END IF;
+    IF backoff_max IS NOT NULL AND backoff_max < coalesce(backoff_min, 100) THEN
+        RAISE EXCEPTION 'invalid backoff_max: got %, expected at least backoff_min (% ms%)',
+            backoff_max, coalesce(backoff_min, 100), CASE WHEN backoff_min IS NULL THEN ', the default' ELSE '' END
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+END
+$$;
+
+-- The retry policy a fail call acts under: each argument given overrides the
+-- definition's stored part; without either, 0 retries and a backoff of 100 to
+-- 2000 ms (backoff_max at least backoff_min). Checked with
+-- _cb_check_retry_policy: 22023 for a part out of range.
+CREATE FUNCTION catbird._cb_effective_policy(max_retries int, backoff_min int, backoff_max int,
+                                             stored_max_retries int, stored_backoff_min int, stored_backoff_max int,
+                                             OUT max_retries_out int, OUT backoff_min_out int, OUT backoff_max_out int)
+LANGUAGE plpgsql IMMUTABLE
+AS $$
+BEGIN
+    max_retries_out := coalesce(max_retries, stored_max_retries, 0);
+    backoff_min_out := coalesce(backoff_min, stored_backoff_min, 100);
+    backoff_max_out := coalesce(backoff_max, stored_backoff_max, greatest(2000, backoff_min_out));
+    PERFORM catbird._cb_check_retry_policy(max_retries_out, backoff_min_out, backoff_max_out);
+END
+$$;
+
+-- How many attempts a run (task run, step run or map item) whose lease keeps
+-- lapsing may use before the next claim or cb_gc fails it: max_retries + 1,
+-- or 25 without a stored policy. Raises nothing.
+CREATE FUNCTION catbird._cb_lease_cap(max_retries int) RETURNS int
+LANGUAGE sql IMMUTABLE PARALLEL SAFE
+AS $$ SELECT coalesce(max_retries + 1, 25) $$;
+
+-- The error_message of a run failed because its lease lapsed too often.
+-- Raises nothing.
+CREATE FUNCTION catbird._cb_lease_expired_error(attempts int) RETURNS text
+LANGUAGE sql IMMUTABLE PARALLEL SAFE
+AS $$
+    SELECT format('lease expired: attempt %s ended without a report from its worker (it crashed or stalled),'
+                  ' and no attempt is left', attempts)
+$$;
+
+-- Checks the new optional arguments of the fail calls and fenced calls:
+-- retryable not NULL, attempt NULL or >= 1. Returns nothing; 22023 otherwise.
+CREATE FUNCTION catbird._cb_check_fail_args(retryable boolean, attempt int) RETURNS void
+LANGUAGE plpgsql IMMUTABLE
+AS $$
+BEGIN
+    IF retryable IS NULL THEN
+        RAISE EXCEPTION 'invalid retryable: NULL (give true or false)' USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    IF attempt IS NOT NULL AND attempt < 1 THEN
+        PERFORM catbird._cb_check_at_least('attempt', attempt, 1);
     END IF;
 END
 $$;
@@ -196,7 +273,11 @@ BEGIN
         '    DELETE FROM catbird.%1$I r'
         '    WHERE r.id IN (SELECT x.id FROM catbird.%1$I x'
         '                   WHERE x.%2$I = $1 AND x.status = ANY ($2)'
-        '                     AND coalesce(x.on_fail_status, ''completed'') IN (''completed'', ''failed'')'
+        -- on-fail handling blocks the purge while it runs, or while it waits
+        -- for a handler the definition declares (on_fail)
+        '                     AND (coalesce(x.on_fail_status, ''completed'') IN (''completed'', ''failed'')'
+        '                          OR (x.on_fail_status = ''queued'''
+        '                              AND NOT (SELECT d.on_fail FROM catbird.%10$I d WHERE d.id = $1)))'
         '                     AND coalesce(x.%3$I, x.%4$I, x.%5$I, x.%6$I, x.%7$I, x.%8$I) <= $3'
         '                   %9$s)'
         '    RETURNING r.id)'
@@ -204,7 +285,8 @@ BEGIN
         v_layout.runs, v_layout.definition_column,
         v_layout.finished_at[1], v_layout.finished_at[2], v_layout.finished_at[3],
         v_layout.finished_at[4], v_layout.finished_at[5], v_layout.finished_at[6],
-        CASE WHEN lim IS NOT NULL THEN 'LIMIT $4 FOR UPDATE SKIP LOCKED' ELSE '' END)
+        CASE WHEN lim IS NOT NULL THEN 'LIMIT $4 FOR UPDATE SKIP LOCKED' ELSE '' END,
+        v_layout.definitions)
     INTO v_ids
     USING definition_id, v_layout.finished_statuses, finished_before, lim;
     FOREACH v_part IN ARRAY v_layout.parts LOOP
@@ -341,31 +423,56 @@ END
 $$;
 
 -- Records the outcome of the on-fail handler of a run whose on-fail claim is
--- started (cb_complete_task_on_fail, cb_fail_task_on_fail and their flow
--- forms): completed, or failed and queued again after retry_delay ms unless
--- retry_exhausted. Otherwise nothing changes. Returns nothing; 42704 for an
--- unknown definition; 22023 for an invalid name or a failure's retry_delay < 0.
+-- started, under on_fail_attempt when given (cb_complete_task_on_fail,
+-- cb_fail_task_on_fail and their flow forms): completed, or failed and queued
+-- again after retry_delay ms unless retry_exhausted. When the caller leaves
+-- them NULL, SQL decides: exhausted once on_fail_attempts > max_retries, delay
+-- a full-jitter backoff for the on-fail attempt, with the policy given or
+-- stored on the definition (tasks; flows store none: 0 retries, 100-2000 ms).
+-- Otherwise (a stale claim) nothing changes. Returns nothing; 42704 for an
+-- unknown definition; 22023 for an invalid name, on_fail_attempt < 1, a
+-- failure's retry_delay < 0 or an invalid policy.
 CREATE FUNCTION catbird._cb_end_on_fail(kind text, name text, run_id bigint, completed boolean,
                                         error_message text = NULL, retry_exhausted boolean = NULL,
-                                        retry_delay bigint = NULL)
+                                        retry_delay bigint = NULL, on_fail_attempt int = NULL,
+                                        max_retries int = NULL, backoff_min int = NULL, backoff_max int = NULL)
 RETURNS void
 LANGUAGE plpgsql VOLATILE
 AS $$
 DECLARE
     v_id int := catbird._cb_definition_id(kind, name);
     v_layout record := catbird._cb_run_layout(kind);
+    v_stored record;
+    v_policy record;
 BEGIN
-    IF NOT completed THEN
+    IF on_fail_attempt IS NOT NULL THEN
+        PERFORM catbird._cb_check_at_least('on_fail_attempt', on_fail_attempt, 1);
+    END IF;
+    IF NOT completed AND retry_delay IS NOT NULL THEN
         PERFORM catbird._cb_check_at_least('retry_delay', retry_delay, 0, ' ms');
     END IF;
+    IF kind = 'task' THEN
+        SELECT t.max_retries, t.backoff_min, t.backoff_max INTO v_stored FROM catbird.cb_tasks t WHERE t.id = v_id;
+    ELSE
+        SELECT NULL::int AS max_retries, NULL::int AS backoff_min, NULL::int AS backoff_max INTO v_stored;
+    END IF;
+    v_policy := catbird._cb_effective_policy(max_retries, backoff_min, backoff_max,
+                                             v_stored.max_retries, v_stored.backoff_min, v_stored.backoff_max);
     EXECUTE format(
         'UPDATE catbird.%I r'
-        ' SET on_fail_status = $1, on_fail_visible_at = coalesce($2, r.on_fail_visible_at), on_fail_error_message = $3'
-        ' WHERE r.id = $4 AND r.%I = $5 AND r.on_fail_status = ''started''',
+        ' SET on_fail_status = CASE WHEN $1 THEN ''completed'''
+        '                           WHEN coalesce($6, r.on_fail_attempts > $7) THEN ''failed'''
+        '                           ELSE ''queued'' END,'
+        '     on_fail_visible_at = CASE WHEN $1 THEN r.on_fail_visible_at'
+        '                               ELSE catbird.cb_now() + make_interval(secs => coalesce($8::double precision,'
+        '                                        catbird._cb_retry_delay(r.on_fail_attempts, $9, $10)) / 1000.0) END,'
+        '     on_fail_error_message = $3'
+        ' WHERE r.id = $4 AND r.%I = $5 AND r.on_fail_status = ''started'''
+        '   AND ($2::int IS NULL OR r.on_fail_attempts = $2)',
         v_layout.runs, v_layout.definition_column)
-    USING CASE WHEN completed THEN 'completed' WHEN retry_exhausted THEN 'failed' ELSE 'queued' END,
-          CASE WHEN NOT completed THEN catbird.cb_now() + make_interval(secs => retry_delay / 1000.0) END,
+    USING completed, on_fail_attempt,
           CASE WHEN NOT completed THEN coalesce(_cb_end_on_fail.error_message, 'unknown error') END,
-          run_id, v_id;
+          run_id, v_id, retry_exhausted, v_policy.max_retries_out, retry_delay,
+          v_policy.backoff_min_out, v_policy.backoff_max_out;
 END
 $$;

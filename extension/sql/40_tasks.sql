@@ -12,7 +12,11 @@
 --   * Creating a task again with the same definition is a no-op; a different
 --     one replaces it only while no run is queued or started (55006).
 --   * A condition that is false for the input makes the run skipped at creation.
---   * A concurrency key is held by at most one queued or started run of a task.
+--   * A concurrency key is held by at most one queued or started run of a task;
+--     a queued run past its expires_at is expired before a new run looks for
+--     the key's holder, so an expired run never holds its key.
+--   * The retry policy (max_retries, backoff_min, backoff_max) is stored on the
+--     definition; fail calls and lease lapses use it (45_task_worker).
 --   * Status changes are announced through cb_notify (80_events).
 
 CREATE TABLE catbird.cb_tasks (
@@ -23,7 +27,11 @@ CREATE TABLE catbird.cb_tasks (
     condition_expr   jsonb,
     retention_period interval,
     on_fail          boolean NOT NULL DEFAULT false,
-    created_at       timestamptz NOT NULL
+    created_at       timestamptz NOT NULL,
+    -- the retry policy (NULL: none stored; see 38_runs)
+    max_retries      int,
+    backoff_min      int,
+    backoff_max      int
 );
 
 CREATE SEQUENCE catbird.cb_task_runs_id_seq AS bigint;
@@ -54,7 +62,8 @@ CREATE TABLE catbird.cb_task_runs (
     on_fail_error_message text,
     input                jsonb NOT NULL,
     headers              jsonb,
-    output               jsonb
+    output               jsonb,
+    error_detail         text
 ) WITH (autovacuum_vacuum_scale_factor = 0.02, autovacuum_vacuum_insert_scale_factor = 0.02);
 ALTER SEQUENCE catbird.cb_task_runs_id_seq OWNED BY catbird.cb_task_runs.id;
 
@@ -95,12 +104,16 @@ END
 $$;
 
 -- Creates a task. Creating it again with the same definition (description,
--- condition, retention_period, on_fail) is a no-op; a different one replaces
--- it while no run is queued or started. Announces catbird.task.created.
--- Returns nothing. 22023 for an invalid name, a malformed condition or a
--- negative retention_period; 55006 when runs are active.
+-- condition, retention_period, on_fail, retry policy) is a no-op; a different
+-- one replaces it while no run is queued or started. The retry policy
+-- (max_retries, backoff_min, backoff_max ms; NULL: not stored) is used by
+-- fail calls that do not give their own and caps lapsed leases at
+-- max_retries + 1 attempts. Announces catbird.task.created. Returns nothing.
+-- 22023 for an invalid name, a malformed condition, a negative
+-- retention_period or an invalid retry policy; 55006 when runs are active.
 CREATE FUNCTION catbird.cb_create_task(name text, description text = NULL, condition text = NULL,
-                                       retention_period interval = NULL, on_fail boolean = false)
+                                       retention_period interval = NULL, on_fail boolean = false,
+                                       max_retries int = NULL, backoff_min int = NULL, backoff_max int = NULL)
 RETURNS void
 LANGUAGE plpgsql VOLATILE
 AS $$
@@ -113,17 +126,22 @@ BEGIN
         v_expr := catbird._cb_parse_condition(condition, ARRAY['input']);
     END IF;
     PERFORM catbird._cb_check_retention(retention_period);
+    PERFORM catbird._cb_check_stored_policy(max_retries, backoff_min, backoff_max);
     PERFORM catbird._cb_lock_definition('task', name, exclusive => true);
     SELECT * INTO v_existing FROM catbird.cb_tasks t WHERE t.name = cb_create_task.name;
     IF v_existing.id IS NULL THEN
-        INSERT INTO catbird.cb_tasks (name, description, condition, condition_expr, retention_period, on_fail, created_at)
+        INSERT INTO catbird.cb_tasks (name, description, condition, condition_expr, retention_period, on_fail, created_at,
+                                      max_retries, backoff_min, backoff_max)
         VALUES (cb_create_task.name, cb_create_task.description, cb_create_task.condition, v_expr,
-                cb_create_task.retention_period, coalesce(cb_create_task.on_fail, false), catbird.cb_now());
+                cb_create_task.retention_period, coalesce(cb_create_task.on_fail, false), catbird.cb_now(),
+                cb_create_task.max_retries, cb_create_task.backoff_min, cb_create_task.backoff_max);
         PERFORM catbird._cb_notify('catbird.task.created', name);
         RETURN;
     END IF;
-    IF (v_existing.description, v_existing.condition, v_existing.retention_period, v_existing.on_fail)
-       IS NOT DISTINCT FROM (description, condition, retention_period, coalesce(on_fail, false)) THEN
+    IF (v_existing.description, v_existing.condition, v_existing.retention_period, v_existing.on_fail,
+        v_existing.max_retries, v_existing.backoff_min, v_existing.backoff_max)
+       IS NOT DISTINCT FROM (description, condition, retention_period, coalesce(on_fail, false),
+                             max_retries, backoff_min, backoff_max) THEN
         RETURN;  -- same definition: nothing to do
     END IF;
     IF EXISTS (SELECT 1 FROM catbird.cb_task_runs r
@@ -135,7 +153,8 @@ BEGIN
     UPDATE catbird.cb_tasks t
     SET description = cb_create_task.description, condition = cb_create_task.condition,
         condition_expr = v_expr, retention_period = cb_create_task.retention_period,
-        on_fail = coalesce(cb_create_task.on_fail, false)
+        on_fail = coalesce(cb_create_task.on_fail, false), max_retries = cb_create_task.max_retries,
+        backoff_min = cb_create_task.backoff_min, backoff_max = cb_create_task.backoff_max
     WHERE t.id = v_existing.id;
 END
 $$;
@@ -185,6 +204,11 @@ BEGIN
         END IF;
         RETURN v_ids;
     END IF;
+    -- Expired runs hold nothing: queued holders of these keys past their
+    -- expires_at become expired (as a claim or cb_gc would) before deduplicating.
+    UPDATE catbird.cb_task_runs r SET status = 'expired', expired_at = v_now
+    WHERE r.task_id = task.id AND r.concurrency_key = ANY (concurrency_keys)
+      AND r.status = 'queued' AND r.expires_at <= v_now;
     WITH evaluated AS (
         SELECT u.ord, u.input, u.concurrency_key, u.headers,
                nextval('catbird.cb_task_runs_id_seq') AS new_id,
@@ -362,20 +386,22 @@ LANGUAGE sql VOLATILE
 AS $$ SELECT catbird._cb_clear_runs('task', catbird._cb_definition_id('task', cb_clear_task_runs.name)) $$;
 
 -- Every task as TaskInfo (name, description, condition, retention_period,
--- on_fail, created_at), by name. Raises nothing.
+-- on_fail, created_at, max_retries, backoff_min, backoff_max), by name.
+-- Raises nothing.
 CREATE FUNCTION catbird.cb_list_tasks()
 RETURNS TABLE (name text, description text, condition text, retention_period interval,
-               on_fail boolean, created_at timestamptz)
+               on_fail boolean, created_at timestamptz, max_retries int, backoff_min int, backoff_max int)
 LANGUAGE sql STABLE
 AS $$
-    SELECT t.name, t.description, t.condition, t.retention_period, t.on_fail, t.created_at
+    SELECT t.name, t.description, t.condition, t.retention_period, t.on_fail, t.created_at,
+           t.max_retries, t.backoff_min, t.backoff_max
     FROM catbird.cb_tasks t ORDER BY t.name
 $$;
 
 -- One task as TaskInfo; no row when it does not exist. Raises nothing.
 CREATE FUNCTION catbird.cb_get_task(name text)
 RETURNS TABLE (name text, description text, condition text, retention_period interval,
-               on_fail boolean, created_at timestamptz)
+               on_fail boolean, created_at timestamptz, max_retries int, backoff_min int, backoff_max int)
 LANGUAGE sql STABLE
 AS $$ SELECT * FROM catbird.cb_list_tasks() t WHERE t.name = $1 $$;
 
@@ -385,7 +411,7 @@ CREATE TYPE catbird.cb_task_run_info AS (
     created_at timestamptz, visible_at timestamptz, expires_at timestamptz,
     started_at timestamptz, completed_at timestamptz, failed_at timestamptz, skipped_at timestamptz,
     expired_at timestamptz, cancel_requested_at timestamptz, canceled_at timestamptz,
-    on_fail_status text, on_fail_attempts int, on_fail_error_message text
+    on_fail_status text, on_fail_attempts int, on_fail_error_message text, error_detail text
 );
 
 -- Every run of a task as cb_task_run_info (TaskRunInfo fields); an inlinable
@@ -398,7 +424,7 @@ AS $$
     SELECT r.id, task_name, r.status, r.priority, r.attempts, r.concurrency_key, r.input, r.headers,
            r.output, r.error_message, r.cancel_reason, r.created_at, r.visible_at, r.expires_at,
            r.started_at, r.completed_at, r.failed_at, r.skipped_at, r.expired_at, r.cancel_requested_at,
-           r.canceled_at, r.on_fail_status, r.on_fail_attempts, r.on_fail_error_message
+           r.canceled_at, r.on_fail_status, r.on_fail_attempts, r.on_fail_error_message, r.error_detail
     FROM catbird.cb_task_runs r
     WHERE r.task_id = $1
 $$;

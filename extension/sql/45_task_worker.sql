@@ -1,7 +1,7 @@
 -- catbird 45_task_worker: the worker protocol for task runs.
 --
 -- Owns: cb_claim_tasks, cb_hide_tasks, cb_complete_tasks, cb_complete_task,
--- cb_fail_task, and the on-fail lane: cb_claim_task_on_fail,
+-- cb_fail_task, cb_retry_task_run, and the on-fail lane: cb_claim_task_on_fail,
 -- cb_complete_task_on_fail, cb_fail_task_on_fail. Writes cb_task_runs.
 -- Guarantees:
 --   * A run is claimable while it is queued, or started with its lease
@@ -12,7 +12,15 @@
 --     and fail given an attempt act only on the run still started under that
 --     attempt, so a stale worker cannot overwrite a newer claim's outcome.
 --   * The retry decision is made here: cb_fail_task re-queues with a full-jitter
---     delay while attempts <= max_retries, else the run is failed for good.
+--     delay while attempts <= max_retries (the policy given, else the one stored
+--     on the task) and the failure is retryable, else the run is failed for good.
+--   * A lapsed lease is an attempt: a started run whose lease lapsed after
+--     max_retries + 1 attempts (25 without a stored policy) is failed by the
+--     next claim (or cb_gc) with a "lease expired" error, never claimed again.
+--   * Every run that ends failed is queued for on-fail handling, whatever the
+--     task's flags; on-fail outcomes are fenced by on_fail_attempt and their
+--     retry delay is decided in SQL when the caller does not give one.
+--   * cb_retry_task_run puts a failed, canceled or expired run back to queued.
 --   * A queued run past its expires_at becomes expired when a claim meets it
 --     and is never handed out.
 --   * Claims, completions, failures and lease renewal are static SQL (cached
@@ -22,7 +30,9 @@
 -- lease (visible_at) lapsed, highest priority first, then oldest. Each claim
 -- increments attempts (the fencing token) and holds the run for hide_for ms;
 -- concurrent claims skip each other's rows. Queued runs past expires_at met
--- on the way become expired and do not count. Returns the claims
+-- on the way become expired, and lapsed runs that used their attempts (see
+-- _cb_lease_cap) fail with a "lease expired" error (on-fail queued,
+-- catbird.task.failed announced); neither counts. Returns the claims
 -- (cb_task_claim) by priority, then id. 42704 for an unknown task; 22023 for
 -- an invalid name, quantity < 1 or hide_for < 1.
 CREATE FUNCTION catbird.cb_claim_tasks(name text, quantity int, hide_for int)
@@ -35,20 +45,25 @@ DECLARE
     v_wanted int := quantity;
     v_claims catbird.cb_task_claim[];
     v_expired int;
+    v_failed bigint[];
+    v_max_retries int;
+    v_cap int;
 BEGIN
     PERFORM catbird._cb_check_at_least('quantity', quantity, 1);
     PERFORM catbird._cb_check_at_least('hide_for', hide_for, 1, ' ms');
-    SELECT t.id INTO v_task_id FROM catbird.cb_tasks t WHERE t.name = cb_claim_tasks.name;
+    SELECT t.id, t.max_retries INTO v_task_id, v_max_retries FROM catbird.cb_tasks t WHERE t.name = cb_claim_tasks.name;
     IF v_task_id IS NULL THEN
         v_task_id := (catbird._cb_task(name)).id;  -- raises the clear error
     END IF;
+    v_cap := catbird._cb_lease_cap(v_max_retries);
     v_now := catbird.cb_now();
     -- Expired runs met on the way are retired (they leave the claim index) and
     -- do not count against quantity: claim again until it is filled or no
     -- expired run was met.
     LOOP
         WITH candidates AS (
-            SELECT r.id, (r.status = 'queued' AND coalesce(r.expires_at <= v_now, false)) AS expired
+            SELECT r.id, (r.status = 'queued' AND coalesce(r.expires_at <= v_now, false)) AS expired,
+                   (r.status = 'started' AND r.attempts >= v_cap) AS exhausted
             FROM catbird.cb_task_runs r
             WHERE r.task_id = v_task_id
               AND r.status IN ('queued', 'started')
@@ -58,22 +73,31 @@ BEGIN
             FOR UPDATE SKIP LOCKED
         ), claimed AS (
             UPDATE catbird.cb_task_runs r
-            SET status = CASE WHEN c.expired THEN 'expired' ELSE 'started' END,
-                attempts = r.attempts + CASE WHEN c.expired THEN 0 ELSE 1 END,
-                started_at = CASE WHEN c.expired THEN r.started_at ELSE v_now END,
+            SET status = CASE WHEN c.expired THEN 'expired' WHEN c.exhausted THEN 'failed' ELSE 'started' END,
+                attempts = r.attempts + CASE WHEN c.expired OR c.exhausted THEN 0 ELSE 1 END,
+                started_at = CASE WHEN c.expired OR c.exhausted THEN r.started_at ELSE v_now END,
                 expired_at = CASE WHEN c.expired THEN v_now END,
-                visible_at = CASE WHEN c.expired THEN r.visible_at
-                                  ELSE v_now + make_interval(secs => hide_for / 1000.0) END
+                visible_at = CASE WHEN c.expired OR c.exhausted THEN r.visible_at
+                                  ELSE v_now + make_interval(secs => hide_for / 1000.0) END,
+                failed_at = CASE WHEN c.exhausted THEN v_now ELSE r.failed_at END,
+                error_message = CASE WHEN c.exhausted THEN catbird._cb_lease_expired_error(r.attempts)
+                                     ELSE r.error_message END,
+                on_fail_status = CASE WHEN c.exhausted THEN 'queued' ELSE r.on_fail_status END,
+                on_fail_visible_at = CASE WHEN c.exhausted THEN v_now ELSE r.on_fail_visible_at END
             FROM candidates c
             WHERE r.id = c.id
-            RETURNING r.id, r.attempts, r.input, r.headers, r.concurrency_key, r.priority, c.expired
+            RETURNING r.id, r.attempts, r.input, r.headers, r.concurrency_key, r.priority, c.expired, c.exhausted
         )
         SELECT coalesce(array_agg(ROW(c.id, c.attempts, c.input, c.headers, c.concurrency_key, c.priority)::catbird.cb_task_claim
-                                  ORDER BY c.priority DESC, c.id) FILTER (WHERE NOT c.expired), '{}'),
-               count(*) FILTER (WHERE c.expired)
-        INTO v_claims, v_expired
+                                  ORDER BY c.priority DESC, c.id) FILTER (WHERE NOT (c.expired OR c.exhausted)), '{}'),
+               count(*) FILTER (WHERE c.expired OR c.exhausted),
+               array_agg(c.id ORDER BY c.id) FILTER (WHERE c.exhausted)
+        INTO v_claims, v_expired, v_failed
         FROM claimed c;
         RETURN QUERY SELECT * FROM unnest(v_claims);
+        IF v_failed IS NOT NULL THEN
+            PERFORM catbird._cb_notify('catbird.task.failed', f::text) FROM unnest(v_failed) AS f;
+        END IF;
         v_wanted := v_wanted - cardinality(v_claims);
         EXIT WHEN v_expired = 0 OR v_wanted = 0;
     END LOOP;
@@ -150,30 +174,39 @@ $$;
 
 -- Records a failure of a started run (under attempt, when given): re-queued
 -- with a full-jitter delay in [backoff_min, min(backoff_max, backoff_min *
--- 2^(attempts - 1))] ms while attempts <= max_retries, else failed for good
--- (queued for its on-fail handler when the task has on_fail; announces
--- catbird.task.failed). Returns 'queued', 'failed', or NULL for a stale call.
--- 42704 for an unknown task; 22023 for an invalid name or retry policy.
+-- 2^(attempts - 1))] ms while attempts <= max_retries and retryable, else
+-- failed for good (queued for on-fail handling; announces
+-- catbird.task.failed). Policy arguments left NULL come from the task's stored
+-- policy (default 0 retries, 100-2000 ms). error_detail (e.g. a traceback) is
+-- stored beside error_message. Returns 'queued', 'failed', or NULL for a stale
+-- call. 42704 for an unknown task; 22023 for an invalid name, retry policy or
+-- a NULL retryable.
 CREATE FUNCTION catbird.cb_fail_task(name text, run_id bigint, error_message text, attempt int = NULL,
-                                     max_retries int = 0, backoff_min int = 100, backoff_max int = 2000)
+                                     max_retries int = NULL, backoff_min int = NULL, backoff_max int = NULL,
+                                     retryable boolean = true, error_detail text = NULL)
 RETURNS text
 LANGUAGE plpgsql VOLATILE
 AS $$
 DECLARE
     v_task catbird.cb_tasks := catbird._cb_task(name);
     v_now timestamptz := catbird.cb_now();
+    v_policy record;
     v_status text;
 BEGIN
-    PERFORM catbird._cb_check_retry_policy(max_retries, backoff_min, backoff_max);
+    v_policy := catbird._cb_effective_policy(max_retries, backoff_min, backoff_max,
+                                             v_task.max_retries, v_task.backoff_min, v_task.backoff_max);
+    PERFORM catbird._cb_check_fail_args(retryable, NULL);
     UPDATE catbird.cb_task_runs r
-    SET status = CASE WHEN r.attempts <= max_retries THEN 'queued' ELSE 'failed' END,
-        visible_at = CASE WHEN r.attempts <= max_retries
-                          THEN v_now + make_interval(secs => catbird._cb_retry_delay(r.attempts, backoff_min, backoff_max) / 1000.0)
+    SET status = CASE WHEN retryable AND r.attempts <= v_policy.max_retries_out THEN 'queued' ELSE 'failed' END,
+        visible_at = CASE WHEN retryable AND r.attempts <= v_policy.max_retries_out
+                          THEN v_now + make_interval(secs => catbird._cb_retry_delay(
+                                   r.attempts, v_policy.backoff_min_out, v_policy.backoff_max_out) / 1000.0)
                           ELSE r.visible_at END,
-        failed_at = CASE WHEN r.attempts <= max_retries THEN NULL ELSE v_now END,
+        failed_at = CASE WHEN retryable AND r.attempts <= v_policy.max_retries_out THEN NULL ELSE v_now END,
         error_message = coalesce(cb_fail_task.error_message, 'unknown error'),
-        on_fail_status = CASE WHEN r.attempts > max_retries AND v_task.on_fail THEN 'queued' END,
-        on_fail_visible_at = CASE WHEN r.attempts > max_retries AND v_task.on_fail THEN v_now END
+        error_detail = cb_fail_task.error_detail,
+        on_fail_status = CASE WHEN retryable AND r.attempts <= v_policy.max_retries_out THEN NULL ELSE 'queued' END,
+        on_fail_visible_at = CASE WHEN retryable AND r.attempts <= v_policy.max_retries_out THEN NULL ELSE v_now END
     WHERE r.id = run_id AND r.task_id = v_task.id AND r.status = 'started'
       AND (attempt IS NULL OR r.attempts = attempt)
     RETURNING r.status INTO v_status;
@@ -181,6 +214,48 @@ BEGIN
         PERFORM catbird._cb_notify('catbird.task.failed', run_id::text);
     END IF;
     RETURN v_status;
+END
+$$;
+
+-- Puts a failed, canceled or expired run back to queued, visible now:
+-- attempts restart at 0; output, errors, end times and on-fail state are
+-- cleared (an expires_at already passed is dropped). Announces
+-- catbird.task.queued. Returns true when re-queued; false when the run does
+-- not exist, is in another status, or its concurrency key is held by another
+-- queued or started run. 42704 for an unknown task; 22023 for an invalid name.
+CREATE FUNCTION catbird.cb_retry_task_run(name text, run_id bigint) RETURNS boolean
+LANGUAGE plpgsql VOLATILE
+AS $$
+DECLARE
+    v_task catbird.cb_tasks := catbird._cb_task(name);
+    v_now timestamptz := catbird.cb_now();
+    v_run catbird.cb_task_runs;
+BEGIN
+    SELECT * INTO v_run FROM catbird.cb_task_runs r
+    WHERE r.id = run_id AND r.task_id = v_task.id AND r.status IN ('failed', 'canceled', 'expired')
+    FOR UPDATE;
+    IF v_run.id IS NULL THEN
+        RETURN false;
+    END IF;
+    IF v_run.concurrency_key IS NOT NULL AND EXISTS (
+           SELECT 1 FROM catbird.cb_task_runs r
+           WHERE r.task_id = v_task.id AND r.concurrency_key = v_run.concurrency_key
+             AND r.status IN ('queued', 'started')) THEN
+        RETURN false;
+    END IF;
+    BEGIN
+        UPDATE catbird.cb_task_runs r
+        SET status = 'queued', attempts = 0, visible_at = v_now, output = NULL, error_message = NULL,
+            error_detail = NULL, started_at = NULL, completed_at = NULL, failed_at = NULL, expired_at = NULL,
+            canceled_at = NULL, cancel_requested_at = NULL, cancel_reason = NULL,
+            expires_at = CASE WHEN r.expires_at <= v_now THEN NULL ELSE r.expires_at END,
+            on_fail_status = NULL, on_fail_attempts = 0, on_fail_visible_at = NULL, on_fail_error_message = NULL
+        WHERE r.id = v_run.id;
+    EXCEPTION WHEN unique_violation THEN
+        RETURN false;  -- a run holding the key committed meanwhile
+    END;
+    PERFORM catbird._cb_notify('catbird.task.queued', v_task.name);
+    RETURN true;
 END
 $$;
 
@@ -225,22 +300,34 @@ END
 $$;
 
 -- Records that the on-fail handler of a run succeeded; acts only on a run whose
--- on-fail claim is started. Returns nothing; 42704 for an unknown task, 22023
--- for an invalid name.
-CREATE FUNCTION catbird.cb_complete_task_on_fail(name text, run_id bigint) RETURNS void
+-- on-fail claim is started (under on_fail_attempt, the on_fail_attempts its
+-- claim returned, when given). Returns nothing; 42704 for an unknown task,
+-- 22023 for an invalid name or on_fail_attempt < 1.
+CREATE FUNCTION catbird.cb_complete_task_on_fail(name text, run_id bigint, on_fail_attempt int = NULL) RETURNS void
 LANGUAGE sql VOLATILE
-AS $$ SELECT catbird._cb_end_on_fail('task', cb_complete_task_on_fail.name, run_id, completed => true) $$;
+AS $$
+    SELECT catbird._cb_end_on_fail('task', cb_complete_task_on_fail.name, run_id, completed => true,
+                                   on_fail_attempt => on_fail_attempt)
+$$;
 
 -- Records that the on-fail handler of a run failed: claimable again after
--- retry_delay ms, or failed for good when retry_exhausted. Acts only on a run
--- whose on-fail claim is started. Returns nothing; 42704 for an unknown task,
--- 22023 for an invalid name or retry_delay < 0.
+-- retry_delay ms, or failed for good when retry_exhausted. Left NULL, SQL
+-- decides both from the policy given (max_retries, backoff_min, backoff_max)
+-- or stored on the task: exhausted once on_fail_attempts > max_retries, a
+-- full-jitter delay otherwise. Acts only on a run whose on-fail claim is
+-- started (under on_fail_attempt, when given). Returns nothing; 42704 for an
+-- unknown task, 22023 for an invalid name, retry_delay < 0, on_fail_attempt
+-- < 1 or an invalid policy.
 CREATE FUNCTION catbird.cb_fail_task_on_fail(name text, run_id bigint, error_message text,
-                                             retry_exhausted boolean, retry_delay bigint)
+                                             retry_exhausted boolean = NULL, retry_delay bigint = NULL,
+                                             on_fail_attempt int = NULL, max_retries int = NULL,
+                                             backoff_min int = NULL, backoff_max int = NULL)
 RETURNS void
 LANGUAGE sql VOLATILE
 AS $$
     SELECT catbird._cb_end_on_fail('task', cb_fail_task_on_fail.name, run_id, completed => false,
                                    error_message => cb_fail_task_on_fail.error_message,
-                                   retry_exhausted => retry_exhausted, retry_delay => retry_delay)
+                                   retry_exhausted => retry_exhausted, retry_delay => retry_delay,
+                                   on_fail_attempt => on_fail_attempt, max_retries => max_retries,
+                                   backoff_min => backoff_min, backoff_max => backoff_max)
 $$;

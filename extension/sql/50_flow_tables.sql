@@ -21,6 +21,12 @@
 --   * cb_cancel_flow is two-phase: waiting and queued work is canceled at
 --     once; the run stays canceling until started work reports back (or its
 --     lease lapses and cb_gc finalizes it), then it is canceled.
+--   * A lapsed lease is an attempt: a step run or map item whose lease lapsed
+--     after its step's max_retries + 1 attempts (25 without a stored policy)
+--     fails the flow run with a "lease expired" error at the next claim of
+--     that step (or cb_gc) instead of being claimed again.
+--   * Every failed flow run is queued for on-fail handling, whatever the
+--     flow's flags.
 --   * Step runs and map items carry flow_id and step_name, so the claim
 --     indexes (flow_id, step_name, priority DESC, visible_at, id) serve a
 --     worker's claims for one step without joining the definitions.
@@ -49,6 +55,10 @@ CREATE TABLE catbird.cb_flow_steps (
     reduce_source  text,
     depends_on     text[] NOT NULL,
     ignore_output  text[] NOT NULL,
+    -- the step's retry policy (NULL: not stored; see 38_runs), also its items'
+    max_retries    int,
+    backoff_min    int,
+    backoff_max    int,
     PRIMARY KEY (flow_id, name)
 );
 
@@ -117,10 +127,19 @@ CREATE TABLE catbird.cb_step_runs (
     error_message   text,
     signal_input    jsonb,
     output          jsonb,
+    error_detail    text,
+    -- a generator's items: the attempt that spawned last and how many items
+    -- (from index 0) that attempt has produced, so a resumed generator that
+    -- produces its items again adds none twice
+    spawn_attempt   int,
+    spawn_cursor    int NOT NULL DEFAULT 0,
     UNIQUE (flow_run_id, step_name)
 ) WITH (autovacuum_vacuum_scale_factor = 0.02);
 CREATE INDEX cb_step_runs_claim_idx ON catbird.cb_step_runs (flow_id, step_name, priority DESC, visible_at, id)
     WHERE status IN ('queued', 'started');
+-- in-flight step runs by lease end: a claim finds lapsed ones that used their attempts
+CREATE INDEX cb_step_runs_lease_idx ON catbird.cb_step_runs (flow_id, step_name, visible_at)
+    WHERE status = 'started';
 
 CREATE TABLE catbird.cb_map_tasks (
     id            bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
@@ -140,10 +159,13 @@ CREATE TABLE catbird.cb_map_tasks (
     error_message text,
     item          jsonb NOT NULL,
     output        jsonb,
+    error_detail  text,
     UNIQUE (step_run_id, idx)
 ) WITH (autovacuum_vacuum_scale_factor = 0.02);
 CREATE INDEX cb_map_tasks_claim_idx ON catbird.cb_map_tasks (flow_id, step_name, priority DESC, visible_at, id)
     WHERE status IN ('queued', 'started');
+CREATE INDEX cb_map_tasks_lease_idx ON catbird.cb_map_tasks (flow_id, step_name, visible_at)
+    WHERE status = 'started';
 
 CREATE TYPE catbird.cb_step_claim AS (
     id           bigint,

@@ -54,7 +54,9 @@ $$;
 -- fixed shape), raising 22023 with a precise message for the first problem:
 -- not an array, empty, a step that is not an object, an invalid, reserved or
 -- duplicate name, an unknown or repeated dependency, a bad signal, step_type,
--- map or reduce source or ignore_output, a malformed condition, a cycle.
+-- map or reduce source or ignore_output, a malformed condition, a cycle, a
+-- retry policy key (max_retries, backoff_min, backoff_max: whole numbers,
+-- kept in the normalized step only when given) out of range.
 CREATE FUNCTION catbird._cb_normalize_flow_steps(flow_name text, steps jsonb) RETURNS jsonb
 LANGUAGE plpgsql IMMUTABLE
 AS $$
@@ -68,6 +70,7 @@ DECLARE
     v_ignore text[];
     v_cycle text;
     v_dep jsonb;
+    v_key text;
 BEGIN
     IF steps IS NULL OR jsonb_typeof(steps) <> 'array' THEN
         RAISE EXCEPTION 'invalid steps for flow "%": expected a JSON array of step objects', flow_name
@@ -170,6 +173,17 @@ BEGIN
                 v_step ->> 'condition',
                 ARRAY['input'] || CASE WHEN (v_step ->> 'signal')::boolean THEN ARRAY['signal'] ELSE '{}' END || v_deps);
         END IF;
+        FOREACH v_key IN ARRAY ARRAY['max_retries', 'backoff_min', 'backoff_max'] LOOP
+            IF jsonb_typeof(v_step -> v_key) NOT IN ('number', 'null')
+               OR (jsonb_typeof(v_step -> v_key) = 'number'
+                   AND ((v_step ->> v_key)::numeric <> trunc((v_step ->> v_key)::numeric)
+                        OR abs((v_step ->> v_key)::numeric) > 2147483647)) THEN
+                RAISE EXCEPTION 'invalid % of step "%": expected a whole number, got %', v_key, v_name, v_step -> v_key
+                    USING ERRCODE = 'invalid_parameter_value';
+            END IF;
+        END LOOP;
+        PERFORM catbird._cb_check_stored_policy((v_step ->> 'max_retries')::int, (v_step ->> 'backoff_min')::int,
+                                                (v_step ->> 'backoff_max')::int);
         v_normalized := v_normalized || jsonb_build_array(jsonb_build_object(
             'name', v_name,
             'description', v_step ->> 'description',
@@ -180,7 +194,11 @@ BEGIN
             'reduce_source_step_name', v_step ->> 'reduce_source_step_name',
             'depends_on', (SELECT coalesce(jsonb_agg(jsonb_build_object('name', d) ORDER BY o), '[]')
                            FROM unnest(v_deps) WITH ORDINALITY AS x(d, o)),
-            'ignore_output', to_jsonb(v_ignore)));
+            'ignore_output', to_jsonb(v_ignore))
+            -- the retry policy keys only when given, so definitions without one keep their shape
+            || jsonb_strip_nulls(jsonb_build_object('max_retries', v_step -> 'max_retries',
+                                                    'backoff_min', v_step -> 'backoff_min',
+                                                    'backoff_max', v_step -> 'backoff_max')));
     END LOOP;
 
     -- Cycle check: walk the dependency edges from every step; coming back to
@@ -271,7 +289,8 @@ BEGIN
     END IF;
 
     INSERT INTO catbird.cb_flow_steps (flow_id, name, position, description, step_type, signal, condition,
-                                       condition_expr, map_source, reduce_source, depends_on, ignore_output)
+                                       condition_expr, map_source, reduce_source, depends_on, ignore_output,
+                                       max_retries, backoff_min, backoff_max)
     SELECT v_id, s ->> 'name', o, s ->> 'description', s ->> 'step_type', (s ->> 'signal')::boolean,
            s ->> 'condition',
            CASE WHEN s ->> 'condition' IS NOT NULL THEN
@@ -280,7 +299,8 @@ BEGIN
            END,
            s ->> 'map_source_step_name', s ->> 'reduce_source_step_name',
            ARRAY(SELECT d ->> 'name' FROM jsonb_array_elements(s -> 'depends_on') d),
-           ARRAY(SELECT jsonb_array_elements_text(s -> 'ignore_output'))
+           ARRAY(SELECT jsonb_array_elements_text(s -> 'ignore_output')),
+           (s ->> 'max_retries')::int, (s ->> 'backoff_min')::int, (s ->> 'backoff_max')::int
     FROM jsonb_array_elements(v_steps) WITH ORDINALITY AS x(s, o);
 END
 $$;

@@ -3,7 +3,8 @@
 -- Owns: the internal transitions every flow verb shares: step outputs as
 -- consumers see them, dependency resolution, _cb_advance_flow_run (skip, wait
 -- for signal, fan out, queue; finish the run), failing and cancelling a run's
--- open work, _cb_lock_flow_run. Writes cb_flow_runs, cb_step_runs and
+-- open work, failing lapsed work past its attempts (_cb_fail_lapsed_work),
+-- _cb_lock_flow_run. Writes cb_flow_runs, cb_step_runs and
 -- cb_map_tasks; callers hold the flow run's row lock.
 -- Guarantees:
 --   * Conditions are evaluated here, when a step becomes ready, never by a
@@ -71,8 +72,9 @@ $$;
 
 -- Fails a flow run because of step_name (NULL: no output candidate): records
 -- the error and the failed step's input, signal input and attempts, queues
--- on-fail handling when the flow has on_fail, cancels all open work and
--- announces catbird.flow.failed. Returns nothing; raises nothing.
+-- on-fail handling (for every failed run, whatever the flow's flags), cancels
+-- all open work and announces catbird.flow.failed. Returns nothing; raises
+-- nothing.
 CREATE FUNCTION catbird._cb_fail_flow_run(flow_run_id bigint, step_name text, error_message text,
                                           step_input jsonb, signal_input jsonb, step_attempts int)
 RETURNS void
@@ -85,10 +87,8 @@ BEGIN
     SET status = 'failed', failed_at = v_now, error_message = _cb_fail_flow_run.error_message,
         failed_step_name = step_name, failed_step_input = step_input, failed_step_signal_input = signal_input,
         failed_step_attempts = step_attempts,
-        on_fail_status = CASE WHEN f.on_fail THEN 'queued' END,
-        on_fail_visible_at = CASE WHEN f.on_fail THEN v_now END
-    FROM catbird.cb_flows f
-    WHERE r.id = flow_run_id AND f.id = r.flow_id;
+        on_fail_status = 'queued', on_fail_visible_at = v_now
+    WHERE r.id = flow_run_id;
     PERFORM catbird._cb_cancel_open_work(flow_run_id, true);
     PERFORM catbird._cb_notify('catbird.flow.failed', flow_run_id::text);
 END
@@ -253,4 +253,69 @@ CREATE FUNCTION catbird._cb_lock_flow_run(flow catbird.cb_flows, flow_run_id big
 LANGUAGE sql VOLATILE
 AS $$
     SELECT * FROM catbird.cb_flow_runs r WHERE r.id = flow_run_id AND r.flow_id = flow.id FOR UPDATE
+$$;
+
+-- Fails the lapsed work of one step of a flow that used its attempts (see
+-- _cb_lease_cap with the step's max_retries): step runs (kind 'step') or map
+-- items (kind 'item') still started, lease lapsed, in started flow runs. Each
+-- fails with a "lease expired" error, and its flow run with it (on-fail
+-- queued). Called by claims before they claim, holding no row lock, and by
+-- cb_gc; a flow run locked by another transaction is skipped (the next claim
+-- or cb_gc gets it). At most lim. Returns how many it failed; raises nothing.
+CREATE FUNCTION catbird._cb_fail_lapsed_work(step catbird.cb_flow_steps, kind text, now timestamptz, lim int = 100)
+RETURNS int
+LANGUAGE plpgsql VOLATILE
+AS $$
+DECLARE
+    v_cap int := catbird._cb_lease_cap(step.max_retries);
+    v_candidate record;
+    v_run catbird.cb_flow_runs;
+    v_step_run catbird.cb_step_runs;
+    v_item catbird.cb_map_tasks;
+    v_error text;
+    v_count int := 0;
+BEGIN
+    FOR v_candidate IN
+        SELECT x.id, x.flow_run_id FROM catbird.cb_step_runs x
+        WHERE kind = 'step' AND x.flow_id = step.flow_id AND x.step_name = step.name
+          AND x.status = 'started' AND x.visible_at <= now AND x.attempts >= v_cap
+        UNION ALL
+        SELECT x.id, x.flow_run_id FROM catbird.cb_map_tasks x
+        WHERE kind = 'item' AND x.flow_id = step.flow_id AND x.step_name = step.name
+          AND x.status = 'started' AND x.visible_at <= now AND x.attempts >= v_cap
+        ORDER BY 2, 1
+        LIMIT lim
+    LOOP
+        -- Lock order is flow run, then its parts; never wait for a run here.
+        SELECT * INTO v_run FROM catbird.cb_flow_runs r
+        WHERE r.id = v_candidate.flow_run_id AND r.status = 'started'
+        FOR UPDATE SKIP LOCKED;
+        CONTINUE WHEN v_run.id IS NULL;
+        IF kind = 'step' THEN
+            UPDATE catbird.cb_step_runs sr
+            SET status = 'failed', failed_at = now, error_message = catbird._cb_lease_expired_error(sr.attempts),
+                error_detail = NULL
+            WHERE sr.id = v_candidate.id AND sr.status = 'started' AND sr.visible_at <= now AND sr.attempts >= v_cap
+            RETURNING sr.* INTO v_step_run;
+            CONTINUE WHEN v_step_run.id IS NULL;
+            PERFORM catbird._cb_fail_flow_run(v_run.id, step.name, v_step_run.error_message, v_run.input,
+                                              v_step_run.signal_input, v_step_run.attempts);
+        ELSE
+            UPDATE catbird.cb_map_tasks m
+            SET status = 'failed', failed_at = now, error_message = catbird._cb_lease_expired_error(m.attempts),
+                error_detail = NULL
+            WHERE m.id = v_candidate.id AND m.status = 'started' AND m.visible_at <= now AND m.attempts >= v_cap
+            RETURNING m.* INTO v_item;
+            CONTINUE WHEN v_item.id IS NULL;
+            v_error := format('item %s failed: %s', v_item.idx, v_item.error_message);
+            UPDATE catbird.cb_step_runs sr SET status = 'failed', failed_at = now, error_message = v_error
+            WHERE sr.id = v_item.step_run_id
+            RETURNING sr.* INTO v_step_run;
+            PERFORM catbird._cb_fail_flow_run(v_run.id, step.name, v_error, v_item.item,
+                                              v_step_run.signal_input, v_item.attempts);
+        END IF;
+        v_count := v_count + 1;
+    END LOOP;
+    RETURN v_count;
+END
 $$;

@@ -2,15 +2,35 @@
 --
 -- Owns: _cb_insert_flow_runs (the one way runs start: cb_run_flow and
 -- cb_publish), cb_run_flow, cb_bind_flow, cb_unbind_flow, cb_signal_flow,
--- cb_cancel_flow, cb_complete_flow_early, cb_purge_flow_runs,
--- cb_clear_flow_runs. Writes cb_flow_runs and cb_step_runs.
+-- cb_cancel_flow, cb_complete_flow_early, cb_retry_flow_run, _cb_expire_flow_run,
+-- cb_purge_flow_runs, cb_clear_flow_runs. Writes cb_flow_runs and cb_step_runs.
 -- Guarantees:
 --   * A concurrency key is held by at most one started or canceling run of a
 --     flow; a run with a held key returns the holder's id and writes nothing.
+--     A holder past its expires_at before any step started is expired first
+--     (as cb_gc would), so an expired run never holds its key.
+--   * Early completion is fenced: only for a step that is started (under the
+--     given attempt); a stale or missing one gets false and writes nothing.
+--   * cb_retry_flow_run re-queues a failed run's failed and canceled steps,
+--     keeping completed steps and their outputs.
 --   * A signal is delivered at most once per step run, and only while the
 --     run is started.
 --   * Cancel is two-phase and idempotent; early completion cancels the
 --     run's other work and makes later reports from workers stale.
+
+-- Expires a started run (locked by the caller) that is past its expires_at
+-- before any step started (cb_gc, and a new run with its concurrency key): its
+-- work is canceled and catbird.flow.expired announced. Returns nothing;
+-- raises nothing.
+CREATE FUNCTION catbird._cb_expire_flow_run(run_id bigint) RETURNS void
+LANGUAGE plpgsql VOLATILE
+AS $$
+BEGIN
+    UPDATE catbird.cb_flow_runs r SET status = 'expired', canceled_at = catbird.cb_now() WHERE r.id = run_id;
+    PERFORM catbird._cb_cancel_open_work(run_id, true);
+    PERFORM catbird._cb_notify('catbird.flow.expired', run_id::text);
+END
+$$;
 
 -- The one implementation of starting runs (cb_run_flow, cb_publish): one run
 -- per input, deduplicated by concurrency key among active runs, each advanced
@@ -29,6 +49,19 @@ DECLARE
     v_new bigint[];
     v_run bigint;
 BEGIN
+    IF cardinality(array_remove(concurrency_keys, NULL)) > 0 THEN
+        -- Expired runs hold nothing: expire the holders of these keys first.
+        FOR v_run IN
+            SELECT r.id FROM catbird.cb_flow_runs r
+            WHERE r.flow_id = flow.id AND r.concurrency_key = ANY (concurrency_keys)
+              AND r.status = 'started' AND r.expires_at <= v_now
+              AND NOT EXISTS (SELECT 1 FROM catbird.cb_step_runs sr WHERE sr.flow_run_id = r.id AND sr.attempts > 0)
+            ORDER BY r.id
+            FOR UPDATE
+        LOOP
+            PERFORM catbird._cb_expire_flow_run(v_run);
+        END LOOP;
+    END IF;
     WITH input AS (
         SELECT u.ord, u.input, u.concurrency_key, u.headers, nextval('catbird.cb_flow_runs_id_seq') AS new_id
         FROM unnest(inputs, concurrency_keys, _cb_insert_flow_runs.headers)
@@ -213,36 +246,105 @@ END
 $$;
 
 -- Completes a started run with output on behalf of step_name (a step
--- handler ending the flow): the step, if started, completes with it, other
--- work is canceled, catbird.flow.completed is announced. Returns true when
--- the run completed, false when it is not started. 42704 for an unknown flow,
--- step or run; 22023 for an invalid name.
+-- handler ending the flow): the step must be started (under attempt, when
+-- given) — or, for a mapper or generator, have items in flight
+-- (waiting_for_map_tasks, attempt not given) — and completes with it; other
+-- work is canceled, catbird.flow.completed is announced. Returns true when the
+-- run completed; false, writing nothing, when the run does not exist or is
+-- not started, or the step is not started (or under another attempt). 42704
+-- for an unknown flow or step; 22023 for an invalid name or attempt < 1.
 CREATE FUNCTION catbird.cb_complete_flow_early(flow_name text, run_id bigint, step_name text, output jsonb,
-                                               reason text = NULL)
+                                               reason text = NULL, attempt int = NULL)
 RETURNS boolean
 LANGUAGE plpgsql VOLATILE
 AS $$
 DECLARE
     v_flow catbird.cb_flows := catbird._cb_flow(flow_name);
     v_step catbird.cb_flow_steps := catbird._cb_flow_step(v_flow, step_name);
-    v_run catbird.cb_flow_runs := catbird._cb_lock_flow_run(v_flow, run_id);
+    v_run catbird.cb_flow_runs;
+    v_step_run catbird.cb_step_runs;
     v_now timestamptz := catbird.cb_now();
 BEGIN
-    IF v_run.id IS NULL THEN
-        RAISE EXCEPTION 'flow "%" has no run %', flow_name, run_id USING ERRCODE = 'undefined_object';
+    PERFORM catbird._cb_check_fail_args(true, attempt);
+    v_run := catbird._cb_lock_flow_run(v_flow, run_id);
+    IF v_run.id IS NULL OR v_run.status <> 'started' THEN
+        RETURN false;
     END IF;
-    IF v_run.status <> 'started' THEN
+    SELECT * INTO v_step_run FROM catbird.cb_step_runs sr
+    WHERE sr.flow_run_id = run_id AND sr.step_name = v_step.name;
+    IF NOT (v_step_run.status = 'started' AND (attempt IS NULL OR v_step_run.attempts = attempt)
+            OR (v_step_run.status = 'waiting_for_map_tasks' AND attempt IS NULL)) THEN
         RETURN false;
     END IF;
     UPDATE catbird.cb_step_runs sr
     SET status = 'completed', completed_at = v_now, output = coalesce(cb_complete_flow_early.output, 'null')
-    WHERE sr.flow_run_id = run_id AND sr.step_name = v_step.name AND sr.status = 'started';
+    WHERE sr.id = v_step_run.id AND sr.status = 'started';
     UPDATE catbird.cb_flow_runs r
     SET status = 'completed', completed_at = v_now, output = coalesce(cb_complete_flow_early.output, 'null'),
         cancel_reason = coalesce(reason, format('completed early by step "%s"', step_name))
     WHERE r.id = run_id;
     PERFORM catbird._cb_cancel_open_work(run_id, true);
     PERFORM catbird._cb_notify('catbird.flow.completed', run_id::text);
+    RETURN true;
+END
+$$;
+
+-- Retries a failed run: its failed and canceled step runs (the failure and
+-- the work canceled because of it) go back to waiting with attempts 0, their
+-- errors, outputs and items cleared, and dependencies counted again; completed
+-- and skipped steps keep their state and outputs; the run is started again
+-- (errors, failed-step context and on-fail state cleared; an expires_at
+-- already passed dropped) and advanced, so ready steps are queued. Returns
+-- true when the run was retried; false when it does not exist, is not
+-- failed, has no failed or canceled step, or its concurrency key is held by
+-- another active run. 42704 for an unknown flow; 22023 for an invalid name.
+CREATE FUNCTION catbird.cb_retry_flow_run(name text, run_id bigint) RETURNS boolean
+LANGUAGE plpgsql VOLATILE
+AS $$
+DECLARE
+    v_flow catbird.cb_flows := catbird._cb_flow(name);
+    v_run catbird.cb_flow_runs := catbird._cb_lock_flow_run(v_flow, run_id);
+    v_now timestamptz := catbird.cb_now();
+    v_reset bigint[];
+BEGIN
+    IF v_run.id IS NULL OR v_run.status <> 'failed' THEN
+        RETURN false;
+    END IF;
+    IF NOT EXISTS (SELECT 1 FROM catbird.cb_step_runs sr
+                   WHERE sr.flow_run_id = run_id AND sr.status IN ('failed', 'canceled')) THEN
+        RETURN false;
+    END IF;
+    IF v_run.concurrency_key IS NOT NULL AND EXISTS (
+           SELECT 1 FROM catbird.cb_flow_runs r
+           WHERE r.flow_id = v_flow.id AND r.concurrency_key = v_run.concurrency_key
+             AND r.status IN ('started', 'canceling')) THEN
+        RETURN false;
+    END IF;
+    BEGIN
+        UPDATE catbird.cb_flow_runs r
+        SET status = 'started', failed_at = NULL, error_message = NULL, output = NULL, failed_step_name = NULL,
+            failed_step_input = NULL, failed_step_signal_input = NULL, failed_step_attempts = NULL,
+            on_fail_status = NULL, on_fail_attempts = 0, on_fail_visible_at = NULL, on_fail_error_message = NULL,
+            expires_at = CASE WHEN r.expires_at <= v_now THEN NULL ELSE r.expires_at END, visible_at = v_now
+        WHERE r.id = run_id;
+    EXCEPTION WHEN unique_violation THEN
+        RETURN false;  -- a run holding the key committed meanwhile
+    END;
+    SELECT array_agg(sr.id) INTO v_reset FROM catbird.cb_step_runs sr
+    WHERE sr.flow_run_id = run_id AND sr.status IN ('failed', 'canceled');
+    DELETE FROM catbird.cb_map_tasks m WHERE m.step_run_id = ANY (v_reset);
+    UPDATE catbird.cb_step_runs sr
+    SET status = 'waiting_for_dependencies', attempts = 0, visible_at = v_now, started_at = NULL,
+        completed_at = NULL, failed_at = NULL, canceled_at = NULL, error_message = NULL, error_detail = NULL,
+        output = NULL, map_total = NULL, map_done = 0, generator_done = false, spawn_attempt = NULL,
+        spawn_cursor = 0,
+        deps_remaining = (SELECT count(*) FROM catbird.cb_flow_steps fs
+                          JOIN catbird.cb_step_runs d ON d.flow_run_id = sr.flow_run_id AND d.step_name = ANY (fs.depends_on)
+                          WHERE fs.flow_id = sr.flow_id AND fs.name = sr.step_name
+                            AND d.status NOT IN ('completed', 'skipped'))
+    WHERE sr.id = ANY (v_reset);
+    PERFORM catbird._cb_advance_flow_run(run_id);
+    PERFORM catbird._cb_notify('catbird.flow.retried', run_id::text);
     RETURN true;
 END
 $$;

@@ -10,7 +10,10 @@
 --     still started (under the given attempt, when one is given): a stale
 --     worker gets false / NULL and changes nothing.
 --   * The retry decision is made here: a failure re-queues the step with a
---     full-jitter delay while attempts <= max_retries, else fails the run.
+--     full-jitter delay while attempts <= max_retries (the policy given, else
+--     the step's stored one) and it is retryable, else fails the run.
+--   * A claim first fails the step's lapsed runs that used their attempts
+--     (_cb_fail_lapsed_work): a crash loop ends with a "lease expired" error.
 --   * A report for a step of a canceling run cancels that step (and finishes
 --     the cancel when it was the last started work).
 
@@ -19,8 +22,9 @@
 -- their first attempt), highest priority first, then oldest. Each claim
 -- increments attempts (the fencing token) and holds the step for hide_for ms.
 -- Returns the claims (cb_step_claim: flow input, dependency outputs, signal
--- input) by priority, then id. 42704 for an unknown flow or step; 22023 for
--- an invalid name, quantity < 1 or hide_for < 1.
+-- input) by priority, then id. Lapsed step runs that used their attempts
+-- are failed first (see _cb_fail_lapsed_work). 42704 for an unknown flow or
+-- step; 22023 for an invalid name, quantity < 1 or hide_for < 1.
 CREATE FUNCTION catbird.cb_claim_steps(flow_name text, step_name text, quantity int, hide_for int)
 RETURNS SETOF catbird.cb_step_claim
 LANGUAGE plpgsql VOLATILE
@@ -33,6 +37,7 @@ BEGIN
     PERFORM catbird._cb_check_at_least('quantity', quantity, 1);
     PERFORM catbird._cb_check_at_least('hide_for', hide_for, 1, ' ms');
     v_now := catbird.cb_now();
+    PERFORM catbird._cb_fail_lapsed_work(v_step, 'step', v_now);
     RETURN QUERY
     WITH candidates AS (
         SELECT sr.id
@@ -128,7 +133,7 @@ BEGIN
     END IF;
     UPDATE catbird.cb_step_runs sr
     SET status = 'completed', completed_at = v_now, output = coalesce(cb_complete_step.output, 'null'),
-        error_message = NULL
+        error_message = NULL, error_detail = NULL
     WHERE sr.id = cb_complete_step.id;
     PERFORM catbird._cb_resolve_dependents((v_locked.run).id, v_flow.id, step_name);
     PERFORM catbird._cb_advance_flow_run((v_locked.run).id);
@@ -137,25 +142,30 @@ END
 $$;
 
 -- Records a failure of a started step run (under attempt, when given):
--- re-queued with a full-jitter delay while attempts <= max_retries, else the
--- step and the flow run fail (on-fail handling queued when the flow has
--- on_fail). Returns 'queued', 'failed', or NULL for a stale call or a
--- canceling run. 42704 for an unknown flow or step; 22023 for an invalid
--- name or retry policy.
+-- re-queued with a full-jitter delay while attempts <= max_retries and
+-- retryable, else the step and the flow run fail (on-fail handling queued).
+-- Policy arguments left NULL come from the step's stored policy (default 0
+-- retries, 100-2000 ms); error_detail is stored beside error_message. Returns
+-- 'queued', 'failed', or NULL for a stale call or a canceling run. 42704 for
+-- an unknown flow or step; 22023 for an invalid name, retry policy or a NULL
+-- retryable.
 CREATE FUNCTION catbird.cb_fail_step(flow_name text, step_name text, id bigint, error_message text,
-                                     attempt int = NULL, max_retries int = 0, backoff_min int = 100,
-                                     backoff_max int = 2000)
+                                     attempt int = NULL, max_retries int = NULL, backoff_min int = NULL,
+                                     backoff_max int = NULL, retryable boolean = true, error_detail text = NULL)
 RETURNS text
 LANGUAGE plpgsql VOLATILE
 AS $$
 DECLARE
     v_flow catbird.cb_flows := catbird._cb_flow(flow_name);
+    v_step catbird.cb_flow_steps := catbird._cb_flow_step(v_flow, step_name);
+    v_policy record;
     v_locked record;
     v_now timestamptz := catbird.cb_now();
     v_error text := coalesce(cb_fail_step.error_message, 'unknown error');
 BEGIN
-    PERFORM catbird._cb_flow_step(v_flow, step_name);
-    PERFORM catbird._cb_check_retry_policy(max_retries, backoff_min, backoff_max);
+    v_policy := catbird._cb_effective_policy(max_retries, backoff_min, backoff_max,
+                                             v_step.max_retries, v_step.backoff_min, v_step.backoff_max);
+    PERFORM catbird._cb_check_fail_args(retryable, NULL);
     v_locked := catbird._cb_lock_step_run(v_flow, step_name, id);
     IF (v_locked.step_run).status IS DISTINCT FROM 'started'
        OR (attempt IS NOT NULL AND (v_locked.step_run).attempts <> attempt) THEN
@@ -165,14 +175,16 @@ BEGIN
         PERFORM catbird._cb_cancel_reported_step((v_locked.run).id, cb_fail_step.id, v_error);
         RETURN NULL;
     END IF;
-    IF (v_locked.step_run).attempts <= max_retries THEN
+    IF retryable AND (v_locked.step_run).attempts <= v_policy.max_retries_out THEN
         UPDATE catbird.cb_step_runs sr
-        SET status = 'queued', error_message = v_error,
-            visible_at = v_now + make_interval(secs => catbird._cb_retry_delay(sr.attempts, backoff_min, backoff_max) / 1000.0)
+        SET status = 'queued', error_message = v_error, error_detail = cb_fail_step.error_detail,
+            visible_at = v_now + make_interval(secs => catbird._cb_retry_delay(
+                             sr.attempts, v_policy.backoff_min_out, v_policy.backoff_max_out) / 1000.0)
         WHERE sr.id = cb_fail_step.id;
         RETURN 'queued';
     END IF;
-    UPDATE catbird.cb_step_runs sr SET status = 'failed', failed_at = v_now, error_message = v_error
+    UPDATE catbird.cb_step_runs sr
+    SET status = 'failed', failed_at = v_now, error_message = v_error, error_detail = cb_fail_step.error_detail
     WHERE sr.id = cb_fail_step.id;
     PERFORM catbird._cb_fail_flow_run((v_locked.run).id, step_name, v_error, (v_locked.run).input,
                                       (v_locked.step_run).signal_input, (v_locked.step_run).attempts);

@@ -10,7 +10,14 @@
 --   * A mapper or generator step completes when all its items are done (and
 --     a generator's handler has finished); its output is its item outputs in
 --     item order, assembled on read, never stored as one array.
---   * Generators add items only while their step run is started.
+--   * Generators add items only while their step run is started, and under
+--     the claim's attempt when they give it: a stale generator writes nothing.
+--   * Generator items are keyed by their index within the step: a resumed
+--     generator that produces its items again (under its attempt, or with an
+--     explicit start_index) adds none twice.
+--   * A claim first fails the step's lapsed items that used their attempts
+--     (_cb_fail_lapsed_work); a failure uses the step's stored policy when
+--     the call gives none.
 
 -- Claims up to quantity items of a mapper or generator step, like
 -- cb_claim_steps: each claim increments the item's attempts and holds it for
@@ -18,8 +25,9 @@
 -- without the map source, signal input) by priority, then id. with_input /
 -- with_outputs false: the claim leaves input / step_outputs NULL, for item
 -- handlers that do not take them (a mapper over a large flow input would
--- otherwise ship that input with every item). 42704 for an unknown flow or
--- step; 22023 for an invalid name, quantity < 1 or hide_for < 1.
+-- otherwise ship that input with every item). Lapsed items that used their
+-- attempts are failed first (see _cb_fail_lapsed_work). 42704 for an unknown
+-- flow or step; 22023 for an invalid name, quantity < 1 or hide_for < 1.
 CREATE FUNCTION catbird.cb_claim_map_tasks(flow_name text, step_name text, quantity int, hide_for int,
                                            with_input boolean = true, with_outputs boolean = true)
 RETURNS TABLE (id bigint, flow_run_id bigint, attempts int, input jsonb, step_outputs jsonb,
@@ -34,6 +42,7 @@ BEGIN
     PERFORM catbird._cb_check_at_least('quantity', quantity, 1);
     PERFORM catbird._cb_check_at_least('hide_for', hide_for, 1, ' ms');
     v_now := catbird.cb_now();
+    PERFORM catbird._cb_fail_lapsed_work(v_step, 'item', v_now);
     RETURN QUERY
     WITH candidates AS (
         SELECT m.id
@@ -150,7 +159,8 @@ BEGIN
         END IF;
         WITH done AS (
             UPDATE catbird.cb_map_tasks m
-            SET status = 'completed', completed_at = v_now, output = coalesce(u.output, 'null'), error_message = NULL
+            SET status = 'completed', completed_at = v_now, output = coalesce(u.output, 'null'), error_message = NULL,
+                error_detail = NULL
             FROM unnest(ids, outputs, cb_complete_map_tasks.attempts) AS u(id, output, attempt)
             WHERE m.id = u.id AND m.id = ANY (ids) AND m.flow_run_id = v_run.id AND m.status = 'started'
               AND (u.attempt IS NULL OR m.attempts = u.attempt)
@@ -168,25 +178,30 @@ END
 $$;
 
 -- Records a failure of a started item (under attempt, when given): re-queued
--- with a full-jitter delay while attempts <= max_retries, else the item, its
--- step and the flow run fail. Returns 'queued', 'failed', or NULL for a
--- stale call or a canceling run. 42704 for an unknown flow or step; 22023 for
--- an invalid name or retry policy.
+-- with a full-jitter delay while attempts <= max_retries and retryable, else
+-- the item, its step and the flow run fail. Policy arguments left NULL come
+-- from the step's stored policy; error_detail is stored beside error_message
+-- (on the item, and on its step when the flow fails). Returns 'queued',
+-- 'failed', or NULL for a stale call or a canceling run. 42704 for an unknown
+-- flow or step; 22023 for an invalid name, retry policy or a NULL retryable.
 CREATE FUNCTION catbird.cb_fail_map_task(flow_name text, step_name text, id bigint, error_message text,
-                                         attempt int = NULL, max_retries int = 0, backoff_min int = 100,
-                                         backoff_max int = 2000)
+                                         attempt int = NULL, max_retries int = NULL, backoff_min int = NULL,
+                                         backoff_max int = NULL, retryable boolean = true, error_detail text = NULL)
 RETURNS text
 LANGUAGE plpgsql VOLATILE
 AS $$
 DECLARE
     v_flow catbird.cb_flows := catbird._cb_flow(flow_name);
+    v_step catbird.cb_flow_steps := catbird._cb_flow_step(v_flow, step_name);
+    v_policy record;
     v_run catbird.cb_flow_runs;
     v_task catbird.cb_map_tasks;
     v_now timestamptz := catbird.cb_now();
     v_error text := coalesce(cb_fail_map_task.error_message, 'unknown error');
 BEGIN
-    PERFORM catbird._cb_flow_step(v_flow, step_name);
-    PERFORM catbird._cb_check_retry_policy(max_retries, backoff_min, backoff_max);
+    v_policy := catbird._cb_effective_policy(max_retries, backoff_min, backoff_max,
+                                             v_step.max_retries, v_step.backoff_min, v_step.backoff_max);
+    PERFORM catbird._cb_check_fail_args(retryable, NULL);
     SELECT * INTO v_run FROM catbird.cb_flow_runs r
     WHERE r.id = (SELECT m.flow_run_id FROM catbird.cb_map_tasks m
                   WHERE m.id = cb_fail_map_task.id AND m.flow_id = v_flow.id AND m.step_name = cb_fail_map_task.step_name)
@@ -200,17 +215,20 @@ BEGIN
         PERFORM catbird._cb_finish_canceling(v_run.id);
         RETURN NULL;
     END IF;
-    IF v_task.attempts <= max_retries THEN
+    IF retryable AND v_task.attempts <= v_policy.max_retries_out THEN
         UPDATE catbird.cb_map_tasks m
-        SET status = 'queued', error_message = v_error,
-            visible_at = v_now + make_interval(secs => catbird._cb_retry_delay(m.attempts, backoff_min, backoff_max) / 1000.0)
+        SET status = 'queued', error_message = v_error, error_detail = cb_fail_map_task.error_detail,
+            visible_at = v_now + make_interval(secs => catbird._cb_retry_delay(
+                             m.attempts, v_policy.backoff_min_out, v_policy.backoff_max_out) / 1000.0)
         WHERE m.id = v_task.id;
         RETURN 'queued';
     END IF;
-    UPDATE catbird.cb_map_tasks m SET status = 'failed', failed_at = v_now, error_message = v_error WHERE m.id = v_task.id;
+    UPDATE catbird.cb_map_tasks m
+    SET status = 'failed', failed_at = v_now, error_message = v_error, error_detail = cb_fail_map_task.error_detail
+    WHERE m.id = v_task.id;
     UPDATE catbird.cb_step_runs sr
     SET status = 'failed', failed_at = v_now,
-        error_message = format('item %s failed: %s', v_task.idx, v_error)
+        error_message = format('item %s failed: %s', v_task.idx, v_error), error_detail = cb_fail_map_task.error_detail
     WHERE sr.id = v_task.step_run_id;
     PERFORM catbird._cb_fail_flow_run(v_run.id, step_name, format('item %s failed: %s', v_task.idx, v_error),
                                       v_task.item,
@@ -220,13 +238,22 @@ BEGIN
 END
 $$;
 
--- A generator's handler, while running (its step run started), adds items
--- (queued at visible_at, default now). Returns how many it added; 0 when the
--- step run or flow run is no longer started. 42704 for an unknown flow or
--- step; 22023 for an invalid name, a step that is not a generator or items
--- that are not a JSON array.
+-- A generator's handler, while running (its step run started, under attempt
+-- when given), adds items (queued at visible_at, default now). Items are
+-- keyed by their index within the step: the first of this call's items has
+-- index start_index when given (at most the number of items the step has,
+-- so there is no gap); else, with attempt, the number of items this attempt
+-- has spawned so far (a resumed generator starts again at 0); else the
+-- number of items the step has (append). Items whose index the step already
+-- has are not added again. Returns how many of the call's items the step now
+-- has (added now or before); 0 when the call is stale (attempt no longer
+-- current) or the step run or flow run is no longer started, and then
+-- nothing is written. 42704 for an unknown flow or step; 22023 for an invalid
+-- name, a step that is not a generator, items that are not a JSON array,
+-- attempt < 1, start_index < 0 or past the step's items.
 CREATE FUNCTION catbird.cb_spawn_generator_map_tasks(flow_name text, step_name text, id bigint, items jsonb,
-                                                     visible_at timestamptz = NULL)
+                                                     visible_at timestamptz = NULL, attempt int = NULL,
+                                                     start_index int = NULL)
 RETURNS int
 LANGUAGE plpgsql VOLATILE
 AS $$
@@ -236,6 +263,8 @@ DECLARE
     v_locked record;
     v_now timestamptz := catbird.cb_now();
     v_count int;
+    v_base int;
+    v_added int;
 BEGIN
     IF v_step.step_type <> 'generator' THEN
         RAISE EXCEPTION 'step "%" of flow "%" is not a generator', step_name, flow_name
@@ -244,31 +273,53 @@ BEGIN
     IF items IS NULL OR jsonb_typeof(items) <> 'array' THEN
         RAISE EXCEPTION 'invalid items: expected a JSON array of items' USING ERRCODE = 'invalid_parameter_value';
     END IF;
-    v_locked := catbird._cb_lock_step_run(v_flow, step_name, id);
-    IF (v_locked.step_run).status IS DISTINCT FROM 'started' OR (v_locked.run).status <> 'started' THEN
-        RETURN 0;  -- the run was canceled or finished meanwhile
+    PERFORM catbird._cb_check_fail_args(true, attempt);
+    IF start_index IS NOT NULL THEN
+        PERFORM catbird._cb_check_at_least('start_index', start_index, 0);
     END IF;
+    v_locked := catbird._cb_lock_step_run(v_flow, step_name, id);
+    IF (v_locked.step_run).status IS DISTINCT FROM 'started' OR (v_locked.run).status <> 'started'
+       OR (attempt IS NOT NULL AND (v_locked.step_run).attempts <> attempt) THEN
+        RETURN 0;  -- the run was canceled or finished meanwhile, or a newer attempt holds the step
+    END IF;
+    v_base := CASE WHEN start_index IS NOT NULL THEN start_index
+                   WHEN attempt IS NOT NULL THEN
+                       CASE WHEN (v_locked.step_run).spawn_attempt = attempt THEN (v_locked.step_run).spawn_cursor ELSE 0 END
+                   ELSE coalesce((v_locked.step_run).map_total, 0) END;
+    IF v_base > coalesce((v_locked.step_run).map_total, 0) THEN
+        RAISE EXCEPTION 'invalid start_index %: the step has % item(s), so the next one has index %',
+            start_index, coalesce((v_locked.step_run).map_total, 0), coalesce((v_locked.step_run).map_total, 0)
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    v_count := jsonb_array_length(items);
     INSERT INTO catbird.cb_map_tasks (step_run_id, flow_run_id, flow_id, idx, priority, step_name, status,
                                       visible_at, created_at, item)
     SELECT cb_spawn_generator_map_tasks.id, (v_locked.run).id, v_flow.id,
-           coalesce((v_locked.step_run).map_total, 0) + (e.ord - 1)::int, (v_locked.step_run).priority,
+           v_base + (e.ord - 1)::int, (v_locked.step_run).priority,
            step_name, 'queued', coalesce(cb_spawn_generator_map_tasks.visible_at, v_now), v_now, e.item
-    FROM jsonb_array_elements(items) WITH ORDINALITY AS e(item, ord);
-    GET DIAGNOSTICS v_count = ROW_COUNT;
-    UPDATE catbird.cb_step_runs sr SET map_total = coalesce(sr.map_total, 0) + v_count
+    FROM jsonb_array_elements(items) WITH ORDINALITY AS e(item, ord)
+    ORDER BY e.ord
+    ON CONFLICT (step_run_id, idx) DO NOTHING;
+    GET DIAGNOSTICS v_added = ROW_COUNT;
+    UPDATE catbird.cb_step_runs sr
+    SET map_total = greatest(coalesce(sr.map_total, 0), v_base + v_count),
+        spawn_attempt = coalesce(attempt, sr.spawn_attempt),
+        spawn_cursor = CASE WHEN attempt IS NOT NULL THEN v_base + v_count ELSE sr.spawn_cursor END
     WHERE sr.id = cb_spawn_generator_map_tasks.id;
-    IF v_count > 0 THEN
+    IF v_added > 0 THEN
         PERFORM catbird._cb_notify('catbird.step.queued', flow_name || '/' || step_name);
     END IF;
     RETURN v_count;
 END
 $$;
 
--- Records that a generator's handler has finished: the step completes once
--- all its items are done. A stale call does nothing; for a canceling run the
+-- Records that a generator's handler has finished (under attempt, when
+-- given): the step completes once all its items are done. A stale call (step
+-- not started, or another attempt) writes nothing; for a canceling run the
 -- step is canceled. Returns nothing. 42704 for an unknown flow or step; 22023
--- for an invalid name.
-CREATE FUNCTION catbird.cb_complete_generator_step(flow_name text, step_name text, id bigint) RETURNS void
+-- for an invalid name or attempt < 1.
+CREATE FUNCTION catbird.cb_complete_generator_step(flow_name text, step_name text, id bigint, attempt int = NULL)
+RETURNS void
 LANGUAGE plpgsql VOLATILE
 AS $$
 DECLARE
@@ -276,8 +327,10 @@ DECLARE
     v_locked record;
 BEGIN
     PERFORM catbird._cb_flow_step(v_flow, step_name);
+    PERFORM catbird._cb_check_fail_args(true, attempt);
     v_locked := catbird._cb_lock_step_run(v_flow, step_name, id);
-    IF (v_locked.step_run).status IS DISTINCT FROM 'started' THEN
+    IF (v_locked.step_run).status IS DISTINCT FROM 'started'
+       OR (attempt IS NOT NULL AND (v_locked.step_run).attempts <> attempt) THEN
         RETURN;
     END IF;
     IF (v_locked.run).status = 'canceling' THEN
@@ -291,11 +344,13 @@ BEGIN
 END
 $$;
 
--- Records that a generator's handler failed: the step and the flow run fail
--- (no retry). A stale call does nothing; for a canceling run the step is
--- canceled. Returns nothing. 42704 for an unknown flow or step; 22023 for an
--- invalid name.
-CREATE FUNCTION catbird.cb_fail_generator_step(flow_name text, step_name text, id bigint, error_message text)
+-- Records that a generator's handler failed (under attempt, when given): the
+-- step and the flow run fail (no retry), with error_detail stored on the
+-- step. A stale call (step not started, or another attempt) writes nothing;
+-- for a canceling run the step is canceled. Returns nothing. 42704 for an
+-- unknown flow or step; 22023 for an invalid name or attempt < 1.
+CREATE FUNCTION catbird.cb_fail_generator_step(flow_name text, step_name text, id bigint, error_message text,
+                                               attempt int = NULL, error_detail text = NULL)
 RETURNS void
 LANGUAGE plpgsql VOLATILE
 AS $$
@@ -305,15 +360,19 @@ DECLARE
     v_error text := coalesce(cb_fail_generator_step.error_message, 'unknown error');
 BEGIN
     PERFORM catbird._cb_flow_step(v_flow, step_name);
+    PERFORM catbird._cb_check_fail_args(true, attempt);
     v_locked := catbird._cb_lock_step_run(v_flow, step_name, id);
-    IF (v_locked.step_run).status IS DISTINCT FROM 'started' THEN
+    IF (v_locked.step_run).status IS DISTINCT FROM 'started'
+       OR (attempt IS NOT NULL AND (v_locked.step_run).attempts <> attempt) THEN
         RETURN;
     END IF;
     IF (v_locked.run).status = 'canceling' THEN
         PERFORM catbird._cb_cancel_reported_step((v_locked.run).id, cb_fail_generator_step.id);
         RETURN;
     END IF;
-    UPDATE catbird.cb_step_runs sr SET status = 'failed', failed_at = catbird.cb_now(), error_message = v_error
+    UPDATE catbird.cb_step_runs sr
+    SET status = 'failed', failed_at = catbird.cb_now(), error_message = v_error,
+        error_detail = cb_fail_generator_step.error_detail
     WHERE sr.id = cb_fail_generator_step.id;
     PERFORM catbird._cb_fail_flow_run((v_locked.run).id, step_name, v_error, (v_locked.run).input,
                                       (v_locked.step_run).signal_input, (v_locked.step_run).attempts);

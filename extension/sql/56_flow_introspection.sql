@@ -23,7 +23,7 @@ CREATE TYPE catbird.cb_step_run_info AS (
     id bigint, flow_run_id bigint, step_name text, status text, priority int, attempts int,
     output jsonb, error_message text, signal_input jsonb, map_total int, map_done int,
     created_at timestamptz, visible_at timestamptz, started_at timestamptz, completed_at timestamptz,
-    failed_at timestamptz, skipped_at timestamptz, canceled_at timestamptz
+    failed_at timestamptz, skipped_at timestamptz, canceled_at timestamptz, error_detail text
 );
 
 -- The step runs of a flow run as cb_step_run_info (StepRunInfo), in
@@ -41,7 +41,7 @@ BEGIN
     SELECT sr.id, sr.flow_run_id, sr.step_name, sr.status, sr.priority, sr.attempts,
            CASE WHEN sr.status = 'completed' THEN catbird._cb_step_output(sr.id, sr.step_type, sr.output) END,
            sr.error_message, sr.signal_input, sr.map_total, sr.map_done, sr.created_at, sr.visible_at,
-           sr.started_at, sr.completed_at, sr.failed_at, sr.skipped_at, sr.canceled_at
+           sr.started_at, sr.completed_at, sr.failed_at, sr.skipped_at, sr.canceled_at, sr.error_detail
     FROM catbird.cb_step_runs sr
     -- a run made under an older definition keeps its steps (in their own order)
     LEFT JOIN catbird.cb_flow_steps fs ON fs.flow_id = sr.flow_id AND fs.name = sr.step_name

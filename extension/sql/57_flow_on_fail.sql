@@ -3,11 +3,13 @@
 -- Owns: cb_claim_flow_on_fail, cb_complete_flow_on_fail, cb_fail_flow_on_fail.
 -- Writes the on_fail_* columns of cb_flow_runs.
 -- Guarantees:
---   * A flow run that fails while its flow has on_fail set is queued for its
---     on-fail handler (on_fail_status), with the failed step's name, input,
---     signal input and attempts.
+--   * Every flow run that fails is queued for its on-fail handler
+--     (on_fail_status), whatever the flow's flags, with the failed step's
+--     name, input, signal input and attempts.
 --   * On-fail claims use FOR UPDATE SKIP LOCKED and a hide window like run
---     claims; complete/fail act only on a claim that is still started.
+--     claims; complete/fail act only on a claim that is still started, under
+--     on_fail_attempt (the claim's on_fail_attempts) when given; the retry
+--     delay of a failed handler is decided in SQL when the caller gives none.
 
 -- Claims up to quantity failed flow runs whose on-fail handling is due
 -- (queued, or started with its hide window lapsed), oldest due first:
@@ -48,22 +50,33 @@ END
 $$;
 
 -- Records that the on-fail handler of a flow run succeeded; acts only on a run
--- whose on-fail claim is started. Returns nothing; 42704 for an unknown flow,
--- 22023 for an invalid name.
-CREATE FUNCTION catbird.cb_complete_flow_on_fail(name text, run_id bigint) RETURNS void
+-- whose on-fail claim is started (under on_fail_attempt, when given). Returns
+-- nothing; 42704 for an unknown flow, 22023 for an invalid name or
+-- on_fail_attempt < 1.
+CREATE FUNCTION catbird.cb_complete_flow_on_fail(name text, run_id bigint, on_fail_attempt int = NULL) RETURNS void
 LANGUAGE sql VOLATILE
-AS $$ SELECT catbird._cb_end_on_fail('flow', cb_complete_flow_on_fail.name, run_id, completed => true) $$;
+AS $$
+    SELECT catbird._cb_end_on_fail('flow', cb_complete_flow_on_fail.name, run_id, completed => true,
+                                   on_fail_attempt => on_fail_attempt)
+$$;
 
 -- Records that the on-fail handler of a flow run failed: claimable again after
--- retry_delay ms, or failed for good when retry_exhausted. Acts only on a run
--- whose on-fail claim is started. Returns nothing; 42704 for an unknown flow,
--- 22023 for an invalid name or retry_delay < 0.
+-- retry_delay ms, or failed for good when retry_exhausted. Left NULL, SQL
+-- decides both from the policy given (max_retries, backoff_min, backoff_max;
+-- flows store none: 0 retries, 100-2000 ms). Acts only on a run whose on-fail
+-- claim is started (under on_fail_attempt, when given). Returns nothing;
+-- 42704 for an unknown flow, 22023 for an invalid name, retry_delay < 0,
+-- on_fail_attempt < 1 or an invalid policy.
 CREATE FUNCTION catbird.cb_fail_flow_on_fail(name text, run_id bigint, error_message text,
-                                             retry_exhausted boolean, retry_delay bigint)
+                                             retry_exhausted boolean = NULL, retry_delay bigint = NULL,
+                                             on_fail_attempt int = NULL, max_retries int = NULL,
+                                             backoff_min int = NULL, backoff_max int = NULL)
 RETURNS void
 LANGUAGE sql VOLATILE
 AS $$
     SELECT catbird._cb_end_on_fail('flow', cb_fail_flow_on_fail.name, run_id, completed => false,
                                    error_message => cb_fail_flow_on_fail.error_message,
-                                   retry_exhausted => retry_exhausted, retry_delay => retry_delay)
+                                   retry_exhausted => retry_exhausted, retry_delay => retry_delay,
+                                   on_fail_attempt => on_fail_attempt, max_retries => max_retries,
+                                   backoff_min => backoff_min, backoff_max => backoff_max)
 $$;

@@ -82,6 +82,10 @@ $$;
 --   expired_task_runs          queued runs past expires_at marked expired
 --   expired_flow_runs          runs past expires_at before any step started
 --   canceling_flow_runs_finalized  canceling runs whose started work's leases lapsed
+--   lease_expired_task_runs    started task runs whose lease lapsed after their
+--                              last attempt (see _cb_lease_cap): failed, on-fail queued
+--   lease_expired_flow_runs    flow runs failed because a step run or map item
+--                              did the same (_cb_fail_lapsed_work)
 --   stale_workers_deleted      workers silent for longer than stale_worker_after
 --   stale_wire_nodes_deleted   (no Wire nodes in this version: always 0)
 --   task_runs_purged / flow_runs_purged  finished runs older than their
@@ -104,6 +108,9 @@ DECLARE
     v_stale_workers int;
     v_task_purged int;
     v_flow_purged int;
+    v_lapsed_tasks bigint[];
+    v_lapsed_flow int := 0;
+    v_step catbird.cb_flow_steps;
 BEGIN
     PERFORM catbird._cb_check_at_least('batch_size', batch_size, 1);
     IF stale_worker_after IS NULL OR stale_worker_after <= interval '0' THEN
@@ -137,10 +144,40 @@ BEGIN
         ORDER BY r.id LIMIT batch_size
         FOR UPDATE SKIP LOCKED
     LOOP
-        UPDATE catbird.cb_flow_runs r SET status = 'expired', canceled_at = v_now WHERE r.id = v_run;
-        PERFORM catbird._cb_cancel_open_work(v_run, true);
-        PERFORM catbird._cb_notify('catbird.flow.expired', v_run::text);
+        PERFORM catbird._cb_expire_flow_run(v_run);
         v_expired_flow_runs := v_expired_flow_runs + 1;
+    END LOOP;
+
+    -- Crash loops end: lapsed runs that used their attempts fail.
+    WITH lapsed AS (
+        UPDATE catbird.cb_task_runs r
+        SET status = 'failed', failed_at = v_now, error_message = catbird._cb_lease_expired_error(r.attempts),
+            error_detail = NULL, on_fail_status = 'queued', on_fail_visible_at = v_now
+        WHERE r.id IN (SELECT x.id FROM catbird.cb_task_runs x
+                       JOIN catbird.cb_tasks t ON t.id = x.task_id
+                       WHERE x.status = 'started' AND x.visible_at <= v_now
+                         AND x.attempts >= catbird._cb_lease_cap(t.max_retries)
+                       LIMIT batch_size FOR UPDATE OF x SKIP LOCKED)
+        RETURNING r.id
+    )
+    SELECT coalesce(array_agg(l.id ORDER BY l.id), '{}') INTO v_lapsed_tasks FROM lapsed l;
+    PERFORM catbird._cb_notify('catbird.task.failed', l::text) FROM unnest(v_lapsed_tasks) AS l;
+    FOR v_step IN
+        SELECT fs.* FROM catbird.cb_flow_steps fs
+        WHERE EXISTS (SELECT 1 FROM catbird.cb_step_runs sr
+                      WHERE sr.flow_id = fs.flow_id AND sr.step_name = fs.name AND sr.status = 'started'
+                        AND sr.visible_at <= v_now AND sr.attempts >= catbird._cb_lease_cap(fs.max_retries))
+           OR EXISTS (SELECT 1 FROM catbird.cb_map_tasks m
+                      WHERE m.flow_id = fs.flow_id AND m.step_name = fs.name AND m.status = 'started'
+                        AND m.visible_at <= v_now AND m.attempts >= catbird._cb_lease_cap(fs.max_retries))
+        ORDER BY fs.flow_id, fs.position
+    LOOP
+        EXIT WHEN v_lapsed_flow >= batch_size;
+        v_lapsed_flow := v_lapsed_flow
+            + catbird._cb_fail_lapsed_work(v_step, 'step', v_now, batch_size - v_lapsed_flow);
+        EXIT WHEN v_lapsed_flow >= batch_size;
+        v_lapsed_flow := v_lapsed_flow
+            + catbird._cb_fail_lapsed_work(v_step, 'item', v_now, batch_size - v_lapsed_flow);
     END LOOP;
 
     FOR v_run IN
@@ -170,6 +207,8 @@ BEGIN
         'expired_task_runs', v_expired_task_runs,
         'expired_flow_runs', v_expired_flow_runs,
         'canceling_flow_runs_finalized', v_finalized,
+        'lease_expired_task_runs', cardinality(v_lapsed_tasks),
+        'lease_expired_flow_runs', v_lapsed_flow,
         'stale_workers_deleted', v_stale_workers,
         'stale_wire_nodes_deleted', 0,
         'task_runs_purged', v_task_purged,

@@ -13,8 +13,11 @@
 --     (queue_id, priority DESC, visible_at, id) lists the visible messages of a
 --     priority level before its hidden ones, so a claim never walks past rows
 --     that are in flight at the same priority.
---   * A concurrency key is unique among the live messages of one queue
---     (partial unique index); it becomes reusable once the message is deleted.
+--   * A concurrency key is unique among the messages of one queue (partial
+--     unique index); it becomes reusable once the message is deleted, and a
+--     send deletes an expired holder first (expired rows hold nothing).
+--   * A dead letter (moved by cb_read past its queue's max_deliveries) records
+--     its source queue and delivery count (source_queue_id, source_deliveries).
 --   * cb_bindings is indexed by pattern and by literal prefix so that a publish
 --     finds its targets through index lookups, not by testing every pattern.
 
@@ -37,7 +40,11 @@ CREATE TABLE catbird.cb_queues (
     name        text NOT NULL UNIQUE,
     description text,
     created_at  timestamptz NOT NULL,
-    expires_at  timestamptz
+    expires_at  timestamptz,
+    -- dead letters: a message about to be delivered for the max_deliveries + 1-th
+    -- time moves to dead_letter_queue_id (deleted when NULL)
+    max_deliveries       int,
+    dead_letter_queue_id int
 );
 
 CREATE TABLE catbird.cb_messages (
@@ -51,7 +58,10 @@ CREATE TABLE catbird.cb_messages (
     concurrency_key text,
     topic           text,
     headers         jsonb,
-    body            jsonb NOT NULL
+    body            jsonb NOT NULL,
+    -- set on a dead letter: the queue it came from and its deliveries there
+    source_queue_id   int,
+    source_deliveries int
 ) WITH (autovacuum_vacuum_scale_factor = 0.02, autovacuum_vacuum_insert_scale_factor = 0.02);
 
 -- Ids are drawn before the insert so a batch send can return them in input order.
@@ -74,7 +84,9 @@ CREATE TYPE catbird.cb_message AS (
     deliveries      int,
     created_at      timestamptz,
     visible_at      timestamptz,
-    expires_at      timestamptz
+    expires_at      timestamptz,
+    source_queue      text,
+    source_deliveries int
 );
 
 CREATE TABLE catbird.cb_bindings (
@@ -218,7 +230,15 @@ $$;
 --     transaction ends and cb_delete_queue takes it exclusively, so a message is
 --     never written into a queue that is being deleted.
 --   * cb_send with a concurrency key held by a live message of the queue writes
---     nothing and returns the live message's id.
+--     nothing and returns the live message's id; a holder past its expires_at
+--     is deleted first, so an expired message never holds its key.
+--   * Receipts: cb_hide and cb_delete given the deliveries value of a read
+--     act only while it is current, so a consumer whose window lapsed cannot
+--     touch a message another consumer now holds.
+--   * Dead letters: with max_deliveries, the read that would deliver a message
+--     for the max_deliveries + 1-th time moves it instead, in the same
+--     statement, to the queue's dead_letter_queue (deleted without one);
+--     cb_redrive moves dead letters back to the queues they came from.
 
 -- Definitions (queues, tasks, flows) are guarded by transaction-level advisory
 -- locks keyed on kind and name: writers of runs and messages hold the shared
@@ -270,17 +290,46 @@ END
 $$;
 
 -- Creates a queue; creating an existing queue is a no-op (its description
--- and expiry are kept). A queue past expires_at is deleted by cb_gc. Returns
--- nothing; 22023 for an invalid name.
-CREATE FUNCTION catbird.cb_create_queue(name text, expires_at timestamptz = NULL, description text = NULL)
+-- and expiry are kept) except that max_deliveries and dead_letter_queue, when
+-- given, replace its dead-letter settings. A queue past expires_at is deleted
+-- by cb_gc. With max_deliveries, a message about to be delivered for the
+-- max_deliveries + 1-th time is moved to dead_letter_queue (which must exist
+-- and be another queue), or deleted without one. Returns nothing; 22023 for
+-- an invalid name, max_deliveries < 1, a dead_letter_queue without
+-- max_deliveries or naming the queue itself; 42704 for an unknown
+-- dead_letter_queue.
+CREATE FUNCTION catbird.cb_create_queue(name text, expires_at timestamptz = NULL, description text = NULL,
+                                        max_deliveries int = NULL, dead_letter_queue text = NULL)
 RETURNS void
 LANGUAGE plpgsql VOLATILE
 AS $$
+DECLARE
+    v_dlq_id int;
 BEGIN
     PERFORM catbird._cb_check_name('queue', name);
-    INSERT INTO catbird.cb_queues (name, description, created_at, expires_at)
-    VALUES (cb_create_queue.name, cb_create_queue.description, catbird.cb_now(), cb_create_queue.expires_at)
+    IF max_deliveries IS NOT NULL THEN
+        PERFORM catbird._cb_check_at_least('max_deliveries', max_deliveries, 1);
+    END IF;
+    IF dead_letter_queue IS NOT NULL THEN
+        IF max_deliveries IS NULL THEN
+            RAISE EXCEPTION 'invalid dead_letter_queue: it needs max_deliveries (how many deliveries before a message is dead)'
+                USING ERRCODE = 'invalid_parameter_value';
+        END IF;
+        IF dead_letter_queue = name THEN
+            RAISE EXCEPTION 'invalid dead_letter_queue "%": a queue cannot be its own dead-letter queue', name
+                USING ERRCODE = 'invalid_parameter_value';
+        END IF;
+        v_dlq_id := catbird._cb_queue_id(dead_letter_queue);
+    END IF;
+    INSERT INTO catbird.cb_queues (name, description, created_at, expires_at, max_deliveries, dead_letter_queue_id)
+    VALUES (cb_create_queue.name, cb_create_queue.description, catbird.cb_now(), cb_create_queue.expires_at,
+            cb_create_queue.max_deliveries, v_dlq_id)
     ON CONFLICT ON CONSTRAINT cb_queues_name_key DO NOTHING;
+    IF NOT FOUND AND max_deliveries IS NOT NULL THEN
+        UPDATE catbird.cb_queues q
+        SET max_deliveries = cb_create_queue.max_deliveries, dead_letter_queue_id = v_dlq_id
+        WHERE q.name = cb_create_queue.name;
+    END IF;
 END
 $$;
 
@@ -301,6 +350,10 @@ BEGIN
     END IF;
     DELETE FROM catbird.cb_messages m WHERE m.queue_id = v_id;
     DELETE FROM catbird.cb_bindings b WHERE b.target_type = 'queue' AND b.target_name = cb_delete_queue.name;
+    -- queues that dead-lettered into it delete their dead messages from now on
+    UPDATE catbird.cb_queues q SET dead_letter_queue_id = NULL WHERE q.dead_letter_queue_id = v_id;
+    -- dead letters that came from it have nowhere to be redriven to
+    UPDATE catbird.cb_messages m SET source_queue_id = NULL WHERE m.source_queue_id = v_id;
     RETURN true;
 END
 $$;
@@ -366,6 +419,10 @@ BEGIN
         SELECT array_agg(i.id ORDER BY i.id) INTO v_ids FROM inserted i WHERE i.queue_id = queue_ids[1];
         RETURN v_ids;
     END IF;
+    -- Expired messages hold nothing: the expired holders of these keys (never
+    -- readable again; cb_gc would delete them) go before deduplicating.
+    DELETE FROM catbird.cb_messages m
+    WHERE m.queue_id = ANY (queue_ids) AND m.concurrency_key = ANY (concurrency_keys) AND m.expires_at <= v_now;
     WITH input AS (
         SELECT q.queue_id, u.ord, u.body, u.concurrency_key, u.headers,
                nextval('catbird.cb_messages_id_seq') AS new_id
@@ -503,9 +560,13 @@ $$;
 
 -- Claims up to quantity visible, unexpired messages of a queue, highest
 -- priority first, then oldest: each is hidden for hide_for ms and its
--- deliveries incremented; concurrent readers skip each other's rows. Returns
--- the claimed messages (cb_message) in claim order. 42704 for an unknown
--- queue; 22023 for an invalid name, quantity < 1 or hide_for < 1.
+-- deliveries incremented; concurrent readers skip each other's rows. With the
+-- queue's max_deliveries, a message already delivered that many times is not
+-- returned: the same statement moves it to the dead-letter queue (source queue
+-- and deliveries recorded, deliveries reset, concurrency key dropped) or
+-- deletes it, and the claim goes on for the quantity asked. Returns the
+-- claimed messages (cb_message) in claim order. 42704 for an unknown queue;
+-- 22023 for an invalid name, quantity < 1 or hide_for < 1.
 -- A generic plan keeps the claim on the claim index; with LIMIT quantity the
 -- planner would otherwise re-plan (custom plans) on every call.
 CREATE FUNCTION catbird.cb_read(queue text, quantity int, hide_for int)
@@ -516,6 +577,11 @@ AS $$
 DECLARE
     v_now timestamptz;
     v_queue_id int;
+    v_max_deliveries int;
+    v_dlq_id int;
+    v_wanted int := quantity;
+    v_messages catbird.cb_message[];
+    v_dead bigint;
 BEGIN
     IF quantity IS NULL OR quantity < 1 THEN
         PERFORM catbird._cb_check_at_least('quantity', quantity, 1);
@@ -523,35 +589,91 @@ BEGIN
     IF hide_for IS NULL OR hide_for < 1 THEN
         PERFORM catbird._cb_check_at_least('hide_for', hide_for, 1, ' ms');
     END IF;
-    SELECT q.id INTO v_queue_id FROM catbird.cb_queues q WHERE q.name = queue;
+    SELECT q.id, q.max_deliveries, q.dead_letter_queue_id INTO v_queue_id, v_max_deliveries, v_dlq_id
+    FROM catbird.cb_queues q WHERE q.name = queue;
     IF v_queue_id IS NULL THEN
         v_queue_id := catbird._cb_queue_id(queue);  -- raises the clear error
     END IF;
     v_now := catbird.cb_now();
-    RETURN QUERY
-    WITH claimed AS (
-        SELECT m.id, m.visible_at AS was_visible_at
-        FROM catbird.cb_messages m
-        WHERE m.queue_id = v_queue_id
-          AND m.visible_at <= v_now
-          AND (m.expires_at IS NULL OR m.expires_at > v_now)
-        ORDER BY m.priority DESC, m.visible_at, m.id
-        LIMIT quantity
-        FOR UPDATE SKIP LOCKED
-    ), updated AS (
-        UPDATE catbird.cb_messages m
-        SET visible_at = v_now + make_interval(secs => hide_for / 1000.0),
-            deliveries = m.deliveries + 1
-        FROM claimed c
-        WHERE m.id = c.id
-          AND m.id = ANY (ARRAY(SELECT c2.id FROM claimed c2))  -- keeps the generic plan on the primary key
-        RETURNING m.id, m.concurrency_key, m.topic, m.body, m.headers, m.priority, m.deliveries,
-                  m.created_at, m.visible_at, m.expires_at, c.was_visible_at
-    )
-    SELECT u.id, u.concurrency_key, u.topic, u.body, u.headers, u.priority, u.deliveries,
-           u.created_at, u.visible_at, u.expires_at
-    FROM updated u
-    ORDER BY u.priority DESC, u.was_visible_at, u.id;  -- the order they were claimed in
+    IF v_max_deliveries IS NULL THEN
+        RETURN QUERY
+        WITH claimed AS (
+            SELECT m.id, m.visible_at AS was_visible_at
+            FROM catbird.cb_messages m
+            WHERE m.queue_id = v_queue_id
+              AND m.visible_at <= v_now
+              AND (m.expires_at IS NULL OR m.expires_at > v_now)
+            ORDER BY m.priority DESC, m.visible_at, m.id
+            LIMIT quantity
+            FOR UPDATE SKIP LOCKED
+        ), updated AS (
+            UPDATE catbird.cb_messages m
+            SET visible_at = v_now + make_interval(secs => hide_for / 1000.0),
+                deliveries = m.deliveries + 1
+            FROM claimed c
+            WHERE m.id = c.id
+              AND m.id = ANY (ARRAY(SELECT c2.id FROM claimed c2))  -- keeps the generic plan on the primary key
+            RETURNING m.id, m.concurrency_key, m.topic, m.body, m.headers, m.priority, m.deliveries,
+                      m.created_at, m.visible_at, m.expires_at, m.source_queue_id, m.source_deliveries,
+                      c.was_visible_at
+        )
+        SELECT u.id, u.concurrency_key, u.topic, u.body, u.headers, u.priority, u.deliveries,
+               u.created_at, u.visible_at, u.expires_at,
+               (SELECT q.name FROM catbird.cb_queues q WHERE q.id = u.source_queue_id), u.source_deliveries
+        FROM updated u
+        ORDER BY u.priority DESC, u.was_visible_at, u.id;  -- the order they were claimed in
+        RETURN;
+    END IF;
+    IF v_dlq_id IS NOT NULL THEN
+        -- Dead letters must not land in a dead-letter queue being deleted.
+        PERFORM catbird._cb_lock_definition('queue', q.name) FROM catbird.cb_queues q WHERE q.id = v_dlq_id;
+    END IF;
+    -- Dead messages met on the way do not count against quantity: claim again
+    -- until it is filled or none was met.
+    LOOP
+        WITH candidates AS (
+            SELECT m.id, m.visible_at AS was_visible_at, m.deliveries >= v_max_deliveries AS dead
+            FROM catbird.cb_messages m
+            WHERE m.queue_id = v_queue_id
+              AND m.visible_at <= v_now
+              AND (m.expires_at IS NULL OR m.expires_at > v_now)
+            ORDER BY m.priority DESC, m.visible_at, m.id
+            LIMIT v_wanted
+            FOR UPDATE SKIP LOCKED
+        ), moved AS (
+            UPDATE catbird.cb_messages m
+            SET queue_id = v_dlq_id, source_queue_id = v_queue_id, source_deliveries = m.deliveries,
+                deliveries = 0, visible_at = v_now, concurrency_key = NULL
+            FROM candidates c
+            WHERE m.id = c.id AND c.dead AND v_dlq_id IS NOT NULL
+            RETURNING m.id
+        ), dropped AS (
+            DELETE FROM catbird.cb_messages m
+            USING candidates c
+            WHERE m.id = c.id AND c.dead AND v_dlq_id IS NULL
+            RETURNING m.id
+        ), updated AS (
+            UPDATE catbird.cb_messages m
+            SET visible_at = v_now + make_interval(secs => hide_for / 1000.0),
+                deliveries = m.deliveries + 1
+            FROM candidates c
+            WHERE m.id = c.id AND NOT c.dead
+            RETURNING m.id, m.concurrency_key, m.topic, m.body, m.headers, m.priority, m.deliveries,
+                      m.created_at, m.visible_at, m.expires_at, m.source_queue_id, m.source_deliveries,
+                      c.was_visible_at
+        )
+        SELECT coalesce(array_agg(ROW(u.id, u.concurrency_key, u.topic, u.body, u.headers, u.priority, u.deliveries,
+                                      u.created_at, u.visible_at, u.expires_at,
+                                      (SELECT q.name FROM catbird.cb_queues q WHERE q.id = u.source_queue_id),
+                                      u.source_deliveries)::catbird.cb_message
+                                  ORDER BY u.priority DESC, u.was_visible_at, u.id), '{}'),
+               (SELECT count(*) FROM moved) + (SELECT count(*) FROM dropped)
+        INTO v_messages, v_dead
+        FROM updated u;
+        RETURN QUERY SELECT * FROM unnest(v_messages);
+        v_wanted := v_wanted - cardinality(v_messages);
+        EXIT WHEN v_dead = 0 OR v_wanted = 0;
+    END LOOP;
 END
 $$;
 
@@ -581,10 +703,26 @@ BEGIN
 END
 $$;
 
--- Pushes the visibility of messages of a queue out to hide_for ms from now.
--- Returns the ids it found (sorted). 42704 for an unknown queue; 22023 for an
--- invalid name or hide_for < 1.
-CREATE FUNCTION catbird.cb_hide(queue text, ids bigint[], hide_for int) RETURNS bigint[]
+-- Checks the receipts given to cb_hide / cb_delete: NULL, or one deliveries
+-- value (>= 1, as returned by cb_read) per id. Returns nothing; 22023
+-- otherwise.
+CREATE FUNCTION catbird._cb_check_receipts(ids bigint[], deliveries int[]) RETURNS void
+LANGUAGE plpgsql IMMUTABLE
+AS $$
+BEGIN
+    IF deliveries IS NOT NULL AND (cardinality(deliveries) IS DISTINCT FROM cardinality(ids)
+                                   OR EXISTS (SELECT 1 FROM unnest(deliveries) d WHERE d IS NULL OR d < 1)) THEN
+        RAISE EXCEPTION 'invalid deliveries: give one receipt per id, each the deliveries value (>= 1) its read returned'
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+END
+$$;
+
+-- Pushes the visibility of messages of a queue out to hide_for ms from now;
+-- with deliveries (the receipts returned by cb_read, one per id) only messages
+-- still at that delivery. Returns the ids it hid (sorted). 42704 for an
+-- unknown queue; 22023 for an invalid name, hide_for < 1 or bad receipts.
+CREATE FUNCTION catbird.cb_hide(queue text, ids bigint[], hide_for int, deliveries int[] = NULL) RETURNS bigint[]
 LANGUAGE plpgsql VOLATILE
 AS $$
 DECLARE
@@ -593,10 +731,22 @@ DECLARE
     v_hidden bigint[];
 BEGIN
     PERFORM catbird._cb_check_at_least('hide_for', hide_for, 1, ' ms');
+    IF deliveries IS NULL THEN
+        WITH hidden AS (
+            UPDATE catbird.cb_messages m
+            SET visible_at = v_now + make_interval(secs => hide_for / 1000.0)
+            WHERE m.queue_id = v_queue_id AND m.id = ANY (ids)
+            RETURNING m.id
+        )
+        SELECT coalesce(array_agg(h.id ORDER BY h.id), '{}') INTO v_hidden FROM hidden h;
+        RETURN v_hidden;
+    END IF;
+    PERFORM catbird._cb_check_receipts(ids, deliveries);
     WITH hidden AS (
         UPDATE catbird.cb_messages m
         SET visible_at = v_now + make_interval(secs => hide_for / 1000.0)
-        WHERE m.queue_id = v_queue_id AND m.id = ANY (ids)
+        FROM unnest(ids, cb_hide.deliveries) AS u(id, delivery)
+        WHERE m.queue_id = v_queue_id AND m.id = u.id AND m.id = ANY (ids) AND m.deliveries = u.delivery
         RETURNING m.id
     )
     SELECT coalesce(array_agg(h.id ORDER BY h.id), '{}') INTO v_hidden FROM hidden h;
@@ -604,15 +754,20 @@ BEGIN
 END
 $$;
 
--- Single form of cb_hide: true when the message was found. Errors as the
--- array form.
-CREATE FUNCTION catbird.cb_hide(queue text, id bigint, hide_for int) RETURNS boolean
+-- Single form of cb_hide: true when the message was hidden (with delivery:
+-- only while it is still at that delivery). Errors as the array form.
+CREATE FUNCTION catbird.cb_hide(queue text, id bigint, hide_for int, delivery int = NULL) RETURNS boolean
 LANGUAGE sql VOLATILE
-AS $$ SELECT cardinality(catbird.cb_hide(queue, ARRAY[id], hide_for)) > 0 $$;
+AS $$
+    SELECT cardinality(catbird.cb_hide(queue, ARRAY[id], hide_for,
+                                       CASE WHEN delivery IS NOT NULL THEN ARRAY[delivery] END)) > 0
+$$;
 
--- Deletes (acknowledges) messages of a queue. Returns the ids it deleted
--- (sorted). 42704 for an unknown queue; 22023 for an invalid name.
-CREATE FUNCTION catbird.cb_delete(queue text, ids bigint[]) RETURNS bigint[]
+-- Deletes (acknowledges) messages of a queue; with deliveries (the receipts
+-- returned by cb_read, one per id) only messages still at that delivery.
+-- Returns the ids it deleted (sorted). 42704 for an unknown queue; 22023 for
+-- an invalid name or bad receipts.
+CREATE FUNCTION catbird.cb_delete(queue text, ids bigint[], deliveries int[] = NULL) RETURNS bigint[]
 LANGUAGE plpgsql VOLATILE
 AS $$
 DECLARE
@@ -624,9 +779,20 @@ BEGIN
     IF v_queue_id IS NULL THEN
         v_queue_id := catbird._cb_queue_id(queue);  -- raises the clear error
     END IF;
+    IF deliveries IS NULL THEN
+        WITH deleted AS (
+            DELETE FROM catbird.cb_messages m
+            WHERE m.queue_id = v_queue_id AND m.id = ANY (ids)
+            RETURNING m.id
+        )
+        SELECT coalesce(array_agg(d.id ORDER BY d.id), '{}') INTO v_deleted FROM deleted d;
+        RETURN v_deleted;
+    END IF;
+    PERFORM catbird._cb_check_receipts(ids, deliveries);
     WITH deleted AS (
         DELETE FROM catbird.cb_messages m
-        WHERE m.queue_id = v_queue_id AND m.id = ANY (ids)
+        USING unnest(ids, cb_delete.deliveries) AS u(id, delivery)
+        WHERE m.queue_id = v_queue_id AND m.id = u.id AND m.id = ANY (ids) AND m.deliveries = u.delivery
         RETURNING m.id
     )
     SELECT coalesce(array_agg(d.id ORDER BY d.id), '{}') INTO v_deleted FROM deleted d;
@@ -634,11 +800,49 @@ BEGIN
 END
 $$;
 
--- Single form of cb_delete: true when the message was deleted. Errors as the
--- array form.
-CREATE FUNCTION catbird.cb_delete(queue text, id bigint) RETURNS boolean
+-- Single form of cb_delete: true when the message was deleted (with delivery:
+-- only while it is still at that delivery). Errors as the array form.
+CREATE FUNCTION catbird.cb_delete(queue text, id bigint, delivery int = NULL) RETURNS boolean
 LANGUAGE sql VOLATILE
-AS $$ SELECT cardinality(catbird.cb_delete(queue, ARRAY[id])) > 0 $$;
+AS $$
+    SELECT cardinality(catbird.cb_delete(queue, ARRAY[id], CASE WHEN delivery IS NOT NULL THEN ARRAY[delivery] END)) > 0
+$$;
+
+-- Moves up to quantity dead letters (all when NULL) of a dead-letter queue
+-- back to the queues they came from, oldest first, visible at once with
+-- deliveries reset to 0. Dead letters whose source queue no longer exists
+-- stay. Returns how many it moved. 42704 for an unknown queue; 22023 for an
+-- invalid name or quantity < 1.
+CREATE FUNCTION catbird.cb_redrive(dead_letter_queue text, quantity int = NULL) RETURNS bigint
+LANGUAGE plpgsql VOLATILE
+AS $$
+DECLARE
+    v_dlq_id int := catbird._cb_queue_id(dead_letter_queue);
+    v_now timestamptz := catbird.cb_now();
+    v_count bigint;
+BEGIN
+    IF quantity IS NOT NULL THEN
+        PERFORM catbird._cb_check_at_least('quantity', quantity, 1);
+    END IF;
+    -- Messages must not land in a queue being deleted: hold the sources' shared locks.
+    PERFORM catbird._cb_lock_definition('queue', q.name)
+    FROM catbird.cb_queues q
+    WHERE q.id IN (SELECT DISTINCT m.source_queue_id FROM catbird.cb_messages m
+                   WHERE m.queue_id = v_dlq_id AND m.source_queue_id IS NOT NULL)
+    ORDER BY q.name;
+    UPDATE catbird.cb_messages m
+    SET queue_id = m.source_queue_id, source_queue_id = NULL, source_deliveries = NULL,
+        deliveries = 0, visible_at = v_now
+    WHERE m.id IN (SELECT x.id FROM catbird.cb_messages x
+                   WHERE x.queue_id = v_dlq_id AND x.source_queue_id IS NOT NULL
+                     AND EXISTS (SELECT 1 FROM catbird.cb_queues q WHERE q.id = x.source_queue_id)
+                   ORDER BY x.id
+                   LIMIT quantity
+                   FOR UPDATE SKIP LOCKED);
+    GET DIAGNOSTICS v_count = ROW_COUNT;
+    RETURN v_count;
+END
+$$;
 
 -- Queue introspection (QueueInfo fields) for the given names, or all queues
 -- when names is NULL, by name. depth counts every message; visible those
@@ -646,12 +850,14 @@ AS $$ SELECT cardinality(catbird.cb_delete(queue, ARRAY[id])) > 0 $$;
 -- readable ones. Raises nothing.
 CREATE FUNCTION catbird._cb_queue_info(names text[])
 RETURNS TABLE (name text, description text, created_at timestamptz, expires_at timestamptz,
-               depth bigint, visible bigint, oldest_visible_at timestamptz)
+               depth bigint, visible bigint, oldest_visible_at timestamptz,
+               max_deliveries int, dead_letter_queue text)
 LANGUAGE sql VOLATILE
 AS $$
     WITH now AS (SELECT catbird.cb_now() AS ts)
     SELECT q.name, q.description, q.created_at, q.expires_at,
-           coalesce(s.depth, 0), coalesce(s.visible, 0), s.oldest_visible_at
+           coalesce(s.depth, 0), coalesce(s.visible, 0), s.oldest_visible_at,
+           q.max_deliveries, (SELECT d.name FROM catbird.cb_queues d WHERE d.id = q.dead_letter_queue_id)
     FROM catbird.cb_queues q
     CROSS JOIN now
     LEFT JOIN LATERAL (
@@ -668,17 +874,20 @@ AS $$
 $$;
 
 -- Every queue as QueueInfo (name, description, created_at, expires_at,
--- depth, visible, oldest_visible_at), by name. Raises nothing.
+-- depth, visible, oldest_visible_at, max_deliveries, dead_letter_queue), by
+-- name. Raises nothing.
 CREATE FUNCTION catbird.cb_list_queues()
 RETURNS TABLE (name text, description text, created_at timestamptz, expires_at timestamptz,
-               depth bigint, visible bigint, oldest_visible_at timestamptz)
+               depth bigint, visible bigint, oldest_visible_at timestamptz,
+               max_deliveries int, dead_letter_queue text)
 LANGUAGE sql VOLATILE
 AS $$ SELECT * FROM catbird._cb_queue_info(NULL) $$;
 
 -- One queue as QueueInfo; no row when it does not exist. Raises nothing.
 CREATE FUNCTION catbird.cb_get_queue(name text)
 RETURNS TABLE (name text, description text, created_at timestamptz, expires_at timestamptz,
-               depth bigint, visible bigint, oldest_visible_at timestamptz)
+               depth bigint, visible bigint, oldest_visible_at timestamptz,
+               max_deliveries int, dead_letter_queue text)
 LANGUAGE sql VOLATILE
 AS $$ SELECT * FROM catbird._cb_queue_info(ARRAY[name]) $$;
 -- catbird 30_topics: topic bindings and publish.
@@ -1067,6 +1276,13 @@ $$;
 --     parameter.
 --   * A run is finished when its status is terminal and its on-fail handling,
 --     if any, is over (completed or failed); only finished runs are purged.
+--     Every failed run is queued for on-fail handling; when the definition
+--     declares no on_fail handler, a queued (never claimed) one does not hold
+--     the purge back.
+--   * The retry policy: stored on the definition (each part NULL: not
+--     stored), overridden part by part by a fail call's arguments; defaults 0
+--     retries, backoff 100-2000 ms. A lapsed lease is an attempt: runs are
+--     capped at max_retries + 1 attempts (25 without a stored policy).
 --   * Each helper looks the definition up first, as the verbs did before they
 --     shared it, so errors come in the same order: 22023 for a bad name, 42704
 --     for an unknown definition, then 22023 for a bad argument.
@@ -1095,6 +1311,76 @@ BEGIN
         RAISE EXCEPTION 'invalid backoff_max: got %, expected at least backoff_min (% ms)',
             coalesce(backoff_max::text, 'NULL'), backoff_min
             USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+END
+$$;
+
+-- Checks a retry policy stored on a definition (cb_create_task, flow step
+-- keys): each part NULL (not stored) or max_retries >= 0, backoff_min >= 0,
+-- backoff_max not below backoff_min (100 ms when not stored). Returns nothing;
+-- 22023 for the first part out of range.
+CREATE FUNCTION catbird._cb_check_stored_policy(max_retries int, backoff_min int, backoff_max int) RETURNS void
+LANGUAGE plpgsql IMMUTABLE
+AS $$
+BEGIN
+    IF max_retries IS NOT NULL THEN
+        PERFORM catbird._cb_check_at_least('max_retries', max_retries, 0);
+    END IF;
+    IF backoff_min IS NOT NULL THEN
+        PERFORM catbird._cb_check_at_least('backoff_min', backoff_min, 0, ' ms');
+    END IF;
+    IF backoff_max IS NOT NULL AND backoff_max < coalesce(backoff_min, 100) THEN
+        RAISE EXCEPTION 'invalid backoff_max: got %, expected at least backoff_min (% ms%)',
+            backoff_max, coalesce(backoff_min, 100), CASE WHEN backoff_min IS NULL THEN ', the default' ELSE '' END
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+END
+$$;
+
+-- The retry policy a fail call acts under: each argument given overrides the
+-- definition's stored part; without either, 0 retries and a backoff of 100 to
+-- 2000 ms (backoff_max at least backoff_min). Checked with
+-- _cb_check_retry_policy: 22023 for a part out of range.
+CREATE FUNCTION catbird._cb_effective_policy(max_retries int, backoff_min int, backoff_max int,
+                                             stored_max_retries int, stored_backoff_min int, stored_backoff_max int,
+                                             OUT max_retries_out int, OUT backoff_min_out int, OUT backoff_max_out int)
+LANGUAGE plpgsql IMMUTABLE
+AS $$
+BEGIN
+    max_retries_out := coalesce(max_retries, stored_max_retries, 0);
+    backoff_min_out := coalesce(backoff_min, stored_backoff_min, 100);
+    backoff_max_out := coalesce(backoff_max, stored_backoff_max, greatest(2000, backoff_min_out));
+    PERFORM catbird._cb_check_retry_policy(max_retries_out, backoff_min_out, backoff_max_out);
+END
+$$;
+
+-- How many attempts a run (task run, step run or map item) whose lease keeps
+-- lapsing may use before the next claim or cb_gc fails it: max_retries + 1,
+-- or 25 without a stored policy. Raises nothing.
+CREATE FUNCTION catbird._cb_lease_cap(max_retries int) RETURNS int
+LANGUAGE sql IMMUTABLE PARALLEL SAFE
+AS $$ SELECT coalesce(max_retries + 1, 25) $$;
+
+-- The error_message of a run failed because its lease lapsed too often.
+-- Raises nothing.
+CREATE FUNCTION catbird._cb_lease_expired_error(attempts int) RETURNS text
+LANGUAGE sql IMMUTABLE PARALLEL SAFE
+AS $$
+    SELECT format('lease expired: attempt %s ended without a report from its worker (it crashed or stalled),'
+                  ' and no attempt is left', attempts)
+$$;
+
+-- Checks the new optional arguments of the fail calls and fenced calls:
+-- retryable not NULL, attempt NULL or >= 1. Returns nothing; 22023 otherwise.
+CREATE FUNCTION catbird._cb_check_fail_args(retryable boolean, attempt int) RETURNS void
+LANGUAGE plpgsql IMMUTABLE
+AS $$
+BEGIN
+    IF retryable IS NULL THEN
+        RAISE EXCEPTION 'invalid retryable: NULL (give true or false)' USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    IF attempt IS NOT NULL AND attempt < 1 THEN
+        PERFORM catbird._cb_check_at_least('attempt', attempt, 1);
     END IF;
 END
 $$;
@@ -1247,7 +1533,11 @@ BEGIN
         '    DELETE FROM catbird.%1$I r'
         '    WHERE r.id IN (SELECT x.id FROM catbird.%1$I x'
         '                   WHERE x.%2$I = $1 AND x.status = ANY ($2)'
-        '                     AND coalesce(x.on_fail_status, ''completed'') IN (''completed'', ''failed'')'
+        -- on-fail handling blocks the purge while it runs, or while it waits
+        -- for a handler the definition declares (on_fail)
+        '                     AND (coalesce(x.on_fail_status, ''completed'') IN (''completed'', ''failed'')'
+        '                          OR (x.on_fail_status = ''queued'''
+        '                              AND NOT (SELECT d.on_fail FROM catbird.%10$I d WHERE d.id = $1)))'
         '                     AND coalesce(x.%3$I, x.%4$I, x.%5$I, x.%6$I, x.%7$I, x.%8$I) <= $3'
         '                   %9$s)'
         '    RETURNING r.id)'
@@ -1255,7 +1545,8 @@ BEGIN
         v_layout.runs, v_layout.definition_column,
         v_layout.finished_at[1], v_layout.finished_at[2], v_layout.finished_at[3],
         v_layout.finished_at[4], v_layout.finished_at[5], v_layout.finished_at[6],
-        CASE WHEN lim IS NOT NULL THEN 'LIMIT $4 FOR UPDATE SKIP LOCKED' ELSE '' END)
+        CASE WHEN lim IS NOT NULL THEN 'LIMIT $4 FOR UPDATE SKIP LOCKED' ELSE '' END,
+        v_layout.definitions)
     INTO v_ids
     USING definition_id, v_layout.finished_statuses, finished_before, lim;
     FOREACH v_part IN ARRAY v_layout.parts LOOP
@@ -1392,32 +1683,57 @@ END
 $$;
 
 -- Records the outcome of the on-fail handler of a run whose on-fail claim is
--- started (cb_complete_task_on_fail, cb_fail_task_on_fail and their flow
--- forms): completed, or failed and queued again after retry_delay ms unless
--- retry_exhausted. Otherwise nothing changes. Returns nothing; 42704 for an
--- unknown definition; 22023 for an invalid name or a failure's retry_delay < 0.
+-- started, under on_fail_attempt when given (cb_complete_task_on_fail,
+-- cb_fail_task_on_fail and their flow forms): completed, or failed and queued
+-- again after retry_delay ms unless retry_exhausted. When the caller leaves
+-- them NULL, SQL decides: exhausted once on_fail_attempts > max_retries, delay
+-- a full-jitter backoff for the on-fail attempt, with the policy given or
+-- stored on the definition (tasks; flows store none: 0 retries, 100-2000 ms).
+-- Otherwise (a stale claim) nothing changes. Returns nothing; 42704 for an
+-- unknown definition; 22023 for an invalid name, on_fail_attempt < 1, a
+-- failure's retry_delay < 0 or an invalid policy.
 CREATE FUNCTION catbird._cb_end_on_fail(kind text, name text, run_id bigint, completed boolean,
                                         error_message text = NULL, retry_exhausted boolean = NULL,
-                                        retry_delay bigint = NULL)
+                                        retry_delay bigint = NULL, on_fail_attempt int = NULL,
+                                        max_retries int = NULL, backoff_min int = NULL, backoff_max int = NULL)
 RETURNS void
 LANGUAGE plpgsql VOLATILE
 AS $$
 DECLARE
     v_id int := catbird._cb_definition_id(kind, name);
     v_layout record := catbird._cb_run_layout(kind);
+    v_stored record;
+    v_policy record;
 BEGIN
-    IF NOT completed THEN
+    IF on_fail_attempt IS NOT NULL THEN
+        PERFORM catbird._cb_check_at_least('on_fail_attempt', on_fail_attempt, 1);
+    END IF;
+    IF NOT completed AND retry_delay IS NOT NULL THEN
         PERFORM catbird._cb_check_at_least('retry_delay', retry_delay, 0, ' ms');
     END IF;
+    IF kind = 'task' THEN
+        SELECT t.max_retries, t.backoff_min, t.backoff_max INTO v_stored FROM catbird.cb_tasks t WHERE t.id = v_id;
+    ELSE
+        SELECT NULL::int AS max_retries, NULL::int AS backoff_min, NULL::int AS backoff_max INTO v_stored;
+    END IF;
+    v_policy := catbird._cb_effective_policy(max_retries, backoff_min, backoff_max,
+                                             v_stored.max_retries, v_stored.backoff_min, v_stored.backoff_max);
     EXECUTE format(
         'UPDATE catbird.%I r'
-        ' SET on_fail_status = $1, on_fail_visible_at = coalesce($2, r.on_fail_visible_at), on_fail_error_message = $3'
-        ' WHERE r.id = $4 AND r.%I = $5 AND r.on_fail_status = ''started''',
+        ' SET on_fail_status = CASE WHEN $1 THEN ''completed'''
+        '                           WHEN coalesce($6, r.on_fail_attempts > $7) THEN ''failed'''
+        '                           ELSE ''queued'' END,'
+        '     on_fail_visible_at = CASE WHEN $1 THEN r.on_fail_visible_at'
+        '                               ELSE catbird.cb_now() + make_interval(secs => coalesce($8::double precision,'
+        '                                        catbird._cb_retry_delay(r.on_fail_attempts, $9, $10)) / 1000.0) END,'
+        '     on_fail_error_message = $3'
+        ' WHERE r.id = $4 AND r.%I = $5 AND r.on_fail_status = ''started'''
+        '   AND ($2::int IS NULL OR r.on_fail_attempts = $2)',
         v_layout.runs, v_layout.definition_column)
-    USING CASE WHEN completed THEN 'completed' WHEN retry_exhausted THEN 'failed' ELSE 'queued' END,
-          CASE WHEN NOT completed THEN catbird.cb_now() + make_interval(secs => retry_delay / 1000.0) END,
+    USING completed, on_fail_attempt,
           CASE WHEN NOT completed THEN coalesce(_cb_end_on_fail.error_message, 'unknown error') END,
-          run_id, v_id;
+          run_id, v_id, retry_exhausted, v_policy.max_retries_out, retry_delay,
+          v_policy.backoff_min_out, v_policy.backoff_max_out;
 END
 $$;
 -- catbird 40_tasks: task definitions and their runs.
@@ -1434,7 +1750,11 @@ $$;
 --   * Creating a task again with the same definition is a no-op; a different
 --     one replaces it only while no run is queued or started (55006).
 --   * A condition that is false for the input makes the run skipped at creation.
---   * A concurrency key is held by at most one queued or started run of a task.
+--   * A concurrency key is held by at most one queued or started run of a task;
+--     a queued run past its expires_at is expired before a new run looks for
+--     the key's holder, so an expired run never holds its key.
+--   * The retry policy (max_retries, backoff_min, backoff_max) is stored on the
+--     definition; fail calls and lease lapses use it (45_task_worker).
 --   * Status changes are announced through cb_notify (80_events).
 
 CREATE TABLE catbird.cb_tasks (
@@ -1445,7 +1765,11 @@ CREATE TABLE catbird.cb_tasks (
     condition_expr   jsonb,
     retention_period interval,
     on_fail          boolean NOT NULL DEFAULT false,
-    created_at       timestamptz NOT NULL
+    created_at       timestamptz NOT NULL,
+    -- the retry policy (NULL: none stored; see 38_runs)
+    max_retries      int,
+    backoff_min      int,
+    backoff_max      int
 );
 
 CREATE SEQUENCE catbird.cb_task_runs_id_seq AS bigint;
@@ -1476,7 +1800,8 @@ CREATE TABLE catbird.cb_task_runs (
     on_fail_error_message text,
     input                jsonb NOT NULL,
     headers              jsonb,
-    output               jsonb
+    output               jsonb,
+    error_detail         text
 ) WITH (autovacuum_vacuum_scale_factor = 0.02, autovacuum_vacuum_insert_scale_factor = 0.02);
 ALTER SEQUENCE catbird.cb_task_runs_id_seq OWNED BY catbird.cb_task_runs.id;
 
@@ -1517,12 +1842,16 @@ END
 $$;
 
 -- Creates a task. Creating it again with the same definition (description,
--- condition, retention_period, on_fail) is a no-op; a different one replaces
--- it while no run is queued or started. Announces catbird.task.created.
--- Returns nothing. 22023 for an invalid name, a malformed condition or a
--- negative retention_period; 55006 when runs are active.
+-- condition, retention_period, on_fail, retry policy) is a no-op; a different
+-- one replaces it while no run is queued or started. The retry policy
+-- (max_retries, backoff_min, backoff_max ms; NULL: not stored) is used by
+-- fail calls that do not give their own and caps lapsed leases at
+-- max_retries + 1 attempts. Announces catbird.task.created. Returns nothing.
+-- 22023 for an invalid name, a malformed condition, a negative
+-- retention_period or an invalid retry policy; 55006 when runs are active.
 CREATE FUNCTION catbird.cb_create_task(name text, description text = NULL, condition text = NULL,
-                                       retention_period interval = NULL, on_fail boolean = false)
+                                       retention_period interval = NULL, on_fail boolean = false,
+                                       max_retries int = NULL, backoff_min int = NULL, backoff_max int = NULL)
 RETURNS void
 LANGUAGE plpgsql VOLATILE
 AS $$
@@ -1535,17 +1864,22 @@ BEGIN
         v_expr := catbird._cb_parse_condition(condition, ARRAY['input']);
     END IF;
     PERFORM catbird._cb_check_retention(retention_period);
+    PERFORM catbird._cb_check_stored_policy(max_retries, backoff_min, backoff_max);
     PERFORM catbird._cb_lock_definition('task', name, exclusive => true);
     SELECT * INTO v_existing FROM catbird.cb_tasks t WHERE t.name = cb_create_task.name;
     IF v_existing.id IS NULL THEN
-        INSERT INTO catbird.cb_tasks (name, description, condition, condition_expr, retention_period, on_fail, created_at)
+        INSERT INTO catbird.cb_tasks (name, description, condition, condition_expr, retention_period, on_fail, created_at,
+                                      max_retries, backoff_min, backoff_max)
         VALUES (cb_create_task.name, cb_create_task.description, cb_create_task.condition, v_expr,
-                cb_create_task.retention_period, coalesce(cb_create_task.on_fail, false), catbird.cb_now());
+                cb_create_task.retention_period, coalesce(cb_create_task.on_fail, false), catbird.cb_now(),
+                cb_create_task.max_retries, cb_create_task.backoff_min, cb_create_task.backoff_max);
         PERFORM catbird._cb_notify('catbird.task.created', name);
         RETURN;
     END IF;
-    IF (v_existing.description, v_existing.condition, v_existing.retention_period, v_existing.on_fail)
-       IS NOT DISTINCT FROM (description, condition, retention_period, coalesce(on_fail, false)) THEN
+    IF (v_existing.description, v_existing.condition, v_existing.retention_period, v_existing.on_fail,
+        v_existing.max_retries, v_existing.backoff_min, v_existing.backoff_max)
+       IS NOT DISTINCT FROM (description, condition, retention_period, coalesce(on_fail, false),
+                             max_retries, backoff_min, backoff_max) THEN
         RETURN;  -- same definition: nothing to do
     END IF;
     IF EXISTS (SELECT 1 FROM catbird.cb_task_runs r
@@ -1557,7 +1891,8 @@ BEGIN
     UPDATE catbird.cb_tasks t
     SET description = cb_create_task.description, condition = cb_create_task.condition,
         condition_expr = v_expr, retention_period = cb_create_task.retention_period,
-        on_fail = coalesce(cb_create_task.on_fail, false)
+        on_fail = coalesce(cb_create_task.on_fail, false), max_retries = cb_create_task.max_retries,
+        backoff_min = cb_create_task.backoff_min, backoff_max = cb_create_task.backoff_max
     WHERE t.id = v_existing.id;
 END
 $$;
@@ -1607,6 +1942,11 @@ BEGIN
         END IF;
         RETURN v_ids;
     END IF;
+    -- Expired runs hold nothing: queued holders of these keys past their
+    -- expires_at become expired (as a claim or cb_gc would) before deduplicating.
+    UPDATE catbird.cb_task_runs r SET status = 'expired', expired_at = v_now
+    WHERE r.task_id = task.id AND r.concurrency_key = ANY (concurrency_keys)
+      AND r.status = 'queued' AND r.expires_at <= v_now;
     WITH evaluated AS (
         SELECT u.ord, u.input, u.concurrency_key, u.headers,
                nextval('catbird.cb_task_runs_id_seq') AS new_id,
@@ -1784,20 +2124,22 @@ LANGUAGE sql VOLATILE
 AS $$ SELECT catbird._cb_clear_runs('task', catbird._cb_definition_id('task', cb_clear_task_runs.name)) $$;
 
 -- Every task as TaskInfo (name, description, condition, retention_period,
--- on_fail, created_at), by name. Raises nothing.
+-- on_fail, created_at, max_retries, backoff_min, backoff_max), by name.
+-- Raises nothing.
 CREATE FUNCTION catbird.cb_list_tasks()
 RETURNS TABLE (name text, description text, condition text, retention_period interval,
-               on_fail boolean, created_at timestamptz)
+               on_fail boolean, created_at timestamptz, max_retries int, backoff_min int, backoff_max int)
 LANGUAGE sql STABLE
 AS $$
-    SELECT t.name, t.description, t.condition, t.retention_period, t.on_fail, t.created_at
+    SELECT t.name, t.description, t.condition, t.retention_period, t.on_fail, t.created_at,
+           t.max_retries, t.backoff_min, t.backoff_max
     FROM catbird.cb_tasks t ORDER BY t.name
 $$;
 
 -- One task as TaskInfo; no row when it does not exist. Raises nothing.
 CREATE FUNCTION catbird.cb_get_task(name text)
 RETURNS TABLE (name text, description text, condition text, retention_period interval,
-               on_fail boolean, created_at timestamptz)
+               on_fail boolean, created_at timestamptz, max_retries int, backoff_min int, backoff_max int)
 LANGUAGE sql STABLE
 AS $$ SELECT * FROM catbird.cb_list_tasks() t WHERE t.name = $1 $$;
 
@@ -1807,7 +2149,7 @@ CREATE TYPE catbird.cb_task_run_info AS (
     created_at timestamptz, visible_at timestamptz, expires_at timestamptz,
     started_at timestamptz, completed_at timestamptz, failed_at timestamptz, skipped_at timestamptz,
     expired_at timestamptz, cancel_requested_at timestamptz, canceled_at timestamptz,
-    on_fail_status text, on_fail_attempts int, on_fail_error_message text
+    on_fail_status text, on_fail_attempts int, on_fail_error_message text, error_detail text
 );
 
 -- Every run of a task as cb_task_run_info (TaskRunInfo fields); an inlinable
@@ -1820,7 +2162,7 @@ AS $$
     SELECT r.id, task_name, r.status, r.priority, r.attempts, r.concurrency_key, r.input, r.headers,
            r.output, r.error_message, r.cancel_reason, r.created_at, r.visible_at, r.expires_at,
            r.started_at, r.completed_at, r.failed_at, r.skipped_at, r.expired_at, r.cancel_requested_at,
-           r.canceled_at, r.on_fail_status, r.on_fail_attempts, r.on_fail_error_message
+           r.canceled_at, r.on_fail_status, r.on_fail_attempts, r.on_fail_error_message, r.error_detail
     FROM catbird.cb_task_runs r
     WHERE r.task_id = $1
 $$;
@@ -1847,7 +2189,7 @@ $$;
 -- catbird 45_task_worker: the worker protocol for task runs.
 --
 -- Owns: cb_claim_tasks, cb_hide_tasks, cb_complete_tasks, cb_complete_task,
--- cb_fail_task, and the on-fail lane: cb_claim_task_on_fail,
+-- cb_fail_task, cb_retry_task_run, and the on-fail lane: cb_claim_task_on_fail,
 -- cb_complete_task_on_fail, cb_fail_task_on_fail. Writes cb_task_runs.
 -- Guarantees:
 --   * A run is claimable while it is queued, or started with its lease
@@ -1858,7 +2200,15 @@ $$;
 --     and fail given an attempt act only on the run still started under that
 --     attempt, so a stale worker cannot overwrite a newer claim's outcome.
 --   * The retry decision is made here: cb_fail_task re-queues with a full-jitter
---     delay while attempts <= max_retries, else the run is failed for good.
+--     delay while attempts <= max_retries (the policy given, else the one stored
+--     on the task) and the failure is retryable, else the run is failed for good.
+--   * A lapsed lease is an attempt: a started run whose lease lapsed after
+--     max_retries + 1 attempts (25 without a stored policy) is failed by the
+--     next claim (or cb_gc) with a "lease expired" error, never claimed again.
+--   * Every run that ends failed is queued for on-fail handling, whatever the
+--     task's flags; on-fail outcomes are fenced by on_fail_attempt and their
+--     retry delay is decided in SQL when the caller does not give one.
+--   * cb_retry_task_run puts a failed, canceled or expired run back to queued.
 --   * A queued run past its expires_at becomes expired when a claim meets it
 --     and is never handed out.
 --   * Claims, completions, failures and lease renewal are static SQL (cached
@@ -1868,7 +2218,9 @@ $$;
 -- lease (visible_at) lapsed, highest priority first, then oldest. Each claim
 -- increments attempts (the fencing token) and holds the run for hide_for ms;
 -- concurrent claims skip each other's rows. Queued runs past expires_at met
--- on the way become expired and do not count. Returns the claims
+-- on the way become expired, and lapsed runs that used their attempts (see
+-- _cb_lease_cap) fail with a "lease expired" error (on-fail queued,
+-- catbird.task.failed announced); neither counts. Returns the claims
 -- (cb_task_claim) by priority, then id. 42704 for an unknown task; 22023 for
 -- an invalid name, quantity < 1 or hide_for < 1.
 CREATE FUNCTION catbird.cb_claim_tasks(name text, quantity int, hide_for int)
@@ -1881,20 +2233,25 @@ DECLARE
     v_wanted int := quantity;
     v_claims catbird.cb_task_claim[];
     v_expired int;
+    v_failed bigint[];
+    v_max_retries int;
+    v_cap int;
 BEGIN
     PERFORM catbird._cb_check_at_least('quantity', quantity, 1);
     PERFORM catbird._cb_check_at_least('hide_for', hide_for, 1, ' ms');
-    SELECT t.id INTO v_task_id FROM catbird.cb_tasks t WHERE t.name = cb_claim_tasks.name;
+    SELECT t.id, t.max_retries INTO v_task_id, v_max_retries FROM catbird.cb_tasks t WHERE t.name = cb_claim_tasks.name;
     IF v_task_id IS NULL THEN
         v_task_id := (catbird._cb_task(name)).id;  -- raises the clear error
     END IF;
+    v_cap := catbird._cb_lease_cap(v_max_retries);
     v_now := catbird.cb_now();
     -- Expired runs met on the way are retired (they leave the claim index) and
     -- do not count against quantity: claim again until it is filled or no
     -- expired run was met.
     LOOP
         WITH candidates AS (
-            SELECT r.id, (r.status = 'queued' AND coalesce(r.expires_at <= v_now, false)) AS expired
+            SELECT r.id, (r.status = 'queued' AND coalesce(r.expires_at <= v_now, false)) AS expired,
+                   (r.status = 'started' AND r.attempts >= v_cap) AS exhausted
             FROM catbird.cb_task_runs r
             WHERE r.task_id = v_task_id
               AND r.status IN ('queued', 'started')
@@ -1904,22 +2261,31 @@ BEGIN
             FOR UPDATE SKIP LOCKED
         ), claimed AS (
             UPDATE catbird.cb_task_runs r
-            SET status = CASE WHEN c.expired THEN 'expired' ELSE 'started' END,
-                attempts = r.attempts + CASE WHEN c.expired THEN 0 ELSE 1 END,
-                started_at = CASE WHEN c.expired THEN r.started_at ELSE v_now END,
+            SET status = CASE WHEN c.expired THEN 'expired' WHEN c.exhausted THEN 'failed' ELSE 'started' END,
+                attempts = r.attempts + CASE WHEN c.expired OR c.exhausted THEN 0 ELSE 1 END,
+                started_at = CASE WHEN c.expired OR c.exhausted THEN r.started_at ELSE v_now END,
                 expired_at = CASE WHEN c.expired THEN v_now END,
-                visible_at = CASE WHEN c.expired THEN r.visible_at
-                                  ELSE v_now + make_interval(secs => hide_for / 1000.0) END
+                visible_at = CASE WHEN c.expired OR c.exhausted THEN r.visible_at
+                                  ELSE v_now + make_interval(secs => hide_for / 1000.0) END,
+                failed_at = CASE WHEN c.exhausted THEN v_now ELSE r.failed_at END,
+                error_message = CASE WHEN c.exhausted THEN catbird._cb_lease_expired_error(r.attempts)
+                                     ELSE r.error_message END,
+                on_fail_status = CASE WHEN c.exhausted THEN 'queued' ELSE r.on_fail_status END,
+                on_fail_visible_at = CASE WHEN c.exhausted THEN v_now ELSE r.on_fail_visible_at END
             FROM candidates c
             WHERE r.id = c.id
-            RETURNING r.id, r.attempts, r.input, r.headers, r.concurrency_key, r.priority, c.expired
+            RETURNING r.id, r.attempts, r.input, r.headers, r.concurrency_key, r.priority, c.expired, c.exhausted
         )
         SELECT coalesce(array_agg(ROW(c.id, c.attempts, c.input, c.headers, c.concurrency_key, c.priority)::catbird.cb_task_claim
-                                  ORDER BY c.priority DESC, c.id) FILTER (WHERE NOT c.expired), '{}'),
-               count(*) FILTER (WHERE c.expired)
-        INTO v_claims, v_expired
+                                  ORDER BY c.priority DESC, c.id) FILTER (WHERE NOT (c.expired OR c.exhausted)), '{}'),
+               count(*) FILTER (WHERE c.expired OR c.exhausted),
+               array_agg(c.id ORDER BY c.id) FILTER (WHERE c.exhausted)
+        INTO v_claims, v_expired, v_failed
         FROM claimed c;
         RETURN QUERY SELECT * FROM unnest(v_claims);
+        IF v_failed IS NOT NULL THEN
+            PERFORM catbird._cb_notify('catbird.task.failed', f::text) FROM unnest(v_failed) AS f;
+        END IF;
         v_wanted := v_wanted - cardinality(v_claims);
         EXIT WHEN v_expired = 0 OR v_wanted = 0;
     END LOOP;
@@ -1996,30 +2362,39 @@ $$;
 
 -- Records a failure of a started run (under attempt, when given): re-queued
 -- with a full-jitter delay in [backoff_min, min(backoff_max, backoff_min *
--- 2^(attempts - 1))] ms while attempts <= max_retries, else failed for good
--- (queued for its on-fail handler when the task has on_fail; announces
--- catbird.task.failed). Returns 'queued', 'failed', or NULL for a stale call.
--- 42704 for an unknown task; 22023 for an invalid name or retry policy.
+-- 2^(attempts - 1))] ms while attempts <= max_retries and retryable, else
+-- failed for good (queued for on-fail handling; announces
+-- catbird.task.failed). Policy arguments left NULL come from the task's stored
+-- policy (default 0 retries, 100-2000 ms). error_detail (e.g. a traceback) is
+-- stored beside error_message. Returns 'queued', 'failed', or NULL for a stale
+-- call. 42704 for an unknown task; 22023 for an invalid name, retry policy or
+-- a NULL retryable.
 CREATE FUNCTION catbird.cb_fail_task(name text, run_id bigint, error_message text, attempt int = NULL,
-                                     max_retries int = 0, backoff_min int = 100, backoff_max int = 2000)
+                                     max_retries int = NULL, backoff_min int = NULL, backoff_max int = NULL,
+                                     retryable boolean = true, error_detail text = NULL)
 RETURNS text
 LANGUAGE plpgsql VOLATILE
 AS $$
 DECLARE
     v_task catbird.cb_tasks := catbird._cb_task(name);
     v_now timestamptz := catbird.cb_now();
+    v_policy record;
     v_status text;
 BEGIN
-    PERFORM catbird._cb_check_retry_policy(max_retries, backoff_min, backoff_max);
+    v_policy := catbird._cb_effective_policy(max_retries, backoff_min, backoff_max,
+                                             v_task.max_retries, v_task.backoff_min, v_task.backoff_max);
+    PERFORM catbird._cb_check_fail_args(retryable, NULL);
     UPDATE catbird.cb_task_runs r
-    SET status = CASE WHEN r.attempts <= max_retries THEN 'queued' ELSE 'failed' END,
-        visible_at = CASE WHEN r.attempts <= max_retries
-                          THEN v_now + make_interval(secs => catbird._cb_retry_delay(r.attempts, backoff_min, backoff_max) / 1000.0)
+    SET status = CASE WHEN retryable AND r.attempts <= v_policy.max_retries_out THEN 'queued' ELSE 'failed' END,
+        visible_at = CASE WHEN retryable AND r.attempts <= v_policy.max_retries_out
+                          THEN v_now + make_interval(secs => catbird._cb_retry_delay(
+                                   r.attempts, v_policy.backoff_min_out, v_policy.backoff_max_out) / 1000.0)
                           ELSE r.visible_at END,
-        failed_at = CASE WHEN r.attempts <= max_retries THEN NULL ELSE v_now END,
+        failed_at = CASE WHEN retryable AND r.attempts <= v_policy.max_retries_out THEN NULL ELSE v_now END,
         error_message = coalesce(cb_fail_task.error_message, 'unknown error'),
-        on_fail_status = CASE WHEN r.attempts > max_retries AND v_task.on_fail THEN 'queued' END,
-        on_fail_visible_at = CASE WHEN r.attempts > max_retries AND v_task.on_fail THEN v_now END
+        error_detail = cb_fail_task.error_detail,
+        on_fail_status = CASE WHEN retryable AND r.attempts <= v_policy.max_retries_out THEN NULL ELSE 'queued' END,
+        on_fail_visible_at = CASE WHEN retryable AND r.attempts <= v_policy.max_retries_out THEN NULL ELSE v_now END
     WHERE r.id = run_id AND r.task_id = v_task.id AND r.status = 'started'
       AND (attempt IS NULL OR r.attempts = attempt)
     RETURNING r.status INTO v_status;
@@ -2027,6 +2402,48 @@ BEGIN
         PERFORM catbird._cb_notify('catbird.task.failed', run_id::text);
     END IF;
     RETURN v_status;
+END
+$$;
+
+-- Puts a failed, canceled or expired run back to queued, visible now:
+-- attempts restart at 0; output, errors, end times and on-fail state are
+-- cleared (an expires_at already passed is dropped). Announces
+-- catbird.task.queued. Returns true when re-queued; false when the run does
+-- not exist, is in another status, or its concurrency key is held by another
+-- queued or started run. 42704 for an unknown task; 22023 for an invalid name.
+CREATE FUNCTION catbird.cb_retry_task_run(name text, run_id bigint) RETURNS boolean
+LANGUAGE plpgsql VOLATILE
+AS $$
+DECLARE
+    v_task catbird.cb_tasks := catbird._cb_task(name);
+    v_now timestamptz := catbird.cb_now();
+    v_run catbird.cb_task_runs;
+BEGIN
+    SELECT * INTO v_run FROM catbird.cb_task_runs r
+    WHERE r.id = run_id AND r.task_id = v_task.id AND r.status IN ('failed', 'canceled', 'expired')
+    FOR UPDATE;
+    IF v_run.id IS NULL THEN
+        RETURN false;
+    END IF;
+    IF v_run.concurrency_key IS NOT NULL AND EXISTS (
+           SELECT 1 FROM catbird.cb_task_runs r
+           WHERE r.task_id = v_task.id AND r.concurrency_key = v_run.concurrency_key
+             AND r.status IN ('queued', 'started')) THEN
+        RETURN false;
+    END IF;
+    BEGIN
+        UPDATE catbird.cb_task_runs r
+        SET status = 'queued', attempts = 0, visible_at = v_now, output = NULL, error_message = NULL,
+            error_detail = NULL, started_at = NULL, completed_at = NULL, failed_at = NULL, expired_at = NULL,
+            canceled_at = NULL, cancel_requested_at = NULL, cancel_reason = NULL,
+            expires_at = CASE WHEN r.expires_at <= v_now THEN NULL ELSE r.expires_at END,
+            on_fail_status = NULL, on_fail_attempts = 0, on_fail_visible_at = NULL, on_fail_error_message = NULL
+        WHERE r.id = v_run.id;
+    EXCEPTION WHEN unique_violation THEN
+        RETURN false;  -- a run holding the key committed meanwhile
+    END;
+    PERFORM catbird._cb_notify('catbird.task.queued', v_task.name);
+    RETURN true;
 END
 $$;
 
@@ -2071,24 +2488,36 @@ END
 $$;
 
 -- Records that the on-fail handler of a run succeeded; acts only on a run whose
--- on-fail claim is started. Returns nothing; 42704 for an unknown task, 22023
--- for an invalid name.
-CREATE FUNCTION catbird.cb_complete_task_on_fail(name text, run_id bigint) RETURNS void
+-- on-fail claim is started (under on_fail_attempt, the on_fail_attempts its
+-- claim returned, when given). Returns nothing; 42704 for an unknown task,
+-- 22023 for an invalid name or on_fail_attempt < 1.
+CREATE FUNCTION catbird.cb_complete_task_on_fail(name text, run_id bigint, on_fail_attempt int = NULL) RETURNS void
 LANGUAGE sql VOLATILE
-AS $$ SELECT catbird._cb_end_on_fail('task', cb_complete_task_on_fail.name, run_id, completed => true) $$;
+AS $$
+    SELECT catbird._cb_end_on_fail('task', cb_complete_task_on_fail.name, run_id, completed => true,
+                                   on_fail_attempt => on_fail_attempt)
+$$;
 
 -- Records that the on-fail handler of a run failed: claimable again after
--- retry_delay ms, or failed for good when retry_exhausted. Acts only on a run
--- whose on-fail claim is started. Returns nothing; 42704 for an unknown task,
--- 22023 for an invalid name or retry_delay < 0.
+-- retry_delay ms, or failed for good when retry_exhausted. Left NULL, SQL
+-- decides both from the policy given (max_retries, backoff_min, backoff_max)
+-- or stored on the task: exhausted once on_fail_attempts > max_retries, a
+-- full-jitter delay otherwise. Acts only on a run whose on-fail claim is
+-- started (under on_fail_attempt, when given). Returns nothing; 42704 for an
+-- unknown task, 22023 for an invalid name, retry_delay < 0, on_fail_attempt
+-- < 1 or an invalid policy.
 CREATE FUNCTION catbird.cb_fail_task_on_fail(name text, run_id bigint, error_message text,
-                                             retry_exhausted boolean, retry_delay bigint)
+                                             retry_exhausted boolean = NULL, retry_delay bigint = NULL,
+                                             on_fail_attempt int = NULL, max_retries int = NULL,
+                                             backoff_min int = NULL, backoff_max int = NULL)
 RETURNS void
 LANGUAGE sql VOLATILE
 AS $$
     SELECT catbird._cb_end_on_fail('task', cb_fail_task_on_fail.name, run_id, completed => false,
                                    error_message => cb_fail_task_on_fail.error_message,
-                                   retry_exhausted => retry_exhausted, retry_delay => retry_delay)
+                                   retry_exhausted => retry_exhausted, retry_delay => retry_delay,
+                                   on_fail_attempt => on_fail_attempt, max_retries => max_retries,
+                                   backoff_min => backoff_min, backoff_max => backoff_max)
 $$;
 -- catbird 50_flow_tables: the tables and types of flows (DAGs of steps) and their runs.
 --
@@ -2113,6 +2542,12 @@ $$;
 --   * cb_cancel_flow is two-phase: waiting and queued work is canceled at
 --     once; the run stays canceling until started work reports back (or its
 --     lease lapses and cb_gc finalizes it), then it is canceled.
+--   * A lapsed lease is an attempt: a step run or map item whose lease lapsed
+--     after its step's max_retries + 1 attempts (25 without a stored policy)
+--     fails the flow run with a "lease expired" error at the next claim of
+--     that step (or cb_gc) instead of being claimed again.
+--   * Every failed flow run is queued for on-fail handling, whatever the
+--     flow's flags.
 --   * Step runs and map items carry flow_id and step_name, so the claim
 --     indexes (flow_id, step_name, priority DESC, visible_at, id) serve a
 --     worker's claims for one step without joining the definitions.
@@ -2141,6 +2576,10 @@ CREATE TABLE catbird.cb_flow_steps (
     reduce_source  text,
     depends_on     text[] NOT NULL,
     ignore_output  text[] NOT NULL,
+    -- the step's retry policy (NULL: not stored; see 38_runs), also its items'
+    max_retries    int,
+    backoff_min    int,
+    backoff_max    int,
     PRIMARY KEY (flow_id, name)
 );
 
@@ -2209,10 +2648,19 @@ CREATE TABLE catbird.cb_step_runs (
     error_message   text,
     signal_input    jsonb,
     output          jsonb,
+    error_detail    text,
+    -- a generator's items: the attempt that spawned last and how many items
+    -- (from index 0) that attempt has produced, so a resumed generator that
+    -- produces its items again adds none twice
+    spawn_attempt   int,
+    spawn_cursor    int NOT NULL DEFAULT 0,
     UNIQUE (flow_run_id, step_name)
 ) WITH (autovacuum_vacuum_scale_factor = 0.02);
 CREATE INDEX cb_step_runs_claim_idx ON catbird.cb_step_runs (flow_id, step_name, priority DESC, visible_at, id)
     WHERE status IN ('queued', 'started');
+-- in-flight step runs by lease end: a claim finds lapsed ones that used their attempts
+CREATE INDEX cb_step_runs_lease_idx ON catbird.cb_step_runs (flow_id, step_name, visible_at)
+    WHERE status = 'started';
 
 CREATE TABLE catbird.cb_map_tasks (
     id            bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
@@ -2232,10 +2680,13 @@ CREATE TABLE catbird.cb_map_tasks (
     error_message text,
     item          jsonb NOT NULL,
     output        jsonb,
+    error_detail  text,
     UNIQUE (step_run_id, idx)
 ) WITH (autovacuum_vacuum_scale_factor = 0.02);
 CREATE INDEX cb_map_tasks_claim_idx ON catbird.cb_map_tasks (flow_id, step_name, priority DESC, visible_at, id)
     WHERE status IN ('queued', 'started');
+CREATE INDEX cb_map_tasks_lease_idx ON catbird.cb_map_tasks (flow_id, step_name, visible_at)
+    WHERE status = 'started';
 
 CREATE TYPE catbird.cb_step_claim AS (
     id           bigint,
@@ -2301,7 +2752,9 @@ $$;
 -- fixed shape), raising 22023 with a precise message for the first problem:
 -- not an array, empty, a step that is not an object, an invalid, reserved or
 -- duplicate name, an unknown or repeated dependency, a bad signal, step_type,
--- map or reduce source or ignore_output, a malformed condition, a cycle.
+-- map or reduce source or ignore_output, a malformed condition, a cycle, a
+-- retry policy key (max_retries, backoff_min, backoff_max: whole numbers,
+-- kept in the normalized step only when given) out of range.
 CREATE FUNCTION catbird._cb_normalize_flow_steps(flow_name text, steps jsonb) RETURNS jsonb
 LANGUAGE plpgsql IMMUTABLE
 AS $$
@@ -2315,6 +2768,7 @@ DECLARE
     v_ignore text[];
     v_cycle text;
     v_dep jsonb;
+    v_key text;
 BEGIN
     IF steps IS NULL OR jsonb_typeof(steps) <> 'array' THEN
         RAISE EXCEPTION 'invalid steps for flow "%": expected a JSON array of step objects', flow_name
@@ -2417,6 +2871,17 @@ BEGIN
                 v_step ->> 'condition',
                 ARRAY['input'] || CASE WHEN (v_step ->> 'signal')::boolean THEN ARRAY['signal'] ELSE '{}' END || v_deps);
         END IF;
+        FOREACH v_key IN ARRAY ARRAY['max_retries', 'backoff_min', 'backoff_max'] LOOP
+            IF jsonb_typeof(v_step -> v_key) NOT IN ('number', 'null')
+               OR (jsonb_typeof(v_step -> v_key) = 'number'
+                   AND ((v_step ->> v_key)::numeric <> trunc((v_step ->> v_key)::numeric)
+                        OR abs((v_step ->> v_key)::numeric) > 2147483647)) THEN
+                RAISE EXCEPTION 'invalid % of step "%": expected a whole number, got %', v_key, v_name, v_step -> v_key
+                    USING ERRCODE = 'invalid_parameter_value';
+            END IF;
+        END LOOP;
+        PERFORM catbird._cb_check_stored_policy((v_step ->> 'max_retries')::int, (v_step ->> 'backoff_min')::int,
+                                                (v_step ->> 'backoff_max')::int);
         v_normalized := v_normalized || jsonb_build_array(jsonb_build_object(
             'name', v_name,
             'description', v_step ->> 'description',
@@ -2427,7 +2892,11 @@ BEGIN
             'reduce_source_step_name', v_step ->> 'reduce_source_step_name',
             'depends_on', (SELECT coalesce(jsonb_agg(jsonb_build_object('name', d) ORDER BY o), '[]')
                            FROM unnest(v_deps) WITH ORDINALITY AS x(d, o)),
-            'ignore_output', to_jsonb(v_ignore)));
+            'ignore_output', to_jsonb(v_ignore))
+            -- the retry policy keys only when given, so definitions without one keep their shape
+            || jsonb_strip_nulls(jsonb_build_object('max_retries', v_step -> 'max_retries',
+                                                    'backoff_min', v_step -> 'backoff_min',
+                                                    'backoff_max', v_step -> 'backoff_max')));
     END LOOP;
 
     -- Cycle check: walk the dependency edges from every step; coming back to
@@ -2518,7 +2987,8 @@ BEGIN
     END IF;
 
     INSERT INTO catbird.cb_flow_steps (flow_id, name, position, description, step_type, signal, condition,
-                                       condition_expr, map_source, reduce_source, depends_on, ignore_output)
+                                       condition_expr, map_source, reduce_source, depends_on, ignore_output,
+                                       max_retries, backoff_min, backoff_max)
     SELECT v_id, s ->> 'name', o, s ->> 'description', s ->> 'step_type', (s ->> 'signal')::boolean,
            s ->> 'condition',
            CASE WHEN s ->> 'condition' IS NOT NULL THEN
@@ -2527,7 +2997,8 @@ BEGIN
            END,
            s ->> 'map_source_step_name', s ->> 'reduce_source_step_name',
            ARRAY(SELECT d ->> 'name' FROM jsonb_array_elements(s -> 'depends_on') d),
-           ARRAY(SELECT jsonb_array_elements_text(s -> 'ignore_output'))
+           ARRAY(SELECT jsonb_array_elements_text(s -> 'ignore_output')),
+           (s ->> 'max_retries')::int, (s ->> 'backoff_min')::int, (s ->> 'backoff_max')::int
     FROM jsonb_array_elements(v_steps) WITH ORDINALITY AS x(s, o);
 END
 $$;
@@ -2562,7 +3033,8 @@ AS $$ SELECT * FROM catbird.cb_list_flows() f WHERE f.name = $1 $$;
 -- Owns: the internal transitions every flow verb shares: step outputs as
 -- consumers see them, dependency resolution, _cb_advance_flow_run (skip, wait
 -- for signal, fan out, queue; finish the run), failing and cancelling a run's
--- open work, _cb_lock_flow_run. Writes cb_flow_runs, cb_step_runs and
+-- open work, failing lapsed work past its attempts (_cb_fail_lapsed_work),
+-- _cb_lock_flow_run. Writes cb_flow_runs, cb_step_runs and
 -- cb_map_tasks; callers hold the flow run's row lock.
 -- Guarantees:
 --   * Conditions are evaluated here, when a step becomes ready, never by a
@@ -2630,8 +3102,9 @@ $$;
 
 -- Fails a flow run because of step_name (NULL: no output candidate): records
 -- the error and the failed step's input, signal input and attempts, queues
--- on-fail handling when the flow has on_fail, cancels all open work and
--- announces catbird.flow.failed. Returns nothing; raises nothing.
+-- on-fail handling (for every failed run, whatever the flow's flags), cancels
+-- all open work and announces catbird.flow.failed. Returns nothing; raises
+-- nothing.
 CREATE FUNCTION catbird._cb_fail_flow_run(flow_run_id bigint, step_name text, error_message text,
                                           step_input jsonb, signal_input jsonb, step_attempts int)
 RETURNS void
@@ -2644,10 +3117,8 @@ BEGIN
     SET status = 'failed', failed_at = v_now, error_message = _cb_fail_flow_run.error_message,
         failed_step_name = step_name, failed_step_input = step_input, failed_step_signal_input = signal_input,
         failed_step_attempts = step_attempts,
-        on_fail_status = CASE WHEN f.on_fail THEN 'queued' END,
-        on_fail_visible_at = CASE WHEN f.on_fail THEN v_now END
-    FROM catbird.cb_flows f
-    WHERE r.id = flow_run_id AND f.id = r.flow_id;
+        on_fail_status = 'queued', on_fail_visible_at = v_now
+    WHERE r.id = flow_run_id;
     PERFORM catbird._cb_cancel_open_work(flow_run_id, true);
     PERFORM catbird._cb_notify('catbird.flow.failed', flow_run_id::text);
 END
@@ -2813,19 +3284,104 @@ LANGUAGE sql VOLATILE
 AS $$
     SELECT * FROM catbird.cb_flow_runs r WHERE r.id = flow_run_id AND r.flow_id = flow.id FOR UPDATE
 $$;
+
+-- Fails the lapsed work of one step of a flow that used its attempts (see
+-- _cb_lease_cap with the step's max_retries): step runs (kind 'step') or map
+-- items (kind 'item') still started, lease lapsed, in started flow runs. Each
+-- fails with a "lease expired" error, and its flow run with it (on-fail
+-- queued). Called by claims before they claim, holding no row lock, and by
+-- cb_gc; a flow run locked by another transaction is skipped (the next claim
+-- or cb_gc gets it). At most lim. Returns how many it failed; raises nothing.
+CREATE FUNCTION catbird._cb_fail_lapsed_work(step catbird.cb_flow_steps, kind text, now timestamptz, lim int = 100)
+RETURNS int
+LANGUAGE plpgsql VOLATILE
+AS $$
+DECLARE
+    v_cap int := catbird._cb_lease_cap(step.max_retries);
+    v_candidate record;
+    v_run catbird.cb_flow_runs;
+    v_step_run catbird.cb_step_runs;
+    v_item catbird.cb_map_tasks;
+    v_error text;
+    v_count int := 0;
+BEGIN
+    FOR v_candidate IN
+        SELECT x.id, x.flow_run_id FROM catbird.cb_step_runs x
+        WHERE kind = 'step' AND x.flow_id = step.flow_id AND x.step_name = step.name
+          AND x.status = 'started' AND x.visible_at <= now AND x.attempts >= v_cap
+        UNION ALL
+        SELECT x.id, x.flow_run_id FROM catbird.cb_map_tasks x
+        WHERE kind = 'item' AND x.flow_id = step.flow_id AND x.step_name = step.name
+          AND x.status = 'started' AND x.visible_at <= now AND x.attempts >= v_cap
+        ORDER BY 2, 1
+        LIMIT lim
+    LOOP
+        -- Lock order is flow run, then its parts; never wait for a run here.
+        SELECT * INTO v_run FROM catbird.cb_flow_runs r
+        WHERE r.id = v_candidate.flow_run_id AND r.status = 'started'
+        FOR UPDATE SKIP LOCKED;
+        CONTINUE WHEN v_run.id IS NULL;
+        IF kind = 'step' THEN
+            UPDATE catbird.cb_step_runs sr
+            SET status = 'failed', failed_at = now, error_message = catbird._cb_lease_expired_error(sr.attempts),
+                error_detail = NULL
+            WHERE sr.id = v_candidate.id AND sr.status = 'started' AND sr.visible_at <= now AND sr.attempts >= v_cap
+            RETURNING sr.* INTO v_step_run;
+            CONTINUE WHEN v_step_run.id IS NULL;
+            PERFORM catbird._cb_fail_flow_run(v_run.id, step.name, v_step_run.error_message, v_run.input,
+                                              v_step_run.signal_input, v_step_run.attempts);
+        ELSE
+            UPDATE catbird.cb_map_tasks m
+            SET status = 'failed', failed_at = now, error_message = catbird._cb_lease_expired_error(m.attempts),
+                error_detail = NULL
+            WHERE m.id = v_candidate.id AND m.status = 'started' AND m.visible_at <= now AND m.attempts >= v_cap
+            RETURNING m.* INTO v_item;
+            CONTINUE WHEN v_item.id IS NULL;
+            v_error := format('item %s failed: %s', v_item.idx, v_item.error_message);
+            UPDATE catbird.cb_step_runs sr SET status = 'failed', failed_at = now, error_message = v_error
+            WHERE sr.id = v_item.step_run_id
+            RETURNING sr.* INTO v_step_run;
+            PERFORM catbird._cb_fail_flow_run(v_run.id, step.name, v_error, v_item.item,
+                                              v_step_run.signal_input, v_item.attempts);
+        END IF;
+        v_count := v_count + 1;
+    END LOOP;
+    RETURN v_count;
+END
+$$;
 -- catbird 53_flow_runs: starting, signalling, cancelling and ending flow runs.
 --
 -- Owns: _cb_insert_flow_runs (the one way runs start: cb_run_flow and
 -- cb_publish), cb_run_flow, cb_bind_flow, cb_unbind_flow, cb_signal_flow,
--- cb_cancel_flow, cb_complete_flow_early, cb_purge_flow_runs,
--- cb_clear_flow_runs. Writes cb_flow_runs and cb_step_runs.
+-- cb_cancel_flow, cb_complete_flow_early, cb_retry_flow_run, _cb_expire_flow_run,
+-- cb_purge_flow_runs, cb_clear_flow_runs. Writes cb_flow_runs and cb_step_runs.
 -- Guarantees:
 --   * A concurrency key is held by at most one started or canceling run of a
 --     flow; a run with a held key returns the holder's id and writes nothing.
+--     A holder past its expires_at before any step started is expired first
+--     (as cb_gc would), so an expired run never holds its key.
+--   * Early completion is fenced: only for a step that is started (under the
+--     given attempt); a stale or missing one gets false and writes nothing.
+--   * cb_retry_flow_run re-queues a failed run's failed and canceled steps,
+--     keeping completed steps and their outputs.
 --   * A signal is delivered at most once per step run, and only while the
 --     run is started.
 --   * Cancel is two-phase and idempotent; early completion cancels the
 --     run's other work and makes later reports from workers stale.
+
+-- Expires a started run (locked by the caller) that is past its expires_at
+-- before any step started (cb_gc, and a new run with its concurrency key): its
+-- work is canceled and catbird.flow.expired announced. Returns nothing;
+-- raises nothing.
+CREATE FUNCTION catbird._cb_expire_flow_run(run_id bigint) RETURNS void
+LANGUAGE plpgsql VOLATILE
+AS $$
+BEGIN
+    UPDATE catbird.cb_flow_runs r SET status = 'expired', canceled_at = catbird.cb_now() WHERE r.id = run_id;
+    PERFORM catbird._cb_cancel_open_work(run_id, true);
+    PERFORM catbird._cb_notify('catbird.flow.expired', run_id::text);
+END
+$$;
 
 -- The one implementation of starting runs (cb_run_flow, cb_publish): one run
 -- per input, deduplicated by concurrency key among active runs, each advanced
@@ -2844,6 +3400,19 @@ DECLARE
     v_new bigint[];
     v_run bigint;
 BEGIN
+    IF cardinality(array_remove(concurrency_keys, NULL)) > 0 THEN
+        -- Expired runs hold nothing: expire the holders of these keys first.
+        FOR v_run IN
+            SELECT r.id FROM catbird.cb_flow_runs r
+            WHERE r.flow_id = flow.id AND r.concurrency_key = ANY (concurrency_keys)
+              AND r.status = 'started' AND r.expires_at <= v_now
+              AND NOT EXISTS (SELECT 1 FROM catbird.cb_step_runs sr WHERE sr.flow_run_id = r.id AND sr.attempts > 0)
+            ORDER BY r.id
+            FOR UPDATE
+        LOOP
+            PERFORM catbird._cb_expire_flow_run(v_run);
+        END LOOP;
+    END IF;
     WITH input AS (
         SELECT u.ord, u.input, u.concurrency_key, u.headers, nextval('catbird.cb_flow_runs_id_seq') AS new_id
         FROM unnest(inputs, concurrency_keys, _cb_insert_flow_runs.headers)
@@ -3028,36 +3597,105 @@ END
 $$;
 
 -- Completes a started run with output on behalf of step_name (a step
--- handler ending the flow): the step, if started, completes with it, other
--- work is canceled, catbird.flow.completed is announced. Returns true when
--- the run completed, false when it is not started. 42704 for an unknown flow,
--- step or run; 22023 for an invalid name.
+-- handler ending the flow): the step must be started (under attempt, when
+-- given) — or, for a mapper or generator, have items in flight
+-- (waiting_for_map_tasks, attempt not given) — and completes with it; other
+-- work is canceled, catbird.flow.completed is announced. Returns true when the
+-- run completed; false, writing nothing, when the run does not exist or is
+-- not started, or the step is not started (or under another attempt). 42704
+-- for an unknown flow or step; 22023 for an invalid name or attempt < 1.
 CREATE FUNCTION catbird.cb_complete_flow_early(flow_name text, run_id bigint, step_name text, output jsonb,
-                                               reason text = NULL)
+                                               reason text = NULL, attempt int = NULL)
 RETURNS boolean
 LANGUAGE plpgsql VOLATILE
 AS $$
 DECLARE
     v_flow catbird.cb_flows := catbird._cb_flow(flow_name);
     v_step catbird.cb_flow_steps := catbird._cb_flow_step(v_flow, step_name);
-    v_run catbird.cb_flow_runs := catbird._cb_lock_flow_run(v_flow, run_id);
+    v_run catbird.cb_flow_runs;
+    v_step_run catbird.cb_step_runs;
     v_now timestamptz := catbird.cb_now();
 BEGIN
-    IF v_run.id IS NULL THEN
-        RAISE EXCEPTION 'flow "%" has no run %', flow_name, run_id USING ERRCODE = 'undefined_object';
+    PERFORM catbird._cb_check_fail_args(true, attempt);
+    v_run := catbird._cb_lock_flow_run(v_flow, run_id);
+    IF v_run.id IS NULL OR v_run.status <> 'started' THEN
+        RETURN false;
     END IF;
-    IF v_run.status <> 'started' THEN
+    SELECT * INTO v_step_run FROM catbird.cb_step_runs sr
+    WHERE sr.flow_run_id = run_id AND sr.step_name = v_step.name;
+    IF NOT (v_step_run.status = 'started' AND (attempt IS NULL OR v_step_run.attempts = attempt)
+            OR (v_step_run.status = 'waiting_for_map_tasks' AND attempt IS NULL)) THEN
         RETURN false;
     END IF;
     UPDATE catbird.cb_step_runs sr
     SET status = 'completed', completed_at = v_now, output = coalesce(cb_complete_flow_early.output, 'null')
-    WHERE sr.flow_run_id = run_id AND sr.step_name = v_step.name AND sr.status = 'started';
+    WHERE sr.id = v_step_run.id AND sr.status = 'started';
     UPDATE catbird.cb_flow_runs r
     SET status = 'completed', completed_at = v_now, output = coalesce(cb_complete_flow_early.output, 'null'),
         cancel_reason = coalesce(reason, format('completed early by step "%s"', step_name))
     WHERE r.id = run_id;
     PERFORM catbird._cb_cancel_open_work(run_id, true);
     PERFORM catbird._cb_notify('catbird.flow.completed', run_id::text);
+    RETURN true;
+END
+$$;
+
+-- Retries a failed run: its failed and canceled step runs (the failure and
+-- the work canceled because of it) go back to waiting with attempts 0, their
+-- errors, outputs and items cleared, and dependencies counted again; completed
+-- and skipped steps keep their state and outputs; the run is started again
+-- (errors, failed-step context and on-fail state cleared; an expires_at
+-- already passed dropped) and advanced, so ready steps are queued. Returns
+-- true when the run was retried; false when it does not exist, is not
+-- failed, has no failed or canceled step, or its concurrency key is held by
+-- another active run. 42704 for an unknown flow; 22023 for an invalid name.
+CREATE FUNCTION catbird.cb_retry_flow_run(name text, run_id bigint) RETURNS boolean
+LANGUAGE plpgsql VOLATILE
+AS $$
+DECLARE
+    v_flow catbird.cb_flows := catbird._cb_flow(name);
+    v_run catbird.cb_flow_runs := catbird._cb_lock_flow_run(v_flow, run_id);
+    v_now timestamptz := catbird.cb_now();
+    v_reset bigint[];
+BEGIN
+    IF v_run.id IS NULL OR v_run.status <> 'failed' THEN
+        RETURN false;
+    END IF;
+    IF NOT EXISTS (SELECT 1 FROM catbird.cb_step_runs sr
+                   WHERE sr.flow_run_id = run_id AND sr.status IN ('failed', 'canceled')) THEN
+        RETURN false;
+    END IF;
+    IF v_run.concurrency_key IS NOT NULL AND EXISTS (
+           SELECT 1 FROM catbird.cb_flow_runs r
+           WHERE r.flow_id = v_flow.id AND r.concurrency_key = v_run.concurrency_key
+             AND r.status IN ('started', 'canceling')) THEN
+        RETURN false;
+    END IF;
+    BEGIN
+        UPDATE catbird.cb_flow_runs r
+        SET status = 'started', failed_at = NULL, error_message = NULL, output = NULL, failed_step_name = NULL,
+            failed_step_input = NULL, failed_step_signal_input = NULL, failed_step_attempts = NULL,
+            on_fail_status = NULL, on_fail_attempts = 0, on_fail_visible_at = NULL, on_fail_error_message = NULL,
+            expires_at = CASE WHEN r.expires_at <= v_now THEN NULL ELSE r.expires_at END, visible_at = v_now
+        WHERE r.id = run_id;
+    EXCEPTION WHEN unique_violation THEN
+        RETURN false;  -- a run holding the key committed meanwhile
+    END;
+    SELECT array_agg(sr.id) INTO v_reset FROM catbird.cb_step_runs sr
+    WHERE sr.flow_run_id = run_id AND sr.status IN ('failed', 'canceled');
+    DELETE FROM catbird.cb_map_tasks m WHERE m.step_run_id = ANY (v_reset);
+    UPDATE catbird.cb_step_runs sr
+    SET status = 'waiting_for_dependencies', attempts = 0, visible_at = v_now, started_at = NULL,
+        completed_at = NULL, failed_at = NULL, canceled_at = NULL, error_message = NULL, error_detail = NULL,
+        output = NULL, map_total = NULL, map_done = 0, generator_done = false, spawn_attempt = NULL,
+        spawn_cursor = 0,
+        deps_remaining = (SELECT count(*) FROM catbird.cb_flow_steps fs
+                          JOIN catbird.cb_step_runs d ON d.flow_run_id = sr.flow_run_id AND d.step_name = ANY (fs.depends_on)
+                          WHERE fs.flow_id = sr.flow_id AND fs.name = sr.step_name
+                            AND d.status NOT IN ('completed', 'skipped'))
+    WHERE sr.id = ANY (v_reset);
+    PERFORM catbird._cb_advance_flow_run(run_id);
+    PERFORM catbird._cb_notify('catbird.flow.retried', run_id::text);
     RETURN true;
 END
 $$;
@@ -3089,7 +3727,10 @@ AS $$ SELECT catbird._cb_clear_runs('flow', catbird._cb_definition_id('flow', cb
 --     still started (under the given attempt, when one is given): a stale
 --     worker gets false / NULL and changes nothing.
 --   * The retry decision is made here: a failure re-queues the step with a
---     full-jitter delay while attempts <= max_retries, else fails the run.
+--     full-jitter delay while attempts <= max_retries (the policy given, else
+--     the step's stored one) and it is retryable, else fails the run.
+--   * A claim first fails the step's lapsed runs that used their attempts
+--     (_cb_fail_lapsed_work): a crash loop ends with a "lease expired" error.
 --   * A report for a step of a canceling run cancels that step (and finishes
 --     the cancel when it was the last started work).
 
@@ -3098,8 +3739,9 @@ AS $$ SELECT catbird._cb_clear_runs('flow', catbird._cb_definition_id('flow', cb
 -- their first attempt), highest priority first, then oldest. Each claim
 -- increments attempts (the fencing token) and holds the step for hide_for ms.
 -- Returns the claims (cb_step_claim: flow input, dependency outputs, signal
--- input) by priority, then id. 42704 for an unknown flow or step; 22023 for
--- an invalid name, quantity < 1 or hide_for < 1.
+-- input) by priority, then id. Lapsed step runs that used their attempts
+-- are failed first (see _cb_fail_lapsed_work). 42704 for an unknown flow or
+-- step; 22023 for an invalid name, quantity < 1 or hide_for < 1.
 CREATE FUNCTION catbird.cb_claim_steps(flow_name text, step_name text, quantity int, hide_for int)
 RETURNS SETOF catbird.cb_step_claim
 LANGUAGE plpgsql VOLATILE
@@ -3112,6 +3754,7 @@ BEGIN
     PERFORM catbird._cb_check_at_least('quantity', quantity, 1);
     PERFORM catbird._cb_check_at_least('hide_for', hide_for, 1, ' ms');
     v_now := catbird.cb_now();
+    PERFORM catbird._cb_fail_lapsed_work(v_step, 'step', v_now);
     RETURN QUERY
     WITH candidates AS (
         SELECT sr.id
@@ -3207,7 +3850,7 @@ BEGIN
     END IF;
     UPDATE catbird.cb_step_runs sr
     SET status = 'completed', completed_at = v_now, output = coalesce(cb_complete_step.output, 'null'),
-        error_message = NULL
+        error_message = NULL, error_detail = NULL
     WHERE sr.id = cb_complete_step.id;
     PERFORM catbird._cb_resolve_dependents((v_locked.run).id, v_flow.id, step_name);
     PERFORM catbird._cb_advance_flow_run((v_locked.run).id);
@@ -3216,25 +3859,30 @@ END
 $$;
 
 -- Records a failure of a started step run (under attempt, when given):
--- re-queued with a full-jitter delay while attempts <= max_retries, else the
--- step and the flow run fail (on-fail handling queued when the flow has
--- on_fail). Returns 'queued', 'failed', or NULL for a stale call or a
--- canceling run. 42704 for an unknown flow or step; 22023 for an invalid
--- name or retry policy.
+-- re-queued with a full-jitter delay while attempts <= max_retries and
+-- retryable, else the step and the flow run fail (on-fail handling queued).
+-- Policy arguments left NULL come from the step's stored policy (default 0
+-- retries, 100-2000 ms); error_detail is stored beside error_message. Returns
+-- 'queued', 'failed', or NULL for a stale call or a canceling run. 42704 for
+-- an unknown flow or step; 22023 for an invalid name, retry policy or a NULL
+-- retryable.
 CREATE FUNCTION catbird.cb_fail_step(flow_name text, step_name text, id bigint, error_message text,
-                                     attempt int = NULL, max_retries int = 0, backoff_min int = 100,
-                                     backoff_max int = 2000)
+                                     attempt int = NULL, max_retries int = NULL, backoff_min int = NULL,
+                                     backoff_max int = NULL, retryable boolean = true, error_detail text = NULL)
 RETURNS text
 LANGUAGE plpgsql VOLATILE
 AS $$
 DECLARE
     v_flow catbird.cb_flows := catbird._cb_flow(flow_name);
+    v_step catbird.cb_flow_steps := catbird._cb_flow_step(v_flow, step_name);
+    v_policy record;
     v_locked record;
     v_now timestamptz := catbird.cb_now();
     v_error text := coalesce(cb_fail_step.error_message, 'unknown error');
 BEGIN
-    PERFORM catbird._cb_flow_step(v_flow, step_name);
-    PERFORM catbird._cb_check_retry_policy(max_retries, backoff_min, backoff_max);
+    v_policy := catbird._cb_effective_policy(max_retries, backoff_min, backoff_max,
+                                             v_step.max_retries, v_step.backoff_min, v_step.backoff_max);
+    PERFORM catbird._cb_check_fail_args(retryable, NULL);
     v_locked := catbird._cb_lock_step_run(v_flow, step_name, id);
     IF (v_locked.step_run).status IS DISTINCT FROM 'started'
        OR (attempt IS NOT NULL AND (v_locked.step_run).attempts <> attempt) THEN
@@ -3244,14 +3892,16 @@ BEGIN
         PERFORM catbird._cb_cancel_reported_step((v_locked.run).id, cb_fail_step.id, v_error);
         RETURN NULL;
     END IF;
-    IF (v_locked.step_run).attempts <= max_retries THEN
+    IF retryable AND (v_locked.step_run).attempts <= v_policy.max_retries_out THEN
         UPDATE catbird.cb_step_runs sr
-        SET status = 'queued', error_message = v_error,
-            visible_at = v_now + make_interval(secs => catbird._cb_retry_delay(sr.attempts, backoff_min, backoff_max) / 1000.0)
+        SET status = 'queued', error_message = v_error, error_detail = cb_fail_step.error_detail,
+            visible_at = v_now + make_interval(secs => catbird._cb_retry_delay(
+                             sr.attempts, v_policy.backoff_min_out, v_policy.backoff_max_out) / 1000.0)
         WHERE sr.id = cb_fail_step.id;
         RETURN 'queued';
     END IF;
-    UPDATE catbird.cb_step_runs sr SET status = 'failed', failed_at = v_now, error_message = v_error
+    UPDATE catbird.cb_step_runs sr
+    SET status = 'failed', failed_at = v_now, error_message = v_error, error_detail = cb_fail_step.error_detail
     WHERE sr.id = cb_fail_step.id;
     PERFORM catbird._cb_fail_flow_run((v_locked.run).id, step_name, v_error, (v_locked.run).input,
                                       (v_locked.step_run).signal_input, (v_locked.step_run).attempts);
@@ -3270,7 +3920,14 @@ $$;
 --   * A mapper or generator step completes when all its items are done (and
 --     a generator's handler has finished); its output is its item outputs in
 --     item order, assembled on read, never stored as one array.
---   * Generators add items only while their step run is started.
+--   * Generators add items only while their step run is started, and under
+--     the claim's attempt when they give it: a stale generator writes nothing.
+--   * Generator items are keyed by their index within the step: a resumed
+--     generator that produces its items again (under its attempt, or with an
+--     explicit start_index) adds none twice.
+--   * A claim first fails the step's lapsed items that used their attempts
+--     (_cb_fail_lapsed_work); a failure uses the step's stored policy when
+--     the call gives none.
 
 -- Claims up to quantity items of a mapper or generator step, like
 -- cb_claim_steps: each claim increments the item's attempts and holds it for
@@ -3278,8 +3935,9 @@ $$;
 -- without the map source, signal input) by priority, then id. with_input /
 -- with_outputs false: the claim leaves input / step_outputs NULL, for item
 -- handlers that do not take them (a mapper over a large flow input would
--- otherwise ship that input with every item). 42704 for an unknown flow or
--- step; 22023 for an invalid name, quantity < 1 or hide_for < 1.
+-- otherwise ship that input with every item). Lapsed items that used their
+-- attempts are failed first (see _cb_fail_lapsed_work). 42704 for an unknown
+-- flow or step; 22023 for an invalid name, quantity < 1 or hide_for < 1.
 CREATE FUNCTION catbird.cb_claim_map_tasks(flow_name text, step_name text, quantity int, hide_for int,
                                            with_input boolean = true, with_outputs boolean = true)
 RETURNS TABLE (id bigint, flow_run_id bigint, attempts int, input jsonb, step_outputs jsonb,
@@ -3294,6 +3952,7 @@ BEGIN
     PERFORM catbird._cb_check_at_least('quantity', quantity, 1);
     PERFORM catbird._cb_check_at_least('hide_for', hide_for, 1, ' ms');
     v_now := catbird.cb_now();
+    PERFORM catbird._cb_fail_lapsed_work(v_step, 'item', v_now);
     RETURN QUERY
     WITH candidates AS (
         SELECT m.id
@@ -3410,7 +4069,8 @@ BEGIN
         END IF;
         WITH done AS (
             UPDATE catbird.cb_map_tasks m
-            SET status = 'completed', completed_at = v_now, output = coalesce(u.output, 'null'), error_message = NULL
+            SET status = 'completed', completed_at = v_now, output = coalesce(u.output, 'null'), error_message = NULL,
+                error_detail = NULL
             FROM unnest(ids, outputs, cb_complete_map_tasks.attempts) AS u(id, output, attempt)
             WHERE m.id = u.id AND m.id = ANY (ids) AND m.flow_run_id = v_run.id AND m.status = 'started'
               AND (u.attempt IS NULL OR m.attempts = u.attempt)
@@ -3428,25 +4088,30 @@ END
 $$;
 
 -- Records a failure of a started item (under attempt, when given): re-queued
--- with a full-jitter delay while attempts <= max_retries, else the item, its
--- step and the flow run fail. Returns 'queued', 'failed', or NULL for a
--- stale call or a canceling run. 42704 for an unknown flow or step; 22023 for
--- an invalid name or retry policy.
+-- with a full-jitter delay while attempts <= max_retries and retryable, else
+-- the item, its step and the flow run fail. Policy arguments left NULL come
+-- from the step's stored policy; error_detail is stored beside error_message
+-- (on the item, and on its step when the flow fails). Returns 'queued',
+-- 'failed', or NULL for a stale call or a canceling run. 42704 for an unknown
+-- flow or step; 22023 for an invalid name, retry policy or a NULL retryable.
 CREATE FUNCTION catbird.cb_fail_map_task(flow_name text, step_name text, id bigint, error_message text,
-                                         attempt int = NULL, max_retries int = 0, backoff_min int = 100,
-                                         backoff_max int = 2000)
+                                         attempt int = NULL, max_retries int = NULL, backoff_min int = NULL,
+                                         backoff_max int = NULL, retryable boolean = true, error_detail text = NULL)
 RETURNS text
 LANGUAGE plpgsql VOLATILE
 AS $$
 DECLARE
     v_flow catbird.cb_flows := catbird._cb_flow(flow_name);
+    v_step catbird.cb_flow_steps := catbird._cb_flow_step(v_flow, step_name);
+    v_policy record;
     v_run catbird.cb_flow_runs;
     v_task catbird.cb_map_tasks;
     v_now timestamptz := catbird.cb_now();
     v_error text := coalesce(cb_fail_map_task.error_message, 'unknown error');
 BEGIN
-    PERFORM catbird._cb_flow_step(v_flow, step_name);
-    PERFORM catbird._cb_check_retry_policy(max_retries, backoff_min, backoff_max);
+    v_policy := catbird._cb_effective_policy(max_retries, backoff_min, backoff_max,
+                                             v_step.max_retries, v_step.backoff_min, v_step.backoff_max);
+    PERFORM catbird._cb_check_fail_args(retryable, NULL);
     SELECT * INTO v_run FROM catbird.cb_flow_runs r
     WHERE r.id = (SELECT m.flow_run_id FROM catbird.cb_map_tasks m
                   WHERE m.id = cb_fail_map_task.id AND m.flow_id = v_flow.id AND m.step_name = cb_fail_map_task.step_name)
@@ -3460,17 +4125,20 @@ BEGIN
         PERFORM catbird._cb_finish_canceling(v_run.id);
         RETURN NULL;
     END IF;
-    IF v_task.attempts <= max_retries THEN
+    IF retryable AND v_task.attempts <= v_policy.max_retries_out THEN
         UPDATE catbird.cb_map_tasks m
-        SET status = 'queued', error_message = v_error,
-            visible_at = v_now + make_interval(secs => catbird._cb_retry_delay(m.attempts, backoff_min, backoff_max) / 1000.0)
+        SET status = 'queued', error_message = v_error, error_detail = cb_fail_map_task.error_detail,
+            visible_at = v_now + make_interval(secs => catbird._cb_retry_delay(
+                             m.attempts, v_policy.backoff_min_out, v_policy.backoff_max_out) / 1000.0)
         WHERE m.id = v_task.id;
         RETURN 'queued';
     END IF;
-    UPDATE catbird.cb_map_tasks m SET status = 'failed', failed_at = v_now, error_message = v_error WHERE m.id = v_task.id;
+    UPDATE catbird.cb_map_tasks m
+    SET status = 'failed', failed_at = v_now, error_message = v_error, error_detail = cb_fail_map_task.error_detail
+    WHERE m.id = v_task.id;
     UPDATE catbird.cb_step_runs sr
     SET status = 'failed', failed_at = v_now,
-        error_message = format('item %s failed: %s', v_task.idx, v_error)
+        error_message = format('item %s failed: %s', v_task.idx, v_error), error_detail = cb_fail_map_task.error_detail
     WHERE sr.id = v_task.step_run_id;
     PERFORM catbird._cb_fail_flow_run(v_run.id, step_name, format('item %s failed: %s', v_task.idx, v_error),
                                       v_task.item,
@@ -3480,13 +4148,22 @@ BEGIN
 END
 $$;
 
--- A generator's handler, while running (its step run started), adds items
--- (queued at visible_at, default now). Returns how many it added; 0 when the
--- step run or flow run is no longer started. 42704 for an unknown flow or
--- step; 22023 for an invalid name, a step that is not a generator or items
--- that are not a JSON array.
+-- A generator's handler, while running (its step run started, under attempt
+-- when given), adds items (queued at visible_at, default now). Items are
+-- keyed by their index within the step: the first of this call's items has
+-- index start_index when given (at most the number of items the step has,
+-- so there is no gap); else, with attempt, the number of items this attempt
+-- has spawned so far (a resumed generator starts again at 0); else the
+-- number of items the step has (append). Items whose index the step already
+-- has are not added again. Returns how many of the call's items the step now
+-- has (added now or before); 0 when the call is stale (attempt no longer
+-- current) or the step run or flow run is no longer started, and then
+-- nothing is written. 42704 for an unknown flow or step; 22023 for an invalid
+-- name, a step that is not a generator, items that are not a JSON array,
+-- attempt < 1, start_index < 0 or past the step's items.
 CREATE FUNCTION catbird.cb_spawn_generator_map_tasks(flow_name text, step_name text, id bigint, items jsonb,
-                                                     visible_at timestamptz = NULL)
+                                                     visible_at timestamptz = NULL, attempt int = NULL,
+                                                     start_index int = NULL)
 RETURNS int
 LANGUAGE plpgsql VOLATILE
 AS $$
@@ -3496,6 +4173,8 @@ DECLARE
     v_locked record;
     v_now timestamptz := catbird.cb_now();
     v_count int;
+    v_base int;
+    v_added int;
 BEGIN
     IF v_step.step_type <> 'generator' THEN
         RAISE EXCEPTION 'step "%" of flow "%" is not a generator', step_name, flow_name
@@ -3504,31 +4183,53 @@ BEGIN
     IF items IS NULL OR jsonb_typeof(items) <> 'array' THEN
         RAISE EXCEPTION 'invalid items: expected a JSON array of items' USING ERRCODE = 'invalid_parameter_value';
     END IF;
-    v_locked := catbird._cb_lock_step_run(v_flow, step_name, id);
-    IF (v_locked.step_run).status IS DISTINCT FROM 'started' OR (v_locked.run).status <> 'started' THEN
-        RETURN 0;  -- the run was canceled or finished meanwhile
+    PERFORM catbird._cb_check_fail_args(true, attempt);
+    IF start_index IS NOT NULL THEN
+        PERFORM catbird._cb_check_at_least('start_index', start_index, 0);
     END IF;
+    v_locked := catbird._cb_lock_step_run(v_flow, step_name, id);
+    IF (v_locked.step_run).status IS DISTINCT FROM 'started' OR (v_locked.run).status <> 'started'
+       OR (attempt IS NOT NULL AND (v_locked.step_run).attempts <> attempt) THEN
+        RETURN 0;  -- the run was canceled or finished meanwhile, or a newer attempt holds the step
+    END IF;
+    v_base := CASE WHEN start_index IS NOT NULL THEN start_index
+                   WHEN attempt IS NOT NULL THEN
+                       CASE WHEN (v_locked.step_run).spawn_attempt = attempt THEN (v_locked.step_run).spawn_cursor ELSE 0 END
+                   ELSE coalesce((v_locked.step_run).map_total, 0) END;
+    IF v_base > coalesce((v_locked.step_run).map_total, 0) THEN
+        RAISE EXCEPTION 'invalid start_index %: the step has % item(s), so the next one has index %',
+            start_index, coalesce((v_locked.step_run).map_total, 0), coalesce((v_locked.step_run).map_total, 0)
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    v_count := jsonb_array_length(items);
     INSERT INTO catbird.cb_map_tasks (step_run_id, flow_run_id, flow_id, idx, priority, step_name, status,
                                       visible_at, created_at, item)
     SELECT cb_spawn_generator_map_tasks.id, (v_locked.run).id, v_flow.id,
-           coalesce((v_locked.step_run).map_total, 0) + (e.ord - 1)::int, (v_locked.step_run).priority,
+           v_base + (e.ord - 1)::int, (v_locked.step_run).priority,
            step_name, 'queued', coalesce(cb_spawn_generator_map_tasks.visible_at, v_now), v_now, e.item
-    FROM jsonb_array_elements(items) WITH ORDINALITY AS e(item, ord);
-    GET DIAGNOSTICS v_count = ROW_COUNT;
-    UPDATE catbird.cb_step_runs sr SET map_total = coalesce(sr.map_total, 0) + v_count
+    FROM jsonb_array_elements(items) WITH ORDINALITY AS e(item, ord)
+    ORDER BY e.ord
+    ON CONFLICT (step_run_id, idx) DO NOTHING;
+    GET DIAGNOSTICS v_added = ROW_COUNT;
+    UPDATE catbird.cb_step_runs sr
+    SET map_total = greatest(coalesce(sr.map_total, 0), v_base + v_count),
+        spawn_attempt = coalesce(attempt, sr.spawn_attempt),
+        spawn_cursor = CASE WHEN attempt IS NOT NULL THEN v_base + v_count ELSE sr.spawn_cursor END
     WHERE sr.id = cb_spawn_generator_map_tasks.id;
-    IF v_count > 0 THEN
+    IF v_added > 0 THEN
         PERFORM catbird._cb_notify('catbird.step.queued', flow_name || '/' || step_name);
     END IF;
     RETURN v_count;
 END
 $$;
 
--- Records that a generator's handler has finished: the step completes once
--- all its items are done. A stale call does nothing; for a canceling run the
+-- Records that a generator's handler has finished (under attempt, when
+-- given): the step completes once all its items are done. A stale call (step
+-- not started, or another attempt) writes nothing; for a canceling run the
 -- step is canceled. Returns nothing. 42704 for an unknown flow or step; 22023
--- for an invalid name.
-CREATE FUNCTION catbird.cb_complete_generator_step(flow_name text, step_name text, id bigint) RETURNS void
+-- for an invalid name or attempt < 1.
+CREATE FUNCTION catbird.cb_complete_generator_step(flow_name text, step_name text, id bigint, attempt int = NULL)
+RETURNS void
 LANGUAGE plpgsql VOLATILE
 AS $$
 DECLARE
@@ -3536,8 +4237,10 @@ DECLARE
     v_locked record;
 BEGIN
     PERFORM catbird._cb_flow_step(v_flow, step_name);
+    PERFORM catbird._cb_check_fail_args(true, attempt);
     v_locked := catbird._cb_lock_step_run(v_flow, step_name, id);
-    IF (v_locked.step_run).status IS DISTINCT FROM 'started' THEN
+    IF (v_locked.step_run).status IS DISTINCT FROM 'started'
+       OR (attempt IS NOT NULL AND (v_locked.step_run).attempts <> attempt) THEN
         RETURN;
     END IF;
     IF (v_locked.run).status = 'canceling' THEN
@@ -3551,11 +4254,13 @@ BEGIN
 END
 $$;
 
--- Records that a generator's handler failed: the step and the flow run fail
--- (no retry). A stale call does nothing; for a canceling run the step is
--- canceled. Returns nothing. 42704 for an unknown flow or step; 22023 for an
--- invalid name.
-CREATE FUNCTION catbird.cb_fail_generator_step(flow_name text, step_name text, id bigint, error_message text)
+-- Records that a generator's handler failed (under attempt, when given): the
+-- step and the flow run fail (no retry), with error_detail stored on the
+-- step. A stale call (step not started, or another attempt) writes nothing;
+-- for a canceling run the step is canceled. Returns nothing. 42704 for an
+-- unknown flow or step; 22023 for an invalid name or attempt < 1.
+CREATE FUNCTION catbird.cb_fail_generator_step(flow_name text, step_name text, id bigint, error_message text,
+                                               attempt int = NULL, error_detail text = NULL)
 RETURNS void
 LANGUAGE plpgsql VOLATILE
 AS $$
@@ -3565,15 +4270,19 @@ DECLARE
     v_error text := coalesce(cb_fail_generator_step.error_message, 'unknown error');
 BEGIN
     PERFORM catbird._cb_flow_step(v_flow, step_name);
+    PERFORM catbird._cb_check_fail_args(true, attempt);
     v_locked := catbird._cb_lock_step_run(v_flow, step_name, id);
-    IF (v_locked.step_run).status IS DISTINCT FROM 'started' THEN
+    IF (v_locked.step_run).status IS DISTINCT FROM 'started'
+       OR (attempt IS NOT NULL AND (v_locked.step_run).attempts <> attempt) THEN
         RETURN;
     END IF;
     IF (v_locked.run).status = 'canceling' THEN
         PERFORM catbird._cb_cancel_reported_step((v_locked.run).id, cb_fail_generator_step.id);
         RETURN;
     END IF;
-    UPDATE catbird.cb_step_runs sr SET status = 'failed', failed_at = catbird.cb_now(), error_message = v_error
+    UPDATE catbird.cb_step_runs sr
+    SET status = 'failed', failed_at = catbird.cb_now(), error_message = v_error,
+        error_detail = cb_fail_generator_step.error_detail
     WHERE sr.id = cb_fail_generator_step.id;
     PERFORM catbird._cb_fail_flow_run((v_locked.run).id, step_name, v_error, (v_locked.run).input,
                                       (v_locked.step_run).signal_input, (v_locked.step_run).attempts);
@@ -3629,7 +4338,7 @@ CREATE TYPE catbird.cb_step_run_info AS (
     id bigint, flow_run_id bigint, step_name text, status text, priority int, attempts int,
     output jsonb, error_message text, signal_input jsonb, map_total int, map_done int,
     created_at timestamptz, visible_at timestamptz, started_at timestamptz, completed_at timestamptz,
-    failed_at timestamptz, skipped_at timestamptz, canceled_at timestamptz
+    failed_at timestamptz, skipped_at timestamptz, canceled_at timestamptz, error_detail text
 );
 
 -- The step runs of a flow run as cb_step_run_info (StepRunInfo), in
@@ -3647,7 +4356,7 @@ BEGIN
     SELECT sr.id, sr.flow_run_id, sr.step_name, sr.status, sr.priority, sr.attempts,
            CASE WHEN sr.status = 'completed' THEN catbird._cb_step_output(sr.id, sr.step_type, sr.output) END,
            sr.error_message, sr.signal_input, sr.map_total, sr.map_done, sr.created_at, sr.visible_at,
-           sr.started_at, sr.completed_at, sr.failed_at, sr.skipped_at, sr.canceled_at
+           sr.started_at, sr.completed_at, sr.failed_at, sr.skipped_at, sr.canceled_at, sr.error_detail
     FROM catbird.cb_step_runs sr
     -- a run made under an older definition keeps its steps (in their own order)
     LEFT JOIN catbird.cb_flow_steps fs ON fs.flow_id = sr.flow_id AND fs.name = sr.step_name
@@ -3737,11 +4446,13 @@ $$;
 -- Owns: cb_claim_flow_on_fail, cb_complete_flow_on_fail, cb_fail_flow_on_fail.
 -- Writes the on_fail_* columns of cb_flow_runs.
 -- Guarantees:
---   * A flow run that fails while its flow has on_fail set is queued for its
---     on-fail handler (on_fail_status), with the failed step's name, input,
---     signal input and attempts.
+--   * Every flow run that fails is queued for its on-fail handler
+--     (on_fail_status), whatever the flow's flags, with the failed step's
+--     name, input, signal input and attempts.
 --   * On-fail claims use FOR UPDATE SKIP LOCKED and a hide window like run
---     claims; complete/fail act only on a claim that is still started.
+--     claims; complete/fail act only on a claim that is still started, under
+--     on_fail_attempt (the claim's on_fail_attempts) when given; the retry
+--     delay of a failed handler is decided in SQL when the caller gives none.
 
 -- Claims up to quantity failed flow runs whose on-fail handling is due
 -- (queued, or started with its hide window lapsed), oldest due first:
@@ -3782,24 +4493,35 @@ END
 $$;
 
 -- Records that the on-fail handler of a flow run succeeded; acts only on a run
--- whose on-fail claim is started. Returns nothing; 42704 for an unknown flow,
--- 22023 for an invalid name.
-CREATE FUNCTION catbird.cb_complete_flow_on_fail(name text, run_id bigint) RETURNS void
+-- whose on-fail claim is started (under on_fail_attempt, when given). Returns
+-- nothing; 42704 for an unknown flow, 22023 for an invalid name or
+-- on_fail_attempt < 1.
+CREATE FUNCTION catbird.cb_complete_flow_on_fail(name text, run_id bigint, on_fail_attempt int = NULL) RETURNS void
 LANGUAGE sql VOLATILE
-AS $$ SELECT catbird._cb_end_on_fail('flow', cb_complete_flow_on_fail.name, run_id, completed => true) $$;
+AS $$
+    SELECT catbird._cb_end_on_fail('flow', cb_complete_flow_on_fail.name, run_id, completed => true,
+                                   on_fail_attempt => on_fail_attempt)
+$$;
 
 -- Records that the on-fail handler of a flow run failed: claimable again after
--- retry_delay ms, or failed for good when retry_exhausted. Acts only on a run
--- whose on-fail claim is started. Returns nothing; 42704 for an unknown flow,
--- 22023 for an invalid name or retry_delay < 0.
+-- retry_delay ms, or failed for good when retry_exhausted. Left NULL, SQL
+-- decides both from the policy given (max_retries, backoff_min, backoff_max;
+-- flows store none: 0 retries, 100-2000 ms). Acts only on a run whose on-fail
+-- claim is started (under on_fail_attempt, when given). Returns nothing;
+-- 42704 for an unknown flow, 22023 for an invalid name, retry_delay < 0,
+-- on_fail_attempt < 1 or an invalid policy.
 CREATE FUNCTION catbird.cb_fail_flow_on_fail(name text, run_id bigint, error_message text,
-                                             retry_exhausted boolean, retry_delay bigint)
+                                             retry_exhausted boolean = NULL, retry_delay bigint = NULL,
+                                             on_fail_attempt int = NULL, max_retries int = NULL,
+                                             backoff_min int = NULL, backoff_max int = NULL)
 RETURNS void
 LANGUAGE sql VOLATILE
 AS $$
     SELECT catbird._cb_end_on_fail('flow', cb_fail_flow_on_fail.name, run_id, completed => false,
                                    error_message => cb_fail_flow_on_fail.error_message,
-                                   retry_exhausted => retry_exhausted, retry_delay => retry_delay)
+                                   retry_exhausted => retry_exhausted, retry_delay => retry_delay,
+                                   on_fail_attempt => on_fail_attempt, max_retries => max_retries,
+                                   backoff_min => backoff_min, backoff_max => backoff_max)
 $$;
 -- catbird 60_schedules: cron schedules for tasks and flows.
 --
@@ -4897,6 +5619,10 @@ $$;
 --   expired_task_runs          queued runs past expires_at marked expired
 --   expired_flow_runs          runs past expires_at before any step started
 --   canceling_flow_runs_finalized  canceling runs whose started work's leases lapsed
+--   lease_expired_task_runs    started task runs whose lease lapsed after their
+--                              last attempt (see _cb_lease_cap): failed, on-fail queued
+--   lease_expired_flow_runs    flow runs failed because a step run or map item
+--                              did the same (_cb_fail_lapsed_work)
 --   stale_workers_deleted      workers silent for longer than stale_worker_after
 --   stale_wire_nodes_deleted   (no Wire nodes in this version: always 0)
 --   task_runs_purged / flow_runs_purged  finished runs older than their
@@ -4919,6 +5645,9 @@ DECLARE
     v_stale_workers int;
     v_task_purged int;
     v_flow_purged int;
+    v_lapsed_tasks bigint[];
+    v_lapsed_flow int := 0;
+    v_step catbird.cb_flow_steps;
 BEGIN
     PERFORM catbird._cb_check_at_least('batch_size', batch_size, 1);
     IF stale_worker_after IS NULL OR stale_worker_after <= interval '0' THEN
@@ -4952,10 +5681,40 @@ BEGIN
         ORDER BY r.id LIMIT batch_size
         FOR UPDATE SKIP LOCKED
     LOOP
-        UPDATE catbird.cb_flow_runs r SET status = 'expired', canceled_at = v_now WHERE r.id = v_run;
-        PERFORM catbird._cb_cancel_open_work(v_run, true);
-        PERFORM catbird._cb_notify('catbird.flow.expired', v_run::text);
+        PERFORM catbird._cb_expire_flow_run(v_run);
         v_expired_flow_runs := v_expired_flow_runs + 1;
+    END LOOP;
+
+    -- Crash loops end: lapsed runs that used their attempts fail.
+    WITH lapsed AS (
+        UPDATE catbird.cb_task_runs r
+        SET status = 'failed', failed_at = v_now, error_message = catbird._cb_lease_expired_error(r.attempts),
+            error_detail = NULL, on_fail_status = 'queued', on_fail_visible_at = v_now
+        WHERE r.id IN (SELECT x.id FROM catbird.cb_task_runs x
+                       JOIN catbird.cb_tasks t ON t.id = x.task_id
+                       WHERE x.status = 'started' AND x.visible_at <= v_now
+                         AND x.attempts >= catbird._cb_lease_cap(t.max_retries)
+                       LIMIT batch_size FOR UPDATE OF x SKIP LOCKED)
+        RETURNING r.id
+    )
+    SELECT coalesce(array_agg(l.id ORDER BY l.id), '{}') INTO v_lapsed_tasks FROM lapsed l;
+    PERFORM catbird._cb_notify('catbird.task.failed', l::text) FROM unnest(v_lapsed_tasks) AS l;
+    FOR v_step IN
+        SELECT fs.* FROM catbird.cb_flow_steps fs
+        WHERE EXISTS (SELECT 1 FROM catbird.cb_step_runs sr
+                      WHERE sr.flow_id = fs.flow_id AND sr.step_name = fs.name AND sr.status = 'started'
+                        AND sr.visible_at <= v_now AND sr.attempts >= catbird._cb_lease_cap(fs.max_retries))
+           OR EXISTS (SELECT 1 FROM catbird.cb_map_tasks m
+                      WHERE m.flow_id = fs.flow_id AND m.step_name = fs.name AND m.status = 'started'
+                        AND m.visible_at <= v_now AND m.attempts >= catbird._cb_lease_cap(fs.max_retries))
+        ORDER BY fs.flow_id, fs.position
+    LOOP
+        EXIT WHEN v_lapsed_flow >= batch_size;
+        v_lapsed_flow := v_lapsed_flow
+            + catbird._cb_fail_lapsed_work(v_step, 'step', v_now, batch_size - v_lapsed_flow);
+        EXIT WHEN v_lapsed_flow >= batch_size;
+        v_lapsed_flow := v_lapsed_flow
+            + catbird._cb_fail_lapsed_work(v_step, 'item', v_now, batch_size - v_lapsed_flow);
     END LOOP;
 
     FOR v_run IN
@@ -4985,6 +5744,8 @@ BEGIN
         'expired_task_runs', v_expired_task_runs,
         'expired_flow_runs', v_expired_flow_runs,
         'canceling_flow_runs_finalized', v_finalized,
+        'lease_expired_task_runs', cardinality(v_lapsed_tasks),
+        'lease_expired_flow_runs', v_lapsed_flow,
         'stale_workers_deleted', v_stale_workers,
         'stale_wire_nodes_deleted', 0,
         'task_runs_purged', v_task_purged,
