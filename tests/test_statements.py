@@ -46,6 +46,7 @@ SAMPLES: dict[str, Any] = {
     "quantity": 3,
     "retry_exhausted": True,
     "retry_delay": 100,
+    "dead_letter_queue": "dlq",
 }
 
 
@@ -73,7 +74,7 @@ STATEMENTS = _statements()
 
 
 def test_every_statement_is_found() -> None:
-    assert len(STATEMENTS) == 84
+    assert len(STATEMENTS) == 87
 
 
 @pytest.mark.parametrize(("name", "function"), STATEMENTS, ids=[n for n, _ in STATEMENTS])
@@ -91,8 +92,8 @@ def test_calls_render_named_notation_with_casts_once() -> None:
         " priority => %(priority)s::int, expires_at => %(expires_at)s::timestamptz)"
     )
     assert _sql.list_queues().sql == (
-        "SELECT name, description, created_at, expires_at, depth, visible, oldest_visible_at"
-        " FROM catbird.cb_list_queues() ORDER BY name"
+        "SELECT name, description, created_at, expires_at, depth, visible, oldest_visible_at,"
+        " max_deliveries, dead_letter_queue FROM catbird.cb_list_queues() ORDER BY name"
     )
     assert _sql.send("a", 1).sql is _sql.send("b", 2).sql
     with pytest.raises(ValueError, match="not an identifier"):
