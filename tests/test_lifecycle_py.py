@@ -604,3 +604,40 @@ def test_a_paused_worker_cannot_overwrite_the_newer_attempt(
     time.sleep(1.5)
     run = client.get_task_run("stall", handle.id)
     assert (run.status, run.output, run.attempts) == ("completed", 2, 2)
+
+
+async def test_an_item_can_complete_its_flow_early(dsn: str, client: AsyncClient) -> None:
+    flow = catbird.Flow("search")
+
+    @flow.step(map="input")
+    def look(item: int) -> int:
+        if item == 3:
+            catbird.complete_early({"found": item})
+        return item
+
+    async with running(dsn, flow):
+        handle = await client.run_flow(flow, [1, 2, 3, 4])
+        assert await handle.wait_for_output(timeout=10) == {"found": 3}
+
+
+async def test_a_stale_early_completion_changes_nothing(client: AsyncClient) -> None:
+    flow = catbird.Flow("early")
+
+    @flow.step()
+    def only(input: int) -> int:
+        return input
+
+    await client.create_flow(flow)
+    handle = await client.run_flow(flow, 1)
+    (claim,) = await client.execute(
+        catbird._sql.claim_steps("early", "only", quantity=1, hide_for=30)
+    )
+    stale = catbird._sql.complete_flow_early_json(
+        "early", handle.id, "only", "1", attempt=claim.attempts + 1
+    )
+    assert not await client.execute(stale)
+    fresh = catbird._sql.complete_flow_early_json(
+        "early", handle.id, "only", "2", attempt=claim.attempts
+    )
+    assert await client.execute(fresh)
+    assert await handle.wait_for_output(timeout=5) == 2

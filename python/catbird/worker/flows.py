@@ -197,7 +197,9 @@ class FlowLane(BatchedLane):
                     self.step_name,
                     output,
                     reason=early_reason,
-                    attempt=run.attempt,
+                    # fenced by the step's claim; an item's step is not
+                    # started (it waits for its items), so an item's is not
+                    attempt=None if self.kind == "item" else run.attempt,
                 ),
                 f"complete flow run {ctx.flow_run_id} of {self.flow!r} early",
             )
