@@ -44,7 +44,7 @@ DECLARE
     v_now timestamptz;
     v_wanted int := quantity;
     v_claims catbird.cb_task_claim[];
-    v_expired int;
+    v_expired bigint;
     v_failed bigint[];
     v_max_retries int;
     v_cap int;
