@@ -641,3 +641,38 @@ async def test_a_stale_early_completion_changes_nothing(client: AsyncClient) -> 
     )
     assert await client.execute(fresh)
     assert await handle.wait_for_output(timeout=5) == 2
+
+
+async def test_shutdown_hands_an_on_fail_call_back(dsn: str, client: AsyncClient) -> None:
+    entered = threading.Event()
+    release = threading.Event()
+    calls: list[int] = []
+
+    @catbird.task("doomed", max_retries=0)
+    async def doomed(x: int) -> int:
+        raise PermanentError("no")
+
+    @doomed.on_fail(max_retries=0)
+    def cleanup(x: int, failure: catbird.TaskFailure) -> None:
+        calls.append(failure.on_fail_attempts)
+        if len(calls) == 1:
+            entered.set()
+            release.wait(30)
+
+    worker = Worker(dsn, tasks=[doomed], poll_interval=0.05, shutdown_timeout=0.05)
+    await worker.start()
+    try:
+        handle = await client.run_task(doomed, 1)
+        await asyncio.to_thread(entered.wait, 10)
+        await worker.stop()
+    finally:
+        release.set()
+    run = await client.get_task_run(doomed, handle.id)
+    assert run.on_fail_status == "queued"  # handed back, not failed for good
+    async with running(dsn, doomed):
+        await eventually(lambda: _on_fail_status(client, handle.id, "completed"), timeout=10)
+    assert calls == [1, 2]
+
+
+async def _on_fail_status(client: AsyncClient, run_id: int, status: str) -> bool:
+    return (await client.get_task_run("doomed", run_id)).on_fail_status == status
