@@ -149,6 +149,7 @@ async def test_a_permanent_error_fails_at_once_with_its_traceback(
     assert run.error_detail.startswith("Traceback (most recent call last):")
     assert "in strict" in run.error_detail
     assert "PermanentError: cannot use 7" in run.error_detail
+    assert "catbird/worker" not in run.error_detail  # the worker's own frames left out
     assert (await client.list_task_runs(strict))[0].error_detail == run.error_detail
     # the CLI shows it with the run
     shown = cli(dsn, "task", "show", "strict", "--run", str(handle.id))

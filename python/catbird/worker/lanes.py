@@ -15,6 +15,7 @@ import asyncio
 import dataclasses
 import inspect
 import logging
+import os
 import time
 import traceback
 from collections.abc import Sequence
@@ -79,8 +80,22 @@ def failure_of(message: str, exc: BaseException | None, *, retryable: bool = Tru
     retryable when it is a :class:`catbird.PermanentError`."""
     if exc is None:
         return Failure(message, None, retryable)
-    detail = "".join(traceback.format_exception(exc)).rstrip() or None
-    return Failure(message, detail, retryable and not isinstance(exc, PermanentError))
+    retryable = retryable and not isinstance(exc, PermanentError)
+    return Failure(message, format_traceback(exc), retryable)
+
+
+#: Frames of the worker itself are left out of tracebacks (they say nothing
+#: about the handler).
+_WORKER_DIR = os.path.dirname(os.path.abspath(__file__)) + os.sep
+
+
+def format_traceback(exc: BaseException) -> str | None:
+    """The traceback of ``exc`` as text, without the worker's own frames."""
+    te = traceback.TracebackException.from_exception(exc)
+    frames = [f for f in te.stack if not f.filename.startswith(_WORKER_DIR)]
+    if frames:
+        te.stack = traceback.StackSummary.from_list(frames)
+    return "".join(te.format()).rstrip() or None
 
 
 def parse_run_id(data: Any) -> int | None:
