@@ -34,7 +34,7 @@ from .runs import RunKind, add_run_commands, run_result
 
 __all__ = ["FLOWS", "app", "dag_tree", "layers"]
 
-app = App(help="Flows: definitions (with their DAG), runs, steps, signals, cancel.")
+app = App(help="Flows: definitions (with their DAG), runs, steps, signals, cancel, retry.")
 
 FlowArg = Annotated[str, typer.Argument(help="Flow name.", show_default=False)]
 RunArg = Annotated[int, typer.Argument(help="Flow run id.", show_default=False)]

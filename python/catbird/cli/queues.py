@@ -34,7 +34,7 @@ from .output import Column, fmt_json, fmt_ts, print_json, record, table
 
 __all__ = ["app", "publish_command"]
 
-app = App(help="Queues: create, inspect, send, read, bind to topics.")
+app = App(help="Queues: create, inspect, send, read, bind to topics, redrive dead letters.")
 
 QueueArg = Annotated[str, typer.Argument(help="Queue name.", show_default=False)]
 
