@@ -14,15 +14,17 @@
 --   * cb_publish returns targets x messages, whether or not a concurrency key
 --     deduplicated some of them, and writes into every target in one statement.
 
--- Binds a queue, task or flow (target_type) to a pattern; binding twice is a
--- no-op. Callers have checked that the target exists. Returns nothing; 22023
--- for an invalid pattern.
+-- cb_bind, cb_bind_task, cb_bind_flow: binds a queue, task or flow
+-- (target_type) to a pattern, holding the target's shared lock; binding twice
+-- is a no-op. Returns nothing; 22023 for an invalid name, 42704 for an
+-- unknown target, then 22023 for an invalid pattern.
 CREATE FUNCTION catbird._cb_bind(target_type text, target_name text, pattern text) RETURNS void
 LANGUAGE plpgsql VOLATILE
 AS $$
 DECLARE
     v_parts record;
 BEGIN
+    PERFORM catbird._cb_definition_id(target_type, target_name);
     PERFORM catbird._cb_check_pattern(pattern);
     v_parts := catbird._cb_pattern_parts(pattern);
     INSERT INTO catbird.cb_bindings
@@ -33,12 +35,14 @@ BEGIN
 END
 $$;
 
--- Removes a binding. Returns false when there was none; 22023 for an invalid
--- pattern.
+-- cb_unbind, cb_unbind_task, cb_unbind_flow: removes a binding of a queue,
+-- task or flow (target_type). Returns false when there was none; 22023 for an
+-- invalid name, 42704 for an unknown target, then 22023 for an invalid pattern.
 CREATE FUNCTION catbird._cb_unbind(target_type text, target_name text, pattern text) RETURNS boolean
 LANGUAGE plpgsql VOLATILE
 AS $$
 BEGIN
+    PERFORM catbird._cb_definition_id(target_type, target_name);
     PERFORM catbird._cb_check_pattern(pattern);
     DELETE FROM catbird.cb_bindings b
     WHERE b.target_type = _cb_unbind.target_type
@@ -52,24 +56,14 @@ $$;
 -- delivered to it. Binding twice is a no-op. Returns nothing; 42704 for an
 -- unknown queue; 22023 for an invalid name or pattern.
 CREATE FUNCTION catbird.cb_bind(queue text, pattern text) RETURNS void
-LANGUAGE plpgsql VOLATILE
-AS $$
-BEGIN
-    PERFORM catbird._cb_queue_id(queue);
-    PERFORM catbird._cb_bind('queue', queue, pattern);
-END
-$$;
+LANGUAGE sql VOLATILE
+AS $$ SELECT catbird._cb_bind('queue', queue, pattern) $$;
 
 -- Removes a binding of a queue. Returns false when there was none; 42704 for
 -- an unknown queue; 22023 for an invalid name or pattern.
 CREATE FUNCTION catbird.cb_unbind(queue text, pattern text) RETURNS boolean
-LANGUAGE plpgsql VOLATILE
-AS $$
-BEGIN
-    PERFORM catbird._cb_queue_id(queue);
-    RETURN catbird._cb_unbind('queue', queue, pattern);
-END
-$$;
+LANGUAGE sql VOLATILE
+AS $$ SELECT catbird._cb_unbind('queue', queue, pattern) $$;
 
 -- The patterns queues are bound to (all queues, or one), by queue and
 -- pattern. Raises nothing; an unknown queue has no rows.
@@ -209,11 +203,7 @@ RETURNS int
 LANGUAGE plpgsql VOLATILE
 AS $$
 BEGIN
-    IF body IS NULL THEN
-        RAISE EXCEPTION 'invalid body: a message body must not be SQL NULL (use ''null''::jsonb for a JSON null)'
-            USING ERRCODE = 'invalid_parameter_value';
-    END IF;
-    PERFORM catbird._cb_check_headers(headers);
+    PERFORM catbird._cb_check_body('body', 'message body', body, headers);
     RETURN catbird.cb_publish(topic, ARRAY[body], ARRAY[concurrency_key], ARRAY[headers],
                               visible_at, priority, expires_at);
 END

@@ -326,18 +326,13 @@ LANGUAGE plpgsql VOLATILE
 AS $$
 DECLARE
     v_flow catbird.cb_flows := catbird._cb_flow(flow_name);
-    v_locked record;
+    v_report record;
 BEGIN
     PERFORM catbird._cb_flow_step(v_flow, step_name);
     PERFORM catbird._cb_check_fail_args(true, attempt);
-    v_locked := catbird._cb_lock_step_run(v_flow, step_name, id);
-    IF (v_locked.step_run).status IS DISTINCT FROM 'started'
-       OR (attempt IS NOT NULL AND (v_locked.step_run).attempts <> attempt) THEN
-        RETURN;
-    END IF;
-    IF (v_locked.run).status = 'canceling' THEN
-        PERFORM catbird._cb_cancel_reported_step((v_locked.run).id, cb_complete_generator_step.id);
-        RETURN;
+    v_report := catbird._cb_lock_reported_step(v_flow, step_name, id, attempt);
+    IF v_report.run_id IS NULL THEN
+        RETURN;  -- stale, or the run is canceling (the step is canceled)
     END IF;
     UPDATE catbird.cb_step_runs sr
     SET generator_done = true, status = 'waiting_for_map_tasks', map_total = coalesce(sr.map_total, 0)
@@ -358,26 +353,21 @@ LANGUAGE plpgsql VOLATILE
 AS $$
 DECLARE
     v_flow catbird.cb_flows := catbird._cb_flow(flow_name);
-    v_locked record;
+    v_report record;
     v_error text := coalesce(cb_fail_generator_step.error_message, 'unknown error');
 BEGIN
     PERFORM catbird._cb_flow_step(v_flow, step_name);
     PERFORM catbird._cb_check_fail_args(true, attempt);
-    v_locked := catbird._cb_lock_step_run(v_flow, step_name, id);
-    IF (v_locked.step_run).status IS DISTINCT FROM 'started'
-       OR (attempt IS NOT NULL AND (v_locked.step_run).attempts <> attempt) THEN
-        RETURN;
-    END IF;
-    IF (v_locked.run).status = 'canceling' THEN
-        PERFORM catbird._cb_cancel_reported_step((v_locked.run).id, cb_fail_generator_step.id);
-        RETURN;
+    v_report := catbird._cb_lock_reported_step(v_flow, step_name, id, attempt);
+    IF v_report.run_id IS NULL THEN
+        RETURN;  -- stale, or the run is canceling (the step is canceled)
     END IF;
     UPDATE catbird.cb_step_runs sr
     SET status = 'failed', failed_at = catbird.cb_now(), error_message = v_error,
         error_detail = cb_fail_generator_step.error_detail
     WHERE sr.id = cb_fail_generator_step.id;
-    PERFORM catbird._cb_fail_flow_run((v_locked.run).id, step_name, v_error, (v_locked.run).input,
-                                      (v_locked.step_run).signal_input, (v_locked.step_run).attempts);
+    PERFORM catbird._cb_fail_flow_run(v_report.run_id, step_name, v_error, v_report.run_input,
+                                      v_report.signal_input, v_report.attempts);
 END
 $$;
 
