@@ -143,10 +143,9 @@ LANGUAGE plpgsql VOLATILE
 AS $$
 DECLARE
     v_names text[];
-    v_tasks text[];
-    v_flows text[];
+    v_kinds text[];
+    v_targets text[];
     v_queue_ids int[];
-    v_target text;
     v_deliveries int := 0;
 BEGIN
     PERFORM catbird._cb_check_topic(topic);
@@ -157,11 +156,12 @@ BEGIN
     -- Shared locks on the matched names first (in a stable order), then their
     -- ids with a fresh snapshot: a queue deleted meanwhile is left out, and a
     -- queue bound meanwhile is not written into without its lock.
-    SELECT array_agg(DISTINCT b.target_name ORDER BY b.target_name) FILTER (WHERE b.target_type = 'queue'),
-           array_agg(DISTINCT b.target_name ORDER BY b.target_name) FILTER (WHERE b.target_type = 'task'),
-           array_agg(DISTINCT b.target_name ORDER BY b.target_name) FILTER (WHERE b.target_type = 'flow')
-    INTO v_names, v_tasks, v_flows
-    FROM catbird._cb_matching_bindings(topic) b;
+    -- Tasks and flows in one list: tasks by name, then flows by name.
+    SELECT array_agg(b.target_name ORDER BY b.target_name) FILTER (WHERE b.target_type = 'queue'),
+           array_agg(b.target_type ORDER BY b.target_type DESC, b.target_name) FILTER (WHERE b.target_type <> 'queue'),
+           array_agg(b.target_name ORDER BY b.target_type DESC, b.target_name) FILTER (WHERE b.target_type <> 'queue')
+    INTO v_names, v_kinds, v_targets
+    FROM (SELECT DISTINCT m.target_type, m.target_name FROM catbird._cb_matching_bindings(topic) m) b;
     PERFORM catbird._cb_lock_definition('queue', n) FROM unnest(v_names) AS n;
     SELECT array_agg(q.id ORDER BY q.id) INTO v_queue_ids
     FROM catbird.cb_queues q WHERE q.name = ANY (v_names);
@@ -171,21 +171,17 @@ BEGIN
         v_deliveries := cardinality(v_queue_ids) * cardinality(bodies);
     END IF;
 
-    -- Bound tasks and flows get one run per message.
-    FOREACH v_target IN ARRAY coalesce(v_tasks, '{}') LOOP
-        PERFORM catbird._cb_lock_definition('task', v_target);
-        PERFORM catbird._cb_insert_task_runs(t, bodies, concurrency_keys, headers, visible_at, priority, expires_at)
-        FROM catbird.cb_tasks t WHERE t.name = v_target;
-        IF FOUND THEN
-            v_deliveries := v_deliveries + cardinality(bodies);
+    -- Bound tasks and flows get one run per message (one that was deleted
+    -- meanwhile is left out).
+    FOR i IN 1..coalesce(cardinality(v_targets), 0) LOOP
+        PERFORM catbird._cb_lock_definition(v_kinds[i], v_targets[i]);
+        IF v_kinds[i] = 'task' THEN
+            PERFORM catbird._cb_insert_task_runs(t, bodies, concurrency_keys, headers, visible_at, priority, expires_at)
+            FROM catbird.cb_tasks t WHERE t.name = v_targets[i];
+        ELSE
+            PERFORM catbird._cb_insert_flow_runs(f, bodies, concurrency_keys, headers, visible_at, priority, expires_at)
+            FROM catbird.cb_flows f WHERE f.name = v_targets[i];
         END IF;
-    END LOOP;
-
-    -- Bound flows get one run per message.
-    FOREACH v_target IN ARRAY coalesce(v_flows, '{}') LOOP
-        PERFORM catbird._cb_lock_definition('flow', v_target);
-        PERFORM catbird._cb_insert_flow_runs(f, bodies, concurrency_keys, headers, visible_at, priority, expires_at)
-        FROM catbird.cb_flows f WHERE f.name = v_target;
         IF FOUND THEN
             v_deliveries := v_deliveries + cardinality(bodies);
         END IF;

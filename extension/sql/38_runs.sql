@@ -210,6 +210,24 @@ BEGIN
 END
 $$;
 
+-- Whether a concurrency key of a task or flow is held by one of its active
+-- runs (a task's queued or started runs, a flow's started or canceling ones).
+-- False for a NULL key. Raises nothing.
+CREATE FUNCTION catbird._cb_key_held(kind text, definition_id int, concurrency_key text) RETURNS boolean
+LANGUAGE plpgsql STABLE
+AS $$
+BEGIN
+    IF kind = 'task' THEN
+        RETURN EXISTS (SELECT 1 FROM catbird.cb_task_runs r
+                       WHERE r.task_id = definition_id AND r.concurrency_key = _cb_key_held.concurrency_key
+                         AND r.status IN ('queued', 'started'));
+    END IF;
+    RETURN EXISTS (SELECT 1 FROM catbird.cb_flow_runs r
+                   WHERE r.flow_id = definition_id AND r.concurrency_key = _cb_key_held.concurrency_key
+                     AND r.status IN ('started', 'canceling'));
+END
+$$;
+
 -- cb_run_task / cb_run_flow (batch forms): creates one run per input of the
 -- task or flow through the one inserter of its kind (_cb_insert_task_runs,
 -- _cb_insert_flow_runs), after checking the arguments. Returns the run id of

@@ -306,10 +306,7 @@ BEGIN
                    WHERE sr.flow_run_id = run_id AND sr.status IN ('failed', 'canceled')) THEN
         RETURN false;
     END IF;
-    IF v_run.concurrency_key IS NOT NULL AND EXISTS (
-           SELECT 1 FROM catbird.cb_flow_runs r
-           WHERE r.flow_id = v_flow.id AND r.concurrency_key = v_run.concurrency_key
-             AND r.status IN ('started', 'canceling')) THEN
+    IF catbird._cb_key_held('flow', v_flow.id, v_run.concurrency_key) THEN
         RETURN false;
     END IF;
     BEGIN

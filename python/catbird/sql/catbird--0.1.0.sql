@@ -1144,10 +1144,9 @@ LANGUAGE plpgsql VOLATILE
 AS $$
 DECLARE
     v_names text[];
-    v_tasks text[];
-    v_flows text[];
+    v_kinds text[];
+    v_targets text[];
     v_queue_ids int[];
-    v_target text;
     v_deliveries int := 0;
 BEGIN
     PERFORM catbird._cb_check_topic(topic);
@@ -1158,11 +1157,12 @@ BEGIN
     -- Shared locks on the matched names first (in a stable order), then their
     -- ids with a fresh snapshot: a queue deleted meanwhile is left out, and a
     -- queue bound meanwhile is not written into without its lock.
-    SELECT array_agg(DISTINCT b.target_name ORDER BY b.target_name) FILTER (WHERE b.target_type = 'queue'),
-           array_agg(DISTINCT b.target_name ORDER BY b.target_name) FILTER (WHERE b.target_type = 'task'),
-           array_agg(DISTINCT b.target_name ORDER BY b.target_name) FILTER (WHERE b.target_type = 'flow')
-    INTO v_names, v_tasks, v_flows
-    FROM catbird._cb_matching_bindings(topic) b;
+    -- Tasks and flows in one list: tasks by name, then flows by name.
+    SELECT array_agg(b.target_name ORDER BY b.target_name) FILTER (WHERE b.target_type = 'queue'),
+           array_agg(b.target_type ORDER BY b.target_type DESC, b.target_name) FILTER (WHERE b.target_type <> 'queue'),
+           array_agg(b.target_name ORDER BY b.target_type DESC, b.target_name) FILTER (WHERE b.target_type <> 'queue')
+    INTO v_names, v_kinds, v_targets
+    FROM (SELECT DISTINCT m.target_type, m.target_name FROM catbird._cb_matching_bindings(topic) m) b;
     PERFORM catbird._cb_lock_definition('queue', n) FROM unnest(v_names) AS n;
     SELECT array_agg(q.id ORDER BY q.id) INTO v_queue_ids
     FROM catbird.cb_queues q WHERE q.name = ANY (v_names);
@@ -1172,21 +1172,17 @@ BEGIN
         v_deliveries := cardinality(v_queue_ids) * cardinality(bodies);
     END IF;
 
-    -- Bound tasks and flows get one run per message.
-    FOREACH v_target IN ARRAY coalesce(v_tasks, '{}') LOOP
-        PERFORM catbird._cb_lock_definition('task', v_target);
-        PERFORM catbird._cb_insert_task_runs(t, bodies, concurrency_keys, headers, visible_at, priority, expires_at)
-        FROM catbird.cb_tasks t WHERE t.name = v_target;
-        IF FOUND THEN
-            v_deliveries := v_deliveries + cardinality(bodies);
+    -- Bound tasks and flows get one run per message (one that was deleted
+    -- meanwhile is left out).
+    FOR i IN 1..coalesce(cardinality(v_targets), 0) LOOP
+        PERFORM catbird._cb_lock_definition(v_kinds[i], v_targets[i]);
+        IF v_kinds[i] = 'task' THEN
+            PERFORM catbird._cb_insert_task_runs(t, bodies, concurrency_keys, headers, visible_at, priority, expires_at)
+            FROM catbird.cb_tasks t WHERE t.name = v_targets[i];
+        ELSE
+            PERFORM catbird._cb_insert_flow_runs(f, bodies, concurrency_keys, headers, visible_at, priority, expires_at)
+            FROM catbird.cb_flows f WHERE f.name = v_targets[i];
         END IF;
-    END LOOP;
-
-    -- Bound flows get one run per message.
-    FOREACH v_target IN ARRAY coalesce(v_flows, '{}') LOOP
-        PERFORM catbird._cb_lock_definition('flow', v_target);
-        PERFORM catbird._cb_insert_flow_runs(f, bodies, concurrency_keys, headers, visible_at, priority, expires_at)
-        FROM catbird.cb_flows f WHERE f.name = v_target;
         IF FOUND THEN
             v_deliveries := v_deliveries + cardinality(bodies);
         END IF;
@@ -1576,6 +1572,24 @@ BEGIN
         v_id := (catbird._cb_flow(name)).id;
     END CASE;
     RETURN v_id;
+END
+$$;
+
+-- Whether a concurrency key of a task or flow is held by one of its active
+-- runs (a task's queued or started runs, a flow's started or canceling ones).
+-- False for a NULL key. Raises nothing.
+CREATE FUNCTION catbird._cb_key_held(kind text, definition_id int, concurrency_key text) RETURNS boolean
+LANGUAGE plpgsql STABLE
+AS $$
+BEGIN
+    IF kind = 'task' THEN
+        RETURN EXISTS (SELECT 1 FROM catbird.cb_task_runs r
+                       WHERE r.task_id = definition_id AND r.concurrency_key = _cb_key_held.concurrency_key
+                         AND r.status IN ('queued', 'started'));
+    END IF;
+    RETURN EXISTS (SELECT 1 FROM catbird.cb_flow_runs r
+                   WHERE r.flow_id = definition_id AND r.concurrency_key = _cb_key_held.concurrency_key
+                     AND r.status IN ('started', 'canceling'));
 END
 $$;
 
@@ -2563,10 +2577,7 @@ BEGIN
     IF v_run.id IS NULL THEN
         RETURN false;
     END IF;
-    IF v_run.concurrency_key IS NOT NULL AND EXISTS (
-           SELECT 1 FROM catbird.cb_task_runs r
-           WHERE r.task_id = v_task.id AND r.concurrency_key = v_run.concurrency_key
-             AND r.status IN ('queued', 'started')) THEN
+    IF catbird._cb_key_held('task', v_task.id, v_run.concurrency_key) THEN
         RETURN false;
     END IF;
     BEGIN
@@ -3808,10 +3819,7 @@ BEGIN
                    WHERE sr.flow_run_id = run_id AND sr.status IN ('failed', 'canceled')) THEN
         RETURN false;
     END IF;
-    IF v_run.concurrency_key IS NOT NULL AND EXISTS (
-           SELECT 1 FROM catbird.cb_flow_runs r
-           WHERE r.flow_id = v_flow.id AND r.concurrency_key = v_run.concurrency_key
-             AND r.status IN ('started', 'canceling')) THEN
+    IF catbird._cb_key_held('flow', v_flow.id, v_run.concurrency_key) THEN
         RETURN false;
     END IF;
     BEGIN
@@ -4076,7 +4084,8 @@ $$;
 --
 -- Owns: cb_claim_map_tasks, cb_hide_map_tasks, _cb_maybe_complete_map_step,
 -- cb_complete_map_tasks, cb_fail_map_task, cb_spawn_generator_map_tasks,
--- cb_complete_generator_step, cb_fail_generator_step, cb_read_map_outputs.
+-- cb_complete_generator_step and cb_fail_generator_step (over
+-- _cb_end_generator), cb_read_map_outputs.
 -- Writes cb_map_tasks and cb_step_runs.
 -- Guarantees:
 --   * Items are claimed, fenced, retried and canceled like step runs (see
@@ -4389,18 +4398,22 @@ BEGIN
 END
 $$;
 
--- Records that a generator's handler has finished (under attempt, when
--- given): the step completes once all its items are done. A stale call (step
--- not started, or another attempt) writes nothing; for a canceling run the
--- step is canceled. Returns nothing. 42704 for an unknown flow or step; 22023
--- for an invalid name or attempt < 1.
-CREATE FUNCTION catbird.cb_complete_generator_step(flow_name text, step_name text, id bigint, attempt int = NULL)
+-- cb_complete_generator_step / cb_fail_generator_step: records that a
+-- generator's handler finished (failed false: the step completes once all its
+-- items are done) or failed (the step and the flow run fail, no retry, with
+-- error_message and error_detail stored on the step), under attempt when
+-- given. A stale call (step not started, or another attempt) writes nothing;
+-- for a canceling run the step is canceled. Returns nothing. 42704 for an
+-- unknown flow or step; 22023 for an invalid name or attempt < 1.
+CREATE FUNCTION catbird._cb_end_generator(flow_name text, step_name text, id bigint, attempt int, failed boolean,
+                                          error_message text = NULL, error_detail text = NULL)
 RETURNS void
 LANGUAGE plpgsql VOLATILE
 AS $$
 DECLARE
     v_flow catbird.cb_flows := catbird._cb_flow(flow_name);
     v_report record;
+    v_error text := coalesce(_cb_end_generator.error_message, 'unknown error');
 BEGIN
     PERFORM catbird._cb_flow_step(v_flow, step_name);
     PERFORM catbird._cb_check_fail_args(true, attempt);
@@ -4408,12 +4421,31 @@ BEGIN
     IF v_report.run_id IS NULL THEN
         RETURN;  -- stale, or the run is canceling (the step is canceled)
     END IF;
+    IF NOT failed THEN
+        UPDATE catbird.cb_step_runs sr
+        SET generator_done = true, status = 'waiting_for_map_tasks', map_total = coalesce(sr.map_total, 0)
+        WHERE sr.id = _cb_end_generator.id;
+        PERFORM catbird._cb_maybe_complete_map_step(id, v_flow.id);
+        RETURN;
+    END IF;
     UPDATE catbird.cb_step_runs sr
-    SET generator_done = true, status = 'waiting_for_map_tasks', map_total = coalesce(sr.map_total, 0)
-    WHERE sr.id = cb_complete_generator_step.id;
-    PERFORM catbird._cb_maybe_complete_map_step(id, v_flow.id);
+    SET status = 'failed', failed_at = catbird.cb_now(), error_message = v_error,
+        error_detail = _cb_end_generator.error_detail
+    WHERE sr.id = _cb_end_generator.id;
+    PERFORM catbird._cb_fail_flow_run(v_report.run_id, step_name, v_error, v_report.run_input,
+                                      v_report.signal_input, v_report.attempts);
 END
 $$;
+
+-- Records that a generator's handler has finished (under attempt, when
+-- given): the step completes once all its items are done. A stale call (step
+-- not started, or another attempt) writes nothing; for a canceling run the
+-- step is canceled. Returns nothing. 42704 for an unknown flow or step; 22023
+-- for an invalid name or attempt < 1.
+CREATE FUNCTION catbird.cb_complete_generator_step(flow_name text, step_name text, id bigint, attempt int = NULL)
+RETURNS void
+LANGUAGE sql VOLATILE
+AS $$ SELECT catbird._cb_end_generator(flow_name, step_name, id, attempt, failed => false) $$;
 
 -- Records that a generator's handler failed (under attempt, when given): the
 -- step and the flow run fail (no retry), with error_detail stored on the
@@ -4423,26 +4455,10 @@ $$;
 CREATE FUNCTION catbird.cb_fail_generator_step(flow_name text, step_name text, id bigint, error_message text,
                                                attempt int = NULL, error_detail text = NULL)
 RETURNS void
-LANGUAGE plpgsql VOLATILE
+LANGUAGE sql VOLATILE
 AS $$
-DECLARE
-    v_flow catbird.cb_flows := catbird._cb_flow(flow_name);
-    v_report record;
-    v_error text := coalesce(cb_fail_generator_step.error_message, 'unknown error');
-BEGIN
-    PERFORM catbird._cb_flow_step(v_flow, step_name);
-    PERFORM catbird._cb_check_fail_args(true, attempt);
-    v_report := catbird._cb_lock_reported_step(v_flow, step_name, id, attempt);
-    IF v_report.run_id IS NULL THEN
-        RETURN;  -- stale, or the run is canceling (the step is canceled)
-    END IF;
-    UPDATE catbird.cb_step_runs sr
-    SET status = 'failed', failed_at = catbird.cb_now(), error_message = v_error,
-        error_detail = cb_fail_generator_step.error_detail
-    WHERE sr.id = cb_fail_generator_step.id;
-    PERFORM catbird._cb_fail_flow_run(v_report.run_id, step_name, v_error, v_report.run_input,
-                                      v_report.signal_input, v_report.attempts);
-END
+    SELECT catbird._cb_end_generator(flow_name, step_name, id, attempt, failed => true,
+                                     error_message => error_message, error_detail => error_detail)
 $$;
 
 -- Item outputs of a mapper or generator step of a run, in item order, a page
