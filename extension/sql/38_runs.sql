@@ -240,22 +240,24 @@ RETURNS bigint[]
 LANGUAGE plpgsql VOLATILE
 AS $$
 DECLARE
-    v_task catbird.cb_tasks;
-    v_flow catbird.cb_flows;
+    -- a cb_tasks or cb_flows row (typed record: this file comes before both tables)
+    v_definition record;
 BEGIN
     IF kind = 'task' THEN
-        v_task := catbird._cb_task(name);
+        v_definition := catbird._cb_task(name);
     ELSE
-        v_flow := catbird._cb_flow(name);
+        v_definition := catbird._cb_flow(name);
     END IF;
     PERFORM catbird._cb_check_send_args(inputs, NULL, concurrency_keys, headers);
     IF cardinality(inputs) = 0 THEN
         RETURN '{}'::bigint[];
     END IF;
     IF kind = 'task' THEN
-        RETURN catbird._cb_insert_task_runs(v_task, inputs, concurrency_keys, headers, visible_at, priority, expires_at);
+        RETURN catbird._cb_insert_task_runs(v_definition, inputs, concurrency_keys, headers,
+                                            visible_at, priority, expires_at);
     END IF;
-    RETURN catbird._cb_insert_flow_runs(v_flow, inputs, concurrency_keys, headers, visible_at, priority, expires_at);
+    RETURN catbird._cb_insert_flow_runs(v_definition, inputs, concurrency_keys, headers,
+                                        visible_at, priority, expires_at);
 END
 $$;
 
