@@ -1605,23 +1605,25 @@ RETURNS bigint[]
 LANGUAGE plpgsql VOLATILE
 AS $$
 DECLARE
-    -- a cb_tasks or cb_flows row (typed record: this file comes before both tables)
-    v_definition record;
+    -- the cb_tasks or cb_flows row, as a record: this file comes before both
+    -- tables, and a plain-script install compiles the declarations
+    v_task record;
+    v_flow record;
 BEGIN
     IF kind = 'task' THEN
-        v_definition := catbird._cb_task(name);
+        v_task := catbird._cb_task(name);
     ELSE
-        v_definition := catbird._cb_flow(name);
+        v_flow := catbird._cb_flow(name);
     END IF;
     PERFORM catbird._cb_check_send_args(inputs, NULL, concurrency_keys, headers);
     IF cardinality(inputs) = 0 THEN
         RETURN '{}'::bigint[];
     END IF;
     IF kind = 'task' THEN
-        RETURN catbird._cb_insert_task_runs(v_definition, inputs, concurrency_keys, headers,
+        RETURN catbird._cb_insert_task_runs(v_task, inputs, concurrency_keys, headers,
                                             visible_at, priority, expires_at);
     END IF;
-    RETURN catbird._cb_insert_flow_runs(v_definition, inputs, concurrency_keys, headers,
+    RETURN catbird._cb_insert_flow_runs(v_flow, inputs, concurrency_keys, headers,
                                         visible_at, priority, expires_at);
 END
 $$;
