@@ -100,6 +100,22 @@ BEGIN
 END
 $$;
 
+-- Checks the one body of a single send, publish or run, or a schedule's
+-- input (argument and what name it in the message: 'body', 'message body';
+-- 'input', 'run input'): not SQL NULL; then its headers (see
+-- _cb_check_headers). Returns nothing; 22023 otherwise.
+CREATE FUNCTION catbird._cb_check_body(argument text, what text, body jsonb, headers jsonb = NULL) RETURNS void
+LANGUAGE plpgsql IMMUTABLE
+AS $$
+BEGIN
+    IF body IS NULL THEN
+        RAISE EXCEPTION 'invalid %: a % must not be SQL NULL (use ''null''::jsonb for a JSON null)', argument, what
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    PERFORM catbird._cb_check_headers(headers);
+END
+$$;
+
 -- Splits a valid pattern into the columns cb_bindings indexes (see 00_schema):
 -- literal prefix, token count, trailing '#', anchored regex (NULL without
 -- wildcards). Raises nothing; callers have checked the pattern.

@@ -330,8 +330,7 @@ DECLARE
     v_queue_id int := catbird._cb_queue_id(queue);
 BEGIN
     IF body IS NULL THEN
-        RAISE EXCEPTION 'invalid body: a message body must not be SQL NULL (use ''null''::jsonb for a JSON null)'
-            USING ERRCODE = 'invalid_parameter_value';
+        PERFORM catbird._cb_check_body('body', 'message body', body);
     END IF;
     IF topic IS NOT NULL THEN
         PERFORM catbird._cb_check_topic(topic);

@@ -14,15 +14,17 @@
 --   * cb_publish returns targets x messages, whether or not a concurrency key
 --     deduplicated some of them, and writes into every target in one statement.
 
--- Binds a queue, task or flow (target_type) to a pattern; binding twice is a
--- no-op. Callers have checked that the target exists. Returns nothing; 22023
--- for an invalid pattern.
+-- cb_bind, cb_bind_task, cb_bind_flow: binds a queue, task or flow
+-- (target_type) to a pattern, holding the target's shared lock; binding twice
+-- is a no-op. Returns nothing; 22023 for an invalid name, 42704 for an
+-- unknown target, then 22023 for an invalid pattern.
 CREATE FUNCTION catbird._cb_bind(target_type text, target_name text, pattern text) RETURNS void
 LANGUAGE plpgsql VOLATILE
 AS $$
 DECLARE
     v_parts record;
 BEGIN
+    PERFORM catbird._cb_definition_id(target_type, target_name);
     PERFORM catbird._cb_check_pattern(pattern);
     v_parts := catbird._cb_pattern_parts(pattern);
     INSERT INTO catbird.cb_bindings
@@ -33,12 +35,14 @@ BEGIN
 END
 $$;
 
--- Removes a binding. Returns false when there was none; 22023 for an invalid
--- pattern.
+-- cb_unbind, cb_unbind_task, cb_unbind_flow: removes a binding of a queue,
+-- task or flow (target_type). Returns false when there was none; 22023 for an
+-- invalid name, 42704 for an unknown target, then 22023 for an invalid pattern.
 CREATE FUNCTION catbird._cb_unbind(target_type text, target_name text, pattern text) RETURNS boolean
 LANGUAGE plpgsql VOLATILE
 AS $$
 BEGIN
+    PERFORM catbird._cb_definition_id(target_type, target_name);
     PERFORM catbird._cb_check_pattern(pattern);
     DELETE FROM catbird.cb_bindings b
     WHERE b.target_type = _cb_unbind.target_type
@@ -52,24 +56,14 @@ $$;
 -- delivered to it. Binding twice is a no-op. Returns nothing; 42704 for an
 -- unknown queue; 22023 for an invalid name or pattern.
 CREATE FUNCTION catbird.cb_bind(queue text, pattern text) RETURNS void
-LANGUAGE plpgsql VOLATILE
-AS $$
-BEGIN
-    PERFORM catbird._cb_queue_id(queue);
-    PERFORM catbird._cb_bind('queue', queue, pattern);
-END
-$$;
+LANGUAGE sql VOLATILE
+AS $$ SELECT catbird._cb_bind('queue', queue, pattern) $$;
 
 -- Removes a binding of a queue. Returns false when there was none; 42704 for
 -- an unknown queue; 22023 for an invalid name or pattern.
 CREATE FUNCTION catbird.cb_unbind(queue text, pattern text) RETURNS boolean
-LANGUAGE plpgsql VOLATILE
-AS $$
-BEGIN
-    PERFORM catbird._cb_queue_id(queue);
-    RETURN catbird._cb_unbind('queue', queue, pattern);
-END
-$$;
+LANGUAGE sql VOLATILE
+AS $$ SELECT catbird._cb_unbind('queue', queue, pattern) $$;
 
 -- The patterns queues are bound to (all queues, or one), by queue and
 -- pattern. Raises nothing; an unknown queue has no rows.
@@ -149,10 +143,9 @@ LANGUAGE plpgsql VOLATILE
 AS $$
 DECLARE
     v_names text[];
-    v_tasks text[];
-    v_flows text[];
+    v_kinds text[];
+    v_targets text[];
     v_queue_ids int[];
-    v_target text;
     v_deliveries int := 0;
 BEGIN
     PERFORM catbird._cb_check_topic(topic);
@@ -163,11 +156,12 @@ BEGIN
     -- Shared locks on the matched names first (in a stable order), then their
     -- ids with a fresh snapshot: a queue deleted meanwhile is left out, and a
     -- queue bound meanwhile is not written into without its lock.
-    SELECT array_agg(DISTINCT b.target_name ORDER BY b.target_name) FILTER (WHERE b.target_type = 'queue'),
-           array_agg(DISTINCT b.target_name ORDER BY b.target_name) FILTER (WHERE b.target_type = 'task'),
-           array_agg(DISTINCT b.target_name ORDER BY b.target_name) FILTER (WHERE b.target_type = 'flow')
-    INTO v_names, v_tasks, v_flows
-    FROM catbird._cb_matching_bindings(topic) b;
+    -- Tasks and flows in one list: tasks by name, then flows by name.
+    SELECT array_agg(b.target_name ORDER BY b.target_name) FILTER (WHERE b.target_type = 'queue'),
+           array_agg(b.target_type ORDER BY b.target_type DESC, b.target_name) FILTER (WHERE b.target_type <> 'queue'),
+           array_agg(b.target_name ORDER BY b.target_type DESC, b.target_name) FILTER (WHERE b.target_type <> 'queue')
+    INTO v_names, v_kinds, v_targets
+    FROM (SELECT DISTINCT m.target_type, m.target_name FROM catbird._cb_matching_bindings(topic) m) b;
     PERFORM catbird._cb_lock_definition('queue', n) FROM unnest(v_names) AS n;
     SELECT array_agg(q.id ORDER BY q.id) INTO v_queue_ids
     FROM catbird.cb_queues q WHERE q.name = ANY (v_names);
@@ -177,21 +171,17 @@ BEGIN
         v_deliveries := cardinality(v_queue_ids) * cardinality(bodies);
     END IF;
 
-    -- Bound tasks and flows get one run per message.
-    FOREACH v_target IN ARRAY coalesce(v_tasks, '{}') LOOP
-        PERFORM catbird._cb_lock_definition('task', v_target);
-        PERFORM catbird._cb_insert_task_runs(t, bodies, concurrency_keys, headers, visible_at, priority, expires_at)
-        FROM catbird.cb_tasks t WHERE t.name = v_target;
-        IF FOUND THEN
-            v_deliveries := v_deliveries + cardinality(bodies);
+    -- Bound tasks and flows get one run per message (one that was deleted
+    -- meanwhile is left out).
+    FOR i IN 1..coalesce(cardinality(v_targets), 0) LOOP
+        PERFORM catbird._cb_lock_definition(v_kinds[i], v_targets[i]);
+        IF v_kinds[i] = 'task' THEN
+            PERFORM catbird._cb_insert_task_runs(t, bodies, concurrency_keys, headers, visible_at, priority, expires_at)
+            FROM catbird.cb_tasks t WHERE t.name = v_targets[i];
+        ELSE
+            PERFORM catbird._cb_insert_flow_runs(f, bodies, concurrency_keys, headers, visible_at, priority, expires_at)
+            FROM catbird.cb_flows f WHERE f.name = v_targets[i];
         END IF;
-    END LOOP;
-
-    -- Bound flows get one run per message.
-    FOREACH v_target IN ARRAY coalesce(v_flows, '{}') LOOP
-        PERFORM catbird._cb_lock_definition('flow', v_target);
-        PERFORM catbird._cb_insert_flow_runs(f, bodies, concurrency_keys, headers, visible_at, priority, expires_at)
-        FROM catbird.cb_flows f WHERE f.name = v_target;
         IF FOUND THEN
             v_deliveries := v_deliveries + cardinality(bodies);
         END IF;
@@ -209,11 +199,7 @@ RETURNS int
 LANGUAGE plpgsql VOLATILE
 AS $$
 BEGIN
-    IF body IS NULL THEN
-        RAISE EXCEPTION 'invalid body: a message body must not be SQL NULL (use ''null''::jsonb for a JSON null)'
-            USING ERRCODE = 'invalid_parameter_value';
-    END IF;
-    PERFORM catbird._cb_check_headers(headers);
+    PERFORM catbird._cb_check_body('body', 'message body', body, headers);
     RETURN catbird.cb_publish(topic, ARRAY[body], ARRAY[concurrency_key], ARRAY[headers],
                               visible_at, priority, expires_at);
 END

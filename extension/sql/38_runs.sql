@@ -2,7 +2,8 @@
 --
 -- Owns: the internal helpers that the task verbs (40_tasks) and the flow verbs
 -- (50-57) delegate to where they do the same thing: the retry policy (check
--- and full-jitter delay), lease and purge argument checks, deleting a
+-- and full-jitter delay), lease and purge argument checks, creating runs
+-- (the batch run verbs), deleting a
 -- definition with its runs, purging and clearing runs (also cb_gc's retention
 -- purge), listing runs, waiting for a terminal state, and recording the outcome
 -- of an on-fail handler. _cb_run_layout is the one place that knows how the
@@ -188,8 +189,9 @@ BEGIN
 END
 $$;
 
--- The id of a task or flow, holding its shared lock (through _cb_task or
--- _cb_flow). 22023 for an invalid name, 42704 when it does not exist.
+-- The id of a queue, task or flow, holding its shared lock (through
+-- _cb_queue_id, _cb_task or _cb_flow). 22023 for an invalid name, 42704 when
+-- it does not exist.
 CREATE FUNCTION catbird._cb_definition_id(kind text, name text) RETURNS int
 LANGUAGE plpgsql VOLATILE
 AS $$
@@ -197,12 +199,67 @@ DECLARE
     v_id int;
 BEGIN
     CASE kind
+    WHEN 'queue' THEN
+        v_id := catbird._cb_queue_id(name);
     WHEN 'task' THEN
         v_id := (catbird._cb_task(name)).id;
     WHEN 'flow' THEN
         v_id := (catbird._cb_flow(name)).id;
     END CASE;
     RETURN v_id;
+END
+$$;
+
+-- Whether a concurrency key of a task or flow is held by one of its active
+-- runs (a task's queued or started runs, a flow's started or canceling ones).
+-- False for a NULL key. Raises nothing.
+CREATE FUNCTION catbird._cb_key_held(kind text, definition_id int, concurrency_key text) RETURNS boolean
+LANGUAGE plpgsql STABLE
+AS $$
+BEGIN
+    IF kind = 'task' THEN
+        RETURN EXISTS (SELECT 1 FROM catbird.cb_task_runs r
+                       WHERE r.task_id = definition_id AND r.concurrency_key = _cb_key_held.concurrency_key
+                         AND r.status IN ('queued', 'started'));
+    END IF;
+    RETURN EXISTS (SELECT 1 FROM catbird.cb_flow_runs r
+                   WHERE r.flow_id = definition_id AND r.concurrency_key = _cb_key_held.concurrency_key
+                     AND r.status IN ('started', 'canceling'));
+END
+$$;
+
+-- cb_run_task / cb_run_flow (batch forms): creates one run per input of the
+-- task or flow through the one inserter of its kind (_cb_insert_task_runs,
+-- _cb_insert_flow_runs), after checking the arguments. Returns the run id of
+-- each input, in input order. 22023 for an invalid name, 42704 for an
+-- unknown definition, then 22023 for invalid inputs, keys or headers; 40001
+-- when a key's holder finished while the call deduplicated against it.
+CREATE FUNCTION catbird._cb_run(kind text, name text, inputs jsonb[], concurrency_keys text[], headers jsonb[],
+                                visible_at timestamptz, priority int, expires_at timestamptz)
+RETURNS bigint[]
+LANGUAGE plpgsql VOLATILE
+AS $$
+DECLARE
+    -- the cb_tasks or cb_flows row, as a record: this file comes before both
+    -- tables, and a plain-script install compiles the declarations
+    v_task record;
+    v_flow record;
+BEGIN
+    IF kind = 'task' THEN
+        v_task := catbird._cb_task(name);
+    ELSE
+        v_flow := catbird._cb_flow(name);
+    END IF;
+    PERFORM catbird._cb_check_send_args(inputs, NULL, concurrency_keys, headers);
+    IF cardinality(inputs) = 0 THEN
+        RETURN '{}'::bigint[];
+    END IF;
+    IF kind = 'task' THEN
+        RETURN catbird._cb_insert_task_runs(v_task, inputs, concurrency_keys, headers,
+                                            visible_at, priority, expires_at);
+    END IF;
+    RETURN catbird._cb_insert_flow_runs(v_flow, inputs, concurrency_keys, headers,
+                                        visible_at, priority, expires_at);
 END
 $$;
 

@@ -288,17 +288,9 @@ CREATE FUNCTION catbird.cb_run_task(
     name text, inputs jsonb[], concurrency_keys text[] = NULL, headers jsonb[] = NULL,
     visible_at timestamptz = NULL, priority int = 0, expires_at timestamptz = NULL)
 RETURNS bigint[]
-LANGUAGE plpgsql VOLATILE
+LANGUAGE sql VOLATILE
 AS $$
-DECLARE
-    v_task catbird.cb_tasks := catbird._cb_task(name);
-BEGIN
-    PERFORM catbird._cb_check_send_args(inputs, NULL, concurrency_keys, headers);
-    IF cardinality(inputs) = 0 THEN
-        RETURN '{}'::bigint[];
-    END IF;
-    RETURN catbird._cb_insert_task_runs(v_task, inputs, concurrency_keys, headers, visible_at, priority, expires_at);
-END
+    SELECT catbird._cb_run('task', cb_run_task.name, inputs, concurrency_keys, headers, visible_at, priority, expires_at)
 $$;
 
 -- Creates a run (see the batch form). Returns its id, or the id of the run
@@ -313,12 +305,8 @@ AS $$
 DECLARE
     v_task catbird.cb_tasks := catbird._cb_task(name);
 BEGIN
-    IF input IS NULL THEN
-        RAISE EXCEPTION 'invalid input: a run input must not be SQL NULL (use ''null''::jsonb for a JSON null)'
-            USING ERRCODE = 'invalid_parameter_value';
-    END IF;
-    IF headers IS NOT NULL AND jsonb_typeof(headers) <> 'object' THEN
-        PERFORM catbird._cb_check_headers(headers);
+    IF input IS NULL OR (headers IS NOT NULL AND jsonb_typeof(headers) <> 'object') THEN
+        PERFORM catbird._cb_check_body('input', 'run input', input, headers);
     END IF;
     RETURN (catbird._cb_insert_task_runs(v_task, ARRAY[input],
                                          CASE WHEN concurrency_key IS NOT NULL THEN ARRAY[concurrency_key] END,
@@ -331,13 +319,13 @@ $$;
 -- 22023 for an invalid name or pattern.
 CREATE FUNCTION catbird.cb_bind_task(name text, pattern text) RETURNS void
 LANGUAGE sql VOLATILE
-AS $$ SELECT catbird._cb_bind('task', (catbird._cb_task(cb_bind_task.name)).name, pattern) $$;
+AS $$ SELECT catbird._cb_bind('task', cb_bind_task.name, pattern) $$;
 
 -- Removes a binding of the task. Returns false when there was none; 42704 for
 -- an unknown task, 22023 for an invalid name or pattern.
 CREATE FUNCTION catbird.cb_unbind_task(name text, pattern text) RETURNS boolean
 LANGUAGE sql VOLATILE
-AS $$ SELECT catbird._cb_unbind('task', (catbird._cb_task(cb_unbind_task.name)).name, pattern) $$;
+AS $$ SELECT catbird._cb_unbind('task', cb_unbind_task.name, pattern) $$;
 
 -- Cancels a queued or started run (a started run's later reports are
 -- refused); idempotent. Announces catbird.task.canceled. Returns true when the

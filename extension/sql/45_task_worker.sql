@@ -237,10 +237,7 @@ BEGIN
     IF v_run.id IS NULL THEN
         RETURN false;
     END IF;
-    IF v_run.concurrency_key IS NOT NULL AND EXISTS (
-           SELECT 1 FROM catbird.cb_task_runs r
-           WHERE r.task_id = v_task.id AND r.concurrency_key = v_run.concurrency_key
-             AND r.status IN ('queued', 'started')) THEN
+    IF catbird._cb_key_held('task', v_task.id, v_run.concurrency_key) THEN
         RETURN false;
     END IF;
     BEGIN

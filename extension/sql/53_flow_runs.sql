@@ -133,17 +133,9 @@ CREATE FUNCTION catbird.cb_run_flow(
     name text, inputs jsonb[], concurrency_keys text[] = NULL, headers jsonb[] = NULL,
     visible_at timestamptz = NULL, priority int = 0, expires_at timestamptz = NULL)
 RETURNS bigint[]
-LANGUAGE plpgsql VOLATILE
+LANGUAGE sql VOLATILE
 AS $$
-DECLARE
-    v_flow catbird.cb_flows := catbird._cb_flow(name);
-BEGIN
-    PERFORM catbird._cb_check_send_args(inputs, NULL, concurrency_keys, headers);
-    IF cardinality(inputs) = 0 THEN
-        RETURN '{}'::bigint[];
-    END IF;
-    RETURN catbird._cb_insert_flow_runs(v_flow, inputs, concurrency_keys, headers, visible_at, priority, expires_at);
-END
+    SELECT catbird._cb_run('flow', cb_run_flow.name, inputs, concurrency_keys, headers, visible_at, priority, expires_at)
 $$;
 
 -- Starts a run (see the batch form). Returns its id, or the id of the run
@@ -156,11 +148,7 @@ RETURNS bigint
 LANGUAGE plpgsql VOLATILE
 AS $$
 BEGIN
-    IF input IS NULL THEN
-        RAISE EXCEPTION 'invalid input: a run input must not be SQL NULL (use ''null''::jsonb for a JSON null)'
-            USING ERRCODE = 'invalid_parameter_value';
-    END IF;
-    PERFORM catbird._cb_check_headers(headers);
+    PERFORM catbird._cb_check_body('input', 'run input', input, headers);
     RETURN (catbird.cb_run_flow(name, ARRAY[input], ARRAY[concurrency_key], ARRAY[headers],
                                 visible_at, priority, expires_at))[1];
 END
@@ -171,13 +159,13 @@ $$;
 -- 22023 for an invalid name or pattern.
 CREATE FUNCTION catbird.cb_bind_flow(name text, pattern text) RETURNS void
 LANGUAGE sql VOLATILE
-AS $$ SELECT catbird._cb_bind('flow', (catbird._cb_flow(cb_bind_flow.name)).name, pattern) $$;
+AS $$ SELECT catbird._cb_bind('flow', cb_bind_flow.name, pattern) $$;
 
 -- Removes a binding of the flow. Returns false when there was none; 42704 for
 -- an unknown flow, 22023 for an invalid name or pattern.
 CREATE FUNCTION catbird.cb_unbind_flow(name text, pattern text) RETURNS boolean
 LANGUAGE sql VOLATILE
-AS $$ SELECT catbird._cb_unbind('flow', (catbird._cb_flow(cb_unbind_flow.name)).name, pattern) $$;
+AS $$ SELECT catbird._cb_unbind('flow', cb_unbind_flow.name, pattern) $$;
 
 -- Delivers a signal (its input) to a step declared with signal: true, which
 -- may then run. Returns true when delivered, false when the step already has
@@ -318,10 +306,7 @@ BEGIN
                    WHERE sr.flow_run_id = run_id AND sr.status IN ('failed', 'canceled')) THEN
         RETURN false;
     END IF;
-    IF v_run.concurrency_key IS NOT NULL AND EXISTS (
-           SELECT 1 FROM catbird.cb_flow_runs r
-           WHERE r.flow_id = v_flow.id AND r.concurrency_key = v_run.concurrency_key
-             AND r.status IN ('started', 'canceling')) THEN
+    IF catbird._cb_key_held('flow', v_flow.id, v_run.concurrency_key) THEN
         RETURN false;
     END IF;
     BEGIN

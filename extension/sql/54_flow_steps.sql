@@ -1,7 +1,7 @@
 -- catbird 54_flow_steps: the worker protocol for flow steps.
 --
--- Owns: cb_claim_steps, cb_hide_steps, _cb_lock_step_run, cb_complete_step,
--- cb_fail_step. Writes cb_step_runs (and, through dispatch, the run).
+-- Owns: cb_claim_steps, cb_hide_steps, _cb_lock_step_run, _cb_lock_reported_step,
+-- cb_complete_step, cb_fail_step. Writes cb_step_runs (and, through dispatch, the run).
 -- Guarantees:
 --   * Claims use FOR UPDATE SKIP LOCKED on cb_step_runs_claim_idx and never
 --     lock the flow run; a step whose lease (visible_at) lapsed is claimable
@@ -103,6 +103,37 @@ BEGIN
 END
 $$;
 
+-- Locks the run of a step run a worker reports on (cb_complete_step,
+-- cb_fail_step, cb_complete_generator_step, cb_fail_generator_step) and
+-- returns what the report needs, when it may act: the step run is started
+-- (under attempt, when given) and its run is not canceling. For a canceling
+-- run the step is canceled instead (with error_message, when given) and the
+-- cancel finished when it was the last started work. Otherwise (a stale
+-- report, or a canceling run) every field is NULL. Raises nothing.
+CREATE FUNCTION catbird._cb_lock_reported_step(flow catbird.cb_flows, step_name text, step_run_id bigint,
+                                               attempt int, error_message text = NULL,
+                                               OUT run_id bigint, OUT run_input jsonb,
+                                               OUT signal_input jsonb, OUT attempts int)
+LANGUAGE plpgsql VOLATILE
+AS $$
+DECLARE
+    v_locked record := catbird._cb_lock_step_run(flow, step_name, step_run_id);
+BEGIN
+    IF (v_locked.step_run).status IS DISTINCT FROM 'started'
+       OR (attempt IS NOT NULL AND (v_locked.step_run).attempts <> attempt) THEN
+        RETURN;  -- stale
+    END IF;
+    IF (v_locked.run).status = 'canceling' THEN
+        PERFORM catbird._cb_cancel_reported_step((v_locked.run).id, step_run_id, error_message);
+        RETURN;
+    END IF;
+    run_id := (v_locked.run).id;
+    run_input := (v_locked.run).input;
+    signal_input := (v_locked.step_run).signal_input;
+    attempts := (v_locked.step_run).attempts;
+END
+$$;
+
 -- Completes a started step run (under attempt, when given) with output and
 -- advances the flow run. Returns true when recorded; false for a stale call,
 -- or when the run is canceling (the step is then canceled). 42704 for an
@@ -115,17 +146,12 @@ AS $$
 DECLARE
     v_flow catbird.cb_flows := catbird._cb_flow(flow_name);
     v_step catbird.cb_flow_steps := catbird._cb_flow_step(v_flow, step_name);
-    v_locked record;
+    v_report record;
     v_now timestamptz := catbird.cb_now();
 BEGIN
-    v_locked := catbird._cb_lock_step_run(v_flow, step_name, id);
-    IF (v_locked.step_run).status IS DISTINCT FROM 'started'
-       OR (attempt IS NOT NULL AND (v_locked.step_run).attempts <> attempt) THEN
-        RETURN false;
-    END IF;
-    IF (v_locked.run).status = 'canceling' THEN
-        PERFORM catbird._cb_cancel_reported_step((v_locked.run).id, cb_complete_step.id);
-        RETURN false;
+    v_report := catbird._cb_lock_reported_step(v_flow, step_name, id, attempt);
+    IF v_report.run_id IS NULL THEN
+        RETURN false;  -- stale, or the run is canceling (the step is canceled)
     END IF;
     IF v_step.step_type = 'generator' THEN
         RAISE EXCEPTION 'step "%" is a generator: finish it with cb_complete_generator_step', step_name
@@ -135,8 +161,8 @@ BEGIN
     SET status = 'completed', completed_at = v_now, output = coalesce(cb_complete_step.output, 'null'),
         error_message = NULL, error_detail = NULL
     WHERE sr.id = cb_complete_step.id;
-    PERFORM catbird._cb_resolve_dependents((v_locked.run).id, v_flow.id, step_name);
-    PERFORM catbird._cb_advance_flow_run((v_locked.run).id);
+    PERFORM catbird._cb_resolve_dependents(v_report.run_id, v_flow.id, step_name);
+    PERFORM catbird._cb_advance_flow_run(v_report.run_id);
     RETURN true;
 END
 $$;
@@ -159,23 +185,18 @@ DECLARE
     v_flow catbird.cb_flows := catbird._cb_flow(flow_name);
     v_step catbird.cb_flow_steps := catbird._cb_flow_step(v_flow, step_name);
     v_policy record;
-    v_locked record;
+    v_report record;
     v_now timestamptz := catbird.cb_now();
     v_error text := coalesce(cb_fail_step.error_message, 'unknown error');
 BEGIN
     v_policy := catbird._cb_effective_policy(max_retries, backoff_min, backoff_max,
                                              v_step.max_retries, v_step.backoff_min, v_step.backoff_max);
     PERFORM catbird._cb_check_fail_args(retryable, NULL);
-    v_locked := catbird._cb_lock_step_run(v_flow, step_name, id);
-    IF (v_locked.step_run).status IS DISTINCT FROM 'started'
-       OR (attempt IS NOT NULL AND (v_locked.step_run).attempts <> attempt) THEN
-        RETURN NULL;
+    v_report := catbird._cb_lock_reported_step(v_flow, step_name, id, attempt, v_error);
+    IF v_report.run_id IS NULL THEN
+        RETURN NULL;  -- stale, or the run is canceling (the step is canceled)
     END IF;
-    IF (v_locked.run).status = 'canceling' THEN
-        PERFORM catbird._cb_cancel_reported_step((v_locked.run).id, cb_fail_step.id, v_error);
-        RETURN NULL;
-    END IF;
-    IF retryable AND (v_locked.step_run).attempts <= v_policy.max_retries_out THEN
+    IF retryable AND v_report.attempts <= v_policy.max_retries_out THEN
         UPDATE catbird.cb_step_runs sr
         SET status = 'queued', error_message = v_error, error_detail = cb_fail_step.error_detail,
             visible_at = v_now + make_interval(secs => catbird._cb_retry_delay(
@@ -186,8 +207,8 @@ BEGIN
     UPDATE catbird.cb_step_runs sr
     SET status = 'failed', failed_at = v_now, error_message = v_error, error_detail = cb_fail_step.error_detail
     WHERE sr.id = cb_fail_step.id;
-    PERFORM catbird._cb_fail_flow_run((v_locked.run).id, step_name, v_error, (v_locked.run).input,
-                                      (v_locked.step_run).signal_input, (v_locked.step_run).attempts);
+    PERFORM catbird._cb_fail_flow_run(v_report.run_id, step_name, v_error, v_report.run_input,
+                                      v_report.signal_input, v_report.attempts);
     RETURN 'failed';
 END
 $$;

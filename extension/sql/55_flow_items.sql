@@ -2,7 +2,8 @@
 --
 -- Owns: cb_claim_map_tasks, cb_hide_map_tasks, _cb_maybe_complete_map_step,
 -- cb_complete_map_tasks, cb_fail_map_task, cb_spawn_generator_map_tasks,
--- cb_complete_generator_step, cb_fail_generator_step, cb_read_map_outputs.
+-- cb_complete_generator_step and cb_fail_generator_step (over
+-- _cb_end_generator), cb_read_map_outputs.
 -- Writes cb_map_tasks and cb_step_runs.
 -- Guarantees:
 --   * Items are claimed, fenced, retried and canceled like step runs (see
@@ -315,6 +316,45 @@ BEGIN
 END
 $$;
 
+-- cb_complete_generator_step / cb_fail_generator_step: records that a
+-- generator's handler finished (failed false: the step completes once all its
+-- items are done) or failed (the step and the flow run fail, no retry, with
+-- error_message and error_detail stored on the step), under attempt when
+-- given. A stale call (step not started, or another attempt) writes nothing;
+-- for a canceling run the step is canceled. Returns nothing. 42704 for an
+-- unknown flow or step; 22023 for an invalid name or attempt < 1.
+CREATE FUNCTION catbird._cb_end_generator(flow_name text, step_name text, id bigint, attempt int, failed boolean,
+                                          error_message text = NULL, error_detail text = NULL)
+RETURNS void
+LANGUAGE plpgsql VOLATILE
+AS $$
+DECLARE
+    v_flow catbird.cb_flows := catbird._cb_flow(flow_name);
+    v_report record;
+    v_error text := coalesce(_cb_end_generator.error_message, 'unknown error');
+BEGIN
+    PERFORM catbird._cb_flow_step(v_flow, step_name);
+    PERFORM catbird._cb_check_fail_args(true, attempt);
+    v_report := catbird._cb_lock_reported_step(v_flow, step_name, id, attempt);
+    IF v_report.run_id IS NULL THEN
+        RETURN;  -- stale, or the run is canceling (the step is canceled)
+    END IF;
+    IF NOT failed THEN
+        UPDATE catbird.cb_step_runs sr
+        SET generator_done = true, status = 'waiting_for_map_tasks', map_total = coalesce(sr.map_total, 0)
+        WHERE sr.id = _cb_end_generator.id;
+        PERFORM catbird._cb_maybe_complete_map_step(id, v_flow.id);
+        RETURN;
+    END IF;
+    UPDATE catbird.cb_step_runs sr
+    SET status = 'failed', failed_at = catbird.cb_now(), error_message = v_error,
+        error_detail = _cb_end_generator.error_detail
+    WHERE sr.id = _cb_end_generator.id;
+    PERFORM catbird._cb_fail_flow_run(v_report.run_id, step_name, v_error, v_report.run_input,
+                                      v_report.signal_input, v_report.attempts);
+END
+$$;
+
 -- Records that a generator's handler has finished (under attempt, when
 -- given): the step completes once all its items are done. A stale call (step
 -- not started, or another attempt) writes nothing; for a canceling run the
@@ -322,29 +362,8 @@ $$;
 -- for an invalid name or attempt < 1.
 CREATE FUNCTION catbird.cb_complete_generator_step(flow_name text, step_name text, id bigint, attempt int = NULL)
 RETURNS void
-LANGUAGE plpgsql VOLATILE
-AS $$
-DECLARE
-    v_flow catbird.cb_flows := catbird._cb_flow(flow_name);
-    v_locked record;
-BEGIN
-    PERFORM catbird._cb_flow_step(v_flow, step_name);
-    PERFORM catbird._cb_check_fail_args(true, attempt);
-    v_locked := catbird._cb_lock_step_run(v_flow, step_name, id);
-    IF (v_locked.step_run).status IS DISTINCT FROM 'started'
-       OR (attempt IS NOT NULL AND (v_locked.step_run).attempts <> attempt) THEN
-        RETURN;
-    END IF;
-    IF (v_locked.run).status = 'canceling' THEN
-        PERFORM catbird._cb_cancel_reported_step((v_locked.run).id, cb_complete_generator_step.id);
-        RETURN;
-    END IF;
-    UPDATE catbird.cb_step_runs sr
-    SET generator_done = true, status = 'waiting_for_map_tasks', map_total = coalesce(sr.map_total, 0)
-    WHERE sr.id = cb_complete_generator_step.id;
-    PERFORM catbird._cb_maybe_complete_map_step(id, v_flow.id);
-END
-$$;
+LANGUAGE sql VOLATILE
+AS $$ SELECT catbird._cb_end_generator(flow_name, step_name, id, attempt, failed => false) $$;
 
 -- Records that a generator's handler failed (under attempt, when given): the
 -- step and the flow run fail (no retry), with error_detail stored on the
@@ -354,31 +373,10 @@ $$;
 CREATE FUNCTION catbird.cb_fail_generator_step(flow_name text, step_name text, id bigint, error_message text,
                                                attempt int = NULL, error_detail text = NULL)
 RETURNS void
-LANGUAGE plpgsql VOLATILE
+LANGUAGE sql VOLATILE
 AS $$
-DECLARE
-    v_flow catbird.cb_flows := catbird._cb_flow(flow_name);
-    v_locked record;
-    v_error text := coalesce(cb_fail_generator_step.error_message, 'unknown error');
-BEGIN
-    PERFORM catbird._cb_flow_step(v_flow, step_name);
-    PERFORM catbird._cb_check_fail_args(true, attempt);
-    v_locked := catbird._cb_lock_step_run(v_flow, step_name, id);
-    IF (v_locked.step_run).status IS DISTINCT FROM 'started'
-       OR (attempt IS NOT NULL AND (v_locked.step_run).attempts <> attempt) THEN
-        RETURN;
-    END IF;
-    IF (v_locked.run).status = 'canceling' THEN
-        PERFORM catbird._cb_cancel_reported_step((v_locked.run).id, cb_fail_generator_step.id);
-        RETURN;
-    END IF;
-    UPDATE catbird.cb_step_runs sr
-    SET status = 'failed', failed_at = catbird.cb_now(), error_message = v_error,
-        error_detail = cb_fail_generator_step.error_detail
-    WHERE sr.id = cb_fail_generator_step.id;
-    PERFORM catbird._cb_fail_flow_run((v_locked.run).id, step_name, v_error, (v_locked.run).input,
-                                      (v_locked.step_run).signal_input, (v_locked.step_run).attempts);
-END
+    SELECT catbird._cb_end_generator(flow_name, step_name, id, attempt, failed => true,
+                                     error_message => error_message, error_detail => error_detail)
 $$;
 
 -- Item outputs of a mapper or generator step of a run, in item order, a page

@@ -553,6 +553,8 @@ BEGIN
 END
 $$;
 
+-- Checks the from_time of cb_next_cron_tick(s) (argument names it): not NULL
+-- and finite. Returns nothing; 22023 otherwise.
 CREATE FUNCTION catbird._cb_check_cron_time(argument text, value timestamptz) RETURNS void
 LANGUAGE plpgsql IMMUTABLE
 AS $$
@@ -604,6 +606,8 @@ $$;
 -- Schedules
 --------------------------------------------------------------------------------
 
+-- Checks a schedule's catch_up policy: 'skip', 'one' or 'all'. Returns
+-- nothing; 22023 otherwise.
 CREATE FUNCTION catbird._cb_check_catch_up(catch_up text) RETURNS void
 LANGUAGE plpgsql IMMUTABLE
 AS $$
@@ -616,52 +620,49 @@ BEGIN
 END
 $$;
 
--- Creates or updates the schedule of one task or flow (the caller holds the
--- definition's shared lock). next_run_at is kept when the parsed spec is
--- unchanged (so an upsert keeps the backlog) and recomputed when it changes.
-CREATE FUNCTION catbird._cb_upsert_schedule(kind text, target_id int, target_name text, cron_spec text,
-                                            input jsonb, catch_up text)
+-- cb_create_task_schedule / cb_create_flow_schedule: creates or updates the
+-- schedule of one task or flow (kind), holding the definition's shared lock.
+-- next_run_at is kept when the parsed spec is unchanged (so an upsert keeps
+-- the backlog) and recomputed when it changes; a disabled schedule stays
+-- disabled. Announces catbird.schedule.created or .updated (nothing when the
+-- schedule is the same again). Returns nothing. Errors, in this order: 22023
+-- for an invalid name, 42704 for an unknown definition, 22023 for an invalid
+-- cron spec, a SQL NULL input or an invalid catch_up.
+CREATE FUNCTION catbird._cb_create_schedule(kind text, name text, cron_spec text, input jsonb, catch_up text)
 RETURNS void
 LANGUAGE plpgsql VOLATILE
 AS $$
 DECLARE
-    v_cron catbird.cb_cron := catbird._cb_parse_cron(cron_spec);
+    v_layout record := catbird._cb_run_layout(kind);
     v_now timestamptz := catbird.cb_now();
-    v_next timestamptz;
+    v_id int;
+    v_cron catbird.cb_cron;
     v_inserted boolean;
 BEGIN
-    IF input IS NULL THEN
-        RAISE EXCEPTION 'invalid input: a schedule input must not be SQL NULL (use ''null''::jsonb for a JSON null)'
-            USING ERRCODE = 'invalid_parameter_value';
-    END IF;
+    PERFORM catbird._cb_check_name(kind, name);
+    v_id := catbird._cb_definition_id(kind, name);
+    v_cron := catbird._cb_parse_cron(cron_spec);
+    PERFORM catbird._cb_check_body('input', 'schedule input', input);
     PERFORM catbird._cb_check_catch_up(catch_up);
-    v_next := catbird._cb_cron_next(v_cron, v_now);
-    IF kind = 'task' THEN
-        INSERT INTO catbird.cb_schedules AS s (kind, task_id, catch_up, next_run_at, created_at, updated_at,
-                                               cron_spec, input, cron)
-        VALUES ('task', target_id, catch_up, v_next, v_now, v_now, cron_spec, input, v_cron)
-        ON CONFLICT (task_id) DO UPDATE
-            SET cron_spec = excluded.cron_spec, input = excluded.input, catch_up = excluded.catch_up,
-                cron = excluded.cron, updated_at = excluded.updated_at,
-                next_run_at = CASE WHEN s.cron IS NOT DISTINCT FROM excluded.cron THEN s.next_run_at
-                                   ELSE excluded.next_run_at END
-            WHERE (s.cron_spec, s.input, s.catch_up) IS DISTINCT FROM (excluded.cron_spec, excluded.input, excluded.catch_up)
-        RETURNING s.xmax = 0 INTO v_inserted;
-    ELSE
-        INSERT INTO catbird.cb_schedules AS s (kind, flow_id, catch_up, next_run_at, created_at, updated_at,
-                                               cron_spec, input, cron)
-        VALUES ('flow', target_id, catch_up, v_next, v_now, v_now, cron_spec, input, v_cron)
-        ON CONFLICT (flow_id) DO UPDATE
-            SET cron_spec = excluded.cron_spec, input = excluded.input, catch_up = excluded.catch_up,
-                cron = excluded.cron, updated_at = excluded.updated_at,
-                next_run_at = CASE WHEN s.cron IS NOT DISTINCT FROM excluded.cron THEN s.next_run_at
-                                   ELSE excluded.next_run_at END
-            WHERE (s.cron_spec, s.input, s.catch_up) IS DISTINCT FROM (excluded.cron_spec, excluded.input, excluded.catch_up)
-        RETURNING s.xmax = 0 INTO v_inserted;
-    END IF;
+    -- task_id or flow_id: the column naming the definition, and the conflict arbiter
+    EXECUTE format(
+        'INSERT INTO catbird.cb_schedules AS s (kind, %1$I, catch_up, next_run_at, created_at, updated_at,'
+        '                                       cron_spec, input, cron)'
+        ' VALUES ($1, $2, $3, $4, $5, $5, $6, $7, $8)'
+        ' ON CONFLICT (%1$I) DO UPDATE'
+        '     SET cron_spec = excluded.cron_spec, input = excluded.input, catch_up = excluded.catch_up,'
+        '         cron = excluded.cron, updated_at = excluded.updated_at,'
+        '         next_run_at = CASE WHEN s.cron IS NOT DISTINCT FROM excluded.cron THEN s.next_run_at'
+        '                            ELSE excluded.next_run_at END'
+        '     WHERE (s.cron_spec, s.input, s.catch_up)'
+        '           IS DISTINCT FROM (excluded.cron_spec, excluded.input, excluded.catch_up)'
+        ' RETURNING s.xmax = 0',
+        v_layout.definition_column)
+    INTO v_inserted
+    USING kind, v_id, catch_up, catbird._cb_cron_next(v_cron, v_now), v_now, cron_spec, input, v_cron;
     IF v_inserted IS NOT NULL THEN  -- NULL: the same schedule again, nothing written
         PERFORM catbird._cb_notify(CASE WHEN v_inserted THEN 'catbird.schedule.created' ELSE 'catbird.schedule.updated' END,
-                                   jsonb_build_object(kind, target_name)::text);
+                                   jsonb_build_object(kind, name)::text);
     END IF;
 END
 $$;
@@ -675,50 +676,33 @@ $$;
 CREATE FUNCTION catbird.cb_create_task_schedule(task_name text, cron_spec text, input jsonb = '{}',
                                                 catch_up text = 'one')
 RETURNS void
-LANGUAGE plpgsql VOLATILE
-AS $$
-DECLARE
-    v_task catbird.cb_tasks;
-BEGIN
-    PERFORM catbird._cb_check_name('task', task_name);
-    v_task := catbird._cb_task(task_name);
-    PERFORM catbird._cb_upsert_schedule('task', v_task.id, v_task.name, cron_spec, input, catch_up);
-END
-$$;
+LANGUAGE sql VOLATILE
+AS $$ SELECT catbird._cb_create_schedule('task', task_name, cron_spec, input, catch_up) $$;
 
 -- cb_create_flow_schedule(flow_name, cron_spec, input, catch_up): as
 -- cb_create_task_schedule, for a flow. Errors: 42704 unknown flow; 22023.
 CREATE FUNCTION catbird.cb_create_flow_schedule(flow_name text, cron_spec text, input jsonb = '{}',
                                                 catch_up text = 'one')
 RETURNS void
-LANGUAGE plpgsql VOLATILE
-AS $$
-DECLARE
-    v_flow catbird.cb_flows;
-BEGIN
-    PERFORM catbird._cb_check_name('flow', flow_name);
-    v_flow := catbird._cb_flow(flow_name);
-    PERFORM catbird._cb_upsert_schedule('flow', v_flow.id, v_flow.name, cron_spec, input, catch_up);
-END
-$$;
+LANGUAGE sql VOLATILE
+AS $$ SELECT catbird._cb_create_schedule('flow', flow_name, cron_spec, input, catch_up) $$;
 
--- Deletes the schedule of the named task or flow; false when there is none.
+-- cb_delete_task_schedule / cb_delete_flow_schedule: deletes the schedule of
+-- the named task or flow (kind) and announces catbird.schedule.deleted.
+-- Returns false when there is none (also when the definition does not
+-- exist); 22023 for an invalid name.
 CREATE FUNCTION catbird._cb_delete_schedule(kind text, name text) RETURNS boolean
 LANGUAGE plpgsql VOLATILE
 AS $$
 DECLARE
+    v_layout record := catbird._cb_run_layout(kind);
     v_id int;
 BEGIN
     PERFORM catbird._cb_check_name(kind, name);
-    IF kind = 'task' THEN
-        DELETE FROM catbird.cb_schedules s USING catbird.cb_tasks t
-        WHERE s.task_id = t.id AND t.name = _cb_delete_schedule.name
-        RETURNING s.id INTO v_id;
-    ELSE
-        DELETE FROM catbird.cb_schedules s USING catbird.cb_flows f
-        WHERE s.flow_id = f.id AND f.name = _cb_delete_schedule.name
-        RETURNING s.id INTO v_id;
-    END IF;
+    EXECUTE format('DELETE FROM catbird.cb_schedules s USING catbird.%I d'
+                   ' WHERE s.%I = d.id AND d.name = $1 RETURNING s.id',
+                   v_layout.definitions, v_layout.definition_column)
+    INTO v_id USING name;
     IF v_id IS NULL THEN
         RETURN false;
     END IF;
@@ -983,6 +967,24 @@ RETURNS int
 LANGUAGE sql VOLATILE
 AS $$ SELECT catbird._cb_execute_due_schedules('flow', flow_names, batch_size, max_schedules) $$;
 
+-- cb_list_task_schedules / cb_list_flow_schedules: every schedule of one
+-- kind ('task' or 'flow'), with the name of its task or flow, ordered by
+-- next_run_at, then name. Raises nothing.
+CREATE FUNCTION catbird._cb_list_schedules(kind text)
+RETURNS TABLE (name text, cron_spec text, next_run_at timestamptz, last_run_at timestamptz,
+               last_enqueued_at timestamptz, enabled boolean, catch_up text, created_at timestamptz,
+               updated_at timestamptz, input jsonb)
+LANGUAGE sql STABLE
+AS $$
+    SELECT coalesce(t.name, f.name), s.cron_spec, s.next_run_at, s.last_run_at, s.last_enqueued_at, s.enabled,
+           s.catch_up, s.created_at, s.updated_at, s.input
+    FROM catbird.cb_schedules s
+    LEFT JOIN catbird.cb_tasks t ON t.id = s.task_id
+    LEFT JOIN catbird.cb_flows f ON f.id = s.flow_id
+    WHERE s.kind = $1
+    ORDER BY s.next_run_at, coalesce(t.name, f.name)
+$$;
+
 -- cb_list_task_schedules(): every task schedule (TaskScheduleInfo fields, and
 -- its input), ordered by next_run_at.
 CREATE FUNCTION catbird.cb_list_task_schedules()
@@ -990,12 +992,7 @@ RETURNS TABLE (task_name text, cron_spec text, next_run_at timestamptz, last_run
                last_enqueued_at timestamptz, enabled boolean, catch_up text, created_at timestamptz,
                updated_at timestamptz, input jsonb)
 LANGUAGE sql STABLE
-AS $$
-    SELECT t.name, s.cron_spec, s.next_run_at, s.last_run_at, s.last_enqueued_at, s.enabled, s.catch_up,
-           s.created_at, s.updated_at, s.input
-    FROM catbird.cb_schedules s JOIN catbird.cb_tasks t ON t.id = s.task_id
-    ORDER BY s.next_run_at, t.name
-$$;
+AS $$ SELECT * FROM catbird._cb_list_schedules('task') $$;
 
 -- cb_list_flow_schedules(): every flow schedule (FlowScheduleInfo fields, and
 -- its input), ordered by next_run_at.
@@ -1004,9 +1001,4 @@ RETURNS TABLE (flow_name text, cron_spec text, next_run_at timestamptz, last_run
                last_enqueued_at timestamptz, enabled boolean, catch_up text, created_at timestamptz,
                updated_at timestamptz, input jsonb)
 LANGUAGE sql STABLE
-AS $$
-    SELECT f.name, s.cron_spec, s.next_run_at, s.last_run_at, s.last_enqueued_at, s.enabled, s.catch_up,
-           s.created_at, s.updated_at, s.input
-    FROM catbird.cb_schedules s JOIN catbird.cb_flows f ON f.id = s.flow_id
-    ORDER BY s.next_run_at, f.name
-$$;
+AS $$ SELECT * FROM catbird._cb_list_schedules('flow') $$;

@@ -227,6 +227,22 @@ BEGIN
 END
 $$;
 
+-- Checks the one body of a single send, publish or run, or a schedule's
+-- input (argument and what name it in the message: 'body', 'message body';
+-- 'input', 'run input'): not SQL NULL; then its headers (see
+-- _cb_check_headers). Returns nothing; 22023 otherwise.
+CREATE FUNCTION catbird._cb_check_body(argument text, what text, body jsonb, headers jsonb = NULL) RETURNS void
+LANGUAGE plpgsql IMMUTABLE
+AS $$
+BEGIN
+    IF body IS NULL THEN
+        RAISE EXCEPTION 'invalid %: a % must not be SQL NULL (use ''null''::jsonb for a JSON null)', argument, what
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    PERFORM catbird._cb_check_headers(headers);
+END
+$$;
+
 -- Splits a valid pattern into the columns cb_bindings indexes (see 00_schema):
 -- literal prefix, token count, trailing '#', anchored regex (NULL without
 -- wildcards). Raises nothing; callers have checked the pattern.
@@ -637,8 +653,7 @@ DECLARE
     v_queue_id int := catbird._cb_queue_id(queue);
 BEGIN
     IF body IS NULL THEN
-        RAISE EXCEPTION 'invalid body: a message body must not be SQL NULL (use ''null''::jsonb for a JSON null)'
-            USING ERRCODE = 'invalid_parameter_value';
+        PERFORM catbird._cb_check_body('body', 'message body', body);
     END IF;
     IF topic IS NOT NULL THEN
         PERFORM catbird._cb_check_topic(topic);
@@ -1000,15 +1015,17 @@ AS $$ SELECT * FROM catbird._cb_queue_info(ARRAY[name]) $$;
 --   * cb_publish returns targets x messages, whether or not a concurrency key
 --     deduplicated some of them, and writes into every target in one statement.
 
--- Binds a queue, task or flow (target_type) to a pattern; binding twice is a
--- no-op. Callers have checked that the target exists. Returns nothing; 22023
--- for an invalid pattern.
+-- cb_bind, cb_bind_task, cb_bind_flow: binds a queue, task or flow
+-- (target_type) to a pattern, holding the target's shared lock; binding twice
+-- is a no-op. Returns nothing; 22023 for an invalid name, 42704 for an
+-- unknown target, then 22023 for an invalid pattern.
 CREATE FUNCTION catbird._cb_bind(target_type text, target_name text, pattern text) RETURNS void
 LANGUAGE plpgsql VOLATILE
 AS $$
 DECLARE
     v_parts record;
 BEGIN
+    PERFORM catbird._cb_definition_id(target_type, target_name);
     PERFORM catbird._cb_check_pattern(pattern);
     v_parts := catbird._cb_pattern_parts(pattern);
     INSERT INTO catbird.cb_bindings
@@ -1019,12 +1036,14 @@ BEGIN
 END
 $$;
 
--- Removes a binding. Returns false when there was none; 22023 for an invalid
--- pattern.
+-- cb_unbind, cb_unbind_task, cb_unbind_flow: removes a binding of a queue,
+-- task or flow (target_type). Returns false when there was none; 22023 for an
+-- invalid name, 42704 for an unknown target, then 22023 for an invalid pattern.
 CREATE FUNCTION catbird._cb_unbind(target_type text, target_name text, pattern text) RETURNS boolean
 LANGUAGE plpgsql VOLATILE
 AS $$
 BEGIN
+    PERFORM catbird._cb_definition_id(target_type, target_name);
     PERFORM catbird._cb_check_pattern(pattern);
     DELETE FROM catbird.cb_bindings b
     WHERE b.target_type = _cb_unbind.target_type
@@ -1038,24 +1057,14 @@ $$;
 -- delivered to it. Binding twice is a no-op. Returns nothing; 42704 for an
 -- unknown queue; 22023 for an invalid name or pattern.
 CREATE FUNCTION catbird.cb_bind(queue text, pattern text) RETURNS void
-LANGUAGE plpgsql VOLATILE
-AS $$
-BEGIN
-    PERFORM catbird._cb_queue_id(queue);
-    PERFORM catbird._cb_bind('queue', queue, pattern);
-END
-$$;
+LANGUAGE sql VOLATILE
+AS $$ SELECT catbird._cb_bind('queue', queue, pattern) $$;
 
 -- Removes a binding of a queue. Returns false when there was none; 42704 for
 -- an unknown queue; 22023 for an invalid name or pattern.
 CREATE FUNCTION catbird.cb_unbind(queue text, pattern text) RETURNS boolean
-LANGUAGE plpgsql VOLATILE
-AS $$
-BEGIN
-    PERFORM catbird._cb_queue_id(queue);
-    RETURN catbird._cb_unbind('queue', queue, pattern);
-END
-$$;
+LANGUAGE sql VOLATILE
+AS $$ SELECT catbird._cb_unbind('queue', queue, pattern) $$;
 
 -- The patterns queues are bound to (all queues, or one), by queue and
 -- pattern. Raises nothing; an unknown queue has no rows.
@@ -1135,10 +1144,9 @@ LANGUAGE plpgsql VOLATILE
 AS $$
 DECLARE
     v_names text[];
-    v_tasks text[];
-    v_flows text[];
+    v_kinds text[];
+    v_targets text[];
     v_queue_ids int[];
-    v_target text;
     v_deliveries int := 0;
 BEGIN
     PERFORM catbird._cb_check_topic(topic);
@@ -1149,11 +1157,12 @@ BEGIN
     -- Shared locks on the matched names first (in a stable order), then their
     -- ids with a fresh snapshot: a queue deleted meanwhile is left out, and a
     -- queue bound meanwhile is not written into without its lock.
-    SELECT array_agg(DISTINCT b.target_name ORDER BY b.target_name) FILTER (WHERE b.target_type = 'queue'),
-           array_agg(DISTINCT b.target_name ORDER BY b.target_name) FILTER (WHERE b.target_type = 'task'),
-           array_agg(DISTINCT b.target_name ORDER BY b.target_name) FILTER (WHERE b.target_type = 'flow')
-    INTO v_names, v_tasks, v_flows
-    FROM catbird._cb_matching_bindings(topic) b;
+    -- Tasks and flows in one list: tasks by name, then flows by name.
+    SELECT array_agg(b.target_name ORDER BY b.target_name) FILTER (WHERE b.target_type = 'queue'),
+           array_agg(b.target_type ORDER BY b.target_type DESC, b.target_name) FILTER (WHERE b.target_type <> 'queue'),
+           array_agg(b.target_name ORDER BY b.target_type DESC, b.target_name) FILTER (WHERE b.target_type <> 'queue')
+    INTO v_names, v_kinds, v_targets
+    FROM (SELECT DISTINCT m.target_type, m.target_name FROM catbird._cb_matching_bindings(topic) m) b;
     PERFORM catbird._cb_lock_definition('queue', n) FROM unnest(v_names) AS n;
     SELECT array_agg(q.id ORDER BY q.id) INTO v_queue_ids
     FROM catbird.cb_queues q WHERE q.name = ANY (v_names);
@@ -1163,21 +1172,17 @@ BEGIN
         v_deliveries := cardinality(v_queue_ids) * cardinality(bodies);
     END IF;
 
-    -- Bound tasks and flows get one run per message.
-    FOREACH v_target IN ARRAY coalesce(v_tasks, '{}') LOOP
-        PERFORM catbird._cb_lock_definition('task', v_target);
-        PERFORM catbird._cb_insert_task_runs(t, bodies, concurrency_keys, headers, visible_at, priority, expires_at)
-        FROM catbird.cb_tasks t WHERE t.name = v_target;
-        IF FOUND THEN
-            v_deliveries := v_deliveries + cardinality(bodies);
+    -- Bound tasks and flows get one run per message (one that was deleted
+    -- meanwhile is left out).
+    FOR i IN 1..coalesce(cardinality(v_targets), 0) LOOP
+        PERFORM catbird._cb_lock_definition(v_kinds[i], v_targets[i]);
+        IF v_kinds[i] = 'task' THEN
+            PERFORM catbird._cb_insert_task_runs(t, bodies, concurrency_keys, headers, visible_at, priority, expires_at)
+            FROM catbird.cb_tasks t WHERE t.name = v_targets[i];
+        ELSE
+            PERFORM catbird._cb_insert_flow_runs(f, bodies, concurrency_keys, headers, visible_at, priority, expires_at)
+            FROM catbird.cb_flows f WHERE f.name = v_targets[i];
         END IF;
-    END LOOP;
-
-    -- Bound flows get one run per message.
-    FOREACH v_target IN ARRAY coalesce(v_flows, '{}') LOOP
-        PERFORM catbird._cb_lock_definition('flow', v_target);
-        PERFORM catbird._cb_insert_flow_runs(f, bodies, concurrency_keys, headers, visible_at, priority, expires_at)
-        FROM catbird.cb_flows f WHERE f.name = v_target;
         IF FOUND THEN
             v_deliveries := v_deliveries + cardinality(bodies);
         END IF;
@@ -1195,11 +1200,7 @@ RETURNS int
 LANGUAGE plpgsql VOLATILE
 AS $$
 BEGIN
-    IF body IS NULL THEN
-        RAISE EXCEPTION 'invalid body: a message body must not be SQL NULL (use ''null''::jsonb for a JSON null)'
-            USING ERRCODE = 'invalid_parameter_value';
-    END IF;
-    PERFORM catbird._cb_check_headers(headers);
+    PERFORM catbird._cb_check_body('body', 'message body', body, headers);
     RETURN catbird.cb_publish(topic, ARRAY[body], ARRAY[concurrency_key], ARRAY[headers],
                               visible_at, priority, expires_at);
 END
@@ -1366,7 +1367,8 @@ $$;
 --
 -- Owns: the internal helpers that the task verbs (40_tasks) and the flow verbs
 -- (50-57) delegate to where they do the same thing: the retry policy (check
--- and full-jitter delay), lease and purge argument checks, deleting a
+-- and full-jitter delay), lease and purge argument checks, creating runs
+-- (the batch run verbs), deleting a
 -- definition with its runs, purging and clearing runs (also cb_gc's retention
 -- purge), listing runs, waiting for a terminal state, and recording the outcome
 -- of an on-fail handler. _cb_run_layout is the one place that knows how the
@@ -1552,8 +1554,9 @@ BEGIN
 END
 $$;
 
--- The id of a task or flow, holding its shared lock (through _cb_task or
--- _cb_flow). 22023 for an invalid name, 42704 when it does not exist.
+-- The id of a queue, task or flow, holding its shared lock (through
+-- _cb_queue_id, _cb_task or _cb_flow). 22023 for an invalid name, 42704 when
+-- it does not exist.
 CREATE FUNCTION catbird._cb_definition_id(kind text, name text) RETURNS int
 LANGUAGE plpgsql VOLATILE
 AS $$
@@ -1561,12 +1564,67 @@ DECLARE
     v_id int;
 BEGIN
     CASE kind
+    WHEN 'queue' THEN
+        v_id := catbird._cb_queue_id(name);
     WHEN 'task' THEN
         v_id := (catbird._cb_task(name)).id;
     WHEN 'flow' THEN
         v_id := (catbird._cb_flow(name)).id;
     END CASE;
     RETURN v_id;
+END
+$$;
+
+-- Whether a concurrency key of a task or flow is held by one of its active
+-- runs (a task's queued or started runs, a flow's started or canceling ones).
+-- False for a NULL key. Raises nothing.
+CREATE FUNCTION catbird._cb_key_held(kind text, definition_id int, concurrency_key text) RETURNS boolean
+LANGUAGE plpgsql STABLE
+AS $$
+BEGIN
+    IF kind = 'task' THEN
+        RETURN EXISTS (SELECT 1 FROM catbird.cb_task_runs r
+                       WHERE r.task_id = definition_id AND r.concurrency_key = _cb_key_held.concurrency_key
+                         AND r.status IN ('queued', 'started'));
+    END IF;
+    RETURN EXISTS (SELECT 1 FROM catbird.cb_flow_runs r
+                   WHERE r.flow_id = definition_id AND r.concurrency_key = _cb_key_held.concurrency_key
+                     AND r.status IN ('started', 'canceling'));
+END
+$$;
+
+-- cb_run_task / cb_run_flow (batch forms): creates one run per input of the
+-- task or flow through the one inserter of its kind (_cb_insert_task_runs,
+-- _cb_insert_flow_runs), after checking the arguments. Returns the run id of
+-- each input, in input order. 22023 for an invalid name, 42704 for an
+-- unknown definition, then 22023 for invalid inputs, keys or headers; 40001
+-- when a key's holder finished while the call deduplicated against it.
+CREATE FUNCTION catbird._cb_run(kind text, name text, inputs jsonb[], concurrency_keys text[], headers jsonb[],
+                                visible_at timestamptz, priority int, expires_at timestamptz)
+RETURNS bigint[]
+LANGUAGE plpgsql VOLATILE
+AS $$
+DECLARE
+    -- the cb_tasks or cb_flows row, as a record: this file comes before both
+    -- tables, and a plain-script install compiles the declarations
+    v_task record;
+    v_flow record;
+BEGIN
+    IF kind = 'task' THEN
+        v_task := catbird._cb_task(name);
+    ELSE
+        v_flow := catbird._cb_flow(name);
+    END IF;
+    PERFORM catbird._cb_check_send_args(inputs, NULL, concurrency_keys, headers);
+    IF cardinality(inputs) = 0 THEN
+        RETURN '{}'::bigint[];
+    END IF;
+    IF kind = 'task' THEN
+        RETURN catbird._cb_insert_task_runs(v_task, inputs, concurrency_keys, headers,
+                                            visible_at, priority, expires_at);
+    END IF;
+    RETURN catbird._cb_insert_flow_runs(v_flow, inputs, concurrency_keys, headers,
+                                        visible_at, priority, expires_at);
 END
 $$;
 
@@ -2132,17 +2190,9 @@ CREATE FUNCTION catbird.cb_run_task(
     name text, inputs jsonb[], concurrency_keys text[] = NULL, headers jsonb[] = NULL,
     visible_at timestamptz = NULL, priority int = 0, expires_at timestamptz = NULL)
 RETURNS bigint[]
-LANGUAGE plpgsql VOLATILE
+LANGUAGE sql VOLATILE
 AS $$
-DECLARE
-    v_task catbird.cb_tasks := catbird._cb_task(name);
-BEGIN
-    PERFORM catbird._cb_check_send_args(inputs, NULL, concurrency_keys, headers);
-    IF cardinality(inputs) = 0 THEN
-        RETURN '{}'::bigint[];
-    END IF;
-    RETURN catbird._cb_insert_task_runs(v_task, inputs, concurrency_keys, headers, visible_at, priority, expires_at);
-END
+    SELECT catbird._cb_run('task', cb_run_task.name, inputs, concurrency_keys, headers, visible_at, priority, expires_at)
 $$;
 
 -- Creates a run (see the batch form). Returns its id, or the id of the run
@@ -2157,12 +2207,8 @@ AS $$
 DECLARE
     v_task catbird.cb_tasks := catbird._cb_task(name);
 BEGIN
-    IF input IS NULL THEN
-        RAISE EXCEPTION 'invalid input: a run input must not be SQL NULL (use ''null''::jsonb for a JSON null)'
-            USING ERRCODE = 'invalid_parameter_value';
-    END IF;
-    IF headers IS NOT NULL AND jsonb_typeof(headers) <> 'object' THEN
-        PERFORM catbird._cb_check_headers(headers);
+    IF input IS NULL OR (headers IS NOT NULL AND jsonb_typeof(headers) <> 'object') THEN
+        PERFORM catbird._cb_check_body('input', 'run input', input, headers);
     END IF;
     RETURN (catbird._cb_insert_task_runs(v_task, ARRAY[input],
                                          CASE WHEN concurrency_key IS NOT NULL THEN ARRAY[concurrency_key] END,
@@ -2175,13 +2221,13 @@ $$;
 -- 22023 for an invalid name or pattern.
 CREATE FUNCTION catbird.cb_bind_task(name text, pattern text) RETURNS void
 LANGUAGE sql VOLATILE
-AS $$ SELECT catbird._cb_bind('task', (catbird._cb_task(cb_bind_task.name)).name, pattern) $$;
+AS $$ SELECT catbird._cb_bind('task', cb_bind_task.name, pattern) $$;
 
 -- Removes a binding of the task. Returns false when there was none; 42704 for
 -- an unknown task, 22023 for an invalid name or pattern.
 CREATE FUNCTION catbird.cb_unbind_task(name text, pattern text) RETURNS boolean
 LANGUAGE sql VOLATILE
-AS $$ SELECT catbird._cb_unbind('task', (catbird._cb_task(cb_unbind_task.name)).name, pattern) $$;
+AS $$ SELECT catbird._cb_unbind('task', cb_unbind_task.name, pattern) $$;
 
 -- Cancels a queued or started run (a started run's later reports are
 -- refused); idempotent. Announces catbird.task.canceled. Returns true when the
@@ -2535,10 +2581,7 @@ BEGIN
     IF v_run.id IS NULL THEN
         RETURN false;
     END IF;
-    IF v_run.concurrency_key IS NOT NULL AND EXISTS (
-           SELECT 1 FROM catbird.cb_task_runs r
-           WHERE r.task_id = v_task.id AND r.concurrency_key = v_run.concurrency_key
-             AND r.status IN ('queued', 'started')) THEN
+    IF catbird._cb_key_held('task', v_task.id, v_run.concurrency_key) THEN
         RETURN false;
     END IF;
     BEGIN
@@ -3607,17 +3650,9 @@ CREATE FUNCTION catbird.cb_run_flow(
     name text, inputs jsonb[], concurrency_keys text[] = NULL, headers jsonb[] = NULL,
     visible_at timestamptz = NULL, priority int = 0, expires_at timestamptz = NULL)
 RETURNS bigint[]
-LANGUAGE plpgsql VOLATILE
+LANGUAGE sql VOLATILE
 AS $$
-DECLARE
-    v_flow catbird.cb_flows := catbird._cb_flow(name);
-BEGIN
-    PERFORM catbird._cb_check_send_args(inputs, NULL, concurrency_keys, headers);
-    IF cardinality(inputs) = 0 THEN
-        RETURN '{}'::bigint[];
-    END IF;
-    RETURN catbird._cb_insert_flow_runs(v_flow, inputs, concurrency_keys, headers, visible_at, priority, expires_at);
-END
+    SELECT catbird._cb_run('flow', cb_run_flow.name, inputs, concurrency_keys, headers, visible_at, priority, expires_at)
 $$;
 
 -- Starts a run (see the batch form). Returns its id, or the id of the run
@@ -3630,11 +3665,7 @@ RETURNS bigint
 LANGUAGE plpgsql VOLATILE
 AS $$
 BEGIN
-    IF input IS NULL THEN
-        RAISE EXCEPTION 'invalid input: a run input must not be SQL NULL (use ''null''::jsonb for a JSON null)'
-            USING ERRCODE = 'invalid_parameter_value';
-    END IF;
-    PERFORM catbird._cb_check_headers(headers);
+    PERFORM catbird._cb_check_body('input', 'run input', input, headers);
     RETURN (catbird.cb_run_flow(name, ARRAY[input], ARRAY[concurrency_key], ARRAY[headers],
                                 visible_at, priority, expires_at))[1];
 END
@@ -3645,13 +3676,13 @@ $$;
 -- 22023 for an invalid name or pattern.
 CREATE FUNCTION catbird.cb_bind_flow(name text, pattern text) RETURNS void
 LANGUAGE sql VOLATILE
-AS $$ SELECT catbird._cb_bind('flow', (catbird._cb_flow(cb_bind_flow.name)).name, pattern) $$;
+AS $$ SELECT catbird._cb_bind('flow', cb_bind_flow.name, pattern) $$;
 
 -- Removes a binding of the flow. Returns false when there was none; 42704 for
 -- an unknown flow, 22023 for an invalid name or pattern.
 CREATE FUNCTION catbird.cb_unbind_flow(name text, pattern text) RETURNS boolean
 LANGUAGE sql VOLATILE
-AS $$ SELECT catbird._cb_unbind('flow', (catbird._cb_flow(cb_unbind_flow.name)).name, pattern) $$;
+AS $$ SELECT catbird._cb_unbind('flow', cb_unbind_flow.name, pattern) $$;
 
 -- Delivers a signal (its input) to a step declared with signal: true, which
 -- may then run. Returns true when delivered, false when the step already has
@@ -3792,10 +3823,7 @@ BEGIN
                    WHERE sr.flow_run_id = run_id AND sr.status IN ('failed', 'canceled')) THEN
         RETURN false;
     END IF;
-    IF v_run.concurrency_key IS NOT NULL AND EXISTS (
-           SELECT 1 FROM catbird.cb_flow_runs r
-           WHERE r.flow_id = v_flow.id AND r.concurrency_key = v_run.concurrency_key
-             AND r.status IN ('started', 'canceling')) THEN
+    IF catbird._cb_key_held('flow', v_flow.id, v_run.concurrency_key) THEN
         RETURN false;
     END IF;
     BEGIN
@@ -3844,8 +3872,8 @@ LANGUAGE sql VOLATILE
 AS $$ SELECT catbird._cb_clear_runs('flow', catbird._cb_definition_id('flow', cb_clear_flow_runs.name)) $$;
 -- catbird 54_flow_steps: the worker protocol for flow steps.
 --
--- Owns: cb_claim_steps, cb_hide_steps, _cb_lock_step_run, cb_complete_step,
--- cb_fail_step. Writes cb_step_runs (and, through dispatch, the run).
+-- Owns: cb_claim_steps, cb_hide_steps, _cb_lock_step_run, _cb_lock_reported_step,
+-- cb_complete_step, cb_fail_step. Writes cb_step_runs (and, through dispatch, the run).
 -- Guarantees:
 --   * Claims use FOR UPDATE SKIP LOCKED on cb_step_runs_claim_idx and never
 --     lock the flow run; a step whose lease (visible_at) lapsed is claimable
@@ -3947,6 +3975,37 @@ BEGIN
 END
 $$;
 
+-- Locks the run of a step run a worker reports on (cb_complete_step,
+-- cb_fail_step, cb_complete_generator_step, cb_fail_generator_step) and
+-- returns what the report needs, when it may act: the step run is started
+-- (under attempt, when given) and its run is not canceling. For a canceling
+-- run the step is canceled instead (with error_message, when given) and the
+-- cancel finished when it was the last started work. Otherwise (a stale
+-- report, or a canceling run) every field is NULL. Raises nothing.
+CREATE FUNCTION catbird._cb_lock_reported_step(flow catbird.cb_flows, step_name text, step_run_id bigint,
+                                               attempt int, error_message text = NULL,
+                                               OUT run_id bigint, OUT run_input jsonb,
+                                               OUT signal_input jsonb, OUT attempts int)
+LANGUAGE plpgsql VOLATILE
+AS $$
+DECLARE
+    v_locked record := catbird._cb_lock_step_run(flow, step_name, step_run_id);
+BEGIN
+    IF (v_locked.step_run).status IS DISTINCT FROM 'started'
+       OR (attempt IS NOT NULL AND (v_locked.step_run).attempts <> attempt) THEN
+        RETURN;  -- stale
+    END IF;
+    IF (v_locked.run).status = 'canceling' THEN
+        PERFORM catbird._cb_cancel_reported_step((v_locked.run).id, step_run_id, error_message);
+        RETURN;
+    END IF;
+    run_id := (v_locked.run).id;
+    run_input := (v_locked.run).input;
+    signal_input := (v_locked.step_run).signal_input;
+    attempts := (v_locked.step_run).attempts;
+END
+$$;
+
 -- Completes a started step run (under attempt, when given) with output and
 -- advances the flow run. Returns true when recorded; false for a stale call,
 -- or when the run is canceling (the step is then canceled). 42704 for an
@@ -3959,17 +4018,12 @@ AS $$
 DECLARE
     v_flow catbird.cb_flows := catbird._cb_flow(flow_name);
     v_step catbird.cb_flow_steps := catbird._cb_flow_step(v_flow, step_name);
-    v_locked record;
+    v_report record;
     v_now timestamptz := catbird.cb_now();
 BEGIN
-    v_locked := catbird._cb_lock_step_run(v_flow, step_name, id);
-    IF (v_locked.step_run).status IS DISTINCT FROM 'started'
-       OR (attempt IS NOT NULL AND (v_locked.step_run).attempts <> attempt) THEN
-        RETURN false;
-    END IF;
-    IF (v_locked.run).status = 'canceling' THEN
-        PERFORM catbird._cb_cancel_reported_step((v_locked.run).id, cb_complete_step.id);
-        RETURN false;
+    v_report := catbird._cb_lock_reported_step(v_flow, step_name, id, attempt);
+    IF v_report.run_id IS NULL THEN
+        RETURN false;  -- stale, or the run is canceling (the step is canceled)
     END IF;
     IF v_step.step_type = 'generator' THEN
         RAISE EXCEPTION 'step "%" is a generator: finish it with cb_complete_generator_step', step_name
@@ -3979,8 +4033,8 @@ BEGIN
     SET status = 'completed', completed_at = v_now, output = coalesce(cb_complete_step.output, 'null'),
         error_message = NULL, error_detail = NULL
     WHERE sr.id = cb_complete_step.id;
-    PERFORM catbird._cb_resolve_dependents((v_locked.run).id, v_flow.id, step_name);
-    PERFORM catbird._cb_advance_flow_run((v_locked.run).id);
+    PERFORM catbird._cb_resolve_dependents(v_report.run_id, v_flow.id, step_name);
+    PERFORM catbird._cb_advance_flow_run(v_report.run_id);
     RETURN true;
 END
 $$;
@@ -4003,23 +4057,18 @@ DECLARE
     v_flow catbird.cb_flows := catbird._cb_flow(flow_name);
     v_step catbird.cb_flow_steps := catbird._cb_flow_step(v_flow, step_name);
     v_policy record;
-    v_locked record;
+    v_report record;
     v_now timestamptz := catbird.cb_now();
     v_error text := coalesce(cb_fail_step.error_message, 'unknown error');
 BEGIN
     v_policy := catbird._cb_effective_policy(max_retries, backoff_min, backoff_max,
                                              v_step.max_retries, v_step.backoff_min, v_step.backoff_max);
     PERFORM catbird._cb_check_fail_args(retryable, NULL);
-    v_locked := catbird._cb_lock_step_run(v_flow, step_name, id);
-    IF (v_locked.step_run).status IS DISTINCT FROM 'started'
-       OR (attempt IS NOT NULL AND (v_locked.step_run).attempts <> attempt) THEN
-        RETURN NULL;
+    v_report := catbird._cb_lock_reported_step(v_flow, step_name, id, attempt, v_error);
+    IF v_report.run_id IS NULL THEN
+        RETURN NULL;  -- stale, or the run is canceling (the step is canceled)
     END IF;
-    IF (v_locked.run).status = 'canceling' THEN
-        PERFORM catbird._cb_cancel_reported_step((v_locked.run).id, cb_fail_step.id, v_error);
-        RETURN NULL;
-    END IF;
-    IF retryable AND (v_locked.step_run).attempts <= v_policy.max_retries_out THEN
+    IF retryable AND v_report.attempts <= v_policy.max_retries_out THEN
         UPDATE catbird.cb_step_runs sr
         SET status = 'queued', error_message = v_error, error_detail = cb_fail_step.error_detail,
             visible_at = v_now + make_interval(secs => catbird._cb_retry_delay(
@@ -4030,8 +4079,8 @@ BEGIN
     UPDATE catbird.cb_step_runs sr
     SET status = 'failed', failed_at = v_now, error_message = v_error, error_detail = cb_fail_step.error_detail
     WHERE sr.id = cb_fail_step.id;
-    PERFORM catbird._cb_fail_flow_run((v_locked.run).id, step_name, v_error, (v_locked.run).input,
-                                      (v_locked.step_run).signal_input, (v_locked.step_run).attempts);
+    PERFORM catbird._cb_fail_flow_run(v_report.run_id, step_name, v_error, v_report.run_input,
+                                      v_report.signal_input, v_report.attempts);
     RETURN 'failed';
 END
 $$;
@@ -4039,7 +4088,8 @@ $$;
 --
 -- Owns: cb_claim_map_tasks, cb_hide_map_tasks, _cb_maybe_complete_map_step,
 -- cb_complete_map_tasks, cb_fail_map_task, cb_spawn_generator_map_tasks,
--- cb_complete_generator_step, cb_fail_generator_step, cb_read_map_outputs.
+-- cb_complete_generator_step and cb_fail_generator_step (over
+-- _cb_end_generator), cb_read_map_outputs.
 -- Writes cb_map_tasks and cb_step_runs.
 -- Guarantees:
 --   * Items are claimed, fenced, retried and canceled like step runs (see
@@ -4352,6 +4402,45 @@ BEGIN
 END
 $$;
 
+-- cb_complete_generator_step / cb_fail_generator_step: records that a
+-- generator's handler finished (failed false: the step completes once all its
+-- items are done) or failed (the step and the flow run fail, no retry, with
+-- error_message and error_detail stored on the step), under attempt when
+-- given. A stale call (step not started, or another attempt) writes nothing;
+-- for a canceling run the step is canceled. Returns nothing. 42704 for an
+-- unknown flow or step; 22023 for an invalid name or attempt < 1.
+CREATE FUNCTION catbird._cb_end_generator(flow_name text, step_name text, id bigint, attempt int, failed boolean,
+                                          error_message text = NULL, error_detail text = NULL)
+RETURNS void
+LANGUAGE plpgsql VOLATILE
+AS $$
+DECLARE
+    v_flow catbird.cb_flows := catbird._cb_flow(flow_name);
+    v_report record;
+    v_error text := coalesce(_cb_end_generator.error_message, 'unknown error');
+BEGIN
+    PERFORM catbird._cb_flow_step(v_flow, step_name);
+    PERFORM catbird._cb_check_fail_args(true, attempt);
+    v_report := catbird._cb_lock_reported_step(v_flow, step_name, id, attempt);
+    IF v_report.run_id IS NULL THEN
+        RETURN;  -- stale, or the run is canceling (the step is canceled)
+    END IF;
+    IF NOT failed THEN
+        UPDATE catbird.cb_step_runs sr
+        SET generator_done = true, status = 'waiting_for_map_tasks', map_total = coalesce(sr.map_total, 0)
+        WHERE sr.id = _cb_end_generator.id;
+        PERFORM catbird._cb_maybe_complete_map_step(id, v_flow.id);
+        RETURN;
+    END IF;
+    UPDATE catbird.cb_step_runs sr
+    SET status = 'failed', failed_at = catbird.cb_now(), error_message = v_error,
+        error_detail = _cb_end_generator.error_detail
+    WHERE sr.id = _cb_end_generator.id;
+    PERFORM catbird._cb_fail_flow_run(v_report.run_id, step_name, v_error, v_report.run_input,
+                                      v_report.signal_input, v_report.attempts);
+END
+$$;
+
 -- Records that a generator's handler has finished (under attempt, when
 -- given): the step completes once all its items are done. A stale call (step
 -- not started, or another attempt) writes nothing; for a canceling run the
@@ -4359,29 +4448,8 @@ $$;
 -- for an invalid name or attempt < 1.
 CREATE FUNCTION catbird.cb_complete_generator_step(flow_name text, step_name text, id bigint, attempt int = NULL)
 RETURNS void
-LANGUAGE plpgsql VOLATILE
-AS $$
-DECLARE
-    v_flow catbird.cb_flows := catbird._cb_flow(flow_name);
-    v_locked record;
-BEGIN
-    PERFORM catbird._cb_flow_step(v_flow, step_name);
-    PERFORM catbird._cb_check_fail_args(true, attempt);
-    v_locked := catbird._cb_lock_step_run(v_flow, step_name, id);
-    IF (v_locked.step_run).status IS DISTINCT FROM 'started'
-       OR (attempt IS NOT NULL AND (v_locked.step_run).attempts <> attempt) THEN
-        RETURN;
-    END IF;
-    IF (v_locked.run).status = 'canceling' THEN
-        PERFORM catbird._cb_cancel_reported_step((v_locked.run).id, cb_complete_generator_step.id);
-        RETURN;
-    END IF;
-    UPDATE catbird.cb_step_runs sr
-    SET generator_done = true, status = 'waiting_for_map_tasks', map_total = coalesce(sr.map_total, 0)
-    WHERE sr.id = cb_complete_generator_step.id;
-    PERFORM catbird._cb_maybe_complete_map_step(id, v_flow.id);
-END
-$$;
+LANGUAGE sql VOLATILE
+AS $$ SELECT catbird._cb_end_generator(flow_name, step_name, id, attempt, failed => false) $$;
 
 -- Records that a generator's handler failed (under attempt, when given): the
 -- step and the flow run fail (no retry), with error_detail stored on the
@@ -4391,31 +4459,10 @@ $$;
 CREATE FUNCTION catbird.cb_fail_generator_step(flow_name text, step_name text, id bigint, error_message text,
                                                attempt int = NULL, error_detail text = NULL)
 RETURNS void
-LANGUAGE plpgsql VOLATILE
+LANGUAGE sql VOLATILE
 AS $$
-DECLARE
-    v_flow catbird.cb_flows := catbird._cb_flow(flow_name);
-    v_locked record;
-    v_error text := coalesce(cb_fail_generator_step.error_message, 'unknown error');
-BEGIN
-    PERFORM catbird._cb_flow_step(v_flow, step_name);
-    PERFORM catbird._cb_check_fail_args(true, attempt);
-    v_locked := catbird._cb_lock_step_run(v_flow, step_name, id);
-    IF (v_locked.step_run).status IS DISTINCT FROM 'started'
-       OR (attempt IS NOT NULL AND (v_locked.step_run).attempts <> attempt) THEN
-        RETURN;
-    END IF;
-    IF (v_locked.run).status = 'canceling' THEN
-        PERFORM catbird._cb_cancel_reported_step((v_locked.run).id, cb_fail_generator_step.id);
-        RETURN;
-    END IF;
-    UPDATE catbird.cb_step_runs sr
-    SET status = 'failed', failed_at = catbird.cb_now(), error_message = v_error,
-        error_detail = cb_fail_generator_step.error_detail
-    WHERE sr.id = cb_fail_generator_step.id;
-    PERFORM catbird._cb_fail_flow_run((v_locked.run).id, step_name, v_error, (v_locked.run).input,
-                                      (v_locked.step_run).signal_input, (v_locked.step_run).attempts);
-END
+    SELECT catbird._cb_end_generator(flow_name, step_name, id, attempt, failed => true,
+                                     error_message => error_message, error_detail => error_detail)
 $$;
 
 -- Item outputs of a mapper or generator step of a run, in item order, a page
@@ -5207,6 +5254,8 @@ BEGIN
 END
 $$;
 
+-- Checks the from_time of cb_next_cron_tick(s) (argument names it): not NULL
+-- and finite. Returns nothing; 22023 otherwise.
 CREATE FUNCTION catbird._cb_check_cron_time(argument text, value timestamptz) RETURNS void
 LANGUAGE plpgsql IMMUTABLE
 AS $$
@@ -5258,6 +5307,8 @@ $$;
 -- Schedules
 --------------------------------------------------------------------------------
 
+-- Checks a schedule's catch_up policy: 'skip', 'one' or 'all'. Returns
+-- nothing; 22023 otherwise.
 CREATE FUNCTION catbird._cb_check_catch_up(catch_up text) RETURNS void
 LANGUAGE plpgsql IMMUTABLE
 AS $$
@@ -5270,52 +5321,49 @@ BEGIN
 END
 $$;
 
--- Creates or updates the schedule of one task or flow (the caller holds the
--- definition's shared lock). next_run_at is kept when the parsed spec is
--- unchanged (so an upsert keeps the backlog) and recomputed when it changes.
-CREATE FUNCTION catbird._cb_upsert_schedule(kind text, target_id int, target_name text, cron_spec text,
-                                            input jsonb, catch_up text)
+-- cb_create_task_schedule / cb_create_flow_schedule: creates or updates the
+-- schedule of one task or flow (kind), holding the definition's shared lock.
+-- next_run_at is kept when the parsed spec is unchanged (so an upsert keeps
+-- the backlog) and recomputed when it changes; a disabled schedule stays
+-- disabled. Announces catbird.schedule.created or .updated (nothing when the
+-- schedule is the same again). Returns nothing. Errors, in this order: 22023
+-- for an invalid name, 42704 for an unknown definition, 22023 for an invalid
+-- cron spec, a SQL NULL input or an invalid catch_up.
+CREATE FUNCTION catbird._cb_create_schedule(kind text, name text, cron_spec text, input jsonb, catch_up text)
 RETURNS void
 LANGUAGE plpgsql VOLATILE
 AS $$
 DECLARE
-    v_cron catbird.cb_cron := catbird._cb_parse_cron(cron_spec);
+    v_layout record := catbird._cb_run_layout(kind);
     v_now timestamptz := catbird.cb_now();
-    v_next timestamptz;
+    v_id int;
+    v_cron catbird.cb_cron;
     v_inserted boolean;
 BEGIN
-    IF input IS NULL THEN
-        RAISE EXCEPTION 'invalid input: a schedule input must not be SQL NULL (use ''null''::jsonb for a JSON null)'
-            USING ERRCODE = 'invalid_parameter_value';
-    END IF;
+    PERFORM catbird._cb_check_name(kind, name);
+    v_id := catbird._cb_definition_id(kind, name);
+    v_cron := catbird._cb_parse_cron(cron_spec);
+    PERFORM catbird._cb_check_body('input', 'schedule input', input);
     PERFORM catbird._cb_check_catch_up(catch_up);
-    v_next := catbird._cb_cron_next(v_cron, v_now);
-    IF kind = 'task' THEN
-        INSERT INTO catbird.cb_schedules AS s (kind, task_id, catch_up, next_run_at, created_at, updated_at,
-                                               cron_spec, input, cron)
-        VALUES ('task', target_id, catch_up, v_next, v_now, v_now, cron_spec, input, v_cron)
-        ON CONFLICT (task_id) DO UPDATE
-            SET cron_spec = excluded.cron_spec, input = excluded.input, catch_up = excluded.catch_up,
-                cron = excluded.cron, updated_at = excluded.updated_at,
-                next_run_at = CASE WHEN s.cron IS NOT DISTINCT FROM excluded.cron THEN s.next_run_at
-                                   ELSE excluded.next_run_at END
-            WHERE (s.cron_spec, s.input, s.catch_up) IS DISTINCT FROM (excluded.cron_spec, excluded.input, excluded.catch_up)
-        RETURNING s.xmax = 0 INTO v_inserted;
-    ELSE
-        INSERT INTO catbird.cb_schedules AS s (kind, flow_id, catch_up, next_run_at, created_at, updated_at,
-                                               cron_spec, input, cron)
-        VALUES ('flow', target_id, catch_up, v_next, v_now, v_now, cron_spec, input, v_cron)
-        ON CONFLICT (flow_id) DO UPDATE
-            SET cron_spec = excluded.cron_spec, input = excluded.input, catch_up = excluded.catch_up,
-                cron = excluded.cron, updated_at = excluded.updated_at,
-                next_run_at = CASE WHEN s.cron IS NOT DISTINCT FROM excluded.cron THEN s.next_run_at
-                                   ELSE excluded.next_run_at END
-            WHERE (s.cron_spec, s.input, s.catch_up) IS DISTINCT FROM (excluded.cron_spec, excluded.input, excluded.catch_up)
-        RETURNING s.xmax = 0 INTO v_inserted;
-    END IF;
+    -- task_id or flow_id: the column naming the definition, and the conflict arbiter
+    EXECUTE format(
+        'INSERT INTO catbird.cb_schedules AS s (kind, %1$I, catch_up, next_run_at, created_at, updated_at,'
+        '                                       cron_spec, input, cron)'
+        ' VALUES ($1, $2, $3, $4, $5, $5, $6, $7, $8)'
+        ' ON CONFLICT (%1$I) DO UPDATE'
+        '     SET cron_spec = excluded.cron_spec, input = excluded.input, catch_up = excluded.catch_up,'
+        '         cron = excluded.cron, updated_at = excluded.updated_at,'
+        '         next_run_at = CASE WHEN s.cron IS NOT DISTINCT FROM excluded.cron THEN s.next_run_at'
+        '                            ELSE excluded.next_run_at END'
+        '     WHERE (s.cron_spec, s.input, s.catch_up)'
+        '           IS DISTINCT FROM (excluded.cron_spec, excluded.input, excluded.catch_up)'
+        ' RETURNING s.xmax = 0',
+        v_layout.definition_column)
+    INTO v_inserted
+    USING kind, v_id, catch_up, catbird._cb_cron_next(v_cron, v_now), v_now, cron_spec, input, v_cron;
     IF v_inserted IS NOT NULL THEN  -- NULL: the same schedule again, nothing written
         PERFORM catbird._cb_notify(CASE WHEN v_inserted THEN 'catbird.schedule.created' ELSE 'catbird.schedule.updated' END,
-                                   jsonb_build_object(kind, target_name)::text);
+                                   jsonb_build_object(kind, name)::text);
     END IF;
 END
 $$;
@@ -5329,50 +5377,33 @@ $$;
 CREATE FUNCTION catbird.cb_create_task_schedule(task_name text, cron_spec text, input jsonb = '{}',
                                                 catch_up text = 'one')
 RETURNS void
-LANGUAGE plpgsql VOLATILE
-AS $$
-DECLARE
-    v_task catbird.cb_tasks;
-BEGIN
-    PERFORM catbird._cb_check_name('task', task_name);
-    v_task := catbird._cb_task(task_name);
-    PERFORM catbird._cb_upsert_schedule('task', v_task.id, v_task.name, cron_spec, input, catch_up);
-END
-$$;
+LANGUAGE sql VOLATILE
+AS $$ SELECT catbird._cb_create_schedule('task', task_name, cron_spec, input, catch_up) $$;
 
 -- cb_create_flow_schedule(flow_name, cron_spec, input, catch_up): as
 -- cb_create_task_schedule, for a flow. Errors: 42704 unknown flow; 22023.
 CREATE FUNCTION catbird.cb_create_flow_schedule(flow_name text, cron_spec text, input jsonb = '{}',
                                                 catch_up text = 'one')
 RETURNS void
-LANGUAGE plpgsql VOLATILE
-AS $$
-DECLARE
-    v_flow catbird.cb_flows;
-BEGIN
-    PERFORM catbird._cb_check_name('flow', flow_name);
-    v_flow := catbird._cb_flow(flow_name);
-    PERFORM catbird._cb_upsert_schedule('flow', v_flow.id, v_flow.name, cron_spec, input, catch_up);
-END
-$$;
+LANGUAGE sql VOLATILE
+AS $$ SELECT catbird._cb_create_schedule('flow', flow_name, cron_spec, input, catch_up) $$;
 
--- Deletes the schedule of the named task or flow; false when there is none.
+-- cb_delete_task_schedule / cb_delete_flow_schedule: deletes the schedule of
+-- the named task or flow (kind) and announces catbird.schedule.deleted.
+-- Returns false when there is none (also when the definition does not
+-- exist); 22023 for an invalid name.
 CREATE FUNCTION catbird._cb_delete_schedule(kind text, name text) RETURNS boolean
 LANGUAGE plpgsql VOLATILE
 AS $$
 DECLARE
+    v_layout record := catbird._cb_run_layout(kind);
     v_id int;
 BEGIN
     PERFORM catbird._cb_check_name(kind, name);
-    IF kind = 'task' THEN
-        DELETE FROM catbird.cb_schedules s USING catbird.cb_tasks t
-        WHERE s.task_id = t.id AND t.name = _cb_delete_schedule.name
-        RETURNING s.id INTO v_id;
-    ELSE
-        DELETE FROM catbird.cb_schedules s USING catbird.cb_flows f
-        WHERE s.flow_id = f.id AND f.name = _cb_delete_schedule.name
-        RETURNING s.id INTO v_id;
-    END IF;
+    EXECUTE format('DELETE FROM catbird.cb_schedules s USING catbird.%I d'
+                   ' WHERE s.%I = d.id AND d.name = $1 RETURNING s.id',
+                   v_layout.definitions, v_layout.definition_column)
+    INTO v_id USING name;
     IF v_id IS NULL THEN
         RETURN false;
     END IF;
@@ -5637,6 +5668,24 @@ RETURNS int
 LANGUAGE sql VOLATILE
 AS $$ SELECT catbird._cb_execute_due_schedules('flow', flow_names, batch_size, max_schedules) $$;
 
+-- cb_list_task_schedules / cb_list_flow_schedules: every schedule of one
+-- kind ('task' or 'flow'), with the name of its task or flow, ordered by
+-- next_run_at, then name. Raises nothing.
+CREATE FUNCTION catbird._cb_list_schedules(kind text)
+RETURNS TABLE (name text, cron_spec text, next_run_at timestamptz, last_run_at timestamptz,
+               last_enqueued_at timestamptz, enabled boolean, catch_up text, created_at timestamptz,
+               updated_at timestamptz, input jsonb)
+LANGUAGE sql STABLE
+AS $$
+    SELECT coalesce(t.name, f.name), s.cron_spec, s.next_run_at, s.last_run_at, s.last_enqueued_at, s.enabled,
+           s.catch_up, s.created_at, s.updated_at, s.input
+    FROM catbird.cb_schedules s
+    LEFT JOIN catbird.cb_tasks t ON t.id = s.task_id
+    LEFT JOIN catbird.cb_flows f ON f.id = s.flow_id
+    WHERE s.kind = $1
+    ORDER BY s.next_run_at, coalesce(t.name, f.name)
+$$;
+
 -- cb_list_task_schedules(): every task schedule (TaskScheduleInfo fields, and
 -- its input), ordered by next_run_at.
 CREATE FUNCTION catbird.cb_list_task_schedules()
@@ -5644,12 +5693,7 @@ RETURNS TABLE (task_name text, cron_spec text, next_run_at timestamptz, last_run
                last_enqueued_at timestamptz, enabled boolean, catch_up text, created_at timestamptz,
                updated_at timestamptz, input jsonb)
 LANGUAGE sql STABLE
-AS $$
-    SELECT t.name, s.cron_spec, s.next_run_at, s.last_run_at, s.last_enqueued_at, s.enabled, s.catch_up,
-           s.created_at, s.updated_at, s.input
-    FROM catbird.cb_schedules s JOIN catbird.cb_tasks t ON t.id = s.task_id
-    ORDER BY s.next_run_at, t.name
-$$;
+AS $$ SELECT * FROM catbird._cb_list_schedules('task') $$;
 
 -- cb_list_flow_schedules(): every flow schedule (FlowScheduleInfo fields, and
 -- its input), ordered by next_run_at.
@@ -5658,12 +5702,7 @@ RETURNS TABLE (flow_name text, cron_spec text, next_run_at timestamptz, last_run
                last_enqueued_at timestamptz, enabled boolean, catch_up text, created_at timestamptz,
                updated_at timestamptz, input jsonb)
 LANGUAGE sql STABLE
-AS $$
-    SELECT f.name, s.cron_spec, s.next_run_at, s.last_run_at, s.last_enqueued_at, s.enabled, s.catch_up,
-           s.created_at, s.updated_at, s.input
-    FROM catbird.cb_schedules s JOIN catbird.cb_flows f ON f.id = s.flow_id
-    ORDER BY s.next_run_at, f.name
-$$;
+AS $$ SELECT * FROM catbird._cb_list_schedules('flow') $$;
 -- catbird 70_maintenance: the worker registry and garbage collection.
 --
 -- Owns: cb_workers, cb_gc. Workers register the handlers they run, send heartbeats
