@@ -1,4 +1,4 @@
-"""Statements of cron schedules (``60_schedules.sql``): creating, deleting,
+"""Statements of cron schedules (``60_cron.sql``, ``61_schedules.sql``): creating, deleting,
 enabling, listing and executing the schedules of tasks and flows, and the
 cron tick preview."""
 

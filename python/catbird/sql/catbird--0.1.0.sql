@@ -4699,18 +4699,18 @@ AS $$
                                    on_fail_attempt => on_fail_attempt, max_retries => max_retries,
                                    backoff_min => backoff_min, backoff_max => backoff_max)
 $$;
--- catbird 60_schedules: cron schedules for tasks and flows.
+-- catbird 60_cron: cron specs, parsed once, and their ticks.
 --
--- Owns: the cb_cron type (a parsed cron spec), cb_schedules (one schedule per
--- task or flow), the cron parser, cb_next_cron_tick / cb_next_cron_ticks, and
--- the schedule verbs (create, delete, enable, disable, list, execute due).
+-- Owns: the cb_cron type (a parsed cron spec), the cron parser,
+-- cb_next_cron_tick / cb_next_cron_ticks and the tick arithmetic the
+-- schedules (61_schedules) use. No tables.
 -- Guarantees:
---   * A cron spec is parsed once, when the schedule is created: the row keeps
---     the spec as lookup arrays (for every minute, hour, day, month and weekday,
---     the next and the previous allowed value), so finding the next tick is a
---     handful of array lookups with carry from minute to hour to day to month
---     to year, never a walk over minutes. All of it is computed in UTC,
---     whatever the session's TimeZone.
+--   * A cron spec is parsed once: cb_cron keeps it as lookup arrays (for
+--     every minute, hour, day, month and weekday, the next and the previous
+--     allowed value), so finding the next tick is a handful of array lookups
+--     with carry from minute to hour to day to month to year, never a walk
+--     over minutes. All of it is computed in UTC, whatever the session's
+--     TimeZone.
 --   * Cron grammar (five fields: minute hour day-of-month month day-of-week):
 --     "*", "N", "N-M", "*/S", "N-M/S", "N/S" (= N-max/S), comma lists; months
 --     1-12 or JAN-DEC; weekdays 0-7 or SUN-SAT, 0 and 7 both Sunday, also in
@@ -4723,25 +4723,6 @@ $$;
 --     means just N (croniter reads it as the whole cycle).
 --   * Every invalid spec is rejected with 22023 naming the bad field, including
 --     one that can never match (e.g. "0 0 30 2 *"); nothing is written.
---   * cb_execute_due_*_schedules is safe under any number of concurrent
---     callers: due rows are taken FOR UPDATE SKIP LOCKED and advanced in the
---     same transaction that enqueues their runs, so each tick fires exactly
---     once. Scheduled runs carry the schedule's input and the concurrency key
---     sched:<name>:<tick, ISO-8601 UTC>.
---   * Catch-up after downtime (the ticks between next_run_at and now):
---     skip fires only the latest due tick, one fires the oldest due tick once,
---     all fires every due tick (at most batch_size per schedule per call, the
---     rest on the next call). A schedule with a single due tick fires it under
---     every policy. Ticks missed while a schedule was disabled are dropped
---     when it is enabled again.
---   * Deleting a task or flow deletes its schedule (foreign key, cascade);
---     cb_gc never touches schedules.
---   * Definitions are guarded as elsewhere: the executor takes the shared
---     definition locks of the schedules it is about to fire (in name order)
---     before it locks their rows, so deleting or redefining a task or flow
---     never races a scheduled run into it.
--- Events (data is JSON): catbird.schedule.created|updated|deleted|enabled|disabled
--- with {"task": name} or {"flow": name}.
 
 CREATE TYPE catbird.cb_cron AS (
     -- Lookup arrays, 1-based: element i is for value (i - 1) for minute, hour
@@ -4761,30 +4742,6 @@ CREATE TYPE catbird.cb_cron AS (
     day_mode    int
 );
 
-CREATE TABLE catbird.cb_schedules (
-    id               int GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
-    kind             text NOT NULL CHECK (kind IN ('task', 'flow')),
-    task_id          int UNIQUE REFERENCES catbird.cb_tasks (id) ON DELETE CASCADE,
-    flow_id          int UNIQUE REFERENCES catbird.cb_flows (id) ON DELETE CASCADE,
-    enabled          boolean NOT NULL DEFAULT true,
-    catch_up         text NOT NULL CHECK (catch_up IN ('skip', 'one', 'all')),
-    next_run_at      timestamptz NOT NULL,     -- the oldest tick not fired yet
-    last_run_at      timestamptz,              -- the last tick fired (its scheduled time)
-    last_enqueued_at timestamptz,              -- when that tick was fired
-    created_at       timestamptz NOT NULL,
-    updated_at       timestamptz NOT NULL,
-    cron_spec        text NOT NULL,
-    input            jsonb NOT NULL,
-    cron             catbird.cb_cron NOT NULL,
-    CONSTRAINT cb_schedules_target_check CHECK (
-        (kind = 'task' AND task_id IS NOT NULL AND flow_id IS NULL)
-        OR (kind = 'flow' AND flow_id IS NOT NULL AND task_id IS NULL))
-);
--- The due query: enabled schedules of one kind, oldest tick first.
-CREATE INDEX cb_schedules_due_idx ON catbird.cb_schedules (kind, next_run_at) WHERE enabled;
-
--- Cron parsing
---------------------------------------------------------------------------------
 
 -- A cron spec quoted for an error message: at most 200 characters of it.
 CREATE FUNCTION catbird._cb_cron_quote(cron_spec text) RETURNS text
@@ -5304,8 +5261,54 @@ BEGIN
 END
 $$;
 
--- Schedules
---------------------------------------------------------------------------------
+-- catbird 61_schedules: cron schedules for tasks and flows.
+--
+-- Owns: cb_schedules (one schedule per task or flow, its cron spec parsed
+-- once into a cb_cron, see 60_cron) and the schedule verbs (create, delete,
+-- enable, disable, list, execute due).
+-- Guarantees:
+--   * cb_execute_due_*_schedules is safe under any number of concurrent
+--     callers: due rows are taken FOR UPDATE SKIP LOCKED and advanced in the
+--     same transaction that enqueues their runs, so each tick fires exactly
+--     once. Scheduled runs carry the schedule's input and the concurrency key
+--     sched:<name>:<tick, ISO-8601 UTC>.
+--   * Catch-up after downtime (the ticks between next_run_at and now):
+--     skip fires only the latest due tick, one fires the oldest due tick once,
+--     all fires every due tick (at most batch_size per schedule per call, the
+--     rest on the next call). A schedule with a single due tick fires it under
+--     every policy. Ticks missed while a schedule was disabled are dropped
+--     when it is enabled again.
+--   * Deleting a task or flow deletes its schedule (foreign key, cascade);
+--     cb_gc never touches schedules.
+--   * Definitions are guarded as elsewhere: the executor takes the shared
+--     definition locks of the schedules it is about to fire (in name order)
+--     before it locks their rows, so deleting or redefining a task or flow
+--     never races a scheduled run into it.
+-- Events (data is JSON): catbird.schedule.created|updated|deleted|enabled|disabled
+-- with {"task": name} or {"flow": name}.
+
+CREATE TABLE catbird.cb_schedules (
+    id               int GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    kind             text NOT NULL CHECK (kind IN ('task', 'flow')),
+    task_id          int UNIQUE REFERENCES catbird.cb_tasks (id) ON DELETE CASCADE,
+    flow_id          int UNIQUE REFERENCES catbird.cb_flows (id) ON DELETE CASCADE,
+    enabled          boolean NOT NULL DEFAULT true,
+    catch_up         text NOT NULL CHECK (catch_up IN ('skip', 'one', 'all')),
+    next_run_at      timestamptz NOT NULL,     -- the oldest tick not fired yet
+    last_run_at      timestamptz,              -- the last tick fired (its scheduled time)
+    last_enqueued_at timestamptz,              -- when that tick was fired
+    created_at       timestamptz NOT NULL,
+    updated_at       timestamptz NOT NULL,
+    cron_spec        text NOT NULL,
+    input            jsonb NOT NULL,
+    cron             catbird.cb_cron NOT NULL,
+    CONSTRAINT cb_schedules_target_check CHECK (
+        (kind = 'task' AND task_id IS NOT NULL AND flow_id IS NULL)
+        OR (kind = 'flow' AND flow_id IS NOT NULL AND task_id IS NULL))
+);
+-- The due query: enabled schedules of one kind, oldest tick first.
+CREATE INDEX cb_schedules_due_idx ON catbird.cb_schedules (kind, next_run_at) WHERE enabled;
+
 
 -- Checks a schedule's catch_up policy: 'skip', 'one' or 'all'. Returns
 -- nothing; 22023 otherwise.
