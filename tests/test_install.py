@@ -460,7 +460,7 @@ def test_status_and_extension_mode_see_pg_tle_registered_versions(
         "INSERT INTO pgtle.registry"
         " VALUES ('catbird', '9.9.9', 'registered', 'SELECT 1;', NULL, NULL)"
     )
-    assert status(conn)["available_versions"] == [inst.EXTENSION_VERSION, "9.9.9"]
+    assert status(conn)["available_versions"] == ["0.1.0", inst.EXTENSION_VERSION, "9.9.9"]
     _uninstall(conn)
     monkeypatch.setattr(inst, "EXTENSION_VERSION", "9.9.9")
     # --mode extension goes ahead with CREATE EXTENSION (served by pg_tle on a
@@ -482,7 +482,8 @@ def test_status_reports_an_extension_install(conn: psycopg.Connection, pg_major:
         "how": "extension",
         "version": inst.EXTENSION_VERSION,
         "schema_present": True,
-        "available_versions": [inst.EXTENSION_VERSION],
+        # 0.1.0: the released install script, kept as the upgrades' start.
+        "available_versions": ["0.1.0", inst.EXTENSION_VERSION],
         "pg_tle": False,
         "server_version": conn.execute("SHOW server_version").fetchone()[0],  # type: ignore[index]
         "server_version_num": version_num[0],
@@ -654,9 +655,13 @@ def test_install_files_copies_control_and_sql_into_sharedir(tmp_path: Path) -> N
     installed_sql = target / f"catbird--{inst.EXTENSION_VERSION}.sql"
     assert installed_sql.read_text() == BUILT_SQL.read_text()
     assert stat.S_IMODE(installed_sql.stat().st_mode) == 0o644
+    # Earlier versions' install scripts and the update scripts go along, so
+    # that CREATE EXTENSION ... VERSION and ALTER EXTENSION ... UPDATE work.
     assert sorted(p.name for p in target.iterdir()) == sorted(
-        ["catbird.control", installed_sql.name]
+        ["catbird.control", installed_sql.name, "catbird--0.1.0.sql", "catbird--0.1.0--0.2.0.sql"]
     )
+    for name in ("catbird--0.1.0.sql", "catbird--0.1.0--0.2.0.sql"):
+        assert (target / name).read_text() == (BUILT_SQL.parent / name).read_text()
 
 
 def test_install_files_without_pg_config_fails_clearly(tmp_path: Path) -> None:

@@ -52,7 +52,7 @@ __all__ = [
 ]
 
 EXTENSION_NAME = "catbird"
-EXTENSION_VERSION = "0.1.0"
+EXTENSION_VERSION = "0.2.0"
 SCHEMA = "catbird"
 
 InstallMode = Literal["extension", "plain", "pg-tle-script"]
@@ -151,10 +151,11 @@ def install_files(pg_config: str | PathLike[str]) -> Path:
         f"{EXTENSION_NAME}.control": control_text(),
         f"{EXTENSION_NAME}--{EXTENSION_VERSION}.sql": extension_sql(),
     }
-    # Upgrade scripts (catbird--<from>--<to>.sql), once releases ship them.
+    # Earlier releases' install scripts (CREATE EXTENSION ... VERSION) and the
+    # update scripts (catbird--<from>--<to>.sql, ALTER EXTENSION ... UPDATE).
     for resource in resources.files("catbird").joinpath("sql").iterdir():
-        if resource.name.startswith(f"{EXTENSION_NAME}--") and resource.name.count("--") == 2:
-            files[resource.name] = resource.read_text(encoding="utf-8")
+        if resource.name.startswith(f"{EXTENSION_NAME}--") and resource.name.endswith(".sql"):
+            files.setdefault(resource.name, resource.read_text(encoding="utf-8"))
     try:
         target.mkdir(parents=True, exist_ok=True)
         for name, text in files.items():
