@@ -10,7 +10,8 @@
 #                                   unless CATBIRD_TEST_DSN is set)
 #   make lint [LINT_DSN=...]        ruff, mypy, and plpgsql_check when LINT_DSN names
 #                                   a server that has plpgsql_check and catbird installed
-#   make pg-tle                     write pg_tle/catbird--$(EXTVERSION).pg_tle.sql
+#   make pg-tle                     write pg_tle/catbird--$(EXTVERSION).pg_tle.sql and the
+#                                   update paths pg_tle/catbird--<from>--$(EXTVERSION).pg_tle.sql
 #   make pg-tle-check PG_DSN=...    run the pg_tle tests against a real server that has
 #                                   pg_tle in shared_preload_libraries (superuser DSN;
 #                                   the catbird files must not be on that server)
@@ -86,8 +87,9 @@ pg-tle-check: build
 	@test -n "$(PG_DSN)" || { echo "usage: make pg-tle-check PG_DSN=postgresql://..." >&2; exit 2; }
 	PG_TLE_DSN='$(PG_DSN)' $(PY) -m pytest -q -rs tests/test_pg_tle_real.py
 
-$(PG_TLE_SQL): $(BUILT_SQL) $(BUILT_CONTROL) pg_tle/generate.py python/catbird/db/pg_tle.py
-	$(PY) pg_tle/generate.py --output $@
+# Also writes pg_tle/catbird--<from>--$(EXTVERSION).pg_tle.sql, the update paths.
+$(PG_TLE_SQL): $(BUILT_SQL) $(BUILT_CONTROL) $(BUILT_UPGRADE) pg_tle/generate.py python/catbird/db/pg_tle.py
+	$(PY) pg_tle/generate.py
 
 # PGXS does the installing so that DESTDIR, sharedir and install-sh behave as
 # for any other extension. The control file goes through DATA because PGXS's
