@@ -702,3 +702,133 @@ def test_user_row_factory_does_not_matter(dsn: str) -> None:
         (msg,) = client.read("orders")
         assert msg.id == mid and msg.body == {"k": "v"}
         assert client.get_queue("orders").depth == 1
+
+
+# ---------------------------------------------------------------- schedules
+#
+# The engine's cron and catch-up rules are tested in test_schedules_sql.py;
+# these check the client's calls: arguments, typed records, errors.
+
+#: A Flow with one step, to schedule (its handler never runs here).
+nightly = catbird.Flow("nightly")
+
+
+@nightly.step()
+def nightly_step(input: dict[str, Any]) -> dict[str, Any]:
+    return input
+
+
+@dataclasses.dataclass
+class ReportInput:
+    kind: str
+    days: int
+
+
+def test_task_schedule_create_list_upsert_delete(client: Client) -> None:
+    report = catbird.Task("report")
+    client.create_task(report)
+    client.create_task("other")
+    client.create_task_schedule(report, "0 9 * * 1-5", input=ReportInput("daily", 1))
+    client.create_task_schedule("other", "@hourly", catch_up="all")
+    first, second = client.list_task_schedules()  # next tick first
+    assert isinstance(first, catbird.TaskScheduleInfo)
+    assert (first.task_name, first.name, first.cron_spec) == ("other", "other", "@hourly")
+    assert first.next_run_at == NOW + timedelta(hours=1)
+    assert (first.catch_up, first.input, first.enabled) == ("all", {}, True)
+    assert second.task_name == "report" and second.input == {"kind": "daily", "days": 1}
+    assert second.next_run_at == datetime(2030, 1, 2, 9, tzinfo=UTC)  # a Wednesday
+    assert second.last_run_at is None and second.last_enqueued_at is None
+    assert second.created_at == second.updated_at == NOW
+    # upsert: same task, a new spec and policy
+    client.create_task_schedule("report", "30 12 * * *", catch_up="skip")
+    [updated] = [s for s in client.list_task_schedules() if s.name == "report"]
+    assert (updated.cron_spec, updated.catch_up, updated.input) == ("30 12 * * *", "skip", {})
+    assert updated.next_run_at == NOW + timedelta(minutes=30)
+    assert client.delete_task_schedule(report) is True
+    assert client.delete_task_schedule(report) is False
+    assert [s.name for s in client.list_task_schedules()] == ["other"]
+    assert client.get_task("report").name == "report"  # the task stays
+
+
+def test_flow_schedule_enable_disable(client: Client) -> None:
+    client.create_flow(nightly)
+    client.create_flow_schedule(nightly, "0 2 * * *", input={"full": True})
+    [s] = client.list_flow_schedules()
+    assert isinstance(s, catbird.FlowScheduleInfo)
+    assert (s.flow_name, s.input, s.catch_up) == ("nightly", {"full": True}, "one")
+    assert client.disable_flow_schedule("nightly") is True
+    assert not client.list_flow_schedules()[0].enabled
+    assert client.enable_flow_schedule(nightly) is True
+    assert client.list_flow_schedules()[0].enabled
+    assert client.delete_flow_schedule(nightly) is True
+    assert client.enable_flow_schedule(nightly) is False
+    assert client.disable_flow_schedule(nightly) is False
+    assert client.list_task_schedules() == []
+
+
+def test_task_schedule_enable_disable(client: Client) -> None:
+    client.create_task("report")
+    assert client.disable_task_schedule("report") is False
+    client.create_task_schedule("report", "* * * * *")
+    assert client.disable_task_schedule("report") is True
+    assert not client.list_task_schedules()[0].enabled
+    assert client.enable_task_schedule("report") is True
+
+
+def test_execute_due_schedules_fires_the_named_ones(
+    client: Client, conn: psycopg.Connection[Any]
+) -> None:
+    for name in ("report", "other"):
+        client.create_task(name)
+        client.create_task_schedule(name, "*/5 * * * *", input={"n": name})
+    client.create_flow(nightly)
+    client.create_flow_schedule(nightly, "*/5 * * * *")
+    assert client.execute_due_task_schedules() == 0  # nothing is due yet
+    set_now(conn, NOW + timedelta(minutes=5, seconds=1))
+    assert client.execute_due_task_schedules([catbird.Task("report")]) == 1
+    assert client.execute_due_task_schedules(["report"]) == 0  # fired once
+    [run] = client.list_task_runs("report")
+    assert run.input == {"n": "report"}
+    assert run.concurrency_key == "sched:report:2030-01-01T12:05:00Z"
+    assert client.list_task_runs("other") == []
+    [report] = [s for s in client.list_task_schedules() if s.name == "report"]
+    assert report.last_run_at == NOW + timedelta(minutes=5)
+    assert report.next_run_at == NOW + timedelta(minutes=10)
+    assert client.execute_due_task_schedules(batch_size=10, max_schedules=5) == 1
+    assert client.execute_due_flow_schedules([nightly]) == 1
+    [flow_run] = client.list_flow_runs(nightly)
+    assert flow_run.input == {} and flow_run.concurrency_key == "sched:nightly:2030-01-01T12:05:00Z"
+    assert client.execute_due_flow_schedules() == 0
+
+
+def test_next_cron_ticks(client: Client) -> None:
+    # default start: the engine clock (catbird.fake_now), not the client's
+    assert client.next_cron_ticks("0 */6 * * *", quantity=3) == [
+        datetime(2030, 1, 1, 18, tzinfo=UTC),
+        datetime(2030, 1, 2, 0, tzinfo=UTC),
+        datetime(2030, 1, 2, 6, tzinfo=UTC),
+    ]
+    after = datetime(2030, 1, 4, 12, tzinfo=UTC)  # a Friday
+    assert client.next_cron_ticks("0 9 * * MON-FRI", after=after, quantity=1) == [
+        datetime(2030, 1, 7, 9, tzinfo=UTC)
+    ]
+    assert len(client.next_cron_ticks("@daily")) == 5
+
+
+def test_schedule_errors(client: Client) -> None:
+    client.create_task("report")
+    with pytest.raises(InvalidArgument, match="hour"):
+        client.create_task_schedule("report", "0 24 * * *")
+    with pytest.raises(InvalidArgument, match="catch_up"):
+        client.create_task_schedule("report", "0 1 * * *", catch_up="most")
+    with pytest.raises(NotFound):
+        client.create_task_schedule("missing", "0 1 * * *")
+    with pytest.raises(NotFound):
+        client.create_flow_schedule("missing", "0 1 * * *")
+    with pytest.raises(InvalidArgument, match="day-of-week"):
+        client.next_cron_ticks("0 0 * * 8")
+    with pytest.raises(InvalidArgument, match="quantity"):
+        client.next_cron_ticks("@daily", quantity=0)
+    with pytest.raises(InvalidArgument, match="batch_size"):
+        client.execute_due_task_schedules(batch_size=0)
+    assert client.list_task_schedules() == []

@@ -46,6 +46,7 @@ SAMPLES: dict[str, Any] = {
     "quantity": 3,
     "retry_exhausted": True,
     "retry_delay": 100,
+    "cron_spec": "*/5 * * * *",
 }
 
 
@@ -73,7 +74,7 @@ STATEMENTS = _statements()
 
 
 def test_every_statement_is_found() -> None:
-    assert len(STATEMENTS) == 84
+    assert len(STATEMENTS) == 97
 
 
 @pytest.mark.parametrize(("name", "function"), STATEMENTS, ids=[n for n, _ in STATEMENTS])

@@ -67,6 +67,7 @@ from .models import (
     Binding,
     FlowInfo,
     FlowRunInfo,
+    FlowScheduleInfo,
     Message,
     QueueInfo,
     RunOutcome,
@@ -75,6 +76,7 @@ from .models import (
     TaskFailure,
     TaskInfo,
     TaskRunInfo,
+    TaskScheduleInfo,
     WorkerInfo,
 )
 from .worker import Worker
@@ -98,6 +100,7 @@ __all__ = [
     "FlowInfo",
     "FlowRunContext",
     "FlowRunInfo",
+    "FlowScheduleInfo",
     "HandlerOptions",
     "InvalidArgument",
     "Message",
@@ -121,6 +124,7 @@ __all__ = [
     "TaskHandle",
     "TaskInfo",
     "TaskRunInfo",
+    "TaskScheduleInfo",
     "Worker",
     "WorkerInfo",
     "cancel",

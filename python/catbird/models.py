@@ -400,3 +400,63 @@ class FlowOnFailClaim:
     failed_step_input: Any
     failed_step_signal_input: Any
     failed_step_attempts: int | None
+
+
+# ----------------------------------------------------------------------------
+# schedules
+
+__all__ += ["CATCH_UP_POLICIES", "FlowScheduleInfo", "TaskScheduleInfo"]
+
+#: The catch-up policies of a schedule: what the ticks missed while no
+#: executor ran (downtime) get. ``skip``: only the latest missed tick fires;
+#: ``one`` (the default): the oldest missed tick fires, once; ``all``: every
+#: missed tick fires.
+CATCH_UP_POLICIES = ("skip", "one", "all")
+
+
+@dataclass(frozen=True, slots=True)
+class TaskScheduleInfo:
+    """A task's cron schedule (``cb_list_task_schedules()``).
+
+    ``next_run_at`` is the oldest tick not fired yet; ``last_run_at`` the last
+    tick fired (its scheduled time) and ``last_enqueued_at`` when it was
+    fired. ``input`` is the JSON input of every scheduled run.
+    """
+
+    task_name: str
+    cron_spec: str
+    next_run_at: datetime
+    last_run_at: datetime | None
+    last_enqueued_at: datetime | None
+    enabled: bool
+    catch_up: str
+    created_at: datetime
+    updated_at: datetime
+    input: Any
+
+    @property
+    def name(self) -> str:
+        """The task's name (as ``FlowScheduleInfo.name`` is the flow's)."""
+        return self.task_name
+
+
+@dataclass(frozen=True, slots=True)
+class FlowScheduleInfo:
+    """A flow's cron schedule (``cb_list_flow_schedules()``); fields as
+    :class:`TaskScheduleInfo`."""
+
+    flow_name: str
+    cron_spec: str
+    next_run_at: datetime
+    last_run_at: datetime | None
+    last_enqueued_at: datetime | None
+    enabled: bool
+    catch_up: str
+    created_at: datetime
+    updated_at: datetime
+    input: Any
+
+    @property
+    def name(self) -> str:
+        """The flow's name."""
+        return self.flow_name

@@ -19,6 +19,7 @@ types, selected columns). The modules:
 * ``tasks``: task definitions, runs and the worker's task protocol;
 * ``flows``: flow definitions, runs, signals and introspection;
 * ``steps``: the worker's protocol of flow steps, map items and generators;
+* ``schedules``: cron schedules of tasks and flows, and the tick preview;
 * ``workers``: the worker registry, garbage collection and events.
 """
 
@@ -95,6 +96,22 @@ from .runs import (
     Kind,
     RunStatements,
 )
+from .schedules import (
+    SCHEDULE_COLUMNS,
+    create_flow_schedule,
+    create_task_schedule,
+    delete_flow_schedule,
+    delete_task_schedule,
+    disable_flow_schedule,
+    disable_task_schedule,
+    enable_flow_schedule,
+    enable_task_schedule,
+    execute_due_flow_schedules,
+    execute_due_task_schedules,
+    list_flow_schedules,
+    list_task_schedules,
+    next_cron_ticks,
+)
 from .steps import (
     claim_map_tasks,
     claim_steps,
@@ -157,6 +174,7 @@ __all__ = [
     "FLOW_RUN_COLUMNS",
     "MESSAGE_COLUMNS",
     "QUEUE_COLUMNS",
+    "SCHEDULE_COLUMNS",
     "STEP_RUN_COLUMNS",
     "TASKS",
     "TASK_COLUMNS",
@@ -195,13 +213,23 @@ __all__ = [
     "complete_task_on_fail",
     "complete_tasks_json",
     "create_flow",
+    "create_flow_schedule",
     "create_queue",
     "create_task",
+    "create_task_schedule",
     "delete",
     "delete_flow",
+    "delete_flow_schedule",
     "delete_many",
     "delete_queue",
     "delete_task",
+    "delete_task_schedule",
+    "disable_flow_schedule",
+    "disable_task_schedule",
+    "enable_flow_schedule",
+    "enable_task_schedule",
+    "execute_due_flow_schedules",
+    "execute_due_task_schedules",
     "fail_flow_on_fail",
     "fail_generator_step",
     "fail_map_task",
@@ -229,13 +257,16 @@ __all__ = [
     "jsonb_or_null",
     "list_bindings",
     "list_flow_runs",
+    "list_flow_schedules",
     "list_flows",
     "list_queues",
     "list_task_runs",
+    "list_task_schedules",
     "list_tasks",
     "list_workers",
     "listen_events",
     "ms",
+    "next_cron_ticks",
     "ping",
     "publish",
     "publish_many",

@@ -13,6 +13,9 @@
     catbird queue read orders --quantity 10 --hide-for 30 --ack
     catbird queue ls --json
     catbird task runs send_email --full      # whole values; by default long ones are cut …
+    catbird schedule create send_digest "0 9 * * 1-5" --input '{"kind": "daily"}'
+    catbird schedule next "0 9 * * 1-5" -n 3
+    catbird worker ls
 
 Every command that talks to a database takes ``--dsn`` (default: the
 ``CATBIRD_DSN`` environment variable) and ``--json`` (one JSON document on
@@ -26,7 +29,8 @@ This module only assembles the app; one module per command group:
   and tables that fit the terminal;
 * :mod:`.dev` ``dev`` and ``demo`` (the demo itself is :mod:`.demo`),
   :mod:`.db`, :mod:`.queues` (``queue`` and ``publish``), :mod:`.tasks`,
-  :mod:`.flows`, :mod:`.worker`;
+  :mod:`.flows`, :mod:`.schedules`, :mod:`.worker` (``worker [run]`` and
+  ``worker ls``);
 * :mod:`.runs` the run commands (show, run, runs, cancel, purge), written
   once for tasks and flows.
 
@@ -39,7 +43,7 @@ from __future__ import annotations
 
 import warnings
 
-from . import db, dev, flows, queues, tasks, worker
+from . import db, dev, flows, queues, schedules, tasks, worker
 from ._common import EXIT_ERROR, EXIT_USAGE, App
 
 __all__ = ["EXIT_ERROR", "EXIT_USAGE", "app", "main"]
@@ -56,8 +60,9 @@ app.add_typer(db.app, name="db")
 app.add_typer(queues.app, name="queue")
 app.command("publish")(queues.publish_command)
 app.add_typer(tasks.app, name="task")
-app.command("worker")(worker.worker_command)
+app.add_typer(worker.app, name="worker")
 app.add_typer(flows.app, name="flow")
+app.add_typer(schedules.app, name="schedule")
 
 
 def main() -> None:

@@ -1,18 +1,60 @@
-"""``catbird worker MODULE:ATTRIBUTE``: run handlers until SIGINT/SIGTERM."""
+"""``catbird worker ...``: run a worker, list the registered ones.
+
+::
+
+    catbird worker myapp.jobs:worker        # = catbird worker run myapp.jobs:worker
+    catbird worker ls                       # registered workers and their handlers
+
+``worker`` is a group whose default command is ``run``: anything that is not
+a subcommand name (``run``, ``ls``) is the target of ``run``, so the
+original form ``catbird worker MODULE:ATTRIBUTE`` keeps working.
+"""
 
 from __future__ import annotations
 
 import importlib
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+from rich.console import RenderableType
+from rich.markup import escape
 
 from ..errors import CatbirdError
-from ._common import DsnOption, errors, require_dsn, usage_error
+from ..models import WorkerInfo
+from ._common import (
+    Command,
+    DsnOption,
+    FullOption,
+    Group,
+    JsonOption,
+    errors,
+    open_client,
+    out,
+    require_dsn,
+    usage_error,
+)
+from .output import Column, fmt_ts, print_json, record, table
 
-__all__ = ["load_target", "worker_command"]
+__all__ = ["app", "load_target", "worker_command"]
+
+
+class WorkerGroup(Group):
+    """A group whose default command is ``run`` (see the module documentation)."""
+
+    def parse_args(self, ctx: Any, args: list[str]) -> list[str]:
+        if args and args[0] not in self.commands and args[0] not in ("--help", "-h"):
+            args = ["run", *args]
+        return super().parse_args(ctx, args)
+
+
+app = typer.Typer(
+    cls=WorkerGroup,
+    help="Workers: run one (catbird worker MODULE:ATTRIBUTE, short for worker run), list them.",
+    no_args_is_help=True,
+)
 
 
 def load_target(target: str) -> Any:
@@ -35,6 +77,7 @@ def load_target(target: str) -> Any:
     return obj
 
 
+@app.command("run", cls=Command)
 def worker_command(
     target: Annotated[
         str,
@@ -58,6 +101,18 @@ def worker_command(
     lease: Annotated[
         float, typer.Option("--lease", help="Seconds a claimed run stays hidden between renewals.")
     ] = 30.0,
+    schedule_interval: Annotated[
+        float,
+        typer.Option(
+            "--schedule-interval",
+            help="Seconds between firing the due schedules of the tasks and flows served.",
+            min=0.01,
+        ),
+    ] = 5.0,
+    no_schedules: Annotated[
+        bool,
+        typer.Option("--no-schedules", help="Do not fire schedules (e.g. when pg_cron does it)."),
+    ] = False,
     log_level: Annotated[str, typer.Option("--log-level", help="Python logging level.")] = "INFO",
 ) -> None:
     """Run handlers until SIGINT/SIGTERM, then stop gracefully (exit status 0).
@@ -100,8 +155,43 @@ def worker_command(
                 shutdown_timeout=shutdown_timeout,
                 poll_interval=poll_interval,
                 lease=lease,
+                schedule_interval=None if no_schedules else schedule_interval,
             )
         except (CatbirdError, TypeError) as exc:
             usage_error(str(exc))
     with errors():
         worker.run()
+
+
+def handlers_text(w: WorkerInfo) -> str:
+    """A worker's handlers: its tasks, then its flows' steps as ``flow.step``."""
+    tasks = [str(h.get("task_name")) for h in w.task_handlers]
+    steps = [f"{h.get('flow_name')}.{h.get('step_name')}" for h in w.step_handlers]
+    return ", ".join([*tasks, *steps]) or "-"
+
+
+def workers_table(workers: Sequence[WorkerInfo], *, width: int, full: bool) -> RenderableType:
+    columns = [
+        Column("id", style="bold"),
+        Column("handlers", fit="cut"),
+        Column("started", stack=True, hide=1),
+        Column("heartbeat", stack=True),
+    ]
+    rows = [
+        [str(w.id), escape(handlers_text(w)), fmt_ts(w.started_at), fmt_ts(w.last_heartbeat_at)]
+        for w in workers
+    ]
+    return table("Workers", columns, rows, width=width, full=full)
+
+
+@app.command("ls", cls=Command)
+def worker_ls(dsn: DsnOption = None, as_json: JsonOption = False, full: FullOption = False) -> None:
+    """List the registered workers: their tasks and flow steps, last heartbeat."""
+    with open_client(dsn) as client:
+        workers = client.list_workers()
+    if as_json:
+        print_json([record(w) for w in workers])
+    elif not workers:
+        out.print("No workers registered. Start one with: catbird worker MODULE:ATTRIBUTE")
+    else:
+        out.print(workers_table(workers, width=out.width, full=full))

@@ -44,12 +44,14 @@ from ..models import (
     Binding,
     FlowInfo,
     FlowRunInfo,
+    FlowScheduleInfo,
     Message,
     QueueInfo,
     RunOutcome,
     StepRunInfo,
     TaskInfo,
     TaskRunInfo,
+    TaskScheduleInfo,
     WorkerInfo,
 )
 from .handles_async import AsyncFlowHandle, AsyncTaskHandle
@@ -695,3 +697,127 @@ class AsyncClient:
     async def unbind_flow(self, flow: Flow | str, pattern: str) -> bool:
         """Remove a flow binding; False if it did not exist."""
         return await self.execute(_sql.unbind_flow(flow_name(flow), pattern))
+
+    # ------------------------------------------------------------------
+    # schedules
+    #
+    # One cron schedule per task or flow, evaluated in UTC by the engine
+    # (catbird.cb_next_cron_tick). Every call takes the task or flow as a
+    # name or as a catbird.Task / catbird.Flow.
+
+    async def create_task_schedule(
+        self,
+        task: Task[Any, Any] | str,
+        cron_spec: str,
+        *,
+        input: Any = None,
+        catch_up: str = "one",
+    ) -> None:
+        """Create or update the task's schedule: each tick of ``cron_spec``
+        (five fields, or ``@hourly``, ``@daily``, ...) enqueues a run with
+        ``input`` (``None``: ``{}``).
+
+        ``catch_up`` is what ticks missed while nothing executed schedules
+        get: ``"skip"`` (only the latest fires), ``"one"`` (the oldest fires,
+        once) or ``"all"`` (every one fires). Creating it again with the same
+        spec keeps its next tick; a disabled schedule stays disabled.
+        :class:`catbird.NotFound` for an unknown task,
+        :class:`catbird.InvalidArgument` for a bad spec (naming the field).
+        """
+        query = _sql.create_task_schedule(
+            task_name(task), cron_spec, input=input, catch_up=catch_up
+        )
+        await self.execute(query)
+
+    async def create_flow_schedule(
+        self,
+        flow: Flow | str,
+        cron_spec: str,
+        *,
+        input: Any = None,
+        catch_up: str = "one",
+    ) -> None:
+        """As :meth:`create_task_schedule`, for a flow: each tick starts a run."""
+        query = _sql.create_flow_schedule(
+            flow_name(flow), cron_spec, input=input, catch_up=catch_up
+        )
+        await self.execute(query)
+
+    async def delete_task_schedule(self, task: Task[Any, Any] | str) -> bool:
+        """Remove the task's schedule (the task stays); False if it had none."""
+        return await self.execute(_sql.delete_task_schedule(task_name(task)))
+
+    async def delete_flow_schedule(self, flow: Flow | str) -> bool:
+        """Remove the flow's schedule (the flow stays); False if it had none."""
+        return await self.execute(_sql.delete_flow_schedule(flow_name(flow)))
+
+    async def enable_task_schedule(self, task: Task[Any, Any] | str) -> bool:
+        """Resume the task's schedule from its next tick after now (ticks
+        missed while it was disabled are dropped); False if it has none."""
+        return await self.execute(_sql.enable_task_schedule(task_name(task)))
+
+    async def disable_task_schedule(self, task: Task[Any, Any] | str) -> bool:
+        """Pause the task's schedule; False if it has none."""
+        return await self.execute(_sql.disable_task_schedule(task_name(task)))
+
+    async def enable_flow_schedule(self, flow: Flow | str) -> bool:
+        """Resume the flow's schedule (see :meth:`enable_task_schedule`)."""
+        return await self.execute(_sql.enable_flow_schedule(flow_name(flow)))
+
+    async def disable_flow_schedule(self, flow: Flow | str) -> bool:
+        """Pause the flow's schedule; False if it has none."""
+        return await self.execute(_sql.disable_flow_schedule(flow_name(flow)))
+
+    async def list_task_schedules(self) -> list[TaskScheduleInfo]:
+        """Every task schedule, next tick first."""
+        return await self.execute(_sql.list_task_schedules())
+
+    async def list_flow_schedules(self) -> list[FlowScheduleInfo]:
+        """Every flow schedule, next tick first."""
+        return await self.execute(_sql.list_flow_schedules())
+
+    async def execute_due_task_schedules(
+        self,
+        tasks: Iterable[Task[Any, Any] | str] | None = None,
+        *,
+        batch_size: int = 100,
+        max_schedules: int = 1000,
+    ) -> int:
+        """Fire the task schedules whose tick has come (of ``tasks``, or all)
+        and move them on per their catch-up policy; returns the runs enqueued.
+
+        Workers do this on a timer for the tasks they serve; it is safe to
+        call from any number of sessions at once (each tick fires exactly
+        once). Each run gets the concurrency key ``sched:<task>:<tick>``.
+        ``batch_size`` bounds the ticks one ``"all"`` schedule fires per call,
+        ``max_schedules`` the schedules fired per call.
+        """
+        names = None if tasks is None else [task_name(t) for t in tasks]
+        query = _sql.execute_due_task_schedules(
+            names, batch_size=batch_size, max_schedules=max_schedules
+        )
+        return await self.execute(query)
+
+    async def execute_due_flow_schedules(
+        self,
+        flows: Iterable[Flow | str] | None = None,
+        *,
+        batch_size: int = 100,
+        max_schedules: int = 1000,
+    ) -> int:
+        """As :meth:`execute_due_task_schedules`, for flows."""
+        names = None if flows is None else [flow_name(f) for f in flows]
+        query = _sql.execute_due_flow_schedules(
+            names, batch_size=batch_size, max_schedules=max_schedules
+        )
+        return await self.execute(query)
+
+    async def next_cron_ticks(
+        self, cron_spec: str, *, after: datetime | None = None, quantity: int = 5
+    ) -> list[datetime]:
+        """The next ``quantity`` (1-1000) ticks of ``cron_spec`` strictly after
+        ``after`` (default: the engine's clock), in UTC, as the engine computes them.
+
+        :class:`catbird.InvalidArgument` for a bad spec, naming the field.
+        """
+        return await self.execute(_sql.next_cron_ticks(cron_spec, after=after, quantity=quantity))

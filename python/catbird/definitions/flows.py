@@ -95,6 +95,7 @@ from .handlers import (
     check_name,
     make_on_fail_handler,
 )
+from .schedules import Schedule, make_schedule
 
 __all__ = [
     "Flow",
@@ -460,7 +461,10 @@ class Flow:
     ``output_priority`` lists the steps whose output becomes the flow's (the
     first that completed wins; default: the steps nothing depends on, in
     definition order). ``retention_period`` (seconds or a timedelta) is how
-    long finished runs are kept before ``cb_gc`` deletes them.
+    long finished runs are kept before ``cb_gc`` deletes them. ``schedule``
+    (a cron spec, UTC), ``schedule_input`` and ``catch_up`` declare the
+    flow's schedule, which a :class:`catbird.Worker` serving the flow creates
+    when it starts (as for :class:`catbird.Task`).
     """
 
     def __init__(
@@ -470,8 +474,15 @@ class Flow:
         description: str | None = None,
         output_priority: Sequence[str] | None = None,
         retention_period: float | timedelta | None = None,
+        schedule: str | None = None,
+        schedule_input: Any = None,
+        catch_up: str = "one",
     ) -> None:
         self.name = check_name("flow", name)
+        #: The cron schedule a worker serving this flow creates at start-up.
+        self.schedule: Schedule | None = make_schedule(
+            f"flow {self.name!r}", schedule, schedule_input, catch_up
+        )
         self.description = description
         if isinstance(output_priority, str):
             raise InvalidArgument("output_priority must be a list of step names, not a string")

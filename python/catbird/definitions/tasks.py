@@ -46,6 +46,7 @@ from .handlers import (
     make_handler,
     make_on_fail_handler,
 )
+from .schedules import Schedule, make_schedule
 
 __all__ = ["Task", "definition_args", "output_decoder", "task", "task_name"]
 
@@ -65,6 +66,12 @@ class Task(Generic[I, O]):
     (``concurrency``, ``batch_size``, ``timeout``, ``max_retries``,
     ``backoff``, ``circuit_breaker``) are described in :class:`HandlerOptions`.
 
+    ``schedule`` is a cron spec (``"0 9 * * 1-5"``, ``"@hourly"``; UTC): a
+    :class:`catbird.Worker` serving the task creates (upserts) that schedule
+    when it starts, each tick enqueueing a run with ``schedule_input``
+    (default ``{}``); ``catch_up`` (``skip``, ``one``, ``all``) is what ticks
+    missed during downtime get (see :meth:`catbird.Client.create_task_schedule`).
+
     Calling the task (``send_email(req)``) calls the handler directly, which
     is handy in unit tests.
     """
@@ -83,8 +90,15 @@ class Task(Generic[I, O]):
         max_retries: int = 2,
         backoff: tuple[float, float] = (0.1, 2.0),
         circuit_breaker: CircuitBreakerSpec = None,
+        schedule: str | None = None,
+        schedule_input: Any = None,
+        catch_up: str = "one",
     ) -> None:
         self.name = check_name("task", name)
+        #: The cron schedule a worker serving this task creates at start-up.
+        self.schedule: Schedule | None = make_schedule(
+            f"task {self.name!r}", schedule, schedule_input, catch_up
+        )
         self.description = description
         self.condition = condition
         self.retention_period = _retention(retention_period)
@@ -199,6 +213,9 @@ def task(
     max_retries: int = 2,
     backoff: tuple[float, float] = (0.1, 2.0),
     circuit_breaker: CircuitBreakerSpec = None,
+    schedule: str | None = None,
+    schedule_input: Any = None,
+    catch_up: str = "one",
 ) -> _TaskDecorator:
     """Decorator: turn a handler function into a :class:`Task` named ``name``.
 
@@ -206,6 +223,9 @@ def task(
 
         @catbird.task("send_email", max_retries=3, timeout=10.0)
         async def send_email(req: EmailRequest) -> EmailResult: ...
+
+        @catbird.task("daily_report", schedule="0 9 * * 1-5")   # run by the worker's scheduler
+        def daily_report(input: dict) -> None: ...
     """
     # Fail on bad options where the decorator is written, not where it is applied.
     Task(
@@ -219,6 +239,9 @@ def task(
         max_retries=max_retries,
         backoff=backoff,
         circuit_breaker=circuit_breaker,
+        schedule=schedule,
+        schedule_input=schedule_input,
+        catch_up=catch_up,
     )
 
     def decorator(fn: Callable[[Any], Any]) -> Task[Any, Any]:
@@ -234,6 +257,9 @@ def task(
             max_retries=max_retries,
             backoff=backoff,
             circuit_breaker=circuit_breaker,
+            schedule=schedule,
+            schedule_input=schedule_input,
+            catch_up=catch_up,
         )
 
     return typing.cast(_TaskDecorator, decorator)

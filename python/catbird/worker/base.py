@@ -46,6 +46,10 @@ between the engine and the handlers:
 * **On-fail handlers** run for runs that failed for good
   (``cb_claim_task_on_fail``), with their own options; a failing on-fail
   handler is retried with the same full-jitter backoff, computed here.
+* **Schedules** declared with the tasks and flows (``schedule=``) are
+  created when the worker starts, and every ``schedule_interval`` seconds
+  the due schedules of the tasks and flows it serves are fired (each tick
+  exactly once across all workers; see :mod:`catbird.worker.schedules`).
 * **Heartbeats.** The worker registers (``cb_worker_started``), heartbeats
   every ``heartbeat_interval`` and registers again when the engine no longer
   knows it; it unregisters on stop.
@@ -87,6 +91,7 @@ from .connections import TRANSIENT, Backoff, Connections
 from .flow_runtime import FlowRuntime
 from .lanes import Lane, describe, parse_run_id, with_concurrency
 from .on_fail import OnFailLane, TaskOnFailLane
+from .schedules import Scheduler
 from .tasks import TaskLane
 from .threads import HandlerThreads
 
@@ -128,7 +133,10 @@ class Worker:
     ``concurrency`` overrides every handler's own. ``flush_interval`` is how
     long a completion may wait to share its statement with others. Every
     ``gc_interval`` seconds (``None``: never) the worker runs the engine's
-    bounded garbage collection, ``cb_gc()``.
+    bounded garbage collection, ``cb_gc()``. Every ``schedule_interval``
+    seconds (``None``: never, e.g. when pg_cron does it) it fires the due
+    schedules of its tasks and flows; with ``create_definitions`` it also
+    creates the schedules they declare (``schedule=``) when it starts.
     """
 
     def __init__(
@@ -145,6 +153,7 @@ class Worker:
         create_definitions: bool = True,
         flush_interval: float = 0.002,
         gc_interval: float | None = 300.0,
+        schedule_interval: float | None = 5.0,
         durable_claims: bool = False,
         id: uuid.UUID | None = None,
     ) -> None:
@@ -174,6 +183,11 @@ class Worker:
         self.gc_interval = (
             None if gc_interval is None else self._seconds(gc_interval, "gc_interval")
         )
+        self.schedule_interval = (
+            None
+            if schedule_interval is None
+            else self._seconds(schedule_interval, "schedule_interval")
+        )
         if concurrency is not None and (isinstance(concurrency, bool) or concurrency < 1):
             raise InvalidArgument(f"concurrency must be an integer >= 1, got {concurrency!r}")
         self.concurrency = concurrency
@@ -189,6 +203,7 @@ class Worker:
         self._task_lanes: dict[str, TaskLane] = {}
         self._on_fail_lanes: list[OnFailLane] = []
         self._flow_runtime: FlowRuntime | None = None
+        self._scheduler = Scheduler(self.tasks, self.flows, self.schedule_interval or 5.0)
         self._loops: list[asyncio.Task[None]] = []
         self._claim_loops: list[asyncio.Task[None]] = []
         self._flush_loops: list[asyncio.Task[None]] = []
@@ -343,6 +358,8 @@ class Worker:
         self._loops.append(spawn(self._lease_loop(), name="catbird-lease"))
         if self.gc_interval is not None:
             self._loops.append(spawn(self._gc_loop(self.gc_interval), name="catbird-gc"))
+        if self.schedule_interval is not None and (self.tasks or self.flows):
+            self._loops.append(spawn(self._schedule_loop(), name="catbird-schedules"))
         for lane in self._lanes:
             self._claim_loops.append(
                 spawn(self._claim_loop(lane), name=f"catbird-claim-{lane.name}")
@@ -472,6 +489,7 @@ class Worker:
                     )
             if self._flow_runtime is not None:
                 await self._flow_runtime.create_definitions()
+            await self._scheduler.create_declared(self.client)
         assert self._ready is not None
         self._ready.set()
         await self.client.execute(
@@ -575,6 +593,12 @@ class Worker:
             if removed:
                 log.info("gc: %s", ", ".join(f"{k}={v}" for k, v in sorted(removed.items())))
 
+    async def _schedule_loop(self) -> None:
+        """Fire the due schedules of the served tasks and flows (see :class:`.Scheduler`)."""
+        assert self._ready is not None and self._stop_requested is not None
+        await self._ready.wait()
+        await self._scheduler.loop(self.client, self._stop_requested)
+
     async def _heartbeat_loop(self) -> None:
         backoff = Backoff(high=max(5.0, self.heartbeat_interval))
         while True:
@@ -609,6 +633,7 @@ class Worker:
                 # Events may have been missed while not listening.
                 for lane in self._lanes:
                     lane.wake.set()
+                self._scheduler.wake.set()  # and ticks may have come
                 while True:
                     async for note in conn.notifies(timeout=max(5.0, 5 * self.poll_interval)):
                         self._on_event(note.payload)
