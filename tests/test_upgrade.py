@@ -492,3 +492,53 @@ def test_update_script_is_what_make_build_writes(tmp_path: Path) -> None:
         check=True,
     )
     assert out.read_text() == UPDATE_SCRIPT.read_text()
+
+
+def test_the_extension_owner_upgrades_without_being_superuser(new_db: Any, server_dsn: str) -> None:
+    # As on a managed server: the role that created the extension (CREATE on
+    # the database, not superuser) runs the update script.
+    old_dsn, fresh_dsn = new_db(), new_db()
+    role = f"catbird_owner_{uuid.uuid4().hex[:10]}"
+    with psycopg.connect(server_dsn, autocommit=True) as admin:
+        admin.execute(sql.SQL("CREATE ROLE {} NOLOGIN").format(sql.Identifier(role)))
+    try:
+        snapshots = []
+        for dsn, create in (
+            (fresh_dsn, ["CREATE EXTENSION catbird"]),
+            (
+                old_dsn,
+                ["CREATE EXTENSION catbird VERSION '0.1.0'", "ALTER EXTENSION catbird UPDATE"],
+            ),
+        ):
+            with psycopg.connect(dsn, autocommit=True) as conn:
+                conn.execute(
+                    sql.SQL("GRANT CREATE ON DATABASE {} TO {}").format(
+                        sql.Identifier(conn.info.dbname), sql.Identifier(role)
+                    )
+                )
+                conn.execute(sql.SQL("SET ROLE {}").format(sql.Identifier(role)))
+                conn.execute(create[0])
+                fn(conn, "cb_create_queue", name="kept")
+                for statement in create[1:]:
+                    conn.execute(statement)
+                assert (
+                    scalar(
+                        conn,
+                        "SELECT extowner::regrole::text FROM pg_extension"
+                        " WHERE extname = 'catbird'",
+                    )
+                    == role
+                )
+                snapshots.append(snapshot(conn))
+                conn.execute("RESET ROLE")
+        assert differences(snapshots[1], snapshots[0]) == []
+    finally:
+        with psycopg.connect(server_dsn, autocommit=True) as admin:
+            for dsn in (old_dsn, fresh_dsn):
+                name = psycopg.conninfo.conninfo_to_dict(dsn)["dbname"]
+                admin.execute(
+                    sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(
+                        sql.Identifier(str(name))
+                    )
+                )
+            admin.execute(sql.SQL("DROP ROLE {}").format(sql.Identifier(role)))
