@@ -75,6 +75,10 @@ def test_a_flow_definition_is_the_steps_json_of_cb_create_flow() -> None:
         "map_source_step_name": None,
         "reduce_source_step_name": None,
         "ignore_output": [],
+        # the handler's retry policy is stored with the step (backoffs in ms)
+        "max_retries": 2,
+        "backoff_min": 100,
+        "backoff_max": 2000,
     }
     assert flow.definition()[1]["condition"] == "validate.ok eq true"
     args = flow.create_args()
@@ -394,7 +398,12 @@ def test_failed_and_canceled_runs_raise_from_wait_for_output(client: Client) -> 
     claimed = claim(client, "order_processing", "validate")
     status = client.execute(
         _sql.fail_step(
-            "order_processing", "validate", claimed.id, "bad order", attempt=claimed.attempts
+            "order_processing",
+            "validate",
+            claimed.id,
+            "bad order",
+            attempt=claimed.attempts,
+            max_retries=0,  # overrides the stored policy (2 retries)
         )
     )
     assert status == "failed"

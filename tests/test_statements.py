@@ -47,6 +47,7 @@ SAMPLES: dict[str, Any] = {
     "retry_exhausted": True,
     "retry_delay": 100,
     "cron_spec": "*/5 * * * *",
+    "dead_letter_queue": "dlq",
 }
 
 
@@ -92,8 +93,8 @@ def test_calls_render_named_notation_with_casts_once() -> None:
         " priority => %(priority)s::int, expires_at => %(expires_at)s::timestamptz)"
     )
     assert _sql.list_queues().sql == (
-        "SELECT name, description, created_at, expires_at, depth, visible, oldest_visible_at"
-        " FROM catbird.cb_list_queues() ORDER BY name"
+        "SELECT name, description, created_at, expires_at, depth, visible, oldest_visible_at,"
+        " max_deliveries, dead_letter_queue FROM catbird.cb_list_queues() ORDER BY name"
     )
     assert _sql.send("a", 1).sql is _sql.send("b", 2).sql
     with pytest.raises(ValueError, match="not an identifier"):

@@ -444,6 +444,10 @@ def test_create_get_list_delete_task(client: Client) -> None:
         retention_period=timedelta(seconds=60),
         on_fail=True,
         created_at=NOW,
+        # the handler's retry policy, stored with the definition (ms)
+        max_retries=2,
+        backoff_min=100,
+        backoff_max=2000,
     )
     assert client.get_task(email_task) == info
     assert [t.name for t in client.list_tasks()] == ["bare", "email"]

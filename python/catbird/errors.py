@@ -21,6 +21,8 @@ psycopg exceptions.
     │   └── RunExpired
     └── NoRunContext      a handler helper called outside a handler
 
+    PermanentError        raised by a handler: fail the run at once, no retry
+
     CancelRun (BaseException) raised by catbird.cancel() to stop a handler
 """
 
@@ -36,6 +38,7 @@ __all__ = [
     "NoRunContext",
     "NotFound",
     "ObjectInUse",
+    "PermanentError",
     "RunCanceled",
     "RunError",
     "RunExpired",
@@ -118,6 +121,27 @@ class RunExpired(RunError):
 class NoRunContext(CatbirdError, RuntimeError):
     """A handler helper (``catbird.current_run_id()``, ``catbird.cancel()``, ...)
     was called outside a running handler."""
+
+
+class PermanentError(Exception):
+    """Raise it from a handler to fail the run at once, whatever its retry policy.
+
+    For failures a retry cannot fix (a malformed request, a record that does
+    not exist)::
+
+        @catbird.task("charge")
+        def charge(req: Charge) -> Receipt:
+            if req.amount <= 0:
+                raise catbird.PermanentError(f"invalid amount {req.amount}")
+            ...
+
+    The worker fails the run with ``retryable => false`` (the engine then
+    fails it after this attempt, on-fail handling included); the error
+    message is ``PermanentError: <message>`` and the traceback is stored as
+    the run's ``error_detail``. Subclass it for your own non-retryable
+    errors. An input the handler's annotation cannot decode is treated the
+    same way.
+    """
 
 
 class CancelRun(BaseException):

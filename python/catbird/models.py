@@ -41,6 +41,10 @@ class Message:
     created_at: datetime
     visible_at: datetime
     expires_at: datetime | None
+    source_queue: str | None = None
+    """For a message in a dead-letter queue: the queue it was moved from."""
+    source_deliveries: int | None = None
+    """For a message in a dead-letter queue: its deliveries when it was moved."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,6 +63,10 @@ class QueueInfo:
     depth: int
     visible: int
     oldest_visible_at: datetime | None
+    max_deliveries: int | None = None
+    """Deliveries after which a message is dead-lettered (``None``: no limit)."""
+    dead_letter_queue: str | None = None
+    """Where messages past ``max_deliveries`` go (``None``: they are deleted)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,6 +115,12 @@ class TaskInfo:
     on_fail: bool
     """Whether failed runs are handed to an on-fail handler."""
     created_at: datetime
+    max_retries: int | None = None
+    """The stored retry policy (``None``: not set; see the README's Run lifecycle)."""
+    backoff_min: int | None = None
+    """Milliseconds."""
+    backoff_max: int | None = None
+    """Milliseconds."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -142,6 +156,8 @@ class TaskRunInfo(_RunStatus):
     on_fail_status: str | None
     on_fail_attempts: int
     on_fail_error_message: str | None
+    error_detail: str | None = None
+    """The detail of the last failure (the Python worker sends the traceback)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -245,6 +261,12 @@ class StepInfo:
     ignore_output: tuple[str, ...]
     map_source: str | None
     reduce_source: str | None
+    max_retries: int | None = None
+    """The step's stored retry policy (``None``: not set)."""
+    backoff_min: int | None = None
+    """Milliseconds."""
+    backoff_max: int | None = None
+    """Milliseconds."""
 
     @classmethod
     def from_json(cls, doc: dict[str, Any]) -> StepInfo:
@@ -260,6 +282,9 @@ class StepInfo:
             ignore_output=tuple(doc.get("ignore_output") or ()),
             map_source=doc.get("map_source_step_name"),
             reduce_source=doc.get("reduce_source_step_name"),
+            max_retries=doc.get("max_retries"),
+            backoff_min=doc.get("backoff_min"),
+            backoff_max=doc.get("backoff_max"),
         )
 
 
@@ -344,6 +369,8 @@ class StepRunInfo:
     failed_at: datetime | None
     skipped_at: datetime | None
     canceled_at: datetime | None
+    error_detail: str | None = None
+    """The detail of the last failure (the Python worker sends the traceback)."""
 
     @property
     def is_done(self) -> bool:

@@ -182,6 +182,11 @@ def ms(seconds: Duration) -> int:
     return math.ceil(round(seconds * 1000, 6))
 
 
+def ms_or_null(seconds: Duration | None) -> int | None:
+    """:func:`ms`, or SQL NULL for ``None``."""
+    return None if seconds is None else ms(seconds)
+
+
 def interval_or_null(value: Duration | None) -> timedelta | None:
     """An ``interval`` parameter from seconds or a timedelta (``None``: SQL NULL)."""
     if value is None or isinstance(value, timedelta):
@@ -204,21 +209,34 @@ def poll_params(params: Params, poll_for: Duration, poll_interval: Duration) -> 
     return params
 
 
-def retry_params(params: Params, max_retries: int, backoff_min: int, backoff_max: int) -> Params:
-    """``params`` with the retry policy of a ``cb_fail_*`` call (backoffs in ms)."""
+def retry_params(
+    params: Params,
+    max_retries: int | None,
+    backoff_min: int | None,
+    backoff_max: int | None,
+    retryable: bool = True,
+    error_detail: str | None = None,
+) -> Params:
+    """``params`` with the failure of a ``cb_fail_*`` call: its retry policy
+    (backoffs in ms; ``None``: the policy stored on the definition), whether
+    it may be retried at all, and its detail (a traceback)."""
     params["max_retries"] = max_retries
     params["backoff_min"] = backoff_min
     params["backoff_max"] = backoff_max
+    params["retryable"] = retryable
+    params["error_detail"] = error_detail
     return params
 
 
-#: The SQL types of the retry policy arguments of the ``cb_fail_*`` calls.
+#: The SQL types of the failure arguments of the ``cb_fail_*`` calls.
 RETRY_ARGS: dict[str, str] = {
     "error_message": "text",
     "attempt": "int",
     "max_retries": "int",
     "backoff_min": "int",
     "backoff_max": "int",
+    "retryable": "boolean",
+    "error_detail": "text",
 }
 
 

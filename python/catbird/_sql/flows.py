@@ -47,7 +47,7 @@ FLOW_ON_FAIL_COLUMNS: LiteralString = (
 STEP_RUN_COLUMNS: LiteralString = (
     "id, flow_run_id, step_name, status, priority, attempts, output, error_message,"
     " signal_input, map_total, map_done, created_at, visible_at, started_at, completed_at,"
-    " failed_at, skipped_at, canceled_at"
+    " failed_at, skipped_at, canceled_at, error_detail"
 )
 
 
@@ -129,6 +129,7 @@ list_flow_runs = FLOWS.list_runs
 claim_flow_on_fail = FLOWS.claim_on_fail
 complete_flow_on_fail = FLOWS.complete_on_fail
 fail_flow_on_fail = FLOWS.fail_on_fail
+retry_flow_run = FLOWS.retry_run
 
 # ------------------------------------------------------ signals and steps
 

@@ -25,6 +25,7 @@ from ._call import (
     integer,
     jsonb,
     jsonb_array,
+    list_or_null,
     ms,
     one,
     poll_params,
@@ -33,11 +34,12 @@ from ._call import (
 
 MESSAGE_COLUMNS: LiteralString = (
     "id, body, headers, topic, concurrency_key, priority, deliveries,"
-    " created_at, visible_at, expires_at"
+    " created_at, visible_at, expires_at, source_queue, source_deliveries"
 )
 
 QUEUE_COLUMNS: LiteralString = (
-    "name, description, created_at, expires_at, depth, visible, oldest_visible_at"
+    "name, description, created_at, expires_at, depth, visible, oldest_visible_at,"
+    " max_deliveries, dead_letter_queue"
 )
 
 _messages = each(Message)
@@ -46,7 +48,15 @@ _bindings = each(Binding)
 
 # -------------------------------------------------------------------- queues
 
-_CREATE_QUEUE = Call("cb_create_queue", name="text", expires_at="timestamptz", description="text")
+_CREATE_QUEUE = Call(
+    "cb_create_queue",
+    name="text",
+    expires_at="timestamptz",
+    description="text",
+    max_deliveries="int",
+    dead_letter_queue="text",
+)
+_REDRIVE = Call("cb_redrive", dead_letter_queue="text", quantity="int")
 _DELETE_QUEUE = Call("cb_delete_queue", name="text")
 _PURGE_QUEUE = Call("cb_purge_queue", name="text")
 _GET_QUEUE = Call("cb_get_queue", returns=QUEUE_COLUMNS, name="text")
@@ -54,11 +64,28 @@ _LIST_QUEUES = Call("cb_list_queues", returns=QUEUE_COLUMNS, then="ORDER BY name
 
 
 def create_queue(
-    name: str, *, expires_at: datetime | None = None, description: str | None = None
+    name: str,
+    *,
+    expires_at: datetime | None = None,
+    description: str | None = None,
+    max_deliveries: int | None = None,
+    dead_letter_queue: str | None = None,
 ) -> Query[None]:
-    return _CREATE_QUEUE.query(
-        {"name": name, "expires_at": expires_at, "description": description}, void
-    )
+    """``max_deliveries``: a message about to be delivered once more is moved
+    to ``dead_letter_queue`` (which must exist) or, without one, deleted."""
+    params = {
+        "name": name,
+        "expires_at": expires_at,
+        "description": description,
+        "max_deliveries": max_deliveries,
+        "dead_letter_queue": dead_letter_queue,
+    }
+    return _CREATE_QUEUE.query(params, void)
+
+
+def redrive(dead_letter_queue: str, *, quantity: int | None = None) -> Query[int]:
+    """Move dead letters back to the queues they came from (deliveries reset)."""
+    return _REDRIVE.query({"dead_letter_queue": dead_letter_queue, "quantity": quantity}, integer)
 
 
 def delete_queue(name: str) -> Query[bool]:
@@ -94,10 +121,19 @@ _SEND_MANY = Call(
 )
 _READ = Call("cb_read", returns=MESSAGE_COLUMNS, queue="text", **CLAIM_ARGS)
 _READ_POLL = Call("cb_read_poll", returns=MESSAGE_COLUMNS, queue="text", **CLAIM_ARGS, **POLL_ARGS)
-_HIDE = Call("cb_hide", queue="text", id="bigint", hide_for="int")
-_HIDE_MANY = Call("cb_hide", statement="hide_many", queue="text", ids="bigint[]", hide_for="int")
-_DELETE = Call("cb_delete", queue="text", id="bigint")
-_DELETE_MANY = Call("cb_delete", statement="delete_many", queue="text", ids="bigint[]")
+_HIDE = Call("cb_hide", queue="text", id="bigint", hide_for="int", delivery="int")
+_HIDE_MANY = Call(
+    "cb_hide",
+    statement="hide_many",
+    queue="text",
+    ids="bigint[]",
+    hide_for="int",
+    deliveries="int[]",
+)
+_DELETE = Call("cb_delete", queue="text", id="bigint", delivery="int")
+_DELETE_MANY = Call(
+    "cb_delete", statement="delete_many", queue="text", ids="bigint[]", deliveries="int[]"
+)
 
 
 def send(
@@ -141,20 +177,41 @@ def read_poll(
     return _READ_POLL.query(poll_params(params, poll_for, poll_interval), _messages)
 
 
-def hide(queue: str, id: int, *, hide_for: Duration) -> Query[bool]:
-    return _HIDE.query({"queue": queue, "id": id, "hide_for": ms(hide_for)}, boolean)
+def hide(queue: str, id: int, *, hide_for: Duration, delivery: int | None = None) -> Query[bool]:
+    """With ``delivery`` (the message's ``deliveries`` when it was read: a
+    receipt), a message delivered again since is left untouched (false)."""
+    params = {"queue": queue, "id": id, "hide_for": ms(hide_for), "delivery": delivery}
+    return _HIDE.query(params, boolean)
 
 
-def hide_many(queue: str, ids: Iterable[int], *, hide_for: Duration) -> Query[list[int]]:
-    return _HIDE_MANY.query({"queue": queue, "ids": list(ids), "hide_for": ms(hide_for)}, int_list)
+def hide_many(
+    queue: str,
+    ids: Iterable[int],
+    *,
+    hide_for: Duration,
+    deliveries: Iterable[int] | None = None,
+) -> Query[list[int]]:
+    """With ``deliveries`` (one receipt per id), only current receipts act."""
+    params = {
+        "queue": queue,
+        "ids": list(ids),
+        "hide_for": ms(hide_for),
+        "deliveries": list_or_null(deliveries),
+    }
+    return _HIDE_MANY.query(params, int_list)
 
 
-def delete(queue: str, id: int) -> Query[bool]:
-    return _DELETE.query({"queue": queue, "id": id}, boolean)
+def delete(queue: str, id: int, *, delivery: int | None = None) -> Query[bool]:
+    """With ``delivery`` (a receipt), a message delivered again since is kept (false)."""
+    return _DELETE.query({"queue": queue, "id": id, "delivery": delivery}, boolean)
 
 
-def delete_many(queue: str, ids: Iterable[int]) -> Query[list[int]]:
-    return _DELETE_MANY.query({"queue": queue, "ids": list(ids)}, int_list)
+def delete_many(
+    queue: str, ids: Iterable[int], *, deliveries: Iterable[int] | None = None
+) -> Query[list[int]]:
+    """With ``deliveries`` (one receipt per id), only current receipts act."""
+    params = {"queue": queue, "ids": list(ids), "deliveries": list_or_null(deliveries)}
+    return _DELETE_MANY.query(params, int_list)
 
 
 # -------------------------------------------------------------------- topics

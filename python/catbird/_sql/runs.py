@@ -107,14 +107,19 @@ class RunStatements(Generic[D, R, F]):
         self._claim_on_fail = Call(
             f"cb_claim_{k}_on_fail", returns=kind.on_fail_columns, name="text", **CLAIM_ARGS
         )
-        self._complete_on_fail = Call(f"cb_complete_{k}_on_fail", name="text", run_id="bigint")
+        self._retry_run = Call(f"cb_retry_{k}_run", name="text", run_id="bigint")
+        self._complete_on_fail = Call(
+            f"cb_complete_{k}_on_fail", name="text", run_id="bigint", on_fail_attempt="int"
+        )
         self._fail_on_fail = Call(
             f"cb_fail_{k}_on_fail",
             name="text",
             run_id="bigint",
             error_message="text",
-            retry_exhausted="boolean",
-            retry_delay="bigint",
+            on_fail_attempt="int",
+            max_retries="int",
+            backoff_min="int",
+            backoff_max="int",
         )
         definition = kind.definition
 
@@ -208,18 +213,42 @@ class RunStatements(Generic[D, R, F]):
         params = {"name": name, "quantity": quantity, "hide_for": ms(hide_for)}
         return self._claim_on_fail.query(params, self._on_fail_claims)
 
-    def complete_on_fail(self, name: str, run_id: int) -> Query[None]:
-        return self._complete_on_fail.query({"name": name, "run_id": run_id}, void)
+    def complete_on_fail(
+        self, name: str, run_id: int, *, on_fail_attempt: int | None = None
+    ) -> Query[None]:
+        """Records the on-fail handler's success; under ``on_fail_attempt`` (the
+        claim's ``on_fail_attempts``) a stale call writes nothing."""
+        params = {"name": name, "run_id": run_id, "on_fail_attempt": on_fail_attempt}
+        return self._complete_on_fail.query(params, void)
 
     def fail_on_fail(
-        self, name: str, run_id: int, error_message: str, *, retry_exhausted: bool, retry_delay: int
+        self,
+        name: str,
+        run_id: int,
+        error_message: str,
+        *,
+        on_fail_attempt: int | None = None,
+        max_retries: int | None = None,
+        backoff_min: int | None = None,
+        backoff_max: int | None = None,
     ) -> Query[None]:
-        """``retry_delay`` is milliseconds."""
+        """Records the on-fail handler's failure; the engine decides whether
+        and when it is retried (``backoff_*`` in milliseconds; ``None``: the
+        definition's stored policy). A stale ``on_fail_attempt`` writes nothing."""
         params = {
             "name": name,
             "run_id": run_id,
             "error_message": error_message,
-            "retry_exhausted": retry_exhausted,
-            "retry_delay": retry_delay,
+            "on_fail_attempt": on_fail_attempt,
+            "max_retries": max_retries,
+            "backoff_min": backoff_min,
+            "backoff_max": backoff_max,
         }
         return self._fail_on_fail.query(params, void)
+
+    # ----------------------------------------------------------- manual retry
+
+    def retry_run(self, name: str, run_id: int) -> Query[bool]:
+        """Re-queue a failed, canceled or expired run (for a flow: its failed
+        steps and the work canceled with them; completed steps are kept)."""
+        return self._retry_run.query({"name": name, "run_id": run_id}, boolean)

@@ -126,11 +126,14 @@ class StepWork(Generic[C, K]):
         error_message: str,
         *,
         attempt: int | None = None,
-        max_retries: int = 0,
-        backoff_min: int = 100,
-        backoff_max: int = 2000,
+        max_retries: int | None = None,
+        backoff_min: int | None = None,
+        backoff_max: int | None = None,
+        retryable: bool = True,
+        error_detail: str | None = None,
     ) -> Query[str | None]:
-        """``backoff_min``/``backoff_max`` are milliseconds, as the engine takes them."""
+        """``backoff_min``/``backoff_max`` are milliseconds, as the engine takes
+        them; a policy argument left ``None`` is the step's stored policy."""
         params = {
             "flow_name": name,
             "step_name": step_name,
@@ -139,7 +142,8 @@ class StepWork(Generic[C, K]):
             "attempt": attempt,
         }
         return self._fail.query(
-            retry_params(params, max_retries, backoff_min, backoff_max), text_or_none
+            retry_params(params, max_retries, backoff_min, backoff_max, retryable, error_detail),
+            text_or_none,
         )
 
 
@@ -225,6 +229,7 @@ _COMPLETE_FLOW_EARLY = Call(
     step_name="text",
     output="text::jsonb",
     reason="text",
+    attempt="int",
 )
 _SPAWN_GENERATOR_MAP_TASKS = Call(
     "cb_spawn_generator_map_tasks",
@@ -232,10 +237,18 @@ _SPAWN_GENERATOR_MAP_TASKS = Call(
     id="bigint",
     items="text::jsonb",
     visible_at="timestamptz",
+    attempt="int",
 )
-_COMPLETE_GENERATOR_STEP = Call("cb_complete_generator_step", **STEP_ARGS, id="bigint")
+_COMPLETE_GENERATOR_STEP = Call(
+    "cb_complete_generator_step", **STEP_ARGS, id="bigint", attempt="int"
+)
 _FAIL_GENERATOR_STEP = Call(
-    "cb_fail_generator_step", **STEP_ARGS, id="bigint", error_message="text"
+    "cb_fail_generator_step",
+    **STEP_ARGS,
+    id="bigint",
+    error_message="text",
+    attempt="int",
+    error_detail="text",
 )
 _READ_MAP_OUTPUTS = Call(
     "cb_read_map_outputs",
@@ -267,40 +280,77 @@ def complete_step_json(
 
 
 def complete_flow_early_json(
-    name: str, run_id: int, step_name: str, output_json: str, *, reason: str | None = None
+    name: str,
+    run_id: int,
+    step_name: str,
+    output_json: str,
+    *,
+    reason: str | None = None,
+    attempt: int | None = None,
 ) -> Query[bool]:
-    """Early completion with the output already serialised to JSON text."""
+    """Early completion with the output already serialised to JSON text;
+    under ``attempt`` (the step's claim) a stale call completes nothing."""
     params = {
         "flow_name": name,
         "run_id": run_id,
         "step_name": step_name,
         "output": output_json,
         "reason": reason,
+        "attempt": attempt,
     }
     return _COMPLETE_FLOW_EARLY.query(params, boolean)
 
 
 def spawn_generator_map_tasks_json(
-    name: str, step_name: str, id: int, items_json: str, *, visible_at: datetime | None = None
+    name: str,
+    step_name: str,
+    id: int,
+    items_json: str,
+    *,
+    visible_at: datetime | None = None,
+    attempt: int | None = None,
 ) -> Query[int]:
-    """Items of a running generator, given as one JSON array text; returns how many were added."""
+    """Items of a running generator, given as one JSON array text.
+
+    Under ``attempt`` (the step's claim) the engine numbers the items of this
+    attempt from 0 and keeps an item it already has, so a resumed generator
+    that yields its items again adds none twice; a stale attempt adds nothing
+    (returns 0). Returns how many items the call covered."""
     params = {
         "flow_name": name,
         "step_name": step_name,
         "id": id,
         "items": items_json,
         "visible_at": visible_at,
+        "attempt": attempt,
     }
     return _SPAWN_GENERATOR_MAP_TASKS.query(params, integer)
 
 
-def complete_generator_step(name: str, step_name: str, id: int) -> Query[None]:
-    params = {"flow_name": name, "step_name": step_name, "id": id}
+def complete_generator_step(
+    name: str, step_name: str, id: int, *, attempt: int | None = None
+) -> Query[None]:
+    params = {"flow_name": name, "step_name": step_name, "id": id, "attempt": attempt}
     return _COMPLETE_GENERATOR_STEP.query(params, void)
 
 
-def fail_generator_step(name: str, step_name: str, id: int, error_message: str) -> Query[None]:
-    params = {"flow_name": name, "step_name": step_name, "id": id, "error_message": error_message}
+def fail_generator_step(
+    name: str,
+    step_name: str,
+    id: int,
+    error_message: str,
+    *,
+    attempt: int | None = None,
+    error_detail: str | None = None,
+) -> Query[None]:
+    params = {
+        "flow_name": name,
+        "step_name": step_name,
+        "id": id,
+        "error_message": error_message,
+        "attempt": attempt,
+        "error_detail": error_detail,
+    }
     return _FAIL_GENERATOR_STEP.query(params, void)
 
 

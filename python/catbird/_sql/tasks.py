@@ -21,19 +21,23 @@ from ._call import (
     jsonb,
     list_or_null,
     ms,
+    ms_or_null,
     retry_params,
     text_or_none,
     void,
 )
 from .runs import Kind, RunStatements
 
-TASK_COLUMNS: LiteralString = "name, description, condition, retention_period, on_fail, created_at"
+TASK_COLUMNS: LiteralString = (
+    "name, description, condition, retention_period, on_fail, created_at,"
+    " max_retries, backoff_min, backoff_max"
+)
 
 TASK_RUN_COLUMNS: LiteralString = (
     "id, task_name, status, priority, attempts, concurrency_key, input, headers, output,"
     " error_message, cancel_reason, created_at, visible_at, expires_at, started_at,"
     " completed_at, failed_at, skipped_at, expired_at, cancel_requested_at, canceled_at,"
-    " on_fail_status, on_fail_attempts, on_fail_error_message"
+    " on_fail_status, on_fail_attempts, on_fail_error_message, error_detail"
 )
 
 TASK_ON_FAIL_COLUMNS: LiteralString = (
@@ -66,6 +70,9 @@ _CREATE_TASK = Call(
     condition="text",
     retention_period="interval",
     on_fail="boolean",
+    max_retries="int",
+    backoff_min="int",
+    backoff_max="int",
 )
 
 
@@ -76,13 +83,21 @@ def create_task(
     condition: str | None = None,
     retention_period: Duration | None = None,
     on_fail: bool = False,
+    max_retries: int | None = None,
+    backoff_min: Duration | None = None,
+    backoff_max: Duration | None = None,
 ) -> Query[None]:
+    """``max_retries``/``backoff_min``/``backoff_max`` (seconds): the retry
+    policy stored on the task (``None``: the engine's default)."""
     params = {
         "name": name,
         "description": description,
         "condition": condition,
         "retention_period": interval_or_null(retention_period),
         "on_fail": on_fail,
+        "max_retries": max_retries,
+        "backoff_min": ms_or_null(backoff_min),
+        "backoff_max": ms_or_null(backoff_max),
     }
     return _CREATE_TASK.query(params, void)
 
@@ -106,6 +121,7 @@ list_task_runs = TASKS.list_runs
 claim_task_on_fail = TASKS.claim_on_fail
 complete_task_on_fail = TASKS.complete_on_fail
 fail_task_on_fail = TASKS.fail_on_fail
+retry_task_run = TASKS.retry_run
 
 # ---------------------------------------------------------- worker protocol
 
@@ -187,12 +203,16 @@ def fail_task(
     error_message: str,
     *,
     attempt: int | None = None,
-    max_retries: int = 0,
-    backoff_min: int = 100,
-    backoff_max: int = 2000,
+    max_retries: int | None = None,
+    backoff_min: int | None = None,
+    backoff_max: int | None = None,
+    retryable: bool = True,
+    error_detail: str | None = None,
 ) -> Query[str | None]:
-    """``backoff_min``/``backoff_max`` are milliseconds, as the engine takes them."""
+    """``backoff_min``/``backoff_max`` are milliseconds, as the engine takes
+    them; a policy argument left ``None`` is the task's stored policy."""
     params = {"name": name, "run_id": run_id, "error_message": error_message, "attempt": attempt}
     return _FAIL_TASK.query(
-        retry_params(params, max_retries, backoff_min, backoff_max), text_or_none
+        retry_params(params, max_retries, backoff_min, backoff_max, retryable, error_detail),
+        text_or_none,
     )

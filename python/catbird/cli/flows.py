@@ -34,7 +34,7 @@ from .runs import RunKind, add_run_commands, run_result
 
 __all__ = ["FLOWS", "app", "dag_tree", "layers"]
 
-app = App(help="Flows: definitions (with their DAG), runs, steps, signals, cancel.")
+app = App(help="Flows: definitions (with their DAG), runs, steps, signals, cancel, retry.")
 
 FlowArg = Annotated[str, typer.Argument(help="Flow name.", show_default=False)]
 RunArg = Annotated[int, typer.Argument(help="Flow run id.", show_default=False)]
@@ -214,6 +214,9 @@ FLOWS = RunKind(
     get_run=Client.get_flow_run,
     list_runs=Client.list_flow_runs,
     cancel_run=Client.cancel_flow_run,
+    retry_run=Client.retry_flow_run,
+    bind=Client.bind_flow,
+    unbind=Client.unbind_flow,
     purge_runs=Client.purge_flow_runs,
     clear_runs=Client.clear_flow_runs,
     list_all=Client.list_flows,
@@ -224,6 +227,7 @@ FLOWS = RunKind(
     show_help="Show a flow's DAG (steps in topological layers) and its latest runs.",
     show_run_help="Mark the steps' statuses in this run.",
     cancel_help="Cancel a run: queued steps at once, running ones as their workers stop them.",
+    retry_help="Resume a failed run: its failed steps run again, completed steps are kept.",
     get_steps=Client.get_flow_run_steps,
     cancel_reports_status=True,
 )
@@ -256,6 +260,10 @@ def flow_steps(
         + (f" — {escape(result)}" if result else "")
     )
     out.print(steps_table(name, run_id, steps, width=out.width, full=full))
+    for s in steps:
+        if s.error_detail and s.status != "completed":
+            out.print(f"[bold]{escape(s.step_name)}[/] failed:")
+            out.print(escape(s.error_detail.rstrip()), soft_wrap=True)
 
 
 @app.command("signal")

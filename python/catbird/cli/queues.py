@@ -34,9 +34,16 @@ from .output import Column, fmt_json, fmt_ts, print_json, record, table
 
 __all__ = ["app", "publish_command"]
 
-app = App(help="Queues: create, inspect, send, read, bind to topics.")
+app = App(help="Queues: create, inspect, send, read, bind to topics, redrive dead letters.")
 
 QueueArg = Annotated[str, typer.Argument(help="Queue name.", show_default=False)]
+
+
+def _dead_letters(q: QueueInfo) -> str:
+    """Where a queue's messages go after ``max_deliveries`` (``-``: nowhere)."""
+    if q.max_deliveries is None:
+        return "-"
+    return f"after {q.max_deliveries} to {q.dead_letter_queue or '(deleted)'}"
 
 
 def queues_table(queues: Sequence[QueueInfo], *, width: int, full: bool) -> RenderableType:
@@ -48,6 +55,7 @@ def queues_table(queues: Sequence[QueueInfo], *, width: int, full: bool) -> Rend
         Column("oldest visible", stack=True),
         Column("created", stack=True),
         Column("expires", stack=True),
+        Column("dead letters", fit="cut", hide=1),
         Column("description", fit="cut", hide=1),
     ]
     rows = [
@@ -58,6 +66,7 @@ def queues_table(queues: Sequence[QueueInfo], *, width: int, full: bool) -> Rend
             fmt_ts(q.oldest_visible_at),
             fmt_ts(q.created_at),
             fmt_ts(q.expires_at),
+            escape(_dead_letters(q)),
             escape(q.description or ""),
         ]
         for q in queues
@@ -128,6 +137,21 @@ def queue_create(
             help="ISO 8601 timestamp after which gc drops the queue (no offset: local time).",
         ),
     ] = None,
+    max_deliveries: Annotated[
+        int | None,
+        typer.Option(
+            "--max-deliveries",
+            help="A message read this many times and never acked is dead-lettered.",
+            min=1,
+        ),
+    ] = None,
+    dead_letter_queue: Annotated[
+        str | None,
+        typer.Option(
+            "--dead-letter-queue",
+            help="Existing queue that receives dead letters (none: they are deleted).",
+        ),
+    ] = None,
     dsn: DsnOption = None,
     as_json: JsonOption = False,
 ) -> None:
@@ -139,7 +163,13 @@ def queue_create(
             existed = True
         except NotFound:
             existed = False
-        client.create_queue(name, expires_at=expires, description=description)
+        client.create_queue(
+            name,
+            expires_at=expires,
+            description=description,
+            max_deliveries=max_deliveries,
+            dead_letter_queue=dead_letter_queue,
+        )
         info = client.get_queue(name)
     if as_json:
         print_json({"created": not existed, "queue": record(info)})
@@ -147,6 +177,28 @@ def queue_create(
         out.print(f"Queue [bold]{escape(name)}[/] already exists; unchanged.")
     else:
         out.print(f"[green]Created[/] queue [bold]{escape(name)}[/].")
+
+
+@app.command("redrive")
+def queue_redrive(
+    dlq: Annotated[
+        str, typer.Argument(metavar="DLQ", help="Dead-letter queue.", show_default=False)
+    ],
+    limit: Annotated[
+        int | None,
+        typer.Option("--limit", help="At most this many messages (oldest first).", min=1),
+    ] = None,
+    dsn: DsnOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Move dead letters back to the queues they came from (deliveries reset)."""
+    with open_client(dsn) as client:
+        moved = client.redrive(dlq, quantity=limit)
+    report(
+        as_json,
+        {"queue": dlq, "redriven": moved},
+        f"Moved {moved} message{'' if moved == 1 else 's'} from [bold]{escape(dlq)}[/] back.",
+    )
 
 
 @app.command("delete")

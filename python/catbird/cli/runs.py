@@ -1,6 +1,6 @@
 """The definition and run-lifecycle commands, written once for tasks and flows.
 
-``catbird task|flow ls/show/run/runs/cancel/purge`` differ only in the client
+``catbird task|flow ls/show/run/runs/cancel/retry/purge/bind/unbind`` differ only in the client
 calls they make and a few words; a :class:`RunKind` holds those, and
 :func:`add_run_commands` registers the commands on the kind's group.
 """
@@ -62,6 +62,9 @@ class RunKind:
     get_run: Callable[[Client, str, int], Run]
     list_runs: Callable[..., Sequence[Run]]
     cancel_run: Callable[..., bool]
+    retry_run: Callable[[Client, str, int], bool]
+    bind: Callable[[Client, str, str], None]
+    unbind: Callable[[Client, str, str], bool]
     purge_runs: Callable[[Client, str, float], int]
     clear_runs: Callable[[Client, str], int]
     list_all: Callable[[Client], Sequence[Any]]
@@ -76,6 +79,7 @@ class RunKind:
     show_help: str
     show_run_help: str
     cancel_help: str
+    retry_help: str
     get_steps: Callable[[Client, str, int], Sequence[Any]] | None = None
     """Flows: ``show --run`` marks the DAG with these; tasks (None) show the run instead."""
     counts_attempts: bool = False
@@ -137,6 +141,8 @@ def _run_details(run: Run, name: str, width: int) -> RenderableType:
             continue
         if isinstance(value, datetime):
             text = value.isoformat()
+        elif key == "error_detail":
+            text = str(value).rstrip()
         elif key in ("input", "headers", "output"):
             text = fmt_json(value)
         else:
@@ -147,7 +153,8 @@ def _run_details(run: Run, name: str, width: int) -> RenderableType:
 
 
 def add_run_commands(app: App, kind: RunKind) -> None:
-    """Register ls, show, run, runs, cancel and purge for ``kind`` on its group ``app``."""
+    """Register ls, show, run, runs, cancel, retry, purge, bind and unbind for
+    ``kind`` on its group ``app``."""
     noun = kind.noun
     name_help = f"{noun.capitalize()} name."
 
@@ -296,6 +303,62 @@ def add_run_commands(app: App, kind: RunKind) -> None:
             out.print(f"Run [bold]{run_id}[/] of [bold]{escape(name)}[/]: {status(after)}.")
         else:
             fail(f"run {run_id} of {noun} {name!r} does not exist or already finished")
+
+    @app.command("retry", help=kind.retry_help)
+    def retry(
+        name: Annotated[str, typer.Argument(help=name_help, show_default=False)],
+        run_id: Annotated[int, typer.Argument(help="Run id.", show_default=False)],
+        dsn: DsnOption = None,
+        as_json: JsonOption = False,
+    ) -> None:
+        with open_client(dsn) as client:
+            retried = kind.retry_run(client, name, run_id)
+            after = kind.get_run(client, name, run_id).status if retried else None
+        if as_json:
+            print_json({noun: name, "run_id": run_id, "retried": retried, "status": after})
+        elif retried:
+            out.print(f"Run [bold]{run_id}[/] of [bold]{escape(name)}[/]: {status(after)} again.")
+        else:
+            fail(
+                f"run {run_id} of {noun} {name!r} does not exist or is not failed,"
+                " canceled or expired"
+            )
+
+    pattern_help = "Topic pattern: '*' one token, a trailing '#' any number."
+
+    @app.command(
+        "bind",
+        help=f"Start a run of the {noun} for every message published to a topic matching PATTERN.",
+    )
+    def bind(
+        name: Annotated[str, typer.Argument(help=name_help, show_default=False)],
+        pattern: Annotated[str, typer.Argument(help=pattern_help, show_default=False)],
+        dsn: DsnOption = None,
+        as_json: JsonOption = False,
+    ) -> None:
+        with open_client(dsn) as client:
+            kind.bind(client, name, pattern)
+        report(
+            as_json,
+            {noun: name, "pattern": pattern, "bound": True},
+            f"Bound [bold]{escape(name)}[/] to [bold]{escape(pattern)}[/].",
+        )
+
+    @app.command("unbind", help=f"Remove a topic binding of a {noun}.")
+    def unbind(
+        name: Annotated[str, typer.Argument(help=name_help, show_default=False)],
+        pattern: Annotated[str, typer.Argument(help=pattern_help, show_default=False)],
+        dsn: DsnOption = None,
+        as_json: JsonOption = False,
+    ) -> None:
+        with open_client(dsn) as client:
+            removed = kind.unbind(client, name, pattern)
+        if as_json:
+            print_json({noun: name, "pattern": pattern, "unbound": removed})
+        elif removed:
+            out.print(f"Unbound [bold]{escape(name)}[/] from [bold]{escape(pattern)}[/].")
+        else:
+            fail(f"{noun} {name!r} is not bound to {pattern!r}")
 
     @app.command(
         "purge", help="Delete finished runs older than --older-than, or every run (--all)."

@@ -16,7 +16,7 @@ from .runs import RunKind, add_run_commands
 
 __all__ = ["TASKS", "app"]
 
-app = App(help="Tasks: definitions, runs, run, cancel, purge.")
+app = App(help="Tasks: definitions, runs, run, cancel, retry, purge, bind.")
 
 
 def tasks_table(tasks: Sequence[TaskInfo], width: int, full: bool) -> RenderableType:
@@ -24,6 +24,7 @@ def tasks_table(tasks: Sequence[TaskInfo], width: int, full: bool) -> Renderable
         Column("name", style="bold"),
         Column("condition", fit="cut"),
         Column("retention", hide=2),
+        Column("retries", justify="right", hide=5),
         Column("on-fail", hide=1),
         Column("created", hide=3, stack=True),
         Column("description", fit="cut", hide=4),
@@ -33,6 +34,7 @@ def tasks_table(tasks: Sequence[TaskInfo], width: int, full: bool) -> Renderable
             escape(t.name),
             escape(t.condition or "-"),
             fmt_duration(t.retention_period),
+            "-" if t.max_retries is None else str(t.max_retries),
             "yes" if t.on_fail else "no",
             fmt_ts(t.created_at),
             escape(t.description or ""),
@@ -54,6 +56,9 @@ TASKS = RunKind(
     get_run=Client.get_task_run,
     list_runs=Client.list_task_runs,
     cancel_run=Client.cancel_task_run,
+    retry_run=Client.retry_task_run,
+    bind=Client.bind_task,
+    unbind=Client.unbind_task,
     purge_runs=Client.purge_task_runs,
     clear_runs=Client.clear_task_runs,
     list_all=Client.list_tasks,
@@ -64,6 +69,7 @@ TASKS = RunKind(
     show_help="Show a task definition and its latest runs, or one run (--run ID).",
     show_run_help="Show this run instead of the definition.",
     cancel_help="Cancel a queued or started run (a worker running it is told to stop).",
+    retry_help="Queue a failed, canceled or expired run again (attempts start over).",
     counts_attempts=True,
 )
 

@@ -165,10 +165,36 @@ class AsyncClient:
     # queues
 
     async def create_queue(
-        self, name: str, *, expires_at: datetime | None = None, description: str | None = None
+        self,
+        name: str,
+        *,
+        expires_at: datetime | None = None,
+        description: str | None = None,
+        max_deliveries: int | None = None,
+        dead_letter_queue: str | None = None,
     ) -> None:
-        """Create a queue; creating an existing queue is a no-op."""
-        await self.execute(_sql.create_queue(name, expires_at=expires_at, description=description))
+        """Create a queue; creating an existing queue is a no-op.
+
+        With ``max_deliveries``, a message about to be delivered once more
+        (read ``max_deliveries`` times and never deleted) is moved to
+        ``dead_letter_queue`` instead (a queue that must exist), keeping its
+        body and headers; without a dead-letter queue it is deleted.
+        """
+        await self.execute(
+            _sql.create_queue(
+                name,
+                expires_at=expires_at,
+                description=description,
+                max_deliveries=max_deliveries,
+                dead_letter_queue=dead_letter_queue,
+            )
+        )
+
+    async def redrive(self, dead_letter_queue: str, *, quantity: int | None = None) -> int:
+        """Move messages of a dead-letter queue back to the queues they came
+        from, with their deliveries reset (``quantity``: at most that many,
+        oldest first); returns how many were moved."""
+        return await self.execute(_sql.redrive(dead_letter_queue, quantity=quantity))
 
     async def delete_queue(self, name: str) -> bool:
         """Drop a queue with its messages and bindings; False if it did not exist."""
@@ -256,42 +282,88 @@ class AsyncClient:
         )
 
     @overload
-    async def hide(self, queue: str, id_or_ids: int, *, hide_for: Duration) -> bool: ...
+    async def hide(
+        self, queue: str, id_or_ids: int, *, hide_for: Duration, deliveries: int | None = None
+    ) -> bool: ...
     @overload
     async def hide(
-        self, queue: str, id_or_ids: Iterable[int], *, hide_for: Duration
+        self,
+        queue: str,
+        id_or_ids: Iterable[int],
+        *,
+        hide_for: Duration,
+        deliveries: Iterable[int] | None = None,
     ) -> list[int]: ...
     async def hide(
-        self, queue: str, id_or_ids: int | Iterable[int], *, hide_for: Duration
+        self,
+        queue: str,
+        id_or_ids: int | Iterable[int],
+        *,
+        hide_for: Duration,
+        deliveries: int | Iterable[int] | None = None,
     ) -> bool | list[int]:
         """Push a message's visibility ``hide_for`` seconds out.
 
-        Given one id, returns whether it existed; given ids, returns those hidden.
+        Given one id, returns whether it was hidden; given ids, returns those
+        hidden. ``deliveries`` (one per id: each message's ``deliveries`` as
+        read) is a receipt: a message delivered again since is left alone.
         """
         if isinstance(id_or_ids, int):
-            return await self.execute(_sql.hide(queue, id_or_ids, hide_for=hide_for))
-        return await self.execute(_sql.hide_many(queue, id_or_ids, hide_for=hide_for))
+            receipt = deliveries if isinstance(deliveries, int) else None
+            return await self.execute(
+                _sql.hide(queue, id_or_ids, hide_for=hide_for, delivery=receipt)
+            )
+        many = None if deliveries is None or isinstance(deliveries, int) else deliveries
+        return await self.execute(
+            _sql.hide_many(queue, id_or_ids, hide_for=hide_for, deliveries=many)
+        )
 
-    async def hide_many(self, queue: str, ids: Iterable[int], *, hide_for: Duration) -> list[int]:
-        """Hide several messages; returns the ids actually hidden."""
-        return await self.execute(_sql.hide_many(queue, ids, hide_for=hide_for))
+    async def hide_many(
+        self,
+        queue: str,
+        ids: Iterable[int],
+        *,
+        hide_for: Duration,
+        deliveries: Iterable[int] | None = None,
+    ) -> list[int]:
+        """Hide several messages; returns the ids actually hidden (see :meth:`hide`)."""
+        return await self.execute(
+            _sql.hide_many(queue, ids, hide_for=hide_for, deliveries=deliveries)
+        )
 
     @overload
-    async def delete(self, queue: str, id_or_ids: int) -> bool: ...
+    async def delete(
+        self, queue: str, id_or_ids: int, *, deliveries: int | None = None
+    ) -> bool: ...
     @overload
-    async def delete(self, queue: str, id_or_ids: Iterable[int]) -> list[int]: ...
-    async def delete(self, queue: str, id_or_ids: int | Iterable[int]) -> bool | list[int]:
+    async def delete(
+        self, queue: str, id_or_ids: Iterable[int], *, deliveries: Iterable[int] | None = None
+    ) -> list[int]: ...
+    async def delete(
+        self,
+        queue: str,
+        id_or_ids: int | Iterable[int],
+        *,
+        deliveries: int | Iterable[int] | None = None,
+    ) -> bool | list[int]:
         """Ack (delete) messages.
 
-        Given one id, returns whether it existed; given ids, returns those deleted.
+        Given one id, returns whether it was deleted; given ids, returns those
+        deleted. ``deliveries`` (one per id: each message's ``deliveries`` as
+        read) is a receipt: a message delivered again since (its hide window
+        lapsed and another consumer holds it) is kept.
         """
         if isinstance(id_or_ids, int):
-            return await self.execute(_sql.delete(queue, id_or_ids))
-        return await self.execute(_sql.delete_many(queue, id_or_ids))
+            receipt = deliveries if isinstance(deliveries, int) else None
+            return await self.execute(_sql.delete(queue, id_or_ids, delivery=receipt))
+        many = None if deliveries is None or isinstance(deliveries, int) else deliveries
+        return await self.execute(_sql.delete_many(queue, id_or_ids, deliveries=many))
 
-    async def delete_many(self, queue: str, ids: Iterable[int]) -> list[int]:
-        """Delete several messages; returns the ids actually deleted."""
-        return await self.execute(_sql.delete_many(queue, ids))
+    async def delete_many(
+        self, queue: str, ids: Iterable[int], *, deliveries: Iterable[int] | None = None
+    ) -> list[int]:
+        """Delete several messages; returns the ids actually deleted (see :meth:`delete`)."""
+        return await self.execute(_sql.delete_many(queue, ids, deliveries=deliveries))
 
     # ------------------------------------------------------------------
     # topics
@@ -380,13 +452,18 @@ class AsyncClient:
         condition: str | None = None,
         retention_period: float | timedelta | None = None,
         on_fail: bool | None = None,
+        max_retries: int | None = None,
+        backoff: tuple[float, float] | None = None,
     ) -> None:
-        """Store a task definition (description, condition, retention, on-fail).
+        """Store a task definition (description, condition, retention, on-fail,
+        retry policy).
 
         Given a :class:`catbird.Task`, its own settings are used (``on_fail``:
-        whether it has an on-fail handler) unless overridden here. Creating
-        the same definition again is a no-op; a different one replaces it
-        unless runs are queued or started (:class:`catbird.ObjectInUse`).
+        whether it has an on-fail handler; ``max_retries``/``backoff``: its
+        handler options) unless overridden here. The engine applies the
+        stored retry policy to every failure and lapsed lease. Creating the
+        same definition again is a no-op; a different one replaces it unless
+        runs are queued or started (:class:`catbird.ObjectInUse`).
         """
         args = definition_args(
             task,
@@ -394,6 +471,8 @@ class AsyncClient:
             condition=condition,
             retention_period=retention_period,
             on_fail=on_fail,
+            max_retries=max_retries,
+            backoff=backoff,
         )
         await self.execute(_sql.create_task(task_name(task), **args))
 
@@ -507,6 +586,12 @@ class AsyncClient:
         there is no such run or it already finished otherwise.
         """
         return await self.execute(_sql.cancel_task(task_name(task), run_id, reason=reason))
+
+    async def retry_task_run(self, task: Task[Any, Any] | str, run_id: int) -> bool:
+        """Queue a ``failed``, ``canceled`` or ``expired`` run again, as new
+        (attempts restart at 0; output and errors cleared). False for any
+        other run, or none."""
+        return await self.execute(_sql.retry_task_run(task_name(task), run_id))
 
     async def wait_task_output(
         self,
@@ -647,6 +732,12 @@ class AsyncClient:
         run or it already finished otherwise.
         """
         return await self.execute(_sql.cancel_flow(flow_name(flow), run_id, reason=reason))
+
+    async def retry_flow_run(self, flow: Flow | str, run_id: int) -> bool:
+        """Resume a ``failed`` (or ``canceled``/``expired``) run: its failed
+        steps and the work canceled with them are queued again, completed
+        steps keep their outputs. False for any other run, or none."""
+        return await self.execute(_sql.retry_flow_run(flow_name(flow), run_id))
 
     async def get_flow_run(self, flow: Flow | str, run_id: int) -> FlowRunInfo:
         """One run; :class:`catbird.NotFound` when the flow has no such run."""

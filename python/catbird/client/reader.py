@@ -22,6 +22,15 @@ handler on each message in order:
   round are instead re-hidden for ``nack_delay`` seconds from now (one
   ``cb_hide(ids)`` call), e.g. ``nack_delay=0.001`` retries at once.
 
+Every ack and nack carries the message's receipt (its ``deliveries`` as
+read): a message whose hide window lapsed while its handler ran, and that
+another consumer holds now, is neither deleted nor re-hidden by this one.
+
+On a queue created with ``max_deliveries`` the reader learns that limit
+when it starts: a message that fails on its last delivery is released at
+once (rather than after ``hide_for``), so the next read moves it to the
+dead-letter queue (or drops it when the queue has none), and the log says so.
+
 ``stop()`` is graceful: the message being handled is finished (and acked or
 nacked), claimed messages of the round that were not handed to the handler yet
 are released (made visible again right away), and ``run()`` returns. A reader
@@ -43,16 +52,15 @@ hide window passes.
 from __future__ import annotations
 
 import asyncio
-import functools
 import inspect
 import logging
 import threading
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Any, Generic, TypeAlias, TypeVar
+from typing import Any, TypeAlias
 
 from .. import _sql
 from .._sql import AsyncExecutor, Duration, Executor, Query
-from ..models import Message
+from ..models import Message, QueueInfo
 
 __all__ = ["AsyncReader", "AsyncReaderHandler", "Reader", "ReaderHandler"]
 
@@ -71,47 +79,55 @@ _RELEASE = 0.001
 class _Round:
     """Bookkeeping of one claimed batch, shared by the sync and async loops."""
 
-    __slots__ = ("acked", "messages", "nacked", "queue")
+    __slots__ = ("acked", "last", "messages", "nacked", "queue")
 
     def __init__(self, queue: str, messages: Sequence[Message]) -> None:
         self.queue = queue
         self.messages = messages
-        self.acked: list[int] = []
-        self.nacked: list[int] = []
+        self.acked: list[Message] = []
+        self.nacked: list[Message] = []
+        #: Nacked messages on their last delivery: released at once.
+        self.last: list[Message] = []
 
     def settle_queries(self, nack_delay: Duration | None) -> list[Query[list[int]]]:
-        """The statements that settle this round: acks, delayed nacks, releases."""
+        """The statements that settle this round: acks, delayed nacks, releases.
+
+        Each carries the messages' receipts (``deliveries`` as read)."""
         queries: list[Query[list[int]]] = []
         if self.acked:
-            queries.append(_sql.delete_many(self.queue, self.acked))
+            queries.append(_receipted(_sql.delete_many, self.queue, self.acked))
         if self.nacked and nack_delay is not None:
-            queries.append(_sql.hide_many(self.queue, self.nacked, hide_for=nack_delay))
-        done = set(self.acked) | set(self.nacked)
-        unhandled = [m.id for m in self.messages if m.id not in done]
-        if unhandled:
-            queries.append(_sql.hide_many(self.queue, unhandled, hide_for=_RELEASE))
+            queries.append(_receipted(_sql.hide_many, self.queue, self.nacked, hide_for=nack_delay))
+        done = {m.id for m in self.acked} | {m.id for m in self.nacked}
+        unhandled = [m for m in self.messages if m.id not in done]
+        release = [*unhandled, *(m for m in self.last if nack_delay is None)]
+        if release:
+            queries.append(_receipted(_sql.hide_many, self.queue, release, hide_for=_RELEASE))
         return queries
 
 
-_Client = TypeVar("_Client", Executor, AsyncExecutor)
-_Handler = TypeVar("_Handler")
+def _receipted(
+    statement: Callable[..., Query[list[int]]],
+    queue: str,
+    messages: Sequence[Message],
+    **kwargs: Any,
+) -> Query[list[int]]:
+    return statement(
+        queue, [m.id for m in messages], deliveries=[m.deliveries for m in messages], **kwargs
+    )
 
 
-class _ReaderBase(Generic[_Client, _Handler]):
+class _ReaderBase:
     def __init__(
         self,
-        client: _Client,
         queue: str,
-        handler: _Handler,
         *,
-        quantity: int = 10,
-        hide_for: Duration = 30.0,
-        poll_for: Duration = 5.0,
-        poll_interval: Duration = 0.1,
-        nack_delay: Duration | None = None,
+        quantity: int,
+        hide_for: Duration,
+        poll_for: Duration,
+        poll_interval: Duration,
+        nack_delay: Duration | None,
     ) -> None:
-        self.client: _Client = client
-        self.handler: _Handler = handler
         self.queue = queue
         self.quantity = quantity
         self.hide_for = hide_for
@@ -123,6 +139,9 @@ class _ReaderBase(Generic[_Client, _Handler]):
         self.acked = 0
         #: Messages whose handler raised (nacked) since construction.
         self.nacked = 0
+        #: The queue's ``max_deliveries`` and ``dead_letter_queue`` (read at start).
+        self.max_deliveries: int | None = None
+        self.dead_letter_queue: str | None = None
 
     def stop(self) -> None:
         """Ask the loop to finish the in-flight message and return."""
@@ -132,6 +151,13 @@ class _ReaderBase(Generic[_Client, _Handler]):
     def stopping(self) -> bool:
         """Whether :meth:`stop` was called."""
         return self._stop.is_set()
+
+    def _queue_query(self) -> Query[QueueInfo]:
+        return _sql.get_queue(self.queue)
+
+    def _configure(self, info: QueueInfo) -> None:
+        self.max_deliveries = info.max_deliveries
+        self.dead_letter_queue = info.dead_letter_queue
 
     def _poll_query(self) -> Query[list[Message]]:
         return _sql.read_poll(
@@ -144,25 +170,60 @@ class _ReaderBase(Generic[_Client, _Handler]):
 
     def _record(self, rnd: _Round, msg: Message, error: Exception | None) -> None:
         if error is None:
-            rnd.acked.append(msg.id)
+            rnd.acked.append(msg)
             self.acked += 1
-        else:
-            logger.warning(
-                "catbird reader: handler failed on %s message %s (delivery %s); nacked",
-                self.queue,
-                msg.id,
-                msg.deliveries,
-                exc_info=error,
+            return
+        limit = self.max_deliveries
+        if limit is not None and msg.deliveries >= limit:
+            rnd.last.append(msg)
+            where = (
+                f"moved to dead-letter queue {self.dead_letter_queue!r}"
+                if self.dead_letter_queue
+                else "dropped (the queue has no dead-letter queue)"
             )
-            rnd.nacked.append(msg.id)
-            self.nacked += 1
+            outcome = f"delivery {msg.deliveries} of {limit}; nacked, {where} at the next read"
+        else:
+            outcome = f"delivery {msg.deliveries}; nacked"
+        logger.warning(
+            "catbird reader: handler failed on %s message %s (%s)",
+            self.queue,
+            msg.id,
+            outcome,
+            exc_info=error,
+        )
+        rnd.nacked.append(msg)
+        self.nacked += 1
 
 
-class Reader(_ReaderBase[Executor, ReaderHandler]):
+class Reader(_ReaderBase):
     """Blocking reader loop; see the module documentation."""
+
+    def __init__(
+        self,
+        client: Executor,
+        queue: str,
+        handler: ReaderHandler,
+        *,
+        quantity: int = 10,
+        hide_for: Duration = 30.0,
+        poll_for: Duration = 5.0,
+        poll_interval: Duration = 0.1,
+        nack_delay: Duration | None = None,
+    ) -> None:
+        super().__init__(
+            queue,
+            quantity=quantity,
+            hide_for=hide_for,
+            poll_for=poll_for,
+            poll_interval=poll_interval,
+            nack_delay=nack_delay,
+        )
+        self.client = client
+        self.handler = handler
 
     def run(self) -> None:
         """Read and handle messages until :meth:`stop` is called."""
+        self._configure(self.client.execute(self._queue_query()))
         poll = self._poll_query()
         while not self._stop.is_set():
             messages = self.client.execute(poll)
@@ -186,16 +247,37 @@ class Reader(_ReaderBase[Executor, ReaderHandler]):
                 self.client.execute(query)
 
 
-class AsyncReader(_ReaderBase[AsyncExecutor, AsyncReaderHandler]):
+class AsyncReader(_ReaderBase):
     """Asyncio reader loop; the handler may be a coroutine function or a plain
     function (which then runs in a worker thread so it cannot block the loop)."""
 
-    @functools.cached_property
-    def _is_async(self) -> bool:
-        return _is_async_callable(self.handler)
+    def __init__(
+        self,
+        client: AsyncExecutor,
+        queue: str,
+        handler: AsyncReaderHandler,
+        *,
+        quantity: int = 10,
+        hide_for: Duration = 30.0,
+        poll_for: Duration = 5.0,
+        poll_interval: Duration = 0.1,
+        nack_delay: Duration | None = None,
+    ) -> None:
+        super().__init__(
+            queue,
+            quantity=quantity,
+            hide_for=hide_for,
+            poll_for=poll_for,
+            poll_interval=poll_interval,
+            nack_delay=nack_delay,
+        )
+        self.client = client
+        self.handler = handler
+        self._is_async = _is_async_callable(handler)
 
     async def run(self) -> None:
         """Read and handle messages until :meth:`stop` is called."""
+        self._configure(await self.client.execute(self._queue_query()))
         poll = self._poll_query()
         while not self._stop.is_set():
             messages = await self.client.execute(poll)

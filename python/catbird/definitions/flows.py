@@ -449,6 +449,11 @@ class Step:
             "map_source_step_name": self.map_source,
             "reduce_source_step_name": self.reduce_source,
             "ignore_output": list(self.ignore_output),
+            # the retry policy lives on the definition: the engine applies it
+            # to the step run and its items (milliseconds)
+            "max_retries": self.options.max_retries,
+            "backoff_min": self.options.backoff_ms[0],
+            "backoff_max": self.options.backoff_ms[1],
         }
 
 

@@ -13,7 +13,6 @@ import dataclasses
 import functools
 import inspect
 import math
-import random
 import re
 import sys
 import types
@@ -121,6 +120,11 @@ class HandlerOptions:
     * ``max_retries``: retries after the first attempt;
     * ``backoff``: ``(min, max)`` seconds of full-jitter retry delay: retry
       *n* waits uniformly in ``[min, min(max, min * 2**(n-1))]``;
+
+    ``max_retries`` and ``backoff`` of a task or step are its retry policy:
+    they are stored with the definition (``cb_create_task``, the step
+    objects of ``cb_create_flow``) and the engine applies them to every
+    failure and lapsed lease, whatever worker (or language) ran the handler.
     * ``circuit_breaker``: see :class:`CircuitBreaker`.
     """
 
@@ -167,15 +171,6 @@ class HandlerOptions:
     def backoff_ms(self) -> tuple[int, int]:
         """``backoff`` in whole milliseconds, as the engine takes it."""
         return _ms(self.backoff[0]), _ms(self.backoff[1])
-
-    def retry_delay(self, attempt: int) -> float:
-        """Full-jitter delay (seconds) before retry number ``attempt`` (1-based).
-
-        The same formula as the engine's ``cb_fail_task``.
-        """
-        low, high = self.backoff
-        cap = min(high, low * float(2 ** min(max(attempt - 1, 0), 60)))
-        return low + random.random() * (cap - low)
 
 
 _OPTION_NAMES = frozenset(f.name for f in dataclasses.fields(HandlerOptions))

@@ -287,9 +287,17 @@ def definition_args(
     condition: str | None,
     retention_period: float | timedelta | None,
     on_fail: bool | None,
+    max_retries: int | None = None,
+    backoff: tuple[float, float] | None = None,
 ) -> dict[str, Any]:
-    """Arguments of ``cb_create_task``: the task's own, overridden by those given."""
+    """Arguments of ``cb_create_task``: the task's own (its retry policy
+    included), overridden by those given."""
     if isinstance(task, Task):
+        options = task.options
+        if max_retries is not None or backoff is not None:
+            changes: dict[str, Any] = {"max_retries": max_retries, "backoff": backoff}
+            options = options.replace(**{k: v for k, v in changes.items() if v is not None})
+        low, high = options.backoff
         return {
             "description": task.description if description is None else description,
             "condition": task.condition if condition is None else condition,
@@ -297,10 +305,28 @@ def definition_args(
                 task.retention_period if retention_period is None else retention_period
             ),
             "on_fail": (task.on_fail_handler is not None) if on_fail is None else on_fail,
+            # the retry policy lives on the definition: the engine applies it
+            "max_retries": options.max_retries,
+            "backoff_min": low,
+            "backoff_max": high,
         }
+    if max_retries is not None or backoff is not None:
+        # checked as a handler's options are
+        options = HandlerOptions(
+            max_retries=2 if max_retries is None else max_retries,
+            backoff=(0.1, 2.0) if backoff is None else backoff,
+        )
+        policy: dict[str, Any] = {
+            "max_retries": None if max_retries is None else options.max_retries,
+            "backoff_min": None if backoff is None else options.backoff[0],
+            "backoff_max": None if backoff is None else options.backoff[1],
+        }
+    else:
+        policy = {}
     return {
         "description": description,
         "condition": condition,
         "retention_period": retention_period,
         "on_fail": bool(on_fail),
+        **policy,
     }

@@ -24,8 +24,11 @@ between the engine and the handlers:
   outcome of a run whose lease was lost and that was claimed again is ignored
   by the engine. Completions are batched per task (``cb_complete_tasks``),
   flushed when ``batch_size`` are waiting or a few milliseconds after the
-  first; failures go through ``cb_fail_task`` with the handler's retry policy
-  and the engine re-queues the run with a full-jitter delay or fails it.
+  first; failures go through ``cb_fail_task`` (with the traceback as
+  ``error_detail``, and ``retryable => false`` for a
+  :class:`catbird.PermanentError` or an input that cannot be decoded), and
+  the engine re-queues the run under the task's stored retry policy with a
+  full-jitter delay, or fails it. A lapsed lease counts as an attempt.
   A handler's output is serialised to JSON when it returns, so an output
   JSON cannot represent fails that run with a clear message. A call that
   runs longer than ``timeout`` fails with "timed out after X s". Any
@@ -38,14 +41,17 @@ between the engine and the handlers:
   a worker that died becomes claimable when its lease passes.
 * **Cancellation.** ``catbird.task.canceled`` for a run the worker holds
   cancels an ``async def`` handler (``CancelledError``) and sets
-  :func:`catbird.cancel_requested` for a plain one; no outcome is recorded.
+  :func:`catbird.cancel_requested` for a plain one, which runs on until it
+  checks that flag and returns (a thread cannot be interrupted); no outcome
+  is recorded.
   A handler can cancel its own run with :func:`catbird.cancel`.
 * **Circuit breaker.** After ``failure_threshold`` consecutive failures a
   handler's claims pause for ``open_timeout``; then a single run is tried and
   its success closes the breaker again.
 * **On-fail handlers** run for runs that failed for good
   (``cb_claim_task_on_fail``), with their own options; a failing on-fail
-  handler is retried with the same full-jitter backoff, computed here.
+  handler is retried under its ``max_retries``/``backoff``, the delay chosen
+  by the engine.
 * **Schedules** declared with the tasks and flows (``schedule=``) are
   created when the worker starts, and every ``schedule_interval`` seconds
   the due schedules of the tasks and flows it serves are fired (each tick
@@ -55,11 +61,14 @@ between the engine and the handlers:
   knows it; it unregisters on stop.
 * **Shutdown.** ``stop()`` (or SIGINT/SIGTERM under :meth:`run`) stops
   claiming, gives in-flight handlers ``shutdown_timeout`` seconds, then
-  cancels the ``async def`` ones and makes their runs claimable at once.
-  Threads of plain handlers cannot be interrupted: their results are dropped
-  and their runs are claimed again when the lease passes. Pending outcomes
-  are flushed before the worker unregisters. A second signal skips the
-  grace period.
+  stops the rest and hands every run it will not finish back to the engine
+  (task runs, steps, items: their lease is cut to a millisecond; on-fail
+  calls: re-queued), logging how many, so another worker claims them at
+  once. ``async def`` handlers are cancelled; a plain handler's thread
+  cannot be interrupted: :func:`catbird.cancel_requested` turns true for it,
+  and an outcome it still reports is ignored once another worker claimed
+  the run. Pending outcomes are flushed before the worker unregisters. A
+  second signal skips the grace period.
 * **Database outages** never stop the worker: every statement is retried
   with exponential backoff (outcomes included, which the fencing makes safe),
   and the LISTEN connection reconnects.
@@ -85,7 +94,7 @@ from .. import _sql
 from ..client.client_async import AsyncClient
 from ..definitions import Task, definition_args
 from ..definitions.flows import Flow
-from ..errors import InvalidArgument, ObjectInUse
+from ..errors import InvalidArgument, NotFound, ObjectInUse
 from .batching import BatchedLane
 from .connections import TRANSIENT, Backoff, Connections
 from .flow_runtime import FlowRuntime
@@ -397,10 +406,9 @@ class Worker:
         # 1. the grace period: in-flight handlers may finish
         deadline = loop.time() + grace
         await self._wait_runs(deadline, self._force)
-        # 2. stop what still runs; async handlers are cancelled, threads are left
-        for lane in self._lanes:
-            for run in list(lane.inflight.values()):
-                run.stop("shutdown")
+        # 2. stop what still runs (async handlers are cancelled, plain ones
+        # see cancel_requested()) and hand every such run back at once
+        await asyncio.gather(*(self._release(lane) for lane in self._lanes))
         # 3. outcomes: let them be recorded, within bounds
         await self._wait_runs(loop.time() + OUTCOME_GRACE, None)
         for lane in self._lanes:
@@ -415,10 +423,7 @@ class Worker:
         for t in left:
             t.cancel()
         await asyncio.gather(*self._run_tasks, *self._flush_loops, return_exceptions=True)
-        # 4. hand back runs whose async handler was cancelled by the shutdown
-        for task_lane in self._task_lanes.values():
-            await task_lane.release_stopped()
-        # 5. background loops, registry, connections
+        # 4. background loops, registry, connections
         for t in self._loops:
             t.cancel()
         await asyncio.gather(*self._loops, return_exceptions=True)
@@ -428,6 +433,25 @@ class Worker:
         if self._threads is not None:
             self._threads.shutdown()
         log.info("worker %s stopped", self.id)
+
+    async def _release(self, lane: Lane) -> None:
+        """Stop the handlers of ``lane`` still running after the grace period
+        and hand their runs back, so that another worker claims them now
+        rather than when their leases pass."""
+        runs = list(lane.inflight.values())
+        if not runs:
+            return
+        for run in runs:
+            run.stop("shutdown")
+        released = await lane.release(runs)
+        if released:
+            log.info(
+                "%r: released %d run(s) this worker will not finish (%s); another worker can"
+                " claim them now",
+                lane,
+                released,
+                ", ".join(str(run.id) for run in runs[:10]) + (", ..." if len(runs) > 10 else ""),
+            )
 
     async def _wait_runs(self, deadline: float, force: asyncio.Event | None) -> None:
         loop = asyncio.get_running_loop()
@@ -473,8 +497,8 @@ class Worker:
         return await self._db.record(query, what)
 
     async def _register(self) -> None:
-        if self.create_definitions:
-            for t in self.tasks:
+        for t in self.tasks:
+            if self.create_definitions:
                 args = definition_args(
                     t, description=None, condition=None, retention_period=None, on_fail=None
                 )
@@ -487,8 +511,16 @@ class Worker:
                         t.name,
                         exc.message,
                     )
-            if self._flow_runtime is not None:
-                await self._flow_runtime.create_definitions()
+            lane = self._task_lanes.get(t.name)
+            if lane is not None:
+                try:
+                    info = await self.client.execute(_sql.get_task(t.name))
+                except NotFound:
+                    continue
+                lane.check_policy((info.max_retries, info.backoff_min, info.backoff_max))
+        if self._flow_runtime is not None:
+            await self._flow_runtime.create_definitions(self.create_definitions)
+        if self.create_definitions:
             await self._scheduler.create_declared(self.client)
         assert self._ready is not None
         self._ready.set()
@@ -671,7 +703,14 @@ class Worker:
             for lane in self._task_lanes.values():
                 run = lane.inflight.get(run_id)
                 if run is not None:
-                    log.info("task %r run %d was canceled: stopping its handler", lane.name, run_id)
+                    log.info(
+                        "task %r run %d was canceled: %s",
+                        lane.name,
+                        run_id,
+                        "cancelling its handler"
+                        if lane.handler.is_async
+                        else "its handler runs on until it checks catbird.cancel_requested()",
+                    )
                     run.stop("canceled")
         elif topic == "catbird.task.failed":
             for on_fail in self._on_fail_lanes:

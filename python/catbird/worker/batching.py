@@ -20,7 +20,7 @@ import psycopg
 
 from .. import _sql
 from ..definitions import Handler, HandlerOptions
-from .lanes import Abandoned, Lane, LaneHost, Run, describe, log
+from .lanes import RELEASE_LEASE, Abandoned, Failure, Lane, LaneHost, Run, describe, log
 
 __all__ = ["BatchedLane", "Completion"]
 
@@ -65,6 +65,32 @@ class BatchedLane(Lane):
         # are in flight); the rest waits for the next one.
         self.max_flush = max(4 * self.flush_size, 400)
         self.draining = False
+        #: Retry arguments of this lane's fail calls: empty (the engine applies
+        #: the definition's stored policy) unless the stored policy is not
+        #: this handler's (see :meth:`check_policy`).
+        self.policy: dict[str, int] = {}
+
+    def check_policy(self, stored: tuple[int | None, int | None, int | None]) -> None:
+        """Compare the stored retry policy (max_retries, backoff_min and
+        backoff_max in ms) with this handler's options.
+
+        They differ when the definition could not be replaced (runs were
+        active) or was created elsewhere: then this worker's failures carry
+        the handler's own policy, and the log says so (lapsed leases are
+        counted under the stored one)."""
+        low, high = self.options.backoff_ms
+        own = (self.options.max_retries, low, high)
+        if stored == own:
+            self.policy = {}
+            return
+        self.policy = {"max_retries": own[0], "backoff_min": low, "backoff_max": high}
+        log.warning(
+            "%r: the stored retry policy (max_retries, backoff ms) %s differs from the"
+            " handler's %s; this worker's failures use the handler's",
+            self,
+            stored,
+            own,
+        )
 
     @abc.abstractmethod
     def complete_query(
@@ -75,6 +101,10 @@ class BatchedLane(Lane):
     @abc.abstractmethod
     def hide_query(self, ids: list[int], attempts: list[int], hide_for: float) -> _sql.Query[None]:
         """The statement that hides these runs (renews or hands back their leases)."""
+
+    def release_query(self, runs: list[Run]) -> _sql.Query[Any] | None:
+        """Hide the runs for a millisecond (under their attempts): claimable at once."""
+        return self.hide_query([r.id for r in runs], [r.attempt for r in runs], RELEASE_LEASE)
 
     def batch_order(self, batch: list[Completion]) -> list[Completion]:
         """The order of a batch in its statement (as it came, unless a lane needs another)."""
@@ -123,12 +153,20 @@ class BatchedLane(Lane):
         finally:
             self.pending.pop(run.id, None)
 
-    def log_failure(self, run: Run, subject: str, status: str | None, message: str) -> None:
+    def log_failure(self, run: Run, subject: str, status: str | None, failure: Failure) -> None:
         """Log what the engine did with a failure (``status`` of a ``cb_fail_*`` call)."""
+        message = failure.message
         if status == "queued":
             log.info("%s attempt %d failed, retrying: %s", subject, run.attempt, message)
+            self.wake_for_retry(run.attempt)
         elif status == "failed":
-            log.warning("%s failed after %d attempt(s): %s", subject, run.attempt, message)
+            log.warning(
+                "%s failed after %d attempt(s)%s: %s",
+                subject,
+                run.attempt,
+                "" if failure.retryable else " (not retryable)",
+                message,
+            )
         else:
             log.info("%s: failure not recorded (lease lost, or run canceled or finished)", subject)
 
@@ -215,7 +253,7 @@ class BatchedLane(Lane):
             )
             return len(done) if isinstance(done, list) else 1
         except self.refused as exc:
-            await self.failed(run, f"the output could not be stored: {describe(exc)}")
+            await self.failed(run, Failure(f"the output could not be stored: {describe(exc)}"))
         except Abandoned:
             pass
         except Exception:

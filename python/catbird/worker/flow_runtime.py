@@ -14,7 +14,7 @@ from typing import Any
 from .. import _sql
 from ..definitions import HandlerOptions
 from ..definitions.flows import Flow, Step, StepHandler
-from ..errors import ObjectInUse
+from ..errors import NotFound, ObjectInUse
 from .flows import FlowLane, GeneratorLane, MapLane, ReducerLane, StepLane, flow_run_of
 from .lanes import Lane, LaneHost, log, parse_run_id, with_concurrency
 from .on_fail import FlowOnFailLane
@@ -85,17 +85,33 @@ class FlowRuntime:
                 seen.append({"flow_name": flow.name, "step_name": step.name})
         return seen
 
-    async def create_definitions(self) -> None:
+    async def create_definitions(self, create: bool = True) -> None:
+        """Store the flows' definitions (``create``), then check that the
+        stored retry policy of every step is its handler's."""
         for flow in self.flows:
+            if create:
+                try:
+                    await self.host.client.execute(
+                        _sql.create_flow(flow.name, **flow.create_args())
+                    )
+                except ObjectInUse as exc:
+                    log.warning(
+                        "flow %r: the stored definition differs from this one and runs are"
+                        " active, so it is kept (%s)",
+                        flow.name,
+                        exc.message,
+                    )
             try:
-                await self.host.client.execute(_sql.create_flow(flow.name, **flow.create_args()))
-            except ObjectInUse as exc:
-                log.warning(
-                    "flow %r: the stored definition differs from this one and runs are"
-                    " active, so it is kept (%s)",
-                    flow.name,
-                    exc.message,
-                )
+                info = await self.host.client.execute(_sql.get_flow(flow.name))
+            except NotFound:
+                continue
+            for lane in self.step_lanes:
+                if lane.flow == flow.name:
+                    try:
+                        step = info.step(lane.step_name)
+                    except KeyError:
+                        continue
+                    lane.check_policy((step.max_retries, step.backoff_min, step.backoff_max))
 
     def on_event(self, topic: str, data: Any) -> None:
         if topic == "catbird.step.queued":
@@ -112,10 +128,13 @@ class FlowRuntime:
             for run in list(lane.inflight.values()):
                 if flow_run_of(run) == run_id:
                     log.info(
-                        "%r: flow run %d %s: stopping its handler",
+                        "%r: flow run %d %s: %s",
                         lane,
                         run_id,
                         "is canceling" if reason == "canceled" else "finished",
+                        "cancelling its handler"
+                        if lane.handler.is_async and not lane.uses_threads
+                        else "its handler runs on until it checks catbird.cancel_requested()",
                     )
                     run.stop(reason)
         if topic == "catbird.flow.failed":

@@ -9,16 +9,18 @@ tasks. What is specific to flows:
 
 * **steps** (``cb_claim_steps``): the handler gets its inputs by name;
   completions are batched into ``cb_complete_steps`` (fenced by the claim's
-  attempt), failures go through ``cb_fail_step`` with the handler's retry
-  policy;
+  attempt), failures go through ``cb_fail_step`` (the engine applies the
+  step's stored retry policy);
 * **map items** of mappers and generators (``cb_claim_map_tasks``):
   completions are batched into ``cb_complete_map_tasks`` like task
   completions; failures go through ``cb_fail_map_task``;
 * **generators**: the generator function runs (a plain one in a thread) and
   its items are added with ``cb_spawn_generator_map_tasks`` in chunks of
   ``batch_size`` (or every 50 ms); the end is ``cb_complete_generator_step``.
-  A retried generator first asks for the step's ``map_total`` and skips as
-  many items, so items are added once even when an attempt died midway;
+  Both carry the claim's attempt: the engine numbers an attempt's items from
+  0 and keeps the ones it already has, so a retried generator that yields its
+  items again adds none twice, and a stale attempt (its lease lapsed and the
+  step was claimed again) adds nothing and stops;
 * **reducers**: the source's item outputs are read with
   ``cb_read_map_outputs`` a page at a time and folded, then the accumulator
   is the step's output (``cb_complete_step``);
@@ -54,7 +56,7 @@ from ..definitions.flows import Step, StepHandler, copy_initial
 from ..models import MapTaskClaim, StepClaim
 from .batching import BatchedLane, Completion
 from .lanes import (
-    RELEASE_LEASE,
+    Failure,
     LaneHost,
     Run,
     log,
@@ -108,10 +110,6 @@ class FlowLane(BatchedLane):
     #: output the server refuses, or one call the engine rejects.
     refused = (psycopg.Error,)
 
-    #: Whether a run the shutdown took from an async handler is handed back
-    #: at once (a released generator would run twice at once).
-    releasable = True
-
     def __init__(
         self, host: LaneHost, step: Step, handler: Handler, options: HandlerOptions
     ) -> None:
@@ -153,25 +151,33 @@ class FlowLane(BatchedLane):
         # functions lock the run first), so concurrent batches cannot deadlock.
         return sorted(batch, key=lambda c: (flow_run_of(c.run), c.run.id))
 
-    def fail_query(self, run: Run, message: str, **policy: int) -> _sql.Query[str | None]:
+    def fail_query(self, run: Run, failure: Failure) -> _sql.Query[str | None]:
+        """``cb_fail_step`` under the step's stored retry policy."""
         return _sql.fail_step(
-            self.flow, self.step_name, run.id, message, attempt=run.attempt, **policy
+            self.flow,
+            self.step_name,
+            run.id,
+            failure.message,
+            attempt=run.attempt,
+            retryable=failure.retryable,
+            error_detail=failure.detail,
+            **self.policy,
         )
 
     def describe_run(self, run: Run) -> str:
         return f"step {self.step_name!r} run {run.id}"
 
-    async def failed(self, run: Run, message: str) -> None:
+    async def failed(self, run: Run, failure: Failure) -> None:
         status = await self.record_outcome(
             run,
-            self.fail_query(run, message, **retry_policy(self.options)),
+            self.fail_query(run, failure),
             f"record the failure of {self.describe_run(run)}",
         )
-        self.log_failure(run, f"{self!r}: flow run {flow_run_of(run)}", status, message)
+        self.log_failure(run, f"{self!r}: flow run {flow_run_of(run)}", status, failure)
 
     async def report_canceled(self, run: Run) -> None:
         await self.host.record(
-            self.fail_query(run, "canceled: the flow run is canceling"),
+            self.fail_query(run, Failure("canceled: the flow run is canceling")),
             f"report {self.describe_run(run)} canceled",
         )
 
@@ -179,11 +185,6 @@ class FlowLane(BatchedLane):
         """The worker stopped the handler (see the module documentation)."""
         if run.stop_reason == "canceled":
             await self.report_canceled(run)
-        elif run.stop_reason == "shutdown" and self.handler.is_async and self.releasable:
-            with contextlib.suppress(Exception):
-                await self.host.client.execute(
-                    self.hide_query([run.id], [run.attempt], RELEASE_LEASE)
-                )
 
     async def cancel_run(self, run: Run, reason: str | None) -> None:
         ctx = cast(FlowRunContext, run.ctx)
@@ -191,7 +192,14 @@ class FlowLane(BatchedLane):
             output, early_reason = ctx.early
             done = await self.host.record(
                 _sql.complete_flow_early_json(
-                    self.flow, ctx.flow_run_id, self.step_name, output, reason=early_reason
+                    self.flow,
+                    ctx.flow_run_id,
+                    self.step_name,
+                    output,
+                    reason=early_reason,
+                    # fenced by the step's claim; an item's step is not
+                    # started (it waits for its items), so an item's is not
+                    attempt=None if self.kind == "item" else run.attempt,
                 ),
                 f"complete flow run {ctx.flow_run_id} of {self.flow!r} early",
             )
@@ -270,7 +278,6 @@ class GeneratorLane(StepLane):
     """A generator step: runs the generator, adds its items in chunks."""
 
     kind = "generator"
-    releasable = False  # a released generator would run twice at once
     batched = False  # its end is recorded by succeeded() itself
 
     def __init__(self, host: LaneHost, step: Step, handler: StepHandler) -> None:
@@ -283,21 +290,6 @@ class GeneratorLane(StepLane):
         return (run, kwargs)
 
     async def _drive(self, run: Run, kwargs: dict[str, Any]) -> None:
-        flow_run_id = flow_run_of(run)
-        skip = 0
-        if run.attempt > 1:
-            info = await self.host.client.execute(
-                _sql.get_flow_step_status(self.flow, flow_run_id, self.step_name)
-            )
-            skip = (info.map_total or 0) if info is not None else 0
-            if skip:
-                log.info(
-                    "%r: flow run %d attempt %d skips the %d item(s) added before",
-                    self,
-                    flow_run_id,
-                    run.attempt,
-                    skip,
-                )
         loop = asyncio.get_running_loop()
         items: asyncio.Queue[tuple[int, Any]] = asyncio.Queue(maxsize=4 * self.chunk)
         stop = threading.Event()
@@ -320,9 +312,6 @@ class GeneratorLane(StepLane):
                     break
                 if kind == ERROR:
                     raise value
-                if skip:
-                    skip -= 1
-                    continue
                 try:
                     buffer.append(dumps(value))
                 except (TypeError, ValueError) as exc:
@@ -397,7 +386,11 @@ class GeneratorLane(StepLane):
             return
         added = await self.host.client.execute(
             _sql.spawn_generator_map_tasks_json(
-                self.flow, self.step_name, run.id, "[" + ",".join(buffer) + "]"
+                self.flow,
+                self.step_name,
+                run.id,
+                "[" + ",".join(buffer) + "]",
+                attempt=run.attempt,
             )
         )
         if added < len(buffer):
@@ -408,7 +401,7 @@ class GeneratorLane(StepLane):
 
     async def succeeded(self, run: Run, output_json: str | None) -> None:
         await self.host.record(
-            _sql.complete_generator_step(self.flow, self.step_name, run.id),
+            _sql.complete_generator_step(self.flow, self.step_name, run.id, attempt=run.attempt),
             f"record the end of generator step {self.step_name!r} run {run.id}",
         )
 
@@ -480,6 +473,9 @@ class MapLane(FlowLane):
             )
         super().__init__(host, step, wrapped, options)
         self.item_handler = handler
+        base = step.options
+        own = options.max_retries != base.max_retries or options.backoff != base.backoff
+        self.policy = retry_policy(options) if own else {}
 
     def __repr__(self) -> str:
         return f"item handler of step {self.step_name!r} of flow {self.flow!r}"
@@ -523,9 +519,18 @@ class MapLane(FlowLane):
     ) -> _sql.Query[Any]:
         return _sql.complete_map_tasks_json(self.flow, self.step_name, ids, outputs, attempts)
 
-    def fail_query(self, run: Run, message: str, **policy: int) -> _sql.Query[str | None]:
+    def fail_query(self, run: Run, failure: Failure) -> _sql.Query[str | None]:
+        """``cb_fail_map_task`` under the step's stored retry policy, or the
+        item handler's when a generator's item handler has options of its own."""
         return _sql.fail_map_task(
-            self.flow, self.step_name, run.id, message, attempt=run.attempt, **policy
+            self.flow,
+            self.step_name,
+            run.id,
+            failure.message,
+            attempt=run.attempt,
+            retryable=failure.retryable,
+            error_detail=failure.detail,
+            **self.policy,
         )
 
     def describe_run(self, run: Run) -> str:

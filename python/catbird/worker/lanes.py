@@ -15,15 +15,17 @@ import asyncio
 import dataclasses
 import inspect
 import logging
+import os
 import time
+import traceback
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, NamedTuple, Protocol, TypeVar
 
 from .. import _sql
 from ..codec import dumps
 from ..context import RunContext, enter_run
 from ..definitions import Handler, HandlerOptions
-from ..errors import CancelRun
+from ..errors import CancelRun, PermanentError
 
 if TYPE_CHECKING:
     from ..client.client_async import AsyncClient
@@ -33,6 +35,7 @@ __all__ = [
     "RELEASE_LEASE",
     "Abandoned",
     "CircuitBreaker",
+    "Failure",
     "Lane",
     "LaneHost",
     "Run",
@@ -50,12 +53,49 @@ log = logging.getLogger("catbird.worker")
 #: (how runs are handed back on shutdown).
 RELEASE_LEASE = 0.001
 
+#: Seconds after a retry's earliest and latest due time that its lane claims.
+RETRY_WAKE_MARGIN = 0.005
+
 
 def describe(exc: BaseException) -> str:
     """``Type: message`` (or ``Type`` alone): an exception as a run's error text."""
     text = str(exc)
     name = type(exc).__name__
     return f"{name}: {text}" if text else name
+
+
+class Failure(NamedTuple):
+    """A handler's failure as the engine's ``cb_fail_*`` calls take it."""
+
+    #: ``Type: message``: the run's ``error_message``.
+    message: str
+    #: The traceback: the run's ``error_detail``.
+    detail: str | None = None
+    #: ``False``: fail the run now, whatever its retry policy.
+    retryable: bool = True
+
+
+def failure_of(message: str, exc: BaseException | None, *, retryable: bool = True) -> Failure:
+    """The :class:`Failure` of ``exc``: its traceback as the detail, and not
+    retryable when it is a :class:`catbird.PermanentError`."""
+    if exc is None:
+        return Failure(message, None, retryable)
+    retryable = retryable and not isinstance(exc, PermanentError)
+    return Failure(message, format_traceback(exc), retryable)
+
+
+#: Frames of the worker itself are left out of tracebacks (they say nothing
+#: about the handler).
+_WORKER_DIR = os.path.dirname(os.path.abspath(__file__)) + os.sep
+
+
+def format_traceback(exc: BaseException) -> str | None:
+    """The traceback of ``exc`` as text, without the worker's own frames."""
+    te = traceback.TracebackException.from_exception(exc)
+    frames = [f for f in te.stack if not f.filename.startswith(_WORKER_DIR)]
+    if frames:
+        te.stack = traceback.StackSummary.from_list(frames)
+    return "".join(te.format()).rstrip() or None
 
 
 def parse_run_id(data: Any) -> int | None:
@@ -67,7 +107,9 @@ def parse_run_id(data: Any) -> int | None:
 
 
 def retry_policy(options: HandlerOptions) -> dict[str, int]:
-    """The retry arguments of the engine's ``cb_fail_*`` functions for a handler."""
+    """The retry arguments of the engine's ``cb_fail_*`` functions for a handler
+    (only where no stored policy applies: on-fail handlers, generator items
+    with options of their own)."""
     low, high = options.backoff_ms
     return {"max_retries": options.max_retries, "backoff_min": low, "backoff_max": high}
 
@@ -233,8 +275,8 @@ class Lane(abc.ABC):
         """Record that the handler returned (``output_json``: its output)."""
 
     @abc.abstractmethod
-    async def failed(self, run: Run, message: str) -> None:
-        """Record that the handler failed."""
+    async def failed(self, run: Run, failure: Failure) -> None:
+        """Record that the handler failed (the engine decides whether it is retried)."""
 
     @abc.abstractmethod
     async def cancel_run(self, run: Run, reason: str | None) -> None:
@@ -243,15 +285,56 @@ class Lane(abc.ABC):
     async def stopped(self, run: Run) -> None:  # noqa: B027 - an optional hook
         """The worker stopped the handler (``run.stop_reason``); nothing is recorded."""
 
+    def wake_for_retry(self, attempt: int) -> None:
+        """Claim again when a retry the engine just scheduled can be due.
+
+        The engine picks the delay in ``[min, min(max, min * 2**(attempt-1))]``
+        of the handler's backoff; the claim loop is woken at both ends of that
+        range, so a retry sooner than the poll interval is not left waiting
+        for the next poll."""
+        low, high = self.options.backoff
+        cap = min(high, low * float(2 ** min(max(attempt - 1, 0), 60)))
+        loop = asyncio.get_running_loop()
+        for delay in {low, max(low, cap)}:
+            loop.call_later(delay + RETRY_WAKE_MARGIN, self.wake.set)
+
+    def release_query(self, runs: list[Run]) -> _sql.Query[Any] | None:
+        """The statement that hands ``runs`` back to be claimed at once
+        (shutdown); ``None``: this lane cannot."""
+        return None
+
+    async def release(self, runs: list[Run]) -> int:
+        """Hand back the runs this worker will not finish (shutdown): another
+        worker can claim them at once. Returns how many were handed back."""
+        query = self.release_query(runs) if runs else None
+        if query is None:
+            return 0
+        try:
+            await asyncio.wait_for(self.host.client.execute(query), 2.0)
+        except Exception as exc:
+            log.warning(
+                "%r: handing back %d run(s) failed (%s); they are claimed again when their"
+                " lease passes",
+                self,
+                len(runs),
+                describe(exc),
+            )
+            return 0
+        return len(runs)
+
     async def execute(self, run: Run, args: tuple[Any, ...] | BaseException) -> None:
         """Call the handler for ``run`` and report the outcome (the run's asyncio task)."""
         enter_run(run.ctx)
         status: str
         payload: str | None
         exc: BaseException | None
+        retryable = True
         try:
             if isinstance(args, BaseException):
+                # An input the handler cannot decode fails the same way on
+                # every attempt: not retried.
                 status, payload, exc = "error", f"invalid input: {describe(args)}", args
+                retryable = False
             else:
                 status, payload, exc = await self.invoke(run, args)
         finally:
@@ -266,9 +349,17 @@ class Lane(abc.ABC):
             elif status == "error":
                 if breaker is not None:
                     breaker.record_failure(time.monotonic())
-                if exc is not None and not isinstance(exc, TimeoutError | asyncio.CancelledError):
+                timed_out = isinstance(exc, TimeoutError | asyncio.CancelledError)
+                if exc is not None and not timed_out:
                     log.debug("%r run %d raised", self, run.id, exc_info=exc)
-                await self.failed(run, payload or "unknown error")
+                await self.failed(
+                    run,
+                    failure_of(
+                        payload or "unknown error",
+                        None if timed_out else exc,
+                        retryable=retryable,
+                    ),
+                )
             elif status == "cancel":
                 if breaker is not None:
                     breaker.probing = False

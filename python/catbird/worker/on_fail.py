@@ -2,8 +2,10 @@
 
 An on-fail claim (``cb_claim_task_on_fail``/``cb_claim_flow_on_fail``) is
 not leased like a run: it is hidden long enough for one call to run to its
-timeout. A failing on-fail handler is retried with the handler's full-jitter
-backoff, computed here (``retry_delay``), until its retries are exhausted.
+timeout. Its outcome carries the claim's ``on_fail_attempts`` (the fencing
+token: a stale handler cannot end an on-fail a newer claim holds). A failing
+on-fail handler is retried under the handler's ``max_retries``/``backoff``:
+the engine decides whether and when (``cb_fail_*_on_fail``).
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from ..context import FlowDB, FlowFailure, FlowRunContext, RunContext
 from ..definitions import Handler, Task
 from ..definitions.flows import Flow
 from ..models import FlowOnFailClaim, OnFailClaim, TaskFailure
-from .lanes import Lane, LaneHost, Run, log
+from .lanes import Failure, Lane, LaneHost, Run, log
 
 __all__ = ["FlowOnFailLane", "OnFailLane", "TaskOnFailLane"]
 
@@ -60,16 +62,33 @@ class OnFailLane(Lane):
         )
 
     def complete_query(self, run: Run) -> _sql.Query[Any]:
-        """The statement that records the handler's success."""
-        return self.statements.complete_on_fail(self.name, run.id)
+        """The statement that records the handler's success (fenced by its attempt)."""
+        return self.statements.complete_on_fail(self.name, run.id, on_fail_attempt=run.attempt)
 
-    def fail_query(
-        self, run: Run, message: str, exhausted: bool, retry_delay: int
-    ) -> _sql.Query[Any]:
-        """The statement that records the handler's failure."""
+    def fail_query(self, run: Run, message: str, **policy: int) -> _sql.Query[Any]:
+        """The statement that records the handler's failure (under ``policy``)."""
         return self.statements.fail_on_fail(
-            self.name, run.id, message, retry_exhausted=exhausted, retry_delay=retry_delay
+            self.name, run.id, message, on_fail_attempt=run.attempt, **policy
         )
+
+    def release_query(self, runs: list[Run]) -> _sql.Query[Any] | None:
+        """Hand one on-fail back (shutdown): re-queued at once, whatever its
+        retries (the engine has no lease to shorten for on-fail claims)."""
+        if len(runs) != 1:
+            return None
+        return self.fail_query(
+            runs[0],
+            "released by a worker shutdown",
+            max_retries=runs[0].attempt,
+            backoff_min=0,
+            backoff_max=0,
+        )
+
+    async def release(self, runs: list[Run]) -> int:
+        released = 0
+        for run in runs:
+            released += await super().release([run])
+        return released
 
     def start(self, claim: Any) -> tuple[Run, tuple[Any, ...] | BaseException]:
         run = Run(claim.id, claim.on_fail_attempts, self.context(claim))
@@ -85,11 +104,13 @@ class OnFailLane(Lane):
             f"record the on-fail completion of run {run.id} of {self.subject}",
         )
 
-    async def failed(self, run: Run, message: str) -> None:
-        exhausted = run.attempt > self.options.max_retries
-        delay = _sql.ms(self.options.retry_delay(run.attempt))
+    async def failed(self, run: Run, failure: Failure) -> None:
+        low, high = self.options.backoff_ms
+        max_retries = self.options.max_retries if failure.retryable else 0
         await self.host.record(
-            self.fail_query(run, message, exhausted, delay),
+            self.fail_query(
+                run, failure.message, max_retries=max_retries, backoff_min=low, backoff_max=high
+            ),
             f"record the on-fail failure of run {run.id} of {self.subject}",
         )
         log.warning(
@@ -97,12 +118,14 @@ class OnFailLane(Lane):
             self.subject,
             run.id,
             run.attempt,
-            " for good" if exhausted else ", retrying",
-            message,
+            ", retrying" if run.attempt <= max_retries else " for good",
+            failure.message,
         )
+        if run.attempt <= max_retries:
+            self.wake_for_retry(run.attempt)
 
     async def cancel_run(self, run: Run, reason: str | None) -> None:  # pragma: no cover
-        await self.failed(run, "catbird.cancel() is not available in an on-fail handler")
+        await self.failed(run, Failure("catbird.cancel() is not available in an on-fail handler"))
 
 
 class TaskOnFailLane(OnFailLane):
@@ -116,6 +139,7 @@ class TaskOnFailLane(OnFailLane):
     @property
     def subject(self) -> str:
         return f"task {self.name!r}"
+
 
     def context(self, claim: OnFailClaim) -> RunContext:
         return RunContext(
@@ -133,6 +157,7 @@ class TaskOnFailLane(OnFailLane):
             failed_at=claim.failed_at,
             concurrency_key=claim.concurrency_key,
         )
+
 
 
 class FlowOnFailLane(OnFailLane):
@@ -155,6 +180,7 @@ class FlowOnFailLane(OnFailLane):
     @property
     def subject(self) -> str:
         return f"flow {self.flow!r}"
+
 
     def context(self, claim: FlowOnFailClaim) -> FlowRunContext:
         return FlowRunContext(

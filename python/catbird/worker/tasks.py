@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 from collections.abc import Sequence
 from typing import Any
 
@@ -12,7 +10,7 @@ from ..context import RunContext
 from ..definitions import Handler, Task
 from ..models import TaskClaim
 from .batching import BatchedLane
-from .lanes import RELEASE_LEASE, LaneHost, Run, log, retry_policy
+from .lanes import Failure, LaneHost, Run, log
 
 __all__ = ["TaskLane"]
 
@@ -25,9 +23,6 @@ class TaskLane(BatchedLane):
     def __init__(self, host: LaneHost, task: Task[Any, Any], handler: Handler) -> None:
         super().__init__(host, task.name, handler)
         self.decode = handler.params[0].codec.decode
-        # Runs whose async handler the shutdown cancelled: handed back at the
-        # end of it, once no outcome of theirs can be on its way.
-        self.released: list[Run] = []
 
     async def claim(self, quantity: int) -> Sequence[TaskClaim]:
         return await self.host.claim_client.execute(
@@ -61,15 +56,24 @@ class TaskLane(BatchedLane):
                 size,
             )
 
-    async def failed(self, run: Run, message: str) -> None:
+    async def failed(self, run: Run, failure: Failure) -> None:
+        # The retry policy is the task's stored one (written from the
+        # handler's options when the definition was created), unless that
+        # is not this handler's (self.policy, see check_policy).
         status = await self.record_outcome(
             run,
             _sql.fail_task(
-                self.name, run.id, message, attempt=run.attempt, **retry_policy(self.options)
+                self.name,
+                run.id,
+                failure.message,
+                attempt=run.attempt,
+                retryable=failure.retryable,
+                error_detail=failure.detail,
+                **self.policy,
             ),
             f"record the failure of run {run.id} of task {self.name!r}",
         )
-        self.log_failure(run, f"task {self.name!r} run {run.id}", status, message)
+        self.log_failure(run, f"task {self.name!r} run {run.id}", status, failure)
 
     async def cancel_run(self, run: Run, reason: str | None) -> None:
         await self.record_outcome(
@@ -78,19 +82,3 @@ class TaskLane(BatchedLane):
             f"cancel run {run.id} of task {self.name!r}",
         )
         log.info("task %r run %d canceled by its handler: %s", self.name, run.id, reason)
-
-    async def stopped(self, run: Run) -> None:
-        if run.stop_reason == "shutdown" and self.handler.is_async:
-            self.released.append(run)
-
-    async def release_stopped(self) -> None:
-        """Make the runs the shutdown took from async handlers claimable at once."""
-        if not self.released:
-            return
-        ids = [run.id for run in self.released]
-        attempts = [run.attempt for run in self.released]
-        with contextlib.suppress(Exception):
-            await asyncio.wait_for(
-                self.host.client.execute(self.hide_query(ids, attempts, RELEASE_LEASE)), 2.0
-            )
-            log.info("task %r: released %d run(s) cancelled by the shutdown", self.name, len(ids))
