@@ -233,7 +233,7 @@ __all__ += [
     "FlowInfo",
     "FlowOnFailClaim",
     "FlowRunInfo",
-    "MapTaskClaim",
+    "ItemClaim",
     "StepClaim",
     "StepInfo",
     "StepRunInfo",
@@ -400,7 +400,7 @@ class StepClaim:
 
 
 @dataclass(frozen=True, slots=True)
-class MapTaskClaim:
+class ItemClaim:
     """An item of a mapper or generator step claimed by a worker (``cb_claim_map_tasks``)."""
 
     id: int

@@ -8,7 +8,7 @@ from collections.abc import Callable, Iterable, Sequence
 from datetime import datetime
 from typing import Any, Generic, TypeVar
 
-from ..models import MapTaskClaim, StepClaim
+from ..models import ItemClaim, StepClaim
 from ._call import (
     CLAIM_ARGS,
     RETRY_ARGS,
@@ -155,8 +155,8 @@ def _ids_done(rows: Rows) -> list[int]:
     return [int(r[0]) for r in rows]
 
 
-def _map_task_claims(rows: Rows) -> list[MapTaskClaim]:
-    return [MapTaskClaim(r[0], r[1], r[2], r[3], r[4] or {}, r[5], r[6]) for r in rows]
+def _item_claims(rows: Rows) -> list[ItemClaim]:
+    return [ItemClaim(r[0], r[1], r[2], r[3], r[4] or {}, r[5], r[6]) for r in rows]
 
 
 #: Step runs. Their completion is several ``cb_complete_step`` calls in one
@@ -187,7 +187,7 @@ STEPS = StepWork(
     _ids_done,
 )
 #: Map items of mappers and generators.
-MAP_TASKS = StepWork(
+ITEMS = StepWork(
     "map_task",
     Call(
         "cb_claim_map_tasks",
@@ -197,7 +197,7 @@ MAP_TASKS = StepWork(
         with_input="boolean",
         with_outputs="boolean",
     ),
-    _map_task_claims,
+    _item_claims,
     Call(
         "cb_complete_map_tasks",
         **STEP_ARGS,
@@ -212,10 +212,10 @@ claim_steps = STEPS.claim
 hide_steps = STEPS.hide
 complete_steps_json = STEPS.complete_json
 fail_step = STEPS.fail
-claim_map_tasks = MAP_TASKS.claim
-hide_map_tasks = MAP_TASKS.hide
-complete_map_tasks_json = MAP_TASKS.complete_json
-fail_map_task = MAP_TASKS.fail
+claim_items = ITEMS.claim
+hide_items = ITEMS.hide
+complete_items_json = ITEMS.complete_json
+fail_item = ITEMS.fail
 
 # ------------------------------------------------- single steps, generators
 
@@ -301,7 +301,7 @@ def complete_flow_early_json(
     return _COMPLETE_FLOW_EARLY.query(params, boolean)
 
 
-def spawn_generator_map_tasks_json(
+def spawn_generator_items_json(
     name: str,
     step_name: str,
     id: int,

@@ -53,7 +53,7 @@ from ..codec import codec_for, dumps
 from ..context import FlowDB, FlowRunContext
 from ..definitions import Handler, HandlerOptions
 from ..definitions.flows import Step, StepHandler, copy_initial
-from ..models import MapTaskClaim, StepClaim
+from ..models import ItemClaim, StepClaim
 from .batching import BatchedLane, Completion
 from .lanes import (
     Failure,
@@ -385,7 +385,7 @@ class GeneratorLane(StepLane):
         if not buffer:
             return
         added = await self.host.client.execute(
-            _sql.spawn_generator_map_tasks_json(
+            _sql.spawn_generator_items_json(
                 self.flow,
                 self.step_name,
                 run.id,
@@ -480,10 +480,10 @@ class MapLane(FlowLane):
     def __repr__(self) -> str:
         return f"item handler of step {self.step_name!r} of flow {self.flow!r}"
 
-    async def claim(self, quantity: int) -> Sequence[MapTaskClaim]:
+    async def claim(self, quantity: int) -> Sequence[ItemClaim]:
         handler = self.item_handler
         return await self.host.claim_client.execute(
-            _sql.claim_map_tasks(
+            _sql.claim_items(
                 self.flow,
                 self.step_name,
                 quantity=quantity,
@@ -493,7 +493,7 @@ class MapLane(FlowLane):
             )
         )
 
-    def start(self, claim: MapTaskClaim) -> tuple[Run, tuple[Any, ...] | BaseException]:
+    def start(self, claim: ItemClaim) -> tuple[Run, tuple[Any, ...] | BaseException]:
         run = Run(
             claim.id,
             claim.attempts,
@@ -510,19 +510,19 @@ class MapLane(FlowLane):
         return run, (kwargs,)
 
     def hide_query(self, ids: list[int], attempts: list[int], hide_for: float) -> _sql.Query[None]:
-        return _sql.hide_map_tasks(
+        return _sql.hide_items(
             self.flow, self.step_name, ids, hide_for=hide_for, attempts=attempts
         )
 
     def complete_query(
         self, ids: list[int], outputs: list[str], attempts: list[int]
     ) -> _sql.Query[Any]:
-        return _sql.complete_map_tasks_json(self.flow, self.step_name, ids, outputs, attempts)
+        return _sql.complete_items_json(self.flow, self.step_name, ids, outputs, attempts)
 
     def fail_query(self, run: Run, failure: Failure) -> _sql.Query[str | None]:
         """``cb_fail_map_task`` under the step's stored retry policy, or the
         item handler's when a generator's item handler has options of its own."""
-        return _sql.fail_map_task(
+        return _sql.fail_item(
             self.flow,
             self.step_name,
             run.id,
