@@ -1,14 +1,17 @@
 # catbird: build, install (PGXS), test and lint.
 #
 #   make build                      concatenate extension/sql/[0-9]*.sql into the
-#                                   packaged python/catbird/sql/catbird--$(EXTVERSION).sql
+#                                   packaged python/catbird/sql/catbird--$(EXTVERSION).sql,
+#                                   copy extension/history/ there, and write the update
+#                                   script catbird--<from>--$(EXTVERSION).sql (tools/gen_upgrade.py)
 #   make install [PG_CONFIG=...]    build, then copy control + SQL into
 #                                   $(pg_config --sharedir)/extension
 #   make test                       build, then run the test suite (embedded PG 18
 #                                   unless CATBIRD_TEST_DSN is set)
 #   make lint [LINT_DSN=...]        ruff, mypy, and plpgsql_check when LINT_DSN names
 #                                   a server that has plpgsql_check and catbird installed
-#   make pg-tle                     write pg_tle/catbird--$(EXTVERSION).pg_tle.sql
+#   make pg-tle                     write pg_tle/catbird--$(EXTVERSION).pg_tle.sql and the
+#                                   update paths pg_tle/catbird--<from>--$(EXTVERSION).pg_tle.sql
 #   make pg-tle-check PG_DSN=...    run the pg_tle tests against a real server that has
 #                                   pg_tle in shared_preload_libraries (superuser DSN;
 #                                   the catbird files must not be on that server)
@@ -24,10 +27,18 @@ SQL_SOURCES   := $(sort $(wildcard extension/sql/[0-9]*.sql))
 BUILT_DIR     := python/catbird/sql
 BUILT_SQL     := $(BUILT_DIR)/$(EXT_NAME)--$(EXTVERSION).sql
 BUILT_CONTROL := $(BUILT_DIR)/$(EXT_NAME).control
-# Upgrade scripts (catbird--<from>--<to>.sql) are written by hand beside the
-# sources and shipped as they are.
-UPGRADE_SRC   := $(wildcard extension/sql/$(EXT_NAME)--*--*.sql)
-BUILT_UPGRADE := $(patsubst extension/sql/%,$(BUILT_DIR)/%,$(UPGRADE_SRC))
+# Released scripts, frozen: the install scripts of earlier versions (the
+# starting points of upgrades, and what CREATE EXTENSION ... VERSION installs)
+# and their update scripts. Shipped as they are.
+HISTORY_SRC   := $(wildcard extension/history/$(EXT_NAME)--*.sql)
+BUILT_HISTORY := $(patsubst extension/history/%,$(BUILT_DIR)/%,$(HISTORY_SRC))
+# The update script into this version: extension/upgrades/<from>--<to>.sql
+# (hand-written: tables, columns, types, indexes, dropped functions) followed
+# by every function of the sources, written by tools/gen_upgrade.py. At a
+# release, move the built catbird--<from>--<to>.sql and catbird--<to>.sql
+# into extension/history/.
+MIGRATIONS    := $(wildcard extension/upgrades/*--*.sql)
+BUILT_UPGRADE := $(patsubst extension/upgrades/%,$(BUILT_DIR)/$(EXT_NAME)--%,$(MIGRATIONS))
 PG_TLE_SQL    := pg_tle/$(EXT_NAME)--$(EXTVERSION).pg_tle.sql
 
 # tests/test_install.py rebuilds this exact header to detect a stale build.
@@ -36,7 +47,7 @@ BUILT_HEADER := -- GENERATED FILE, do not edit: concatenation of extension/sql/[
 .DEFAULT_GOAL := build
 .PHONY: build test lint pg-tle pg-tle-check
 
-build: $(BUILT_SQL) $(BUILT_CONTROL) $(BUILT_UPGRADE)
+build: $(BUILT_SQL) $(BUILT_CONTROL) $(BUILT_HISTORY) $(BUILT_UPGRADE)
 
 # The built SQL is committed, so it must be byte-for-byte reproducible: no
 # timestamps, no paths, just the header line and the sources in filename order.
@@ -50,9 +61,13 @@ $(BUILT_CONTROL): extension/catbird.control
 	@mkdir -p $(BUILT_DIR)
 	cp $< $@
 
-$(BUILT_DIR)/%.sql: extension/sql/%.sql
+$(BUILT_HISTORY): $(BUILT_DIR)/%: extension/history/%
 	@mkdir -p $(BUILT_DIR)
 	cp $< $@
+
+$(BUILT_UPGRADE): $(BUILT_DIR)/$(EXT_NAME)--%: extension/upgrades/% $(SQL_SOURCES) extension/catbird.control tools/gen_upgrade.py
+	@mkdir -p $(BUILT_DIR)
+	$(PY) tools/gen_upgrade.py $< --output $@
 
 test: build
 	$(PY) -m pytest -q
@@ -72,15 +87,16 @@ pg-tle-check: build
 	@test -n "$(PG_DSN)" || { echo "usage: make pg-tle-check PG_DSN=postgresql://..." >&2; exit 2; }
 	PG_TLE_DSN='$(PG_DSN)' $(PY) -m pytest -q -rs tests/test_pg_tle_real.py
 
-$(PG_TLE_SQL): $(BUILT_SQL) $(BUILT_CONTROL) pg_tle/generate.py python/catbird/db/pg_tle.py
-	$(PY) pg_tle/generate.py --output $@
+# Also writes pg_tle/catbird--<from>--$(EXTVERSION).pg_tle.sql, the update paths.
+$(PG_TLE_SQL): $(BUILT_SQL) $(BUILT_CONTROL) $(BUILT_UPGRADE) pg_tle/generate.py python/catbird/db/pg_tle.py
+	$(PY) pg_tle/generate.py
 
 # PGXS does the installing so that DESTDIR, sharedir and install-sh behave as
 # for any other extension. The control file goes through DATA because PGXS's
 # EXTENSION variable expects it in the current directory. PGXS is only pulled
 # in when pg_config answers, so that 'make build' works on machines without a
 # PostgreSQL installation.
-DATA      = $(BUILT_SQL) $(BUILT_CONTROL) $(BUILT_UPGRADE)
+DATA      = $(BUILT_SQL) $(BUILT_CONTROL) $(BUILT_HISTORY) $(BUILT_UPGRADE)
 MODULEDIR = extension
 PGXS := $(shell $(PG_CONFIG) --pgxs 2>/dev/null)
 ifneq ($(PGXS),)

@@ -137,11 +137,11 @@ def test_db_status_of_an_installed_database(dsn: str) -> None:
     doc = cbj(dsn, "db", "status")
     assert doc["installed"] is True
     assert doc["how"] == "extension"
-    assert doc["version"] == "0.1.0"
+    assert doc["version"] == "0.2.0"
     assert doc["database"].startswith("catbird_test")
     result = cb(dsn, "db", "status")
     assert result.exit_code == 0
-    assert "yes (extension, version 0.1.0)" in result.stdout
+    assert "yes (extension, version 0.2.0)" in result.stdout
 
 
 def test_db_roles_creates_nothing_new_and_grants(dsn: str) -> None:
@@ -161,7 +161,7 @@ def test_db_install_plain_then_again_is_a_no_op(empty_db: str) -> None:
 
     doc = cbj(empty_db, "db", "install", "--mode", "plain")
     assert doc["changed"] is True
-    assert (doc["installed"], doc["how"], doc["version"]) == (True, "plain", "0.1.0")
+    assert (doc["installed"], doc["how"], doc["version"]) == (True, "plain", "0.2.0")
     with psycopg.connect(empty_db, autocommit=True) as conn:
         assert scalar(conn, "SELECT count(*) FROM pg_extension WHERE extname = 'catbird'") == 0
         Client(conn).create_queue("works")
@@ -180,10 +180,10 @@ def test_db_install_extension(empty_db: str) -> None:
     # CATBIRD_TEST_DSN, installed into the embedded one), so this must succeed.
     result = cb(empty_db, "db", "install")
     assert result.exit_code == 0, result.output
-    assert "Installed catbird 0.1.0 (extension)" in result.stdout
+    assert "Installed catbird 0.2.0 (extension)" in result.stdout
     with psycopg.connect(empty_db, autocommit=True) as conn:
         assert scalar(conn, "SELECT extversion FROM pg_extension WHERE extname = 'catbird'") == (
-            "0.1.0"
+            "0.2.0"
         )
     assert cbj(empty_db, "db", "install")["changed"] is False
 
@@ -654,7 +654,7 @@ def test_catbird_dev_starts_reuses_and_stops(tmp_path: Path) -> None:
         with psycopg.connect(dsn, autocommit=True) as conn:
             assert scalar(
                 conn, "SELECT extversion FROM pg_extension WHERE extname = 'catbird'"
-            ) == ("0.1.0")
+            ) == ("0.2.0")
             assert scalar(conn, "SELECT current_setting('server_version_num')::int") >= 180000
 
         second = _Dev(data_dir, env)

@@ -26,6 +26,8 @@ from catbird.db.install import InstallError, install, status
 ROOT = Path(__file__).resolve().parent.parent
 BUILT_SQL = ROOT / "python" / "catbird" / "sql" / f"catbird--{inst.EXTENSION_VERSION}.sql"
 BUILT_CONTROL = ROOT / "python" / "catbird" / "sql" / "catbird.control"
+OLD_SQL = ROOT / "python" / "catbird" / "sql" / "catbird--0.1.0.sql"
+UPDATE_SQL = ROOT / "python" / "catbird" / "sql" / f"catbird--0.1.0--{inst.EXTENSION_VERSION}.sql"
 SOURCE_CONTROL = ROOT / "extension" / "catbird.control"
 
 
@@ -128,7 +130,10 @@ BEGIN
         RAISE EXCEPTION 'control file already exists for the % extension', name
             USING ERRCODE = 'object_not_in_prerequisite_state';
     END IF;
-    IF EXISTS (SELECT FROM pgtle.registry r WHERE r.name = install_extension.name) THEN
+    -- Another version of a registered extension may be added (it becomes the
+    -- default); the same version again is refused.
+    IF EXISTS (SELECT FROM pgtle.registry r
+               WHERE r.name = install_extension.name AND r.version = install_extension.version) THEN
         RAISE EXCEPTION 'extension "%" already installed', name USING ERRCODE = 'duplicate_object';
     END IF;
     INSERT INTO pgtle.registry VALUES (name, version, description, ext, requires, {schema_value});
@@ -137,6 +142,16 @@ END $f$;
 CREATE FUNCTION pgtle.install_update_path(name text, fromvers text, tovers text, ext text)
 RETURNS boolean LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog AS $f$
 BEGIN
+    IF EXISTS (SELECT FROM pgtle.files_on_disk f WHERE f.name = install_update_path.name) THEN
+        RAISE EXCEPTION 'control file already exists for the "%" extension', name
+            USING ERRCODE = 'object_not_in_prerequisite_state';
+    END IF;
+    IF EXISTS (SELECT FROM pgtle.update_paths u
+               WHERE u.name = install_update_path.name AND u.fromvers = install_update_path.fromvers
+                 AND u.tovers = install_update_path.tovers) THEN
+        RAISE EXCEPTION 'extension "%" update path "%-%" already installed', name, fromvers, tovers
+            USING ERRCODE = 'duplicate_object';
+    END IF;
     INSERT INTO pgtle.update_paths VALUES (name, fromvers, tovers, ext);
     RETURN true;
 END $f$;
@@ -460,7 +475,7 @@ def test_status_and_extension_mode_see_pg_tle_registered_versions(
         "INSERT INTO pgtle.registry"
         " VALUES ('catbird', '9.9.9', 'registered', 'SELECT 1;', NULL, NULL)"
     )
-    assert status(conn)["available_versions"] == [inst.EXTENSION_VERSION, "9.9.9"]
+    assert status(conn)["available_versions"] == ["0.1.0", inst.EXTENSION_VERSION, "9.9.9"]
     _uninstall(conn)
     monkeypatch.setattr(inst, "EXTENSION_VERSION", "9.9.9")
     # --mode extension goes ahead with CREATE EXTENSION (served by pg_tle on a
@@ -482,7 +497,8 @@ def test_status_reports_an_extension_install(conn: psycopg.Connection, pg_major:
         "how": "extension",
         "version": inst.EXTENSION_VERSION,
         "schema_present": True,
-        "available_versions": [inst.EXTENSION_VERSION],
+        # 0.1.0: the released install script, kept as the upgrades' start.
+        "available_versions": ["0.1.0", inst.EXTENSION_VERSION],
         "pg_tle": False,
         "server_version": conn.execute("SHOW server_version").fetchone()[0],  # type: ignore[index]
         "server_version_num": version_num[0],
@@ -603,6 +619,98 @@ def test_pg_tle_script_registers_the_built_sql_and_its_payload_installs(
     _smoke(conn)
 
 
+def test_upgrade_through_pg_tle_registers_the_version_and_its_update_path(
+    conn: psycopg.Connection,
+) -> None:
+    _uninstall(conn)
+    # catbird 0.1.0 registered through pg_tle earlier (the stand-in leaves the
+    # CREATE EXTENSION and ALTER EXTENSION to the files on the test server).
+    conn.execute(_CAPTURING_PGTLE)
+    conn.execute(
+        "INSERT INTO pgtle.registry VALUES ('catbird', '0.1.0', 'c', %s, '{}', NULL)",
+        (OLD_SQL.read_text(),),
+    )
+    conn.execute("CREATE EXTENSION catbird VERSION '0.1.0'")
+    conn.execute("SELECT catbird.cb_create_queue('kept')")
+    conn.execute("SELECT catbird.cb_send('kept', '{\"n\": 1}'::jsonb)")
+    report = inst.upgrade(conn)
+    assert report == {
+        "how": "extension",
+        "from_version": "0.1.0",
+        "to_version": inst.EXTENSION_VERSION,
+        "changed": True,
+        "pg_tle": True,
+    }
+    assert conn.execute("SELECT version, ext FROM pgtle.registry ORDER BY version").fetchall() == [
+        ("0.1.0", OLD_SQL.read_text()),
+        (inst.EXTENSION_VERSION, BUILT_SQL.read_text()),
+    ]
+    assert conn.execute("SELECT * FROM pgtle.update_paths").fetchall() == [
+        ("catbird", "0.1.0", inst.EXTENSION_VERSION, UPDATE_SQL.read_text())
+    ]
+    assert _extension_version(conn) == inst.EXTENSION_VERSION
+    assert conn.execute("SELECT body FROM catbird.cb_read('kept', 1, 1000)").fetchall() == [
+        ({"n": 1},)
+    ]
+    assert inst.upgrade(conn)["changed"] is False
+
+
+def test_upgrade_through_pg_tle_takes_what_is_registered_already(
+    conn: psycopg.Connection,
+) -> None:
+    _uninstall(conn)
+    conn.execute(_pgtle_stand_in("1.4"))
+    conn.execute(
+        "INSERT INTO pgtle.registry VALUES ('catbird', '0.1.0', 'c', 'x', NULL, NULL),"
+        " ('catbird', %s, 'c', 'y', NULL, NULL)",
+        (inst.EXTENSION_VERSION,),
+    )
+    conn.execute("CREATE EXTENSION catbird VERSION '0.1.0'")
+    assert inst.upgrade(conn)["pg_tle"] is True
+    # The registered version was kept (pg_tle cannot replace it), the path added.
+    assert conn.execute("SELECT ext FROM pgtle.registry ORDER BY version").fetchall() == [
+        ("x",),
+        ("y",),
+    ]
+    assert conn.execute("SELECT fromvers, tovers FROM pgtle.update_paths").fetchall() == [
+        ("0.1.0", inst.EXTENSION_VERSION)
+    ]
+    assert _extension_version(conn) == inst.EXTENSION_VERSION
+
+
+def test_pg_tle_update_path_script_registers_the_update_script_and_its_payload_upgrades(
+    conn: psycopg.Connection, tmp_path: Path
+) -> None:
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(
+        "pg_tle_generate", ROOT / "pg_tle" / "generate.py"
+    )
+    assert spec is not None and spec.loader is not None
+    generate = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(generate)
+    [path] = generate.generate_update_paths(tmp_path)
+    assert path.name == f"catbird--0.1.0--{inst.EXTENSION_VERSION}.pg_tle.sql"
+    script = path.read_text()
+    head, payload, _tail = script.split(pg_tle.DELIMITER)
+    assert all(line.startswith("--") for line in head.splitlines()[:-5] if line.strip())
+    assert payload == UPDATE_SQL.read_text()
+    expected = _objects(conn)
+    _uninstall(conn)
+    conn.execute(_CAPTURING_PGTLE)
+    conn.execute(script.encode())
+    [(ext,)] = conn.execute("SELECT ext FROM pgtle.update_paths").fetchall()
+    # What pg_tle does on ALTER EXTENSION ... UPDATE, minus the extension
+    # object: the 0.1.0 script, then the registered update, with schema
+    # catbird alone on search_path.
+    with conn.transaction():
+        conn.execute("SET LOCAL search_path TO catbird")
+        conn.execute(OLD_SQL.read_text().encode())
+        conn.execute(ext.encode())
+    assert _objects(conn) == expected
+    _smoke(conn)
+
+
 def _ext(sql_text: str = "SELECT 1;\n", **kw: str) -> pg_tle.PgTleExtension:
     fields: dict[str, str] = {"name": "catbird", "version": "0.1.0", "description": "d"}
     fields.update(kw)
@@ -654,9 +762,13 @@ def test_install_files_copies_control_and_sql_into_sharedir(tmp_path: Path) -> N
     installed_sql = target / f"catbird--{inst.EXTENSION_VERSION}.sql"
     assert installed_sql.read_text() == BUILT_SQL.read_text()
     assert stat.S_IMODE(installed_sql.stat().st_mode) == 0o644
+    # Earlier versions' install scripts and the update scripts go along, so
+    # that CREATE EXTENSION ... VERSION and ALTER EXTENSION ... UPDATE work.
     assert sorted(p.name for p in target.iterdir()) == sorted(
-        ["catbird.control", installed_sql.name]
+        ["catbird.control", installed_sql.name, "catbird--0.1.0.sql", "catbird--0.1.0--0.2.0.sql"]
     )
+    for name in ("catbird--0.1.0.sql", "catbird--0.1.0--0.2.0.sql"):
+        assert (target / name).read_text() == (BUILT_SQL.parent / name).read_text()
 
 
 def test_install_files_without_pg_config_fails_clearly(tmp_path: Path) -> None:

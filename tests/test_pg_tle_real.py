@@ -8,6 +8,8 @@ refuses to shadow an extension whose control file exists):
 
 Elsewhere every test here is skipped with the reason printed (pytest -rs).
 Each test works in its own database and with its own roles, dropped after.
+The upgrade test registers 0.1.0 (extension/history/) and lets
+``catbird.db.install.upgrade`` register this version and the update path.
 """
 
 from __future__ import annotations
@@ -15,13 +17,16 @@ from __future__ import annotations
 import os
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 
 import psycopg
 import pytest
 from psycopg import sql
 from psycopg.conninfo import make_conninfo
 
+from cataloghelpers import differences, snapshot
 from catbird.db import install as inst
+from catbird.db import pg_tle
 
 PG_TLE_DSN = os.environ.get("PG_TLE_DSN", "")
 
@@ -99,3 +104,44 @@ def test_a_pgtle_admin_member_installs_catbird_once_granted_create(
         conn.execute("DROP EXTENSION catbird")
         inst.install(conn, mode="extension")
         assert inst.status(conn)["how"] == "extension"
+
+
+def test_a_pgtle_admin_member_upgrades_from_0_1_0_through_the_update_path(
+    tle_db: tuple[str, str],
+) -> None:
+    dsn, role = tle_db
+    built = Path(__file__).resolve().parent.parent / "python" / "catbird" / "sql"
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute(
+            sql.SQL("GRANT CREATE ON DATABASE {} TO {}").format(
+                sql.Identifier(conn.info.dbname), sql.Identifier(role)
+            )
+        )
+        conn.execute(sql.SQL("SET ROLE {}").format(sql.Identifier(role)))
+        # catbird 0.1.0 as it was registered and installed through pg_tle.
+        old = pg_tle.PgTleExtension.from_control(
+            inst.control_text().replace(f"'{inst.EXTENSION_VERSION}'", "'0.1.0'"),
+            (built / "catbird--0.1.0.sql").read_text(),
+            name="catbird",
+        )
+        conn.execute(pg_tle.render_script(old).encode())
+        conn.execute("CREATE EXTENSION catbird VERSION '0.1.0'")
+        conn.execute("SELECT catbird.cb_create_queue('kept')")
+        conn.execute("""SELECT catbird.cb_send('kept', '{"n": 1}'::jsonb)""")
+        report = inst.upgrade(conn)
+        assert (report["pg_tle"], report["from_version"], report["to_version"]) == (
+            True,
+            "0.1.0",
+            inst.EXTENSION_VERSION,
+        )
+        st = inst.status(conn)
+        assert (st["how"], st["version"]) == ("extension", inst.EXTENSION_VERSION)
+        rows = conn.execute("SELECT body FROM catbird.cb_read('kept', 5, 1000)").fetchall()
+        assert rows == [({"n": 1},)]
+        upgraded = snapshot(conn)
+        # A fresh install of the version registered by the upgrade has the
+        # same catalog.
+        conn.execute("DROP EXTENSION catbird")
+        conn.execute("CREATE EXTENSION catbird")
+        assert inst.status(conn)["version"] == inst.EXTENSION_VERSION
+        assert differences(upgraded, snapshot(conn)) == []

@@ -62,6 +62,29 @@ def db_install(
         )
 
 
+@app.command("upgrade")
+def db_upgrade(dsn: DsnOption = None, as_json: JsonOption = False) -> None:
+    """Upgrade catbird in the database to this package's version, keeping the data
+    (ALTER EXTENSION catbird UPDATE; a plain install runs the same update scripts)."""
+    with open_connection(dsn) as conn:
+        report = _install.upgrade(conn)
+        database = conn.info.dbname
+    if as_json:
+        print_json({"database": database, **report})
+        return
+    if not report["changed"]:
+        out.print(
+            f"catbird {report['to_version']} ({report['how']}) is up to date "
+            f"in database [bold]{escape(database)}[/]; nothing to do."
+        )
+        return
+    through = " through pg_tle" if report["pg_tle"] else ""
+    out.print(
+        f"[green]Upgraded[/] catbird {report['from_version']} -> {report['to_version']} "
+        f"({report['how']}{through}) in database [bold]{escape(database)}[/]."
+    )
+
+
 @app.command("status")
 def db_status(dsn: DsnOption = None, as_json: JsonOption = False) -> None:
     """Show whether and how catbird is installed in the database."""
@@ -79,6 +102,8 @@ def db_status(dsn: DsnOption = None, as_json: JsonOption = False) -> None:
         if status["installed"]
         else "[yellow]no[/] (run 'catbird db install')"
     )
+    if status["installed"] and status["version"] != _install.EXTENSION_VERSION:
+        installed += " [yellow](run 'catbird db upgrade')[/]"
     table.add_row("installed", installed)
     table.add_row("package version", _install.EXTENSION_VERSION)
     table.add_row("available versions", ", ".join(status["available_versions"]) or "-")

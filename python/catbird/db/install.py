@@ -42,6 +42,7 @@ __all__ = [
     "InstallMode",
     "InstallStatus",
     "RolesReport",
+    "UpgradeReport",
     "control_text",
     "extension_sql",
     "install",
@@ -49,10 +50,12 @@ __all__ = [
     "pg_tle_script",
     "roles",
     "status",
+    "update_scripts",
+    "upgrade",
 ]
 
 EXTENSION_NAME = "catbird"
-EXTENSION_VERSION = "0.1.0"
+EXTENSION_VERSION = "0.2.0"
 SCHEMA = "catbird"
 
 InstallMode = Literal["extension", "plain", "pg-tle-script"]
@@ -85,6 +88,17 @@ class RolesReport(TypedDict):
     existing: list[str]
     missing: list[str]
     granted: bool
+
+
+class UpgradeReport(TypedDict):
+    """What :func:`upgrade` did."""
+
+    how: Literal["extension", "plain"]
+    from_version: str
+    to_version: str
+    changed: bool
+    pg_tle: bool
+    """True when the new version and its update path were registered through pg_tle."""
 
 
 class InstallStatus(TypedDict):
@@ -151,10 +165,11 @@ def install_files(pg_config: str | PathLike[str]) -> Path:
         f"{EXTENSION_NAME}.control": control_text(),
         f"{EXTENSION_NAME}--{EXTENSION_VERSION}.sql": extension_sql(),
     }
-    # Upgrade scripts (catbird--<from>--<to>.sql), once releases ship them.
+    # Earlier releases' install scripts (CREATE EXTENSION ... VERSION) and the
+    # update scripts (catbird--<from>--<to>.sql, ALTER EXTENSION ... UPDATE).
     for resource in resources.files("catbird").joinpath("sql").iterdir():
-        if resource.name.startswith(f"{EXTENSION_NAME}--") and resource.name.count("--") == 2:
-            files[resource.name] = resource.read_text(encoding="utf-8")
+        if resource.name.startswith(f"{EXTENSION_NAME}--") and resource.name.endswith(".sql"):
+            files.setdefault(resource.name, resource.read_text(encoding="utf-8"))
     try:
         target.mkdir(parents=True, exist_ok=True)
         for name, text in files.items():
@@ -247,7 +262,7 @@ def install(conn: psycopg.Connection[Any], *, mode: InstallMode = "extension") -
     """Install catbird into ``conn``'s database, atomically.
 
     Installing again in the same mode and version is a no-op. Upgrading an
-    older version is not done here (``ALTER EXTENSION catbird UPDATE``).
+    older version is :func:`upgrade`'s business.
     """
     if mode not in get_args(InstallMode):
         raise InstallError(f"unknown install mode {mode!r}: use one of {get_args(InstallMode)}")
@@ -275,7 +290,7 @@ def _check_reinstall(current: InstallStatus, mode: InstallMode) -> None:
     if current["version"] != EXTENSION_VERSION:
         raise InstallError(
             f"catbird {current['version']} is installed ({current['how']}), this package "
-            f"is {EXTENSION_VERSION}: upgrade it instead of installing"
+            f"is {EXTENSION_VERSION}: upgrade it instead of installing ('catbird db upgrade')"
         )
 
 
@@ -429,3 +444,151 @@ def roles(conn: psycopg.Connection[Any]) -> RolesReport:
         missing=[r for r in ROLES if r not in existing and r not in created],
         granted=True,
     )
+
+
+def update_scripts() -> dict[tuple[str, str], str]:
+    """The update scripts shipped in this package, by (from, to) version."""
+    scripts: dict[tuple[str, str], str] = {}
+    for resource in resources.files("catbird").joinpath("sql").iterdir():
+        match = re.fullmatch(rf"{EXTENSION_NAME}--(.+?)--(.+)\.sql", resource.name)
+        if match is not None:
+            scripts[(match.group(1), match.group(2))] = resource.read_text(encoding="utf-8")
+    return scripts
+
+
+def _update_chain(from_version: str) -> list[tuple[str, str]]:
+    """The shipped update steps from ``from_version`` to this package's version
+    (fewest steps first), or [] when there is none."""
+    steps = update_scripts().keys()
+    frontier: list[list[tuple[str, str]]] = [[]]
+    seen = {from_version}
+    while frontier:
+        next_frontier = []
+        for path in frontier:
+            at = path[-1][1] if path else from_version
+            for old, new in sorted(steps):
+                if old == at and new not in seen:
+                    if new == EXTENSION_VERSION:
+                        return [*path, (old, new)]
+                    seen.add(new)
+                    next_frontier.append([*path, (old, new)])
+        frontier = next_frontier
+    return []
+
+
+def upgrade(conn: psycopg.Connection[Any]) -> UpgradeReport:
+    """Bring an installed catbird up to this package's version, atomically.
+
+    An extension is updated with ``ALTER EXTENSION catbird UPDATE TO``, which
+    runs the update scripts (``catbird--<from>--<to>.sql``): from the server's
+    extension directory after ``make install``, or, when catbird was
+    registered through pg_tle, from pg_tle, where this registers the new
+    version and its update path first. A plain install runs the same update
+    scripts from this package. The data stays: tables are altered, not
+    recreated. Upgrading an up-to-date install is a no-op.
+    """
+    with conn.transaction():
+        current = status(conn)
+        if not current["installed"] or current["version"] is None:
+            raise InstallError(
+                "catbird is not installed in this database: run 'catbird db install'"
+            )
+        how: Literal["extension", "plain"] = (
+            "plain" if current["how"] == "plain" else "extension"
+        )
+        old = current["version"]
+        report = UpgradeReport(
+            how=how, from_version=old, to_version=EXTENSION_VERSION, changed=False, pg_tle=False
+        )
+        if old == EXTENSION_VERSION:
+            return report
+        chain = _update_chain(old)
+        if how == "plain":
+            if not chain:
+                raise InstallError(
+                    f"this package ({EXTENSION_VERSION}) has no update path from catbird {old}: "
+                    "install a catbird package that has one, or (losing the data in schema "
+                    "catbird) DROP SCHEMA catbird CASCADE and run 'catbird db install --mode plain'"
+                )
+            _upgrade_plain(conn, chain)
+        else:
+            report["pg_tle"] = _register_update_through_pg_tle(conn, old, chain)
+            _alter_extension_update(conn, old, current)
+        report["changed"] = True
+    return report
+
+
+def _alter_extension_update(
+    conn: psycopg.Connection[Any], old: str, current: InstallStatus
+) -> None:
+    try:
+        with conn.transaction():
+            conn.execute(
+                sql.SQL("ALTER EXTENSION {} UPDATE TO {}").format(
+                    sql.Identifier(EXTENSION_NAME), sql.Literal(EXTENSION_VERSION)
+                )
+            )
+    except (psycopg.errors.UndefinedFile, psycopg.errors.InvalidParameterValue) as exc:
+        # No catbird--<version>.sql/control for the target, or no chain of
+        # update scripts to it, on this server.
+        raise InstallError(
+            f"PostgreSQL cannot update catbird {old} to {EXTENSION_VERSION} on this server "
+            f"(PostgreSQL {current['server_version']}): {exc}. Install this version's files "
+            "on the database host ('make install PG_CONFIG=/path/to/that/server/bin/pg_config' "
+            "or the Dockerfile.postgres image), then run 'catbird db upgrade' (or ALTER "
+            "EXTENSION catbird UPDATE) again."
+        ) from exc
+
+
+def _register_update_through_pg_tle(
+    conn: psycopg.Connection[Any], old: str, chain: list[tuple[str, str]]
+) -> bool:
+    """When catbird was registered through pg_tle (not installed from files),
+    register this version and the update path from ``old``; returns whether it
+    did. Either may be registered already."""
+    if not _pg_tle_versions(conn):
+        return False
+    if not chain:
+        raise InstallError(
+            f"this package ({EXTENSION_VERSION}) has no update path from catbird {old} to "
+            "register through pg_tle: install a catbird package that has one"
+        )
+    scripts = update_scripts()
+    calls = [pg_tle_script()] + [
+        pg_tle.render_update_path(EXTENSION_NAME, a, b, scripts[(a, b)]) for a, b in chain
+    ]
+    for call in calls:
+        try:
+            with conn.transaction():
+                conn.execute(call.encode())
+        except psycopg.errors.DuplicateObject:
+            continue  # this version, or this update path, is registered already
+        except psycopg.Error as exc:
+            raise InstallError(
+                f"pg_tle refused to register catbird {EXTENSION_VERSION} or its update path "
+                f"from {old}: {exc} ({_PG_TLE_NEEDS})"
+            ) from exc
+    return True
+
+
+def _upgrade_plain(conn: psycopg.Connection[Any], chain: list[tuple[str, str]]) -> None:
+    scripts = update_scripts()
+    row = conn.execute("SELECT current_setting('search_path')").fetchone()
+    assert row is not None
+    saved_search_path = row[0]
+    conn.execute(sql.SQL("SET LOCAL search_path TO {}").format(sql.Identifier(SCHEMA)))
+    for old, new in chain:
+        script = pg_tle.strip_echo_lines(scripts[(old, new)])
+        try:
+            with conn.transaction():
+                conn.execute(script.encode())
+        except psycopg.Error as exc:
+            raise InstallError(
+                f"the catbird {old} -> {new} update failed in plain mode: {exc}"
+            ) from exc
+    conn.execute(
+        sql.SQL("COMMENT ON SCHEMA {} IS {}").format(
+            sql.Identifier(SCHEMA), sql.Literal(_PLAIN_MARKER.format(version=EXTENSION_VERSION))
+        )
+    )
+    conn.execute("SELECT set_config('search_path', %s, true)", (saved_search_path,))

@@ -1,0 +1,4749 @@
+-- GENERATED FILE, do not edit: catbird 0.1.0 -> 0.2.0, written by tools/gen_upgrade.py
+-- from extension/upgrades/0.1.0--0.2.0.sql and extension/sql/[0-9]*.sql ('make build').
+-- Run by ALTER EXTENSION catbird UPDATE TO '0.2.0' (or pg_tle's update path).
+
+-- === migration: extension/upgrades/0.1.0--0.2.0.sql
+
+-- catbird 0.1.0 -> 0.2.0: the schema changes that CREATE OR REPLACE cannot make.
+--
+-- tools/gen_upgrade.py appends every function of extension/sql/ (CREATE OR
+-- REPLACE), the idempotent DO blocks (roles, pg_dump marking of the new
+-- table) and, last, catbird._cb_apply_privileges(). tests/test_upgrade.py
+-- checks that the result has the catalog of a fresh 0.2.0 install.
+
+-- --- functions whose arguments, defaults or result changed ---------------------
+-- CREATE OR REPLACE would add the new signature beside the old one (new
+-- arguments) or refuse (new result columns), so the old ones go first.
+DROP FUNCTION catbird.cb_complete_flow_early(text, bigint, text, jsonb, text);
+DROP FUNCTION catbird.cb_complete_flow_on_fail(text, bigint);
+DROP FUNCTION catbird.cb_complete_generator_step(text, text, bigint);
+DROP FUNCTION catbird.cb_complete_task_on_fail(text, bigint);
+DROP FUNCTION catbird.cb_create_queue(text, timestamptz, text);
+DROP FUNCTION catbird.cb_create_task(text, text, text, interval, boolean);
+DROP FUNCTION catbird.cb_delete(text, bigint);
+DROP FUNCTION catbird.cb_delete(text, bigint[]);
+DROP FUNCTION catbird.cb_fail_flow_on_fail(text, bigint, text, boolean, bigint);
+DROP FUNCTION catbird.cb_fail_generator_step(text, text, bigint, text);
+DROP FUNCTION catbird.cb_fail_map_task(text, text, bigint, text, int, int, int, int);
+DROP FUNCTION catbird.cb_fail_step(text, text, bigint, text, int, int, int, int);
+DROP FUNCTION catbird.cb_fail_task(text, bigint, text, int, int, int, int);
+DROP FUNCTION catbird.cb_fail_task_on_fail(text, bigint, text, boolean, bigint);
+DROP FUNCTION catbird.cb_hide(text, bigint, int);
+DROP FUNCTION catbird.cb_hide(text, bigint[], int);
+DROP FUNCTION catbird.cb_spawn_generator_map_tasks(text, text, bigint, jsonb, timestamptz);
+-- new result columns (dead letters, retry policy)
+DROP FUNCTION catbird.cb_get_queue(text);
+DROP FUNCTION catbird.cb_list_queues();
+DROP FUNCTION catbird._cb_queue_info(text[]);
+DROP FUNCTION catbird.cb_get_task(text);
+DROP FUNCTION catbird.cb_list_tasks();
+
+-- --- queues: dead letters ---------------------------------------------------------
+ALTER TABLE catbird.cb_queues
+    ADD COLUMN max_deliveries int,
+    ADD COLUMN dead_letter_queue_id int;
+ALTER TABLE catbird.cb_messages
+    ADD COLUMN source_queue_id int,
+    ADD COLUMN source_deliveries int;
+ALTER TYPE catbird.cb_message
+    ADD ATTRIBUTE source_queue text,
+    ADD ATTRIBUTE source_deliveries int;
+
+-- --- run lifecycle: stored retry policies, error details, lease indexes -----------
+-- NULL policy columns mean "none stored", which is what 0.1.0 definitions had.
+ALTER TABLE catbird.cb_tasks
+    ADD COLUMN max_retries int,
+    ADD COLUMN backoff_min int,
+    ADD COLUMN backoff_max int;
+ALTER TABLE catbird.cb_flow_steps
+    ADD COLUMN max_retries int,
+    ADD COLUMN backoff_min int,
+    ADD COLUMN backoff_max int;
+ALTER TABLE catbird.cb_task_runs ADD COLUMN error_detail text;
+ALTER TABLE catbird.cb_map_tasks ADD COLUMN error_detail text;
+ALTER TABLE catbird.cb_step_runs
+    ADD COLUMN error_detail text,
+    ADD COLUMN spawn_attempt int,
+    ADD COLUMN spawn_cursor int NOT NULL DEFAULT 0;
+-- A generator in flight keeps appending after the items it spawned so far (as
+-- 0.1.0 did): they count as its current attempt's.
+UPDATE catbird.cb_step_runs sr
+SET spawn_attempt = sr.attempts, spawn_cursor = sr.map_total
+WHERE sr.status = 'started' AND sr.map_total IS NOT NULL;
+ALTER TYPE catbird.cb_task_run_info ADD ATTRIBUTE error_detail text;
+ALTER TYPE catbird.cb_step_run_info ADD ATTRIBUTE error_detail text;
+CREATE INDEX cb_step_runs_lease_idx ON catbird.cb_step_runs (flow_id, step_name, visible_at)
+    WHERE status = 'started';
+CREATE INDEX cb_map_tasks_lease_idx ON catbird.cb_map_tasks (flow_id, step_name, visible_at)
+    WHERE status = 'started';
+
+-- --- schedules (60_schedules.sql) -------------------------------------------------
+CREATE TYPE catbird.cb_cron AS (
+    minute_next int[],
+    minute_prev int[],
+    hour_next   int[],
+    hour_prev   int[],
+    dom_next    int[],
+    dom_prev    int[],
+    month_next  int[],
+    month_prev  int[],
+    dow_next    int[],
+    dow_prev    int[],
+    day_mode    int
+);
+
+CREATE TABLE catbird.cb_schedules (
+    id               int GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    kind             text NOT NULL CHECK (kind IN ('task', 'flow')),
+    task_id          int UNIQUE REFERENCES catbird.cb_tasks (id) ON DELETE CASCADE,
+    flow_id          int UNIQUE REFERENCES catbird.cb_flows (id) ON DELETE CASCADE,
+    enabled          boolean NOT NULL DEFAULT true,
+    catch_up         text NOT NULL CHECK (catch_up IN ('skip', 'one', 'all')),
+    next_run_at      timestamptz NOT NULL,
+    last_run_at      timestamptz,
+    last_enqueued_at timestamptz,
+    created_at       timestamptz NOT NULL,
+    updated_at       timestamptz NOT NULL,
+    cron_spec        text NOT NULL,
+    input            jsonb NOT NULL,
+    cron             catbird.cb_cron NOT NULL,
+    CONSTRAINT cb_schedules_target_check CHECK (
+        (kind = 'task' AND task_id IS NOT NULL AND flow_id IS NULL)
+        OR (kind = 'flow' AND flow_id IS NOT NULL AND task_id IS NULL))
+);
+CREATE INDEX cb_schedules_due_idx ON catbird.cb_schedules (kind, next_run_at) WHERE enabled;
+
+-- === from extension/sql/00_schema.sql
+
+CREATE OR REPLACE FUNCTION catbird._cb_caller_moves_clock() RETURNS boolean
+LANGUAGE sql STABLE
+AS $$
+    SELECT coalesce(r.rolsuper, false)
+           OR CASE WHEN r.oid IS NULL OR to_regrole('catbird_admin') IS NULL THEN false
+                   ELSE pg_has_role(r.oid, 'catbird_admin', 'MEMBER') END
+    FROM (SELECT CASE WHEN current_setting('role') = 'none' THEN session_user::text
+                      ELSE current_setting('role') END AS caller) c
+    LEFT JOIN pg_roles r ON r.rolname = c.caller
+$$;
+
+CREATE OR REPLACE FUNCTION catbird.cb_now() RETURNS timestamptz
+LANGUAGE sql VOLATILE PARALLEL SAFE
+AS $$
+    SELECT CASE WHEN f.fake IS NOT NULL AND catbird._cb_caller_moves_clock() THEN f.fake::timestamptz
+                ELSE clock_timestamp() END
+    FROM (SELECT nullif(current_setting('catbird.fake_now', true), '') AS fake) f
+$$;
+
+COMMENT ON FUNCTION catbird.cb_now() IS
+    'The engine clock: clock_timestamp(), or the session setting catbird.fake_now when it is set by a superuser or a catbird_admin member (for tests).';
+
+-- === from extension/sql/10_names.sql
+
+CREATE OR REPLACE FUNCTION catbird._cb_quote_arg(value text) RETURNS text
+LANGUAGE sql IMMUTABLE
+AS $$
+    SELECT CASE WHEN value IS NULL THEN 'NULL'
+                WHEN length(value) <= 200 THEN quote_literal(value)
+                ELSE quote_literal(left(value, 200)) || format('... (%s characters)', length(value))
+           END
+$$;
+
+CREATE OR REPLACE FUNCTION catbird._cb_check_name(kind text, name text) RETURNS void
+LANGUAGE plpgsql IMMUTABLE
+AS $$
+BEGIN
+    IF name IS NULL OR length(name) > 58 OR name !~ '^[a-z][a-z0-9_]*$' THEN
+        RAISE EXCEPTION 'invalid % name %: a name starts with a lowercase letter, continues with lowercase letters, digits or underscores, and has at most 58 characters',
+            kind, catbird._cb_quote_arg(name)
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+END
+$$;
+
+CREATE OR REPLACE FUNCTION catbird._cb_check_topic(topic text) RETURNS void
+LANGUAGE plpgsql IMMUTABLE
+AS $$
+BEGIN
+    IF topic IS NULL OR length(topic) > 255 OR topic !~ '^[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*$' THEN
+        RAISE EXCEPTION 'invalid topic %: a topic is one or more tokens of letters, digits, "_" or "-", separated by "." (e.g. orders.eu.created), at most 255 characters; wildcards belong in patterns only',
+            catbird._cb_quote_arg(topic)
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+END
+$$;
+
+CREATE OR REPLACE FUNCTION catbird._cb_check_pattern(pattern text) RETURNS void
+LANGUAGE plpgsql IMMUTABLE
+AS $$
+BEGIN
+    IF pattern IS NULL OR length(pattern) > 255
+       OR pattern !~ '^(#|([A-Za-z0-9_-]+|\*)(\.([A-Za-z0-9_-]+|\*))*(\.#)?)$' THEN
+        RAISE EXCEPTION 'invalid pattern %: a pattern is a topic whose tokens may be "*" (exactly one token), and whose last token may be "#" (zero or more tokens), e.g. orders.*.created or orders.#, at most 255 characters',
+            catbird._cb_quote_arg(pattern)
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+END
+$$;
+
+CREATE OR REPLACE FUNCTION catbird._cb_check_at_least(argument text, value bigint, minimum bigint, unit text = '')
+RETURNS void
+LANGUAGE plpgsql IMMUTABLE
+AS $$
+BEGIN
+    IF value IS NULL OR value < minimum THEN
+        RAISE EXCEPTION 'invalid %: got %, expected an integer of at least %',
+            argument, coalesce(value::text, 'NULL'), minimum::text || unit
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+END
+$$;
+
+CREATE OR REPLACE FUNCTION catbird._cb_check_headers(headers jsonb) RETURNS void
+LANGUAGE plpgsql IMMUTABLE
+AS $$
+BEGIN
+    IF headers IS NOT NULL AND jsonb_typeof(headers) <> 'object' THEN
+        RAISE EXCEPTION 'invalid headers %: headers must be a JSON object (or null)', catbird._cb_quote_arg(headers::text)
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+END
+$$;
+
+CREATE OR REPLACE FUNCTION catbird._cb_check_body(argument text, what text, body jsonb, headers jsonb = NULL) RETURNS void
+LANGUAGE plpgsql IMMUTABLE
+AS $$
+BEGIN
+    IF body IS NULL THEN
+        RAISE EXCEPTION 'invalid %: a % must not be SQL NULL (use ''null''::jsonb for a JSON null)', argument, what
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    PERFORM catbird._cb_check_headers(headers);
+END
+$$;
+
+CREATE OR REPLACE FUNCTION catbird._cb_pattern_parts(pattern text,
+    OUT prefix text, OUT token_count int, OUT has_hash boolean, OUT regex text)
+LANGUAGE sql IMMUTABLE STRICT
+AS $$
+    WITH tokens AS (
+        SELECT t.token, t.pos
+        FROM unnest(string_to_array(pattern, '.')) WITH ORDINALITY AS t(token, pos)
+    ), shape AS (
+        SELECT coalesce(min(pos) FILTER (WHERE token IN ('*', '#')), count(*) + 1) AS first_wild,
+               bool_or(token = '#') AS has_hash,
+               count(*) FILTER (WHERE token <> '#') AS token_count
+        FROM tokens
+    )
+    SELECT coalesce((SELECT string_agg(token, '.' ORDER BY pos) FROM tokens WHERE pos < s.first_wild), ''),
+           s.token_count::int,
+           s.has_hash,
+           CASE WHEN pattern !~ '[*#]' THEN NULL
+                WHEN pattern = '#' THEN '^.*$'
+                ELSE '^' || (SELECT string_agg(
+                                        CASE WHEN token = '#' THEN '(\.[A-Za-z0-9_-]+)*'
+                                             ELSE CASE WHEN pos > 1 THEN '\.' ELSE '' END
+                                                  || CASE WHEN token = '*' THEN '[A-Za-z0-9_-]+' ELSE token END
+                                        END, '' ORDER BY pos)
+                             FROM tokens) || '$'
+           END
+    FROM shape s
+$$;
+
+CREATE OR REPLACE FUNCTION catbird._cb_check_bounds(concurrency_keys text[], visible_at timestamptz, expires_at timestamptz)
+RETURNS void
+LANGUAGE plpgsql IMMUTABLE
+AS $$
+DECLARE
+    v_key text;
+BEGIN
+    SELECT k INTO v_key FROM unnest(concurrency_keys) k WHERE octet_length(k) > 1024 LIMIT 1;
+    IF v_key IS NOT NULL THEN
+        RAISE EXCEPTION 'invalid concurrency key %: % bytes, at most 1024 are allowed',
+            catbird._cb_quote_arg(v_key), octet_length(v_key)
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    PERFORM catbird._cb_check_time('visible_at', visible_at);
+    PERFORM catbird._cb_check_time('expires_at', expires_at);
+END
+$$;
+
+CREATE OR REPLACE FUNCTION catbird._cb_check_time(argument text, value timestamptz) RETURNS void
+LANGUAGE plpgsql IMMUTABLE
+AS $$
+BEGIN
+    IF NOT isfinite(value) THEN
+        RAISE EXCEPTION 'invalid %: % is not a finite time', argument, value
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+END
+$$;
+
+CREATE OR REPLACE FUNCTION catbird._cb_check_interval(argument text, value interval) RETURNS void
+LANGUAGE plpgsql IMMUTABLE
+AS $$
+BEGIN
+    IF value > interval '1000 years' OR value < interval '-1000 years' THEN
+        RAISE EXCEPTION 'invalid %: % is longer than 1000 years', argument, value
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+END
+$$;
+
+-- === from extension/sql/20_queues.sql
+
+CREATE OR REPLACE FUNCTION catbird._cb_lock_definition(kind text, name text, exclusive boolean = false)
+RETURNS void
+LANGUAGE plpgsql VOLATILE
+AS $$
+BEGIN
+    IF exclusive THEN
+        PERFORM pg_advisory_xact_lock(1667326066, hashtext(kind || '/' || name));
+    ELSE
+        PERFORM pg_advisory_xact_lock_shared(1667326066, hashtext(kind || '/' || name));
+    END IF;
+END
+$$;
+
+CREATE OR REPLACE FUNCTION catbird._cb_raise_undefined(kind text, name text) RETURNS void
+LANGUAGE plpgsql VOLATILE
+AS $$
+BEGIN
+    PERFORM catbird._cb_check_name(kind, name);
+    RAISE EXCEPTION '% "%" does not exist', kind, name
+        USING ERRCODE = 'undefined_object',
+              HINT = format('Create it first: SELECT catbird.cb_create_%s(%L%s);', kind, name,
+                            CASE kind WHEN 'flow' THEN ', steps => ...' ELSE '' END);
+END
+$$;
+
+CREATE OR REPLACE FUNCTION catbird._cb_queue_id(queue text) RETURNS int
+LANGUAGE plpgsql VOLATILE
+AS $$
+DECLARE
+    v_id int;
+BEGIN
+    PERFORM catbird._cb_lock_definition('queue', queue);
+    SELECT q.id INTO v_id FROM catbird.cb_queues q WHERE q.name = queue;
+    IF v_id IS NULL THEN
+        PERFORM catbird._cb_raise_undefined('queue', queue);
+    END IF;
+    RETURN v_id;
+END
+$$;
+
+CREATE OR REPLACE FUNCTION catbird.cb_create_queue(name text, expires_at timestamptz = NULL, description text = NULL,
+                                        max_deliveries int = NULL, dead_letter_queue text = NULL)
+RETURNS void
+LANGUAGE plpgsql VOLATILE
+AS $$
+DECLARE
+    v_dlq_id int;
+BEGIN
+    PERFORM catbird._cb_check_name('queue', name);
+    PERFORM catbird._cb_check_time('expires_at', expires_at);
+    IF max_deliveries IS NOT NULL THEN
+        PERFORM catbird._cb_check_at_least('max_deliveries', max_deliveries, 1);
+    END IF;
+    IF dead_letter_queue IS NOT NULL THEN
+        IF max_deliveries IS NULL THEN
+            RAISE EXCEPTION 'invalid dead_letter_queue: it needs max_deliveries (how many deliveries before a message is dead)'
+                USING ERRCODE = 'invalid_parameter_value';
+        END IF;
+        IF dead_letter_queue = name THEN
+            RAISE EXCEPTION 'invalid dead_letter_queue "%": a queue cannot be its own dead-letter queue', name
+                USING ERRCODE = 'invalid_parameter_value';
+        END IF;
+        v_dlq_id := catbird._cb_queue_id(dead_letter_queue);
+    END IF;
+    INSERT INTO catbird.cb_queues (name, description, created_at, expires_at, max_deliveries, dead_letter_queue_id)
+    VALUES (cb_create_queue.name, cb_create_queue.description, catbird.cb_now(), cb_create_queue.expires_at,
+            cb_create_queue.max_deliveries, v_dlq_id)
+    ON CONFLICT ON CONSTRAINT cb_queues_name_key DO NOTHING;
+    IF NOT FOUND AND max_deliveries IS NOT NULL THEN
+        UPDATE catbird.cb_queues q
+        SET max_deliveries = cb_create_queue.max_deliveries, dead_letter_queue_id = v_dlq_id
+        WHERE q.name = cb_create_queue.name;
+    END IF;
+END
+$$;
+
+CREATE OR REPLACE FUNCTION catbird.cb_delete_queue(name text) RETURNS boolean
+LANGUAGE plpgsql VOLATILE
+AS $$
+DECLARE
+    v_id int;
+BEGIN
+    PERFORM catbird._cb_check_name('queue', name);
+    -- Waits for in-flight sends to this queue to commit or roll back.
+    PERFORM catbird._cb_lock_definition('queue', name, exclusive => true);
+    DELETE FROM catbird.cb_queues q WHERE q.name = cb_delete_queue.name RETURNING q.id INTO v_id;
+    IF v_id IS NULL THEN
+        RETURN false;
+    END IF;
+    DELETE FROM catbird.cb_messages m WHERE m.queue_id = v_id;
+    DELETE FROM catbird.cb_bindings b WHERE b.target_type = 'queue' AND b.target_name = cb_delete_queue.name;
+    -- queues that dead-lettered into it delete their dead messages from now on
+    UPDATE catbird.cb_queues q SET dead_letter_queue_id = NULL WHERE q.dead_letter_queue_id = v_id;
+    -- dead letters that came from it have nowhere to be redriven to
+    UPDATE catbird.cb_messages m SET source_queue_id = NULL WHERE m.source_queue_id = v_id;
+    RETURN true;
+END
+$$;
+
+CREATE OR REPLACE FUNCTION catbird.cb_purge_queue(name text) RETURNS bigint
+LANGUAGE plpgsql VOLATILE
+AS $$
+DECLARE
+    v_queue_id int := catbird._cb_queue_id(name);
+    v_count bigint;
+BEGIN
+    DELETE FROM catbird.cb_messages m WHERE m.queue_id = v_queue_id;
+    GET DIAGNOSTICS v_count = ROW_COUNT;
+    RETURN v_count;
+END
+$$;
+
+CREATE OR REPLACE FUNCTION catbird._cb_insert_messages(
+    queue_ids int[], bodies jsonb[], topic text, concurrency_keys text[], headers jsonb[],
+    visible_at timestamptz, priority int, expires_at timestamptz)
+RETURNS bigint[]
+LANGUAGE plpgsql VOLATILE
+AS $$
+DECLARE
+    v_now timestamptz := catbird.cb_now();
+    v_ids bigint[];
+    v_id bigint;
+BEGIN
+    -- Bounded inputs (10_names): keys fit the index, times are finite.
+    IF concurrency_keys IS NOT NULL OR _cb_insert_messages.visible_at IS NOT NULL OR _cb_insert_messages.expires_at IS NOT NULL THEN
+        PERFORM catbird._cb_check_bounds(concurrency_keys, _cb_insert_messages.visible_at, _cb_insert_messages.expires_at);
+    END IF;
+    -- Fast path: no concurrency key anywhere (the common case) needs no
+    -- ON CONFLICT arbiter, no dedup join and no aggregate over the input.
+    IF concurrency_keys IS NULL OR cardinality(array_remove(concurrency_keys, NULL)) = 0 THEN
+        IF cardinality(queue_ids) = 1 AND cardinality(bodies) = 1 THEN
+            INSERT INTO catbird.cb_messages
+                (id, queue_id, priority, visible_at, created_at, expires_at, topic, headers, body)
+            VALUES (nextval('catbird.cb_messages_id_seq'), queue_ids[1],
+                    coalesce(_cb_insert_messages.priority, 0),
+                    coalesce(_cb_insert_messages.visible_at, v_now), v_now,
+                    _cb_insert_messages.expires_at, _cb_insert_messages.topic,
+                    _cb_insert_messages.headers[1], bodies[1])
+            RETURNING id INTO v_id;
+            RETURN ARRAY[v_id];
+        END IF;
+        -- Ids are drawn after the sort, in (queue, position) order: for one
+        -- queue, ascending ids are the input order.
+        WITH inserted AS (
+            INSERT INTO catbird.cb_messages
+                (id, queue_id, priority, visible_at, created_at, expires_at, topic, headers, body)
+            SELECT nextval('catbird.cb_messages_id_seq'), q.queue_id,
+                   coalesce(_cb_insert_messages.priority, 0),
+                   coalesce(_cb_insert_messages.visible_at, v_now), v_now,
+                   _cb_insert_messages.expires_at, _cb_insert_messages.topic, u.headers, u.body
+            FROM unnest(queue_ids) WITH ORDINALITY AS q(queue_id, queue_ord),
+                 unnest(bodies, _cb_insert_messages.headers) WITH ORDINALITY AS u(body, headers, ord)
+            ORDER BY q.queue_ord, u.ord
+            RETURNING id, queue_id
+        )
+        SELECT array_agg(i.id ORDER BY i.id) INTO v_ids FROM inserted i WHERE i.queue_id = queue_ids[1];
+        RETURN v_ids;
+    END IF;
+    -- Expired messages hold nothing: the expired holders of these keys (never
+    -- readable again; cb_gc would delete them) go before deduplicating.
+    DELETE FROM catbird.cb_messages m
+    WHERE m.queue_id = ANY (queue_ids) AND m.concurrency_key = ANY (concurrency_keys) AND m.expires_at <= v_now;
+    WITH input AS (
+        SELECT q.queue_id, u.ord, u.body, u.concurrency_key, u.headers,
+               nextval('catbird.cb_messages_id_seq') AS new_id
+        FROM unnest(queue_ids) WITH ORDINALITY AS q(queue_id, queue_ord),
+             unnest(bodies, concurrency_keys, _cb_insert_messages.headers)
+                 WITH ORDINALITY AS u(body, concurrency_key, headers, ord)
+        ORDER BY q.queue_ord, u.ord
+    ), inserted AS (
+        INSERT INTO catbird.cb_messages
+            (id, queue_id, priority, visible_at, created_at, expires_at, concurrency_key, topic, headers, body)
+        SELECT i.new_id, i.queue_id, coalesce(_cb_insert_messages.priority, 0),
+               coalesce(_cb_insert_messages.visible_at, v_now), v_now, _cb_insert_messages.expires_at,
+               i.concurrency_key, _cb_insert_messages.topic, i.headers, i.body
+        FROM input i
+        ORDER BY i.new_id
+        ON CONFLICT (queue_id, concurrency_key) WHERE concurrency_key IS NOT NULL DO NOTHING
+        RETURNING id, queue_id, concurrency_key
+    )
+    SELECT array_agg(coalesce(
+               ins.id,
+               -- an earlier position of this batch took the key
+               (SELECT min(dup.id) FROM inserted dup
+                 WHERE dup.queue_id = i.queue_id AND dup.concurrency_key = i.concurrency_key),
+               -- a live message already held it
+               (SELECT m.id FROM catbird.cb_messages m
+                 WHERE m.queue_id = i.queue_id AND m.concurrency_key = i.concurrency_key))
+           ORDER BY i.ord)
+    INTO v_ids
+    FROM input i
+    LEFT JOIN inserted ins ON ins.id = i.new_id
+    WHERE i.queue_id = queue_ids[1];
+
+    IF array_position(v_ids, NULL) IS NOT NULL THEN
+        -- The key's holder committed after this statement's snapshot was taken:
+        -- look again with a fresh snapshot.
+        SELECT array_agg(coalesce(v_ids[k.ord], m.id) ORDER BY k.ord)
+        INTO v_ids
+        FROM unnest(concurrency_keys) WITH ORDINALITY AS k(concurrency_key, ord)
+        LEFT JOIN catbird.cb_messages m
+               ON m.queue_id = queue_ids[1] AND m.concurrency_key = k.concurrency_key
+              AND v_ids[k.ord] IS NULL;
+        IF array_position(v_ids, NULL) IS NOT NULL THEN
+            RAISE EXCEPTION 'the message holding a concurrency key was deleted while this send deduplicated against it'
+                USING ERRCODE = 'serialization_failure', HINT = 'Retry the send.';
+        END IF;
+    END IF;
+    RETURN v_ids;
+END
+$$;
+
+CREATE OR REPLACE FUNCTION catbird._cb_check_send_args(bodies jsonb[], topic text, concurrency_keys text[], headers jsonb[])
+RETURNS void
+LANGUAGE plpgsql IMMUTABLE
+AS $$
+BEGIN
+    IF bodies IS NULL OR array_ndims(bodies) > 1 OR array_position(bodies, NULL) IS NOT NULL THEN
+        RAISE EXCEPTION 'invalid bodies: expected a one-dimensional array of JSON values without SQL NULLs (use ''null''::jsonb for a JSON null)'
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    IF topic IS NOT NULL THEN
+        PERFORM catbird._cb_check_topic(topic);
+    END IF;
+    IF concurrency_keys IS NOT NULL AND cardinality(concurrency_keys) <> cardinality(bodies) THEN
+        RAISE EXCEPTION 'invalid concurrency_keys: got % keys for % bodies; give one key (or NULL) per body',
+            cardinality(concurrency_keys), cardinality(bodies)
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    IF headers IS NOT NULL THEN
+        IF cardinality(headers) <> cardinality(bodies) THEN
+            RAISE EXCEPTION 'invalid headers: got % headers for % bodies; give one object (or NULL) per body',
+                cardinality(headers), cardinality(bodies)
+                USING ERRCODE = 'invalid_parameter_value';
+        END IF;
+        PERFORM catbird._cb_check_headers(h) FROM unnest(headers) AS h;
+    END IF;
+END
+$$;
+
+CREATE OR REPLACE FUNCTION catbird.cb_send(
+    queue text, bodies jsonb[], topic text = NULL, concurrency_keys text[] = NULL,
+    headers jsonb[] = NULL, visible_at timestamptz = NULL, priority int = 0, expires_at timestamptz = NULL)
+RETURNS bigint[]
+LANGUAGE plpgsql VOLATILE
+AS $$
+DECLARE
+    v_queue_id int := catbird._cb_queue_id(queue);
+BEGIN
+    PERFORM catbird._cb_check_send_args(bodies, topic, concurrency_keys, headers);
+    IF cardinality(bodies) = 0 THEN
+        RETURN '{}'::bigint[];
+    END IF;
+    RETURN catbird._cb_insert_messages(ARRAY[v_queue_id], bodies, topic, concurrency_keys, headers,
+                                       visible_at, priority, expires_at);
+END
+$$;
+
+CREATE OR REPLACE FUNCTION catbird.cb_send(
+    queue text, body jsonb, topic text = NULL, concurrency_key text = NULL,
+    headers jsonb = NULL, visible_at timestamptz = NULL, priority int = 0, expires_at timestamptz = NULL)
+RETURNS bigint
+LANGUAGE plpgsql VOLATILE
+AS $$
+DECLARE
+    v_queue_id int := catbird._cb_queue_id(queue);
+BEGIN
+    IF body IS NULL THEN
+        PERFORM catbird._cb_check_body('body', 'message body', body);
+    END IF;
+    IF topic IS NOT NULL THEN
+        PERFORM catbird._cb_check_topic(topic);
+    END IF;
+    IF headers IS NOT NULL AND jsonb_typeof(headers) <> 'object' THEN
+        PERFORM catbird._cb_check_headers(headers);
+    END IF;
+    RETURN (catbird._cb_insert_messages(ARRAY[v_queue_id], ARRAY[body], topic,
+                                        CASE WHEN concurrency_key IS NOT NULL THEN ARRAY[concurrency_key] END,
+                                        ARRAY[headers], visible_at, priority, expires_at))[1];
+END
+$$;
+
+CREATE OR REPLACE FUNCTION catbird.cb_read(queue text, quantity int, hide_for int)
+RETURNS SETOF catbird.cb_message
+LANGUAGE plpgsql VOLATILE
+SET plan_cache_mode = force_generic_plan
+AS $$
+DECLARE
+    v_now timestamptz;
+    v_queue_id int;
+    v_max_deliveries int;
+    v_dlq_id int;
+    v_wanted int := quantity;
+    v_messages catbird.cb_message[];
+    v_dead bigint;
+BEGIN
+    IF quantity IS NULL OR quantity < 1 THEN
+        PERFORM catbird._cb_check_at_least('quantity', quantity, 1);
+    END IF;
+    IF hide_for IS NULL OR hide_for < 1 THEN
+        PERFORM catbird._cb_check_at_least('hide_for', hide_for, 1, ' ms');
+    END IF;
+    SELECT q.id, q.max_deliveries, q.dead_letter_queue_id INTO v_queue_id, v_max_deliveries, v_dlq_id
+    FROM catbird.cb_queues q WHERE q.name = queue;
+    IF v_queue_id IS NULL THEN
+        v_queue_id := catbird._cb_queue_id(queue);  -- raises the clear error
+    END IF;
+    v_now := catbird.cb_now();
+    IF v_max_deliveries IS NULL THEN
+        RETURN QUERY
+        WITH claimed AS (
+            SELECT m.id, m.visible_at AS was_visible_at
+            FROM catbird.cb_messages m
+            WHERE m.queue_id = v_queue_id
+              AND m.visible_at <= v_now
+              AND (m.expires_at IS NULL OR m.expires_at > v_now)
+            ORDER BY m.priority DESC, m.visible_at, m.id
+            LIMIT quantity
+            FOR UPDATE SKIP LOCKED
+        ), updated AS (
+            UPDATE catbird.cb_messages m
+            SET visible_at = v_now + make_interval(secs => hide_for / 1000.0),
+                deliveries = m.deliveries + 1
+            FROM claimed c
+            WHERE m.id = c.id
+              AND m.id = ANY (ARRAY(SELECT c2.id FROM claimed c2))  -- keeps the generic plan on the primary key
+            RETURNING m.id, m.concurrency_key, m.topic, m.body, m.headers, m.priority, m.deliveries,
+                      m.created_at, m.visible_at, m.expires_at, m.source_queue_id, m.source_deliveries,
+                      c.was_visible_at
+        )
+        SELECT u.id, u.concurrency_key, u.topic, u.body, u.headers, u.priority, u.deliveries,
+               u.created_at, u.visible_at, u.expires_at,
+               (SELECT q.name FROM catbird.cb_queues q WHERE q.id = u.source_queue_id), u.source_deliveries
+        FROM updated u
+        ORDER BY u.priority DESC, u.was_visible_at, u.id;  -- the order they were claimed in
+        RETURN;
+    END IF;
+    IF v_dlq_id IS NOT NULL THEN
+        -- Dead letters must not land in a dead-letter queue being deleted.
+        PERFORM catbird._cb_lock_definition('queue', q.name) FROM catbird.cb_queues q WHERE q.id = v_dlq_id;
+    END IF;
+    -- Dead messages met on the way do not count against quantity: claim again
+    -- until it is filled or none was met.
+    LOOP
+        WITH candidates AS (
+            SELECT m.id, m.visible_at AS was_visible_at, m.deliveries >= v_max_deliveries AS dead
+            FROM catbird.cb_messages m
+            WHERE m.queue_id = v_queue_id
+              AND m.visible_at <= v_now
+              AND (m.expires_at IS NULL OR m.expires_at > v_now)
+            ORDER BY m.priority DESC, m.visible_at, m.id
+            LIMIT v_wanted
+            FOR UPDATE SKIP LOCKED
+        ), moved AS (
+            UPDATE catbird.cb_messages m
+            SET queue_id = v_dlq_id, source_queue_id = v_queue_id, source_deliveries = m.deliveries,
+                deliveries = 0, visible_at = v_now, concurrency_key = NULL
+            FROM candidates c
+            WHERE m.id = c.id AND c.dead AND v_dlq_id IS NOT NULL
+            RETURNING m.id
+        ), dropped AS (
+            DELETE FROM catbird.cb_messages m
+            USING candidates c
+            WHERE m.id = c.id AND c.dead AND v_dlq_id IS NULL
+            RETURNING m.id
+        ), updated AS (
+            UPDATE catbird.cb_messages m
+            SET visible_at = v_now + make_interval(secs => hide_for / 1000.0),
+                deliveries = m.deliveries + 1
+            FROM candidates c
+            WHERE m.id = c.id AND NOT c.dead
+            RETURNING m.id, m.concurrency_key, m.topic, m.body, m.headers, m.priority, m.deliveries,
+                      m.created_at, m.visible_at, m.expires_at, m.source_queue_id, m.source_deliveries,
+                      c.was_visible_at
+        )
+        SELECT coalesce(array_agg(ROW(u.id, u.concurrency_key, u.topic, u.body, u.headers, u.priority, u.deliveries,
+                                      u.created_at, u.visible_at, u.expires_at,
+                                      (SELECT q.name FROM catbird.cb_queues q WHERE q.id = u.source_queue_id),
+                                      u.source_deliveries)::catbird.cb_message
+                                  ORDER BY u.priority DESC, u.was_visible_at, u.id), '{}'),
+               (SELECT count(*) FROM moved) + (SELECT count(*) FROM dropped)
+        INTO v_messages, v_dead
+        FROM updated u;
+        RETURN QUERY SELECT * FROM unnest(v_messages);
+        v_wanted := v_wanted - cardinality(v_messages);
+        EXIT WHEN v_dead = 0 OR v_wanted = 0;
+    END LOOP;
+END
+$$;
+
+CREATE OR REPLACE FUNCTION catbird.cb_read_poll(queue text, quantity int, hide_for int,
+                                     poll_for int = 5000, poll_interval int = 100)
+RETURNS SETOF catbird.cb_message
+LANGUAGE plpgsql VOLATILE
+AS $$
+DECLARE
+    -- Polling paces itself on the wall clock: a pinned cb_now() must not stop time here.
+    v_deadline timestamptz;
+BEGIN
+    PERFORM catbird._cb_check_at_least('poll_for', poll_for, 0, ' ms');
+    PERFORM catbird._cb_check_at_least('poll_interval', poll_interval, 1, ' ms');
+    v_deadline := clock_timestamp() + make_interval(secs => poll_for / 1000.0);
+    LOOP
+        RETURN QUERY SELECT * FROM catbird.cb_read(queue, quantity, hide_for);
+        IF FOUND OR clock_timestamp() >= v_deadline THEN
+            RETURN;
+        END IF;
+        PERFORM pg_sleep(least(poll_interval / 1000.0,
+                               extract(epoch FROM v_deadline - clock_timestamp())));
+    END LOOP;
+END
+$$;
+
+CREATE OR REPLACE FUNCTION catbird._cb_check_receipts(ids bigint[], deliveries int[]) RETURNS void
+LANGUAGE plpgsql IMMUTABLE
+AS $$
+BEGIN
+    IF deliveries IS NOT NULL AND (cardinality(deliveries) IS DISTINCT FROM cardinality(ids)
+                                   OR EXISTS (SELECT 1 FROM unnest(deliveries) d WHERE d IS NULL OR d < 1)) THEN
+        RAISE EXCEPTION 'invalid deliveries: give one receipt per id, each the deliveries value (>= 1) its read returned'
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+END
+$$;
+
+CREATE OR REPLACE FUNCTION catbird.cb_hide(queue text, ids bigint[], hide_for int, deliveries int[] = NULL) RETURNS bigint[]
+LANGUAGE plpgsql VOLATILE
+AS $$
+DECLARE
+    v_queue_id int := catbird._cb_queue_id(queue);
+    v_now timestamptz := catbird.cb_now();
+    v_hidden bigint[];
+BEGIN
+    PERFORM catbird._cb_check_at_least('hide_for', hide_for, 1, ' ms');
+    IF deliveries IS NULL THEN
+        WITH hidden AS (
+            UPDATE catbird.cb_messages m
+            SET visible_at = v_now + make_interval(secs => hide_for / 1000.0)
+            WHERE m.queue_id = v_queue_id AND m.id = ANY (ids)
+            RETURNING m.id
+        )
+        SELECT coalesce(array_agg(h.id ORDER BY h.id), '{}') INTO v_hidden FROM hidden h;
+        RETURN v_hidden;
+    END IF;
+    PERFORM catbird._cb_check_receipts(ids, deliveries);
+    WITH hidden AS (
+        UPDATE catbird.cb_messages m
+        SET visible_at = v_now + make_interval(secs => hide_for / 1000.0)
+        FROM unnest(ids, cb_hide.deliveries) AS u(id, delivery)
+        WHERE m.queue_id = v_queue_id AND m.id = u.id AND m.id = ANY (ids) AND m.deliveries = u.delivery
+        RETURNING m.id
+    )
+    SELECT coalesce(array_agg(h.id ORDER BY h.id), '{}') INTO v_hidden FROM hidden h;
+    RETURN v_hidden;
+END
+$$;
+
+CREATE OR REPLACE FUNCTION catbird.cb_hide(queue text, id bigint, hide_for int, delivery int = NULL) RETURNS boolean
+LANGUAGE sql VOLATILE
+AS $$
+    SELECT cardinality(catbird.cb_hide(queue, ARRAY[id], hide_for,
+                                       CASE WHEN delivery IS NOT NULL THEN ARRAY[delivery] END)) > 0
+$$;
+
+CREATE OR REPLACE FUNCTION catbird.cb_delete(queue text, ids bigint[], deliveries int[] = NULL) RETURNS bigint[]
+LANGUAGE plpgsql VOLATILE
+AS $$
+DECLARE
+    v_queue_id int;
+    v_deleted bigint[];
+BEGIN
+    -- Deleting needs no definition lock: a plain lookup, as in cb_read.
+    SELECT q.id INTO v_queue_id FROM catbird.cb_queues q WHERE q.name = queue;
+    IF v_queue_id IS NULL THEN
+        v_queue_id := catbird._cb_queue_id(queue);  -- raises the clear error
+    END IF;
+    IF deliveries IS NULL THEN
+        WITH deleted AS (
+            DELETE FROM catbird.cb_messages m
+            WHERE m.queue_id = v_queue_id AND m.id = ANY (ids)
+            RETURNING m.id
+        )
+        SELECT coalesce(array_agg(d.id ORDER BY d.id), '{}') INTO v_deleted FROM deleted d;
+        RETURN v_deleted;
+    END IF;
+    PERFORM catbird._cb_check_receipts(ids, deliveries);
+    WITH deleted AS (
+        DELETE FROM catbird.cb_messages m
+        USING unnest(ids, cb_delete.deliveries) AS u(id, delivery)
+        WHERE m.queue_id = v_queue_id AND m.id = u.id AND m.id = ANY (ids) AND m.deliveries = u.delivery
+        RETURNING m.id
+    )
+    SELECT coalesce(array_agg(d.id ORDER BY d.id), '{}') INTO v_deleted FROM deleted d;
+    RETURN v_deleted;
+END
+$$;
+
+CREATE OR REPLACE FUNCTION catbird.cb_delete(queue text, id bigint, delivery int = NULL) RETURNS boolean
+LANGUAGE sql VOLATILE
+AS $$
+    SELECT cardinality(catbird.cb_delete(queue, ARRAY[id], CASE WHEN delivery IS NOT NULL THEN ARRAY[delivery] END)) > 0
+$$;
+
+CREATE OR REPLACE FUNCTION catbird.cb_redrive(dead_letter_queue text, quantity int = NULL) RETURNS bigint
+LANGUAGE plpgsql VOLATILE
+AS $$
+DECLARE
+    v_dlq_id int := catbird._cb_queue_id(dead_letter_queue);
+    v_now timestamptz := catbird.cb_now();
+    v_count bigint;
+BEGIN
+    IF quantity IS NOT NULL THEN
+        PERFORM catbird._cb_check_at_least('quantity', quantity, 1);
+    END IF;
+    -- Messages must not land in a queue being deleted: hold the sources' shared locks.
+    PERFORM catbird._cb_lock_definition('queue', q.name)
+    FROM catbird.cb_queues q
+    WHERE q.id IN (SELECT DISTINCT m.source_queue_id FROM catbird.cb_messages m
+                   WHERE m.queue_id = v_dlq_id AND m.source_queue_id IS NOT NULL)
+    ORDER BY q.name;
+    UPDATE catbird.cb_messages m
+    SET queue_id = m.source_queue_id, source_queue_id = NULL, source_deliveries = NULL,
+        deliveries = 0, visible_at = v_now
+    WHERE m.id IN (SELECT x.id FROM catbird.cb_messages x
+                   WHERE x.queue_id = v_dlq_id AND x.source_queue_id IS NOT NULL
+                     AND EXISTS (SELECT 1 FROM catbird.cb_queues q WHERE q.id = x.source_queue_id)
+                   ORDER BY x.id
+                   LIMIT quantity
+                   FOR UPDATE SKIP LOCKED);
+    GET DIAGNOSTICS v_count = ROW_COUNT;
+    RETURN v_count;
+END
+$$;
+
+CREATE OR REPLACE FUNCTION catbird._cb_queue_info(names text[])
+RETURNS TABLE (name text, description text, created_at timestamptz, expires_at timestamptz,
+               depth bigint, visible bigint, oldest_visible_at timestamptz,
+               max_deliveries int, dead_letter_queue text)
+LANGUAGE sql VOLATILE
+AS $$
+    WITH now AS (SELECT catbird.cb_now() AS ts)
+    SELECT q.name, q.description, q.created_at, q.expires_at,
+           coalesce(s.depth, 0), coalesce(s.visible, 0), s.oldest_visible_at,
+           q.max_deliveries, (SELECT d.name FROM catbird.cb_queues d WHERE d.id = q.dead_letter_queue_id)
+    FROM catbird.cb_queues q
+    CROSS JOIN now
+    LEFT JOIN LATERAL (
+        SELECT count(*) AS depth,
+               count(*) FILTER (WHERE m.visible_at <= now.ts
+                                  AND (m.expires_at IS NULL OR m.expires_at > now.ts)) AS visible,
+               min(m.visible_at) FILTER (WHERE m.visible_at <= now.ts
+                                           AND (m.expires_at IS NULL OR m.expires_at > now.ts)) AS oldest_visible_at
+        FROM catbird.cb_messages m
+        WHERE m.queue_id = q.id
+    ) s ON true
+    WHERE names IS NULL OR q.name = ANY (names)
+    ORDER BY q.name
+$$;
+
+CREATE OR REPLACE FUNCTION catbird.cb_list_queues()
+RETURNS TABLE (name text, description text, created_at timestamptz, expires_at timestamptz,
+               depth bigint, visible bigint, oldest_visible_at timestamptz,
+               max_deliveries int, dead_letter_queue text)
+LANGUAGE sql VOLATILE
+AS $$ SELECT * FROM catbird._cb_queue_info(NULL) $$;
+
+CREATE OR REPLACE FUNCTION catbird.cb_get_queue(name text)
+RETURNS TABLE (name text, description text, created_at timestamptz, expires_at timestamptz,
+               depth bigint, visible bigint, oldest_visible_at timestamptz,
+               max_deliveries int, dead_letter_queue text)
+LANGUAGE sql VOLATILE
+AS $$ SELECT * FROM catbird._cb_queue_info(ARRAY[name]) $$;
+
+-- === from extension/sql/30_topics.sql
+
+CREATE OR REPLACE FUNCTION catbird._cb_bind(target_type text, target_name text, pattern text) RETURNS void
+LANGUAGE plpgsql VOLATILE
+AS $$
+DECLARE
+    v_parts record;
+BEGIN
+    PERFORM catbird._cb_definition_id(target_type, target_name);
+    PERFORM catbird._cb_check_pattern(pattern);
+    v_parts := catbird._cb_pattern_parts(pattern);
+    INSERT INTO catbird.cb_bindings
+        (target_type, target_name, pattern, prefix, token_count, has_hash, regex, created_at)
+    VALUES (_cb_bind.target_type, _cb_bind.target_name, _cb_bind.pattern,
+            v_parts.prefix, v_parts.token_count, v_parts.has_hash, v_parts.regex, catbird.cb_now())
+    ON CONFLICT ON CONSTRAINT cb_bindings_target_pattern_key DO NOTHING;
+END
+$$;
+
+CREATE OR REPLACE FUNCTION catbird._cb_unbind(target_type text, target_name text, pattern text) RETURNS boolean
+LANGUAGE plpgsql VOLATILE
+AS $$
+BEGIN
+    PERFORM catbird._cb_definition_id(target_type, target_name);
+    PERFORM catbird._cb_check_pattern(pattern);
+    DELETE FROM catbird.cb_bindings b
+    WHERE b.target_type = _cb_unbind.target_type
+      AND b.target_name = _cb_unbind.target_name
+      AND b.pattern = _cb_unbind.pattern;
+    RETURN FOUND;
+END
+$$;
+
+CREATE OR REPLACE FUNCTION catbird.cb_bind(queue text, pattern text) RETURNS void
+LANGUAGE sql VOLATILE
+AS $$ SELECT catbird._cb_bind('queue', queue, pattern) $$;
+
+CREATE OR REPLACE FUNCTION catbird.cb_unbind(queue text, pattern text) RETURNS boolean
+LANGUAGE sql VOLATILE
+AS $$ SELECT catbird._cb_unbind('queue', queue, pattern) $$;
+
+CREATE OR REPLACE FUNCTION catbird.cb_list_bindings(queue text = NULL)
+RETURNS TABLE (queue text, pattern text, created_at timestamptz)
+LANGUAGE sql STABLE
+AS $$
+    SELECT b.target_name, b.pattern, b.created_at
+    FROM catbird.cb_bindings b
+    WHERE b.target_type = 'queue' AND ($1 IS NULL OR b.target_name = $1)
+    ORDER BY b.target_name, b.pattern
+$$;
+
+CREATE OR REPLACE FUNCTION catbird._cb_topic_patterns(topic text) RETURNS text[]
+LANGUAGE plpgsql IMMUTABLE STRICT PARALLEL SAFE
+AS $$
+DECLARE
+    v_level text[] := ARRAY[NULL::text];  -- patterns of the first i tokens (NULL: none yet)
+    v_next text[];
+    v_out text[] := ARRAY['#'];
+    v_p text;
+    v_tok text;
+BEGIN
+    FOREACH v_tok IN ARRAY string_to_array(topic, '.') LOOP
+        v_next := '{}';
+        FOREACH v_p IN ARRAY v_level LOOP
+            v_next := v_next || concat_ws('.', v_p, v_tok) || concat_ws('.', v_p, '*');
+        END LOOP;
+        v_level := v_next;
+        FOREACH v_p IN ARRAY v_level LOOP
+            v_out := v_out || (v_p || '.#');
+        END LOOP;
+    END LOOP;
+    RETURN v_out || v_level;
+END
+$$;
+
+CREATE OR REPLACE FUNCTION catbird._cb_matching_bindings(topic text)
+RETURNS SETOF catbird.cb_bindings
+LANGUAGE plpgsql STABLE
+AS $$
+DECLARE
+    v_tokens text[] := string_to_array(topic, '.');
+    v_patterns text[];
+BEGIN
+    IF cardinality(v_tokens) <= 8 THEN
+        -- At most 767 candidate patterns: exact lookups in cb_bindings_pattern_idx.
+        v_patterns := catbird._cb_topic_patterns(topic);
+        RETURN QUERY SELECT b.* FROM catbird.cb_bindings b WHERE b.pattern = ANY (v_patterns);
+    ELSE
+        -- Longer topics: literal-prefix lookups, then the regex of each candidate.
+        RETURN QUERY
+        SELECT b.*
+        FROM generate_series(0, cardinality(v_tokens)) AS i
+        JOIN catbird.cb_bindings b ON b.prefix = array_to_string(v_tokens[1:i], '.')
+        WHERE (b.token_count = cardinality(v_tokens)
+               OR (b.has_hash AND b.token_count <= cardinality(v_tokens)))
+          AND (b.regex IS NULL OR topic ~ b.regex);
+    END IF;
+END
+$$;
+
+CREATE OR REPLACE FUNCTION catbird.cb_publish(
+    topic text, bodies jsonb[], concurrency_keys text[] = NULL, headers jsonb[] = NULL,
+    visible_at timestamptz = NULL, priority int = 0, expires_at timestamptz = NULL)
+RETURNS int
+LANGUAGE plpgsql VOLATILE
+AS $$
+DECLARE
+    v_names text[];
+    v_kinds text[];
+    v_targets text[];
+    v_queue_ids int[];
+    v_deliveries int := 0;
+BEGIN
+    PERFORM catbird._cb_check_topic(topic);
+    PERFORM catbird._cb_check_send_args(bodies, topic, concurrency_keys, headers);
+    IF cardinality(bodies) = 0 THEN
+        RETURN 0;
+    END IF;
+    -- Shared locks on the matched names first (in a stable order), then their
+    -- ids with a fresh snapshot: a queue deleted meanwhile is left out, and a
+    -- queue bound meanwhile is not written into without its lock.
+    -- Tasks and flows in one list: tasks by name, then flows by name.
+    SELECT array_agg(b.target_name ORDER BY b.target_name) FILTER (WHERE b.target_type = 'queue'),
+           array_agg(b.target_type ORDER BY b.target_type DESC, b.target_name) FILTER (WHERE b.target_type <> 'queue'),
+           array_agg(b.target_name ORDER BY b.target_type DESC, b.target_name) FILTER (WHERE b.target_type <> 'queue')
+    INTO v_names, v_kinds, v_targets
+    FROM (SELECT DISTINCT m.target_type, m.target_name FROM catbird._cb_matching_bindings(topic) m) b;
+    PERFORM catbird._cb_lock_definition('queue', n) FROM unnest(v_names) AS n;
+    SELECT array_agg(q.id ORDER BY q.id) INTO v_queue_ids
+    FROM catbird.cb_queues q WHERE q.name = ANY (v_names);
+    IF v_queue_ids IS NOT NULL THEN
+        PERFORM catbird._cb_insert_messages(v_queue_ids, bodies, topic, concurrency_keys, headers,
+                                            visible_at, priority, expires_at);
+        v_deliveries := cardinality(v_queue_ids) * cardinality(bodies);
+    END IF;
+
+    -- Bound tasks and flows get one run per message (one that was deleted
+    -- meanwhile is left out).
+    FOR i IN 1..coalesce(cardinality(v_targets), 0) LOOP
+        PERFORM catbird._cb_lock_definition(v_kinds[i], v_targets[i]);
+        IF v_kinds[i] = 'task' THEN
+            PERFORM catbird._cb_insert_task_runs(t, bodies, concurrency_keys, headers, visible_at, priority, expires_at)
+            FROM catbird.cb_tasks t WHERE t.name = v_targets[i];
+        ELSE
+            PERFORM catbird._cb_insert_flow_runs(f, bodies, concurrency_keys, headers, visible_at, priority, expires_at)
+            FROM catbird.cb_flows f WHERE f.name = v_targets[i];
+        END IF;
+        IF FOUND THEN
+            v_deliveries := v_deliveries + cardinality(bodies);
+        END IF;
+    END LOOP;
+    RETURN v_deliveries;
+END
+$$;
+
+CREATE OR REPLACE FUNCTION catbird.cb_publish(
+    topic text, body jsonb, concurrency_key text = NULL, headers jsonb = NULL,
+    visible_at timestamptz = NULL, priority int = 0, expires_at timestamptz = NULL)
+RETURNS int
+LANGUAGE plpgsql VOLATILE
+AS $$
+BEGIN
+    PERFORM catbird._cb_check_body('body', 'message body', body, headers);
+    RETURN catbird.cb_publish(topic, ARRAY[body], ARRAY[concurrency_key], ARRAY[headers],
+                              visible_at, priority, expires_at);
+END
+$$;
+
+-- === from extension/sql/35_conditions.sql
+
+CREATE OR REPLACE FUNCTION catbird._cb_parse_condition(condition text, allowed_roots text[]) RETURNS jsonb
+LANGUAGE plpgsql IMMUTABLE
+AS $$
+DECLARE
+    v_match text[];
+    v_path text[];
+    v_value jsonb;
+    v_path_re constant text := '([A-Za-z_][A-Za-z0-9_]*(?:\.[A-Za-z0-9_-]+)*)';
+    v_syntax constant text := 'a condition is "<path> <op> <value>", "<path> exists", "<path>" or "not <condition>"; ops: eq ne gt gte lt lte in contains; paths start with %s';
+BEGIN
+    IF condition IS NULL OR btrim(condition) = '' THEN
+        RAISE EXCEPTION 'invalid condition %: it is empty', catbird._cb_quote_arg(condition)
+            USING ERRCODE = 'invalid_parameter_value',
+                  HINT = format(v_syntax, array_to_string(allowed_roots, ', '));
+    END IF;
+
+    -- Bounded before any regular expression runs: a long chain of "not" is too
+    -- complex for the regex engine (2201B) and too deep for the recursion.
+    IF length(condition) > 2000 OR condition ~ '^(\s*not\s+){33}' THEN
+        RAISE EXCEPTION 'invalid condition %: a condition has at most 2000 characters and 32 nested "not"',
+            catbird._cb_quote_arg(condition)
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+
+    v_match := regexp_match(condition, '^\s*not\s+(.+)$');
+    IF v_match IS NOT NULL THEN
+        RETURN jsonb_build_object('not', catbird._cb_parse_condition(v_match[1], allowed_roots));
+    END IF;
+
+    v_match := regexp_match(condition, '^\s*' || v_path_re || '(?:\s+(exists|eq|ne|gte|gt|lte|lt|in|contains)(?:\s+(.+?))?)?\s*$');
+    IF v_match IS NULL THEN
+        RAISE EXCEPTION 'invalid condition %: cannot parse it', catbird._cb_quote_arg(condition)
+            USING ERRCODE = 'invalid_parameter_value',
+                  HINT = format(v_syntax, array_to_string(allowed_roots, ', '));
+    END IF;
+
+    v_path := string_to_array(v_match[1], '.');
+    IF NOT v_path[1] = ANY (allowed_roots) THEN
+        RAISE EXCEPTION 'invalid condition %: path "%" must start with one of: %',
+            catbird._cb_quote_arg(condition), v_match[1], array_to_string(allowed_roots, ', ')
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+
+    IF v_match[2] IS NULL OR v_match[2] = 'exists' THEN
+        IF v_match[3] IS NOT NULL THEN
+            RAISE EXCEPTION 'invalid condition %: nothing may follow "%"', catbird._cb_quote_arg(condition),
+                coalesce(v_match[2], v_match[1])
+                USING ERRCODE = 'invalid_parameter_value',
+                      HINT = format(v_syntax, array_to_string(allowed_roots, ', '));
+        END IF;
+        RETURN jsonb_build_object('path', to_jsonb(v_path), 'op', coalesce(v_match[2], 'truthy'));
+    END IF;
+
+    IF v_match[3] IS NULL THEN
+        RAISE EXCEPTION 'invalid condition %: operator "%" needs a value', catbird._cb_quote_arg(condition), v_match[2]
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    BEGIN
+        v_value := v_match[3]::jsonb;
+    EXCEPTION WHEN invalid_text_representation THEN
+        IF v_match[3] ~ '^[A-Za-z_][A-Za-z0-9_.-]*$' THEN
+            v_value := to_jsonb(v_match[3]);
+        ELSE
+            RAISE EXCEPTION 'invalid condition %: value % is neither JSON nor a bare word',
+                catbird._cb_quote_arg(condition), v_match[3]
+                USING ERRCODE = 'invalid_parameter_value',
+                      HINT = 'Quote strings: input.status eq "on hold"';
+        END IF;
+    END;
+    IF v_match[2] = 'in' AND jsonb_typeof(v_value) <> 'array' THEN
+        RAISE EXCEPTION 'invalid condition %: "in" needs a JSON array, e.g. input.k in [1, 2]', catbird._cb_quote_arg(condition)
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    RETURN jsonb_build_object('path', to_jsonb(v_path), 'op', v_match[2], 'value', v_value);
+END
+$$;
+
+CREATE OR REPLACE FUNCTION catbird._cb_condition_root(expr jsonb) RETURNS text
+LANGUAGE sql IMMUTABLE STRICT
+AS $$
+    SELECT CASE WHEN expr ? 'not' THEN catbird._cb_condition_root(expr -> 'not')
+                ELSE expr -> 'path' ->> 0 END
+$$;
+
+CREATE OR REPLACE FUNCTION catbird._cb_eval_condition(expr jsonb, context jsonb) RETURNS boolean
+LANGUAGE plpgsql IMMUTABLE
+AS $$
+DECLARE
+    v_actual jsonb;
+    v_expected jsonb;
+BEGIN
+    IF expr IS NULL THEN
+        RETURN true;
+    END IF;
+    IF expr ? 'not' THEN
+        RETURN NOT catbird._cb_eval_condition(expr -> 'not', context);
+    END IF;
+    v_actual := context #> ARRAY(SELECT jsonb_array_elements_text(expr -> 'path'));
+    v_expected := expr -> 'value';
+    IF v_actual IS NULL THEN
+        RETURN false;  -- missing field
+    END IF;
+    RETURN CASE expr ->> 'op'
+        WHEN 'truthy' THEN v_actual NOT IN ('null', 'false', '0', '""', '[]', '{}')
+        WHEN 'exists' THEN true
+        WHEN 'eq' THEN v_actual = v_expected
+        WHEN 'ne' THEN v_actual <> v_expected
+        WHEN 'in' THEN EXISTS (SELECT 1 FROM jsonb_array_elements(v_expected) e WHERE e = v_actual)
+        WHEN 'contains' THEN CASE jsonb_typeof(v_actual)
+            WHEN 'array' THEN EXISTS (SELECT 1 FROM jsonb_array_elements(v_actual) e WHERE e = v_expected)
+            WHEN 'string' THEN jsonb_typeof(v_expected) = 'string'
+                               AND strpos(v_actual #>> '{}', v_expected #>> '{}') > 0
+            WHEN 'object' THEN jsonb_typeof(v_expected) = 'string' AND v_actual ? (v_expected #>> '{}')
+            ELSE false END
+        ELSE CASE
+            WHEN jsonb_typeof(v_actual) = 'number' AND jsonb_typeof(v_expected) = 'number' THEN
+                CASE expr ->> 'op'
+                    WHEN 'gt' THEN (v_actual #>> '{}')::numeric > (v_expected #>> '{}')::numeric
+                    WHEN 'gte' THEN (v_actual #>> '{}')::numeric >= (v_expected #>> '{}')::numeric
+                    WHEN 'lt' THEN (v_actual #>> '{}')::numeric < (v_expected #>> '{}')::numeric
+                    ELSE (v_actual #>> '{}')::numeric <= (v_expected #>> '{}')::numeric END
+            WHEN jsonb_typeof(v_actual) = 'string' AND jsonb_typeof(v_expected) = 'string' THEN
+                CASE expr ->> 'op'
+                    WHEN 'gt' THEN (v_actual #>> '{}') > (v_expected #>> '{}')
+                    WHEN 'gte' THEN (v_actual #>> '{}') >= (v_expected #>> '{}')
+                    WHEN 'lt' THEN (v_actual #>> '{}') < (v_expected #>> '{}')
+                    ELSE (v_actual #>> '{}') <= (v_expected #>> '{}') END
+            ELSE false END
+    END;
+END
+$$;
+
+-- === from extension/sql/38_runs.sql
+
+CREATE OR REPLACE FUNCTION catbird._cb_retry_delay(attempt int, backoff_min int, backoff_max int) RETURNS double precision
+LANGUAGE sql VOLATILE
+AS $$
+    SELECT backoff_min + random() * (least(backoff_max::double precision,
+                                           backoff_min * power(2, least(greatest(attempt - 1, 0), 60)))
+                                     - backoff_min)
+$$;
+
+CREATE OR REPLACE FUNCTION catbird._cb_check_retry_policy(max_retries int, backoff_min int, backoff_max int) RETURNS void
+LANGUAGE plpgsql IMMUTABLE
+AS $$
+BEGIN
+    PERFORM catbird._cb_check_at_least('max_retries', max_retries, 0);
+    PERFORM catbird._cb_check_at_least('backoff_min', backoff_min, 0, ' ms');
+    IF backoff_max IS NULL OR backoff_max < backoff_min THEN
+        RAISE EXCEPTION 'invalid backoff_max: got %, expected at least backoff_min (% ms)',
+            coalesce(backoff_max::text, 'NULL'), backoff_min
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+END
+$$;
+
+CREATE OR REPLACE FUNCTION catbird._cb_check_stored_policy(max_retries int, backoff_min int, backoff_max int) RETURNS void
+LANGUAGE plpgsql IMMUTABLE
+AS $$
+BEGIN
+    IF max_retries IS NOT NULL THEN
+        PERFORM catbird._cb_check_at_least('max_retries', max_retries, 0);
+    END IF;
+    IF backoff_min IS NOT NULL THEN
+        PERFORM catbird._cb_check_at_least('backoff_min', backoff_min, 0, ' ms');
+    END IF;
+    IF backoff_max IS NOT NULL AND backoff_max < coalesce(backoff_min, 100) THEN
+        RAISE EXCEPTION 'invalid backoff_max: got %, expected at least backoff_min (% ms%)',
+            backoff_max, coalesce(backoff_min, 100), CASE WHEN backoff_min IS NULL THEN ', the default' ELSE '' END
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+END
+$$;
+
+CREATE OR REPLACE FUNCTION catbird._cb_effective_policy(max_retries int, backoff_min int, backoff_max int,
+                                             stored_max_retries int, stored_backoff_min int, stored_backoff_max int,
+                                             OUT max_retries_out int, OUT backoff_min_out int, OUT backoff_max_out int)
+LANGUAGE plpgsql IMMUTABLE
+AS $$
+BEGIN
+    max_retries_out := coalesce(max_retries, stored_max_retries, 0);
+    backoff_min_out := coalesce(backoff_min, stored_backoff_min, 100);
+    backoff_max_out := coalesce(backoff_max, stored_backoff_max, greatest(2000, backoff_min_out));
+    PERFORM catbird._cb_check_retry_policy(max_retries_out, backoff_min_out, backoff_max_out);
+END
+$$;
+
+CREATE OR REPLACE FUNCTION catbird._cb_lease_cap(max_retries int) RETURNS int
+LANGUAGE sql IMMUTABLE PARALLEL SAFE
+AS $$ SELECT coalesce(max_retries + 1, 25) $$;
+
+CREATE OR REPLACE FUNCTION catbird._cb_lease_expired_error(attempts int) RETURNS text
+LANGUAGE sql IMMUTABLE PARALLEL SAFE
+AS $$
+    SELECT format('lease expired: attempt %s ended without a report from its worker (it crashed or stalled),'
+                  ' and no attempt is left', attempts)
+$$;
+
+CREATE OR REPLACE FUNCTION catbird._cb_check_fail_args(retryable boolean, attempt int) RETURNS void
+LANGUAGE plpgsql IMMUTABLE
+AS $$
+BEGIN
+    IF retryable IS NULL THEN
+        RAISE EXCEPTION 'invalid retryable: NULL (give true or false)' USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    IF attempt IS NOT NULL AND attempt < 1 THEN
+        PERFORM catbird._cb_check_at_least('attempt', attempt, 1);
+    END IF;
+END
+$$;
+
+CREATE OR REPLACE FUNCTION catbird._cb_check_lease(hide_for int, ids bigint[], attempts int[]) RETURNS void
+LANGUAGE plpgsql IMMUTABLE
+AS $$
+BEGIN
+    PERFORM catbird._cb_check_at_least('hide_for', hide_for, 1, ' ms');
+    IF attempts IS NOT NULL AND cardinality(attempts) IS DISTINCT FROM cardinality(ids) THEN
+        RAISE EXCEPTION 'invalid attempts: give one attempt per id (or none)' USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+END
+$$;
+
+CREATE OR REPLACE FUNCTION catbird._cb_check_retention(retention_period interval) RETURNS void
+LANGUAGE plpgsql IMMUTABLE
+AS $$
+BEGIN
+    IF retention_period < interval '0' THEN
+        RAISE EXCEPTION 'invalid retention_period %: it must not be negative (NULL keeps runs forever)', retention_period
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    PERFORM catbird._cb_check_interval('retention_period', retention_period);
+END
+$$;
+
+CREATE OR REPLACE FUNCTION catbird._cb_run_layout(kind text,
+    OUT definitions text, OUT runs text, OUT definition_column text, OUT parts text[], OUT part_run_column text,
+    OUT finished_statuses text[], OUT finished_at text[])
+LANGUAGE plpgsql IMMUTABLE
+AS $$
+BEGIN
+    CASE kind
+    WHEN 'task' THEN
+        definitions := 'cb_tasks';
+        runs := 'cb_task_runs';
+        definition_column := 'task_id';
+        parts := '{}';
+        finished_statuses := '{completed,failed,skipped,canceled,expired}';
+        finished_at := '{completed_at,failed_at,skipped_at,canceled_at,expired_at,created_at}';
+    WHEN 'flow' THEN
+        definitions := 'cb_flows';
+        runs := 'cb_flow_runs';
+        definition_column := 'flow_id';
+        parts := '{cb_map_tasks,cb_step_runs}';
+        part_run_column := 'flow_run_id';
+        finished_statuses := '{completed,failed,canceled,expired}';
+        finished_at := '{completed_at,failed_at,canceled_at,created_at,created_at,created_at}';  -- expiry sets canceled_at
+    ELSE
+        RAISE EXCEPTION 'invalid kind of run %: expected task or flow', coalesce(quote_literal(kind), 'NULL')
+            USING ERRCODE = 'invalid_parameter_value';
+    END CASE;
+END
+$$;
+
+CREATE OR REPLACE FUNCTION catbird._cb_definition_id(kind text, name text) RETURNS int
+LANGUAGE plpgsql VOLATILE
+AS $$
+DECLARE
+    v_id int;
+BEGIN
+    CASE kind
+    WHEN 'queue' THEN
+        v_id := catbird._cb_queue_id(name);
+    WHEN 'task' THEN
+        v_id := (catbird._cb_task(name)).id;
+    WHEN 'flow' THEN
+        v_id := (catbird._cb_flow(name)).id;
+    END CASE;
+    RETURN v_id;
+END
+$$;
+
+CREATE OR REPLACE FUNCTION catbird._cb_key_held(kind text, definition_id int, concurrency_key text) RETURNS boolean
+LANGUAGE plpgsql STABLE
+AS $$
+BEGIN
+    IF kind = 'task' THEN
+        RETURN EXISTS (SELECT 1 FROM catbird.cb_task_runs r
+                       WHERE r.task_id = definition_id AND r.concurrency_key = _cb_key_held.concurrency_key
+                         AND r.status IN ('queued', 'started'));
+    END IF;
+    RETURN EXISTS (SELECT 1 FROM catbird.cb_flow_runs r
+                   WHERE r.flow_id = definition_id AND r.concurrency_key = _cb_key_held.concurrency_key
+                     AND r.status IN ('started', 'canceling'));
+END
+$$;
+
+CREATE OR REPLACE FUNCTION catbird._cb_run(kind text, name text, inputs jsonb[], concurrency_keys text[], headers jsonb[],
+                                visible_at timestamptz, priority int, expires_at timestamptz)
+RETURNS bigint[]
+LANGUAGE plpgsql VOLATILE
+AS $$
+DECLARE
+    -- the cb_tasks or cb_flows row, as a record: this file comes before both
+    -- tables, and a plain-script install compiles the declarations
+    v_task record;
+    v_flow record;
+BEGIN
+    IF kind = 'task' THEN
+        v_task := catbird._cb_task(name);
+    ELSE
+        v_flow := catbird._cb_flow(name);
+    END IF;
+    PERFORM catbird._cb_check_send_args(inputs, NULL, concurrency_keys, headers);
+    IF cardinality(inputs) = 0 THEN
+        RETURN '{}'::bigint[];
+    END IF;
+    IF kind = 'task' THEN
+        RETURN catbird._cb_insert_task_runs(v_task, inputs, concurrency_keys, headers,
+                                            visible_at, priority, expires_at);
+    END IF;
+    RETURN catbird._cb_insert_flow_runs(v_flow, inputs, concurrency_keys, headers,
+                                        visible_at, priority, expires_at);
+END
+$$;
+
+CREATE OR REPLACE FUNCTION catbird._cb_delete_definition(kind text, name text) RETURNS boolean
+LANGUAGE plpgsql VOLATILE
+AS $$
+DECLARE
+    v_layout record := catbird._cb_run_layout(kind);
+    v_id int;
+BEGIN
+    PERFORM catbird._cb_check_name(kind, name);
+    PERFORM catbird._cb_lock_definition(kind, name, exclusive => true);
+    EXECUTE format('DELETE FROM catbird.%I d WHERE d.name = $1 RETURNING d.id', v_layout.definitions)
+        INTO v_id USING name;
+    IF v_id IS NULL THEN
+        RETURN false;
+    END IF;
+    PERFORM catbird._cb_clear_runs(kind, v_id);
+    DELETE FROM catbird.cb_bindings b WHERE b.target_type = kind AND b.target_name = name;
+    PERFORM catbird._cb_notify(format('catbird.%s.deleted', kind), name);
+    RETURN true;
+END
+$$;
+
+CREATE OR REPLACE FUNCTION catbird._cb_clear_runs(kind text, definition_id int) RETURNS int
+LANGUAGE plpgsql VOLATILE
+AS $$
+-- Its writes are dynamic SQL, which plpgsql_check cannot see (it would ask for STABLE):
+-- @plpgsql_check_options: performance_warnings = false
+DECLARE
+    v_layout record := catbird._cb_run_layout(kind);
+    v_table text;
+    v_count int;
+BEGIN
+    FOREACH v_table IN ARRAY v_layout.parts || v_layout.runs LOOP
+        EXECUTE format('DELETE FROM catbird.%I x WHERE x.%I = $1', v_table, v_layout.definition_column)
+            USING definition_id;
+        GET DIAGNOSTICS v_count = ROW_COUNT;  -- the run table comes last
+    END LOOP;
+    RETURN v_count;
+END
+$$;
+
+CREATE OR REPLACE FUNCTION catbird._cb_delete_finished_runs(kind text, definition_id int, finished_before timestamptz,
+                                                 lim int = NULL)
+RETURNS int
+LANGUAGE plpgsql VOLATILE
+AS $$
+-- Its writes are dynamic SQL, which plpgsql_check cannot see (it would ask for STABLE):
+-- @plpgsql_check_options: performance_warnings = false
+DECLARE
+    v_layout record := catbird._cb_run_layout(kind);
+    v_ids bigint[];
+    v_part text;
+BEGIN
+    EXECUTE format(
+        'WITH deleted AS ('
+        '    DELETE FROM catbird.%1$I r'
+        '    WHERE r.id IN (SELECT x.id FROM catbird.%1$I x'
+        '                   WHERE x.%2$I = $1 AND x.status = ANY ($2)'
+        -- on-fail handling blocks the purge while it runs, or while it waits
+        -- for a handler the definition declares (on_fail)
+        '                     AND (coalesce(x.on_fail_status, ''completed'') IN (''completed'', ''failed'')'
+        '                          OR (x.on_fail_status = ''queued'''
+        '                              AND NOT (SELECT d.on_fail FROM catbird.%10$I d WHERE d.id = $1)))'
+        '                     AND coalesce(x.%3$I, x.%4$I, x.%5$I, x.%6$I, x.%7$I, x.%8$I) <= $3'
+        '                   %9$s)'
+        '    RETURNING r.id)'
+        ' SELECT coalesce(array_agg(d.id), ''{}'') FROM deleted d',
+        v_layout.runs, v_layout.definition_column,
+        v_layout.finished_at[1], v_layout.finished_at[2], v_layout.finished_at[3],
+        v_layout.finished_at[4], v_layout.finished_at[5], v_layout.finished_at[6],
+        CASE WHEN lim IS NOT NULL THEN 'LIMIT $4 FOR UPDATE SKIP LOCKED' ELSE '' END,
+        v_layout.definitions)
+    INTO v_ids
+    USING definition_id, v_layout.finished_statuses, finished_before, lim;
+    FOREACH v_part IN ARRAY v_layout.parts LOOP
+        EXECUTE format('DELETE FROM catbird.%I p WHERE p.%I = ANY ($1)', v_part, v_layout.part_run_column)
+            USING v_ids;
+    END LOOP;
+    RETURN cardinality(v_ids);
+END
+$$;
+
+CREATE OR REPLACE FUNCTION catbird._cb_purge_runs(kind text, name text, older_than interval) RETURNS int
+LANGUAGE plpgsql VOLATILE
+AS $$
+DECLARE
+    v_id int := catbird._cb_definition_id(kind, name);
+BEGIN
+    IF older_than IS NULL OR older_than < interval '0' THEN
+        RAISE EXCEPTION 'invalid older_than %: expected a non-negative interval', coalesce(older_than::text, 'NULL')
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    PERFORM catbird._cb_check_interval('older_than', older_than);
+    RETURN catbird._cb_delete_finished_runs(kind, v_id, catbird.cb_now() - older_than);
+END
+$$;
+
+CREATE OR REPLACE FUNCTION catbird._cb_purge_retained_runs(kind text, now timestamptz, lim int) RETURNS int
+LANGUAGE plpgsql VOLATILE
+AS $$
+DECLARE
+    v_layout record := catbird._cb_run_layout(kind);
+    v_id int;
+    v_retention interval;
+    v_count int := 0;
+BEGIN
+    FOR v_id, v_retention IN EXECUTE format(
+        'SELECT d.id, d.retention_period FROM catbird.%I d WHERE d.retention_period > interval ''0'' ORDER BY d.id',
+        v_layout.definitions)
+    LOOP
+        EXIT WHEN v_count >= lim;
+        v_count := v_count + catbird._cb_delete_finished_runs(kind, v_id, now - v_retention, lim - v_count);
+    END LOOP;
+    RETURN v_count;
+END
+$$;
+
+CREATE OR REPLACE FUNCTION catbird._cb_list_runs(row_type anyelement, kind text, name text, lim int,
+                                      before_id bigint = NULL, run_id bigint = NULL)
+RETURNS SETOF anyelement
+LANGUAGE plpgsql VOLATILE
+AS $$
+DECLARE
+    v_id int := catbird._cb_definition_id(kind, name);
+BEGIN
+    IF pg_typeof(row_type) <> format('catbird.cb_%s_run_info', kind)::regtype THEN
+        RAISE EXCEPTION 'invalid row_type %: the runs of a % are catbird.cb_%s_run_info', pg_typeof(row_type), kind, kind
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    PERFORM catbird._cb_check_at_least('lim', lim, 1);
+    RETURN QUERY EXECUTE format(
+        'SELECT * FROM catbird.%I($1, $2) r'
+        ' WHERE ($3::bigint IS NULL OR r.id < $3) AND ($4::bigint IS NULL OR r.id = $4)'
+        ' ORDER BY r.id DESC LIMIT $5',
+        '_cb_' || kind || '_runs')
+    USING v_id, name, before_id, run_id, lim;
+END
+$$;
+
+CREATE OR REPLACE FUNCTION catbird._cb_wait(kind text, name text, run_id bigint, step_name text, poll_for int, poll_interval int)
+RETURNS TABLE (status text, output jsonb, error_message text)
+LANGUAGE plpgsql VOLATILE
+AS $$
+DECLARE
+    v_id int;
+    v_deadline timestamptz;
+    v_status text;
+    v_output jsonb;
+    v_error text;
+BEGIN
+    IF kind <> 'step' THEN
+        v_id := catbird._cb_definition_id(kind, name);
+    END IF;
+    PERFORM catbird._cb_check_at_least('poll_for', poll_for, 0, ' ms');
+    PERFORM catbird._cb_check_at_least('poll_interval', poll_interval, 1, ' ms');
+    v_deadline := clock_timestamp() + make_interval(secs => poll_for / 1000.0);
+    LOOP
+        CASE kind
+        WHEN 'task' THEN
+            SELECT r.status, r.output, r.error_message INTO v_status, v_output, v_error
+            FROM catbird.cb_task_runs r WHERE r.id = run_id AND r.task_id = v_id;
+        WHEN 'flow' THEN
+            SELECT r.status, r.output, r.error_message INTO v_status, v_output, v_error
+            FROM catbird.cb_flow_runs r WHERE r.id = run_id AND r.flow_id = v_id;
+        WHEN 'step' THEN
+            SELECT s.status, s.output, s.error_message INTO v_status, v_output, v_error
+            FROM catbird.cb_get_flow_step_status(name, run_id, step_name) s;
+        END CASE;
+        IF v_status IS NULL THEN
+            RETURN;  -- no such run
+        END IF;
+        IF v_status IN ('completed', 'failed', 'skipped', 'canceled', 'expired') THEN
+            status := v_status;
+            output := v_output;
+            error_message := v_error;
+            RETURN NEXT;
+            RETURN;
+        END IF;
+        IF clock_timestamp() >= v_deadline THEN
+            RETURN;
+        END IF;
+        PERFORM pg_sleep(least(poll_interval / 1000.0, extract(epoch FROM v_deadline - clock_timestamp())));
+    END LOOP;
+END
+$$;
+
+CREATE OR REPLACE FUNCTION catbird._cb_end_on_fail(kind text, name text, run_id bigint, completed boolean,
+                                        error_message text = NULL, retry_exhausted boolean = NULL,
+                                        retry_delay bigint = NULL, on_fail_attempt int = NULL,
+                                        max_retries int = NULL, backoff_min int = NULL, backoff_max int = NULL)
+RETURNS void
+LANGUAGE plpgsql VOLATILE
+AS $$
+DECLARE
+    v_id int := catbird._cb_definition_id(kind, name);
+    v_layout record := catbird._cb_run_layout(kind);
+    v_stored record;
+    v_policy record;
+BEGIN
+    IF on_fail_attempt IS NOT NULL THEN
+        PERFORM catbird._cb_check_at_least('on_fail_attempt', on_fail_attempt, 1);
+    END IF;
+    IF NOT completed AND retry_delay IS NOT NULL THEN
+        PERFORM catbird._cb_check_at_least('retry_delay', retry_delay, 0, ' ms');
+    END IF;
+    IF kind = 'task' THEN
+        SELECT t.max_retries, t.backoff_min, t.backoff_max INTO v_stored FROM catbird.cb_tasks t WHERE t.id = v_id;
+    ELSE
+        SELECT NULL::int AS max_retries, NULL::int AS backoff_min, NULL::int AS backoff_max INTO v_stored;
+    END IF;
+    v_policy := catbird._cb_effective_policy(max_retries, backoff_min, backoff_max,
+                                             v_stored.max_retries, v_stored.backoff_min, v_stored.backoff_max);
+    EXECUTE format(
+        'UPDATE catbird.%I r'
+        ' SET on_fail_status = CASE WHEN $1 THEN ''completed'''
+        '                           WHEN coalesce($6, r.on_fail_attempts > $7) THEN ''failed'''
+        '                           ELSE ''queued'' END,'
+        '     on_fail_visible_at = CASE WHEN $1 THEN r.on_fail_visible_at'
+        '                               ELSE catbird.cb_now() + make_interval(secs => coalesce($8::double precision,'
+        '                                        catbird._cb_retry_delay(r.on_fail_attempts, $9, $10)) / 1000.0) END,'
+        '     on_fail_error_message = $3'
+        ' WHERE r.id = $4 AND r.%I = $5 AND r.on_fail_status = ''started'''
+        '   AND ($2::int IS NULL OR r.on_fail_attempts = $2)',
+        v_layout.runs, v_layout.definition_column)
+    USING completed, on_fail_attempt,
+          CASE WHEN NOT completed THEN coalesce(_cb_end_on_fail.error_message, 'unknown error') END,
+          run_id, v_id, retry_exhausted, v_policy.max_retries_out, retry_delay,
+          v_policy.backoff_min_out, v_policy.backoff_max_out;
+END
+$$;
+
+-- === from extension/sql/40_tasks.sql
+
+CREATE OR REPLACE FUNCTION catbird._cb_task(name text) RETURNS catbird.cb_tasks
+LANGUAGE plpgsql VOLATILE
+AS $$
+DECLARE
+    v_task catbird.cb_tasks;
+BEGIN
+    PERFORM catbird._cb_lock_definition('task', name);
+    SELECT * INTO v_task FROM catbird.cb_tasks t WHERE t.name = _cb_task.name;
+    IF v_task.id IS NULL THEN
+        PERFORM catbird._cb_raise_undefined('task', name);
+    END IF;
+    RETURN v_task;
+END
+$$;
+
+CREATE OR REPLACE FUNCTION catbird.cb_create_task(name text, description text = NULL, condition text = NULL,
+                                       retention_period interval = NULL, on_fail boolean = false,
+                                       max_retries int = NULL, backoff_min int = NULL, backoff_max int = NULL)
+RETURNS void
+LANGUAGE plpgsql VOLATILE
+AS $$
+DECLARE
+    v_expr jsonb;
+    v_existing catbird.cb_tasks;
+BEGIN
+    PERFORM catbird._cb_check_name('task', name);
+    IF condition IS NOT NULL THEN
+        v_expr := catbird._cb_parse_condition(condition, ARRAY['input']);
+    END IF;
+    PERFORM catbird._cb_check_retention(retention_period);
+    PERFORM catbird._cb_check_stored_policy(max_retries, backoff_min, backoff_max);
+    PERFORM catbird._cb_lock_definition('task', name, exclusive => true);
+    SELECT * INTO v_existing FROM catbird.cb_tasks t WHERE t.name = cb_create_task.name;
+    IF v_existing.id IS NULL THEN
+        INSERT INTO catbird.cb_tasks (name, description, condition, condition_expr, retention_period, on_fail, created_at,
+                                      max_retries, backoff_min, backoff_max)
+        VALUES (cb_create_task.name, cb_create_task.description, cb_create_task.condition, v_expr,
+                cb_create_task.retention_period, coalesce(cb_create_task.on_fail, false), catbird.cb_now(),
+                cb_create_task.max_retries, cb_create_task.backoff_min, cb_create_task.backoff_max);
+        PERFORM catbird._cb_notify('catbird.task.created', name);
+        RETURN;
+    END IF;
+    IF (v_existing.description, v_existing.condition, v_existing.retention_period, v_existing.on_fail,
+        v_existing.max_retries, v_existing.backoff_min, v_existing.backoff_max)
+       IS NOT DISTINCT FROM (description, condition, retention_period, coalesce(on_fail, false),
+                             max_retries, backoff_min, backoff_max) THEN
+        RETURN;  -- same definition: nothing to do
+    END IF;
+    IF EXISTS (SELECT 1 FROM catbird.cb_task_runs r
+               WHERE r.task_id = v_existing.id AND r.status IN ('queued', 'started')) THEN
+        RAISE EXCEPTION 'task "%" has queued or started runs; its definition cannot change while they are active', name
+            USING ERRCODE = 'object_in_use',
+                  HINT = 'Wait for the runs to finish or cancel them, or create the task under a new name.';
+    END IF;
+    UPDATE catbird.cb_tasks t
+    SET description = cb_create_task.description, condition = cb_create_task.condition,
+        condition_expr = v_expr, retention_period = cb_create_task.retention_period,
+        on_fail = coalesce(cb_create_task.on_fail, false), max_retries = cb_create_task.max_retries,
+        backoff_min = cb_create_task.backoff_min, backoff_max = cb_create_task.backoff_max
+    WHERE t.id = v_existing.id;
+END
+$$;
+
+CREATE OR REPLACE FUNCTION catbird.cb_delete_task(name text) RETURNS boolean
+LANGUAGE sql VOLATILE
+AS $$ SELECT catbird._cb_delete_definition('task', cb_delete_task.name) $$;
+
+CREATE OR REPLACE FUNCTION catbird._cb_insert_task_runs(
+    task catbird.cb_tasks, inputs jsonb[], concurrency_keys text[], headers jsonb[],
+    visible_at timestamptz, priority int, expires_at timestamptz)
+RETURNS bigint[]
+LANGUAGE plpgsql VOLATILE
+AS $$
+DECLARE
+    v_now timestamptz := catbird.cb_now();
+    v_ids bigint[];
+    v_queued boolean;
+BEGIN
+    -- Bounded inputs (10_names): keys fit the index, times are finite.
+    IF concurrency_keys IS NOT NULL OR _cb_insert_task_runs.visible_at IS NOT NULL OR _cb_insert_task_runs.expires_at IS NOT NULL THEN
+        PERFORM catbird._cb_check_bounds(concurrency_keys, _cb_insert_task_runs.visible_at, _cb_insert_task_runs.expires_at);
+    END IF;
+    -- Fast path: no concurrency key anywhere needs no arbiter and no dedup join.
+    -- Ids are drawn after the sort, so ascending ids are the input order.
+    IF concurrency_keys IS NULL OR cardinality(array_remove(concurrency_keys, NULL)) = 0 THEN
+        WITH inserted AS (
+            INSERT INTO catbird.cb_task_runs
+                (id, task_id, status, priority, visible_at, created_at, expires_at, skipped_at, input, headers)
+            SELECT nextval('catbird.cb_task_runs_id_seq'), task.id,
+                   CASE WHEN e.runnable THEN 'queued' ELSE 'skipped' END,
+                   coalesce(_cb_insert_task_runs.priority, 0), coalesce(_cb_insert_task_runs.visible_at, v_now),
+                   v_now, _cb_insert_task_runs.expires_at, CASE WHEN NOT e.runnable THEN v_now END,
+                   e.input, e.headers
+            FROM (SELECT u.input, u.headers, u.ord,
+                         task.condition_expr IS NULL
+                         OR catbird._cb_eval_condition(task.condition_expr, jsonb_build_object('input', u.input)) AS runnable
+                  FROM unnest(inputs, _cb_insert_task_runs.headers) WITH ORDINALITY AS u(input, headers, ord)) e
+            ORDER BY e.ord
+            RETURNING id, status
+        )
+        SELECT array_agg(i.id ORDER BY i.id), bool_or(i.status = 'queued') INTO v_ids, v_queued FROM inserted i;
+        IF v_queued THEN
+            PERFORM catbird._cb_notify('catbird.task.queued', task.name);
+        END IF;
+        RETURN v_ids;
+    END IF;
+    -- Expired runs hold nothing: queued holders of these keys past their
+    -- expires_at become expired (as a claim or cb_gc would) before deduplicating.
+    UPDATE catbird.cb_task_runs r SET status = 'expired', expired_at = v_now
+    WHERE r.task_id = task.id AND r.concurrency_key = ANY (concurrency_keys)
+      AND r.status = 'queued' AND r.expires_at <= v_now;
+    WITH evaluated AS (
+        SELECT u.ord, u.input, u.concurrency_key, u.headers,
+               nextval('catbird.cb_task_runs_id_seq') AS new_id,
+               catbird._cb_eval_condition(task.condition_expr, jsonb_build_object('input', u.input)) AS runnable
+        FROM unnest(inputs, concurrency_keys, _cb_insert_task_runs.headers)
+                 WITH ORDINALITY AS u(input, concurrency_key, headers, ord)
+    ), input AS (
+        -- A run that would be skipped still defers to a live holder of its key
+        -- (a queued or started run, or an earlier runnable input of this batch).
+        SELECT e.*,
+               e.runnable OR e.concurrency_key IS NULL
+               OR NOT (EXISTS (SELECT 1 FROM catbird.cb_task_runs r
+                               WHERE r.task_id = task.id AND r.concurrency_key = e.concurrency_key
+                                 AND r.status IN ('queued', 'started'))
+                       OR EXISTS (SELECT 1 FROM evaluated p
+                                  WHERE p.concurrency_key = e.concurrency_key AND p.runnable AND p.ord < e.ord)) AS creates
+        FROM evaluated e
+    ), inserted AS (
+        INSERT INTO catbird.cb_task_runs
+            (id, task_id, status, priority, visible_at, created_at, expires_at, skipped_at,
+             concurrency_key, input, headers)
+        SELECT i.new_id, task.id, CASE WHEN i.runnable THEN 'queued' ELSE 'skipped' END,
+               coalesce(_cb_insert_task_runs.priority, 0), coalesce(_cb_insert_task_runs.visible_at, v_now),
+               v_now, _cb_insert_task_runs.expires_at, CASE WHEN NOT i.runnable THEN v_now END,
+               i.concurrency_key, i.input, i.headers
+        FROM input i
+        WHERE i.creates
+        ORDER BY i.new_id
+        ON CONFLICT (task_id, concurrency_key)
+            WHERE concurrency_key IS NOT NULL AND status IN ('queued', 'started')
+            DO NOTHING
+        RETURNING id, concurrency_key, status
+    )
+    SELECT array_agg(coalesce(
+               ins.id,
+               (SELECT min(dup.id) FROM inserted dup
+                 WHERE dup.concurrency_key = i.concurrency_key AND dup.status = 'queued'),
+               (SELECT r.id FROM catbird.cb_task_runs r
+                 WHERE r.task_id = task.id AND r.concurrency_key = i.concurrency_key
+                   AND r.status IN ('queued', 'started')))
+           ORDER BY i.ord),
+           bool_or(ins.status = 'queued')
+    INTO v_ids, v_queued
+    FROM input i
+    LEFT JOIN inserted ins ON ins.id = i.new_id;
+
+    IF array_position(v_ids, NULL) IS NOT NULL THEN
+        SELECT array_agg(coalesce(v_ids[k.ord], r.id) ORDER BY k.ord)
+        INTO v_ids
+        FROM unnest(concurrency_keys) WITH ORDINALITY AS k(concurrency_key, ord)
+        LEFT JOIN catbird.cb_task_runs r
+               ON r.task_id = task.id AND r.concurrency_key = k.concurrency_key
+              AND r.status IN ('queued', 'started') AND v_ids[k.ord] IS NULL;
+        IF array_position(v_ids, NULL) IS NOT NULL THEN
+            RAISE EXCEPTION 'the run holding a concurrency key finished while this call deduplicated against it'
+                USING ERRCODE = 'serialization_failure', HINT = 'Retry the call.';
+        END IF;
+    END IF;
+    IF v_queued THEN
+        PERFORM catbird._cb_notify('catbird.task.queued', task.name);
+    END IF;
+    RETURN v_ids;
+END
+$$;
+
+CREATE OR REPLACE FUNCTION catbird.cb_run_task(
+    name text, inputs jsonb[], concurrency_keys text[] = NULL, headers jsonb[] = NULL,
+    visible_at timestamptz = NULL, priority int = 0, expires_at timestamptz = NULL)
+RETURNS bigint[]
+LANGUAGE sql VOLATILE
+AS $$
+    SELECT catbird._cb_run('task', cb_run_task.name, inputs, concurrency_keys, headers, visible_at, priority, expires_at)
+$$;
+
+CREATE OR REPLACE FUNCTION catbird.cb_run_task(
+    name text, input jsonb, concurrency_key text = NULL, headers jsonb = NULL,
+    visible_at timestamptz = NULL, priority int = 0, expires_at timestamptz = NULL)
+RETURNS bigint
+LANGUAGE plpgsql VOLATILE
+AS $$
+DECLARE
+    v_task catbird.cb_tasks := catbird._cb_task(name);
+BEGIN
+    IF input IS NULL OR (headers IS NOT NULL AND jsonb_typeof(headers) <> 'object') THEN
+        PERFORM catbird._cb_check_body('input', 'run input', input, headers);
+    END IF;
+    RETURN (catbird._cb_insert_task_runs(v_task, ARRAY[input],
+                                         CASE WHEN concurrency_key IS NOT NULL THEN ARRAY[concurrency_key] END,
+                                         ARRAY[headers], visible_at, priority, expires_at))[1];
+END
+$$;
+
+CREATE OR REPLACE FUNCTION catbird.cb_bind_task(name text, pattern text) RETURNS void
+LANGUAGE sql VOLATILE
+AS $$ SELECT catbird._cb_bind('task', cb_bind_task.name, pattern) $$;
+
+CREATE OR REPLACE FUNCTION catbird.cb_unbind_task(name text, pattern text) RETURNS boolean
+LANGUAGE sql VOLATILE
+AS $$ SELECT catbird._cb_unbind('task', cb_unbind_task.name, pattern) $$;
+
+CREATE OR REPLACE FUNCTION catbird.cb_cancel_task(name text, run_id bigint, reason text = NULL) RETURNS boolean
+LANGUAGE plpgsql VOLATILE
+AS $$
+DECLARE
+    v_task catbird.cb_tasks := catbird._cb_task(name);
+    v_now timestamptz := catbird.cb_now();
+    v_status text;
+BEGIN
+    UPDATE catbird.cb_task_runs r
+    SET status = 'canceled', canceled_at = v_now, cancel_requested_at = v_now, cancel_reason = reason
+    WHERE r.id = run_id AND r.task_id = v_task.id AND r.status IN ('queued', 'started')
+    RETURNING r.status INTO v_status;
+    IF v_status IS NOT NULL THEN
+        PERFORM catbird._cb_notify('catbird.task.canceled', run_id::text);
+        RETURN true;
+    END IF;
+    -- Canceling a canceled run again is not an error, and still true.
+    RETURN EXISTS (SELECT 1 FROM catbird.cb_task_runs r
+                   WHERE r.id = run_id AND r.task_id = v_task.id AND r.status = 'canceled');
+END
+$$;
+
+CREATE OR REPLACE FUNCTION catbird.cb_wait_task_output(name text, run_id bigint, poll_for int = 5000, poll_interval int = 200)
+RETURNS TABLE (status text, output jsonb, error_message text)
+LANGUAGE sql VOLATILE
+AS $$ SELECT * FROM catbird._cb_wait('task', cb_wait_task_output.name, run_id, NULL, poll_for, poll_interval) $$;
+
+CREATE OR REPLACE FUNCTION catbird.cb_purge_task_runs(name text, older_than interval) RETURNS int
+LANGUAGE sql VOLATILE
+AS $$ SELECT catbird._cb_purge_runs('task', cb_purge_task_runs.name, older_than) $$;
+
+CREATE OR REPLACE FUNCTION catbird.cb_clear_task_runs(name text) RETURNS int
+LANGUAGE sql VOLATILE
+AS $$ SELECT catbird._cb_clear_runs('task', catbird._cb_definition_id('task', cb_clear_task_runs.name)) $$;
+
+CREATE OR REPLACE FUNCTION catbird.cb_list_tasks()
+RETURNS TABLE (name text, description text, condition text, retention_period interval,
+               on_fail boolean, created_at timestamptz, max_retries int, backoff_min int, backoff_max int)
+LANGUAGE sql STABLE
+AS $$
+    SELECT t.name, t.description, t.condition, t.retention_period, t.on_fail, t.created_at,
+           t.max_retries, t.backoff_min, t.backoff_max
+    FROM catbird.cb_tasks t ORDER BY t.name
+$$;
+
+CREATE OR REPLACE FUNCTION catbird.cb_get_task(name text)
+RETURNS TABLE (name text, description text, condition text, retention_period interval,
+               on_fail boolean, created_at timestamptz, max_retries int, backoff_min int, backoff_max int)
+LANGUAGE sql STABLE
+AS $$ SELECT * FROM catbird.cb_list_tasks() t WHERE t.name = $1 $$;
+
+CREATE OR REPLACE FUNCTION catbird._cb_task_runs(task_id int, task_name text)
+RETURNS SETOF catbird.cb_task_run_info
+LANGUAGE sql STABLE
+AS $$
+    SELECT r.id, task_name, r.status, r.priority, r.attempts, r.concurrency_key, r.input, r.headers,
+           r.output, r.error_message, r.cancel_reason, r.created_at, r.visible_at, r.expires_at,
+           r.started_at, r.completed_at, r.failed_at, r.skipped_at, r.expired_at, r.cancel_requested_at,
+           r.canceled_at, r.on_fail_status, r.on_fail_attempts, r.on_fail_error_message, r.error_detail
+    FROM catbird.cb_task_runs r
+    WHERE r.task_id = $1
+$$;
+
+CREATE OR REPLACE FUNCTION catbird.cb_list_task_runs(name text, lim int = 100, before_id bigint = NULL)
+RETURNS SETOF catbird.cb_task_run_info
+LANGUAGE sql VOLATILE
+AS $$
+    SELECT * FROM catbird._cb_list_runs(NULL::catbird.cb_task_run_info, 'task', cb_list_task_runs.name, lim, before_id)
+$$;
+
+CREATE OR REPLACE FUNCTION catbird.cb_get_task_run(name text, run_id bigint)
+RETURNS SETOF catbird.cb_task_run_info
+LANGUAGE sql VOLATILE
+AS $$
+    SELECT * FROM catbird._cb_list_runs(NULL::catbird.cb_task_run_info, 'task', cb_get_task_run.name, 1,
+                                        run_id => run_id)
+$$;
+
+-- === from extension/sql/45_task_worker.sql
+
+CREATE OR REPLACE FUNCTION catbird.cb_claim_tasks(name text, quantity int, hide_for int)
+RETURNS SETOF catbird.cb_task_claim
+LANGUAGE plpgsql VOLATILE
+AS $$
+DECLARE
+    v_task_id int;
+    v_now timestamptz;
+    v_wanted int := quantity;
+    v_claims catbird.cb_task_claim[];
+    v_expired bigint;
+    v_failed bigint[];
+    v_max_retries int;
+    v_cap int;
+BEGIN
+    PERFORM catbird._cb_check_at_least('quantity', quantity, 1);
+    PERFORM catbird._cb_check_at_least('hide_for', hide_for, 1, ' ms');
+    SELECT t.id, t.max_retries INTO v_task_id, v_max_retries FROM catbird.cb_tasks t WHERE t.name = cb_claim_tasks.name;
+    IF v_task_id IS NULL THEN
+        v_task_id := (catbird._cb_task(name)).id;  -- raises the clear error
+    END IF;
+    v_cap := catbird._cb_lease_cap(v_max_retries);
+    v_now := catbird.cb_now();
+    -- Expired runs met on the way are retired (they leave the claim index) and
+    -- do not count against quantity: claim again until it is filled or no
+    -- expired run was met.
+    LOOP
+        WITH candidates AS (
+            SELECT r.id, (r.status = 'queued' AND coalesce(r.expires_at <= v_now, false)) AS expired,
+                   (r.status = 'started' AND r.attempts >= v_cap) AS exhausted
+            FROM catbird.cb_task_runs r
+            WHERE r.task_id = v_task_id
+              AND r.status IN ('queued', 'started')
+              AND r.visible_at <= v_now
+            ORDER BY r.priority DESC, r.visible_at, r.id
+            LIMIT v_wanted
+            FOR UPDATE SKIP LOCKED
+        ), claimed AS (
+            UPDATE catbird.cb_task_runs r
+            SET status = CASE WHEN c.expired THEN 'expired' WHEN c.exhausted THEN 'failed' ELSE 'started' END,
+                attempts = r.attempts + CASE WHEN c.expired OR c.exhausted THEN 0 ELSE 1 END,
+                started_at = CASE WHEN c.expired OR c.exhausted THEN r.started_at ELSE v_now END,
+                expired_at = CASE WHEN c.expired THEN v_now END,
+                visible_at = CASE WHEN c.expired OR c.exhausted THEN r.visible_at
+                                  ELSE v_now + make_interval(secs => hide_for / 1000.0) END,
+                failed_at = CASE WHEN c.exhausted THEN v_now ELSE r.failed_at END,
+                error_message = CASE WHEN c.exhausted THEN catbird._cb_lease_expired_error(r.attempts)
+                                     ELSE r.error_message END,
+                on_fail_status = CASE WHEN c.exhausted THEN 'queued' ELSE r.on_fail_status END,
+                on_fail_visible_at = CASE WHEN c.exhausted THEN v_now ELSE r.on_fail_visible_at END
+            FROM candidates c
+            WHERE r.id = c.id
+            RETURNING r.id, r.attempts, r.input, r.headers, r.concurrency_key, r.priority, c.expired, c.exhausted
+        )
+        SELECT coalesce(array_agg(ROW(c.id, c.attempts, c.input, c.headers, c.concurrency_key, c.priority)::catbird.cb_task_claim
+                                  ORDER BY c.priority DESC, c.id) FILTER (WHERE NOT (c.expired OR c.exhausted)), '{}'),
+               count(*) FILTER (WHERE c.expired OR c.exhausted),
+               array_agg(c.id ORDER BY c.id) FILTER (WHERE c.exhausted)
+        INTO v_claims, v_expired, v_failed
+        FROM claimed c;
+        RETURN QUERY SELECT * FROM unnest(v_claims);
+        IF v_failed IS NOT NULL THEN
+            PERFORM catbird._cb_notify('catbird.task.failed', f::text) FROM unnest(v_failed) AS f;
+        END IF;
+        v_wanted := v_wanted - cardinality(v_claims);
+        EXIT WHEN v_expired = 0 OR v_wanted = 0;
+    END LOOP;
+END
+$$;
+
+CREATE OR REPLACE FUNCTION catbird.cb_hide_tasks(name text, ids bigint[], hide_for int, attempts int[] = NULL) RETURNS void
+LANGUAGE plpgsql VOLATILE
+AS $$
+DECLARE
+    v_task catbird.cb_tasks := catbird._cb_task(name);
+BEGIN
+    PERFORM catbird._cb_check_lease(hide_for, ids, attempts);
+    -- With attempts, only leases still held under those claims are renewed.
+    UPDATE catbird.cb_task_runs r
+    SET visible_at = catbird.cb_now() + make_interval(secs => hide_for / 1000.0)
+    FROM unnest(ids, cb_hide_tasks.attempts) AS u(id, attempt)
+    WHERE r.task_id = v_task.id AND r.id = u.id AND r.id = ANY (ids) AND r.status = 'started'
+      AND (u.attempt IS NULL OR r.attempts = u.attempt);
+END
+$$;
+
+CREATE OR REPLACE FUNCTION catbird.cb_complete_tasks(name text, run_ids bigint[], outputs jsonb[], attempts int[] = NULL)
+RETURNS bigint[]
+LANGUAGE plpgsql VOLATILE
+AS $$
+DECLARE
+    v_task catbird.cb_tasks := catbird._cb_task(name);
+    v_now timestamptz := catbird.cb_now();
+    v_done bigint[];
+BEGIN
+    IF cardinality(run_ids) IS DISTINCT FROM cardinality(outputs)
+       OR (attempts IS NOT NULL AND cardinality(attempts) <> cardinality(run_ids)) THEN
+        RAISE EXCEPTION 'invalid arguments: run_ids, outputs (and attempts, when given) must have the same length'
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    WITH done AS (
+        UPDATE catbird.cb_task_runs r
+        SET status = 'completed', output = coalesce(u.output, 'null'::jsonb), completed_at = v_now,
+            error_message = NULL
+        FROM unnest(run_ids, outputs, cb_complete_tasks.attempts) AS u(id, output, attempt)
+        -- r.id = ANY keeps the plan on the primary key (joining the unnest alone
+        -- can walk the task's whole claim index on an unanalyzed table)
+        WHERE r.id = u.id AND r.id = ANY (run_ids) AND r.task_id = v_task.id AND r.status = 'started'
+          AND (u.attempt IS NULL OR r.attempts = u.attempt)
+        RETURNING r.id
+    )
+    SELECT coalesce(array_agg(d.id ORDER BY d.id), '{}') INTO v_done FROM done d;
+    -- One event per call (ids comma-separated, at most 500 per event), not one per run.
+    PERFORM catbird._cb_notify('catbird.task.completed', string_agg(c.id::text, ',' ORDER BY c.id))
+    FROM (SELECT d AS id, (row_number() OVER (ORDER BY d) - 1) / 500 AS chunk FROM unnest(v_done) AS d) c
+    GROUP BY c.chunk;
+    RETURN v_done;
+END
+$$;
+
+CREATE OR REPLACE FUNCTION catbird.cb_complete_task(name text, run_id bigint, output jsonb, attempt int = NULL)
+RETURNS boolean
+LANGUAGE sql VOLATILE
+AS $$
+    SELECT cardinality(catbird.cb_complete_tasks(name, ARRAY[run_id], ARRAY[output], ARRAY[attempt])) > 0
+$$;
+
+CREATE OR REPLACE FUNCTION catbird.cb_fail_task(name text, run_id bigint, error_message text, attempt int = NULL,
+                                     max_retries int = NULL, backoff_min int = NULL, backoff_max int = NULL,
+                                     retryable boolean = true, error_detail text = NULL)
+RETURNS text
+LANGUAGE plpgsql VOLATILE
+AS $$
+DECLARE
+    v_task catbird.cb_tasks := catbird._cb_task(name);
+    v_now timestamptz := catbird.cb_now();
+    v_policy record;
+    v_status text;
+BEGIN
+    v_policy := catbird._cb_effective_policy(max_retries, backoff_min, backoff_max,
+                                             v_task.max_retries, v_task.backoff_min, v_task.backoff_max);
+    PERFORM catbird._cb_check_fail_args(retryable, NULL);
+    UPDATE catbird.cb_task_runs r
+    SET status = CASE WHEN retryable AND r.attempts <= v_policy.max_retries_out THEN 'queued' ELSE 'failed' END,
+        visible_at = CASE WHEN retryable AND r.attempts <= v_policy.max_retries_out
+                          THEN v_now + make_interval(secs => catbird._cb_retry_delay(
+                                   r.attempts, v_policy.backoff_min_out, v_policy.backoff_max_out) / 1000.0)
+                          ELSE r.visible_at END,
+        failed_at = CASE WHEN retryable AND r.attempts <= v_policy.max_retries_out THEN NULL ELSE v_now END,
+        error_message = coalesce(cb_fail_task.error_message, 'unknown error'),
+        error_detail = cb_fail_task.error_detail,
+        on_fail_status = CASE WHEN retryable AND r.attempts <= v_policy.max_retries_out THEN NULL ELSE 'queued' END,
+        on_fail_visible_at = CASE WHEN retryable AND r.attempts <= v_policy.max_retries_out THEN NULL ELSE v_now END
+    WHERE r.id = run_id AND r.task_id = v_task.id AND r.status = 'started'
+      AND (attempt IS NULL OR r.attempts = attempt)
+    RETURNING r.status INTO v_status;
+    IF v_status = 'failed' THEN
+        PERFORM catbird._cb_notify('catbird.task.failed', run_id::text);
+    END IF;
+    RETURN v_status;
+END
+$$;
+
+CREATE OR REPLACE FUNCTION catbird.cb_retry_task_run(name text, run_id bigint) RETURNS boolean
+LANGUAGE plpgsql VOLATILE
+AS $$
+DECLARE
+    v_task catbird.cb_tasks := catbird._cb_task(name);
+    v_now timestamptz := catbird.cb_now();
+    v_run catbird.cb_task_runs;
+BEGIN
+    SELECT * INTO v_run FROM catbird.cb_task_runs r
+    WHERE r.id = run_id AND r.task_id = v_task.id AND r.status IN ('failed', 'canceled', 'expired')
+    FOR UPDATE;
+    IF v_run.id IS NULL THEN
+        RETURN false;
+    END IF;
+    IF catbird._cb_key_held('task', v_task.id, v_run.concurrency_key) THEN
+        RETURN false;
+    END IF;
+    BEGIN
+        UPDATE catbird.cb_task_runs r
+        SET status = 'queued', attempts = 0, visible_at = v_now, output = NULL, error_message = NULL,
+            error_detail = NULL, started_at = NULL, completed_at = NULL, failed_at = NULL, expired_at = NULL,
+            canceled_at = NULL, cancel_requested_at = NULL, cancel_reason = NULL,
+            expires_at = CASE WHEN r.expires_at <= v_now THEN NULL ELSE r.expires_at END,
+            on_fail_status = NULL, on_fail_attempts = 0, on_fail_visible_at = NULL, on_fail_error_message = NULL
+        WHERE r.id = v_run.id;
+    EXCEPTION WHEN unique_violation THEN
+        RETURN false;  -- a run holding the key committed meanwhile
+    END;
+    PERFORM catbird._cb_notify('catbird.task.queued', v_task.name);
+    RETURN true;
+END
+$$;
+
+CREATE OR REPLACE FUNCTION catbird.cb_claim_task_on_fail(name text, quantity int, hide_for int = 30000)
+RETURNS TABLE (id bigint, input jsonb, error_message text, attempts int, on_fail_attempts int,
+               started_at timestamptz, failed_at timestamptz, concurrency_key text)
+LANGUAGE plpgsql VOLATILE
+AS $$
+DECLARE
+    v_task catbird.cb_tasks := catbird._cb_task(name);
+    v_now timestamptz := catbird.cb_now();
+BEGIN
+    PERFORM catbird._cb_check_at_least('quantity', quantity, 1);
+    PERFORM catbird._cb_check_at_least('hide_for', hide_for, 1, ' ms');
+    RETURN QUERY
+    WITH candidates AS (
+        SELECT r.id
+        FROM catbird.cb_task_runs r
+        WHERE r.task_id = v_task.id AND r.on_fail_status IN ('queued', 'started')
+          AND r.on_fail_visible_at <= v_now
+        ORDER BY r.on_fail_visible_at, r.id
+        LIMIT quantity
+        FOR UPDATE SKIP LOCKED
+    ), claimed AS (
+        UPDATE catbird.cb_task_runs r
+        SET on_fail_status = 'started', on_fail_attempts = r.on_fail_attempts + 1,
+            on_fail_visible_at = v_now + make_interval(secs => hide_for / 1000.0)
+        FROM candidates c
+        WHERE r.id = c.id
+        RETURNING r.id, r.input, r.error_message, r.attempts, r.on_fail_attempts, r.started_at,
+                  r.failed_at, r.concurrency_key
+    )
+    SELECT c.id, c.input, c.error_message, c.attempts, c.on_fail_attempts, c.started_at, c.failed_at,
+           c.concurrency_key
+    FROM claimed c ORDER BY c.id;
+END
+$$;
+
+CREATE OR REPLACE FUNCTION catbird.cb_complete_task_on_fail(name text, run_id bigint, on_fail_attempt int = NULL) RETURNS void
+LANGUAGE sql VOLATILE
+AS $$
+    SELECT catbird._cb_end_on_fail('task', cb_complete_task_on_fail.name, run_id, completed => true,
+                                   on_fail_attempt => on_fail_attempt)
+$$;
+
+CREATE OR REPLACE FUNCTION catbird.cb_fail_task_on_fail(name text, run_id bigint, error_message text,
+                                             retry_exhausted boolean = NULL, retry_delay bigint = NULL,
+                                             on_fail_attempt int = NULL, max_retries int = NULL,
+                                             backoff_min int = NULL, backoff_max int = NULL)
+RETURNS void
+LANGUAGE sql VOLATILE
+AS $$
+    SELECT catbird._cb_end_on_fail('task', cb_fail_task_on_fail.name, run_id, completed => false,
+                                   error_message => cb_fail_task_on_fail.error_message,
+                                   retry_exhausted => retry_exhausted, retry_delay => retry_delay,
+                                   on_fail_attempt => on_fail_attempt, max_retries => max_retries,
+                                   backoff_min => backoff_min, backoff_max => backoff_max)
+$$;
+
+-- === from extension/sql/51_flow_definitions.sql
+
+CREATE OR REPLACE FUNCTION catbird._cb_flow(name text) RETURNS catbird.cb_flows
+LANGUAGE plpgsql VOLATILE
+AS $$
+DECLARE
+    v_flow catbird.cb_flows;
+BEGIN
+    PERFORM catbird._cb_lock_definition('flow', name);
+    SELECT * INTO v_flow FROM catbird.cb_flows f WHERE f.name = _cb_flow.name;
+    IF v_flow.id IS NULL THEN
+        PERFORM catbird._cb_raise_undefined('flow', name);
+    END IF;
+    RETURN v_flow;
+END
+$$;
+
+CREATE OR REPLACE FUNCTION catbird._cb_flow_step(flow catbird.cb_flows, step_name text) RETURNS catbird.cb_flow_steps
+LANGUAGE plpgsql STABLE
+AS $$
+DECLARE
+    v_step catbird.cb_flow_steps;
+BEGIN
+    SELECT * INTO v_step FROM catbird.cb_flow_steps s WHERE s.flow_id = flow.id AND s.name = step_name;
+    IF v_step.flow_id IS NULL THEN
+        RAISE EXCEPTION 'flow "%" has no step "%"', flow.name, step_name
+            USING ERRCODE = 'undefined_object',
+                  HINT = format('Its steps are: %s.', (SELECT string_agg(s.name, ', ' ORDER BY s.position)
+                                                        FROM catbird.cb_flow_steps s WHERE s.flow_id = flow.id));
+    END IF;
+    RETURN v_step;
+END
+$$;
+
+CREATE OR REPLACE FUNCTION catbird._cb_normalize_flow_steps(flow_name text, steps jsonb) RETURNS jsonb
+LANGUAGE plpgsql IMMUTABLE
+AS $$
+DECLARE
+    v_step jsonb;
+    v_name text;
+    v_names text[] := '{}'::text[];
+    v_deps text[];
+    v_type text;
+    v_normalized jsonb := '[]'::jsonb;
+    v_ignore text[];
+    v_cycle text;
+    v_dep jsonb;
+    v_key text;
+BEGIN
+    IF steps IS NULL OR jsonb_typeof(steps) <> 'array' THEN
+        RAISE EXCEPTION 'invalid steps for flow "%": expected a JSON array of step objects', flow_name
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    IF jsonb_array_length(steps) = 0 THEN
+        RAISE EXCEPTION 'invalid flow "%": it has no steps; a flow needs at least one', flow_name
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    -- Names first, so dependencies can refer to later steps.
+    FOR v_step IN SELECT s FROM jsonb_array_elements(steps) s LOOP
+        IF jsonb_typeof(v_step) <> 'object' THEN
+            RAISE EXCEPTION 'invalid step in flow "%": % is not a JSON object', flow_name, catbird._cb_quote_arg(v_step::text)
+                USING ERRCODE = 'invalid_parameter_value';
+        END IF;
+        v_name := v_step ->> 'name';
+        PERFORM catbird._cb_check_name('step', v_name);
+        -- A misspelt key ("conditon", "dependson") would silently drop what it
+        -- meant to say. max_retries, backoff_min, backoff_max: the stored
+        -- retry policy (SPEC 7.1).
+        SELECT k INTO v_key FROM jsonb_object_keys(v_step) k
+        WHERE k NOT IN ('name', 'description', 'step_type', 'signal', 'condition', 'depends_on',
+                        'map_source_step_name', 'reduce_source_step_name', 'ignore_output',
+                        'max_retries', 'backoff_min', 'backoff_max')
+        ORDER BY k LIMIT 1;
+        IF v_key IS NOT NULL THEN
+            RAISE EXCEPTION 'invalid step "%" in flow "%": unknown key %', v_name, flow_name, catbird._cb_quote_arg(v_key)
+                USING ERRCODE = 'invalid_parameter_value',
+                      HINT = 'A step object has the keys name, description, step_type, signal, condition, depends_on, map_source_step_name, reduce_source_step_name, ignore_output, max_retries, backoff_min, backoff_max.';
+        END IF;
+        IF v_name IN ('input', 'signal') THEN
+            RAISE EXCEPTION 'invalid step name "%" in flow "%": "input" and "signal" are reserved', v_name, flow_name
+                USING ERRCODE = 'invalid_parameter_value';
+        END IF;
+        IF v_name = ANY (v_names) THEN
+            RAISE EXCEPTION 'invalid flow "%": step "%" is defined twice', flow_name, v_name
+                USING ERRCODE = 'invalid_parameter_value';
+        END IF;
+        v_names := v_names || v_name;
+    END LOOP;
+
+    FOR v_step IN SELECT s FROM jsonb_array_elements(steps) s LOOP
+        v_name := v_step ->> 'name';
+        IF v_step ? 'depends_on' AND jsonb_typeof(v_step -> 'depends_on') NOT IN ('array', 'null') THEN
+            RAISE EXCEPTION 'invalid depends_on of step "%": expected an array of {"name": ...}', v_name
+                USING ERRCODE = 'invalid_parameter_value';
+        END IF;
+        v_deps := '{}'::text[];
+        FOR v_dep IN SELECT d FROM jsonb_array_elements(coalesce(nullif(v_step -> 'depends_on', 'null'), '[]')) d LOOP
+            -- {"name": "a"} as in the Go API, or plain "a"
+            v_deps := v_deps || CASE jsonb_typeof(v_dep) WHEN 'object' THEN v_dep ->> 'name'
+                                                          WHEN 'string' THEN v_dep #>> '{}' END;
+        END LOOP;
+        IF array_position(v_deps, NULL) IS NOT NULL THEN
+            RAISE EXCEPTION 'invalid depends_on of step "%": expected an array of {"name": ...}', v_name
+                USING ERRCODE = 'invalid_parameter_value';
+        END IF;
+        IF EXISTS (SELECT 1 FROM unnest(v_deps) d GROUP BY d HAVING count(*) > 1) THEN
+            RAISE EXCEPTION 'invalid depends_on of step "%": a dependency is listed twice', v_name
+                USING ERRCODE = 'invalid_parameter_value';
+        END IF;
+        IF EXISTS (SELECT 1 FROM unnest(v_deps) d WHERE NOT d = ANY (v_names)) THEN
+            RAISE EXCEPTION 'invalid flow "%": step "%" depends on unknown step(s) %', flow_name, v_name,
+                catbird._cb_quote_arg((SELECT string_agg(format('"%s"', d), ', ') FROM unnest(v_deps) d WHERE NOT d = ANY (v_names)))
+                USING ERRCODE = 'invalid_parameter_value',
+                      HINT = format('The steps are: %s.', array_to_string(v_names, ', '));
+        END IF;
+        IF jsonb_typeof(v_step -> 'signal') NOT IN ('boolean', 'null') THEN
+            RAISE EXCEPTION 'invalid signal of step "%": expected true or false, got %', v_name, catbird._cb_quote_arg((v_step -> 'signal')::text)
+                USING ERRCODE = 'invalid_parameter_value';
+        END IF;
+        v_type := coalesce(v_step ->> 'step_type', 'normal');
+        IF v_type NOT IN ('normal', 'mapper', 'generator', 'reducer') THEN
+            RAISE EXCEPTION 'invalid step_type % of step "%": expected normal, mapper, generator or reducer', catbird._cb_quote_arg(v_type), v_name
+                USING ERRCODE = 'invalid_parameter_value';
+        END IF;
+        IF v_step ->> 'map_source_step_name' IS NOT NULL AND (v_type <> 'mapper'
+           OR NOT (v_step ->> 'map_source_step_name') = ANY (v_deps)) THEN
+            RAISE EXCEPTION 'invalid map source of step "%": "%" must be a dependency of a mapper step (or omit it to map the flow input)',
+                v_name, v_step ->> 'map_source_step_name'
+                USING ERRCODE = 'invalid_parameter_value';
+        END IF;
+        IF v_type = 'reducer' AND (v_step ->> 'reduce_source_step_name' IS NULL
+           OR NOT (v_step ->> 'reduce_source_step_name') = ANY (v_deps)
+           OR NOT EXISTS (SELECT 1 FROM jsonb_array_elements(steps) s
+                          WHERE s ->> 'name' = v_step ->> 'reduce_source_step_name'
+                            AND s ->> 'step_type' IN ('mapper', 'generator'))) THEN
+            RAISE EXCEPTION 'invalid reduce source of step "%": a reducer needs reduce_source_step_name naming a mapper or generator step among its dependencies',
+                v_name
+                USING ERRCODE = 'invalid_parameter_value';
+        END IF;
+        IF v_step ->> 'reduce_source_step_name' IS NOT NULL AND v_type <> 'reducer' THEN
+            RAISE EXCEPTION 'invalid step "%": reduce_source_step_name is only for reducer steps', v_name
+                USING ERRCODE = 'invalid_parameter_value';
+        END IF;
+        IF v_step ? 'ignore_output' AND jsonb_typeof(v_step -> 'ignore_output') NOT IN ('array', 'null') THEN
+            RAISE EXCEPTION 'invalid ignore_output of step "%": expected an array of dependency names', v_name
+                USING ERRCODE = 'invalid_parameter_value';
+        END IF;
+        IF EXISTS (SELECT 1 FROM jsonb_array_elements(coalesce(nullif(v_step -> 'ignore_output', 'null'), '[]')) i
+                   WHERE jsonb_typeof(i) <> 'string') THEN
+            RAISE EXCEPTION 'invalid ignore_output of step "%": expected an array of dependency names (strings)', v_name
+                USING ERRCODE = 'invalid_parameter_value';
+        END IF;
+        v_ignore := ARRAY(SELECT jsonb_array_elements_text(coalesce(nullif(v_step -> 'ignore_output', 'null'), '[]')));
+        IF EXISTS (SELECT 1 FROM unnest(v_ignore) i WHERE NOT i = ANY (v_deps)) THEN
+            RAISE EXCEPTION 'invalid ignore_output of step "%": % is not a dependency', v_name,
+                (SELECT string_agg(format('"%s"', i), ', ') FROM unnest(v_ignore) i WHERE NOT i = ANY (v_deps))
+                USING ERRCODE = 'invalid_parameter_value';
+        END IF;
+        IF v_step ->> 'condition' IS NOT NULL THEN
+            PERFORM catbird._cb_parse_condition(
+                v_step ->> 'condition',
+                ARRAY['input'] || CASE WHEN (v_step ->> 'signal')::boolean THEN ARRAY['signal'] ELSE '{}' END || v_deps);
+        END IF;
+        FOREACH v_key IN ARRAY ARRAY['max_retries', 'backoff_min', 'backoff_max'] LOOP
+            IF jsonb_typeof(v_step -> v_key) NOT IN ('number', 'null')
+               OR (jsonb_typeof(v_step -> v_key) = 'number'
+                   AND ((v_step ->> v_key)::numeric <> trunc((v_step ->> v_key)::numeric)
+                        OR abs((v_step ->> v_key)::numeric) > 2147483647)) THEN
+                RAISE EXCEPTION 'invalid % of step "%": expected a whole number, got %', v_key, v_name, v_step -> v_key
+                    USING ERRCODE = 'invalid_parameter_value';
+            END IF;
+        END LOOP;
+        PERFORM catbird._cb_check_stored_policy((v_step ->> 'max_retries')::int, (v_step ->> 'backoff_min')::int,
+                                                (v_step ->> 'backoff_max')::int);
+        v_normalized := v_normalized || jsonb_build_array(jsonb_build_object(
+            'name', v_name,
+            'description', v_step ->> 'description',
+            'step_type', v_type,
+            'signal', coalesce((v_step ->> 'signal')::boolean, false),
+            'condition', v_step ->> 'condition',
+            'map_source_step_name', v_step ->> 'map_source_step_name',
+            'reduce_source_step_name', v_step ->> 'reduce_source_step_name',
+            'depends_on', (SELECT coalesce(jsonb_agg(jsonb_build_object('name', d) ORDER BY o), '[]')
+                           FROM unnest(v_deps) WITH ORDINALITY AS x(d, o)),
+            'ignore_output', to_jsonb(v_ignore))
+            -- the retry policy keys only when given, so definitions without one keep their shape
+            || jsonb_strip_nulls(jsonb_build_object('max_retries', v_step -> 'max_retries',
+                                                    'backoff_min', v_step -> 'backoff_min',
+                                                    'backoff_max', v_step -> 'backoff_max')));
+    END LOOP;
+
+    -- Cycle check: walk the dependency edges from every step; coming back to
+    -- the starting step is a cycle (reported with its path).
+    WITH RECURSIVE edges AS (
+        SELECT s ->> 'name' AS step, d ->> 'name' AS dep
+        FROM jsonb_array_elements(v_normalized) s, jsonb_array_elements(s -> 'depends_on') d
+    ), walk (origin, step, path) AS (
+        SELECT e.step, e.dep, ARRAY[e.step, e.dep] FROM edges e
+        UNION ALL
+        SELECT w.origin, e.dep, w.path || e.dep
+        FROM walk w JOIN edges e ON e.step = w.step
+        WHERE NOT e.dep = ANY (w.path[2:]) AND w.step <> w.origin
+    )
+    SELECT array_to_string(w.path, ' -> ') INTO v_cycle FROM walk w WHERE w.step = w.origin LIMIT 1;
+    IF v_cycle IS NOT NULL THEN
+        RAISE EXCEPTION 'invalid flow "%": its dependencies form a cycle (%)', flow_name, v_cycle
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    RETURN v_normalized;
+END
+$$;
+
+CREATE OR REPLACE FUNCTION catbird.cb_create_flow(name text, description text = NULL, steps jsonb = '[]',
+                                       output_priority text[] = NULL, retention_period interval = NULL,
+                                       on_fail boolean = false)
+RETURNS void
+LANGUAGE plpgsql VOLATILE
+AS $$
+DECLARE
+    v_steps jsonb;
+    v_output_priority text[];
+    v_existing catbird.cb_flows;
+    v_id int;
+BEGIN
+    PERFORM catbird._cb_check_name('flow', name);
+    v_steps := catbird._cb_normalize_flow_steps(name, steps);
+    IF output_priority IS NOT NULL THEN
+        IF cardinality(output_priority) = 0 OR array_position(output_priority, NULL) IS NOT NULL
+           OR EXISTS (SELECT 1 FROM unnest(output_priority) o
+                      WHERE NOT EXISTS (SELECT 1 FROM jsonb_array_elements(v_steps) s WHERE s ->> 'name' = o)) THEN
+            RAISE EXCEPTION 'invalid output_priority %: it must name one or more steps of flow "%"',
+                catbird._cb_quote_arg(output_priority::text), name
+                USING ERRCODE = 'invalid_parameter_value';
+        END IF;
+        v_output_priority := output_priority;
+    ELSE
+        -- Default: the terminal steps (no dependents), in definition order.
+        v_output_priority := ARRAY(
+            SELECT s ->> 'name' FROM jsonb_array_elements(v_steps) WITH ORDINALITY AS x(s, o)
+            WHERE NOT EXISTS (SELECT 1 FROM jsonb_array_elements(v_steps) t, jsonb_array_elements(t -> 'depends_on') d
+                              WHERE d ->> 'name' = s ->> 'name')
+            ORDER BY o);
+    END IF;
+    PERFORM catbird._cb_check_retention(retention_period);
+
+    PERFORM catbird._cb_lock_definition('flow', name, exclusive => true);
+    SELECT * INTO v_existing FROM catbird.cb_flows f WHERE f.name = cb_create_flow.name;
+    IF v_existing.id IS NOT NULL THEN
+        IF (v_existing.description, v_existing.steps, v_existing.output_priority, v_existing.retention_period, v_existing.on_fail)
+           IS NOT DISTINCT FROM (description, v_steps, v_output_priority, retention_period, coalesce(on_fail, false)) THEN
+            RETURN;  -- same definition
+        END IF;
+        IF EXISTS (SELECT 1 FROM catbird.cb_flow_runs r
+                   WHERE r.flow_id = v_existing.id AND r.status IN ('started', 'canceling')) THEN
+            RAISE EXCEPTION 'flow "%" has active runs; its definition cannot change while they run', name
+                USING ERRCODE = 'object_in_use',
+                      HINT = 'Wait for the runs to finish or cancel them, or create the flow under a new name.';
+        END IF;
+        DELETE FROM catbird.cb_flow_steps s WHERE s.flow_id = v_existing.id;
+        UPDATE catbird.cb_flows f
+        SET description = cb_create_flow.description, steps = v_steps, output_priority = v_output_priority,
+            retention_period = cb_create_flow.retention_period, on_fail = coalesce(cb_create_flow.on_fail, false)
+        WHERE f.id = v_existing.id;
+        v_id := v_existing.id;
+    ELSE
+        INSERT INTO catbird.cb_flows (name, description, steps, output_priority, retention_period, on_fail, created_at)
+        VALUES (cb_create_flow.name, cb_create_flow.description, v_steps, v_output_priority,
+                cb_create_flow.retention_period, coalesce(cb_create_flow.on_fail, false), catbird.cb_now())
+        RETURNING id INTO v_id;
+        PERFORM catbird._cb_notify('catbird.flow.created', name);
+    END IF;
+
+    INSERT INTO catbird.cb_flow_steps (flow_id, name, position, description, step_type, signal, condition,
+                                       condition_expr, map_source, reduce_source, depends_on, ignore_output,
+                                       max_retries, backoff_min, backoff_max)
+    SELECT v_id, s ->> 'name', o, s ->> 'description', s ->> 'step_type', (s ->> 'signal')::boolean,
+           s ->> 'condition',
+           CASE WHEN s ->> 'condition' IS NOT NULL THEN
+               catbird._cb_parse_condition(s ->> 'condition',
+                   ARRAY['input', 'signal'] || ARRAY(SELECT d ->> 'name' FROM jsonb_array_elements(s -> 'depends_on') d))
+           END,
+           s ->> 'map_source_step_name', s ->> 'reduce_source_step_name',
+           ARRAY(SELECT d ->> 'name' FROM jsonb_array_elements(s -> 'depends_on') d),
+           ARRAY(SELECT jsonb_array_elements_text(s -> 'ignore_output')),
+           (s ->> 'max_retries')::int, (s ->> 'backoff_min')::int, (s ->> 'backoff_max')::int
+    FROM jsonb_array_elements(v_steps) WITH ORDINALITY AS x(s, o);
+END
+$$;
+
+CREATE OR REPLACE FUNCTION catbird.cb_delete_flow(name text) RETURNS boolean
+LANGUAGE sql VOLATILE
+AS $$ SELECT catbird._cb_delete_definition('flow', cb_delete_flow.name) $$;
+
+CREATE OR REPLACE FUNCTION catbird.cb_list_flows()
+RETURNS TABLE (name text, description text, steps jsonb, output_priority text[], retention_period interval,
+               on_fail boolean, created_at timestamptz)
+LANGUAGE sql STABLE
+AS $$
+    SELECT f.name, f.description, f.steps, f.output_priority, f.retention_period, f.on_fail, f.created_at
+    FROM catbird.cb_flows f ORDER BY f.name
+$$;
+
+CREATE OR REPLACE FUNCTION catbird.cb_get_flow(name text)
+RETURNS TABLE (name text, description text, steps jsonb, output_priority text[], retention_period interval,
+               on_fail boolean, created_at timestamptz)
+LANGUAGE sql STABLE
+AS $$ SELECT * FROM catbird.cb_list_flows() f WHERE f.name = $1 $$;
+
+-- === from extension/sql/52_flow_dispatch.sql
+
+CREATE OR REPLACE FUNCTION catbird._cb_step_output(step_run_id bigint, step_type text, stored jsonb) RETURNS jsonb
+LANGUAGE sql STABLE
+AS $$
+    SELECT CASE WHEN step_type IN ('mapper', 'generator') THEN
+                    (SELECT coalesce(jsonb_agg(m.output ORDER BY m.idx), '[]')
+                     FROM catbird.cb_map_tasks m WHERE m.step_run_id = $1)
+                ELSE stored END
+$$;
+
+CREATE OR REPLACE FUNCTION catbird._cb_dependency_outputs(flow_run_id bigint, step catbird.cb_flow_steps) RETURNS jsonb
+LANGUAGE sql STABLE
+AS $$
+    SELECT coalesce(jsonb_object_agg(d.step_name, catbird._cb_step_output(d.id, d.step_type, d.output)), '{}')
+    FROM catbird.cb_step_runs d
+    WHERE d.flow_run_id = $1
+      AND d.step_name = ANY (step.depends_on)
+      AND NOT d.step_name = ANY (step.ignore_output)
+      AND d.step_name IS DISTINCT FROM step.reduce_source
+      AND d.status = 'completed'
+$$;
+
+CREATE OR REPLACE FUNCTION catbird._cb_resolve_dependents(flow_run_id bigint, flow_id int, step_name text) RETURNS void
+LANGUAGE sql VOLATILE
+AS $$
+    UPDATE catbird.cb_step_runs sr
+    SET deps_remaining = sr.deps_remaining - 1
+    FROM catbird.cb_flow_steps fs
+    WHERE sr.flow_run_id = $1 AND fs.flow_id = $2 AND fs.name = sr.step_name
+      AND $3 = ANY (fs.depends_on)
+$$;
+
+CREATE OR REPLACE FUNCTION catbird._cb_cancel_open_work(flow_run_id bigint, include_started boolean) RETURNS void
+LANGUAGE plpgsql VOLATILE
+AS $$
+DECLARE
+    v_now timestamptz := catbird.cb_now();
+BEGIN
+    UPDATE catbird.cb_step_runs sr SET status = 'canceled', canceled_at = v_now
+    WHERE sr.flow_run_id = _cb_cancel_open_work.flow_run_id
+      AND sr.status IN ('waiting_for_dependencies', 'waiting_for_signal', 'waiting_for_map_tasks', 'queued')
+          OR (sr.flow_run_id = _cb_cancel_open_work.flow_run_id AND include_started AND sr.status = 'started');
+    UPDATE catbird.cb_map_tasks m SET status = 'canceled'
+    WHERE m.flow_run_id = _cb_cancel_open_work.flow_run_id
+      AND (m.status = 'queued' OR (include_started AND m.status = 'started'));
+END
+$$;
+
+CREATE OR REPLACE FUNCTION catbird._cb_fail_flow_run(flow_run_id bigint, step_name text, error_message text,
+                                          step_input jsonb, signal_input jsonb, step_attempts int)
+RETURNS void
+LANGUAGE plpgsql VOLATILE
+AS $$
+DECLARE
+    v_now timestamptz := catbird.cb_now();
+BEGIN
+    UPDATE catbird.cb_flow_runs r
+    SET status = 'failed', failed_at = v_now, error_message = _cb_fail_flow_run.error_message,
+        failed_step_name = step_name, failed_step_input = step_input, failed_step_signal_input = signal_input,
+        failed_step_attempts = step_attempts,
+        on_fail_status = 'queued', on_fail_visible_at = v_now
+    WHERE r.id = flow_run_id;
+    PERFORM catbird._cb_cancel_open_work(flow_run_id, true);
+    PERFORM catbird._cb_notify('catbird.flow.failed', flow_run_id::text);
+END
+$$;
+
+CREATE OR REPLACE FUNCTION catbird._cb_advance_flow_run(flow_run_id bigint) RETURNS void
+LANGUAGE plpgsql VOLATILE
+AS $$
+DECLARE
+    v_run catbird.cb_flow_runs;
+    v_flow catbird.cb_flows;
+    v_step record;
+    v_now timestamptz := catbird.cb_now();
+    v_progress boolean;
+    v_context jsonb;
+    v_items jsonb;
+    v_output jsonb;
+    v_output_step text;
+BEGIN
+    SELECT * INTO v_run FROM catbird.cb_flow_runs r WHERE r.id = flow_run_id;
+    IF v_run.status <> 'started' THEN
+        RETURN;
+    END IF;
+    SELECT * INTO v_flow FROM catbird.cb_flows f WHERE f.id = v_run.flow_id;
+    LOOP
+        v_progress := false;
+        FOR v_step IN
+            SELECT sr.id, sr.signal_received, sr.signal_input, sr.status, fs
+            FROM catbird.cb_step_runs sr
+            JOIN catbird.cb_flow_steps fs ON fs.flow_id = sr.flow_id AND fs.name = sr.step_name
+            WHERE sr.flow_run_id = _cb_advance_flow_run.flow_run_id
+              AND sr.status IN ('waiting_for_dependencies', 'waiting_for_signal')
+              AND sr.deps_remaining = 0
+            ORDER BY fs.position
+        LOOP
+            IF (v_step.fs).signal AND NOT v_step.signal_received THEN
+                IF v_step.status <> 'waiting_for_signal' THEN
+                    UPDATE catbird.cb_step_runs sr SET status = 'waiting_for_signal' WHERE sr.id = v_step.id;
+                END IF;
+                CONTINUE;
+            END IF;
+            v_context := NULL;
+            IF (v_step.fs).condition_expr IS NOT NULL OR (v_step.fs).map_source IS NOT NULL THEN
+                v_context := catbird._cb_dependency_outputs(flow_run_id, v_step.fs)
+                             || jsonb_build_object('input', v_run.input)
+                             || CASE WHEN v_step.signal_received
+                                     THEN jsonb_build_object('signal', v_step.signal_input) ELSE '{}' END;
+            END IF;
+            IF NOT catbird._cb_eval_condition((v_step.fs).condition_expr, v_context) THEN
+                UPDATE catbird.cb_step_runs sr SET status = 'skipped', skipped_at = v_now WHERE sr.id = v_step.id;
+                PERFORM catbird._cb_resolve_dependents(flow_run_id, v_run.flow_id, (v_step.fs).name);
+                v_progress := true;
+                CONTINUE;
+            END IF;
+            IF (v_step.fs).step_type = 'mapper' THEN
+                v_items := CASE WHEN (v_step.fs).map_source IS NULL THEN v_run.input
+                                ELSE v_context -> (v_step.fs).map_source END;
+                IF v_items IS NULL OR jsonb_typeof(v_items) <> 'array' THEN
+                    UPDATE catbird.cb_step_runs sr
+                    SET status = 'failed', failed_at = v_now,
+                        error_message = format('mapper step "%s" maps over %s, which is %s, not an array',
+                                               (v_step.fs).name,
+                                               coalesce('the output of step "' || (v_step.fs).map_source || '"', 'the flow input'),
+                                               coalesce(jsonb_typeof(v_items), 'absent'))
+                    WHERE sr.id = v_step.id
+                    RETURNING sr.error_message INTO v_output_step;
+                    PERFORM catbird._cb_fail_flow_run(flow_run_id, (v_step.fs).name, v_output_step,
+                                                      v_items, v_step.signal_input, 0);
+                    RETURN;
+                END IF;
+                INSERT INTO catbird.cb_map_tasks (step_run_id, flow_run_id, flow_id, idx, priority, step_name,
+                                                  status, visible_at, created_at, item)
+                SELECT v_step.id, flow_run_id, v_run.flow_id, (e.ord - 1)::int, v_run.priority, (v_step.fs).name,
+                       'queued', greatest(v_now, v_run.visible_at), v_now, e.item
+                FROM jsonb_array_elements(v_items) WITH ORDINALITY AS e(item, ord);
+                IF jsonb_array_length(v_items) = 0 THEN
+                    UPDATE catbird.cb_step_runs sr SET status = 'completed', completed_at = v_now, map_total = 0
+                    WHERE sr.id = v_step.id;
+                    PERFORM catbird._cb_resolve_dependents(flow_run_id, v_run.flow_id, (v_step.fs).name);
+                    v_progress := true;
+                ELSE
+                    UPDATE catbird.cb_step_runs sr
+                    SET status = 'waiting_for_map_tasks', map_total = jsonb_array_length(v_items)
+                    WHERE sr.id = v_step.id;
+                    PERFORM catbird._cb_notify('catbird.step.queued', v_flow.name || '/' || (v_step.fs).name);
+                END IF;
+                CONTINUE;
+            END IF;
+            UPDATE catbird.cb_step_runs sr SET status = 'queued', visible_at = greatest(v_now, v_run.visible_at)
+            WHERE sr.id = v_step.id;
+            PERFORM catbird._cb_notify('catbird.step.queued', v_flow.name || '/' || (v_step.fs).name);
+        END LOOP;
+        EXIT WHEN NOT v_progress;
+    END LOOP;
+
+    IF EXISTS (SELECT 1 FROM catbird.cb_step_runs sr
+               WHERE sr.flow_run_id = _cb_advance_flow_run.flow_run_id
+                 AND sr.status NOT IN ('completed', 'skipped')) THEN
+        RETURN;
+    END IF;
+    SELECT p.name, catbird._cb_step_output(sr.id, sr.step_type, sr.output)
+    INTO v_output_step, v_output
+    FROM unnest(v_flow.output_priority) WITH ORDINALITY AS p(name, ord)
+    JOIN catbird.cb_step_runs sr ON sr.flow_run_id = _cb_advance_flow_run.flow_run_id AND sr.step_name = p.name
+    WHERE sr.status = 'completed'
+    ORDER BY p.ord
+    LIMIT 1;
+    IF v_output_step IS NULL THEN
+        PERFORM catbird._cb_fail_flow_run(flow_run_id, NULL,
+            format('no output candidate produced output: none of the steps %s completed (all were skipped)',
+                   array_to_string(v_flow.output_priority, ', ')),
+            NULL, NULL, NULL);
+        RETURN;
+    END IF;
+    UPDATE catbird.cb_flow_runs r SET status = 'completed', completed_at = v_now, output = v_output
+    WHERE r.id = flow_run_id;
+    PERFORM catbird._cb_notify('catbird.flow.completed', flow_run_id::text);
+END
+$$;
+
+CREATE OR REPLACE FUNCTION catbird._cb_finish_canceling(flow_run_id bigint) RETURNS void
+LANGUAGE plpgsql VOLATILE
+AS $$
+BEGIN
+    UPDATE catbird.cb_flow_runs r SET status = 'canceled', canceled_at = catbird.cb_now()
+    WHERE r.id = flow_run_id AND r.status = 'canceling'
+      AND NOT EXISTS (SELECT 1 FROM catbird.cb_step_runs sr WHERE sr.flow_run_id = r.id AND sr.status = 'started')
+      AND NOT EXISTS (SELECT 1 FROM catbird.cb_map_tasks m WHERE m.flow_run_id = r.id AND m.status = 'started');
+    IF FOUND THEN
+        PERFORM catbird._cb_notify('catbird.flow.canceled', flow_run_id::text);
+    END IF;
+END
+$$;
+
+CREATE OR REPLACE FUNCTION catbird._cb_cancel_reported_step(flow_run_id bigint, step_run_id bigint, error_message text = NULL)
+RETURNS void
+LANGUAGE plpgsql VOLATILE
+AS $$
+BEGIN
+    UPDATE catbird.cb_step_runs sr
+    SET status = 'canceled', canceled_at = catbird.cb_now(),
+        error_message = coalesce(_cb_cancel_reported_step.error_message, sr.error_message)
+    WHERE sr.id = step_run_id;
+    PERFORM catbird._cb_finish_canceling(flow_run_id);
+END
+$$;
+
+CREATE OR REPLACE FUNCTION catbird._cb_lock_flow_run(flow catbird.cb_flows, flow_run_id bigint) RETURNS catbird.cb_flow_runs
+LANGUAGE sql VOLATILE
+AS $$
+    SELECT * FROM catbird.cb_flow_runs r WHERE r.id = flow_run_id AND r.flow_id = flow.id FOR UPDATE
+$$;
+
+CREATE OR REPLACE FUNCTION catbird._cb_fail_lapsed_work(step catbird.cb_flow_steps, kind text, now timestamptz, lim int = 100)
+RETURNS int
+LANGUAGE plpgsql VOLATILE
+AS $$
+DECLARE
+    v_cap int := catbird._cb_lease_cap(step.max_retries);
+    v_candidate record;
+    v_run catbird.cb_flow_runs;
+    v_step_run catbird.cb_step_runs;
+    v_item catbird.cb_map_tasks;
+    v_error text;
+    v_count int := 0;
+BEGIN
+    FOR v_candidate IN
+        SELECT x.id, x.flow_run_id FROM catbird.cb_step_runs x
+        WHERE kind = 'step' AND x.flow_id = step.flow_id AND x.step_name = step.name
+          AND x.status = 'started' AND x.visible_at <= now AND x.attempts >= v_cap
+        UNION ALL
+        SELECT x.id, x.flow_run_id FROM catbird.cb_map_tasks x
+        WHERE kind = 'item' AND x.flow_id = step.flow_id AND x.step_name = step.name
+          AND x.status = 'started' AND x.visible_at <= now AND x.attempts >= v_cap
+        ORDER BY 2, 1
+        LIMIT lim
+    LOOP
+        -- Lock order is flow run, then its parts; never wait for a run here.
+        SELECT * INTO v_run FROM catbird.cb_flow_runs r
+        WHERE r.id = v_candidate.flow_run_id AND r.status = 'started'
+        FOR UPDATE SKIP LOCKED;
+        CONTINUE WHEN v_run.id IS NULL;
+        IF kind = 'step' THEN
+            UPDATE catbird.cb_step_runs sr
+            SET status = 'failed', failed_at = now, error_message = catbird._cb_lease_expired_error(sr.attempts),
+                error_detail = NULL
+            WHERE sr.id = v_candidate.id AND sr.status = 'started' AND sr.visible_at <= now AND sr.attempts >= v_cap
+            RETURNING sr.* INTO v_step_run;
+            CONTINUE WHEN v_step_run.id IS NULL;
+            PERFORM catbird._cb_fail_flow_run(v_run.id, step.name, v_step_run.error_message, v_run.input,
+                                              v_step_run.signal_input, v_step_run.attempts);
+        ELSE
+            UPDATE catbird.cb_map_tasks m
+            SET status = 'failed', failed_at = now, error_message = catbird._cb_lease_expired_error(m.attempts),
+                error_detail = NULL
+            WHERE m.id = v_candidate.id AND m.status = 'started' AND m.visible_at <= now AND m.attempts >= v_cap
+            RETURNING m.* INTO v_item;
+            CONTINUE WHEN v_item.id IS NULL;
+            v_error := format('item %s failed: %s', v_item.idx, v_item.error_message);
+            UPDATE catbird.cb_step_runs sr SET status = 'failed', failed_at = now, error_message = v_error
+            WHERE sr.id = v_item.step_run_id
+            RETURNING sr.* INTO v_step_run;
+            PERFORM catbird._cb_fail_flow_run(v_run.id, step.name, v_error, v_item.item,
+                                              v_step_run.signal_input, v_item.attempts);
+        END IF;
+        v_count := v_count + 1;
+    END LOOP;
+    RETURN v_count;
+END
+$$;
+
+-- === from extension/sql/53_flow_runs.sql
+
+CREATE OR REPLACE FUNCTION catbird._cb_expire_flow_run(run_id bigint) RETURNS void
+LANGUAGE plpgsql VOLATILE
+AS $$
+BEGIN
+    UPDATE catbird.cb_flow_runs r SET status = 'expired', canceled_at = catbird.cb_now() WHERE r.id = run_id;
+    PERFORM catbird._cb_cancel_open_work(run_id, true);
+    PERFORM catbird._cb_notify('catbird.flow.expired', run_id::text);
+END
+$$;
+
+CREATE OR REPLACE FUNCTION catbird._cb_insert_flow_runs(
+    flow catbird.cb_flows, inputs jsonb[], concurrency_keys text[], headers jsonb[],
+    visible_at timestamptz, priority int, expires_at timestamptz)
+RETURNS bigint[]
+LANGUAGE plpgsql VOLATILE
+AS $$
+DECLARE
+    v_now timestamptz := catbird.cb_now();
+    v_ids bigint[];
+    v_new bigint[];
+    v_run bigint;
+BEGIN
+    -- Bounded inputs (10_names): keys fit the index, times are finite.
+    IF concurrency_keys IS NOT NULL OR _cb_insert_flow_runs.visible_at IS NOT NULL OR _cb_insert_flow_runs.expires_at IS NOT NULL THEN
+        PERFORM catbird._cb_check_bounds(concurrency_keys, _cb_insert_flow_runs.visible_at, _cb_insert_flow_runs.expires_at);
+    END IF;
+    IF cardinality(array_remove(concurrency_keys, NULL)) > 0 THEN
+        -- Expired runs hold nothing: expire the holders of these keys first.
+        FOR v_run IN
+            SELECT r.id FROM catbird.cb_flow_runs r
+            WHERE r.flow_id = flow.id AND r.concurrency_key = ANY (concurrency_keys)
+              AND r.status = 'started' AND r.expires_at <= v_now
+              AND NOT EXISTS (SELECT 1 FROM catbird.cb_step_runs sr WHERE sr.flow_run_id = r.id AND sr.attempts > 0)
+            ORDER BY r.id
+            FOR UPDATE
+        LOOP
+            PERFORM catbird._cb_expire_flow_run(v_run);
+        END LOOP;
+    END IF;
+    WITH input AS (
+        SELECT u.ord, u.input, u.concurrency_key, u.headers, nextval('catbird.cb_flow_runs_id_seq') AS new_id
+        FROM unnest(inputs, concurrency_keys, _cb_insert_flow_runs.headers)
+                 WITH ORDINALITY AS u(input, concurrency_key, headers, ord)
+    ), inserted AS (
+        INSERT INTO catbird.cb_flow_runs (id, flow_id, status, priority, visible_at, created_at, started_at,
+                                          expires_at, concurrency_key, input, headers)
+        SELECT i.new_id, flow.id, 'started', coalesce(_cb_insert_flow_runs.priority, 0),
+               coalesce(_cb_insert_flow_runs.visible_at, v_now), v_now, v_now, _cb_insert_flow_runs.expires_at,
+               i.concurrency_key, i.input, i.headers
+        FROM input i
+        ORDER BY i.new_id
+        ON CONFLICT (flow_id, concurrency_key)
+            WHERE concurrency_key IS NOT NULL AND status IN ('started', 'canceling')
+            DO NOTHING
+        RETURNING id, concurrency_key
+    ), steps AS (
+        INSERT INTO catbird.cb_step_runs (flow_run_id, flow_id, step_name, step_type, status, priority,
+                                          deps_remaining, visible_at, created_at)
+        SELECT ins.id, flow.id, fs.name, fs.step_type, 'waiting_for_dependencies', coalesce(_cb_insert_flow_runs.priority, 0),
+               cardinality(fs.depends_on), coalesce(_cb_insert_flow_runs.visible_at, v_now), v_now
+        FROM inserted ins
+        CROSS JOIN catbird.cb_flow_steps fs
+        WHERE fs.flow_id = flow.id
+        ORDER BY ins.id, fs.position  -- step run ids follow the definition order
+    )
+    SELECT array_agg(coalesce(
+               ins.id,
+               (SELECT min(dup.id) FROM inserted dup WHERE dup.concurrency_key = i.concurrency_key),
+               (SELECT r.id FROM catbird.cb_flow_runs r
+                 WHERE r.flow_id = flow.id AND r.concurrency_key = i.concurrency_key
+                   AND r.status IN ('started', 'canceling')))
+           ORDER BY i.ord),
+           array_agg(ins.id ORDER BY i.ord) FILTER (WHERE ins.id IS NOT NULL)
+    INTO v_ids, v_new
+    FROM input i
+    LEFT JOIN inserted ins ON ins.id = i.new_id;
+
+    IF array_position(v_ids, NULL) IS NOT NULL THEN
+        -- The key's holder committed after this statement's snapshot was taken:
+        -- look again with a fresh snapshot.
+        SELECT array_agg(coalesce(v_ids[k.ord], r.id) ORDER BY k.ord)
+        INTO v_ids
+        FROM unnest(concurrency_keys) WITH ORDINALITY AS k(concurrency_key, ord)
+        LEFT JOIN catbird.cb_flow_runs r
+               ON r.flow_id = flow.id AND r.concurrency_key = k.concurrency_key
+              AND r.status IN ('started', 'canceling') AND v_ids[k.ord] IS NULL;
+        IF array_position(v_ids, NULL) IS NOT NULL THEN
+            RAISE EXCEPTION 'the flow run holding a concurrency key finished while this call deduplicated against it'
+                USING ERRCODE = 'serialization_failure', HINT = 'Retry the call.';
+        END IF;
+    END IF;
+    FOREACH v_run IN ARRAY coalesce(v_new, '{}') LOOP
+        PERFORM catbird._cb_advance_flow_run(v_run);
+    END LOOP;
+    RETURN v_ids;
+END
+$$;
+
+CREATE OR REPLACE FUNCTION catbird.cb_run_flow(
+    name text, inputs jsonb[], concurrency_keys text[] = NULL, headers jsonb[] = NULL,
+    visible_at timestamptz = NULL, priority int = 0, expires_at timestamptz = NULL)
+RETURNS bigint[]
+LANGUAGE sql VOLATILE
+AS $$
+    SELECT catbird._cb_run('flow', cb_run_flow.name, inputs, concurrency_keys, headers, visible_at, priority, expires_at)
+$$;
+
+CREATE OR REPLACE FUNCTION catbird.cb_run_flow(
+    name text, input jsonb, concurrency_key text = NULL, headers jsonb = NULL,
+    visible_at timestamptz = NULL, priority int = 0, expires_at timestamptz = NULL)
+RETURNS bigint
+LANGUAGE plpgsql VOLATILE
+AS $$
+BEGIN
+    PERFORM catbird._cb_check_body('input', 'run input', input, headers);
+    RETURN (catbird.cb_run_flow(name, ARRAY[input], ARRAY[concurrency_key], ARRAY[headers],
+                                visible_at, priority, expires_at))[1];
+END
+$$;
+
+CREATE OR REPLACE FUNCTION catbird.cb_bind_flow(name text, pattern text) RETURNS void
+LANGUAGE sql VOLATILE
+AS $$ SELECT catbird._cb_bind('flow', cb_bind_flow.name, pattern) $$;
+
+CREATE OR REPLACE FUNCTION catbird.cb_unbind_flow(name text, pattern text) RETURNS boolean
+LANGUAGE sql VOLATILE
+AS $$ SELECT catbird._cb_unbind('flow', cb_unbind_flow.name, pattern) $$;
+
+CREATE OR REPLACE FUNCTION catbird.cb_signal_flow(flow_name text, run_id bigint, step_name text, input jsonb) RETURNS boolean
+LANGUAGE plpgsql VOLATILE
+AS $$
+DECLARE
+    v_flow catbird.cb_flows := catbird._cb_flow(flow_name);
+    v_step catbird.cb_flow_steps := catbird._cb_flow_step(v_flow, step_name);
+    v_run catbird.cb_flow_runs;
+BEGIN
+    IF NOT v_step.signal THEN
+        RAISE EXCEPTION 'step "%" of flow "%" does not take a signal', step_name, flow_name
+            USING ERRCODE = 'invalid_parameter_value',
+                  HINT = 'Declare the step with "signal": true to let it wait for one.';
+    END IF;
+    v_run := catbird._cb_lock_flow_run(v_flow, run_id);
+    IF v_run.id IS NULL THEN
+        RAISE EXCEPTION 'flow "%" has no run %', flow_name, run_id USING ERRCODE = 'undefined_object';
+    END IF;
+    IF v_run.status <> 'started' THEN
+        RETURN false;
+    END IF;
+    UPDATE catbird.cb_step_runs sr
+    SET signal_received = true, signal_input = coalesce(cb_signal_flow.input, 'null'::jsonb)
+    WHERE sr.flow_run_id = run_id AND sr.step_name = cb_signal_flow.step_name AND NOT sr.signal_received
+      AND sr.status IN ('waiting_for_dependencies', 'waiting_for_signal');
+    IF NOT FOUND THEN
+        RETURN false;
+    END IF;
+    PERFORM catbird._cb_advance_flow_run(run_id);
+    RETURN true;
+END
+$$;
+
+CREATE OR REPLACE FUNCTION catbird.cb_cancel_flow(name text, run_id bigint, reason text = NULL) RETURNS boolean
+LANGUAGE plpgsql VOLATILE
+AS $$
+DECLARE
+    v_flow catbird.cb_flows := catbird._cb_flow(name);
+    v_run catbird.cb_flow_runs := catbird._cb_lock_flow_run(v_flow, run_id);
+    v_now timestamptz := catbird.cb_now();
+BEGIN
+    IF v_run.id IS NULL THEN
+        RETURN false;
+    END IF;
+    IF v_run.status IN ('canceling', 'canceled') THEN
+        RETURN true;  -- idempotent
+    END IF;
+    IF v_run.status <> 'started' THEN
+        RETURN false;
+    END IF;
+    UPDATE catbird.cb_flow_runs r
+    SET status = 'canceling', cancel_requested_at = v_now, cancel_reason = reason
+    WHERE r.id = run_id;
+    PERFORM catbird._cb_cancel_open_work(run_id, false);
+    PERFORM catbird._cb_notify('catbird.flow.canceling', run_id::text);
+    PERFORM catbird._cb_finish_canceling(run_id);
+    RETURN true;
+END
+$$;
+
+CREATE OR REPLACE FUNCTION catbird.cb_complete_flow_early(flow_name text, run_id bigint, step_name text, output jsonb,
+                                               reason text = NULL, attempt int = NULL)
+RETURNS boolean
+LANGUAGE plpgsql VOLATILE
+AS $$
+DECLARE
+    v_flow catbird.cb_flows := catbird._cb_flow(flow_name);
+    v_step catbird.cb_flow_steps := catbird._cb_flow_step(v_flow, step_name);
+    v_run catbird.cb_flow_runs;
+    v_step_run catbird.cb_step_runs;
+    v_now timestamptz := catbird.cb_now();
+BEGIN
+    PERFORM catbird._cb_check_fail_args(true, attempt);
+    v_run := catbird._cb_lock_flow_run(v_flow, run_id);
+    IF v_run.id IS NULL OR v_run.status <> 'started' THEN
+        RETURN false;
+    END IF;
+    SELECT * INTO v_step_run FROM catbird.cb_step_runs sr
+    WHERE sr.flow_run_id = run_id AND sr.step_name = v_step.name;
+    IF NOT (v_step_run.status = 'started' AND (attempt IS NULL OR v_step_run.attempts = attempt)
+            OR (v_step_run.status = 'waiting_for_map_tasks' AND attempt IS NULL)) THEN
+        RETURN false;
+    END IF;
+    UPDATE catbird.cb_step_runs sr
+    SET status = 'completed', completed_at = v_now, output = coalesce(cb_complete_flow_early.output, 'null')
+    WHERE sr.id = v_step_run.id AND sr.status = 'started';
+    UPDATE catbird.cb_flow_runs r
+    SET status = 'completed', completed_at = v_now, output = coalesce(cb_complete_flow_early.output, 'null'),
+        cancel_reason = coalesce(reason, format('completed early by step "%s"', step_name))
+    WHERE r.id = run_id;
+    PERFORM catbird._cb_cancel_open_work(run_id, true);
+    PERFORM catbird._cb_notify('catbird.flow.completed', run_id::text);
+    RETURN true;
+END
+$$;
+
+CREATE OR REPLACE FUNCTION catbird.cb_retry_flow_run(name text, run_id bigint) RETURNS boolean
+LANGUAGE plpgsql VOLATILE
+AS $$
+DECLARE
+    v_flow catbird.cb_flows := catbird._cb_flow(name);
+    v_run catbird.cb_flow_runs := catbird._cb_lock_flow_run(v_flow, run_id);
+    v_now timestamptz := catbird.cb_now();
+    v_reset bigint[];
+BEGIN
+    IF v_run.id IS NULL OR v_run.status <> 'failed' THEN
+        RETURN false;
+    END IF;
+    IF NOT EXISTS (SELECT 1 FROM catbird.cb_step_runs sr
+                   WHERE sr.flow_run_id = run_id AND sr.status IN ('failed', 'canceled')) THEN
+        RETURN false;
+    END IF;
+    IF catbird._cb_key_held('flow', v_flow.id, v_run.concurrency_key) THEN
+        RETURN false;
+    END IF;
+    BEGIN
+        UPDATE catbird.cb_flow_runs r
+        SET status = 'started', failed_at = NULL, error_message = NULL, output = NULL, failed_step_name = NULL,
+            failed_step_input = NULL, failed_step_signal_input = NULL, failed_step_attempts = NULL,
+            on_fail_status = NULL, on_fail_attempts = 0, on_fail_visible_at = NULL, on_fail_error_message = NULL,
+            expires_at = CASE WHEN r.expires_at <= v_now THEN NULL ELSE r.expires_at END, visible_at = v_now
+        WHERE r.id = run_id;
+    EXCEPTION WHEN unique_violation THEN
+        RETURN false;  -- a run holding the key committed meanwhile
+    END;
+    SELECT array_agg(sr.id) INTO v_reset FROM catbird.cb_step_runs sr
+    WHERE sr.flow_run_id = run_id AND sr.status IN ('failed', 'canceled');
+    DELETE FROM catbird.cb_map_tasks m WHERE m.step_run_id = ANY (v_reset);
+    UPDATE catbird.cb_step_runs sr
+    SET status = 'waiting_for_dependencies', attempts = 0, visible_at = v_now, started_at = NULL,
+        completed_at = NULL, failed_at = NULL, canceled_at = NULL, error_message = NULL, error_detail = NULL,
+        output = NULL, map_total = NULL, map_done = 0, generator_done = false, spawn_attempt = NULL,
+        spawn_cursor = 0,
+        deps_remaining = (SELECT count(*) FROM catbird.cb_flow_steps fs
+                          JOIN catbird.cb_step_runs d ON d.flow_run_id = sr.flow_run_id AND d.step_name = ANY (fs.depends_on)
+                          WHERE fs.flow_id = sr.flow_id AND fs.name = sr.step_name
+                            AND d.status NOT IN ('completed', 'skipped'))
+    WHERE sr.id = ANY (v_reset);
+    PERFORM catbird._cb_advance_flow_run(run_id);
+    PERFORM catbird._cb_notify('catbird.flow.retried', run_id::text);
+    RETURN true;
+END
+$$;
+
+CREATE OR REPLACE FUNCTION catbird.cb_purge_flow_runs(name text, older_than interval) RETURNS int
+LANGUAGE sql VOLATILE
+AS $$ SELECT catbird._cb_purge_runs('flow', cb_purge_flow_runs.name, older_than) $$;
+
+CREATE OR REPLACE FUNCTION catbird.cb_clear_flow_runs(name text) RETURNS int
+LANGUAGE sql VOLATILE
+AS $$ SELECT catbird._cb_clear_runs('flow', catbird._cb_definition_id('flow', cb_clear_flow_runs.name)) $$;
+
+-- === from extension/sql/54_flow_steps.sql
+
+CREATE OR REPLACE FUNCTION catbird.cb_claim_steps(flow_name text, step_name text, quantity int, hide_for int)
+RETURNS SETOF catbird.cb_step_claim
+LANGUAGE plpgsql VOLATILE
+AS $$
+DECLARE
+    v_flow catbird.cb_flows := catbird._cb_flow(flow_name);
+    v_step catbird.cb_flow_steps := catbird._cb_flow_step(v_flow, step_name);
+    v_now timestamptz;
+BEGIN
+    PERFORM catbird._cb_check_at_least('quantity', quantity, 1);
+    PERFORM catbird._cb_check_at_least('hide_for', hide_for, 1, ' ms');
+    v_now := catbird.cb_now();
+    PERFORM catbird._cb_fail_lapsed_work(v_step, 'step', v_now);
+    RETURN QUERY
+    WITH candidates AS (
+        SELECT sr.id
+        FROM catbird.cb_step_runs sr
+        JOIN catbird.cb_flow_runs r ON r.id = sr.flow_run_id
+        WHERE sr.flow_id = v_flow.id AND sr.step_name = v_step.name
+          AND sr.status IN ('queued', 'started') AND sr.visible_at <= v_now
+          AND r.status = 'started' AND (r.expires_at IS NULL OR r.expires_at > v_now OR sr.attempts > 0)
+        ORDER BY sr.priority DESC, sr.visible_at, sr.id
+        LIMIT quantity
+        FOR UPDATE OF sr SKIP LOCKED
+    ), claimed AS (
+        UPDATE catbird.cb_step_runs sr
+        SET status = 'started', attempts = sr.attempts + 1, started_at = v_now,
+            visible_at = v_now + make_interval(secs => hide_for / 1000.0)
+        FROM candidates c
+        WHERE sr.id = c.id
+        RETURNING sr.id, sr.flow_run_id, sr.attempts, sr.signal_input, sr.priority
+    )
+    SELECT c.id, c.flow_run_id, c.attempts, r.input, catbird._cb_dependency_outputs(c.flow_run_id, v_step),
+           c.signal_input
+    FROM claimed c
+    JOIN catbird.cb_flow_runs r ON r.id = c.flow_run_id
+    ORDER BY c.priority DESC, c.id;
+END
+$$;
+
+CREATE OR REPLACE FUNCTION catbird.cb_hide_steps(flow_name text, step_name text, ids bigint[], hide_for int,
+                                      attempts int[] = NULL) RETURNS void
+LANGUAGE plpgsql VOLATILE
+AS $$
+DECLARE
+    v_flow catbird.cb_flows := catbird._cb_flow(flow_name);
+BEGIN
+    PERFORM catbird._cb_flow_step(v_flow, step_name);
+    PERFORM catbird._cb_check_lease(hide_for, ids, attempts);
+    UPDATE catbird.cb_step_runs sr
+    SET visible_at = catbird.cb_now() + make_interval(secs => hide_for / 1000.0)
+    FROM unnest(ids, cb_hide_steps.attempts) AS u(id, attempt)
+    WHERE sr.flow_id = v_flow.id AND sr.step_name = cb_hide_steps.step_name
+      AND sr.id = u.id AND sr.id = ANY (ids) AND sr.status = 'started'
+      AND (u.attempt IS NULL OR sr.attempts = u.attempt);
+END
+$$;
+
+CREATE OR REPLACE FUNCTION catbird._cb_lock_step_run(flow catbird.cb_flows, step_name text, step_run_id bigint,
+                                          OUT run catbird.cb_flow_runs, OUT step_run catbird.cb_step_runs)
+LANGUAGE plpgsql VOLATILE
+AS $$
+BEGIN
+    SELECT * INTO run FROM catbird.cb_flow_runs r
+    WHERE r.id = (SELECT sr.flow_run_id FROM catbird.cb_step_runs sr
+                  WHERE sr.id = step_run_id AND sr.flow_id = flow.id AND sr.step_name = _cb_lock_step_run.step_name)
+    FOR UPDATE;
+    SELECT * INTO step_run FROM catbird.cb_step_runs sr WHERE sr.id = step_run_id AND sr.flow_run_id = run.id;
+END
+$$;
+
+CREATE OR REPLACE FUNCTION catbird._cb_lock_reported_step(flow catbird.cb_flows, step_name text, step_run_id bigint,
+                                               attempt int, error_message text = NULL,
+                                               OUT run_id bigint, OUT run_input jsonb,
+                                               OUT signal_input jsonb, OUT attempts int)
+LANGUAGE plpgsql VOLATILE
+AS $$
+DECLARE
+    v_locked record := catbird._cb_lock_step_run(flow, step_name, step_run_id);
+BEGIN
+    IF (v_locked.step_run).status IS DISTINCT FROM 'started'
+       OR (attempt IS NOT NULL AND (v_locked.step_run).attempts <> attempt) THEN
+        RETURN;  -- stale
+    END IF;
+    IF (v_locked.run).status = 'canceling' THEN
+        PERFORM catbird._cb_cancel_reported_step((v_locked.run).id, step_run_id, error_message);
+        RETURN;
+    END IF;
+    run_id := (v_locked.run).id;
+    run_input := (v_locked.run).input;
+    signal_input := (v_locked.step_run).signal_input;
+    attempts := (v_locked.step_run).attempts;
+END
+$$;
+
+CREATE OR REPLACE FUNCTION catbird.cb_complete_step(flow_name text, step_name text, id bigint, output jsonb, attempt int = NULL)
+RETURNS boolean
+LANGUAGE plpgsql VOLATILE
+AS $$
+DECLARE
+    v_flow catbird.cb_flows := catbird._cb_flow(flow_name);
+    v_step catbird.cb_flow_steps := catbird._cb_flow_step(v_flow, step_name);
+    v_report record;
+    v_now timestamptz := catbird.cb_now();
+BEGIN
+    v_report := catbird._cb_lock_reported_step(v_flow, step_name, id, attempt);
+    IF v_report.run_id IS NULL THEN
+        RETURN false;  -- stale, or the run is canceling (the step is canceled)
+    END IF;
+    IF v_step.step_type = 'generator' THEN
+        RAISE EXCEPTION 'step "%" is a generator: finish it with cb_complete_generator_step', step_name
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    UPDATE catbird.cb_step_runs sr
+    SET status = 'completed', completed_at = v_now, output = coalesce(cb_complete_step.output, 'null'),
+        error_message = NULL, error_detail = NULL
+    WHERE sr.id = cb_complete_step.id;
+    PERFORM catbird._cb_resolve_dependents(v_report.run_id, v_flow.id, step_name);
+    PERFORM catbird._cb_advance_flow_run(v_report.run_id);
+    RETURN true;
+END
+$$;
+
+CREATE OR REPLACE FUNCTION catbird.cb_fail_step(flow_name text, step_name text, id bigint, error_message text,
+                                     attempt int = NULL, max_retries int = NULL, backoff_min int = NULL,
+                                     backoff_max int = NULL, retryable boolean = true, error_detail text = NULL)
+RETURNS text
+LANGUAGE plpgsql VOLATILE
+AS $$
+DECLARE
+    v_flow catbird.cb_flows := catbird._cb_flow(flow_name);
+    v_step catbird.cb_flow_steps := catbird._cb_flow_step(v_flow, step_name);
+    v_policy record;
+    v_report record;
+    v_now timestamptz := catbird.cb_now();
+    v_error text := coalesce(cb_fail_step.error_message, 'unknown error');
+BEGIN
+    v_policy := catbird._cb_effective_policy(max_retries, backoff_min, backoff_max,
+                                             v_step.max_retries, v_step.backoff_min, v_step.backoff_max);
+    PERFORM catbird._cb_check_fail_args(retryable, NULL);
+    v_report := catbird._cb_lock_reported_step(v_flow, step_name, id, attempt, v_error);
+    IF v_report.run_id IS NULL THEN
+        RETURN NULL;  -- stale, or the run is canceling (the step is canceled)
+    END IF;
+    IF retryable AND v_report.attempts <= v_policy.max_retries_out THEN
+        UPDATE catbird.cb_step_runs sr
+        SET status = 'queued', error_message = v_error, error_detail = cb_fail_step.error_detail,
+            visible_at = v_now + make_interval(secs => catbird._cb_retry_delay(
+                             sr.attempts, v_policy.backoff_min_out, v_policy.backoff_max_out) / 1000.0)
+        WHERE sr.id = cb_fail_step.id;
+        RETURN 'queued';
+    END IF;
+    UPDATE catbird.cb_step_runs sr
+    SET status = 'failed', failed_at = v_now, error_message = v_error, error_detail = cb_fail_step.error_detail
+    WHERE sr.id = cb_fail_step.id;
+    PERFORM catbird._cb_fail_flow_run(v_report.run_id, step_name, v_error, v_report.run_input,
+                                      v_report.signal_input, v_report.attempts);
+    RETURN 'failed';
+END
+$$;
+
+-- === from extension/sql/55_flow_items.sql
+
+CREATE OR REPLACE FUNCTION catbird.cb_claim_map_tasks(flow_name text, step_name text, quantity int, hide_for int,
+                                           with_input boolean = true, with_outputs boolean = true)
+RETURNS TABLE (id bigint, flow_run_id bigint, attempts int, input jsonb, step_outputs jsonb,
+               signal_input jsonb, item jsonb)
+LANGUAGE plpgsql VOLATILE
+AS $$
+DECLARE
+    v_flow catbird.cb_flows := catbird._cb_flow(flow_name);
+    v_step catbird.cb_flow_steps := catbird._cb_flow_step(v_flow, step_name);
+    v_now timestamptz;
+BEGIN
+    PERFORM catbird._cb_check_at_least('quantity', quantity, 1);
+    PERFORM catbird._cb_check_at_least('hide_for', hide_for, 1, ' ms');
+    v_now := catbird.cb_now();
+    PERFORM catbird._cb_fail_lapsed_work(v_step, 'item', v_now);
+    RETURN QUERY
+    WITH candidates AS (
+        SELECT m.id
+        FROM catbird.cb_map_tasks m
+        JOIN catbird.cb_flow_runs r ON r.id = m.flow_run_id
+        WHERE m.flow_id = v_flow.id AND m.step_name = v_step.name
+          AND m.status IN ('queued', 'started') AND m.visible_at <= v_now
+          AND r.status = 'started'
+        ORDER BY m.priority DESC, m.visible_at, m.id
+        LIMIT quantity
+        FOR UPDATE OF m SKIP LOCKED
+    ), claimed AS (
+        UPDATE catbird.cb_map_tasks m
+        SET status = 'started', attempts = m.attempts + 1, started_at = v_now,
+            visible_at = v_now + make_interval(secs => hide_for / 1000.0)
+        FROM candidates c
+        WHERE m.id = c.id
+        RETURNING m.id, m.flow_run_id, m.step_run_id, m.attempts, m.item, m.priority
+    ), runs AS (
+        -- Dependency outputs once per flow run, not once per item.
+        SELECT DISTINCT ON (c.flow_run_id) c.flow_run_id, CASE WHEN with_input THEN r.input END AS input,
+               sr.signal_input,
+               CASE WHEN with_outputs THEN
+                   catbird._cb_dependency_outputs(c.flow_run_id, v_step) - coalesce(v_step.map_source, '')
+               END AS outputs
+        FROM claimed c
+        JOIN catbird.cb_flow_runs r ON r.id = c.flow_run_id
+        JOIN catbird.cb_step_runs sr ON sr.id = c.step_run_id
+    )
+    SELECT c.id, c.flow_run_id, c.attempts, x.input, x.outputs, x.signal_input, c.item
+    FROM claimed c JOIN runs x ON x.flow_run_id = c.flow_run_id
+    ORDER BY c.priority DESC, c.id;
+END
+$$;
+
+CREATE OR REPLACE FUNCTION catbird.cb_hide_map_tasks(flow_name text, step_name text, ids bigint[], hide_for int,
+                                          attempts int[] = NULL) RETURNS void
+LANGUAGE plpgsql VOLATILE
+AS $$
+DECLARE
+    v_flow catbird.cb_flows := catbird._cb_flow(flow_name);
+BEGIN
+    PERFORM catbird._cb_flow_step(v_flow, step_name);
+    PERFORM catbird._cb_check_lease(hide_for, ids, attempts);
+    UPDATE catbird.cb_map_tasks m
+    SET visible_at = catbird.cb_now() + make_interval(secs => hide_for / 1000.0)
+    FROM unnest(ids, cb_hide_map_tasks.attempts) AS u(id, attempt)
+    WHERE m.flow_id = v_flow.id AND m.step_name = cb_hide_map_tasks.step_name
+      AND m.id = u.id AND m.id = ANY (ids) AND m.status = 'started'
+      AND (u.attempt IS NULL OR m.attempts = u.attempt);
+END
+$$;
+
+CREATE OR REPLACE FUNCTION catbird._cb_maybe_complete_map_step(step_run_id bigint, flow_id int) RETURNS void
+LANGUAGE plpgsql VOLATILE
+AS $$
+DECLARE
+    v_step_run catbird.cb_step_runs;
+BEGIN
+    UPDATE catbird.cb_step_runs sr SET status = 'completed', completed_at = catbird.cb_now()
+    WHERE sr.id = step_run_id
+      AND sr.status IN ('waiting_for_map_tasks', 'started')
+      AND sr.map_done = sr.map_total
+      AND (sr.step_type = 'mapper' OR sr.generator_done)
+    RETURNING sr.* INTO v_step_run;
+    IF v_step_run.id IS NOT NULL THEN
+        PERFORM catbird._cb_resolve_dependents(v_step_run.flow_run_id, flow_id, v_step_run.step_name);
+        PERFORM catbird._cb_advance_flow_run(v_step_run.flow_run_id);
+    END IF;
+END
+$$;
+
+CREATE OR REPLACE FUNCTION catbird.cb_complete_map_tasks(flow_name text, step_name text, ids bigint[], outputs jsonb[],
+                                              attempts int[] = NULL)
+RETURNS void
+LANGUAGE plpgsql VOLATILE
+AS $$
+DECLARE
+    v_flow catbird.cb_flows := catbird._cb_flow(flow_name);
+    v_run record;
+    v_step_runs bigint[];
+    v_now timestamptz := catbird.cb_now();
+BEGIN
+    PERFORM catbird._cb_flow_step(v_flow, step_name);
+    IF cardinality(ids) IS DISTINCT FROM cardinality(outputs)
+       OR (attempts IS NOT NULL AND cardinality(attempts) <> cardinality(ids)) THEN
+        RAISE EXCEPTION 'invalid arguments: ids, outputs (and attempts, when given) must have the same length'
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    -- One transition per flow run, runs locked in id order.
+    FOR v_run IN
+        SELECT r.id, r.status FROM catbird.cb_flow_runs r
+        WHERE r.id IN (SELECT m.flow_run_id FROM catbird.cb_map_tasks m
+                       WHERE m.id = ANY (ids) AND m.flow_id = v_flow.id AND m.step_name = cb_complete_map_tasks.step_name)
+        ORDER BY r.id
+        FOR UPDATE
+    LOOP
+        IF v_run.status = 'canceling' THEN
+            UPDATE catbird.cb_map_tasks m SET status = 'canceled'
+            WHERE m.flow_run_id = v_run.id AND m.id = ANY (ids) AND m.status = 'started';
+            PERFORM catbird._cb_finish_canceling(v_run.id);
+            CONTINUE;
+        END IF;
+        WITH done AS (
+            UPDATE catbird.cb_map_tasks m
+            SET status = 'completed', completed_at = v_now, output = coalesce(u.output, 'null'), error_message = NULL,
+                error_detail = NULL
+            FROM unnest(ids, outputs, cb_complete_map_tasks.attempts) AS u(id, output, attempt)
+            WHERE m.id = u.id AND m.id = ANY (ids) AND m.flow_run_id = v_run.id AND m.status = 'started'
+              AND (u.attempt IS NULL OR m.attempts = u.attempt)
+            RETURNING m.step_run_id
+        ), counted AS (
+            UPDATE catbird.cb_step_runs sr SET map_done = sr.map_done + d.n
+            FROM (SELECT done.step_run_id, count(*) AS n FROM done GROUP BY done.step_run_id) d
+            WHERE sr.id = d.step_run_id
+            RETURNING sr.id
+        )
+        SELECT array_agg(c.id) INTO v_step_runs FROM counted c;
+        PERFORM catbird._cb_maybe_complete_map_step(sr_id, v_flow.id) FROM unnest(v_step_runs) AS sr_id;
+    END LOOP;
+END
+$$;
+
+CREATE OR REPLACE FUNCTION catbird.cb_fail_map_task(flow_name text, step_name text, id bigint, error_message text,
+                                         attempt int = NULL, max_retries int = NULL, backoff_min int = NULL,
+                                         backoff_max int = NULL, retryable boolean = true, error_detail text = NULL)
+RETURNS text
+LANGUAGE plpgsql VOLATILE
+AS $$
+DECLARE
+    v_flow catbird.cb_flows := catbird._cb_flow(flow_name);
+    v_step catbird.cb_flow_steps := catbird._cb_flow_step(v_flow, step_name);
+    v_policy record;
+    v_run catbird.cb_flow_runs;
+    v_task catbird.cb_map_tasks;
+    v_now timestamptz := catbird.cb_now();
+    v_error text := coalesce(cb_fail_map_task.error_message, 'unknown error');
+BEGIN
+    v_policy := catbird._cb_effective_policy(max_retries, backoff_min, backoff_max,
+                                             v_step.max_retries, v_step.backoff_min, v_step.backoff_max);
+    PERFORM catbird._cb_check_fail_args(retryable, NULL);
+    SELECT * INTO v_run FROM catbird.cb_flow_runs r
+    WHERE r.id = (SELECT m.flow_run_id FROM catbird.cb_map_tasks m
+                  WHERE m.id = cb_fail_map_task.id AND m.flow_id = v_flow.id AND m.step_name = cb_fail_map_task.step_name)
+    FOR UPDATE;
+    SELECT * INTO v_task FROM catbird.cb_map_tasks m WHERE m.id = cb_fail_map_task.id AND m.flow_run_id = v_run.id;
+    IF v_task.status IS DISTINCT FROM 'started' OR (attempt IS NOT NULL AND v_task.attempts <> attempt) THEN
+        RETURN NULL;
+    END IF;
+    IF v_run.status = 'canceling' THEN
+        UPDATE catbird.cb_map_tasks m SET status = 'canceled', error_message = v_error WHERE m.id = v_task.id;
+        PERFORM catbird._cb_finish_canceling(v_run.id);
+        RETURN NULL;
+    END IF;
+    IF retryable AND v_task.attempts <= v_policy.max_retries_out THEN
+        UPDATE catbird.cb_map_tasks m
+        SET status = 'queued', error_message = v_error, error_detail = cb_fail_map_task.error_detail,
+            visible_at = v_now + make_interval(secs => catbird._cb_retry_delay(
+                             m.attempts, v_policy.backoff_min_out, v_policy.backoff_max_out) / 1000.0)
+        WHERE m.id = v_task.id;
+        RETURN 'queued';
+    END IF;
+    UPDATE catbird.cb_map_tasks m
+    SET status = 'failed', failed_at = v_now, error_message = v_error, error_detail = cb_fail_map_task.error_detail
+    WHERE m.id = v_task.id;
+    UPDATE catbird.cb_step_runs sr
+    SET status = 'failed', failed_at = v_now,
+        error_message = format('item %s failed: %s', v_task.idx, v_error), error_detail = cb_fail_map_task.error_detail
+    WHERE sr.id = v_task.step_run_id;
+    PERFORM catbird._cb_fail_flow_run(v_run.id, step_name, format('item %s failed: %s', v_task.idx, v_error),
+                                      v_task.item,
+                                      (SELECT sr.signal_input FROM catbird.cb_step_runs sr WHERE sr.id = v_task.step_run_id),
+                                      v_task.attempts);
+    RETURN 'failed';
+END
+$$;
+
+CREATE OR REPLACE FUNCTION catbird.cb_spawn_generator_map_tasks(flow_name text, step_name text, id bigint, items jsonb,
+                                                     visible_at timestamptz = NULL, attempt int = NULL,
+                                                     start_index int = NULL)
+RETURNS int
+LANGUAGE plpgsql VOLATILE
+AS $$
+DECLARE
+    v_flow catbird.cb_flows := catbird._cb_flow(flow_name);
+    v_step catbird.cb_flow_steps := catbird._cb_flow_step(v_flow, step_name);
+    v_locked record;
+    v_now timestamptz := catbird.cb_now();
+    v_count int;
+    v_base int;
+    v_added int;
+BEGIN
+    IF v_step.step_type <> 'generator' THEN
+        RAISE EXCEPTION 'step "%" of flow "%" is not a generator', step_name, flow_name
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    IF items IS NULL OR jsonb_typeof(items) <> 'array' THEN
+        RAISE EXCEPTION 'invalid items: expected a JSON array of items' USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    PERFORM catbird._cb_check_time('visible_at', visible_at);
+    PERFORM catbird._cb_check_fail_args(true, attempt);
+    IF start_index IS NOT NULL THEN
+        PERFORM catbird._cb_check_at_least('start_index', start_index, 0);
+    END IF;
+    v_locked := catbird._cb_lock_step_run(v_flow, step_name, id);
+    IF (v_locked.step_run).status IS DISTINCT FROM 'started' OR (v_locked.run).status <> 'started'
+       OR (attempt IS NOT NULL AND (v_locked.step_run).attempts <> attempt) THEN
+        RETURN 0;  -- the run was canceled or finished meanwhile, or a newer attempt holds the step
+    END IF;
+    v_base := CASE WHEN start_index IS NOT NULL THEN start_index
+                   WHEN attempt IS NOT NULL THEN
+                       CASE WHEN (v_locked.step_run).spawn_attempt = attempt THEN (v_locked.step_run).spawn_cursor ELSE 0 END
+                   ELSE coalesce((v_locked.step_run).map_total, 0) END;
+    IF v_base > coalesce((v_locked.step_run).map_total, 0) THEN
+        RAISE EXCEPTION 'invalid start_index %: the step has % item(s), so the next one has index %',
+            start_index, coalesce((v_locked.step_run).map_total, 0), coalesce((v_locked.step_run).map_total, 0)
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    v_count := jsonb_array_length(items);
+    INSERT INTO catbird.cb_map_tasks (step_run_id, flow_run_id, flow_id, idx, priority, step_name, status,
+                                      visible_at, created_at, item)
+    SELECT cb_spawn_generator_map_tasks.id, (v_locked.run).id, v_flow.id,
+           v_base + (e.ord - 1)::int, (v_locked.step_run).priority,
+           step_name, 'queued', coalesce(cb_spawn_generator_map_tasks.visible_at, v_now), v_now, e.item
+    FROM jsonb_array_elements(items) WITH ORDINALITY AS e(item, ord)
+    ORDER BY e.ord
+    ON CONFLICT (step_run_id, idx) DO NOTHING;
+    GET DIAGNOSTICS v_added = ROW_COUNT;
+    UPDATE catbird.cb_step_runs sr
+    SET map_total = greatest(coalesce(sr.map_total, 0), v_base + v_count),
+        spawn_attempt = coalesce(attempt, sr.spawn_attempt),
+        spawn_cursor = CASE WHEN attempt IS NOT NULL THEN v_base + v_count ELSE sr.spawn_cursor END
+    WHERE sr.id = cb_spawn_generator_map_tasks.id;
+    IF v_added > 0 THEN
+        PERFORM catbird._cb_notify('catbird.step.queued', flow_name || '/' || step_name);
+    END IF;
+    RETURN v_count;
+END
+$$;
+
+CREATE OR REPLACE FUNCTION catbird._cb_end_generator(flow_name text, step_name text, id bigint, attempt int, failed boolean,
+                                          error_message text = NULL, error_detail text = NULL)
+RETURNS void
+LANGUAGE plpgsql VOLATILE
+AS $$
+DECLARE
+    v_flow catbird.cb_flows := catbird._cb_flow(flow_name);
+    v_report record;
+    v_error text := coalesce(_cb_end_generator.error_message, 'unknown error');
+BEGIN
+    PERFORM catbird._cb_flow_step(v_flow, step_name);
+    PERFORM catbird._cb_check_fail_args(true, attempt);
+    v_report := catbird._cb_lock_reported_step(v_flow, step_name, id, attempt);
+    IF v_report.run_id IS NULL THEN
+        RETURN;  -- stale, or the run is canceling (the step is canceled)
+    END IF;
+    IF NOT failed THEN
+        UPDATE catbird.cb_step_runs sr
+        SET generator_done = true, status = 'waiting_for_map_tasks', map_total = coalesce(sr.map_total, 0)
+        WHERE sr.id = _cb_end_generator.id;
+        PERFORM catbird._cb_maybe_complete_map_step(id, v_flow.id);
+        RETURN;
+    END IF;
+    UPDATE catbird.cb_step_runs sr
+    SET status = 'failed', failed_at = catbird.cb_now(), error_message = v_error,
+        error_detail = _cb_end_generator.error_detail
+    WHERE sr.id = _cb_end_generator.id;
+    PERFORM catbird._cb_fail_flow_run(v_report.run_id, step_name, v_error, v_report.run_input,
+                                      v_report.signal_input, v_report.attempts);
+END
+$$;
+
+CREATE OR REPLACE FUNCTION catbird.cb_complete_generator_step(flow_name text, step_name text, id bigint, attempt int = NULL)
+RETURNS void
+LANGUAGE sql VOLATILE
+AS $$ SELECT catbird._cb_end_generator(flow_name, step_name, id, attempt, failed => false) $$;
+
+CREATE OR REPLACE FUNCTION catbird.cb_fail_generator_step(flow_name text, step_name text, id bigint, error_message text,
+                                               attempt int = NULL, error_detail text = NULL)
+RETURNS void
+LANGUAGE sql VOLATILE
+AS $$
+    SELECT catbird._cb_end_generator(flow_name, step_name, id, attempt, failed => true,
+                                     error_message => error_message, error_detail => error_detail)
+$$;
+
+CREATE OR REPLACE FUNCTION catbird.cb_read_map_outputs(flow_name text, run_id bigint, step_name text,
+                                            after_idx int = -1, lim int = 1000)
+RETURNS TABLE (idx int, output jsonb)
+LANGUAGE plpgsql STABLE
+AS $$
+DECLARE
+    v_flow catbird.cb_flows := catbird._cb_flow(flow_name);
+BEGIN
+    PERFORM catbird._cb_flow_step(v_flow, step_name);
+    PERFORM catbird._cb_check_at_least('lim', lim, 1);
+    RETURN QUERY
+    SELECT m.idx, m.output
+    FROM catbird.cb_step_runs sr
+    JOIN catbird.cb_map_tasks m ON m.step_run_id = sr.id
+    WHERE sr.flow_run_id = run_id AND sr.flow_id = v_flow.id AND sr.step_name = cb_read_map_outputs.step_name
+      AND m.idx > after_idx AND m.status = 'completed'
+    ORDER BY m.idx
+    LIMIT lim;
+END
+$$;
+
+-- === from extension/sql/56_flow_introspection.sql
+
+CREATE OR REPLACE FUNCTION catbird.cb_wait_flow_output(flow_name text, run_id bigint, poll_for int = 5000, poll_interval int = 200)
+RETURNS TABLE (status text, output jsonb, error_message text)
+LANGUAGE sql VOLATILE
+AS $$ SELECT * FROM catbird._cb_wait('flow', flow_name, run_id, NULL, poll_for, poll_interval) $$;
+
+CREATE OR REPLACE FUNCTION catbird.cb_get_flow_run_steps(flow_name text, run_id bigint)
+RETURNS SETOF catbird.cb_step_run_info
+LANGUAGE plpgsql VOLATILE
+AS $$
+DECLARE
+    v_flow catbird.cb_flows := catbird._cb_flow(flow_name);
+BEGIN
+    RETURN QUERY
+    SELECT sr.id, sr.flow_run_id, sr.step_name, sr.status, sr.priority, sr.attempts,
+           CASE WHEN sr.status = 'completed' THEN catbird._cb_step_output(sr.id, sr.step_type, sr.output) END,
+           sr.error_message, sr.signal_input, sr.map_total, sr.map_done, sr.created_at, sr.visible_at,
+           sr.started_at, sr.completed_at, sr.failed_at, sr.skipped_at, sr.canceled_at, sr.error_detail
+    FROM catbird.cb_step_runs sr
+    -- a run made under an older definition keeps its steps (in their own order)
+    LEFT JOIN catbird.cb_flow_steps fs ON fs.flow_id = sr.flow_id AND fs.name = sr.step_name
+    WHERE sr.flow_run_id = run_id AND sr.flow_id = v_flow.id
+    ORDER BY fs.position, sr.id;
+END
+$$;
+
+CREATE OR REPLACE FUNCTION catbird.cb_get_flow_step_status(flow_name text, run_id bigint, step_name text)
+RETURNS SETOF catbird.cb_step_run_info
+LANGUAGE plpgsql VOLATILE
+AS $$
+BEGIN
+    RETURN QUERY SELECT * FROM catbird.cb_get_flow_run_steps(flow_name, run_id) s
+                 WHERE s.step_name = cb_get_flow_step_status.step_name;
+    IF NOT FOUND THEN
+        -- no such step in the run: an error when the flow has no such step either
+        PERFORM catbird._cb_flow_step(catbird._cb_flow(flow_name), step_name);
+    END IF;
+END
+$$;
+
+CREATE OR REPLACE FUNCTION catbird.cb_get_flow_step_output(flow_name text, run_id bigint, step_name text) RETURNS jsonb
+LANGUAGE sql VOLATILE
+AS $$
+    SELECT s.output FROM catbird.cb_get_flow_step_status(flow_name, run_id, step_name) s
+$$;
+
+CREATE OR REPLACE FUNCTION catbird.cb_wait_flow_step_output(flow_name text, run_id bigint, step_name text,
+                                                 poll_for int = 5000, poll_interval int = 200)
+RETURNS TABLE (status text, output jsonb, error_message text)
+LANGUAGE sql VOLATILE
+AS $$ SELECT * FROM catbird._cb_wait('step', flow_name, run_id, step_name, poll_for, poll_interval) $$;
+
+CREATE OR REPLACE FUNCTION catbird._cb_flow_runs(flow_id int, flow_name text)
+RETURNS SETOF catbird.cb_flow_run_info
+LANGUAGE sql STABLE
+AS $$
+    SELECT r.id, flow_name, r.status, r.priority, r.concurrency_key, r.input, r.headers, r.output,
+           r.error_message, r.cancel_reason, r.failed_step_name, r.created_at, r.visible_at, r.expires_at,
+           r.started_at, r.completed_at, r.failed_at, r.cancel_requested_at, r.canceled_at,
+           r.on_fail_status, r.on_fail_attempts, r.on_fail_error_message
+    FROM catbird.cb_flow_runs r
+    WHERE r.flow_id = $1
+$$;
+
+CREATE OR REPLACE FUNCTION catbird.cb_list_flow_runs(name text, lim int = 100, before_id bigint = NULL)
+RETURNS SETOF catbird.cb_flow_run_info
+LANGUAGE sql VOLATILE
+AS $$
+    SELECT * FROM catbird._cb_list_runs(NULL::catbird.cb_flow_run_info, 'flow', cb_list_flow_runs.name, lim, before_id)
+$$;
+
+CREATE OR REPLACE FUNCTION catbird.cb_get_flow_run(name text, run_id bigint)
+RETURNS SETOF catbird.cb_flow_run_info
+LANGUAGE sql VOLATILE
+AS $$
+    SELECT * FROM catbird._cb_list_runs(NULL::catbird.cb_flow_run_info, 'flow', cb_get_flow_run.name, 1,
+                                        run_id => run_id)
+$$;
+
+-- === from extension/sql/57_flow_on_fail.sql
+
+CREATE OR REPLACE FUNCTION catbird.cb_claim_flow_on_fail(name text, quantity int, hide_for int = 30000)
+RETURNS TABLE (id bigint, input jsonb, error_message text, on_fail_attempts int, started_at timestamptz,
+               failed_at timestamptz, concurrency_key text, failed_step_name text, failed_step_input jsonb,
+               failed_step_signal_input jsonb, failed_step_attempts int)
+LANGUAGE plpgsql VOLATILE
+AS $$
+DECLARE
+    v_flow catbird.cb_flows := catbird._cb_flow(name);
+    v_now timestamptz := catbird.cb_now();
+BEGIN
+    PERFORM catbird._cb_check_at_least('quantity', quantity, 1);
+    PERFORM catbird._cb_check_at_least('hide_for', hide_for, 1, ' ms');
+    RETURN QUERY
+    WITH candidates AS (
+        SELECT r.id FROM catbird.cb_flow_runs r
+        WHERE r.flow_id = v_flow.id AND r.on_fail_status IN ('queued', 'started') AND r.on_fail_visible_at <= v_now
+        ORDER BY r.on_fail_visible_at, r.id
+        LIMIT quantity
+        FOR UPDATE SKIP LOCKED
+    ), claimed AS (
+        UPDATE catbird.cb_flow_runs r
+        SET on_fail_status = 'started', on_fail_attempts = r.on_fail_attempts + 1,
+            on_fail_visible_at = v_now + make_interval(secs => hide_for / 1000.0)
+        FROM candidates c WHERE r.id = c.id
+        RETURNING r.*
+    )
+    SELECT c.id, c.input, c.error_message, c.on_fail_attempts, c.started_at, c.failed_at, c.concurrency_key,
+           c.failed_step_name, c.failed_step_input, c.failed_step_signal_input, c.failed_step_attempts
+    FROM claimed c ORDER BY c.id;
+END
+$$;
+
+CREATE OR REPLACE FUNCTION catbird.cb_complete_flow_on_fail(name text, run_id bigint, on_fail_attempt int = NULL) RETURNS void
+LANGUAGE sql VOLATILE
+AS $$
+    SELECT catbird._cb_end_on_fail('flow', cb_complete_flow_on_fail.name, run_id, completed => true,
+                                   on_fail_attempt => on_fail_attempt)
+$$;
+
+CREATE OR REPLACE FUNCTION catbird.cb_fail_flow_on_fail(name text, run_id bigint, error_message text,
+                                             retry_exhausted boolean = NULL, retry_delay bigint = NULL,
+                                             on_fail_attempt int = NULL, max_retries int = NULL,
+                                             backoff_min int = NULL, backoff_max int = NULL)
+RETURNS void
+LANGUAGE sql VOLATILE
+AS $$
+    SELECT catbird._cb_end_on_fail('flow', cb_fail_flow_on_fail.name, run_id, completed => false,
+                                   error_message => cb_fail_flow_on_fail.error_message,
+                                   retry_exhausted => retry_exhausted, retry_delay => retry_delay,
+                                   on_fail_attempt => on_fail_attempt, max_retries => max_retries,
+                                   backoff_min => backoff_min, backoff_max => backoff_max)
+$$;
+
+-- === from extension/sql/60_cron.sql
+
+CREATE OR REPLACE FUNCTION catbird._cb_cron_quote(cron_spec text) RETURNS text
+LANGUAGE sql IMMUTABLE
+AS $$
+    SELECT CASE WHEN cron_spec IS NULL THEN 'NULL'
+                WHEN length(cron_spec) > 200 THEN quote_literal(left(cron_spec, 200)) || '... ('
+                                                   || length(cron_spec) || ' characters)'
+                ELSE quote_literal(cron_spec) END
+$$;
+
+CREATE OR REPLACE FUNCTION catbird._cb_cron_hint(field_name text, lo int, hi int) RETURNS text
+LANGUAGE sql IMMUTABLE
+AS $$
+    SELECT format('The %s field takes "*", N, N-M, */S, N-M/S, N/S or a comma list of those, with values %s-%s%s.',
+                  field_name, lo, hi,
+                  CASE WHEN field_name = 'month' THEN ' or JAN-DEC'
+                       WHEN field_name = 'day-of-week' THEN ' or SUN-SAT (0 and 7 are Sunday)'
+                       ELSE '' END)
+$$;
+
+CREATE OR REPLACE FUNCTION catbird._cb_cron_field(cron_spec text, field_name text, field text, lo int, hi int,
+                                       names text[], OUT mask bigint, OUT star boolean)
+LANGUAGE plpgsql IMMUTABLE
+AS $$
+DECLARE
+    v_element text;
+    v_parts text[];
+    v_base text;
+    v_from int;
+    v_to int;
+    v_step int;
+    v_value int;
+    -- the largest value a range may name: 7 for Sunday in day-of-week
+    v_max int := CASE WHEN field_name = 'day-of-week' THEN 7 ELSE hi END;
+BEGIN
+    mask := 0;
+    star := false;
+    FOREACH v_element IN ARRAY string_to_array(field, ',') LOOP
+        IF v_element = '' THEN
+            RAISE EXCEPTION 'invalid cron spec %: the % field % has an empty list element', catbird._cb_cron_quote(cron_spec), field_name, quote_literal(field)
+                USING ERRCODE = 'invalid_parameter_value', HINT = catbird._cb_cron_hint(field_name, lo, v_max);
+        END IF;
+        -- Fast path: a plain number (most list elements).
+        IF v_element ~ '^[0-9]{1,2}$' THEN
+            v_value := v_element::int;
+            IF v_value >= lo AND v_value <= v_max THEN
+                mask := mask | (1::bigint << (v_value % CASE WHEN field_name = 'day-of-week' THEN 7 ELSE 64 END));
+                CONTINUE;
+            END IF;
+        END IF;
+        -- element = base ["/" step]; base = "*" | value ["-" value]. Split by
+        -- hand: regexp_match with capture groups costs more than the rest of
+        -- the parse together.
+        v_parts := ARRAY[NULL, NULL, NULL, NULL]::text[];
+        v_base := v_element;
+        IF strpos(v_element, '/') > 0 THEN
+            v_base := split_part(v_element, '/', 1);
+            v_parts[4] := substr(v_element, strpos(v_element, '/') + 1);
+            IF v_parts[4] !~ '^[0-9]{1,4}$' OR v_parts[4]::int < 1 THEN
+                RAISE EXCEPTION 'invalid cron spec %: the % field % has a bad step %: a step is a whole number from 1 to 9999',
+                    catbird._cb_cron_quote(cron_spec), field_name, quote_literal(left(field, 100)), quote_literal(left(v_parts[4], 100))
+                    USING ERRCODE = 'invalid_parameter_value', HINT = catbird._cb_cron_hint(field_name, lo, v_max);
+            END IF;
+            v_step := v_parts[4]::int;
+        ELSE
+            v_step := 1;
+        END IF;
+        IF v_base = '*' THEN
+            v_parts[1] := '*';
+        ELSIF strpos(v_base, '-') > 0 THEN
+            v_parts[2] := split_part(v_base, '-', 1);
+            v_parts[3] := substr(v_base, strpos(v_base, '-') + 1);
+        ELSE
+            v_parts[2] := v_base;
+        END IF;
+        IF v_parts[1] IS NULL AND (v_parts[2] !~ '^[a-z0-9]+$' OR v_parts[3] !~ '^[a-z0-9]+$') THEN
+            RAISE EXCEPTION 'invalid cron spec %: the % field % cannot be read at %',
+                catbird._cb_cron_quote(cron_spec), field_name, quote_literal(left(field, 100)), quote_literal(left(v_element, 100))
+                USING ERRCODE = 'invalid_parameter_value', HINT = catbird._cb_cron_hint(field_name, lo, v_max);
+        END IF;
+        IF v_parts[1] IS NOT NULL THEN
+            v_from := lo;
+            -- "*/S" on weekdays steps over 0-6, like croniter
+            v_to := hi;
+            IF v_parts[4] IS NULL THEN
+                star := true;
+            END IF;
+        ELSE
+            -- Values: numbers, or names where the field has them.
+            FOR i IN 2..3 LOOP
+                CONTINUE WHEN v_parts[i] IS NULL;
+                IF v_parts[i] ~ '^[0-9]{1,4}$' THEN
+                    v_value := v_parts[i]::int;
+                ELSE
+                    v_value := array_position(names, v_parts[i]);
+                    IF v_value IS NULL THEN
+                        RAISE EXCEPTION 'invalid cron spec %: the % field % has an unknown value %',
+                            catbird._cb_cron_quote(cron_spec), field_name, quote_literal(left(field, 100)), quote_literal(left(v_parts[i], 100))
+                            USING ERRCODE = 'invalid_parameter_value', HINT = catbird._cb_cron_hint(field_name, lo, v_max);
+                    END IF;
+                    -- names are 1-based in the array: JAN = 1, SUN = 0
+                    v_value := v_value + lo - 1;
+                    -- SUN closing a range is 7 (FRI-SUN)
+                    IF field_name = 'day-of-week' AND i = 3 AND v_value = 0 THEN
+                        v_value := 7;
+                    END IF;
+                END IF;
+                IF v_value < lo OR v_value > v_max THEN
+                    RAISE EXCEPTION 'invalid cron spec %: the % field % has the value %, out of range %-%',
+                        catbird._cb_cron_quote(cron_spec), field_name, quote_literal(left(field, 100)), v_parts[i], lo, v_max
+                        USING ERRCODE = 'invalid_parameter_value', HINT = catbird._cb_cron_hint(field_name, lo, v_max);
+                END IF;
+                IF i = 2 THEN v_from := v_value; ELSE v_to := v_value; END IF;
+            END LOOP;
+            IF v_parts[3] IS NULL THEN
+                -- "N" alone, or "N/S" = N-max/S (max 6 for weekdays, like
+                -- croniter; "7/S" is just Sunday)
+                v_to := CASE WHEN v_parts[4] IS NULL THEN v_from ELSE greatest(hi, v_from) END;
+                IF field_name = 'day-of-week' AND v_from = 7 THEN
+                    v_to := 7;
+                END IF;
+            ELSIF v_to < v_from THEN
+                RAISE EXCEPTION 'invalid cron spec %: the % field % has a reversed range %: write the smaller value first',
+                    catbird._cb_cron_quote(cron_spec), field_name, quote_literal(left(field, 100)), quote_literal(left(v_element, 100))
+                    USING ERRCODE = 'invalid_parameter_value', HINT = catbird._cb_cron_hint(field_name, lo, v_max);
+            END IF;
+        END IF;
+        IF v_step = 1 AND field_name <> 'day-of-week' THEN
+            -- a plain range: bits v_from..v_to at once
+            mask := mask | ((((1::bigint << (v_to - v_from + 1)) - 1)) << v_from);
+            CONTINUE;
+        END IF;
+        v_value := v_from;
+        WHILE v_value <= v_to LOOP
+            mask := mask | (1::bigint << (v_value % CASE WHEN field_name = 'day-of-week' THEN 7 ELSE 64 END));
+            v_value := v_value + v_step;
+        END LOOP;
+    END LOOP;
+END
+$$;
+
+CREATE OR REPLACE FUNCTION catbird._cb_cron_lookup(mask bigint, lo int, hi int, forward boolean) RETURNS int[]
+LANGUAGE plpgsql IMMUTABLE STRICT
+AS $$
+DECLARE
+    v_lookup int[] := array_fill(NULL::int, ARRAY[hi - lo + 1]);
+    v_current int;
+BEGIN
+    IF forward THEN
+        FOR i IN REVERSE hi..lo LOOP
+            IF (mask >> i) & 1 = 1 THEN v_current := i; END IF;
+            v_lookup[i - lo + 1] := v_current;
+        END LOOP;
+    ELSE
+        FOR i IN lo..hi LOOP
+            IF (mask >> i) & 1 = 1 THEN v_current := i; END IF;
+            v_lookup[i - lo + 1] := v_current;
+        END LOOP;
+    END IF;
+    RETURN v_lookup;
+END
+$$;
+
+CREATE OR REPLACE FUNCTION catbird._cb_cron_dow_lookup(mask bigint, forward boolean) RETURNS int[]
+LANGUAGE plpgsql IMMUTABLE STRICT
+AS $$
+DECLARE
+    v_lookup int[] := array_fill(NULL::int, ARRAY[7]);
+    v_k int;
+BEGIN
+    FOR w IN 0..6 LOOP
+        v_k := 0;
+        WHILE (mask >> (CASE WHEN forward THEN w + v_k ELSE w - v_k + 7 END) % 7) & 1 = 0 LOOP
+            v_k := v_k + 1;
+        END LOOP;
+        v_lookup[w + 1] := v_k;
+    END LOOP;
+    RETURN v_lookup;
+END
+$$;
+
+CREATE OR REPLACE FUNCTION catbird._cb_parse_cron(cron_spec text, with_prev boolean = true) RETURNS catbird.cb_cron
+LANGUAGE plpgsql IMMUTABLE
+AS $$
+DECLARE
+    v_spec text;
+    v_fields text[];
+    v_minute record;
+    v_hour record;
+    v_dom record;
+    v_month record;
+    v_dow record;
+    v_dom_star boolean;
+    v_dow_star boolean;
+    v_min_dom int;
+    v_cron catbird.cb_cron;
+BEGIN
+    IF cron_spec IS NULL THEN
+        RAISE EXCEPTION 'invalid cron spec NULL: give five fields (minute hour day-of-month month day-of-week) or a descriptor such as @daily'
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    IF length(cron_spec) > 1000 THEN
+        RAISE EXCEPTION 'invalid cron spec %: it is longer than 1000 characters', catbird._cb_cron_quote(cron_spec)
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    v_spec := lower(btrim(cron_spec, E' \t\n\r'));
+    IF left(v_spec, 1) = '@' THEN
+        v_spec := CASE v_spec
+                      WHEN '@yearly' THEN '0 0 1 1 *'
+                      WHEN '@annually' THEN '0 0 1 1 *'
+                      WHEN '@monthly' THEN '0 0 1 * *'
+                      WHEN '@weekly' THEN '0 0 * * 0'
+                      WHEN '@daily' THEN '0 0 * * *'
+                      WHEN '@midnight' THEN '0 0 * * *'
+                      WHEN '@hourly' THEN '0 * * * *'
+                  END;
+        IF v_spec IS NULL THEN
+            RAISE EXCEPTION 'invalid cron spec %: unsupported descriptor; the descriptors are @yearly, @annually, @monthly, @weekly, @daily, @midnight and @hourly',
+                catbird._cb_cron_quote(cron_spec)
+                USING ERRCODE = 'invalid_parameter_value',
+                      HINT = 'For "@every <duration>" or "@reboot", write a five-field spec instead, e.g. "*/5 * * * *" for every five minutes.';
+        END IF;
+    END IF;
+    v_fields := regexp_split_to_array(v_spec, '[ \t\n\r]+');
+    IF v_spec = '' OR cardinality(v_fields) <> 5 THEN
+        RAISE EXCEPTION 'invalid cron spec %: expected 5 fields (minute hour day-of-month month day-of-week), got %',
+            catbird._cb_cron_quote(cron_spec), CASE WHEN v_spec = '' THEN 0 ELSE cardinality(v_fields) END
+            USING ERRCODE = 'invalid_parameter_value',
+                  HINT = 'Seconds and years are not supported; e.g. "30 9 * * 1-5" is 09:30 UTC on weekdays.';
+    END IF;
+    v_minute := catbird._cb_cron_field(cron_spec, 'minute', v_fields[1], 0, 59, NULL);
+    v_hour := catbird._cb_cron_field(cron_spec, 'hour', v_fields[2], 0, 23, NULL);
+    v_dom := catbird._cb_cron_field(cron_spec, 'day-of-month', v_fields[3], 1, 31, NULL);
+    v_month := catbird._cb_cron_field(cron_spec, 'month', v_fields[4], 1, 12,
+        ARRAY['jan', 'feb', 'mar', 'apr', 'may', 'jun', 'jul', 'aug', 'sep', 'oct', 'nov', 'dec']);
+    v_dow := catbird._cb_cron_field(cron_spec, 'day-of-week', v_fields[5], 0, 6,
+        ARRAY['sun', 'mon', 'tue', 'wed', 'thu', 'fri', 'sat']);
+
+    -- croniter's rule for "restricted": see the header.
+    v_dom_star := v_dom.star OR (v_dom.mask = 4294967294 AND strpos(v_fields[5], '*') > 0);
+    v_dow_star := v_dow.star OR (v_dow.mask = 127 AND strpos(v_fields[3], '*') > 0);
+    v_cron.day_mode := CASE WHEN NOT v_dom_star AND NOT v_dow_star THEN 0 WHEN v_dom_star THEN 2 ELSE 1 END;
+
+    -- A spec restricted by day of month only must name a day that some of its
+    -- months have (February counts its 29th).
+    IF v_cron.day_mode = 1 THEN
+        SELECT min(d) INTO v_min_dom FROM generate_series(1, 31) d WHERE (v_dom.mask >> d) & 1 = 1;
+        IF v_min_dom = 31 AND v_month.mask & ((1 << 1) | (1 << 3) | (1 << 5) | (1 << 7) | (1 << 8) | (1 << 10) | (1 << 12)) = 0
+           OR v_min_dom = 30 AND v_month.mask & ~(1 << 2) = 0 THEN
+            RAISE EXCEPTION 'invalid cron spec %: it matches no minute in the next 8 years: the day-of-month field % names no day that the month field % has',
+                catbird._cb_cron_quote(cron_spec), quote_literal(left(v_fields[3], 100)), quote_literal(left(v_fields[4], 100))
+                USING ERRCODE = 'invalid_parameter_value';
+        END IF;
+    END IF;
+
+    v_cron.minute_next := catbird._cb_cron_lookup(v_minute.mask, 0, 59, true);
+    v_cron.hour_next := catbird._cb_cron_lookup(v_hour.mask, 0, 23, true);
+    v_cron.dom_next := catbird._cb_cron_lookup(v_dom.mask, 1, 31, true);
+    v_cron.month_next := catbird._cb_cron_lookup(v_month.mask, 1, 12, true);
+    v_cron.dow_next := catbird._cb_cron_dow_lookup(v_dow.mask, true);
+    IF with_prev THEN
+        v_cron.minute_prev := catbird._cb_cron_lookup(v_minute.mask, 0, 59, false);
+        v_cron.hour_prev := catbird._cb_cron_lookup(v_hour.mask, 0, 23, false);
+        v_cron.dom_prev := catbird._cb_cron_lookup(v_dom.mask, 1, 31, false);
+        v_cron.month_prev := catbird._cb_cron_lookup(v_month.mask, 1, 12, false);
+        v_cron.dow_prev := catbird._cb_cron_dow_lookup(v_dow.mask, false);
+    END IF;
+    RETURN v_cron;
+END
+$$;
+
+CREATE OR REPLACE FUNCTION catbird._cb_cron_next(cron catbird.cb_cron, from_time timestamptz) RETURNS timestamptz
+LANGUAGE plpgsql IMMUTABLE STRICT
+AS $$
+DECLARE
+    v_t timestamp := date_trunc('minute', from_time AT TIME ZONE 'UTC') + interval '1 minute';
+    v_y int := extract(year FROM v_t)::int;
+    v_mo int := extract(month FROM v_t)::int;
+    v_d int := extract(day FROM v_t)::int;
+    v_h int := extract(hour FROM v_t)::int;
+    v_mi int := extract(minute FROM v_t)::int;
+    v_limit int := v_y + 9;  -- a feasible spec matches within 8 years (Feb 29 across 2100)
+    v_dim int;
+    v_v int;
+    v_a int;
+    v_b int;
+BEGIN
+    LOOP
+        -- month
+        v_v := cron.month_next[v_mo];
+        IF v_v IS NULL THEN
+            v_y := v_y + 1;
+            v_mo := cron.month_next[1];
+            v_d := 1; v_h := 0; v_mi := 0;
+        ELSIF v_v > v_mo THEN
+            v_mo := v_v;
+            v_d := 1; v_h := 0; v_mi := 0;
+        END IF;
+        IF v_y > v_limit THEN
+            RETURN NULL;
+        END IF;
+        -- day
+        v_dim := CASE WHEN v_mo = 2 THEN CASE WHEN v_y % 4 = 0 AND (v_y % 100 <> 0 OR v_y % 400 = 0) THEN 29 ELSE 28 END
+                      ELSE 30 + (v_mo + v_mo / 8) % 2 END;
+        v_a := NULL;
+        v_b := NULL;
+        IF cron.day_mode <> 2 THEN
+            v_a := cron.dom_next[v_d];
+            IF v_a > v_dim THEN v_a := NULL; END IF;
+        END IF;
+        IF cron.day_mode <> 1 THEN
+            -- 1970-01-04 was a Sunday
+            v_b := v_d + cron.dow_next[((make_date(v_y, v_mo, v_d) - DATE '1970-01-04') % 7 + 7) % 7 + 1];
+            IF v_b > v_dim THEN v_b := NULL; END IF;
+        END IF;
+        v_v := least(v_a, v_b);
+        IF v_v IS NULL THEN
+            v_mo := v_mo + 1;
+            v_d := 1; v_h := 0; v_mi := 0;
+            IF v_mo > 12 THEN v_mo := 1; v_y := v_y + 1; END IF;
+            CONTINUE;
+        END IF;
+        IF v_v > v_d THEN
+            v_d := v_v;
+            v_h := 0; v_mi := 0;
+        END IF;
+        -- hour
+        v_v := cron.hour_next[v_h + 1];
+        IF v_v IS NULL THEN
+            v_d := v_d + 1;
+            v_h := 0; v_mi := 0;
+            IF v_d > v_dim THEN
+                v_d := 1; v_mo := v_mo + 1;
+                IF v_mo > 12 THEN v_mo := 1; v_y := v_y + 1; END IF;
+            END IF;
+            CONTINUE;
+        END IF;
+        IF v_v > v_h THEN
+            v_h := v_v;
+            v_mi := 0;
+        END IF;
+        -- minute
+        v_v := cron.minute_next[v_mi + 1];
+        IF v_v IS NULL THEN
+            v_h := v_h + 1;
+            v_mi := 0;
+            IF v_h > 23 THEN
+                v_h := 0; v_d := v_d + 1;
+                IF v_d > v_dim THEN
+                    v_d := 1; v_mo := v_mo + 1;
+                    IF v_mo > 12 THEN v_mo := 1; v_y := v_y + 1; END IF;
+                END IF;
+            END IF;
+            CONTINUE;
+        END IF;
+        RETURN make_timestamp(v_y, v_mo, v_d, v_h, v_v, 0) AT TIME ZONE 'UTC';
+    END LOOP;
+END
+$$;
+
+CREATE OR REPLACE FUNCTION catbird._cb_cron_prev(cron catbird.cb_cron, until_time timestamptz) RETURNS timestamptz
+LANGUAGE plpgsql IMMUTABLE STRICT
+AS $$
+DECLARE
+    v_t timestamp := date_trunc('minute', until_time AT TIME ZONE 'UTC');
+    v_y int := extract(year FROM v_t)::int;
+    v_mo int := extract(month FROM v_t)::int;
+    v_d int := extract(day FROM v_t)::int;
+    v_h int := extract(hour FROM v_t)::int;
+    v_mi int := extract(minute FROM v_t)::int;
+    v_limit int := v_y - 9;
+    v_dim int;
+    v_v int;
+    v_a int;
+    v_b int;
+BEGIN
+    LOOP
+        -- month (v_d = 99: the last day of whatever month this lands in)
+        v_v := cron.month_prev[v_mo];
+        IF v_v IS NULL THEN
+            v_y := v_y - 1;
+            v_mo := cron.month_prev[12];
+            v_d := 99; v_h := 23; v_mi := 59;
+        ELSIF v_v < v_mo THEN
+            v_mo := v_v;
+            v_d := 99; v_h := 23; v_mi := 59;
+        END IF;
+        IF v_y < v_limit THEN
+            RETURN NULL;
+        END IF;
+        -- day
+        v_dim := CASE WHEN v_mo = 2 THEN CASE WHEN v_y % 4 = 0 AND (v_y % 100 <> 0 OR v_y % 400 = 0) THEN 29 ELSE 28 END
+                      ELSE 30 + (v_mo + v_mo / 8) % 2 END;
+        v_d := least(v_d, v_dim);
+        v_a := NULL;
+        v_b := NULL;
+        IF cron.day_mode <> 2 THEN
+            v_a := cron.dom_prev[v_d];
+        END IF;
+        IF cron.day_mode <> 1 THEN
+            v_b := v_d - cron.dow_prev[((make_date(v_y, v_mo, v_d) - DATE '1970-01-04') % 7 + 7) % 7 + 1];
+            IF v_b < 1 THEN v_b := NULL; END IF;
+        END IF;
+        v_v := greatest(v_a, v_b);
+        IF v_v IS NULL THEN
+            v_mo := v_mo - 1;
+            v_d := 99; v_h := 23; v_mi := 59;
+            IF v_mo < 1 THEN v_mo := 12; v_y := v_y - 1; END IF;
+            CONTINUE;
+        END IF;
+        IF v_v < v_d THEN
+            v_d := v_v;
+            v_h := 23; v_mi := 59;
+        END IF;
+        -- hour
+        v_v := cron.hour_prev[v_h + 1];
+        IF v_v IS NULL THEN
+            v_d := v_d - 1;
+            v_h := 23; v_mi := 59;
+            IF v_d < 1 THEN
+                v_d := 99; v_mo := v_mo - 1;
+                IF v_mo < 1 THEN v_mo := 12; v_y := v_y - 1; END IF;
+            END IF;
+            CONTINUE;
+        END IF;
+        IF v_v < v_h THEN
+            v_h := v_v;
+            v_mi := 59;
+        END IF;
+        -- minute
+        v_v := cron.minute_prev[v_mi + 1];
+        IF v_v IS NULL THEN
+            v_h := v_h - 1;
+            v_mi := 59;
+            IF v_h < 0 THEN
+                v_h := 23; v_d := v_d - 1;
+                IF v_d < 1 THEN
+                    v_d := 99; v_mo := v_mo - 1;
+                    IF v_mo < 1 THEN v_mo := 12; v_y := v_y - 1; END IF;
+                END IF;
+            END IF;
+            CONTINUE;
+        END IF;
+        RETURN make_timestamp(v_y, v_mo, v_d, v_h, v_v, 0) AT TIME ZONE 'UTC';
+    END LOOP;
+END
+$$;
+
+CREATE OR REPLACE FUNCTION catbird._cb_check_cron_time(argument text, value timestamptz) RETURNS void
+LANGUAGE plpgsql IMMUTABLE
+AS $$
+BEGIN
+    IF value IS NULL OR NOT isfinite(value) THEN
+        RAISE EXCEPTION 'invalid %: got %, expected a finite timestamptz', argument, coalesce(value::text, 'NULL')
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+END
+$$;
+
+CREATE OR REPLACE FUNCTION catbird.cb_next_cron_tick(cron_spec text, from_time timestamptz) RETURNS timestamptz
+LANGUAGE plpgsql IMMUTABLE
+AS $$
+BEGIN
+    PERFORM catbird._cb_check_cron_time('from_time', from_time);
+    RETURN catbird._cb_cron_next(catbird._cb_parse_cron(cron_spec, with_prev => false), from_time);
+END
+$$;
+
+CREATE OR REPLACE FUNCTION catbird.cb_next_cron_ticks(cron_spec text, from_time timestamptz, quantity int = 5)
+RETURNS SETOF timestamptz
+LANGUAGE plpgsql IMMUTABLE
+AS $$
+DECLARE
+    v_cron catbird.cb_cron := catbird._cb_parse_cron(cron_spec, with_prev => false);
+    v_tick timestamptz := from_time;
+BEGIN
+    PERFORM catbird._cb_check_cron_time('from_time', from_time);
+    PERFORM catbird._cb_check_at_least('quantity', quantity, 1);
+    IF quantity > 1000 THEN
+        RAISE EXCEPTION 'invalid quantity: got %, at most 1000 ticks are listed per call', quantity
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    FOR i IN 1..quantity LOOP
+        v_tick := catbird._cb_cron_next(v_cron, v_tick);
+        RETURN NEXT v_tick;
+    END LOOP;
+END
+$$;
+
+-- === from extension/sql/61_schedules.sql
+
+CREATE OR REPLACE FUNCTION catbird._cb_check_catch_up(catch_up text) RETURNS void
+LANGUAGE plpgsql IMMUTABLE
+AS $$
+BEGIN
+    IF catch_up IS NULL OR catch_up NOT IN ('skip', 'one', 'all') THEN
+        RAISE EXCEPTION 'invalid catch_up %: expected ''skip'' (only the latest missed tick), ''one'' (the oldest missed tick, once) or ''all'' (every missed tick)',
+            coalesce(quote_literal(left(catch_up, 200)), 'NULL')
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+END
+$$;
+
+CREATE OR REPLACE FUNCTION catbird._cb_create_schedule(kind text, name text, cron_spec text, input jsonb, catch_up text)
+RETURNS void
+LANGUAGE plpgsql VOLATILE
+AS $$
+DECLARE
+    v_layout record := catbird._cb_run_layout(kind);
+    v_now timestamptz := catbird.cb_now();
+    v_id int;
+    v_cron catbird.cb_cron;
+    v_inserted boolean;
+BEGIN
+    PERFORM catbird._cb_check_name(kind, name);
+    v_id := catbird._cb_definition_id(kind, name);
+    v_cron := catbird._cb_parse_cron(cron_spec);
+    PERFORM catbird._cb_check_body('input', 'schedule input', input);
+    PERFORM catbird._cb_check_catch_up(catch_up);
+    -- task_id or flow_id: the column naming the definition, and the conflict arbiter
+    EXECUTE format(
+        'INSERT INTO catbird.cb_schedules AS s (kind, %1$I, catch_up, next_run_at, created_at, updated_at,'
+        '                                       cron_spec, input, cron)'
+        ' VALUES ($1, $2, $3, $4, $5, $5, $6, $7, $8)'
+        ' ON CONFLICT (%1$I) DO UPDATE'
+        '     SET cron_spec = excluded.cron_spec, input = excluded.input, catch_up = excluded.catch_up,'
+        '         cron = excluded.cron, updated_at = excluded.updated_at,'
+        '         next_run_at = CASE WHEN s.cron IS NOT DISTINCT FROM excluded.cron THEN s.next_run_at'
+        '                            ELSE excluded.next_run_at END'
+        '     WHERE (s.cron_spec, s.input, s.catch_up)'
+        '           IS DISTINCT FROM (excluded.cron_spec, excluded.input, excluded.catch_up)'
+        ' RETURNING s.xmax = 0',
+        v_layout.definition_column)
+    INTO v_inserted
+    USING kind, v_id, catch_up, catbird._cb_cron_next(v_cron, v_now), v_now, cron_spec, input, v_cron;
+    IF v_inserted IS NOT NULL THEN  -- NULL: the same schedule again, nothing written
+        PERFORM catbird._cb_notify(CASE WHEN v_inserted THEN 'catbird.schedule.created' ELSE 'catbird.schedule.updated' END,
+                                   jsonb_build_object(kind, name)::text);
+    END IF;
+END
+$$;
+
+CREATE OR REPLACE FUNCTION catbird.cb_create_task_schedule(task_name text, cron_spec text, input jsonb = '{}',
+                                                catch_up text = 'one')
+RETURNS void
+LANGUAGE sql VOLATILE
+AS $$ SELECT catbird._cb_create_schedule('task', task_name, cron_spec, input, catch_up) $$;
+
+CREATE OR REPLACE FUNCTION catbird.cb_create_flow_schedule(flow_name text, cron_spec text, input jsonb = '{}',
+                                                catch_up text = 'one')
+RETURNS void
+LANGUAGE sql VOLATILE
+AS $$ SELECT catbird._cb_create_schedule('flow', flow_name, cron_spec, input, catch_up) $$;
+
+CREATE OR REPLACE FUNCTION catbird._cb_delete_schedule(kind text, name text) RETURNS boolean
+LANGUAGE plpgsql VOLATILE
+AS $$
+DECLARE
+    v_layout record := catbird._cb_run_layout(kind);
+    v_id int;
+BEGIN
+    PERFORM catbird._cb_check_name(kind, name);
+    EXECUTE format('DELETE FROM catbird.cb_schedules s USING catbird.%I d'
+                   ' WHERE s.%I = d.id AND d.name = $1 RETURNING s.id',
+                   v_layout.definitions, v_layout.definition_column)
+    INTO v_id USING name;
+    IF v_id IS NULL THEN
+        RETURN false;
+    END IF;
+    PERFORM catbird._cb_notify('catbird.schedule.deleted', jsonb_build_object(kind, name)::text);
+    RETURN true;
+END
+$$;
+
+CREATE OR REPLACE FUNCTION catbird.cb_delete_task_schedule(task_name text) RETURNS boolean
+LANGUAGE sql VOLATILE
+AS $$ SELECT catbird._cb_delete_schedule('task', task_name) $$;
+
+CREATE OR REPLACE FUNCTION catbird.cb_delete_flow_schedule(flow_name text) RETURNS boolean
+LANGUAGE sql VOLATILE
+AS $$ SELECT catbird._cb_delete_schedule('flow', flow_name) $$;
+
+CREATE OR REPLACE FUNCTION catbird._cb_set_schedule_enabled(kind text, name text, enabled boolean) RETURNS boolean
+LANGUAGE plpgsql VOLATILE
+AS $$
+DECLARE
+    v_now timestamptz := catbird.cb_now();
+    v_id int;
+    v_was boolean;
+BEGIN
+    PERFORM catbird._cb_check_name(kind, name);
+    IF enabled IS NULL THEN
+        RAISE EXCEPTION 'invalid enabled: NULL' USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    SELECT s.id, s.enabled INTO v_id, v_was
+    FROM catbird.cb_schedules s
+    LEFT JOIN catbird.cb_tasks t ON t.id = s.task_id
+    LEFT JOIN catbird.cb_flows f ON f.id = s.flow_id
+    WHERE s.kind = _cb_set_schedule_enabled.kind
+      AND CASE WHEN _cb_set_schedule_enabled.kind = 'task' THEN t.name ELSE f.name END = _cb_set_schedule_enabled.name
+    FOR UPDATE OF s;
+    IF v_id IS NULL THEN
+        RETURN false;
+    END IF;
+    IF v_was IS DISTINCT FROM enabled THEN
+        UPDATE catbird.cb_schedules s
+        SET enabled = _cb_set_schedule_enabled.enabled, updated_at = v_now,
+            next_run_at = CASE WHEN _cb_set_schedule_enabled.enabled AND s.next_run_at <= v_now
+                               THEN catbird._cb_cron_next(s.cron, v_now) ELSE s.next_run_at END
+        WHERE s.id = v_id;
+        PERFORM catbird._cb_notify(CASE WHEN enabled THEN 'catbird.schedule.enabled' ELSE 'catbird.schedule.disabled' END,
+                                   jsonb_build_object(kind, name)::text);
+    END IF;
+    RETURN true;
+END
+$$;
+
+CREATE OR REPLACE FUNCTION catbird.cb_enable_task_schedule(task_name text) RETURNS boolean
+LANGUAGE sql VOLATILE
+AS $$ SELECT catbird._cb_set_schedule_enabled('task', task_name, true) $$;
+
+CREATE OR REPLACE FUNCTION catbird.cb_disable_task_schedule(task_name text) RETURNS boolean
+LANGUAGE sql VOLATILE
+AS $$ SELECT catbird._cb_set_schedule_enabled('task', task_name, false) $$;
+
+CREATE OR REPLACE FUNCTION catbird.cb_enable_flow_schedule(flow_name text) RETURNS boolean
+LANGUAGE sql VOLATILE
+AS $$ SELECT catbird._cb_set_schedule_enabled('flow', flow_name, true) $$;
+
+CREATE OR REPLACE FUNCTION catbird.cb_disable_flow_schedule(flow_name text) RETURNS boolean
+LANGUAGE sql VOLATILE
+AS $$ SELECT catbird._cb_set_schedule_enabled('flow', flow_name, false) $$;
+
+CREATE OR REPLACE FUNCTION catbird._cb_schedule_ticks(cron catbird.cb_cron, next_run_at timestamptz, now timestamptz,
+                                           catch_up text, batch_size int,
+                                           OUT ticks timestamptz[], OUT next_tick timestamptz)
+LANGUAGE plpgsql IMMUTABLE STRICT
+AS $$
+DECLARE
+    v_tick timestamptz := next_run_at;
+BEGIN
+    IF catch_up = 'skip' THEN
+        ticks := ARRAY[catbird._cb_cron_prev(cron, now)];  -- the latest due tick
+        next_tick := catbird._cb_cron_next(cron, now);
+    ELSIF catch_up = 'one' THEN
+        ticks := ARRAY[next_run_at];                       -- the oldest due tick
+        next_tick := catbird._cb_cron_next(cron, now);
+    ELSE
+        ticks := '{}';
+        WHILE v_tick <= now AND cardinality(ticks) < batch_size LOOP
+            ticks := ticks || v_tick;
+            v_tick := catbird._cb_cron_next(cron, v_tick);
+        END LOOP;
+        next_tick := v_tick;  -- still <= now when the batch was full: the rest next call
+    END IF;
+END
+$$;
+
+CREATE OR REPLACE FUNCTION catbird._cb_execute_due_schedules(kind text, names text[], batch_size int, max_schedules int)
+RETURNS int
+LANGUAGE plpgsql VOLATILE
+AS $$
+DECLARE
+    v_now timestamptz := catbird.cb_now();
+    v_ids int[];
+    v_names text[];
+    v_schedule record;
+    v_plan record;
+    v_keys text[];
+    v_done_ids int[] := '{}'::int[];
+    v_done_next timestamptz[] := '{}'::timestamptz[];
+    v_done_last timestamptz[] := '{}'::timestamptz[];
+    v_count int := 0;
+    v_queued int[];
+BEGIN
+    PERFORM catbird._cb_check_at_least('batch_size', batch_size, 1);
+    PERFORM catbird._cb_check_at_least('max_schedules', max_schedules, 1);
+    -- Candidates, read without locks; then the definitions' shared locks in
+    -- name order (as any writer of runs holds them), then the rows themselves,
+    -- skipping those another caller is firing and re-checking that they are
+    -- still due (a caller that just fired one has moved its next_run_at on).
+    SELECT array_agg(c.id), array_agg(DISTINCT c.name)
+    INTO v_ids, v_names
+    FROM (SELECT s.id, CASE WHEN s.kind = 'task' THEN t.name ELSE f.name END AS name
+          FROM catbird.cb_schedules s
+          LEFT JOIN catbird.cb_tasks t ON t.id = s.task_id
+          LEFT JOIN catbird.cb_flows f ON f.id = s.flow_id
+          WHERE s.kind = _cb_execute_due_schedules.kind AND s.enabled AND s.next_run_at <= v_now
+            AND (names IS NULL OR coalesce(t.name, f.name) = ANY (names))
+          ORDER BY s.next_run_at, s.id
+          LIMIT max_schedules) c;
+    IF v_ids IS NULL THEN
+        RETURN 0;
+    END IF;
+    PERFORM catbird._cb_lock_definition(kind, n) FROM unnest(v_names) AS n ORDER BY n;
+
+    IF kind = 'task' THEN
+        -- Tasks, in one statement: lock the due rows, plan their ticks, advance
+        -- them, and insert one run per tick the way _cb_insert_task_runs does
+        -- (condition evaluated at creation, a live holder of the key wins),
+        -- without a call per schedule.
+        WITH locked AS (
+            SELECT s.id, s.cron, s.next_run_at, s.catch_up, s.input, t.id AS task_id, t.name,
+                   t.condition_expr
+            FROM catbird.cb_schedules s JOIN catbird.cb_tasks t ON t.id = s.task_id
+            WHERE s.id = ANY (v_ids) AND s.enabled AND s.next_run_at <= v_now
+            FOR UPDATE OF s SKIP LOCKED
+        ), planned AS (
+            SELECT l.*, p.ticks, p.next_tick
+            FROM locked l,
+                 LATERAL catbird._cb_schedule_ticks(l.cron, l.next_run_at, v_now, l.catch_up, batch_size) p
+        ), advanced AS (
+            UPDATE catbird.cb_schedules s
+            SET next_run_at = p.next_tick, last_run_at = p.ticks[cardinality(p.ticks)], last_enqueued_at = v_now
+            FROM planned p
+            WHERE s.id = p.id
+        ), fired AS (
+            SELECT p.task_id, p.name, p.input, u.o,
+                   'sched:' || p.name || ':' || to_char(u.k AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS"Z"') AS key,
+                   p.condition_expr IS NULL
+                   OR catbird._cb_eval_condition(p.condition_expr, jsonb_build_object('input', p.input)) AS runnable
+            FROM planned p, unnest(p.ticks) WITH ORDINALITY AS u(k, o)
+        ), inserted AS (
+            INSERT INTO catbird.cb_task_runs
+                (id, task_id, status, priority, visible_at, created_at, skipped_at, concurrency_key, input)
+            SELECT nextval('catbird.cb_task_runs_id_seq'), f.task_id,
+                   CASE WHEN f.runnable THEN 'queued' ELSE 'skipped' END, 0, v_now, v_now,
+                   CASE WHEN NOT f.runnable THEN v_now END, f.key, f.input
+            FROM (SELECT f.* FROM fired f
+                  WHERE NOT EXISTS (SELECT 1 FROM catbird.cb_task_runs r
+                                    WHERE r.task_id = f.task_id AND r.concurrency_key = f.key
+                                      AND r.status IN ('queued', 'started'))
+                  ORDER BY f.task_id, f.o) f
+            ON CONFLICT (task_id, concurrency_key)
+                WHERE concurrency_key IS NOT NULL AND status IN ('queued', 'started')
+                DO NOTHING
+            RETURNING task_id, status
+        )
+        SELECT count(*)::int, array_agg(DISTINCT i.task_id) FILTER (WHERE i.status = 'queued')
+        INTO v_count, v_queued
+        FROM inserted i;
+        PERFORM catbird._cb_notify('catbird.task.queued', t.name)
+        FROM catbird.cb_tasks t WHERE t.id = ANY (v_queued);
+        RETURN v_count;
+    END IF;
+
+    -- Flows: one _cb_insert_flow_runs call per schedule (each new run's
+    -- first steps are dispatched there).
+    FOR v_schedule IN
+        SELECT s.id, s.cron, s.next_run_at, s.catch_up, s.input, f AS flow, f.name
+        FROM catbird.cb_schedules s
+        JOIN catbird.cb_flows f ON f.id = s.flow_id
+        WHERE s.id = ANY (v_ids) AND s.enabled AND s.next_run_at <= v_now
+        ORDER BY s.id
+        FOR UPDATE OF s SKIP LOCKED
+    LOOP
+        v_plan := catbird._cb_schedule_ticks(v_schedule.cron, v_schedule.next_run_at, v_now,
+                                             v_schedule.catch_up, batch_size);
+        v_keys := ARRAY(SELECT 'sched:' || v_schedule.name || ':'
+                               || to_char(k AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS"Z"')
+                        FROM unnest(v_plan.ticks) WITH ORDINALITY AS u(k, o) ORDER BY o);
+        -- A tick whose key a live run already holds (a replayed tick) enqueues
+        -- nothing; the insert below deduplicates any race on top of this.
+        v_keys := ARRAY(SELECT k FROM unnest(v_keys) WITH ORDINALITY AS u(k, o)
+                        WHERE NOT EXISTS (SELECT 1 FROM catbird.cb_flow_runs r
+                                          WHERE r.flow_id = (v_schedule.flow).id AND r.concurrency_key = u.k
+                                            AND r.status IN ('started', 'canceling'))
+                        ORDER BY o);
+        IF cardinality(v_keys) > 0 THEN
+            PERFORM catbird._cb_insert_flow_runs(v_schedule.flow, array_fill(v_schedule.input, ARRAY[cardinality(v_keys)]),
+                                                 v_keys, NULL, NULL, 0, NULL);
+        END IF;
+        v_count := v_count + cardinality(v_keys);
+        v_done_ids := v_done_ids || v_schedule.id;
+        v_done_next := v_done_next || v_plan.next_tick;
+        v_done_last := v_done_last || v_plan.ticks[cardinality(v_plan.ticks)];
+    END LOOP;
+
+    UPDATE catbird.cb_schedules s
+    SET next_run_at = u.next_tick, last_run_at = u.last_tick, last_enqueued_at = v_now
+    FROM unnest(v_done_ids, v_done_next, v_done_last) AS u(id, next_tick, last_tick)
+    WHERE s.id = u.id;
+    RETURN v_count;
+END
+$$;
+
+CREATE OR REPLACE FUNCTION catbird.cb_execute_due_task_schedules(task_names text[] = NULL, batch_size int = 100,
+                                                      max_schedules int = 1000)
+RETURNS int
+LANGUAGE sql VOLATILE
+AS $$ SELECT catbird._cb_execute_due_schedules('task', task_names, batch_size, max_schedules) $$;
+
+CREATE OR REPLACE FUNCTION catbird.cb_execute_due_flow_schedules(flow_names text[] = NULL, batch_size int = 100,
+                                                      max_schedules int = 1000)
+RETURNS int
+LANGUAGE sql VOLATILE
+AS $$ SELECT catbird._cb_execute_due_schedules('flow', flow_names, batch_size, max_schedules) $$;
+
+CREATE OR REPLACE FUNCTION catbird._cb_list_schedules(kind text)
+RETURNS TABLE (name text, cron_spec text, next_run_at timestamptz, last_run_at timestamptz,
+               last_enqueued_at timestamptz, enabled boolean, catch_up text, created_at timestamptz,
+               updated_at timestamptz, input jsonb)
+LANGUAGE sql STABLE
+AS $$
+    SELECT coalesce(t.name, f.name), s.cron_spec, s.next_run_at, s.last_run_at, s.last_enqueued_at, s.enabled,
+           s.catch_up, s.created_at, s.updated_at, s.input
+    FROM catbird.cb_schedules s
+    LEFT JOIN catbird.cb_tasks t ON t.id = s.task_id
+    LEFT JOIN catbird.cb_flows f ON f.id = s.flow_id
+    WHERE s.kind = $1
+    ORDER BY s.next_run_at, coalesce(t.name, f.name)
+$$;
+
+CREATE OR REPLACE FUNCTION catbird.cb_list_task_schedules()
+RETURNS TABLE (task_name text, cron_spec text, next_run_at timestamptz, last_run_at timestamptz,
+               last_enqueued_at timestamptz, enabled boolean, catch_up text, created_at timestamptz,
+               updated_at timestamptz, input jsonb)
+LANGUAGE sql STABLE
+AS $$ SELECT * FROM catbird._cb_list_schedules('task') $$;
+
+CREATE OR REPLACE FUNCTION catbird.cb_list_flow_schedules()
+RETURNS TABLE (flow_name text, cron_spec text, next_run_at timestamptz, last_run_at timestamptz,
+               last_enqueued_at timestamptz, enabled boolean, catch_up text, created_at timestamptz,
+               updated_at timestamptz, input jsonb)
+LANGUAGE sql STABLE
+AS $$ SELECT * FROM catbird._cb_list_schedules('flow') $$;
+
+-- === from extension/sql/70_maintenance.sql
+
+CREATE OR REPLACE FUNCTION catbird.cb_worker_started(id uuid, task_handlers jsonb, step_handlers jsonb) RETURNS void
+LANGUAGE plpgsql VOLATILE
+AS $$
+DECLARE
+    v_now timestamptz := catbird.cb_now();
+BEGIN
+    IF id IS NULL THEN
+        RAISE EXCEPTION 'invalid worker id: NULL' USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    IF jsonb_typeof(coalesce(task_handlers, '[]')) <> 'array' OR jsonb_typeof(coalesce(step_handlers, '[]')) <> 'array' THEN
+        RAISE EXCEPTION 'invalid handlers: task_handlers and step_handlers must be JSON arrays'
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    INSERT INTO catbird.cb_workers AS w (id, task_handlers, step_handlers, started_at, last_heartbeat_at)
+    VALUES (cb_worker_started.id, coalesce(task_handlers, '[]'), coalesce(step_handlers, '[]'), v_now, v_now)
+    ON CONFLICT ON CONSTRAINT cb_workers_pkey DO UPDATE
+        SET task_handlers = excluded.task_handlers, step_handlers = excluded.step_handlers,
+            last_heartbeat_at = excluded.last_heartbeat_at;
+    PERFORM catbird._cb_notify('catbird.worker.started', id::text);
+END
+$$;
+
+CREATE OR REPLACE FUNCTION catbird.cb_worker_heartbeat(id uuid) RETURNS jsonb
+LANGUAGE plpgsql VOLATILE
+AS $$
+BEGIN
+    UPDATE catbird.cb_workers w SET last_heartbeat_at = catbird.cb_now() WHERE w.id = cb_worker_heartbeat.id;
+    RETURN jsonb_build_object('registered', FOUND);
+END
+$$;
+
+CREATE OR REPLACE FUNCTION catbird.cb_worker_stopped(id uuid) RETURNS boolean
+LANGUAGE plpgsql VOLATILE
+AS $$
+BEGIN
+    DELETE FROM catbird.cb_workers w WHERE w.id = cb_worker_stopped.id;
+    IF FOUND THEN
+        PERFORM catbird._cb_notify('catbird.worker.stopped', id::text);
+    END IF;
+    RETURN FOUND;
+END
+$$;
+
+CREATE OR REPLACE FUNCTION catbird.cb_list_workers()
+RETURNS TABLE (id uuid, task_handlers jsonb, step_handlers jsonb, started_at timestamptz,
+               last_heartbeat_at timestamptz)
+LANGUAGE sql STABLE
+AS $$
+    SELECT w.id, w.task_handlers, w.step_handlers, w.started_at, w.last_heartbeat_at
+    FROM catbird.cb_workers w ORDER BY w.started_at, w.id
+$$;
+
+CREATE OR REPLACE FUNCTION catbird.cb_gc(batch_size int = 10000, stale_worker_after interval = '5 minutes')
+RETURNS jsonb
+LANGUAGE plpgsql VOLATILE
+AS $$
+DECLARE
+    v_now timestamptz := catbird.cb_now();
+    v_queue text;
+    v_run bigint;
+    v_expired_queues int := 0;
+    v_expired_messages int;
+    v_expired_task_runs int;
+    v_expired_flow_runs int := 0;
+    v_finalized int := 0;
+    v_stale_workers int;
+    v_task_purged int;
+    v_flow_purged int;
+    v_lapsed_tasks bigint[];
+    v_lapsed_flow int := 0;
+    v_step catbird.cb_flow_steps;
+BEGIN
+    PERFORM catbird._cb_check_at_least('batch_size', batch_size, 1);
+    IF stale_worker_after IS NULL OR stale_worker_after <= interval '0' THEN
+        RAISE EXCEPTION 'invalid stale_worker_after: expected a positive interval'
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    PERFORM catbird._cb_check_interval('stale_worker_after', stale_worker_after);
+
+    FOR v_queue IN
+        SELECT q.name FROM catbird.cb_queues q WHERE q.expires_at <= v_now ORDER BY q.name LIMIT batch_size
+    LOOP
+        IF catbird.cb_delete_queue(v_queue) THEN
+            v_expired_queues := v_expired_queues + 1;
+        END IF;
+    END LOOP;
+
+    DELETE FROM catbird.cb_messages m
+    WHERE m.id IN (SELECT x.id FROM catbird.cb_messages x WHERE x.expires_at <= v_now
+                   LIMIT batch_size FOR UPDATE SKIP LOCKED);
+    GET DIAGNOSTICS v_expired_messages = ROW_COUNT;
+
+    UPDATE catbird.cb_task_runs r SET status = 'expired', expired_at = v_now
+    WHERE r.id IN (SELECT x.id FROM catbird.cb_task_runs x
+                   WHERE x.status = 'queued' AND x.expires_at <= v_now
+                   LIMIT batch_size FOR UPDATE SKIP LOCKED);
+    GET DIAGNOSTICS v_expired_task_runs = ROW_COUNT;
+
+    FOR v_run IN
+        SELECT r.id FROM catbird.cb_flow_runs r
+        WHERE r.status = 'started' AND r.expires_at <= v_now
+          AND NOT EXISTS (SELECT 1 FROM catbird.cb_step_runs sr WHERE sr.flow_run_id = r.id AND sr.attempts > 0)
+        ORDER BY r.id LIMIT batch_size
+        FOR UPDATE SKIP LOCKED
+    LOOP
+        PERFORM catbird._cb_expire_flow_run(v_run);
+        v_expired_flow_runs := v_expired_flow_runs + 1;
+    END LOOP;
+
+    -- Crash loops end: lapsed runs that used their attempts fail.
+    WITH lapsed AS (
+        UPDATE catbird.cb_task_runs r
+        SET status = 'failed', failed_at = v_now, error_message = catbird._cb_lease_expired_error(r.attempts),
+            error_detail = NULL, on_fail_status = 'queued', on_fail_visible_at = v_now
+        WHERE r.id IN (SELECT x.id FROM catbird.cb_task_runs x
+                       JOIN catbird.cb_tasks t ON t.id = x.task_id
+                       WHERE x.status = 'started' AND x.visible_at <= v_now
+                         AND x.attempts >= catbird._cb_lease_cap(t.max_retries)
+                       LIMIT batch_size FOR UPDATE OF x SKIP LOCKED)
+        RETURNING r.id
+    )
+    SELECT coalesce(array_agg(l.id ORDER BY l.id), '{}') INTO v_lapsed_tasks FROM lapsed l;
+    PERFORM catbird._cb_notify('catbird.task.failed', l::text) FROM unnest(v_lapsed_tasks) AS l;
+    FOR v_step IN
+        SELECT fs.* FROM catbird.cb_flow_steps fs
+        WHERE EXISTS (SELECT 1 FROM catbird.cb_step_runs sr
+                      WHERE sr.flow_id = fs.flow_id AND sr.step_name = fs.name AND sr.status = 'started'
+                        AND sr.visible_at <= v_now AND sr.attempts >= catbird._cb_lease_cap(fs.max_retries))
+           OR EXISTS (SELECT 1 FROM catbird.cb_map_tasks m
+                      WHERE m.flow_id = fs.flow_id AND m.step_name = fs.name AND m.status = 'started'
+                        AND m.visible_at <= v_now AND m.attempts >= catbird._cb_lease_cap(fs.max_retries))
+        ORDER BY fs.flow_id, fs.position
+    LOOP
+        EXIT WHEN v_lapsed_flow >= batch_size;
+        v_lapsed_flow := v_lapsed_flow
+            + catbird._cb_fail_lapsed_work(v_step, 'step', v_now, batch_size - v_lapsed_flow);
+        EXIT WHEN v_lapsed_flow >= batch_size;
+        v_lapsed_flow := v_lapsed_flow
+            + catbird._cb_fail_lapsed_work(v_step, 'item', v_now, batch_size - v_lapsed_flow);
+    END LOOP;
+
+    FOR v_run IN
+        SELECT r.id FROM catbird.cb_flow_runs r
+        WHERE r.status = 'canceling'
+          AND NOT EXISTS (SELECT 1 FROM catbird.cb_step_runs sr
+                          WHERE sr.flow_run_id = r.id AND sr.status = 'started' AND sr.visible_at > v_now)
+          AND NOT EXISTS (SELECT 1 FROM catbird.cb_map_tasks m
+                          WHERE m.flow_run_id = r.id AND m.status = 'started' AND m.visible_at > v_now)
+        ORDER BY r.id LIMIT batch_size
+        FOR UPDATE SKIP LOCKED
+    LOOP
+        PERFORM catbird._cb_cancel_open_work(v_run, true);
+        PERFORM catbird._cb_finish_canceling(v_run);
+        v_finalized := v_finalized + 1;
+    END LOOP;
+
+    DELETE FROM catbird.cb_workers w WHERE w.last_heartbeat_at < v_now - stale_worker_after;
+    GET DIAGNOSTICS v_stale_workers = ROW_COUNT;
+
+    v_task_purged := catbird._cb_purge_retained_runs('task', v_now, batch_size);
+    v_flow_purged := catbird._cb_purge_retained_runs('flow', v_now, batch_size);
+
+    RETURN jsonb_build_object(
+        'expired_queues_deleted', v_expired_queues,
+        'expired_messages_deleted', v_expired_messages,
+        'expired_task_runs', v_expired_task_runs,
+        'expired_flow_runs', v_expired_flow_runs,
+        'canceling_flow_runs_finalized', v_finalized,
+        'lease_expired_task_runs', cardinality(v_lapsed_tasks),
+        'lease_expired_flow_runs', v_lapsed_flow,
+        'stale_workers_deleted', v_stale_workers,
+        'stale_wire_nodes_deleted', 0,
+        'task_runs_purged', v_task_purged,
+        'flow_runs_purged', v_flow_purged);
+END
+$$;
+
+-- === from extension/sql/80_events.sql
+
+CREATE OR REPLACE FUNCTION catbird._cb_notify(topic text, data text = NULL, node_id uuid = NULL) RETURNS void
+LANGUAGE sql VOLATILE
+AS $$
+    SELECT pg_notify('catbird', jsonb_build_object('topic', topic, 'data', data, 'node_id', node_id)::text)
+$$;
+
+CREATE OR REPLACE FUNCTION catbird.cb_notify(topic text, data text = NULL, node_id uuid = NULL) RETURNS void
+LANGUAGE plpgsql VOLATILE
+AS $$
+BEGIN
+    PERFORM catbird._cb_check_topic(topic);
+    IF octet_length(coalesce(data, '')) > 7000 THEN
+        RAISE EXCEPTION 'invalid data: % bytes, at most 7000 fit in a notification', octet_length(data)
+            USING ERRCODE = 'invalid_parameter_value',
+                  HINT = 'Store large payloads in a table and notify their key.';
+    END IF;
+    PERFORM catbird._cb_notify(topic, data, node_id);
+END
+$$;
+
+-- === from extension/sql/90_privileges.sql
+
+DO $$
+DECLARE
+    v_role text;
+BEGIN
+    IF (SELECT r.rolsuper OR r.rolcreaterole FROM pg_catalog.pg_roles r WHERE r.rolname = current_user) THEN
+        FOREACH v_role IN ARRAY ARRAY['catbird_admin', 'catbird_worker', 'catbird_client'] LOOP
+            IF NOT EXISTS (SELECT FROM pg_catalog.pg_roles r WHERE r.rolname = v_role) THEN
+                EXECUTE format('CREATE ROLE %I NOLOGIN', v_role);
+            END IF;
+        END LOOP;
+    END IF;
+END
+$$;
+
+CREATE OR REPLACE FUNCTION catbird._cb_function_roles(function_name text) RETURNS text[]
+LANGUAGE sql IMMUTABLE
+AS $$
+    SELECT ARRAY['catbird_admin']
+           || CASE WHEN function_name IN ('cb_now', 'cb_send', 'cb_publish', 'cb_run_task', 'cb_run_flow',
+                                          'cb_signal_flow', 'cb_notify', 'cb_next_cron_tick', 'cb_next_cron_ticks')
+                     OR function_name LIKE 'cb\_wait\_%'
+                     OR function_name LIKE 'cb\_get\_%'
+                     OR function_name LIKE 'cb\_list\_%'
+                   THEN ARRAY['catbird_worker', 'catbird_client']
+                   WHEN function_name IN ('cb_read', 'cb_read_poll', 'cb_hide', 'cb_delete',
+                                          'cb_spawn_generator_map_tasks', 'cb_read_map_outputs',
+                                          'cb_worker_started', 'cb_worker_heartbeat', 'cb_worker_stopped',
+                                          'cb_execute_due_task_schedules', 'cb_execute_due_flow_schedules')
+                     OR function_name LIKE 'cb\_claim\_%'
+                     OR function_name LIKE 'cb\_complete\_%'
+                     OR function_name LIKE 'cb\_fail\_%'
+                     OR function_name LIKE 'cb\_hide\_%'
+                   THEN ARRAY['catbird_worker']
+                   WHEN function_name IN ('cb_cancel_task', 'cb_cancel_flow', 'cb_retry_task_run', 'cb_retry_flow_run')
+                   THEN ARRAY['catbird_client']
+                   ELSE '{}'::text[]
+              END
+$$;
+
+CREATE OR REPLACE FUNCTION catbird._cb_apply_privileges() RETURNS int
+LANGUAGE plpgsql VOLATILE
+AS $$
+DECLARE
+    v_fn record;
+    v_role text;
+    v_count int := 0;
+    v_existing text[];
+BEGIN
+    SELECT coalesce(array_agg(r.rolname::text), '{}') INTO v_existing
+    FROM pg_catalog.pg_roles r
+    WHERE r.rolname IN ('catbird_admin', 'catbird_worker', 'catbird_client');
+    FOREACH v_role IN ARRAY v_existing LOOP
+        EXECUTE format('GRANT USAGE ON SCHEMA catbird TO %I', v_role);
+    END LOOP;
+    FOR v_fn IN
+        SELECT p.oid::regprocedure AS signature, p.proname::text AS name
+        FROM pg_catalog.pg_proc p
+        WHERE p.pronamespace = 'catbird'::regnamespace AND p.prokind IN ('f', 'p')
+        ORDER BY p.proname, p.oid
+    LOOP
+        v_count := v_count + 1;
+        EXECUTE format('ALTER ROUTINE %s SET search_path = pg_catalog, catbird, pg_temp', v_fn.signature);
+        EXECUTE format('REVOKE ALL ON ROUTINE %s FROM PUBLIC', v_fn.signature);
+        IF v_fn.name LIKE 'cb\_%' THEN
+            EXECUTE format('ALTER ROUTINE %s SECURITY DEFINER', v_fn.signature);
+            FOREACH v_role IN ARRAY catbird._cb_function_roles(v_fn.name) LOOP
+                IF v_role = ANY (v_existing) THEN
+                    EXECUTE format('GRANT EXECUTE ON ROUTINE %s TO %I', v_fn.signature, v_role);
+                END IF;
+            END LOOP;
+        END IF;
+    END LOOP;
+    RETURN v_count;
+END
+$$;
+
+-- === from extension/sql/95_backup.sql
+
+DO $$
+DECLARE
+    v_relation text;
+BEGIN
+    IF EXISTS (SELECT FROM pg_extension WHERE extname = 'catbird') THEN
+        FOR v_relation IN
+            SELECT format('%I.%I', n.nspname, c.relname)
+            FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+            WHERE n.nspname = 'catbird' AND c.relkind IN ('r', 'S')
+            ORDER BY c.relname
+        LOOP
+            PERFORM pg_extension_config_dump(v_relation, '');
+        END LOOP;
+    END IF;
+END
+$$;
+
+-- === last: privileges for every function, new or replaced
+
+SELECT catbird._cb_apply_privileges();
