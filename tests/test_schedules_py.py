@@ -19,7 +19,6 @@ own clock has passed), and previews use fixed start times.
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import re
 import time
@@ -30,12 +29,13 @@ from typing import Any
 
 import psycopg
 import pytest
-from typer.testing import CliRunner, Result
+from typer.testing import CliRunner
 
 import catbird
 from catbird import AsyncClient, Client, DefinitionError, InvalidArgument, Worker, _sql
 from catbird.cli import app
 from catbird.definitions import Schedule
+from clihelpers import assert_error, cb, cbj
 from workerhelpers import EFFECTS, WorkerProcess, eventually, wait_for
 
 runner = CliRunner()
@@ -256,29 +256,6 @@ def test_worker_processes_run_a_scheduled_task_once_per_tick(
 @pytest.fixture(autouse=True)
 def _no_env_dsn(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("CATBIRD_DSN", raising=False)
-
-
-def cb(dsn: str, *args: str, columns: int = 80) -> Result:
-    """Run ``catbird ARGS --dsn DSN`` in-process, on a ``columns`` wide "terminal"."""
-    result = runner.invoke(
-        app, [*args, "--dsn", dsn], env={"COLUMNS": str(columns)}, catch_exceptions=False
-    )
-    assert "Traceback" not in result.output
-    return result
-
-
-def cbj(dsn: str, *args: str) -> Any:
-    result = cb(dsn, *args, "--json")
-    assert result.exit_code == 0, result.output
-    return json.loads(result.stdout)
-
-
-def assert_error(result: Result, code: int, *fragments: str) -> None:
-    assert result.exit_code == code, result.output
-    assert result.stdout == ""
-    message = " ".join(result.stderr.split())
-    for fragment in fragments:
-        assert fragment in message, message
 
 
 def assert_fits(text: str, width: int = 80) -> None:
