@@ -44,7 +44,7 @@ import contextlib
 import functools
 import threading
 from collections.abc import Callable, Sequence
-from typing import Any, cast
+from typing import Any, ClassVar, cast
 
 import psycopg
 
@@ -105,6 +105,8 @@ class FlowLane(BatchedLane):
     """A lane of one step of a flow."""
 
     kind = "step"
+    #: The claim, renewal, completion and failure statements of this kind of work.
+    work: ClassVar[_sql.StepWork[Any, Any]] = _sql.STEPS
 
     #: Errors after which a batch is recorded one completion at a time: an
     #: output the server refuses, or one call the engine rejects.
@@ -139,12 +141,12 @@ class FlowLane(BatchedLane):
         )
 
     def hide_query(self, ids: list[int], attempts: list[int], hide_for: float) -> _sql.Query[None]:
-        return _sql.hide_steps(self.flow, self.step_name, ids, hide_for=hide_for, attempts=attempts)
+        return self.work.hide(self.flow, self.step_name, ids, hide_for=hide_for, attempts=attempts)
 
     def complete_query(
         self, ids: list[int], outputs: list[str], attempts: list[int]
     ) -> _sql.Query[Any]:
-        return _sql.complete_steps_json(self.flow, self.step_name, ids, outputs, attempts)
+        return self.work.complete_json(self.flow, self.step_name, ids, outputs, attempts)
 
     def batch_order(self, batch: list[Completion]) -> list[Completion]:
         # Every statement locks flow runs in id order (the engine's completion
@@ -152,8 +154,10 @@ class FlowLane(BatchedLane):
         return sorted(batch, key=lambda c: (flow_run_of(c.run), c.run.id))
 
     def fail_query(self, run: Run, failure: Failure) -> _sql.Query[str | None]:
-        """``cb_fail_step`` under the step's stored retry policy."""
-        return _sql.fail_step(
+        """``cb_fail_step`` (``cb_fail_map_task`` for an item) under the step's
+        stored retry policy, or the item handler's when a generator's item
+        handler has options of its own."""
+        return self.work.fail(
             self.flow,
             self.step_name,
             run.id,
@@ -457,6 +461,7 @@ class MapLane(FlowLane):
     """Items of a mapper or generator step; completions are batched."""
 
     kind = "item"
+    work = _sql.ITEMS
 
     def __init__(
         self, host: LaneHost, step: Step, handler: StepHandler | None, options: HandlerOptions
@@ -508,30 +513,6 @@ class MapLane(FlowLane):
         except Exception as exc:
             return run, exc
         return run, (kwargs,)
-
-    def hide_query(self, ids: list[int], attempts: list[int], hide_for: float) -> _sql.Query[None]:
-        return _sql.hide_items(
-            self.flow, self.step_name, ids, hide_for=hide_for, attempts=attempts
-        )
-
-    def complete_query(
-        self, ids: list[int], outputs: list[str], attempts: list[int]
-    ) -> _sql.Query[Any]:
-        return _sql.complete_items_json(self.flow, self.step_name, ids, outputs, attempts)
-
-    def fail_query(self, run: Run, failure: Failure) -> _sql.Query[str | None]:
-        """``cb_fail_map_task`` under the step's stored retry policy, or the
-        item handler's when a generator's item handler has options of its own."""
-        return _sql.fail_item(
-            self.flow,
-            self.step_name,
-            run.id,
-            failure.message,
-            attempt=run.attempt,
-            retryable=failure.retryable,
-            error_detail=failure.detail,
-            **self.policy,
-        )
 
     def describe_run(self, run: Run) -> str:
         return f"item {run.id} of step {self.step_name!r}"
