@@ -141,6 +141,19 @@ def complete_early(
     )
 
 
+def fail_on_fail(conn, flow: str, run_id: int, error: str, *, exhausted: bool, delay: int) -> None:
+    """Report an on-fail handler's failure (``retry_delay`` in milliseconds)."""
+    fn(
+        conn,
+        "cb_fail_flow_on_fail",
+        name=flow,
+        run_id=run_id,
+        error_message=error,
+        retry_exhausted=exhausted,
+        retry_delay=delay,
+    )
+
+
 def run_info(conn, flow: str, run_id: int) -> dict[str, Any]:
     rows = call(conn, "cb_get_flow_run", name=flow, run_id=run_id)
     assert len(rows) == 1, rows
@@ -1292,15 +1305,7 @@ def test_the_failure_context_reaches_the_on_fail_handler(conn):
 
     # Leased to the handler.
     assert call(conn, "cb_claim_flow_on_fail", name="pay", quantity=10) == []
-    fn(
-        conn,
-        "cb_fail_flow_on_fail",
-        name="pay",
-        run_id=run_id,
-        error_message="mailer down",
-        retry_exhausted=False,
-        retry_delay=5000,
-    )
+    fail_on_fail(conn, "pay", run_id, "mailer down", exhausted=False, delay=5000)
     info = run_info(conn, "pay", run_id)
     assert (info["on_fail_status"], info["on_fail_error_message"], info["on_fail_attempts"]) == (
         "queued",
@@ -1332,15 +1337,7 @@ def test_an_on_fail_handler_out_of_retries_stays_failed_and_a_lapsed_lease_is_re
     # The handler died.
     [second] = call(conn, "cb_claim_flow_on_fail", name="pay", quantity=1, hide_for=1000)
     assert (first["on_fail_attempts"], second["on_fail_attempts"]) == (1, 2)
-    fn(
-        conn,
-        "cb_fail_flow_on_fail",
-        name="pay",
-        run_id=run_id,
-        error_message="still down",
-        retry_exhausted=True,
-        retry_delay=0,
-    )
+    fail_on_fail(conn, "pay", run_id, "still down", exhausted=True, delay=0)
     info = run_info(conn, "pay", run_id)
     assert (info["on_fail_status"], info["on_fail_error_message"]) == ("failed", "still down")
     clock.advance(seconds=10)
