@@ -140,6 +140,23 @@ class FlowLane(BatchedLane):
             db=self.db,
         )
 
+    #: The step's handler (for an item: the item handler, ``None`` for a
+    #: generator without one): its parameters decide what a claim fetches.
+    claiming_handler: StepHandler | None
+
+    async def claim(self, quantity: int) -> Sequence[StepClaim | ItemClaim]:
+        handler = self.claiming_handler
+        return await self.host.claim_client.execute(
+            self.work.claim(
+                self.flow,
+                self.step_name,
+                quantity=quantity,
+                hide_for=self.host.lease,
+                with_input=handler is not None and handler.wants_input,
+                with_outputs=handler is not None and handler.wants_outputs,
+            )
+        )
+
     def hide_query(self, ids: list[int], attempts: list[int], hide_for: float) -> _sql.Query[None]:
         return self.work.hide(self.flow, self.step_name, ids, hide_for=hide_for, attempts=attempts)
 
@@ -241,26 +258,13 @@ class StepLane(FlowLane):
             handler.is_async,
         )
         super().__init__(host, step, wrapped, handler.options)
-        self.step_handler = handler
+        self.step_handler = self.claiming_handler = handler
 
     @property
     def uses_threads(self) -> bool:
         # Generators and reducers wrap the step's function in an async driver
         # that still calls a plain one in a thread.
         return not self.step_handler.is_async
-
-    async def claim(self, quantity: int) -> Sequence[StepClaim]:
-        handler = self.step_handler
-        return await self.host.claim_client.execute(
-            _sql.claim_steps(
-                self.flow,
-                self.step_name,
-                quantity=quantity,
-                hide_for=self.host.lease,
-                with_input=handler.wants_input,
-                with_outputs=handler.wants_outputs,
-            )
-        )
 
     def start(self, claim: StepClaim) -> tuple[Run, tuple[Any, ...] | BaseException]:
         run = Run(
@@ -477,26 +481,13 @@ class MapLane(FlowLane):
                 handler.is_async,
             )
         super().__init__(host, step, wrapped, options)
-        self.item_handler = handler
+        self.item_handler = self.claiming_handler = handler
         base = step.options
         own = options.max_retries != base.max_retries or options.backoff != base.backoff
         self.policy = retry_policy(options) if own else {}
 
     def __repr__(self) -> str:
         return f"item handler of step {self.step_name!r} of flow {self.flow!r}"
-
-    async def claim(self, quantity: int) -> Sequence[ItemClaim]:
-        handler = self.item_handler
-        return await self.host.claim_client.execute(
-            _sql.claim_items(
-                self.flow,
-                self.step_name,
-                quantity=quantity,
-                hide_for=self.host.lease,
-                with_input=handler is not None and handler.wants_input,
-                with_outputs=handler is not None and handler.wants_outputs,
-            )
-        )
 
     def start(self, claim: ItemClaim) -> tuple[Run, tuple[Any, ...] | BaseException]:
         run = Run(
