@@ -1802,20 +1802,20 @@ def test_lease_renewal_with_attempts_only_extends_claims_still_held(conn):
     assert (stale["attempts"], fresh["attempts"]) == (1, 2)
     held_until = _visible_at(conn, "cb_step_runs", fresh["id"])
 
-    def hide_steps(attempt: int) -> None:
+    def renew(function: str, step_name: str, id: int, attempt: int) -> None:
         fn(
             conn,
-            "cb_hide_steps",
+            function,
             flow_name="leased",
-            step_name="a",
-            ids=[fresh["id"]],
+            step_name=step_name,
+            ids=[id],
             hide_for=HIDE,
             attempts=[attempt],
         )
 
-    hide_steps(1)  # the stale worker's renewal changes nothing
+    renew("cb_hide_steps", "a", fresh["id"], 1)  # the stale worker's renewal changes nothing
     assert _visible_at(conn, "cb_step_runs", fresh["id"]) == held_until
-    hide_steps(2)
+    renew("cb_hide_steps", "a", fresh["id"], 2)
     assert _visible_at(conn, "cb_step_runs", fresh["id"]) == clock.now + dt.timedelta(seconds=60)
 
     assert complete(conn, "leased", "a", fresh, "done") is True
@@ -1823,25 +1823,9 @@ def test_lease_renewal_with_attempts_only_extends_claims_still_held(conn):
     clock.advance(seconds=1)
     (again,) = claim_items(conn, "leased", "each", hide_for=1000)
     held_until = _visible_at(conn, "cb_map_tasks", again["id"])
-    fn(
-        conn,
-        "cb_hide_map_tasks",
-        flow_name="leased",
-        step_name="each",
-        ids=[item["id"]],
-        hide_for=HIDE,
-        attempts=[item["attempts"]],
-    )
+    renew("cb_hide_map_tasks", "each", item["id"], item["attempts"])
     assert _visible_at(conn, "cb_map_tasks", again["id"]) == held_until
-    fn(
-        conn,
-        "cb_hide_map_tasks",
-        flow_name="leased",
-        step_name="each",
-        ids=[again["id"]],
-        hide_for=HIDE,
-        attempts=[again["attempts"]],
-    )
+    renew("cb_hide_map_tasks", "each", again["id"], again["attempts"])
     assert _visible_at(conn, "cb_map_tasks", again["id"]) == clock.now + dt.timedelta(seconds=60)
 
 
