@@ -17,6 +17,7 @@ engine and not a client library.
 from __future__ import annotations
 
 import contextlib
+import datetime as dt
 import math
 import multiprocessing
 import multiprocessing.synchronize
@@ -475,6 +476,16 @@ def print_table(
         print()
         print(note)
     sys.stdout.flush()
+
+
+def print_header(title: str, server: BenchServer) -> None:
+    """The report's title and where it ran: date, machine, server and setup lines."""
+    print(f"# catbird {title} benchmark")
+    print()
+    print(f"- date: {dt.datetime.now(dt.UTC).strftime('%Y-%m-%d %H:%M UTC')}")
+    print(f"- machine: {machine_summary()}")
+    print(f"- server: {server_version(server.dsn)}")
+    print(f"- setup: {server.description}")
 
 
 def load_average() -> str:

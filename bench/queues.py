@@ -37,7 +37,6 @@ engine change (CREATE OR REPLACE FUNCTION ...) with the same harness.
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import math
 import multiprocessing
 import sys
@@ -63,13 +62,12 @@ from _common import (
     fmt_ratio,
     fmt_us,
     load_average,
-    machine_summary,
     median,
     percentile,
+    print_header,
     print_table,
     ratio,
     run_workers,
-    server_version,
     start_server,
     stopwatch,
     try_checkpoint,
@@ -898,12 +896,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 conn.execute(args.apply_sql.read_text(encoding="utf-8").encode(), prepare=False)
             conn.execute(RAW_SETUP, prepare=False)
             conn.execute("SELECT catbird.cb_create_queue(%s)", (QUEUE,))
-        print("# catbird queue benchmark")
-        print()
-        print(f"- date: {dt.datetime.now(dt.UTC).strftime('%Y-%m-%d %H:%M UTC')}")
-        print(f"- machine: {machine_summary()}")
-        print(f"- server: {server_version(dsn)}")
-        print(f"- setup: {server.description}")
+        print_header("queue", server)
         if args.apply_sql is not None:
             print(f"- engine change applied on top: {args.apply_sql}")
         print(f"- load average at start (other work on this machine): {load_average()}")

@@ -43,11 +43,10 @@ from _common import (
     fmt_ratio,
     fmt_us,
     load_average,
-    machine_summary,
     median,
+    print_header,
     print_table,
     ratio,
-    server_version,
     start_server,
     stopwatch,
 )
@@ -292,12 +291,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         server = start_server(args.dsn)
     try:
         dsn = server.dsn
-        print("# catbird schedule benchmark")
-        print()
-        print(f"- date: {dt.datetime.now(dt.UTC).strftime('%Y-%m-%d %H:%M UTC')}")
-        print(f"- machine: {machine_summary()}")
-        print(f"- server: {server_version(dsn)}")
-        print(f"- setup: {server.description}")
+        print_header("schedule", server)
         print(f"- load average at start (other work on this machine): {load_average()}")
         sys.stdout.flush()
         measure_next_tick(dsn, n, rounds)

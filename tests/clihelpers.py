@@ -14,7 +14,7 @@ from typer.testing import CliRunner, Result
 
 from catbird.cli import app
 
-__all__ = ["cb", "cbj"]
+__all__ = ["assert_error", "cb", "cbj"]
 
 runner = CliRunner()
 
@@ -34,3 +34,12 @@ def cbj(dsn: str, *args: str) -> Any:
     result = cb(dsn, *args, "--json")
     assert result.exit_code == 0, result.output
     return json.loads(result.stdout)
+
+
+def assert_error(result: Result, code: int, *fragments: str) -> None:
+    """A failed command: exit ``code``, nothing on stdout, the fragments on stderr."""
+    assert result.exit_code == code, result.output
+    assert result.stdout == ""
+    message = " ".join(result.stderr.split())
+    for fragment in fragments:
+        assert fragment in message, message

@@ -36,6 +36,8 @@ import pytest
 from psycopg import sql
 from psycopg.conninfo import make_conninfo
 
+from workerhelpers import WorkerProcess
+
 ROOT = Path(__file__).resolve().parent.parent
 
 # pytest-xdist workers share the server, so each gets its own template and
@@ -291,3 +293,14 @@ async def aconn(dsn: str) -> AsyncIterator[psycopg.AsyncConnection]:
     finally:
         with contextlib.suppress(psycopg.Error):
             await connection.close()
+
+
+@pytest.fixture
+def workers() -> Iterator[list[WorkerProcess]]:
+    """Worker processes started by the test; killed (and their logs shown) at the end."""
+    started: list[WorkerProcess] = []
+    yield started
+    for w in started:
+        w.kill()
+        print(f"--- worker {w.proc.pid} (exit {w.proc.returncode}) ---\n{w.output()[-4000:]}")
+        w.close()

@@ -29,6 +29,7 @@ __all__ = [
     "call",
     "claim_steps",
     "complete_step",
+    "connections",
     "engine_state",
     "fn",
     "messages",
@@ -226,3 +227,13 @@ def complete_step(
         output=J(output),
         **options,
     )
+
+
+@contextlib.contextmanager
+def connections(dsn: str, n: int) -> Iterator[list[psycopg.Connection]]:
+    """n autocommit connections; a statement stuck for a minute fails instead of hanging."""
+    with contextlib.ExitStack() as stack:
+        conns = [stack.enter_context(psycopg.connect(dsn, autocommit=True)) for _ in range(n)]
+        for c in conns:
+            c.execute("SET statement_timeout = '60s'")
+        yield conns

@@ -29,12 +29,11 @@ import pytest
 from psycopg import sql
 from psycopg.conninfo import make_conninfo
 from rich.console import Console
-from typer.testing import Result
 
 from catbird import Client
 from catbird.cli import queues
 from catbird.cli.demo import AUDIT_QUEUE, ORDERS_QUEUE, run_demo
-from clihelpers import cb, cbj
+from clihelpers import assert_error, cb, cbj
 from sqlhelpers import engine_state, messages, scalar
 
 
@@ -42,15 +41,6 @@ from sqlhelpers import engine_state, messages, scalar
 def _no_env_dsn(monkeypatch: pytest.MonkeyPatch) -> None:
     # A developer's exported CATBIRD_DSN must not leak into these tests.
     monkeypatch.delenv("CATBIRD_DSN", raising=False)
-
-
-def assert_error(result: Result, code: int, *fragments: str) -> None:
-    """A failed command: exit ``code``, nothing on stdout, the fragments on stderr."""
-    assert result.exit_code == code, result.output
-    assert result.stdout == ""
-    message = " ".join(result.stderr.split())
-    for fragment in fragments:
-        assert fragment in message, message
 
 
 def queue_names(conn: psycopg.Connection[Any]) -> list[str]:

@@ -11,28 +11,17 @@ from __future__ import annotations
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
-from contextlib import ExitStack, contextmanager
 from typing import Any
 
 import psycopg
 import pytest
 from psycopg import errors
 
-from sqlhelpers import J, call, fn, messages, orphans, scalar
+from sqlhelpers import J, call, connections, fn, messages, orphans, scalar
 
 TIMEOUT = 60  # seconds; generous so that a slow CI machine does not fail these
-
-
-@contextmanager
-def connections(dsn: str, n: int) -> Iterator[list[psycopg.Connection]]:
-    """n autocommit connections; a statement stuck for a minute fails instead of hanging."""
-    with ExitStack() as stack:
-        conns = [stack.enter_context(psycopg.connect(dsn, autocommit=True)) for _ in range(n)]
-        for c in conns:
-            c.execute("SET statement_timeout = '60s'")
-        yield conns
 
 
 def in_thread(pool: ThreadPoolExecutor, target: Callable[[], Any]) -> Future:

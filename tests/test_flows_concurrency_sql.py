@@ -20,7 +20,7 @@ from typing import Any
 
 import psycopg
 
-from sqlhelpers import HIDE, J, call, claim_steps, fn, scalar, step
+from sqlhelpers import HIDE, J, call, claim_steps, connections, fn, scalar, step
 from sqlhelpers import complete_step as complete
 
 TIMEOUT = 30  # s: a thread that takes longer than this is stuck
@@ -315,12 +315,7 @@ def test_runs_waiting_on_an_uncommitted_concurrency_key_holder_return_its_id(dsn
     # A cb_run_flow blocked on the unique key of a run that is not committed yet must,
     # once that run commits, return its id (as cb_send does), not fail.
     fn(conn, "cb_create_flow", name="solo", steps=J([step("a")]))
-    with (
-        psycopg.connect(dsn, autocommit=True) as holder,
-        psycopg.connect(dsn, autocommit=True) as w1,
-        psycopg.connect(dsn, autocommit=True) as w2,
-        ThreadPoolExecutor(2) as pool,
-    ):
+    with connections(dsn, 3) as (holder, w1, w2), ThreadPoolExecutor(2) as pool:
         with holder.transaction():
             held = fn(holder, "cb_run_flow", name="solo", input=J("holder"), concurrency_key="k")
             futures = [
@@ -334,12 +329,7 @@ def test_runs_waiting_on_an_uncommitted_concurrency_key_holder_return_its_id(dsn
 
 def test_runs_waiting_on_a_concurrency_key_holder_that_rolls_back_share_one_new_run(dsn, conn):
     fn(conn, "cb_create_flow", name="solo", steps=J([step("a")]))
-    with (
-        psycopg.connect(dsn, autocommit=True) as holder,
-        psycopg.connect(dsn, autocommit=True) as w1,
-        psycopg.connect(dsn, autocommit=True) as w2,
-        ThreadPoolExecutor(2) as pool,
-    ):
+    with connections(dsn, 3) as (holder, w1, w2), ThreadPoolExecutor(2) as pool:
         holder.execute("BEGIN")
         fn(holder, "cb_run_flow", name="solo", input=J("holder"), concurrency_key="k")
         futures = [

@@ -141,6 +141,19 @@ def complete_early(
     )
 
 
+def fail_on_fail(conn, flow: str, run_id: int, error: str, *, exhausted: bool, delay: int) -> None:
+    """Report an on-fail handler's failure (``retry_delay`` in milliseconds)."""
+    fn(
+        conn,
+        "cb_fail_flow_on_fail",
+        name=flow,
+        run_id=run_id,
+        error_message=error,
+        retry_exhausted=exhausted,
+        retry_delay=delay,
+    )
+
+
 def run_info(conn, flow: str, run_id: int) -> dict[str, Any]:
     rows = call(conn, "cb_get_flow_run", name=flow, run_id=run_id)
     assert len(rows) == 1, rows
@@ -1292,15 +1305,7 @@ def test_the_failure_context_reaches_the_on_fail_handler(conn):
 
     # Leased to the handler.
     assert call(conn, "cb_claim_flow_on_fail", name="pay", quantity=10) == []
-    fn(
-        conn,
-        "cb_fail_flow_on_fail",
-        name="pay",
-        run_id=run_id,
-        error_message="mailer down",
-        retry_exhausted=False,
-        retry_delay=5000,
-    )
+    fail_on_fail(conn, "pay", run_id, "mailer down", exhausted=False, delay=5000)
     info = run_info(conn, "pay", run_id)
     assert (info["on_fail_status"], info["on_fail_error_message"], info["on_fail_attempts"]) == (
         "queued",
@@ -1332,15 +1337,7 @@ def test_an_on_fail_handler_out_of_retries_stays_failed_and_a_lapsed_lease_is_re
     # The handler died.
     [second] = call(conn, "cb_claim_flow_on_fail", name="pay", quantity=1, hide_for=1000)
     assert (first["on_fail_attempts"], second["on_fail_attempts"]) == (1, 2)
-    fn(
-        conn,
-        "cb_fail_flow_on_fail",
-        name="pay",
-        run_id=run_id,
-        error_message="still down",
-        retry_exhausted=True,
-        retry_delay=0,
-    )
+    fail_on_fail(conn, "pay", run_id, "still down", exhausted=True, delay=0)
     info = run_info(conn, "pay", run_id)
     assert (info["on_fail_status"], info["on_fail_error_message"]) == ("failed", "still down")
     clock.advance(seconds=10)
@@ -1805,20 +1802,20 @@ def test_lease_renewal_with_attempts_only_extends_claims_still_held(conn):
     assert (stale["attempts"], fresh["attempts"]) == (1, 2)
     held_until = _visible_at(conn, "cb_step_runs", fresh["id"])
 
-    def hide_steps(attempt: int) -> None:
+    def renew(function: str, step_name: str, id: int, attempt: int) -> None:
         fn(
             conn,
-            "cb_hide_steps",
+            function,
             flow_name="leased",
-            step_name="a",
-            ids=[fresh["id"]],
+            step_name=step_name,
+            ids=[id],
             hide_for=HIDE,
             attempts=[attempt],
         )
 
-    hide_steps(1)  # the stale worker's renewal changes nothing
+    renew("cb_hide_steps", "a", fresh["id"], 1)  # the stale worker's renewal changes nothing
     assert _visible_at(conn, "cb_step_runs", fresh["id"]) == held_until
-    hide_steps(2)
+    renew("cb_hide_steps", "a", fresh["id"], 2)
     assert _visible_at(conn, "cb_step_runs", fresh["id"]) == clock.now + dt.timedelta(seconds=60)
 
     assert complete(conn, "leased", "a", fresh, "done") is True
@@ -1826,25 +1823,9 @@ def test_lease_renewal_with_attempts_only_extends_claims_still_held(conn):
     clock.advance(seconds=1)
     (again,) = claim_items(conn, "leased", "each", hide_for=1000)
     held_until = _visible_at(conn, "cb_map_tasks", again["id"])
-    fn(
-        conn,
-        "cb_hide_map_tasks",
-        flow_name="leased",
-        step_name="each",
-        ids=[item["id"]],
-        hide_for=HIDE,
-        attempts=[item["attempts"]],
-    )
+    renew("cb_hide_map_tasks", "each", item["id"], item["attempts"])
     assert _visible_at(conn, "cb_map_tasks", again["id"]) == held_until
-    fn(
-        conn,
-        "cb_hide_map_tasks",
-        flow_name="leased",
-        step_name="each",
-        ids=[again["id"]],
-        hide_for=HIDE,
-        attempts=[again["attempts"]],
-    )
+    renew("cb_hide_map_tasks", "each", again["id"], again["attempts"])
     assert _visible_at(conn, "cb_map_tasks", again["id"]) == clock.now + dt.timedelta(seconds=60)
 
 

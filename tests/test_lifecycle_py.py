@@ -16,7 +16,7 @@ import json
 import signal
 import threading
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -28,7 +28,7 @@ import catbird
 from catbird import AsyncClient, Client, PermanentError, RunFailed, Worker
 from catbird.cli import app
 from sqlhelpers import Clock
-from test_worker_reliability import EFFECTS, WorkerProcess, scalar, wait_for
+from workerhelpers import EFFECTS, WorkerProcess, eventually, running, scalar, wait_for
 from workers import lifecycle
 
 runner = CliRunner()
@@ -44,34 +44,6 @@ def cli(dsn: str, *args: str, columns: int = 100) -> str:
 
 def cli_json(dsn: str, *args: str) -> Any:
     return json.loads(cli(dsn, *args, "--json"))
-
-
-@contextlib.asynccontextmanager
-async def running(dsn: str, *definitions: Any, **options: Any) -> AsyncIterator[Worker]:
-    options.setdefault("poll_interval", 0.05)
-    options.setdefault("heartbeat_interval", 0.2)
-    options.setdefault("shutdown_timeout", 2.0)
-    tasks = [d for d in definitions if isinstance(d, catbird.Task)]
-    flows = [d for d in definitions if isinstance(d, catbird.Flow)]
-    worker = Worker(dsn, tasks=tasks, flows=flows, **options)
-    await worker.start()
-    try:
-        yield worker
-    finally:
-        await worker.stop()
-
-
-async def eventually(check: Any, timeout: float = 10.0) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = check()
-        if asyncio.iscoroutine(value):
-            value = await value
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not met in time")
-        await asyncio.sleep(0.02)
 
 
 @pytest.fixture
@@ -517,17 +489,6 @@ def test_task_and_flow_bind_and_unbind_from_the_cli(
 
 
 # ------------------------------------------- two real processes, one paused
-
-
-@pytest.fixture
-def workers() -> Iterator[list[WorkerProcess]]:
-    """Worker processes started by the test; killed (and their logs shown) at the end."""
-    started: list[WorkerProcess] = []
-    yield started
-    for w in started:
-        w.kill()
-        print(f"--- worker {w.proc.pid} (exit {w.proc.returncode}) ---\n{w.output()[-4000:]}")
-        w.close()
 
 
 @contextlib.contextmanager

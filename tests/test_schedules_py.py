@@ -19,24 +19,24 @@ own clock has passed), and previews use fixed start times.
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import re
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from typing import Any
 
 import psycopg
 import pytest
-from typer.testing import CliRunner, Result
+from typer.testing import CliRunner
 
 import catbird
 from catbird import AsyncClient, Client, DefinitionError, InvalidArgument, Worker, _sql
 from catbird.cli import app
 from catbird.definitions import Schedule
-from test_worker_reliability import EFFECTS, WorkerProcess
+from clihelpers import assert_error, cb, cbj
+from workerhelpers import EFFECTS, WorkerProcess, eventually, wait_for
 
 runner = CliRunner()
 
@@ -54,22 +54,6 @@ def make_due(conn: psycopg.Connection[Any], kind: str, name: str) -> None:
         [PAST, name],
     )
     assert updated.rowcount == 1
-
-
-async def eventually(check: Callable[[], Any], timeout: float = 15.0) -> Any:
-    """Poll an (async or sync) check until it returns something truthy."""
-    import asyncio
-
-    deadline = time.monotonic() + timeout
-    while True:
-        value = check()
-        if asyncio.iscoroutine(value):
-            value = await value
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not met in time")
-        await asyncio.sleep(0.02)
 
 
 # ---------------------------------------------------------------- declarations
@@ -231,35 +215,14 @@ async def test_a_spec_the_engine_rejects_fails_the_worker_start(dsn: str) -> Non
 # ---------------------------------------------------------------- worker processes
 
 
-@pytest.fixture
-def processes() -> Iterator[list[WorkerProcess]]:
-    started: list[WorkerProcess] = []
-    yield started
-    for w in started:
-        w.kill()
-        print(f"--- worker {w.proc.pid} (exit {w.proc.returncode}) ---\n{w.output()[-4000:]}")
-        w.close()
-
-
-def wait_for(check: Callable[[], Any], timeout: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = check()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.05)
-
-
 def test_worker_processes_run_a_scheduled_task_once_per_tick(
-    dsn: str, conn: psycopg.Connection[Any], processes: list[WorkerProcess]
+    dsn: str, conn: psycopg.Connection[Any], workers: list[WorkerProcess]
 ) -> None:
     conn.execute(EFFECTS)
     client = Client(conn)
     args = ("--schedule-interval", "0.1", "--log-level", "DEBUG")
     for _ in range(2):
-        processes.append(WorkerProcess(dsn, "tests.workers.scheduled:tasks", *args))
+        workers.append(WorkerProcess(dsn, "tests.workers.scheduled:tasks", *args))
     wait_for(lambda: len(client.list_workers()) == 2, 30, "two registered workers")
     [schedule] = client.list_task_schedules()  # created by the workers at start-up
     assert (schedule.name, schedule.cron_spec, schedule.input) == (
@@ -282,9 +245,9 @@ def test_worker_processes_run_a_scheduled_task_once_per_tick(
     assert effects == (1,)
     [schedule] = client.list_task_schedules()
     assert schedule.last_run_at == PAST and schedule.next_run_at > datetime.now(UTC)
-    logs = "".join(p.output() for p in processes)
+    logs = "".join(p.output() for p in workers)
     assert f"task schedule 'scheduled_job' (* * * * *) fired: tick {PAST.isoformat()}" in logs
-    assert all(p.terminate() == 0 for p in processes)
+    assert all(p.terminate() == 0 for p in workers)
 
 
 # ---------------------------------------------------------------- CLI
@@ -293,29 +256,6 @@ def test_worker_processes_run_a_scheduled_task_once_per_tick(
 @pytest.fixture(autouse=True)
 def _no_env_dsn(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("CATBIRD_DSN", raising=False)
-
-
-def cb(dsn: str, *args: str, columns: int = 80) -> Result:
-    """Run ``catbird ARGS --dsn DSN`` in-process, on a ``columns`` wide "terminal"."""
-    result = runner.invoke(
-        app, [*args, "--dsn", dsn], env={"COLUMNS": str(columns)}, catch_exceptions=False
-    )
-    assert "Traceback" not in result.output
-    return result
-
-
-def cbj(dsn: str, *args: str) -> Any:
-    result = cb(dsn, *args, "--json")
-    assert result.exit_code == 0, result.output
-    return json.loads(result.stdout)
-
-
-def assert_error(result: Result, code: int, *fragments: str) -> None:
-    assert result.exit_code == code, result.output
-    assert result.stdout == ""
-    message = " ".join(result.stderr.split())
-    for fragment in fragments:
-        assert fragment in message, message
 
 
 def assert_fits(text: str, width: int = 80) -> None:

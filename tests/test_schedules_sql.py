@@ -15,9 +15,8 @@ import random
 import threading
 import time
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import ExitStack, contextmanager
 from typing import Any
 
 import psycopg
@@ -25,7 +24,7 @@ import pytest
 from croniter import croniter
 from psycopg import errors
 
-from sqlhelpers import T0, Clock, J, call, engine_state, fn, rejected, scalar
+from sqlhelpers import T0, Clock, J, call, connections, engine_state, fn, rejected, scalar
 
 MINUTE = dt.timedelta(minutes=1)
 UTC = dt.UTC
@@ -254,15 +253,23 @@ def random_start(rng: random.Random) -> dt.datetime:
     return dt.datetime(y, mo, d, h, mi, rng.choice([0, 0, 30, 59]), tzinfo=UTC)
 
 
-def test_next_cron_tick_agrees_with_croniter(conn):
-    rng = random.Random(20300101)
+def assert_agrees_with_croniter(
+    conn: Any,
+    rng: random.Random,
+    count: int,
+    tick_sql: str,
+    croniter_tick: str,
+    start_of: Callable[[random.Random], dt.datetime] = lambda rng: random_start(rng),
+) -> None:
+    """``count`` random specs and starts: ``tick_sql`` (of ``u.s``, the spec, and
+    ``u.f``, the start) agrees with croniter's ``croniter_tick`` (get_next/get_prev)."""
     specs: list[str] = []
     starts: list[dt.datetime] = []
     expected: list[dt.datetime] = []
-    while len(specs) < 4000:
-        spec, start = random_spec(rng), random_start(rng)
+    while len(specs) < count:
+        spec, start = random_spec(rng), start_of(rng)
         try:
-            tick = croniter(spec, start).get_next(dt.datetime)
+            tick = getattr(croniter(spec, start), croniter_tick)(dt.datetime)
         except Exception:  # croniter finds no date: covered by the invalid-spec tests
             continue
         specs.append(spec)
@@ -272,7 +279,7 @@ def test_next_cron_tick_agrees_with_croniter(conn):
         got = [
             r[0]
             for r in cur.execute(
-                "SELECT catbird.cb_next_cron_tick(u.s, u.f)"
+                f"SELECT {tick_sql}"
                 " FROM unnest(%s::text[], %s::timestamptz[]) WITH ORDINALITY AS u(s, f, o)"
                 " ORDER BY u.o",
                 (specs, starts),
@@ -282,35 +289,24 @@ def test_next_cron_tick_agrees_with_croniter(conn):
         (s, f, e, g) for s, f, e, g in zip(specs, starts, expected, got, strict=True) if e != g
     ]
     assert not mismatches, f"{len(mismatches)} of {len(specs)} differ, e.g. {mismatches[:5]}"
+
+
+def test_next_cron_tick_agrees_with_croniter(conn):
+    assert_agrees_with_croniter(
+        conn, random.Random(20300101), 4000, "catbird.cb_next_cron_tick(u.s, u.f)", "get_next"
+    )
 
 
 def test_previous_tick_agrees_with_croniter(conn):
     """_cb_cron_prev (the skip policy's latest due tick) against croniter's get_prev."""
-    rng = random.Random(7)
-    specs, starts, expected = [], [], []
-    while len(specs) < 2000:
-        spec, start = random_spec(rng), random_start(rng).replace(second=30)
-        try:
-            tick = croniter(spec, start).get_prev(dt.datetime)
-        except Exception:
-            continue
-        specs.append(spec)
-        starts.append(start)
-        expected.append(tick)
-    with conn.cursor() as cur:
-        got = [
-            r[0]
-            for r in cur.execute(
-                "SELECT catbird._cb_cron_prev(catbird._cb_parse_cron(u.s), u.f)"
-                " FROM unnest(%s::text[], %s::timestamptz[]) WITH ORDINALITY AS u(s, f, o)"
-                " ORDER BY u.o",
-                (specs, starts),
-            ).fetchall()
-        ]
-    mismatches = [
-        (s, f, e, g) for s, f, e, g in zip(specs, starts, expected, got, strict=True) if e != g
-    ]
-    assert not mismatches, f"{len(mismatches)} of {len(specs)} differ, e.g. {mismatches[:5]}"
+    assert_agrees_with_croniter(
+        conn,
+        random.Random(7),
+        2000,
+        "catbird._cb_cron_prev(catbird._cb_parse_cron(u.s), u.f)",
+        "get_prev",
+        start_of=lambda rng: random_start(rng).replace(second=30),
+    )
 
 
 def test_specs_croniter_finds_no_date_for_are_rejected(conn):
@@ -802,15 +798,6 @@ def test_schedule_events(conn, listener, work):
 
 
 # =========================================================================== concurrency
-
-
-@contextmanager
-def connections(dsn: str, n: int) -> Iterator[list[psycopg.Connection]]:
-    with ExitStack() as stack:
-        conns = [stack.enter_context(psycopg.connect(dsn, autocommit=True)) for _ in range(n)]
-        for c in conns:
-            c.execute("SET statement_timeout = '60s'")
-        yield conns
 
 
 def test_eight_concurrent_executors_fire_each_tick_exactly_once(conn, dsn):

@@ -91,6 +91,27 @@ def claim_on_fail(
     return call(conn, "cb_claim_task_on_fail", name=name, quantity=quantity, **kw)
 
 
+def fail_on_fail(
+    conn: psycopg.Connection,
+    run_id: int,
+    error: str,
+    *,
+    exhausted: bool,
+    delay: int,
+    name: str = "work",
+) -> None:
+    """Report an on-fail handler's failure (``retry_delay`` in milliseconds)."""
+    fn(
+        conn,
+        "cb_fail_task_on_fail",
+        name=name,
+        run_id=run_id,
+        error_message=error,
+        retry_exhausted=exhausted,
+        retry_delay=delay,
+    )
+
+
 @pytest.fixture
 def clock(conn: psycopg.Connection) -> Clock:
     return Clock(conn)
@@ -966,15 +987,7 @@ def test_a_failing_on_fail_handler_is_retried_after_its_delay_until_exhausted(co
     fail(conn, run_id, "task broke")
     claim_on_fail(conn)
 
-    fn(
-        conn,
-        "cb_fail_task_on_fail",
-        name="work",
-        run_id=run_id,
-        error_message="handler broke",
-        retry_exhausted=False,
-        retry_delay=5000,
-    )
+    fail_on_fail(conn, run_id, "handler broke", exhausted=False, delay=5000)
     info = run_info(conn, run_id)
     assert (info["on_fail_status"], info["on_fail_error_message"]) == ("queued", "handler broke")
     clock.set(T0 + 5 * SECOND - MS)
@@ -987,15 +1000,7 @@ def test_a_failing_on_fail_handler_is_retried_after_its_delay_until_exhausted(co
         "task broke",
     )
 
-    fn(
-        conn,
-        "cb_fail_task_on_fail",
-        name="work",
-        run_id=run_id,
-        error_message="gave up",
-        retry_exhausted=True,
-        retry_delay=0,
-    )
+    fail_on_fail(conn, run_id, "gave up", exhausted=True, delay=0)
     info = run_info(conn, run_id)
     assert (info["status"], info["on_fail_status"], info["on_fail_error_message"]) == (
         "failed",
@@ -1012,15 +1017,7 @@ def test_on_fail_completion_or_failure_of_a_run_not_in_its_handler_changes_nothi
     claim(conn)
     fail(conn, run_id)  # on-fail queued, not yet claimed
     fn(conn, "cb_complete_task_on_fail", name="work", run_id=run_id)
-    fn(
-        conn,
-        "cb_fail_task_on_fail",
-        name="work",
-        run_id=run_id,
-        error_message="x",
-        retry_exhausted=True,
-        retry_delay=0,
-    )
+    fail_on_fail(conn, run_id, "x", exhausted=True, delay=0)
     assert run_info(conn, run_id)["on_fail_status"] == "queued"
     assert [r["id"] for r in claim_on_fail(conn)] == [run_id]
 

@@ -9,112 +9,17 @@ really ran. Waits are bounded polling loops.
 from __future__ import annotations
 
 import contextlib
-import os
 import shutil
 import signal
-import subprocess
-import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 import psycopg
-import pytest
 
 from catbird import Client
-
-ROOT = Path(__file__).resolve().parent.parent
-
-EFFECTS = """
-CREATE TABLE effects (
-    id      bigserial PRIMARY KEY,
-    kind    text NOT NULL,
-    n       int NOT NULL,
-    run_id  bigint NOT NULL,
-    attempt int NOT NULL,
-    pid     int NOT NULL,
-    at      timestamptz NOT NULL DEFAULT clock_timestamp()
-)
-"""
-
-
-class WorkerProcess:
-    """A ``catbird worker`` subprocess with its log in a temporary file."""
-
-    def __init__(self, dsn: str, target: str, *args: str, env: dict[str, str] | None = None):
-        self.log: IO[bytes] = tempfile.TemporaryFile()  # noqa: SIM115 - closed by the fixture
-        self.started_at = time.monotonic()
-        argv = [sys.executable, "-m", "catbird", "worker", target, "--poll-interval", "0.1", *args]
-        if dsn:
-            argv += ["--dsn", dsn]
-        self.proc = subprocess.Popen(
-            argv,
-            cwd=ROOT,
-            env={
-                **os.environ,
-                "PYTHONUNBUFFERED": "1",
-                **({"CATBIRD_EFFECTS_DSN": dsn} if dsn else {}),
-                **(env or {}),
-            },
-            stdout=self.log,
-            stderr=subprocess.STDOUT,
-        )
-
-    def output(self) -> str:
-        self.log.seek(0)
-        return self.log.read().decode(errors="replace")
-
-    def alive(self) -> bool:
-        return self.proc.poll() is None
-
-    def terminate(self, timeout: float = 20.0) -> int:
-        if self.alive():
-            self.proc.send_signal(signal.SIGTERM)
-        try:
-            return self.proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
-            raise AssertionError(f"worker did not stop on SIGTERM:\n{self.output()}") from None
-
-    def kill(self) -> None:
-        if self.alive():
-            self.proc.kill()
-        self.proc.wait()
-
-    def close(self) -> None:
-        self.kill()
-        self.log.close()
-
-
-@pytest.fixture
-def workers() -> Iterator[list[WorkerProcess]]:
-    """Worker processes started by the test; killed (and their logs shown) at the end."""
-    started: list[WorkerProcess] = []
-    yield started
-    for w in started:
-        w.kill()
-        print(f"--- worker {w.proc.pid} (exit {w.proc.returncode}) ---\n{w.output()[-4000:]}")
-        w.close()
-
-
-def wait_for(check: Callable[[], Any], timeout: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = check()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.05)
-
-
-def scalar(conn: psycopg.Connection[Any], query: str, *params: Any) -> Any:
-    row = conn.execute(query, params).fetchone()
-    assert row is not None
-    return row[0]
+from workerhelpers import EFFECTS, WorkerProcess, scalar, wait_for
 
 
 def test_killed_worker_run_is_finished_by_another_after_the_lease(

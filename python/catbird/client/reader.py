@@ -52,11 +52,12 @@ hide window passes.
 from __future__ import annotations
 
 import asyncio
+import functools
 import inspect
 import logging
 import threading
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Any, TypeAlias
+from typing import Any, Generic, TypeAlias, TypeVar
 
 from .. import _sql
 from .._sql import AsyncExecutor, Duration, Executor, Query
@@ -117,17 +118,25 @@ def _receipted(
     )
 
 
-class _ReaderBase:
+_C = TypeVar("_C")
+_H = TypeVar("_H")
+
+
+class _ReaderBase(Generic[_C, _H]):
     def __init__(
         self,
+        client: _C,
         queue: str,
+        handler: _H,
         *,
-        quantity: int,
-        hide_for: Duration,
-        poll_for: Duration,
-        poll_interval: Duration,
-        nack_delay: Duration | None,
+        quantity: int = 10,
+        hide_for: Duration = 30.0,
+        poll_for: Duration = 5.0,
+        poll_interval: Duration = 0.1,
+        nack_delay: Duration | None = None,
     ) -> None:
+        self.client = client
+        self.handler = handler
         self.queue = queue
         self.quantity = quantity
         self.hide_for = hide_for
@@ -195,31 +204,8 @@ class _ReaderBase:
         self.nacked += 1
 
 
-class Reader(_ReaderBase):
+class Reader(_ReaderBase[Executor, ReaderHandler]):
     """Blocking reader loop; see the module documentation."""
-
-    def __init__(
-        self,
-        client: Executor,
-        queue: str,
-        handler: ReaderHandler,
-        *,
-        quantity: int = 10,
-        hide_for: Duration = 30.0,
-        poll_for: Duration = 5.0,
-        poll_interval: Duration = 0.1,
-        nack_delay: Duration | None = None,
-    ) -> None:
-        super().__init__(
-            queue,
-            quantity=quantity,
-            hide_for=hide_for,
-            poll_for=poll_for,
-            poll_interval=poll_interval,
-            nack_delay=nack_delay,
-        )
-        self.client = client
-        self.handler = handler
 
     def run(self) -> None:
         """Read and handle messages until :meth:`stop` is called."""
@@ -247,33 +233,13 @@ class Reader(_ReaderBase):
                 self.client.execute(query)
 
 
-class AsyncReader(_ReaderBase):
+class AsyncReader(_ReaderBase[AsyncExecutor, AsyncReaderHandler]):
     """Asyncio reader loop; the handler may be a coroutine function or a plain
     function (which then runs in a worker thread so it cannot block the loop)."""
 
-    def __init__(
-        self,
-        client: AsyncExecutor,
-        queue: str,
-        handler: AsyncReaderHandler,
-        *,
-        quantity: int = 10,
-        hide_for: Duration = 30.0,
-        poll_for: Duration = 5.0,
-        poll_interval: Duration = 0.1,
-        nack_delay: Duration | None = None,
-    ) -> None:
-        super().__init__(
-            queue,
-            quantity=quantity,
-            hide_for=hide_for,
-            poll_for=poll_for,
-            poll_interval=poll_interval,
-            nack_delay=nack_delay,
-        )
-        self.client = client
-        self.handler = handler
-        self._is_async = _is_async_callable(handler)
+    @functools.cached_property
+    def _is_async(self) -> bool:
+        return _is_async_callable(self.handler)
 
     async def run(self) -> None:
         """Read and handle messages until :meth:`stop` is called."""

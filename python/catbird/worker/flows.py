@@ -44,7 +44,7 @@ import contextlib
 import functools
 import threading
 from collections.abc import Callable, Sequence
-from typing import Any, cast
+from typing import Any, ClassVar, cast
 
 import psycopg
 
@@ -105,6 +105,8 @@ class FlowLane(BatchedLane):
     """A lane of one step of a flow."""
 
     kind = "step"
+    #: The claim, renewal, completion and failure statements of this kind of work.
+    work: ClassVar[_sql.StepWork[Any, Any]] = _sql.STEPS
 
     #: Errors after which a batch is recorded one completion at a time: an
     #: output the server refuses, or one call the engine rejects.
@@ -138,13 +140,30 @@ class FlowLane(BatchedLane):
             db=self.db,
         )
 
+    #: The step's handler (for an item: the item handler, ``None`` for a
+    #: generator without one): its parameters decide what a claim fetches.
+    claiming_handler: StepHandler | None
+
+    async def claim(self, quantity: int) -> Sequence[StepClaim | ItemClaim]:
+        handler = self.claiming_handler
+        return await self.host.claim_client.execute(
+            self.work.claim(
+                self.flow,
+                self.step_name,
+                quantity=quantity,
+                hide_for=self.host.lease,
+                with_input=handler is not None and handler.wants_input,
+                with_outputs=handler is not None and handler.wants_outputs,
+            )
+        )
+
     def hide_query(self, ids: list[int], attempts: list[int], hide_for: float) -> _sql.Query[None]:
-        return _sql.hide_steps(self.flow, self.step_name, ids, hide_for=hide_for, attempts=attempts)
+        return self.work.hide(self.flow, self.step_name, ids, hide_for=hide_for, attempts=attempts)
 
     def complete_query(
         self, ids: list[int], outputs: list[str], attempts: list[int]
     ) -> _sql.Query[Any]:
-        return _sql.complete_steps_json(self.flow, self.step_name, ids, outputs, attempts)
+        return self.work.complete_json(self.flow, self.step_name, ids, outputs, attempts)
 
     def batch_order(self, batch: list[Completion]) -> list[Completion]:
         # Every statement locks flow runs in id order (the engine's completion
@@ -152,8 +171,10 @@ class FlowLane(BatchedLane):
         return sorted(batch, key=lambda c: (flow_run_of(c.run), c.run.id))
 
     def fail_query(self, run: Run, failure: Failure) -> _sql.Query[str | None]:
-        """``cb_fail_step`` under the step's stored retry policy."""
-        return _sql.fail_step(
+        """``cb_fail_step`` (``cb_fail_map_task`` for an item) under the step's
+        stored retry policy, or the item handler's when a generator's item
+        handler has options of its own."""
+        return self.work.fail(
             self.flow,
             self.step_name,
             run.id,
@@ -237,26 +258,13 @@ class StepLane(FlowLane):
             handler.is_async,
         )
         super().__init__(host, step, wrapped, handler.options)
-        self.step_handler = handler
+        self.step_handler = self.claiming_handler = handler
 
     @property
     def uses_threads(self) -> bool:
         # Generators and reducers wrap the step's function in an async driver
         # that still calls a plain one in a thread.
         return not self.step_handler.is_async
-
-    async def claim(self, quantity: int) -> Sequence[StepClaim]:
-        handler = self.step_handler
-        return await self.host.claim_client.execute(
-            _sql.claim_steps(
-                self.flow,
-                self.step_name,
-                quantity=quantity,
-                hide_for=self.host.lease,
-                with_input=handler.wants_input,
-                with_outputs=handler.wants_outputs,
-            )
-        )
 
     def start(self, claim: StepClaim) -> tuple[Run, tuple[Any, ...] | BaseException]:
         run = Run(
@@ -457,6 +465,7 @@ class MapLane(FlowLane):
     """Items of a mapper or generator step; completions are batched."""
 
     kind = "item"
+    work = _sql.ITEMS
 
     def __init__(
         self, host: LaneHost, step: Step, handler: StepHandler | None, options: HandlerOptions
@@ -472,26 +481,13 @@ class MapLane(FlowLane):
                 handler.is_async,
             )
         super().__init__(host, step, wrapped, options)
-        self.item_handler = handler
+        self.item_handler = self.claiming_handler = handler
         base = step.options
         own = options.max_retries != base.max_retries or options.backoff != base.backoff
         self.policy = retry_policy(options) if own else {}
 
     def __repr__(self) -> str:
         return f"item handler of step {self.step_name!r} of flow {self.flow!r}"
-
-    async def claim(self, quantity: int) -> Sequence[ItemClaim]:
-        handler = self.item_handler
-        return await self.host.claim_client.execute(
-            _sql.claim_items(
-                self.flow,
-                self.step_name,
-                quantity=quantity,
-                hide_for=self.host.lease,
-                with_input=handler is not None and handler.wants_input,
-                with_outputs=handler is not None and handler.wants_outputs,
-            )
-        )
 
     def start(self, claim: ItemClaim) -> tuple[Run, tuple[Any, ...] | BaseException]:
         run = Run(
@@ -508,30 +504,6 @@ class MapLane(FlowLane):
         except Exception as exc:
             return run, exc
         return run, (kwargs,)
-
-    def hide_query(self, ids: list[int], attempts: list[int], hide_for: float) -> _sql.Query[None]:
-        return _sql.hide_items(
-            self.flow, self.step_name, ids, hide_for=hide_for, attempts=attempts
-        )
-
-    def complete_query(
-        self, ids: list[int], outputs: list[str], attempts: list[int]
-    ) -> _sql.Query[Any]:
-        return _sql.complete_items_json(self.flow, self.step_name, ids, outputs, attempts)
-
-    def fail_query(self, run: Run, failure: Failure) -> _sql.Query[str | None]:
-        """``cb_fail_map_task`` under the step's stored retry policy, or the
-        item handler's when a generator's item handler has options of its own."""
-        return _sql.fail_item(
-            self.flow,
-            self.step_name,
-            run.id,
-            failure.message,
-            attempt=run.attempt,
-            retryable=failure.retryable,
-            error_detail=failure.detail,
-            **self.policy,
-        )
 
     def describe_run(self, run: Run) -> str:
         return f"item {run.id} of step {self.step_name!r}"

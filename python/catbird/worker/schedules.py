@@ -21,13 +21,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from datetime import datetime
 from typing import Any
 
 from .. import _sql
 from ..client.client_async import AsyncClient
-from ..definitions import Task
+from ..definitions import Schedule, Task
 from ..definitions.flows import Flow
 from ..models import FlowScheduleInfo, TaskScheduleInfo
 from .lanes import describe
@@ -60,20 +60,14 @@ class Scheduler:
 
     async def create_declared(self, client: AsyncClient) -> None:
         """Create (upsert) the schedules declared with the tasks and flows."""
-        for t in self.tasks:
-            if t.schedule is not None:
-                s = t.schedule
-                await client.create_task_schedule(
-                    t, s.cron_spec, input=s.input, catch_up=s.catch_up
-                )
-                log.debug("task %r: schedule %r (catch-up %s)", t.name, s.cron_spec, s.catch_up)
-        for f in self.flows:
-            if f.schedule is not None:
-                s = f.schedule
-                await client.create_flow_schedule(
-                    f, s.cron_spec, input=s.input, catch_up=s.catch_up
-                )
-                log.debug("flow %r: schedule %r (catch-up %s)", f.name, s.cron_spec, s.catch_up)
+        declared: list[tuple[str, str, Schedule | None, Callable[..., Awaitable[None]]]] = [
+            *(("task", t.name, t.schedule, client.create_task_schedule) for t in self.tasks),
+            *(("flow", f.name, f.schedule, client.create_flow_schedule) for f in self.flows),
+        ]
+        for kind, name, s, create in declared:
+            if s is not None:
+                await create(name, s.cron_spec, input=s.input, catch_up=s.catch_up)
+                log.debug("%s %r: schedule %r (catch-up %s)", kind, name, s.cron_spec, s.catch_up)
 
     async def _listing(self, client: AsyncClient) -> dict[_Key, _Info]:
         listing: dict[_Key, _Info] = {}
