@@ -108,7 +108,6 @@ T = TypeVar("T")
 F = TypeVar("F", bound=Callable[..., Any])
 
 RESERVED_STEP_NAMES = frozenset({"input", "signal"})
-STEP_TYPES = ("normal", "mapper", "generator", "reducer")
 
 _PASSTHROUGH = codec_for(Any)
 
