@@ -257,8 +257,11 @@ class Worker:
             try:
                 loop.add_signal_handler(sig, self._on_signal, sig)
                 installed.append(sig)
-            except (NotImplementedError, RuntimeError, ValueError):  # not the main thread
-                pass
+            except (NotImplementedError, RuntimeError, ValueError):
+                # Not the main thread, or a loop without signal support: the
+                # worker then runs without signal handlers and stops through
+                # stop() (or the cancellation of the task that runs it).
+                log.debug("no %s handler: signals are not available here", sig.name)
         try:
             await self.serve()
         finally:
