@@ -6069,7 +6069,7 @@ BEGIN
     END IF;
     PERFORM catbird._cb_check_time('expires_at', cb_notify_durable.expires_at);
     IF cb_notify_durable.expires_at <= v_now THEN
-        RAISE EXCEPTION 'invalid expires_at: % is not later than now (%)', cb_notify_durable.expires_at, v_now
+        RAISE EXCEPTION 'invalid expires_at: % is not in the future; the engine clock reads %', cb_notify_durable.expires_at, v_now
             USING ERRCODE = 'invalid_parameter_value',
                   HINT = 'A notification that has already expired would never be read; leave expires_at NULL for none.';
     END IF;
