@@ -374,6 +374,8 @@ def test_an_append_waits_for_an_open_append_to_the_same_identity(dsn):
         # saw the holder's row to collapse it.
         assert second > held
         assert unseen_ids(monitor, "alice") == [second]
+        created = [r["created_at"] for r in rows(monitor, "alice")]
+        assert created == sorted(created), "created_at follows id order within an identity"
 
 
 def test_a_repeatable_read_append_racing_a_collapse_gets_40001_and_writes_nothing(dsn):

@@ -6057,7 +6057,7 @@ AS $$
 -- are also parameter names; parameters are always written qualified.
 #variable_conflict use_column
 DECLARE
-    v_now timestamptz := catbird.cb_now();
+    v_now timestamptz;
     v_id bigint;
 BEGIN
     PERFORM catbird._cb_check_identity(cb_notify_durable.identity);
@@ -6068,16 +6068,18 @@ BEGIN
             USING ERRCODE = 'invalid_parameter_value';
     END IF;
     PERFORM catbird._cb_check_time('expires_at', cb_notify_durable.expires_at);
-    IF cb_notify_durable.expires_at <= v_now THEN
-        RAISE EXCEPTION 'invalid expires_at: % is not in the future; the engine clock reads %', cb_notify_durable.expires_at, v_now
-            USING ERRCODE = 'invalid_parameter_value',
-                  HINT = 'A notification that has already expired would never be read; leave expires_at NULL for none.';
-    END IF;
 
     -- Held until the caller's transaction ends, taken before the id is drawn:
     -- this identity's ids commit in order (see the header). The kind 'inbox'
     -- is no definition's, so the keys never meet a queue, task or flow lock.
     PERFORM catbird._cb_lock_definition('inbox', cb_notify_durable.identity, exclusive => true);
+    -- Read after the wait, so created_at follows id order within an identity.
+    v_now := catbird.cb_now();
+    IF cb_notify_durable.expires_at <= v_now THEN
+        RAISE EXCEPTION 'invalid expires_at: % is not in the future; the engine clock reads %', cb_notify_durable.expires_at, v_now
+            USING ERRCODE = 'invalid_parameter_value',
+                  HINT = 'A notification that has already expired would never be read; leave expires_at NULL for none.';
+    END IF;
 
     IF cb_notify_durable.collapse_key IS NOT NULL THEN
         UPDATE catbird.cb_notifications n SET seen_at = v_now
