@@ -48,6 +48,7 @@ SAMPLES: dict[str, Any] = {
     "retry_delay": 100,
     "cron_spec": "*/5 * * * *",
     "dead_letter_queue": "dlq",
+    "identity": "user-1",
 }
 
 
@@ -75,7 +76,7 @@ STATEMENTS = _statements()
 
 
 def test_every_statement_is_found() -> None:
-    assert len(STATEMENTS) == 100
+    assert len(STATEMENTS) == 104
 
 
 @pytest.mark.parametrize(("name", "function"), STATEMENTS, ids=[n for n, _ in STATEMENTS])

@@ -88,6 +88,7 @@ $$;
 --                              did the same (_cb_fail_lapsed_work)
 --   stale_workers_deleted      workers silent for longer than stale_worker_after
 --   stale_wire_nodes_deleted   (no Wire nodes in this version: always 0)
+--   notifications_deleted      inbox notifications past their expires_at (84_inbox)
 --   task_runs_purged / flow_runs_purged  finished runs older than their
 --                              definition's retention_period (NULL or 0: kept)
 -- Returns those counters as jsonb; 22023 for batch_size < 1 or a
@@ -108,6 +109,7 @@ DECLARE
     v_stale_workers int;
     v_task_purged int;
     v_flow_purged int;
+    v_notifications int;
     v_lapsed_tasks bigint[];
     v_lapsed_flow int := 0;
     v_step catbird.cb_flow_steps;
@@ -198,6 +200,7 @@ BEGIN
 
     DELETE FROM catbird.cb_workers w WHERE w.last_heartbeat_at < v_now - stale_worker_after;
     GET DIAGNOSTICS v_stale_workers = ROW_COUNT;
+    v_notifications := catbird._cb_delete_expired_notifications(v_now, batch_size);
 
     v_task_purged := catbird._cb_purge_retained_runs('task', v_now, batch_size);
     v_flow_purged := catbird._cb_purge_retained_runs('flow', v_now, batch_size);
@@ -212,6 +215,7 @@ BEGIN
         'lease_expired_flow_runs', v_lapsed_flow,
         'stale_workers_deleted', v_stale_workers,
         'stale_wire_nodes_deleted', 0,
+        'notifications_deleted', v_notifications,
         'task_runs_purged', v_task_purged,
         'flow_runs_purged', v_flow_purged);
 END
