@@ -108,7 +108,9 @@ BEGIN
     VALUES (cb_create_queue.name, cb_create_queue.description, catbird.cb_now(), cb_create_queue.expires_at,
             cb_create_queue.max_deliveries, v_dlq_id)
     ON CONFLICT ON CONSTRAINT cb_queues_name_key DO NOTHING;
-    IF NOT FOUND AND max_deliveries IS NOT NULL THEN
+    IF FOUND THEN
+        PERFORM catbird._cb_notify('catbird.queue.created', jsonb_build_object('queue', name)::text);
+    ELSIF max_deliveries IS NOT NULL THEN
         UPDATE catbird.cb_queues q
         SET max_deliveries = cb_create_queue.max_deliveries, dead_letter_queue_id = v_dlq_id
         WHERE q.name = cb_create_queue.name;
@@ -137,6 +139,7 @@ BEGIN
     UPDATE catbird.cb_queues q SET dead_letter_queue_id = NULL WHERE q.dead_letter_queue_id = v_id;
     -- dead letters that came from it have nowhere to be redriven to
     UPDATE catbird.cb_messages m SET source_queue_id = NULL WHERE m.source_queue_id = v_id;
+    PERFORM catbird._cb_notify('catbird.queue.deleted', jsonb_build_object('queue', name)::text);
     RETURN true;
 END
 $$;
