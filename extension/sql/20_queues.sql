@@ -71,7 +71,8 @@ BEGIN
 END
 $$;
 
--- Creates a queue; creating an existing queue is a no-op (its description
+-- Creates a queue (announcing catbird.queue.created); creating an existing
+-- queue is a no-op (its description
 -- and expiry are kept) except that max_deliveries and dead_letter_queue, when
 -- given, replace its dead-letter settings. A queue past expires_at is deleted
 -- by cb_gc. With max_deliveries, a message about to be delivered for the
@@ -118,7 +119,8 @@ BEGIN
 END
 $$;
 
--- Deletes a queue with its messages and bindings; waits for sends in flight
+-- Deletes a queue with its messages and bindings (announcing
+-- catbird.queue.deleted); waits for sends in flight
 -- to it. Returns false when it does not exist; 22023 for an invalid name.
 CREATE FUNCTION catbird.cb_delete_queue(name text) RETURNS boolean
 LANGUAGE plpgsql VOLATILE

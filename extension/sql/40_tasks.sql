@@ -167,8 +167,10 @@ AS $$ SELECT catbird._cb_delete_definition('task', cb_delete_task.name) $$;
 
 -- The one implementation of creating runs: one run per input, condition
 -- evaluated, deduplicated by concurrency key among queued/started runs.
--- Returns the run id each input position resolved to. Callers have validated
--- the arguments and hold the task's shared lock.
+-- Announces the new runs (catbird.task.started, catbird.task.skipped; a
+-- queued holder of a key past expires_at: catbird.task.expired), one event
+-- per topic and call. Returns the run id each input position resolved to.
+-- Callers have validated the arguments and hold the task's shared lock.
 CREATE FUNCTION catbird._cb_insert_task_runs(
     task catbird.cb_tasks, inputs jsonb[], concurrency_keys text[], headers jsonb[],
     visible_at timestamptz, priority int, expires_at timestamptz)

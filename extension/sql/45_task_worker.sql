@@ -30,9 +30,9 @@
 -- lease (visible_at) lapsed, highest priority first, then oldest. Each claim
 -- increments attempts (the fencing token) and holds the run for hide_for ms;
 -- concurrent claims skip each other's rows. Queued runs past expires_at met
--- on the way become expired, and lapsed runs that used their attempts (see
--- _cb_lease_cap) fail with a "lease expired" error (on-fail queued,
--- catbird.task.failed announced); neither counts. Returns the claims
+-- on the way become expired (catbird.task.expired), and lapsed runs that used
+-- their attempts (see _cb_lease_cap) fail with a "lease expired" error
+-- (on-fail queued, catbird.task.failed); neither counts. Returns the claims
 -- (cb_task_claim) by priority, then id. 42704 for an unknown task; 22023 for
 -- an invalid name, quantity < 1 or hide_for < 1.
 CREATE FUNCTION catbird.cb_claim_tasks(name text, quantity int, hide_for int)

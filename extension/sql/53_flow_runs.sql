@@ -34,9 +34,10 @@ $$;
 
 -- The one implementation of starting runs (cb_run_flow, cb_publish): one run
 -- per input, deduplicated by concurrency key among active runs, each advanced
--- at once (root steps queued). Returns the run id each input resolved to.
--- Callers hold the flow's shared lock. 40001 when a key's holder finished
--- while the call deduplicated against it (retry).
+-- at once (root steps queued); the new runs are announced as
+-- catbird.flow.started, one event per call. Returns the run id each input
+-- resolved to. Callers hold the flow's shared lock. 40001 when a key's holder
+-- finished while the call deduplicated against it (retry).
 CREATE FUNCTION catbird._cb_insert_flow_runs(
     flow catbird.cb_flows, inputs jsonb[], concurrency_keys text[], headers jsonb[],
     visible_at timestamptz, priority int, expires_at timestamptz)

@@ -394,7 +394,8 @@ BEGIN
 END
 $$;
 
--- Creates a queue; creating an existing queue is a no-op (its description
+-- Creates a queue (announcing catbird.queue.created); creating an existing
+-- queue is a no-op (its description
 -- and expiry are kept) except that max_deliveries and dead_letter_queue, when
 -- given, replace its dead-letter settings. A queue past expires_at is deleted
 -- by cb_gc. With max_deliveries, a message about to be delivered for the
@@ -441,7 +442,8 @@ BEGIN
 END
 $$;
 
--- Deletes a queue with its messages and bindings; waits for sends in flight
+-- Deletes a queue with its messages and bindings (announcing
+-- catbird.queue.deleted); waits for sends in flight
 -- to it. Returns false when it does not exist; 22023 for an invalid name.
 CREATE FUNCTION catbird.cb_delete_queue(name text) RETURNS boolean
 LANGUAGE plpgsql VOLATILE
@@ -2072,8 +2074,10 @@ AS $$ SELECT catbird._cb_delete_definition('task', cb_delete_task.name) $$;
 
 -- The one implementation of creating runs: one run per input, condition
 -- evaluated, deduplicated by concurrency key among queued/started runs.
--- Returns the run id each input position resolved to. Callers have validated
--- the arguments and hold the task's shared lock.
+-- Announces the new runs (catbird.task.started, catbird.task.skipped; a
+-- queued holder of a key past expires_at: catbird.task.expired), one event
+-- per topic and call. Returns the run id each input position resolved to.
+-- Callers have validated the arguments and hold the task's shared lock.
 CREATE FUNCTION catbird._cb_insert_task_runs(
     task catbird.cb_tasks, inputs jsonb[], concurrency_keys text[], headers jsonb[],
     visible_at timestamptz, priority int, expires_at timestamptz)
@@ -2395,9 +2399,9 @@ $$;
 -- lease (visible_at) lapsed, highest priority first, then oldest. Each claim
 -- increments attempts (the fencing token) and holds the run for hide_for ms;
 -- concurrent claims skip each other's rows. Queued runs past expires_at met
--- on the way become expired, and lapsed runs that used their attempts (see
--- _cb_lease_cap) fail with a "lease expired" error (on-fail queued,
--- catbird.task.failed announced); neither counts. Returns the claims
+-- on the way become expired (catbird.task.expired), and lapsed runs that used
+-- their attempts (see _cb_lease_cap) fail with a "lease expired" error
+-- (on-fail queued, catbird.task.failed); neither counts. Returns the claims
 -- (cb_task_claim) by priority, then id. 42704 for an unknown task; 22023 for
 -- an invalid name, quantity < 1 or hide_for < 1.
 CREATE FUNCTION catbird.cb_claim_tasks(name text, quantity int, hide_for int)
@@ -3573,9 +3577,10 @@ $$;
 
 -- The one implementation of starting runs (cb_run_flow, cb_publish): one run
 -- per input, deduplicated by concurrency key among active runs, each advanced
--- at once (root steps queued). Returns the run id each input resolved to.
--- Callers hold the flow's shared lock. 40001 when a key's holder finished
--- while the call deduplicated against it (retry).
+-- at once (root steps queued); the new runs are announced as
+-- catbird.flow.started, one event per call. Returns the run id each input
+-- resolved to. Callers hold the flow's shared lock. 40001 when a key's holder
+-- finished while the call deduplicated against it (retry).
 CREATE FUNCTION catbird._cb_insert_flow_runs(
     flow catbird.cb_flows, inputs jsonb[], concurrency_keys text[], headers jsonb[],
     visible_at timestamptz, priority int, expires_at timestamptz)
