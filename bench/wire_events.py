@@ -59,6 +59,7 @@ from _common import (
     load_average,
     print_header,
     print_table,
+    run_workers,
     start_server,
 )
 
@@ -185,6 +186,29 @@ def _operations(conn: Conn, calls: int, batch: int) -> dict[str, tuple[float, fl
     return results
 
 
+def _concurrent_enqueue(dsn: str, connections: int, seconds: float) -> tuple[float, float]:
+    """Runs/s and server CPU µs per run of ``connections`` processes each calling
+    ``cb_run_task`` (one input, autocommit) for ``seconds``: a commit that sent a
+    NOTIFY holds PostgreSQL's global notify lock until it is durable, so this is
+    where events could cost throughput even without a listener."""
+    with connect(dsn) as conn:
+        conn.execute("SELECT catbird.cb_delete_task(%s)", (TASK,))
+        conn.execute("SELECT catbird.cb_create_task(%s)", (TASK,))
+    one = Jsonb({"n": 1})
+
+    def factory(conn: Conn, index: int) -> Callable[[], int]:
+        def step() -> int:
+            conn.execute("SELECT catbird.cb_run_task(%s, %s)", (TASK, one))
+            return 1
+
+        return step
+
+    result = run_workers(dsn, factory, connections=connections, seconds=seconds)
+    with connect(dsn) as conn:
+        conn.execute("SELECT catbird.cb_delete_task(%s)", (TASK,))
+    return result.rate, result.server_us_per_msg
+
+
 def _raw_notify(conn: Conn, calls: int) -> dict[str, tuple[float, float]]:
     payload = '{"data": "{\\"task\\": \\"bench_events\\", \\"run_id\\": 123456}", "topic": "x"}'
     out = {}
@@ -211,6 +235,8 @@ def measure_event_cost(
     batch: int = 100,
     rounds: int = 3,
     synchronous_commit: bool = True,
+    connections: int = 4,
+    seconds: float = 3.0,
 ) -> dict[str, Any]:
     """Time the task hot paths with events off, on, and on with one listener.
 
@@ -218,12 +244,17 @@ def measure_event_cost(
     "ratios": {condition: {operation: {"wall", "cpu"}}}`` (ratios to ``off``),
     ``"raw": {...}`` (``SELECT 1`` vs ``SELECT pg_notify`` per commit),
     ``"notifications"`` (received by the listener: proof it listened),
-    ``"load"`` (load averages at the end) and the parameters. With
+    ``"load"`` (load averages at the end), ``"concurrent"`` ({condition:
+    {"runs_per_s", "cpu_us", "ratio"}}: ``connections`` processes enqueueing
+    one run per call for ``seconds``, best round; only with
+    ``synchronous_commit``) and the parameters. With
     ``synchronous_commit=False`` commits do not wait for the WAL flush, so
     the CPU-bound cost shows instead of the disk's.
     """
     samples: dict[str, list[dict[str, tuple[float, float]]]] = {c: [] for c in CONDITIONS}
     raw: dict[str, list[dict[str, tuple[float, float]]]] = {"nobody": [], "listening": []}
+    concurrent: dict[str, list[tuple[float, float]]] = {c: [] for c in CONDITIONS}
+    measure_concurrent = synchronous_commit and connections > 0
     received = 0
     with connect(dsn) as conn:
         if not synchronous_commit:
@@ -232,11 +263,17 @@ def measure_event_cost(
         for _ in range(rounds):
             with events_off(conn):
                 samples["off"].append(_operations(conn, calls, batch))
+                if measure_concurrent:
+                    concurrent["off"].append(_concurrent_enqueue(dsn, connections, seconds))
             samples["on"].append(_operations(conn, calls, batch))
             raw["nobody"].append(_raw_notify(conn, calls))
+            if measure_concurrent:
+                concurrent["on"].append(_concurrent_enqueue(dsn, connections, seconds))
             with listener(dsn) as counter:
                 samples["listening"].append(_operations(conn, calls, batch))
                 raw["listening"].append(_raw_notify(conn, calls))
+                if measure_concurrent:
+                    concurrent["listening"].append(_concurrent_enqueue(dsn, connections, seconds))
             received += counter.value
     best = {c: _best(s) for c, s in samples.items()}
     base = best["off"]
@@ -264,6 +301,16 @@ def measure_event_cost(
             for who, s in raw.items()
         },
         "notifications": received,
+        "connections": connections,
+        "concurrent": {
+            c: {
+                "runs_per_s": max(r for r, _ in runs),
+                "cpu_us": min(u for _, u in runs),
+                "ratio": max(r for r, _ in runs) / max(r for r, _ in concurrent["off"]),
+            }
+            for c, runs in concurrent.items()
+            if runs
+        },
         "load": load_average(),
     }
 
@@ -296,6 +343,17 @@ def report(result: dict[str, Any]) -> None:
             f"load average at the end: {result['load']}."
         ],
     )
+    if result["concurrent"]:
+        print_table(
+            f"Concurrent enqueue: {result['connections']} processes, cb_run_task of one"
+            " input per call (best round)",
+            ["condition", "runs/s", "ratio to off", "server CPU µs/run"],
+            [
+                [c, f"{f['runs_per_s']:,.0f}", fmt_ratio(f["ratio"]), fmt_us(f["cpu_us"])]
+                for c, f in result["concurrent"].items()
+            ],
+            right=(1, 2, 3),
+        )
     raw_rows = [
         [who, op, fmt_us(f["wall_us"]), fmt_us(f["cpu_us"])]
         for who, ops in result["raw"].items()

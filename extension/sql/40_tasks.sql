@@ -212,7 +212,8 @@ BEGIN
             PERFORM catbird._cb_notify_runs('catbird.task.started', 'task', task.name, v_ids);
         ELSE
             PERFORM catbird._cb_notify_runs('catbird.task.started', 'task', task.name,
-                                            ARRAY(SELECT unnest(v_ids) EXCEPT SELECT unnest(v_skipped)));
+                                            ARRAY(SELECT i FROM unnest(v_ids) AS i
+                                                  WHERE i <> ALL (v_skipped) ORDER BY i));
             PERFORM catbird._cb_notify_runs('catbird.task.skipped', 'task', task.name, v_skipped);
         END IF;
         RETURN v_ids;
