@@ -17,6 +17,12 @@
 --   * The catbird.* namespace is the engine's: cb_notify refuses it.
 --   * An event cb_notify accepts never fails at pg_notify: the whole envelope
 --     is measured against PostgreSQL's limit (payload < 8000 bytes).
+-- Cost: one event per call, not per run (bench/wire_events.py). PostgreSQL
+-- serializes the commits of transactions that sent a NOTIFY (a cluster-wide
+-- lock held through the commit, listeners or not), which caps many
+-- concurrent single-run enqueues with durable commits; the engine sent one
+-- NOTIFY per enqueue and completion call (worker wake-ups) before events
+-- carried run ids too, and still sends no more than that.
 --
 -- Engine topics (the Go library's, plus wake-ups and lifecycle extras):
 --
