@@ -437,3 +437,28 @@ def test_notify_accepts_exactly_what_fits_in_a_notification(conn, listener, char
         fn(conn, "cb_notify", topic="big", data=char * (fits + 1), node_id=node_id)
     assert "Store large payloads in a table" in (info.value.diag.message_hint or "")
     assert envelopes(listener) == []
+
+
+# =========================================================================== switch
+
+
+def test_events_off_silences_the_engine_but_not_cb_notify(conn, dsn, listener):
+    """``SET catbird.events = off`` lifts NOTIFY's commit serialization for bulk
+    producers: the engine announces nothing while it is off; an application's
+    explicit cb_notify still goes out."""
+    fn(conn, "cb_create_task", name="work")
+    events(listener, 1)
+    with psycopg.connect(dsn, autocommit=True) as bulk:
+        bulk.execute("SET catbird.events = off")
+        bulk.execute("SELECT catbird.cb_run_task('work', '{}'::jsonb)")
+        bulk.execute("SELECT catbird.cb_create_queue('quiet')")
+        bulk.execute("SELECT catbird.cb_notify('myapp.hello', 'still sent')")
+        assert [(e["topic"], e["data"]) for e in envelopes(listener, 1)] == [
+            ("myapp.hello", "still sent")
+        ]
+        with bulk.transaction():
+            bulk.execute("SET LOCAL catbird.events = on")
+            run_id = scalar(bulk, "SELECT catbird.cb_run_task('work', '{}'::jsonb)")
+        assert events(listener, 1) == [("catbird.task.started", {"task": "work", "run_id": run_id})]
+    fn(conn, "cb_run_task", name="work", input=J({}))  # another session: unaffected
+    assert [topic for topic, _ in events(listener, 1)] == ["catbird.task.started"]

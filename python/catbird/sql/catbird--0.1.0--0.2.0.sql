@@ -4698,6 +4698,7 @@ CREATE OR REPLACE FUNCTION catbird._cb_notify(topic text, data text = NULL, node
 LANGUAGE sql VOLATILE
 AS $$
     SELECT pg_notify('catbird', catbird._cb_event_payload(topic, data, node_id))
+    WHERE current_setting('catbird.events', true) IS DISTINCT FROM 'off'
 $$;
 
 CREATE OR REPLACE FUNCTION catbird._cb_notify_runs(topic text, kind text, name text, run_ids bigint[]) RETURNS void
@@ -4707,6 +4708,9 @@ DECLARE
     v_count int := coalesce(cardinality(run_ids), 0);
     v_head text := format('{"%s": %s, ', kind, to_json(name));
 BEGIN
+    IF current_setting('catbird.events', true) = 'off' THEN
+        RETURN;
+    END IF;
     IF v_count = 1 THEN
         PERFORM pg_notify('catbird', format('{"topic": %s, "data": %s, "node_id": null}', to_json(topic),
                                             to_json(v_head || '"run_id": ' || run_ids[1] || '}')));
@@ -4723,7 +4727,7 @@ CREATE OR REPLACE FUNCTION catbird._cb_notify_task_runs(topic text, run_ids bigi
 LANGUAGE plpgsql VOLATILE
 AS $$
 BEGIN
-    IF coalesce(cardinality(run_ids), 0) = 0 THEN
+    IF coalesce(cardinality(run_ids), 0) = 0 OR current_setting('catbird.events', true) = 'off' THEN
         RETURN;
     END IF;
     PERFORM catbird._cb_notify_runs(topic, 'task', t.name, g.ids)

@@ -5997,7 +5997,13 @@ $$;
 -- lock held through the commit, listeners or not), which caps many
 -- concurrent single-run enqueues with durable commits; the engine sent one
 -- NOTIFY per enqueue and completion call (worker wake-ups) before events
--- carried run ids too, and still sends no more than that.
+-- carried run ids too, and still sends no more than that. Hence the switch:
+-- `SET catbird.events = off` (per session, transaction with SET LOCAL, role
+-- or database with ALTER ... SET) stops the engine's events for the
+-- transactions it covers, lifting that serialization for bulk producers;
+-- workers then find the work through their poll interval, and waiters through
+-- their fallback poll. cb_notify (an application's explicit event) is always
+-- sent.
 --
 -- Engine topics (the Go library's, plus wake-ups and lifecycle extras):
 --
@@ -6055,10 +6061,12 @@ $$;
 -- Sends an event on the channel "catbird" (delivered on commit), unchecked:
 -- for the engine's own topics, whose payloads are small by construction.
 -- Returns nothing.
+-- Nothing while catbird.events is 'off' (see the header).
 CREATE FUNCTION catbird._cb_notify(topic text, data text = NULL, node_id uuid = NULL) RETURNS void
 LANGUAGE sql VOLATILE
 AS $$
     SELECT pg_notify('catbird', catbird._cb_event_payload(topic, data, node_id))
+    WHERE current_setting('catbird.events', true) IS DISTINCT FROM 'off'
 $$;
 
 -- Announces that runs of one task or flow (kind 'task' or 'flow', name) went
@@ -6067,7 +6075,7 @@ $$;
 -- ascending), one event per 300 ids. Nothing for no runs. On the hot paths
 -- (every enqueue and completion), so it builds the text itself and calls
 -- pg_notify directly: each nested catbird function costs a search_path switch.
--- Returns nothing; raises nothing.
+-- Nothing while catbird.events is 'off'. Returns nothing; raises nothing.
 CREATE FUNCTION catbird._cb_notify_runs(topic text, kind text, name text, run_ids bigint[]) RETURNS void
 LANGUAGE plpgsql VOLATILE
 AS $$
@@ -6075,6 +6083,9 @@ DECLARE
     v_count int := coalesce(cardinality(run_ids), 0);
     v_head text := format('{"%s": %s, ', kind, to_json(name));
 BEGIN
+    IF current_setting('catbird.events', true) = 'off' THEN
+        RETURN;
+    END IF;
     IF v_count = 1 THEN
         PERFORM pg_notify('catbird', format('{"topic": %s, "data": %s, "node_id": null}', to_json(topic),
                                             to_json(v_head || '"run_id": ' || run_ids[1] || '}')));
@@ -6093,7 +6104,7 @@ CREATE FUNCTION catbird._cb_notify_task_runs(topic text, run_ids bigint[]) RETUR
 LANGUAGE plpgsql VOLATILE
 AS $$
 BEGIN
-    IF coalesce(cardinality(run_ids), 0) = 0 THEN
+    IF coalesce(cardinality(run_ids), 0) = 0 OR current_setting('catbird.events', true) = 'off' THEN
         RETURN;
     END IF;
     PERFORM catbird._cb_notify_runs(topic, 'task', t.name, g.ids)
