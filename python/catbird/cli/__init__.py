@@ -17,6 +17,8 @@
     catbird schedule next "0 9 * * 1-5" -n 3
     catbird worker ls
     catbird health                           # exit status 0 ok, 3 warning, 4 critical
+    catbird gc                               # garbage collection, batch after batch
+    catbird queue send orders --file orders.jsonl   # one message per JSON line
 
 Every command that talks to a database takes ``--dsn`` (default: the
 ``CATBIRD_DSN`` environment variable) and ``--json`` (one JSON document on
@@ -31,7 +33,8 @@ This module only assembles the app; one module per command group:
 * :mod:`.dev` ``dev`` and ``demo`` (the demo itself is :mod:`.demo`),
   :mod:`.db`, :mod:`.queues` (``queue`` and ``publish``), :mod:`.tasks`,
   :mod:`.flows`, :mod:`.schedules`, :mod:`.worker` (``worker [run]`` and
-  ``worker ls``), :mod:`.health`;
+  ``worker ls``), :mod:`.health`, :mod:`.gc`; :mod:`.progress` draws
+  progress on a terminal;
 * :mod:`.runs` the run commands (show, run, runs, cancel, purge), written
   once for tasks and flows.
 
@@ -44,7 +47,7 @@ from __future__ import annotations
 
 import warnings
 
-from . import db, dev, flows, health, queues, schedules, tasks, worker
+from . import db, dev, flows, gc, health, queues, schedules, tasks, worker
 from ._common import EXIT_ERROR, EXIT_USAGE, App
 
 __all__ = ["EXIT_ERROR", "EXIT_USAGE", "app", "main"]
@@ -65,6 +68,7 @@ app.add_typer(worker.app, name="worker")
 app.add_typer(flows.app, name="flow")
 app.add_typer(schedules.app, name="schedule")
 app.command("health")(health.health_command)
+app.command("gc")(gc.gc_command)
 
 
 def main() -> None:
