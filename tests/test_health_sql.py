@@ -263,3 +263,31 @@ def test_metrics_are_gauges_of_queues_runs_and_health(conn, clock):
     assert rows[("catbird_health_status", mail)] == 0
     assert rows[("catbird_health_value", mail)] == 20
     assert rows[("catbird_workers", ())] == 0
+
+
+def test_workers_may_read_the_report_and_clients_may_not(conn, dsn):
+    suffix = uuid.uuid4().hex[:8]
+    worker_role, client_role = f"health_worker_{suffix}", f"health_client_{suffix}"
+    conn.execute(f"CREATE ROLE {worker_role} NOLOGIN IN ROLE catbird_worker")
+    conn.execute(f"CREATE ROLE {client_role} NOLOGIN IN ROLE catbird_client")
+    try:
+        with psycopg.connect(dsn) as holder:
+            holder.execute("SELECT txid_current()")
+            conn.execute(f"SET ROLE {worker_role}")
+            # cb_health runs as the extension's owner (a superuser here), so a
+            # worker sees the transactions of other roles' sessions too
+            xmin = check(
+                health(conn, xmin_age="0"), "xmin_horizon", f"pid {holder.info.backend_pid}"
+            )
+            assert xmin["status"] == "critical"
+            assert xmin["detail"]["hidden_sessions"] == 0
+            assert len(call(conn, "cb_metrics")) > 0
+            conn.execute(f"SET ROLE {client_role}")
+            with pytest.raises(errors.InsufficientPrivilege):
+                health(conn)
+            with pytest.raises(errors.InsufficientPrivilege):
+                call(conn, "cb_metrics")
+    finally:
+        conn.execute("RESET ROLE")
+        conn.execute(f"DROP ROLE {worker_role}")
+        conn.execute(f"DROP ROLE {client_role}")

@@ -306,13 +306,16 @@ DECLARE
     v_health jsonb := catbird.cb_health();
 BEGIN
     RETURN QUERY
-    WITH rows AS (
+    WITH queues AS MATERIALIZED (
+        SELECT q.name, q.depth, q.visible FROM catbird._cb_queue_info(NULL) q
+    ),
+    rows AS (
         SELECT 'catbird_queue_messages' AS metric, jsonb_build_object('queue', q.name) AS labels,
                q.depth::double precision AS value
-        FROM catbird._cb_queue_info(NULL) q
+        FROM queues q
         UNION ALL
         SELECT 'catbird_queue_visible_messages', jsonb_build_object('queue', q.name), q.visible::double precision
-        FROM catbird._cb_queue_info(NULL) q
+        FROM queues q
         UNION ALL
         SELECT 'catbird_runs', jsonb_build_object('kind', 'task', 'name', t.name, 'status', st.status),
                (SELECT count(*) FROM catbird.cb_task_runs r WHERE r.task_id = t.id AND r.status = st.status)::double precision
