@@ -4750,25 +4750,26 @@ BEGIN
         SELECT 'queue:' || q.name AS subject, q.oldest_visible_at AS since, q.visible AS n
         FROM catbird._cb_queue_info(NULL) q
         UNION ALL
-        SELECT 'task:' || t.name,
-               (SELECT min(r.visible_at) FROM catbird.cb_task_runs r
-                WHERE r.task_id = t.id AND r.status = 'queued' AND r.visible_at <= v_now
-                  AND (r.expires_at IS NULL OR r.expires_at > v_now)),
-               (SELECT count(*) FROM catbird.cb_task_runs r
-                WHERE r.task_id = t.id AND r.status = 'queued' AND r.visible_at <= v_now
-                  AND (r.expires_at IS NULL OR r.expires_at > v_now))
+        SELECT 'task:' || t.name, r.since, coalesce(r.n, 0)
         FROM catbird.cb_tasks t
+        LEFT JOIN (SELECT x.task_id, min(x.visible_at) AS since, count(*) AS n
+                   FROM catbird.cb_task_runs x
+                   WHERE x.status = 'queued' AND x.visible_at <= v_now
+                     AND (x.expires_at IS NULL OR x.expires_at > v_now)
+                   GROUP BY x.task_id) r ON r.task_id = t.id
         UNION ALL
-        SELECT 'flow:' || f.name,
-               least((SELECT min(sr.visible_at) FROM catbird.cb_step_runs sr
-                      WHERE sr.flow_id = f.id AND sr.status = 'queued' AND sr.visible_at <= v_now),
-                     (SELECT min(m.visible_at) FROM catbird.cb_map_tasks m
-                      WHERE m.flow_id = f.id AND m.status = 'queued' AND m.visible_at <= v_now)),
-               (SELECT count(*) FROM catbird.cb_step_runs sr
-                WHERE sr.flow_id = f.id AND sr.status = 'queued' AND sr.visible_at <= v_now)
-               + (SELECT count(*) FROM catbird.cb_map_tasks m
-                  WHERE m.flow_id = f.id AND m.status = 'queued' AND m.visible_at <= v_now)
+        SELECT 'flow:' || f.name, min(w.since), coalesce(sum(w.n), 0)
         FROM catbird.cb_flows f
+        LEFT JOIN (SELECT sr.flow_id, min(sr.visible_at) AS since, count(*) AS n
+                   FROM catbird.cb_step_runs sr
+                   WHERE sr.status = 'queued' AND sr.visible_at <= v_now
+                   GROUP BY sr.flow_id
+                   UNION ALL
+                   SELECT m.flow_id, min(m.visible_at), count(*)
+                   FROM catbird.cb_map_tasks m
+                   WHERE m.status = 'queued' AND m.visible_at <= v_now
+                   GROUP BY m.flow_id) w ON w.flow_id = f.id
+        GROUP BY f.id, f.name
     ),
     queued AS (
         SELECT 'oldest_queued' AS "check", w.subject,
@@ -4879,12 +4880,18 @@ BEGIN
         FROM queues q
         UNION ALL
         SELECT 'catbird_runs', jsonb_build_object('kind', 'task', 'name', t.name, 'status', st.status),
-               (SELECT count(*) FROM catbird.cb_task_runs r WHERE r.task_id = t.id AND r.status = st.status)::double precision
+               coalesce(c.n, 0)::double precision
         FROM catbird.cb_tasks t CROSS JOIN (VALUES ('queued'), ('started')) st(status)
+        LEFT JOIN (SELECT r.task_id, r.status, count(*) AS n FROM catbird.cb_task_runs r
+                   WHERE r.status IN ('queued', 'started') GROUP BY r.task_id, r.status) c
+               ON c.task_id = t.id AND c.status = st.status
         UNION ALL
         SELECT 'catbird_runs', jsonb_build_object('kind', 'flow', 'name', f.name, 'status', st.status),
-               (SELECT count(*) FROM catbird.cb_flow_runs r WHERE r.flow_id = f.id AND r.status = st.status)::double precision
+               coalesce(c.n, 0)::double precision
         FROM catbird.cb_flows f CROSS JOIN (VALUES ('started'), ('canceling')) st(status)
+        LEFT JOIN (SELECT r.flow_id, r.status, count(*) AS n FROM catbird.cb_flow_runs r
+                   WHERE r.status IN ('started', 'canceling') GROUP BY r.flow_id, r.status) c
+               ON c.flow_id = f.id AND c.status = st.status
         UNION ALL
         SELECT 'catbird_oldest_queued_seconds',
                jsonb_build_object('kind', split_part(c->>'subject', ':', 1),
