@@ -44,6 +44,7 @@ import contextlib
 import functools
 import threading
 from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager
 from typing import Any, ClassVar, cast
 
 import psycopg
@@ -62,7 +63,7 @@ from .lanes import (
     log,
     retry_policy,
 )
-from .tracing import handler_span
+from .tracing import HandlerSpan, handler_span
 
 __all__ = ["FlowLane", "GeneratorLane", "MapLane", "ReducerLane", "StepLane"]
 
@@ -124,7 +125,7 @@ class FlowLane(BatchedLane):
     def __repr__(self) -> str:
         return f"{self.kind} handler of step {self.step_name!r} of flow {self.flow!r}"
 
-    def span(self, run: Run) -> Any:
+    def span(self, run: Run) -> AbstractContextManager[HandlerSpan]:
         return handler_span(self.kind, self.name, run.id, run.attempt, self.flow, self.step_name)
 
     @functools.cached_property

@@ -19,6 +19,7 @@ import os
 import time
 import traceback
 from collections.abc import Sequence
+from contextlib import AbstractContextManager
 from typing import TYPE_CHECKING, Any, NamedTuple, Protocol, TypeVar
 
 from .. import _sql
@@ -26,7 +27,7 @@ from ..codec import dumps
 from ..context import RunContext, enter_run
 from ..definitions import Handler, HandlerOptions
 from ..errors import CancelRun, PermanentError
-from .tracing import handler_span
+from .tracing import HandlerSpan, handler_span
 
 if TYPE_CHECKING:
     from ..client.client_async import AsyncClient
@@ -291,7 +292,7 @@ class Lane(abc.ABC):
         status = await self.failed(run, failure)
         self.host.metrics.failure(self.kind, self.name, status)
 
-    def span(self, run: Run) -> Any:
+    def span(self, run: Run) -> AbstractContextManager[HandlerSpan]:
         """The tracing span of a call of this lane's handler (see :mod:`.tracing`)."""
         return handler_span(self.kind, self.name, run.id, run.attempt, None, None)
 

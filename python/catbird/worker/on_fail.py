@@ -13,6 +13,7 @@ from __future__ import annotations
 import abc
 import functools
 from collections.abc import Sequence
+from contextlib import AbstractContextManager
 from typing import Any, ClassVar
 
 from .. import _sql
@@ -22,7 +23,7 @@ from ..definitions import Handler, Task
 from ..definitions.flows import Flow
 from ..models import FlowOnFailClaim, OnFailClaim, TaskFailure
 from .lanes import Failure, Lane, LaneHost, Run, log
-from .tracing import handler_span
+from .tracing import HandlerSpan, handler_span
 
 __all__ = ["FlowOnFailLane", "OnFailLane", "TaskOnFailLane"]
 
@@ -180,7 +181,7 @@ class FlowOnFailLane(OnFailLane):
     def __repr__(self) -> str:
         return f"on-fail handler of flow {self.flow!r}"
 
-    def span(self, run: Run) -> Any:
+    def span(self, run: Run) -> AbstractContextManager[HandlerSpan]:
         return handler_span(self.kind, self.flow, run.id, run.attempt, self.flow, None)
 
     @property
