@@ -48,8 +48,8 @@ def checks_table(checks: tuple[HealthCheck, ...], *, width: int, full: bool) -> 
         Column("check", style="bold"),
         Column("subject", fit="cut"),
         Column("value", justify="right"),
-        Column("threshold", justify="right", hide=2),
-        Column("message", fit="cut", hide=1),
+        Column("threshold", justify="right", hide=1),
+        Column("message", fit="cut", hide=2),
     ]
     rows = [
         [
