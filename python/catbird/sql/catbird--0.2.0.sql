@@ -5944,7 +5944,9 @@ $$;
 --                       transaction id (pg_stat_activity backend_xmin,
 --                       backend_xid; aged from its transaction start) or a
 --                       prepared transaction; one row, subject '' when
---                       there is none.
+--                       there is none. A standby's hot_standby_feedback
+--                       (a walsender, no transaction start) is left to the
+--                       replication_slot check when the standby uses a slot.
 --       replication_slot  per slot holding an xmin or catalog_xmin: its age
 --                       in transactions; warning while the slot is inactive.
 --       oldest_queued   per queue (visible messages), task (queued runs
@@ -6057,13 +6059,14 @@ BEGIN
     ),
     holders AS (
         SELECT format('pid %s', a.pid) AS subject,
-               clock_timestamp() - coalesce(a.xact_start, a.backend_start) AS held_for,
+               clock_timestamp() - a.xact_start AS held_for,
                greatest(pg_catalog.age(a.backend_xmin), pg_catalog.age(a.backend_xid)) AS xid_age,
                format('pid %s (role %s, application %s, %s) holds a snapshot since %s',
                       a.pid, coalesce(a.usename::text, '?'), coalesce(nullif(a.application_name, ''), '-'),
-                      coalesce(a.state, a.backend_type), coalesce(a.xact_start, a.backend_start)) AS message
+                      coalesce(a.state, a.backend_type), a.xact_start) AS message
         FROM pg_catalog.pg_stat_activity a
-        WHERE (a.backend_xmin IS NOT NULL OR a.backend_xid IS NOT NULL) AND a.pid <> pg_catalog.pg_backend_pid()
+        WHERE (a.backend_xmin IS NOT NULL OR a.backend_xid IS NOT NULL) AND a.xact_start IS NOT NULL
+          AND a.pid <> pg_catalog.pg_backend_pid()
           AND (a.datname = current_database() OR a.datid IS NULL OR a.datid = 0)
         UNION ALL
         SELECT format('prepared %s', p.gid), clock_timestamp() - p.prepared, pg_catalog.age(p.transaction),
