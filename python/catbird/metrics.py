@@ -47,6 +47,7 @@ __all__ = [
     "WorkerMetrics",
     "render_database_metrics",
     "render_samples",
+    "render_worker_scrape",
 ]
 
 log = logging.getLogger("catbird.metrics")
