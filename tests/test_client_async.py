@@ -1019,3 +1019,32 @@ async def test_wait_for_output_polls_when_no_connection_can_listen(
         await other.execute("SELECT catbird.cb_cancel_task('work', %s)", [handle.id])
     with pytest.raises(catbird.RunCanceled):
         await handle.wait_for_output(timeout=60)
+# ---------------------------------------------------------------- health and metrics
+
+
+async def test_health_report_and_metrics(
+    client: AsyncClient, aconn: psycopg.AsyncConnection[Any], orders: str
+) -> None:
+    await client.send(orders, {"n": 1})
+    report = await client.health()
+    assert isinstance(report, catbird.HealthReport)
+    assert report.healthy and report.status == "ok" and report.problems == ()
+    assert report.checked_at == NOW
+    [queued] = [c for c in report.checks if c.subject == "queue:orders"]
+    assert (queued.check, queued.value, queued.unit, queued.threshold) == (
+        "oldest_queued",
+        0,
+        "seconds",
+        300,
+    )
+    await set_now(aconn, NOW + timedelta(seconds=10))
+    for threshold, status in ((20.0, "ok"), (5.0, "warning"), (timedelta(seconds=2), "critical")):
+        report = await client.health(queued_age=threshold)
+        [queued] = [c for c in report.checks if c.subject == "queue:orders"]
+        assert (queued.value, queued.status, report.status) == (10, status, status)
+    depth = [m for m in await client.metrics() if m.metric == "catbird_queue_messages"]
+    assert depth == [catbird.MetricSample("catbird_queue_messages", {"queue": "orders"}, 1.0)]
+    with pytest.raises(InvalidArgument, match="critical_factor"):
+        await client.health(critical_factor=0.5)
+    with pytest.raises(InvalidArgument, match="xmin_age"):
+        await client.health(xmin_age=-1.0)

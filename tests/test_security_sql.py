@@ -139,6 +139,9 @@ FUNCTION_ROLES: dict[str, set[str]] = {
     "cb_worker_heartbeat": AW,
     "cb_worker_stopped": AW,
     "cb_list_workers": AWC,
+    # health and metrics (75_health)
+    "cb_health": AW,
+    "cb_metrics": AW,
 }
 
 
@@ -589,6 +592,8 @@ def _exercise_every_family(conn: psycopg.Connection) -> set[str]:
     q("cb_list_workers", "SELECT * FROM catbird.cb_list_workers()")
     q("cb_worker_stopped", "SELECT catbird.cb_worker_stopped(%s)", (wid,))
     q("cb_gc", "SELECT catbird.cb_gc()")
+    q("cb_health", "SELECT catbird.cb_health()")
+    q("cb_metrics", "SELECT * FROM catbird.cb_metrics()")
     return called
 
 

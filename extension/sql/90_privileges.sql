@@ -48,7 +48,8 @@ $$;
 -- The group roles that may call a public catbird function, by name (all its
 -- overloads alike): catbird_admin everything; catbird_worker enqueueing,
 -- reading and acknowledging messages, claiming, completing, failing and
--- hiding runs, heartbeats, signals, waits and introspection; catbird_client
+-- hiding runs, heartbeats, signals, waits, introspection and the health
+-- report and metrics (a worker serves /metrics); catbird_client
 -- sending, publishing, running, signalling, waiting, cancelling, retrying
 -- and introspection; both compute cron ticks and use the durable inbox
 -- (append, read, mark seen: application-facing), and workers execute due
@@ -69,6 +70,7 @@ AS $$
                    WHEN function_name IN ('cb_read', 'cb_read_poll', 'cb_hide', 'cb_delete',
                                           'cb_spawn_generator_map_tasks', 'cb_read_map_outputs',
                                           'cb_worker_started', 'cb_worker_heartbeat', 'cb_worker_stopped',
+                                          'cb_health', 'cb_metrics',
                                           'cb_execute_due_task_schedules', 'cb_execute_due_flow_schedules')
                      OR function_name LIKE 'cb\_claim\_%'
                      OR function_name LIKE 'cb\_complete\_%'

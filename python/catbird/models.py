@@ -226,6 +226,51 @@ class WorkerInfo:
     last_heartbeat_at: datetime
 
 
+__all__ += ["HealthCheck", "HealthReport", "MetricSample"]
+
+
+@dataclass(frozen=True, slots=True)
+class HealthCheck:
+    """One measurement of ``cb_health()``: ``status`` is ``ok``, ``warning``
+    (``value`` above ``threshold``) or ``critical`` (above ``critical_factor``
+    times it); ``unit`` says what ``value`` counts (seconds, ratio, transactions)."""
+
+    check: str
+    subject: str
+    value: float
+    unit: str
+    threshold: float | None
+    status: str
+    message: str
+    detail: dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class HealthReport:
+    """The engine's health (``cb_health()``): ``status`` is the worst of the
+    checks' statuses, ``healthy`` means every check is ok."""
+
+    healthy: bool
+    status: str
+    checked_at: datetime
+    thresholds: dict[str, float]
+    checks: tuple[HealthCheck, ...]
+
+    @property
+    def problems(self) -> tuple[HealthCheck, ...]:
+        """The checks that are not ok."""
+        return tuple(c for c in self.checks if c.status != "ok")
+
+
+@dataclass(frozen=True, slots=True)
+class MetricSample:
+    """One gauge of ``cb_metrics()``: a metric name, its labels and value."""
+
+    metric: str
+    labels: dict[str, str]
+    value: float
+
+
 # ----------------------------------------------------------------------------
 # the durable inbox
 

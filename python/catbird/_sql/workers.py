@@ -5,10 +5,11 @@ statements of a worker's connections."""
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from datetime import datetime
 from typing import Any, LiteralString
 from uuid import UUID
 
-from ..models import WorkerInfo
+from ..models import HealthCheck, HealthReport, MetricSample, WorkerInfo
 from ._call import (
     Call,
     Duration,
@@ -29,6 +30,17 @@ _LIST_WORKERS = Call(
     "cb_list_workers", returns="id, task_handlers, step_handlers, started_at, last_heartbeat_at"
 )
 _GC = Call("cb_gc", batch_size="int", stale_worker_after="interval")
+_HEALTH = Call(
+    "cb_health",
+    dead_tuple_ratio="double precision",
+    dead_tuple_min="bigint",
+    xmin_age="interval",
+    queued_age="interval",
+    lease_overdue="interval",
+    heartbeat_age="interval",
+    critical_factor="double precision",
+)
+_METRICS = Call("cb_metrics", returns="metric, labels, value")
 
 
 def worker_started(
@@ -70,6 +82,45 @@ def gc(*, batch_size: int = 10000, stale_worker_after: Duration = 300.0) -> Quer
     """Bounded garbage collection (``cb_gc``); returns its counters."""
     params = {"batch_size": batch_size, "stale_worker_after": interval_or_null(stale_worker_after)}
     return _GC.query(params, jsonb_object)
+
+
+def _health_report(rows: Rows) -> HealthReport:
+    doc = jsonb_object(rows)
+    return HealthReport(
+        healthy=bool(doc["healthy"]),
+        status=doc["status"],
+        checked_at=datetime.fromisoformat(doc["checked_at"]),
+        thresholds=doc["thresholds"],
+        checks=tuple(HealthCheck(**c) for c in doc["checks"]),
+    )
+
+
+def health(
+    *,
+    dead_tuple_ratio: float = 0.2,
+    dead_tuple_min: int = 1000,
+    xmin_age: Duration = 300.0,
+    queued_age: Duration = 300.0,
+    lease_overdue: Duration = 60.0,
+    heartbeat_age: Duration = 60.0,
+    critical_factor: float = 3.0,
+) -> Query[HealthReport]:
+    """The health report (``cb_health``) under these thresholds (durations in seconds)."""
+    params = {
+        "dead_tuple_ratio": dead_tuple_ratio,
+        "dead_tuple_min": dead_tuple_min,
+        "xmin_age": interval_or_null(xmin_age),
+        "queued_age": interval_or_null(queued_age),
+        "lease_overdue": interval_or_null(lease_overdue),
+        "heartbeat_age": interval_or_null(heartbeat_age),
+        "critical_factor": critical_factor,
+    }
+    return _HEALTH.query(params, _health_report)
+
+
+def metrics() -> Query[list[MetricSample]]:
+    """The database's gauges (``cb_metrics``): queues, active runs, health."""
+    return _METRICS.query({}, each(MetricSample))
 
 
 # -------------------------------------------------------------------- events

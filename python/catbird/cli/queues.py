@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Sequence
-from typing import Annotated
+from pathlib import Path
+from typing import Annotated, Any
 
 import typer
 from rich.console import RenderableType
 from rich.markup import escape
 
+from ..client import Client
 from ..errors import NotFound
 from ..models import Binding, Message, QueueInfo
 from ._common import (
@@ -23,6 +26,7 @@ from ._common import (
     fail,
     interactive,
     open_client,
+    open_connection,
     out,
     parse_json,
     parse_timestamp,
@@ -31,6 +35,7 @@ from ._common import (
     usage_error,
 )
 from .output import Column, fmt_json, fmt_ts, print_json, record, table
+from .progress import progress
 
 __all__ = ["app", "publish_command"]
 
@@ -218,7 +223,23 @@ def queue_delete(name: QueueArg, dsn: DsnOption = None, as_json: JsonOption = Fa
 @app.command("send")
 def queue_send(
     name: QueueArg,
-    body: Annotated[str, typer.Argument(help="Message body, as JSON.", show_default=False)],
+    body: Annotated[
+        str | None,
+        typer.Argument(help="Message body, as JSON (not with --file).", show_default=False),
+    ] = None,
+    file: Annotated[
+        Path | None,
+        typer.Option(
+            "--file",
+            "-f",
+            help="Send every line of this file (JSON lines; '-' for stdin) as a message.",
+            allow_dash=True,
+            dir_okay=False,
+        ),
+    ] = None,
+    batch_size: Annotated[
+        int, typer.Option("--batch-size", help="Messages per statement with --file.", min=1)
+    ] = 1000,
     priority: Annotated[int, priority_option("Higher is read first.")] = 0,
     concurrency_key: Annotated[
         str | None,
@@ -236,21 +257,78 @@ def queue_send(
     dsn: DsnOption = None,
     as_json: JsonOption = False,
 ) -> None:
-    """Send one message to a queue and print its id.
+    """Send one message to a queue and print its id, or every line of --file.
 
     With --concurrency-key held by a live message, nothing is written and the
-    live message's id is printed.
+    live message's id is printed. With --file, the lines (blank ones skipped)
+    are sent in batches of --batch-size in one transaction: all or none.
     """
-    value = parse_json(body, "BODY")
+    if (body is None) == (file is None):
+        usage_error("give either BODY or --file")
     options = delivery_options(
         concurrency_key=concurrency_key, headers=headers, delay=delay, priority=priority
     )
+    if file is not None:
+        if concurrency_key is not None:
+            usage_error("--concurrency-key is for one message, not with --file")
+        _send_file(name, file, batch_size, topic, options, dsn, as_json)
+        return
+    value = parse_json(body or "", "BODY")
     with open_client(dsn) as client:
         message_id = client.send(name, value, topic=topic, **options)
     report(
         as_json,
         {"queue": name, "id": message_id},
         f"Sent message [bold]{message_id}[/] to queue [bold]{escape(name)}[/].",
+    )
+
+
+def _read_json_lines(file: Path) -> list[Any]:
+    """The JSON values of the non-blank lines of ``file`` ('-': stdin)."""
+    try:
+        text = sys.stdin.read() if str(file) == "-" else file.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        usage_error(f"cannot read --file {file}: {exc}")
+    bodies = []
+    for number, line in enumerate(text.splitlines(), 1):
+        if line.strip():
+            bodies.append(parse_json(line, f"line {number} of {file}"))
+    return bodies
+
+
+def _send_file(
+    name: str,
+    file: Path,
+    batch_size: int,
+    topic: str | None,
+    options: dict[str, Any],
+    dsn: str | None,
+    as_json: bool,
+) -> None:
+    bodies = _read_json_lines(file)
+    headers = options.pop("headers")
+    options.pop("concurrency_key")
+    sent = 0
+    # One transaction: a batch the server refuses leaves nothing sent.
+    with open_connection(dsn) as conn, conn.transaction():
+        client = Client(conn)
+        with progress(f"Sending to {name}", total=len(bodies)) as advance:
+            for start in range(0, len(bodies), batch_size):
+                batch = bodies[start : start + batch_size]
+                sent += len(
+                    client.send_many(
+                        name,
+                        batch,
+                        topic=topic,
+                        headers=None if headers is None else [headers] * len(batch),
+                        **options,
+                    )
+                )
+                advance(len(batch))
+    report(
+        as_json,
+        {"queue": name, "sent": sent},
+        f"Sent {sent} message(s) to queue [bold]{escape(name)}[/].",
     )
 
 
@@ -307,7 +385,8 @@ def queue_purge(
                 f"Delete all {info.depth} message(s) of queue {name!r}?", default=False
             ):
                 fail("aborted, nothing purged")
-        purged = client.purge_queue(name)
+        with progress(f"Purging queue {name}"):
+            purged = client.purge_queue(name)
     report(
         as_json,
         {"queue": name, "purged": purged},

@@ -39,6 +39,7 @@ from ._common import (
     usage_error,
 )
 from .output import Column, fmt_json, fmt_ts, print_json, record, status, table
+from .progress import progress
 
 __all__ = ["RunKind", "add_run_commands", "run_result", "runs_table"]
 
@@ -381,7 +382,7 @@ def add_run_commands(app: App, kind: RunKind) -> None:
     ) -> None:
         if (older_than is None) == (not everything):
             usage_error("give exactly one of --older-than SECONDS and --all")
-        with open_client(dsn) as client:
+        with open_client(dsn) as client, progress(f"Deleting runs of {name}"):
             if older_than is None:
                 deleted = kind.clear_runs(client, name)
             else:

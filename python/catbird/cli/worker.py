@@ -31,6 +31,7 @@ from ._common import (
     Group,
     JsonOption,
     errors,
+    fail,
     open_client,
     out,
     require_dsn,
@@ -114,6 +115,18 @@ def worker_command(
         typer.Option("--no-schedules", help="Do not fire schedules (e.g. when pg_cron does it)."),
     ] = False,
     log_level: Annotated[str, typer.Option("--log-level", help="Python logging level.")] = "INFO",
+    metrics_port: Annotated[
+        int | None,
+        typer.Option(
+            "--metrics-port",
+            help="Serve Prometheus metrics at http://HOST:PORT/metrics (0: any free port).",
+            min=0,
+            max=65535,
+        ),
+    ] = None,
+    metrics_host: Annotated[
+        str, typer.Option("--metrics-host", help="Address the metrics endpoint listens on.")
+    ] = "127.0.0.1",
 ) -> None:
     """Run handlers until SIGINT/SIGTERM, then stop gracefully (exit status 0).
 
@@ -159,8 +172,13 @@ def worker_command(
             )
         except (CatbirdError, TypeError) as exc:
             usage_error(str(exc))
+    if metrics_port is not None:
+        worker.serve_metrics(metrics_port, metrics_host)
     with errors():
-        worker.run()
+        try:
+            worker.run()
+        except OSError as exc:  # the metrics endpoint could not listen
+            fail(f"cannot serve metrics on {metrics_host}:{metrics_port}: {exc}")
 
 
 def handlers_text(w: WorkerInfo) -> str:

@@ -48,8 +48,10 @@ from ..models import (
     FlowInfo,
     FlowRunInfo,
     FlowScheduleInfo,
+    HealthReport,
     Message,
     Notification,
+    MetricSample,
     QueueInfo,
     RunOutcome,
     StepRunInfo,
@@ -689,6 +691,40 @@ class AsyncClient:
     async def list_workers(self) -> list[WorkerInfo]:
         """Registered workers, oldest first."""
         return await self.execute(_sql.list_workers())
+
+    async def health(
+        self,
+        *,
+        dead_tuple_ratio: float = 0.2,
+        dead_tuple_min: int = 1000,
+        xmin_age: Duration = 300.0,
+        queued_age: Duration = 300.0,
+        lease_overdue: Duration = 60.0,
+        heartbeat_age: Duration = 60.0,
+        critical_factor: float = 3.0,
+    ) -> HealthReport:
+        """The engine's health report (``cb_health``): dead tuples per table,
+        the oldest transaction holding back vacuum, the oldest queued work,
+        runs past their lease and silent workers, each graded ok, warning
+        (above its threshold) or critical (above ``critical_factor`` times
+        it). Durations in seconds; a threshold out of range raises
+        :class:`catbird.InvalidArgument`."""
+        return await self.execute(
+            _sql.health(
+                dead_tuple_ratio=dead_tuple_ratio,
+                dead_tuple_min=dead_tuple_min,
+                xmin_age=xmin_age,
+                queued_age=queued_age,
+                lease_overdue=lease_overdue,
+                heartbeat_age=heartbeat_age,
+                critical_factor=critical_factor,
+            )
+        )
+
+    async def metrics(self) -> list[MetricSample]:
+        """The database's gauges (``cb_metrics``): queue depths, active runs by
+        status, oldest queued age and health check statuses."""
+        return await self.execute(_sql.metrics())
 
     # ------------------------------------------------------------------
     # the durable inbox

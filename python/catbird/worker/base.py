@@ -95,6 +95,7 @@ from ..definitions import Task, definition_args
 from ..definitions.flows import Flow
 from ..errors import InvalidArgument, NotFound, ObjectInUse
 from ..events import parse_event
+from ..metrics import MetricsServer, WorkerMetrics, render_worker_scrape
 from .batching import BatchedLane
 from .connections import TRANSIENT, Backoff, Connections
 from .flow_runtime import FlowRuntime
@@ -146,6 +147,13 @@ class Worker:
     seconds (``None``: never, e.g. when pg_cron does it) it fires the due
     schedules of its tasks and flows; with ``create_definitions`` it also
     creates the schedules they declare (``schedule=``) when it starts.
+
+    ``metrics`` counts claims, completions, failures (retried, final,
+    ignored), lease renewals and handler durations (see
+    :mod:`catbird.metrics`). With ``metrics_port`` the worker serves them,
+    with the database's gauges, at ``http://metrics_host:metrics_port/metrics``
+    in the Prometheus text format (port 0: any free port, see
+    :attr:`metrics_address`); ``metrics_host`` is 127.0.0.1 unless given.
     """
 
     def __init__(
@@ -165,6 +173,8 @@ class Worker:
         schedule_interval: float | None = 5.0,
         durable_claims: bool = False,
         id: uuid.UUID | None = None,
+        metrics_port: int | None = None,
+        metrics_host: str = "127.0.0.1",
     ) -> None:
         self._db = Connections(dsn_or_pool, durable_claims)
         self.tasks: list[Task[Any, Any]] = list(tasks)
@@ -222,6 +232,11 @@ class Worker:
         self._force: asyncio.Event | None = None
         self._ready: asyncio.Event | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
+        #: The worker's counters (see :mod:`catbird.metrics`).
+        self.metrics = WorkerMetrics(self._inflight_counts)
+        self._metrics_server: MetricsServer | None = None
+        if metrics_port is not None:
+            self.serve_metrics(metrics_port, metrics_host)
 
     @staticmethod
     def _seconds(value: float, what: str, *, zero: bool = False) -> float:
@@ -233,6 +248,29 @@ class Worker:
 
     def __repr__(self) -> str:
         return f"Worker(id={self.id}, tasks={[t.name for t in self.tasks]})"
+
+    def serve_metrics(self, port: int, host: str = "127.0.0.1") -> None:
+        """Serve ``/metrics`` on ``host:port`` once started (what ``metrics_port`` does)."""
+        if self._started:
+            raise RuntimeError("serve_metrics() must be called before the worker starts")
+        if isinstance(port, bool) or not isinstance(port, int) or not 0 <= port <= 65535:
+            raise InvalidArgument(f"metrics_port must be a port number (0-65535), got {port!r}")
+        self._metrics_server = MetricsServer(self._scrape, host=host, port=port)
+
+    @property
+    def metrics_address(self) -> tuple[str, int] | None:
+        """Host and port of the metrics endpoint while it is served (else ``None``)."""
+        server = self._metrics_server
+        try:
+            return server.address if server is not None else None
+        except RuntimeError:
+            return None
+
+    def _inflight_counts(self) -> list[tuple[tuple[str, str], float]]:
+        return [((lane.kind, lane.name), float(len(lane.inflight))) for lane in self._lanes]
+
+    async def _scrape(self) -> str:
+        return await render_worker_scrape(self.metrics, self._db.client)
 
     @property
     def running(self) -> bool:
@@ -364,6 +402,12 @@ class Worker:
             await self._db.close()
             raise
 
+        if self._metrics_server is not None:
+            try:
+                await self._metrics_server.start()
+            except OSError:
+                await self._db.close()
+                raise
         spawn = asyncio.create_task
         self._loops.append(spawn(self._listen_loop(), name="catbird-listen"))
         self._loops.append(spawn(self._heartbeat_loop(), name="catbird-heartbeat"))
@@ -432,6 +476,8 @@ class Worker:
         await asyncio.gather(*self._loops, return_exceptions=True)
         with contextlib.suppress(Exception):
             await asyncio.wait_for(self.client.execute(_sql.worker_stopped(self.id)), 2.0)
+        if self._metrics_server is not None:
+            await self._metrics_server.stop()
         await self._db.close()
         if self._threads is not None:
             self._threads.shutdown()
@@ -591,6 +637,8 @@ class Worker:
             if backoff.failures:
                 log.info("%r: claiming again", lane)
                 backoff.reset()
+            if claims:
+                self.metrics.claims.inc(lane.kind, lane.name, amount=len(claims))
             if breaker is not None and claims and breaker.is_half_open(time.monotonic()):
                 breaker.probing = True
             for claim in claims:

@@ -135,6 +135,8 @@ class BatchedLane(Lane):
             log.warning(
                 "%r: renewing the lease of %d run(s) failed: %s", self, len(ids), describe(exc)
             )
+        else:
+            self.host.metrics.lease_renewals.inc(self.kind, self.name, amount=len(ids))
 
     # ---------------------------------------------------------------- outcomes
 
@@ -253,7 +255,9 @@ class BatchedLane(Lane):
             )
             return len(done) if isinstance(done, list) else 1
         except self.refused as exc:
-            await self.failed(run, Failure(f"the output could not be stored: {describe(exc)}"))
+            await self.report_failure(
+                run, Failure(f"the output could not be stored: {describe(exc)}")
+            )
         except Abandoned:
             pass
         except Exception:

@@ -44,6 +44,7 @@ import contextlib
 import functools
 import threading
 from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager
 from typing import Any, ClassVar, cast
 
 import psycopg
@@ -62,6 +63,7 @@ from .lanes import (
     log,
     retry_policy,
 )
+from .tracing import HandlerSpan, handler_span
 
 __all__ = ["FlowLane", "GeneratorLane", "MapLane", "ReducerLane", "StepLane"]
 
@@ -122,6 +124,9 @@ class FlowLane(BatchedLane):
 
     def __repr__(self) -> str:
         return f"{self.kind} handler of step {self.step_name!r} of flow {self.flow!r}"
+
+    def span(self, run: Run) -> AbstractContextManager[HandlerSpan]:
+        return handler_span(self.kind, self.name, run.id, run.attempt, self.flow, self.step_name)
 
     @functools.cached_property
     def db(self) -> FlowDB:
@@ -188,13 +193,14 @@ class FlowLane(BatchedLane):
     def describe_run(self, run: Run) -> str:
         return f"step {self.step_name!r} run {run.id}"
 
-    async def failed(self, run: Run, failure: Failure) -> None:
+    async def failed(self, run: Run, failure: Failure) -> str | None:
         status = await self.record_outcome(
             run,
             self.fail_query(run, failure),
             f"record the failure of {self.describe_run(run)}",
         )
         self.log_failure(run, f"{self!r}: flow run {flow_run_of(run)}", status, failure)
+        return status  # type: ignore[no-any-return]
 
     async def report_canceled(self, run: Run) -> None:
         await self.host.record(

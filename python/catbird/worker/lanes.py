@@ -19,6 +19,7 @@ import os
 import time
 import traceback
 from collections.abc import Sequence
+from contextlib import AbstractContextManager
 from typing import TYPE_CHECKING, Any, NamedTuple, Protocol, TypeVar
 
 from .. import _sql
@@ -26,9 +27,11 @@ from ..codec import dumps
 from ..context import RunContext, enter_run
 from ..definitions import Handler, HandlerOptions
 from ..errors import CancelRun, PermanentError
+from .tracing import HandlerSpan, handler_span
 
 if TYPE_CHECKING:
     from ..client.client_async import AsyncClient
+    from ..metrics import WorkerMetrics
     from .threads import HandlerThreads
 
 __all__ = [
@@ -142,6 +145,10 @@ class LaneHost(Protocol):
     @property
     def event_loop(self) -> asyncio.AbstractEventLoop:
         """The loop the worker runs on (handler threads send statements to it)."""
+
+    @property
+    def metrics(self) -> WorkerMetrics:
+        """The worker's counters (see :mod:`catbird.metrics`)."""
 
     async def record(self, query: _sql.Query[T], what: str) -> T:
         """Execute an outcome's statement, retrying transient errors.
@@ -266,8 +273,19 @@ class Lane(abc.ABC):
         """Record that the handler returned (``output_json``: its output)."""
 
     @abc.abstractmethod
-    async def failed(self, run: Run, failure: Failure) -> None:
-        """Record that the handler failed (the engine decides whether it is retried)."""
+    async def failed(self, run: Run, failure: Failure) -> str | None:
+        """Record that the handler failed (the engine decides whether it is
+        retried). Returns what the engine did: ``queued`` (retried),
+        ``failed`` (for good) or ``None`` (the report was not taken)."""
+
+    async def report_failure(self, run: Run, failure: Failure) -> None:
+        """:meth:`failed`, counted in the worker's metrics by the engine's answer."""
+        status = await self.failed(run, failure)
+        self.host.metrics.failure(self.kind, self.name, status)
+
+    def span(self, run: Run) -> AbstractContextManager[HandlerSpan]:
+        """The tracing span of a call of this lane's handler (see :mod:`.tracing`)."""
+        return handler_span(self.kind, self.name, run.id, run.attempt, None, None)
 
     @abc.abstractmethod
     async def cancel_run(self, run: Run, reason: str | None) -> None:
@@ -314,26 +332,36 @@ class Lane(abc.ABC):
         return len(runs)
 
     async def execute(self, run: Run, args: tuple[Any, ...] | BaseException) -> None:
-        """Call the handler for ``run`` and report the outcome (the run's asyncio task)."""
+        """Call the handler for ``run`` and report the outcome (the run's asyncio task).
+
+        The worker's metrics count the call here (its duration and whether it
+        returned) and in :meth:`report_failure`; the call runs in a tracing span.
+        """
         enter_run(run.ctx)
         status: str
         payload: str | None
         exc: BaseException | None
         retryable = True
+        metrics = self.host.metrics
         try:
-            if isinstance(args, BaseException):
-                # An input the handler cannot decode fails the same way on
-                # every attempt: not retried.
-                status, payload, exc = "error", f"invalid input: {describe(args)}", args
-                retryable = False
-            else:
-                status, payload, exc = await self.invoke(run, args)
+            with self.span(run) as span:
+                if isinstance(args, BaseException):
+                    # An input the handler cannot decode fails the same way on
+                    # every attempt: not retried.
+                    status, payload, exc = "error", f"invalid input: {describe(args)}", args
+                    retryable = False
+                else:
+                    started = time.perf_counter()
+                    status, payload, exc = await self.invoke(run, args)
+                    metrics.duration.observe(time.perf_counter() - started, self.kind, self.name)
+                span.outcome(status, payload, exc)
         finally:
             del self.inflight[run.id]
             self.slot_free.set()
         breaker = self.breaker
         try:
             if status == "ok":
+                metrics.completions.inc(self.kind, self.name)
                 if breaker is not None:
                     breaker.record_success()
                 await self.succeeded(run, payload)
@@ -343,7 +371,7 @@ class Lane(abc.ABC):
                 timed_out = isinstance(exc, TimeoutError | asyncio.CancelledError)
                 if exc is not None and not timed_out:
                     log.debug("%r run %d raised", self, run.id, exc_info=exc)
-                await self.failed(
+                await self.report_failure(
                     run,
                     failure_of(
                         payload or "unknown error",

@@ -13,6 +13,7 @@ from __future__ import annotations
 import abc
 import functools
 from collections.abc import Sequence
+from contextlib import AbstractContextManager
 from typing import Any, ClassVar
 
 from .. import _sql
@@ -22,6 +23,7 @@ from ..definitions import Handler, Task
 from ..definitions.flows import Flow
 from ..models import FlowOnFailClaim, OnFailClaim, TaskFailure
 from .lanes import Failure, Lane, LaneHost, Run, log
+from .tracing import HandlerSpan, handler_span
 
 __all__ = ["FlowOnFailLane", "OnFailLane", "TaskOnFailLane"]
 
@@ -104,7 +106,7 @@ class OnFailLane(Lane):
             f"record the on-fail completion of run {run.id} of {self.subject}",
         )
 
-    async def failed(self, run: Run, failure: Failure) -> None:
+    async def failed(self, run: Run, failure: Failure) -> str | None:
         low, high = self.options.backoff_ms
         max_retries = self.options.max_retries if failure.retryable else 0
         await self.host.record(
@@ -123,9 +125,13 @@ class OnFailLane(Lane):
         )
         if run.attempt <= max_retries:
             self.wake_for_retry(run.attempt)
+            return "queued"
+        return "failed"
 
     async def cancel_run(self, run: Run, reason: str | None) -> None:  # pragma: no cover
-        await self.failed(run, Failure("catbird.cancel() is not available in an on-fail handler"))
+        await self.report_failure(
+            run, Failure("catbird.cancel() is not available in an on-fail handler")
+        )
 
 
 class TaskOnFailLane(OnFailLane):
@@ -139,7 +145,6 @@ class TaskOnFailLane(OnFailLane):
     @property
     def subject(self) -> str:
         return f"task {self.name!r}"
-
 
     def context(self, claim: OnFailClaim) -> RunContext:
         return RunContext(
@@ -159,7 +164,6 @@ class TaskOnFailLane(OnFailLane):
         )
 
 
-
 class FlowOnFailLane(OnFailLane):
     """The on-fail handler of a flow."""
 
@@ -177,10 +181,12 @@ class FlowOnFailLane(OnFailLane):
     def __repr__(self) -> str:
         return f"on-fail handler of flow {self.flow!r}"
 
+    def span(self, run: Run) -> AbstractContextManager[HandlerSpan]:
+        return handler_span(self.kind, self.flow, run.id, run.attempt, self.flow, None)
+
     @property
     def subject(self) -> str:
         return f"flow {self.flow!r}"
-
 
     def context(self, claim: FlowOnFailClaim) -> FlowRunContext:
         return FlowRunContext(

@@ -56,7 +56,7 @@ class TaskLane(BatchedLane):
                 size,
             )
 
-    async def failed(self, run: Run, failure: Failure) -> None:
+    async def failed(self, run: Run, failure: Failure) -> str | None:
         # The retry policy is the task's stored one (written from the
         # handler's options when the definition was created), unless that
         # is not this handler's (self.policy, see check_policy).
@@ -74,6 +74,7 @@ class TaskLane(BatchedLane):
             f"record the failure of run {run.id} of task {self.name!r}",
         )
         self.log_failure(run, f"task {self.name!r} run {run.id}", status, failure)
+        return status  # type: ignore[no-any-return]
 
     async def cancel_run(self, run: Run, reason: str | None) -> None:
         await self.record_outcome(
