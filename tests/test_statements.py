@@ -12,6 +12,7 @@ from __future__ import annotations
 import inspect
 import re
 import uuid
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
@@ -48,6 +49,7 @@ SAMPLES: dict[str, Any] = {
     "retry_delay": 100,
     "cron_spec": "*/5 * * * *",
     "dead_letter_queue": "dlq",
+    "since": datetime(2026, 1, 1, tzinfo=UTC),
 }
 
 
@@ -75,7 +77,7 @@ STATEMENTS = _statements()
 
 
 def test_every_statement_is_found() -> None:
-    assert len(STATEMENTS) == 100
+    assert len(STATEMENTS) == 104
 
 
 @pytest.mark.parametrize(("name", "function"), STATEMENTS, ids=[n for n, _ in STATEMENTS])
