@@ -16,6 +16,7 @@
     catbird schedule create send_digest "0 9 * * 1-5" --input '{"kind": "daily"}'
     catbird schedule next "0 9 * * 1-5" -n 3
     catbird worker ls
+    catbird dashboard --port 8080            # the web dashboard
 
 Every command that talks to a database takes ``--dsn`` (default: the
 ``CATBIRD_DSN`` environment variable) and ``--json`` (one JSON document on
@@ -30,7 +31,7 @@ This module only assembles the app; one module per command group:
 * :mod:`.dev` ``dev`` and ``demo`` (the demo itself is :mod:`.demo`),
   :mod:`.db`, :mod:`.queues` (``queue`` and ``publish``), :mod:`.tasks`,
   :mod:`.flows`, :mod:`.schedules`, :mod:`.worker` (``worker [run]`` and
-  ``worker ls``);
+  ``worker ls``), :mod:`.dashboard` (``dashboard``, the web UI);
 * :mod:`.runs` the run commands (show, run, runs, cancel, purge), written
   once for tasks and flows.
 
@@ -43,7 +44,7 @@ from __future__ import annotations
 
 import warnings
 
-from . import db, dev, flows, queues, schedules, tasks, worker
+from . import dashboard, db, dev, flows, queues, schedules, tasks, worker
 from ._common import EXIT_ERROR, EXIT_USAGE, App
 
 __all__ = ["EXIT_ERROR", "EXIT_USAGE", "app", "main"]
@@ -63,6 +64,7 @@ app.add_typer(tasks.app, name="task")
 app.add_typer(worker.app, name="worker")
 app.add_typer(flows.app, name="flow")
 app.add_typer(schedules.app, name="schedule")
+app.command("dashboard")(dashboard.dashboard_command)
 
 
 def main() -> None:
