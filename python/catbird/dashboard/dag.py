@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 from ..models import StepInfo, StepRunInfo
 
-NODE_WIDTH = 176
+NODE_WIDTH = 204
 NODE_HEIGHT = 58
 LAYER_GAP = 64
 ROW_GAP = 22

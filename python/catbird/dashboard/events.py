@@ -123,6 +123,9 @@ class EventHub:
 
     async def close(self) -> None:
         task, self._task = self._task, None
+        # Cleared now, not when the task ends: a subscriber arriving meanwhile
+        # starts a new listener and must wait for that one.
+        self.listening.clear()
         if task is not None:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -136,27 +139,31 @@ class EventHub:
                 queue.get_nowait()
             queue.put_nowait(event)
 
+    def _current(self) -> bool:
+        """Whether the running task is the hub's listener (not one being closed)."""
+        return self._task is asyncio.current_task()
+
     async def _listen(self) -> None:
         reconnect = False
-        try:
-            while True:
-                try:
-                    conn = await psycopg.AsyncConnection.connect(
-                        await self._conninfo(), autocommit=True, application_name=LISTENER_NAME
-                    )
-                    async with conn:
-                        await conn.execute(listen_events().sql)
-                        self.listening.set()
-                        if reconnect:
-                            self._publish(RunEvent(RESYNC_TOPIC, None, None, ()))
-                        async for notify in conn.notifies():
-                            event = parse_event(notify.payload)
-                            if event is not None:
-                                self._publish(event)
-                except (psycopg.Error, OSError) as exc:
-                    logger.warning("dashboard event listener: %s; reconnecting", exc)
+        while True:
+            try:
+                conn = await psycopg.AsyncConnection.connect(
+                    await self._conninfo(), autocommit=True, application_name=LISTENER_NAME
+                )
+                async with conn:
+                    await conn.execute(listen_events().sql)
+                    if not self._current():
+                        return
+                    self.listening.set()
+                    if reconnect:
+                        self._publish(RunEvent(RESYNC_TOPIC, None, None, ()))
+                    async for notify in conn.notifies():
+                        event = parse_event(notify.payload)
+                        if event is not None:
+                            self._publish(event)
+            except (psycopg.Error, OSError) as exc:
+                logger.warning("dashboard event listener: %s; reconnecting", exc)
+            if self._current():
                 self.listening.clear()
-                reconnect = True
-                await asyncio.sleep(self._retry_delay)
-        finally:
-            self.listening.clear()
+            reconnect = True
+            await asyncio.sleep(self._retry_delay)

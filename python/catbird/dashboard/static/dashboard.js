@@ -5,7 +5,7 @@
   var main = document.querySelector("main[data-live]");
   var watch = main && main.dataset.live;
   if (!watch) return;
-  var body = document.body, timer = null, poller = null;
+  var body = document.body, timer = null, poller = null, listened = false;
   function refresh() {
     timer = null;
     fetch(location.href, { headers: { "X-Requested-With": "catbird-dashboard" } })
@@ -26,7 +26,15 @@
   }
   if (!window.EventSource) return poll(true);
   var source = new EventSource(body.dataset.events);
-  source.addEventListener("ready", function () { poll(false); body.dataset.live = "on"; soon(); });
+  // After a reconnection, events may have been missed: refresh once.
+  source.addEventListener("ready", function () {
+    poll(false);
+    body.dataset.live = "on";
+    if (listened) soon();
+    listened = true;
+  });
   source.addEventListener("run", function (m) { if (concerns(JSON.parse(m.data))) soon(); });
   source.onerror = function () { poll(true); };
+  // Free the connection when leaving: browsers allow six per host.
+  window.addEventListener("pagehide", function () { source.close(); });
 })();
