@@ -17,11 +17,14 @@ import pytest
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
-from starlette.routing import Mount
+from starlette.responses import PlainTextResponse
+from starlette.routing import Mount, Route
 from starlette.testclient import TestClient
 
 from catbird.dashboard import create_dashboard
+from catbird.dashboard.dag import layers, layout
 from catbird.dashboard.events import LISTENER_NAME, RunEvent, parse_event
+from catbird.models import StepInfo
 from dashboardhelpers import TRACEBACK, Seeded, seed, serve
 from sqlhelpers import J, fn, scalar
 
@@ -110,7 +113,11 @@ def test_the_auth_hook_denies(dsn: str, conn: psycopg.Connection, seeded: Seeded
     async def deny_async(request: Request) -> bool:
         return False
 
-    with TestClient(create_dashboard(dsn, auth=auth)) as test_client:
+    def metrics(request: Request) -> PlainTextResponse:
+        return PlainTextResponse("runs_total 3\n")
+
+    extra = [Route("/metrics", metrics)]
+    with TestClient(create_dashboard(dsn, auth=auth, routes=extra)) as test_client:
         response = test_client.get("/")
         assert response.status_code == 401
         assert response.headers["www-authenticate"] == "Basic"
@@ -122,6 +129,9 @@ def test_the_auth_hook_denies(dsn: str, conn: psycopg.Connection, seeded: Seeded
         assert test_client.get("/events", headers=wrong).status_code == 403
         ok = {"Authorization": "Basic b3BzOm9wcw=="}
         assert test_client.get("/", headers=ok).status_code == 200
+        # routes added to the dashboard sit behind the same hook
+        assert test_client.get("/metrics", headers=wrong).status_code == 403
+        assert test_client.get("/metrics", headers=ok).text == "runs_total 3\n"
     with TestClient(create_dashboard(dsn, auth=deny_async)) as test_client:
         assert test_client.get("/queues/orders").status_code == 403
 
@@ -308,3 +318,22 @@ def test_event_streams_share_one_listen_connection(
     assert RunEvent("t", None, None, ()).to_json() == (
         '{"topic": "t", "kind": null, "name": null, "run_ids": []}'
     )
+
+
+def test_dag_layers_follow_the_longest_path_from_a_root() -> None:
+    steps = [
+        StepInfo.from_json(s)
+        for s in (
+            {"name": "a"},
+            {"name": "b", "depends_on": [{"name": "a"}]},
+            {"name": "c", "depends_on": [{"name": "a"}, {"name": "b"}]},
+            {"name": "d"},
+        )
+    ]
+    assert layers(steps) == {"a": 0, "b": 1, "c": 2, "d": 0}
+    dag = layout(steps, {})
+    x = {node.name: node.x for node in dag.nodes}
+    assert x["a"] == x["d"] < x["b"] < x["c"]
+    assert sorted((e.source, e.target) for e in dag.edges) == [("a", "b"), ("a", "c"), ("b", "c")]
+    assert all(node.status == "pending" and node.progress is None for node in dag.nodes)
+    assert dag.width >= max(x.values()) and dag.height > 0

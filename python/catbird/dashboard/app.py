@@ -14,7 +14,7 @@ import contextlib
 import inspect
 import json
 import secrets
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 from urllib.parse import parse_qsl, quote, urlencode, urlsplit
@@ -32,7 +32,7 @@ from starlette.responses import (
     Response,
     StreamingResponse,
 )
-from starlette.routing import Mount, Route
+from starlette.routing import BaseRoute, Mount, Route
 from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Receive, Scope, Send
 
@@ -448,6 +448,7 @@ def create_dashboard(
     auth: AuthHook | None = None,
     title: str = "catbird",
     heartbeat: float = 15.0,
+    routes: Sequence[BaseRoute] = (),
 ) -> Starlette:
     """The dashboard as an ASGI app (Starlette), to serve or mount.
 
@@ -456,12 +457,15 @@ def create_dashboard(
     you own. ``auth``: called with every request (see :data:`AuthHook`);
     without it, anyone who reaches the app may cancel runs and purge
     queues. ``heartbeat``: seconds between keep-alive comments on the event
-    stream. The app's ``state.dashboard`` is its :class:`Dashboard`.
+    stream. ``routes``: more routes served by the app, behind the same
+    ``auth`` hook (say, a metrics endpoint). The app's ``state.dashboard`` is
+    its :class:`Dashboard`.
     """
     d = Dashboard(dsn_or_pool, title=title, heartbeat=heartbeat)
     task_run = "/tasks/{name}/runs/{run_id:int}"
     flow_run = "/flows/{name}/runs/{run_id:int}"
-    routes = [
+    all_routes = [
+        *routes,
         Route("/", d.overview, name="overview"),
         Route("/queues/{name}", d.queue),
         Route("/queues/{name}/purge", d.purge_confirm, methods=["GET"]),
@@ -479,7 +483,7 @@ def create_dashboard(
         Mount("/static", StaticFiles(packages=[("catbird.dashboard", "static")]), name="static"),
     ]
     app = Starlette(
-        routes=routes,
+        routes=all_routes,
         middleware=[Middleware(_AuthGuard, auth=auth)] if auth is not None else [],
         exception_handlers={
             NotFound: d.not_found,
