@@ -4,7 +4,7 @@ Debian's chromedriver, against a served app and a seeded database.
 Every page is loaded and photographed (``artifacts/screenshots/``); the
 cancel and retry buttons are clicked and the database is checked; a run
 completed by another connection shows up without a reload (a condition wait
-on the DOM, fed by the event stream).
+on the DOM, fed by the event stream, or by polling when the stream fails).
 
 Without Chromium the tests fail in CI (``CI`` set: .ci/run installs the
 Debian packages chromium and chromium-driver) and are skipped, with the
@@ -20,6 +20,11 @@ from pathlib import Path
 
 import psycopg
 import pytest
+from selenium import webdriver
+from selenium.webdriver.common.by import By
+from selenium.webdriver.support import expected_conditions
+from selenium.webdriver.support.ui import WebDriverWait
+from starlette.requests import Request
 
 from catbird.dashboard import create_dashboard
 from dashboardhelpers import Seeded, seed, serve
@@ -29,11 +34,6 @@ ROOT = Path(__file__).resolve().parent.parent
 SCREENSHOTS = ROOT / "artifacts" / "screenshots"
 CHROMIUM = ("/usr/bin/chromium", "chromium", "chromium-browser")
 CHROMEDRIVER = ("/usr/bin/chromedriver", "chromedriver")
-
-webdriver = pytest.importorskip("selenium.webdriver")
-from selenium.webdriver.common.by import By  # noqa: E402
-from selenium.webdriver.support import expected_conditions  # noqa: E402
-from selenium.webdriver.support.ui import WebDriverWait  # noqa: E402
 
 
 def _find(candidates: tuple[str, ...]) -> str | None:
@@ -218,3 +218,25 @@ def test_a_run_completed_elsewhere_appears_without_a_reload(
         lambda b: b.find_element(By.CSS_SELECTOR, 'tr[data-task="resize"]').text != before
     )
     assert "queued 2" in browser.find_element(By.CSS_SELECTOR, 'tr[data-task="resize"]').text
+
+
+def test_without_the_event_stream_the_page_polls(
+    browser: webdriver.Chrome, dsn: str, conn: psycopg.Connection
+) -> None:
+    seeded = seed(conn)
+
+    def no_event_stream(request: Request) -> bool:
+        return not request.url.path.endswith("/events")
+
+    with serve(create_dashboard(dsn, auth=no_event_stream)) as base:
+        browser.get(f"{base}/tasks/send_email/runs/{seeded.started_run}")
+        _wait(browser).until(
+            lambda b: b.find_element(By.TAG_NAME, "body").get_attribute("data-live") == "polling"
+        )
+        browser.execute_script("document.documentElement.dataset.marker = 'same-page'")
+        fn(conn, "cb_complete_task", name="send_email", run_id=seeded.started_run, output=J(1))
+        _wait(browser).until(
+            expected_conditions.text_to_be_present_in_element((By.ID, "run-status"), "completed")
+        )
+        marker = browser.execute_script("return document.documentElement.dataset.marker")
+        assert marker == "same-page"

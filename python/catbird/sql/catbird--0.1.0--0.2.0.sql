@@ -4701,7 +4701,7 @@ END
 $$;
 
 CREATE OR REPLACE FUNCTION catbird._cb_check_run_status(kind text, status text) RETURNS void
-LANGUAGE plpgsql STABLE
+LANGUAGE plpgsql IMMUTABLE
 AS $$
 DECLARE
     v_statuses text[] := CASE kind

@@ -6034,7 +6034,7 @@ $$;
 -- Checks a run status filter of kind 'task' or 'flow': NULL (every status) or
 -- one of the kind's statuses. Returns nothing; 22023 otherwise, naming them.
 CREATE FUNCTION catbird._cb_check_run_status(kind text, status text) RETURNS void
-LANGUAGE plpgsql STABLE
+LANGUAGE plpgsql IMMUTABLE
 AS $$
 DECLARE
     v_statuses text[] := CASE kind
