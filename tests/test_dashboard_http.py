@@ -337,3 +337,10 @@ def test_dag_layers_follow_the_longest_path_from_a_root() -> None:
     assert sorted((e.source, e.target) for e in dag.edges) == [("a", "b"), ("a", "c"), ("b", "c")]
     assert all(node.status == "pending" and node.progress is None for node in dag.nodes)
     assert dag.width >= max(x.values()) and dag.height > 0
+
+
+def test_create_dashboard_rejects_bad_arguments() -> None:
+    with pytest.raises(TypeError, match="takes a DSN or a psycopg_pool"):
+        create_dashboard(42)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="heartbeat must be a positive number of seconds"):
+        create_dashboard("postgresql://unused", heartbeat=0)

@@ -14,7 +14,7 @@ import contextlib
 import inspect
 import json
 import secrets
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 from urllib.parse import parse_qsl, quote, urlencode, urlsplit
@@ -39,7 +39,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from .. import _sql
 from ..client import AsyncClient
 from ..errors import InvalidArgument, NotFound
-from ..models import RunCount, StepRunInfo
+from ..models import RunCount
 from .dag import NODE_HEIGHT, NODE_WIDTH, layout
 from .events import EventHub
 
@@ -66,8 +66,8 @@ NOTICES = {
     "canceled": "Cancel requested.",
     "not-canceled": "Nothing to cancel: the run had already ended.",
     "retried": "The run is queued again.",
-    "not-retried": "Not retried: the run is not failed, canceled or expired, or its"
-    " concurrency key is held by another run.",
+    "not-retried": "Not retried: the run is in no state to retry (it did not fail, or a"
+    " flow run has no failed step), or its concurrency key is held by another run.",
     "purged": "Deleted {count} message(s).",
     "redriven": "Moved {count} dead letter(s) back to their queues.",
 }
@@ -289,14 +289,13 @@ class Dashboard:
                 name, status=status, limit=RUNS_PER_PAGE, before_id=before
             )
         )
-        empty_runs: Mapping[str, StepRunInfo] = {}
         return self.render(
             request,
             "runs.html",
             live=f"flow:{name}",
             kind="flow",
             definition=info,
-            dag=layout(info.steps, empty_runs),
+            dag=layout(info.steps, {}),
             node_width=NODE_WIDTH,
             node_height=NODE_HEIGHT,
             runs=runs,
@@ -453,14 +452,18 @@ def create_dashboard(
     """The dashboard as an ASGI app (Starlette), to serve or mount.
 
     ``dsn_or_pool``: a connection string (the dashboard opens a small pool
-    on first use and closes it at shutdown) or an ``AsyncConnectionPool``
-    you own. ``auth``: called with every request (see :data:`AuthHook`);
-    without it, anyone who reaches the app may cancel runs and purge
-    queues. ``heartbeat``: seconds between keep-alive comments on the event
-    stream. ``routes``: more routes served by the app, behind the same
-    ``auth`` hook (say, a metrics endpoint). The app's ``state.dashboard`` is
-    its :class:`Dashboard`.
+    on first use and closes it at shutdown) or an open
+    ``AsyncConnectionPool`` you own. Its role should be a member of
+    ``catbird_admin`` (peeking, purging and redriving are the admin's).
+    ``auth``: called with every request (see :data:`AuthHook`); without it,
+    anyone who reaches the app may cancel runs and purge queues.
+    ``heartbeat``: seconds between keep-alive comments on the event stream.
+    ``routes``: more routes served by the app, behind the same ``auth`` hook
+    (say, a metrics endpoint). The app's ``state.dashboard`` is its
+    :class:`Dashboard`.
     """
+    if not heartbeat > 0:
+        raise ValueError(f"heartbeat must be a positive number of seconds, not {heartbeat!r}")
     d = Dashboard(dsn_or_pool, title=title, heartbeat=heartbeat)
     task_run = "/tasks/{name}/runs/{run_id:int}"
     flow_run = "/flows/{name}/runs/{run_id:int}"
