@@ -117,6 +117,11 @@ FUNCTION_ROLES: dict[str, set[str]] = {
     "cb_retry_task_run": AC,
     "cb_retry_flow_run": AC,
     "cb_redrive": A,
+    # dashboard reads
+    "cb_peek": A,
+    "cb_list_run_counts": AWC,
+    "cb_list_task_runs_by_status": AWC,
+    "cb_list_flow_runs_by_status": AWC,
     # schedules
     "cb_next_cron_tick": AWC,
     "cb_next_cron_ticks": AWC,
@@ -374,6 +379,7 @@ def _exercise_every_family(conn: psycopg.Connection) -> set[str]:
     q("cb_delete", "SELECT catbird.cb_delete('hq', %s::bigint)", (got[0][0],))
     q("cb_delete", "SELECT catbird.cb_delete('hq', ARRAY[%s]::bigint[])", (got[1][0],))
     q("cb_list_queues", "SELECT * FROM catbird.cb_list_queues()")
+    q("cb_peek", "SELECT * FROM catbird.cb_peek('hq')")
     q("cb_get_queue", "SELECT * FROM catbird.cb_get_queue('hq')")
     q("cb_list_bindings", "SELECT * FROM catbird.cb_list_bindings()")
     q("cb_unbind", "SELECT catbird.cb_unbind('hq', 'orders.*.created')")
@@ -424,6 +430,11 @@ def _exercise_every_family(conn: psycopg.Connection) -> set[str]:
     q("cb_get_task", "SELECT * FROM catbird.cb_get_task('ht')")
     q("cb_list_task_runs", "SELECT * FROM catbird.cb_list_task_runs('ht')")
     q("cb_get_task_run", "SELECT * FROM catbird.cb_get_task_run('ht', %s)", (r1,))
+    q(
+        "cb_list_task_runs_by_status",
+        "SELECT * FROM catbird.cb_list_task_runs_by_status('ht', 'failed')",
+    )
+    q("cb_list_run_counts", "SELECT * FROM catbird.cb_list_run_counts(now() - interval '1 hour')")
     r2 = q("cb_run_task", "SELECT catbird.cb_run_task('ht', %s)", (J({"go": True}),))[0][0]
     q("cb_cancel_task", "SELECT catbird.cb_cancel_task('ht', %s, 'no')", (r2,))
     q("cb_unbind_task", "SELECT catbird.cb_unbind_task('ht', 'jobs.#')")
@@ -529,6 +540,7 @@ def _exercise_every_family(conn: psycopg.Connection) -> set[str]:
     q("cb_list_flows", "SELECT * FROM catbird.cb_list_flows()")
     q("cb_get_flow", "SELECT * FROM catbird.cb_get_flow('hf')")
     q("cb_list_flow_runs", "SELECT * FROM catbird.cb_list_flow_runs('hf')")
+    q("cb_list_flow_runs_by_status", "SELECT * FROM catbird.cb_list_flow_runs_by_status('hf')")
     q("cb_get_flow_run", "SELECT * FROM catbird.cb_get_flow_run('hf', %s)", (run,))
     q(
         "cb_complete_flow_early",

@@ -12,6 +12,7 @@ from __future__ import annotations
 import inspect
 import re
 import uuid
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
@@ -49,6 +50,7 @@ SAMPLES: dict[str, Any] = {
     "cron_spec": "*/5 * * * *",
     "dead_letter_queue": "dlq",
     "identity": "user-1",
+    "since": datetime(2026, 1, 1, tzinfo=UTC),
 }
 
 
@@ -76,7 +78,7 @@ STATEMENTS = _statements()
 
 
 def test_every_statement_is_found() -> None:
-    assert len(STATEMENTS) == 106
+    assert len(STATEMENTS) == 110
 
 
 @pytest.mark.parametrize(("name", "function"), STATEMENTS, ids=[n for n, _ in STATEMENTS])

@@ -53,8 +53,9 @@ $$;
 -- sending, publishing, running, signalling, waiting, cancelling, retrying
 -- and introspection; both compute cron ticks and use the durable inbox
 -- (append, read, mark seen: application-facing), and workers execute due
--- schedules. Schedules and dead-letter redrives are catbird_admin's. Any other name (a function added later): catbird_admin
--- only. Raises nothing.
+-- schedules. Schedules, dead-letter redrives and peeking at a queue's
+-- messages (cb_peek) are catbird_admin's. Any other name (a function added
+-- later): catbird_admin only. Raises nothing.
 CREATE FUNCTION catbird._cb_function_roles(function_name text) RETURNS text[]
 LANGUAGE sql IMMUTABLE
 AS $$

@@ -557,3 +557,15 @@ class FlowScheduleInfo:
     def name(self) -> str:
         """The flow's name."""
         return self.flow_name
+
+
+@dataclass(frozen=True, slots=True)
+class RunCount:
+    """How many runs of one task or flow are in one status
+    (``cb_list_run_counts(since)``: runs created since a time)."""
+
+    kind: str
+    """``"task"`` or ``"flow"``."""
+    name: str
+    status: str
+    runs: int

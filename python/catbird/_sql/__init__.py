@@ -21,7 +21,8 @@ types, selected columns). The modules:
 * ``steps``: the worker's protocol of flow steps, map items and generators;
 * ``schedules``: cron schedules of tasks and flows, and the tick preview;
 * ``inbox``: the durable per-identity inbox (notifications);
-* ``workers``: the worker registry, garbage collection and events.
+* ``workers``: the worker registry, garbage collection and events;
+* ``dashboard``: the dashboard's reads (peeking, run counts, runs by status).
 """
 
 from __future__ import annotations
@@ -42,6 +43,12 @@ from ._call import (
     jsonb_array_or_null,
     jsonb_or_null,
     ms,
+)
+from .dashboard import (
+    list_flow_runs_by_status,
+    list_run_counts,
+    list_task_runs_by_status,
+    peek,
 )
 from .flows import (
     FLOW_COLUMNS,
@@ -278,10 +285,13 @@ __all__ = [
     "jsonb_or_null",
     "list_bindings",
     "list_flow_runs",
+    "list_flow_runs_by_status",
     "list_flow_schedules",
     "list_flows",
     "list_queues",
+    "list_run_counts",
     "list_task_runs",
+    "list_task_runs_by_status",
     "list_task_schedules",
     "list_tasks",
     "list_workers",
@@ -292,6 +302,7 @@ __all__ = [
     "ms",
     "next_cron_ticks",
     "notify_durable",
+    "peek",
     "ping",
     "publish",
     "publish_many",

@@ -22,6 +22,7 @@
     catbird health                           # exit status 0 ok, 3 warning, 4 critical
     catbird gc                               # garbage collection, batch after batch
     catbird queue send orders --file orders.jsonl   # one message per JSON line
+    catbird dashboard --port 8080            # the web dashboard
 
 Every command that talks to a database takes ``--dsn`` (default: the
 ``CATBIRD_DSN`` environment variable) and ``--json`` (one JSON document on
@@ -37,7 +38,8 @@ This module only assembles the app; one module per command group:
   :mod:`.db`, :mod:`.queues` (``queue`` and ``publish``), :mod:`.tasks`,
   :mod:`.flows`, :mod:`.schedules`, :mod:`.worker` (``worker [run]`` and
   ``worker ls``), :mod:`.inbox` (the durable inbox), :mod:`.listen` (``listen``),
-  :mod:`.health`, :mod:`.gc`; :mod:`.progress` draws progress on a terminal;
+  :mod:`.health`, :mod:`.gc`, :mod:`.dashboard` (``dashboard``, the web UI);
+  :mod:`.progress` draws progress on a terminal;
 * :mod:`.runs` the run commands (show, run, runs, cancel, purge), written
   once for tasks and flows.
 
@@ -50,7 +52,7 @@ from __future__ import annotations
 
 import warnings
 
-from . import db, dev, flows, gc, health, inbox, listen, queues, schedules, tasks, worker
+from . import dashboard, db, dev, flows, gc, health, inbox, listen, queues, schedules, tasks, worker
 from ._common import EXIT_ERROR, EXIT_USAGE, App
 
 __all__ = ["EXIT_ERROR", "EXIT_USAGE", "app", "main"]
@@ -74,6 +76,7 @@ app.add_typer(inbox.app, name="inbox")
 app.command("listen")(listen.listen_command)
 app.command("health")(health.health_command)
 app.command("gc")(gc.gc_command)
+app.command("dashboard")(dashboard.dashboard_command)
 
 
 def main() -> None:

@@ -5222,6 +5222,123 @@ BEGIN
 END
 $$;
 
+-- === from extension/sql/85_dashboard.sql
+
+CREATE OR REPLACE FUNCTION catbird.cb_peek(queue text, quantity int = 20)
+RETURNS SETOF catbird.cb_message
+LANGUAGE plpgsql STABLE
+AS $$
+DECLARE
+    v_queue_id int;
+BEGIN
+    PERFORM catbird._cb_check_name('queue', queue);
+    IF quantity IS NULL OR quantity < 1 OR quantity > 1000 THEN
+        RAISE EXCEPTION 'invalid quantity %: peek at 1 to 1000 messages at a time', coalesce(quantity::text, 'NULL')
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    SELECT q.id INTO v_queue_id FROM catbird.cb_queues q WHERE q.name = queue;
+    IF v_queue_id IS NULL THEN
+        PERFORM catbird._cb_raise_undefined('queue', queue);
+    END IF;
+    RETURN QUERY
+    SELECT m.id, m.concurrency_key, m.topic, m.body, m.headers, m.priority, m.deliveries,
+           m.created_at, m.visible_at, m.expires_at, src.name, m.source_deliveries
+    FROM catbird.cb_messages m
+    LEFT JOIN catbird.cb_queues src ON src.id = m.source_queue_id
+    WHERE m.queue_id = v_queue_id
+    ORDER BY m.priority DESC, m.visible_at, m.id
+    LIMIT quantity;
+END
+$$;
+
+CREATE OR REPLACE FUNCTION catbird.cb_list_run_counts(since timestamptz)
+RETURNS TABLE (kind text, name text, status text, runs bigint)
+LANGUAGE plpgsql STABLE
+AS $$
+BEGIN
+    IF since IS NULL OR NOT isfinite(since) THEN
+        RAISE EXCEPTION 'invalid since %: give the finite time from which to count runs',
+            coalesce(since::text, 'NULL')
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    RETURN QUERY
+    SELECT 'task'::text, t.name, r.status, count(*)
+    FROM catbird.cb_task_runs r JOIN catbird.cb_tasks t ON t.id = r.task_id
+    WHERE r.created_at >= since
+    GROUP BY t.name, r.status
+    UNION ALL
+    SELECT 'flow'::text, f.name, r.status, count(*)
+    FROM catbird.cb_flow_runs r JOIN catbird.cb_flows f ON f.id = r.flow_id
+    WHERE r.created_at >= since
+    GROUP BY f.name, r.status
+    ORDER BY 1, 2, 3;
+END
+$$;
+
+CREATE OR REPLACE FUNCTION catbird._cb_check_run_status(kind text, status text) RETURNS void
+LANGUAGE plpgsql IMMUTABLE
+AS $$
+DECLARE
+    v_statuses text[] := CASE kind
+        WHEN 'task' THEN '{queued,started,completed,failed,skipped,canceled,expired}'::text[]
+        ELSE '{started,canceling,completed,failed,canceled,expired}'::text[] END;
+BEGIN
+    IF status IS NOT NULL AND NOT status = ANY (v_statuses) THEN
+        RAISE EXCEPTION 'invalid status %: a % run is one of %', catbird._cb_quote_arg(status), kind,
+            array_to_string(v_statuses, ', ')
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+END
+$$;
+
+CREATE OR REPLACE FUNCTION catbird.cb_list_task_runs_by_status(name text, status text = NULL, lim int = 100,
+                                                    before_id bigint = NULL)
+RETURNS SETOF catbird.cb_task_run_info
+LANGUAGE plpgsql STABLE
+AS $$
+DECLARE
+    v_task_id int;
+BEGIN
+    PERFORM catbird._cb_check_name('task', name);
+    SELECT t.id INTO v_task_id FROM catbird.cb_tasks t WHERE t.name = cb_list_task_runs_by_status.name;
+    IF v_task_id IS NULL THEN
+        PERFORM catbird._cb_raise_undefined('task', name);
+    END IF;
+    PERFORM catbird._cb_check_run_status('task', status);
+    PERFORM catbird._cb_check_at_least('lim', lim, 1);
+    RETURN QUERY
+    SELECT * FROM catbird._cb_task_runs(v_task_id, name) r
+    WHERE (cb_list_task_runs_by_status.status IS NULL OR r.status = cb_list_task_runs_by_status.status)
+      AND (before_id IS NULL OR r.id < before_id)
+    ORDER BY r.id DESC
+    LIMIT lim;
+END
+$$;
+
+CREATE OR REPLACE FUNCTION catbird.cb_list_flow_runs_by_status(name text, status text = NULL, lim int = 100,
+                                                    before_id bigint = NULL)
+RETURNS SETOF catbird.cb_flow_run_info
+LANGUAGE plpgsql STABLE
+AS $$
+DECLARE
+    v_flow_id int;
+BEGIN
+    PERFORM catbird._cb_check_name('flow', name);
+    SELECT f.id INTO v_flow_id FROM catbird.cb_flows f WHERE f.name = cb_list_flow_runs_by_status.name;
+    IF v_flow_id IS NULL THEN
+        PERFORM catbird._cb_raise_undefined('flow', name);
+    END IF;
+    PERFORM catbird._cb_check_run_status('flow', status);
+    PERFORM catbird._cb_check_at_least('lim', lim, 1);
+    RETURN QUERY
+    SELECT * FROM catbird._cb_flow_runs(v_flow_id, name) r
+    WHERE (cb_list_flow_runs_by_status.status IS NULL OR r.status = cb_list_flow_runs_by_status.status)
+      AND (before_id IS NULL OR r.id < before_id)
+    ORDER BY r.id DESC
+    LIMIT lim;
+END
+$$;
+
 -- === from extension/sql/90_privileges.sql
 
 DO $$
