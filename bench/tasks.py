@@ -1,7 +1,8 @@
 """Task benchmark: catbird's Worker against pgqueuer and procrastinate, end to end.
 
 Run:  python bench/tasks.py [--dsn DSN] [--runs 20000] [--samples 300] [--rounds 2]
-                            [--skip-peers] [--quick]
+                            [--skip-peers] [--peers pgqueuer,procrastinate]
+                            [--batch 250] [--quick]
 
 The peers are measured when they are importable (``pip install pgqueuer
 asyncpg procrastinate``; a virtualenv created with ``--system-site-packages``
@@ -65,6 +66,7 @@ from _common import (
     fmt_ms,
     fmt_rate,
     fmt_ratio,
+    load_average,
     machine_summary,
     median,
     percentile,
@@ -396,6 +398,110 @@ class Procrastinate(_PsycopgCounted):
         await super().close()
 
 
+class RawCeiling:
+    """The raw PostgreSQL ceiling of catbird's task shape, from one client.
+
+    A job table with what a claim needs (status, attempts, visibility, input,
+    output) and a partial claim index; the drain claims a batch with
+    ``FOR UPDATE SKIP LOCKED`` (status, attempts, lease in one UPDATE) and marks
+    it done with one UPDATE per batch: two commits per batch, no handler, no
+    pipelining. As in catbird's worker, the claim commits with
+    ``synchronous_commit = off`` and the completion durably.
+    """
+
+    name = "raw"
+
+    def __init__(self, dsn: str) -> None:
+        self.dsn = dsn
+
+    async def setup(self) -> None:
+        self.claims = await psycopg.AsyncConnection.connect(
+            self.dsn, autocommit=True, prepare_threshold=0
+        )
+        self.outcomes = await psycopg.AsyncConnection.connect(
+            self.dsn, autocommit=True, prepare_threshold=0
+        )
+        await self.claims.execute("SET synchronous_commit = off")
+        await self.outcomes.execute(
+            "CREATE TABLE IF NOT EXISTS raw_jobs ("
+            " id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,"
+            " status text NOT NULL DEFAULT 'queued', attempts int NOT NULL DEFAULT 0,"
+            " visible_at timestamptz NOT NULL DEFAULT now(), input jsonb NOT NULL, output jsonb)"
+        )
+        await self.outcomes.execute(
+            "CREATE INDEX IF NOT EXISTS raw_jobs_claim_idx ON raw_jobs (visible_at, id)"
+            " WHERE status IN ('queued', 'started')"
+        )
+
+    async def enqueue_many(self, numbers: list[int]) -> None:
+        await self.outcomes.execute(
+            "INSERT INTO raw_jobs (input) SELECT to_jsonb(n) FROM unnest(%s::int[]) AS n",
+            (numbers,),
+        )
+
+    async def drain(self, batch: int) -> None:
+        claim = (
+            "WITH c AS (SELECT id FROM raw_jobs WHERE status IN ('queued', 'started')"
+            " AND visible_at <= now() ORDER BY visible_at, id LIMIT %s FOR UPDATE SKIP LOCKED)"
+            " UPDATE raw_jobs r SET status = 'started', attempts = r.attempts + 1,"
+            " visible_at = now() + interval '30 s' FROM c WHERE r.id = c.id"
+            " RETURNING r.id, r.attempts, r.input"
+        )
+        done = (
+            "UPDATE raw_jobs SET status = 'completed', output = 'null'"
+            " WHERE id = ANY(%s) AND status = 'started'"
+        )
+        while True:
+            cur = await self.claims.execute(claim, (batch,))
+            rows = await cur.fetchall()
+            if not rows:
+                return
+            await self.outcomes.execute(done, ([r[0] for r in rows],))
+
+    async def pending(self) -> int:
+        cur = await self.outcomes.execute(
+            "SELECT count(*) FROM raw_jobs WHERE status IN ('queued', 'started')"
+        )
+        row = await cur.fetchone()
+        return int(row[0]) if row else 0
+
+    async def postmaster_pid(self) -> int | None:
+        st = _proc_stat(self.outcomes.info.backend_pid)
+        return st[0] if st is not None else None
+
+    async def close(self) -> None:
+        await self.claims.close()
+        await self.outcomes.close()
+
+
+async def measure_raw(raw: RawCeiling, runs: int, batch: int) -> Throughput:
+    """The raw ceiling's drain of ``runs`` jobs, measured as the systems' drains are."""
+    numbers = list(range(runs))
+    t0 = time.perf_counter()
+    for i in range(0, runs, ENQUEUE_BATCH):
+        await raw.enqueue_many(numbers[i : i + ENQUEUE_BATCH])
+    enqueue_rate = runs / (time.perf_counter() - t0)
+    postmaster = await raw.postmaster_pid()
+    server0 = _server_cpu(postmaster)
+    client0 = _proc_stat(os.getpid())
+    start = time.time()
+    await raw.drain(batch)
+    elapsed = time.time() - start
+    server1 = _server_cpu(postmaster)
+    client1 = _proc_stat(os.getpid())
+    if await raw.pending():
+        raise RuntimeError("raw: jobs left after the drain")
+    server_cpu = client_cpu = float("nan")
+    if server1 and client0 is not None and client1 is not None:
+        server_cpu = sum(v - server0.get(pid, 0.0) for pid, v in server1.items()) / runs
+        client_cpu = (client1[1] - client0[1]) / runs
+    result = Throughput(
+        enqueue_rate, runs / elapsed, 0, server_cpu + client_cpu, server_cpu, client_cpu
+    )
+    print(f"  [raw: {_describe_round(result)}]", file=sys.stderr, flush=True)
+    return result
+
+
 # ============================================================================ driver
 
 
@@ -436,6 +542,11 @@ class Throughput:
     """Handler calls beyond one per job (a job executed more than once)."""
     cpu_per_run: float
     """CPU seconds per job used by the server's processes and the worker process."""
+    server_cpu_per_run: float = float("nan")
+    """The server's share of :attr:`cpu_per_run` (all its processes: backends,
+    walwriter, checkpointer, autovacuum)."""
+    worker_cpu_per_run: float = float("nan")
+    """The worker (client) process's share of :attr:`cpu_per_run`."""
 
 
 _TICK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
@@ -492,15 +603,31 @@ async def measure_throughput(
     server1 = _server_cpu(postmaster)
     worker1 = _proc_stat(consumer.pid)
     first, calls, _ = await consumer.stop()
-    cpu = float("nan")
+    server_cpu = worker_cpu = float("nan")
     if server1 and worker0 is not None and worker1 is not None:
-        server = sum(v - server0.get(pid, 0.0) for pid, v in server1.items())
-        cpu = (server + worker1[1] - worker0[1]) / runs
+        server_cpu = sum(v - server0.get(pid, 0.0) for pid, v in server1.items()) / runs
+        worker_cpu = (worker1[1] - worker0[1]) / runs
     if calls < runs or first is None:
         raise RuntimeError(f"{system.name}: {calls} handler calls for {runs} jobs")
     if calls > runs:
         print(f"  [{system.name}: {calls - runs} jobs ran twice]", file=sys.stderr, flush=True)
-    return Throughput(enqueue_rate, runs / (done - first), calls - runs, cpu)
+    result = Throughput(
+        enqueue_rate,
+        runs / (done - first),
+        calls - runs,
+        server_cpu + worker_cpu,
+        server_cpu,
+        worker_cpu,
+    )
+    print(f"  [{system.name}: {_describe_round(result)}]", file=sys.stderr, flush=True)
+    return result
+
+
+def _describe_round(t: Throughput) -> str:
+    return (
+        f"{fmt_rate(t.drain_rate)} jobs/s, CPU µs/job {t.cpu_per_run * 1e6:,.0f}"
+        f" (server {t.server_cpu_per_run * 1e6:,.0f}, client {t.worker_cpu_per_run * 1e6:,.0f})"
+    )
 
 
 async def measure_latency(system: System, samples: int, settings: Settings) -> list[float]:
@@ -536,20 +663,31 @@ def _database_for(base_dsn: str, name: str) -> str:
 async def run(args: argparse.Namespace, dsn: str) -> dict[str, Any]:
     settings = _settings(args)
     systems: list[System] = [Catbird(dsn)]
-    if not args.skip_peers:
+    peers = [] if args.skip_peers else [p for p in args.peers.split(",") if p]
+    if "pgqueuer" in peers:
         if _have("pgqueuer") and _have("asyncpg"):
             systems.append(Pgqueuer(_database_for(dsn, "bench_pgqueuer")))
         else:
             print("pgqueuer/asyncpg not installed: skipped", file=sys.stderr)
+    if "procrastinate" in peers:
         if _have("procrastinate"):
             systems.append(Procrastinate(_database_for(dsn, "bench_procrastinate")))
         else:
             print("procrastinate not installed: skipped", file=sys.stderr)
+    raw = RawCeiling(_database_for(dsn, "bench_raw"))
+    await raw.setup()
     for s in systems:
         await s.setup()
     results: dict[str, Any] = {s.name: {"throughput": [], "latency": []} for s in systems}
+    results["raw"] = {"throughput": [], "latency": []}
     try:
         for rnd in range(args.rounds):
+            print(
+                f"  [raw: throughput round {rnd + 1}, {args.runs} runs]",
+                file=sys.stderr,
+                flush=True,
+            )
+            results["raw"]["throughput"].append(await measure_raw(raw, args.runs, args.batch))
             for s in systems:  # interleaved rounds
                 runs = (
                     args.runs if s.name != "procrastinate" else min(args.runs, args.peer_slow_runs)
@@ -563,6 +701,8 @@ async def run(args: argparse.Namespace, dsn: str) -> dict[str, Any]:
                     await measure_throughput(s, runs, 600, settings)
                 )
         for s in systems:
+            if args.samples <= 0:
+                break
             print(
                 f"  [{s.name}: pickup latency, {args.samples} samples]", file=sys.stderr, flush=True
             )
@@ -571,89 +711,123 @@ async def run(args: argparse.Namespace, dsn: str) -> dict[str, Any]:
         for s in systems:
             with contextlib.suppress(Exception):
                 await s.close()
+        with contextlib.suppress(Exception):
+            await raw.close()
     return results
 
 
 def report(results: dict[str, Any], args: argparse.Namespace, server: str) -> None:
+    def rounds(name: str) -> list[Throughput]:
+        return list(results[name]["throughput"])
+
     def med_rate(name: str) -> float:
-        return median([t.drain_rate for t in results[name]["throughput"]])
+        return median([t.drain_rate for t in rounds(name)])
 
     def best_rate(name: str) -> float:
-        return max(t.drain_rate for t in results[name]["throughput"])
+        return max(t.drain_rate for t in rounds(name))
 
-    def med_cpu(name: str) -> float:
-        return median([t.cpu_per_run for t in results[name]["throughput"]])
+    def med_cpu(name: str, part: str = "cpu_per_run") -> float:
+        return median([getattr(t, part) for t in rounds(name)])
 
-    peers = [n for n in results if n != "catbird"]
+    peers = [n for n in results if n not in ("catbird", "raw")]
     fastest_peer = max(peers, key=med_rate) if peers else None
     rows = []
-    for name, r in results.items():
-        rounds = ", ".join(fmt_rate(x.drain_rate) for x in r["throughput"])
+    for name in ["raw", "catbird", *peers]:
         mine = name == "catbird"
         rows.append(
             [
                 name,
                 fmt_rate(med_rate(name)),
-                fmt_rate(best_rate(name)),
-                rounds,
+                ", ".join(fmt_rate(x.drain_rate) for x in rounds(name)),
                 f"{med_cpu(name) * 1e6:,.0f}",
-                fmt_rate(median([t.enqueue_rate for t in r["throughput"]])),
-                str(sum(x.extra_calls for x in r["throughput"])),
+                f"{med_cpu(name, 'server_cpu_per_run') * 1e6:,.0f}"
+                f" / {med_cpu(name, 'worker_cpu_per_run') * 1e6:,.0f}",
+                ", ".join(f"{x.cpu_per_run * 1e6:,.0f}" for x in rounds(name)),
+                str(sum(x.extra_calls for x in rounds(name))),
+                fmt_ratio(med_rate(name) / med_rate("raw")),
                 "-" if mine else fmt_ratio(med_rate("catbird") / med_rate(name)),
                 "-" if mine else fmt_ratio(med_cpu(name) / med_cpu("catbird")),
             ]
         )
     notes = ["no peers measured"]
     if fastest_peer:
+        # Round i of catbird ran right after round i of the raw ceiling and
+        # before round i of each peer: per-round ratios show a collapsed round.
+        per_round = [
+            c.drain_rate / p.drain_rate
+            for c, p in zip(rounds("catbird"), rounds(fastest_peer), strict=True)
+        ]
+        per_round_cpu = [
+            p.cpu_per_run / c.cpu_per_run
+            for c, p in zip(rounds("catbird"), rounds(fastest_peer), strict=True)
+        ]
         notes = [
             f"catbird ÷ fastest peer ({fastest_peer}): throughput"
             f" {fmt_ratio(med_rate('catbird') / med_rate(fastest_peer))} (median of rounds),"
-            f" {fmt_ratio(best_rate('catbird') / best_rate(fastest_peer))} (best rounds);"
-            f" CPU per job {fmt_ratio(med_cpu(fastest_peer) / med_cpu('catbird'))}x less."
+            f" {fmt_ratio(best_rate('catbird') / best_rate(fastest_peer))} (best rounds),"
+            f" per round {', '.join(fmt_ratio(r) for r in per_round)}"
+            f" (worst {fmt_ratio(min(per_round))});"
+            f" CPU per job {fmt_ratio(med_cpu(fastest_peer) / med_cpu('catbird'))}x less"
+            f" (per round {', '.join(fmt_ratio(r) for r in per_round_cpu)})."
         ]
+    raw_per_round = [
+        c.drain_rate / r.drain_rate for c, r in zip(rounds("catbird"), rounds("raw"), strict=True)
+    ]
+    notes.append(
+        f"catbird ÷ raw ceiling: {fmt_ratio(med_rate('catbird') / med_rate('raw'))} (median),"
+        f" per round {', '.join(fmt_ratio(r) for r in raw_per_round)}."
+    )
     print_table(
-        f"Tasks: end-to-end no-op throughput, one worker process ({args.runs:,} jobs per round)",
+        f"Tasks: end-to-end no-op throughput, one worker process ({args.runs:,} jobs per round,"
+        f" {args.rounds} rounds, batch {args.batch})",
         [
             "system",
             "jobs/s (median)",
-            "best",
-            "rounds",
+            "jobs/s per round",
             "CPU µs/job",
-            "enqueue jobs/s",
+            "server / client",
+            "CPU per round",
             "ran twice",
+            "÷ raw",
             "catbird ÷ system",
             "system CPU ÷ catbird CPU",
         ],
         rows,
-        right=(1, 2, 4, 5, 6, 7, 8),
+        right=(1, 3, 4, 6, 7, 8, 9),
         notes=[
             *notes,
-            "CPU µs/job: CPU time of all server processes plus the worker process during the"
-            " drain, per job (robust to other load on the machine, unlike jobs/s).",
+            "raw: the ceiling of the same shape on the same server (claim a batch with FOR UPDATE"
+            " SKIP LOCKED, one UPDATE marks it done: two commits per batch, no handler, one"
+            " client, claim commits with synchronous_commit = off as catbird's).",
+            "CPU µs/job: CPU time of all server processes plus the worker (client) process during"
+            " the drain, per job (robust to other load on the machine, unlike jobs/s); split"
+            " server / client.",
         ],
     )
-    rows = []
-    for name, r in results.items():
-        lat = r["latency"]
-        rows.append(
-            [
-                name,
-                fmt_ms(percentile(lat, 50)),
-                fmt_ms(percentile(lat, 90)),
-                fmt_ms(percentile(lat, 99)),
-                fmt_ms(max(lat)),
-                fmt_ratio(median(lat) / median(results["catbird"]["latency"])),
-            ]
+    if args.samples > 0:
+        rows = []
+        for name in ["catbird", *peers]:
+            lat = results[name]["latency"]
+            rows.append(
+                [
+                    name,
+                    fmt_ms(percentile(lat, 50)),
+                    fmt_ms(percentile(lat, 90)),
+                    fmt_ms(percentile(lat, 99)),
+                    fmt_ms(max(lat)),
+                    fmt_ratio(median(lat) / median(results["catbird"]["latency"])),
+                ]
+            )
+        print_table(
+            f"Tasks: pickup latency at low load (enqueue -> handler start, {args.samples} jobs,"
+            " ms)",
+            ["system", "p50", "p90", "p99", "max", "p50 ÷ catbird p50"],
+            rows,
+            right=(1, 2, 3, 4, 5),
         )
-    print_table(
-        f"Tasks: pickup latency at low load (enqueue -> handler start, {args.samples} jobs, ms)",
-        ["system", "p50", "p90", "p99", "max", "p50 ÷ catbird p50"],
-        rows,
-        right=(1, 2, 3, 4, 5),
-    )
     print()
     print(f"Server: {server}")
-    print(f"Machine: {machine_summary()}")
+    print(f"Machine: {machine_summary()}; load average at the end: {load_average()}")
     print(f"Settings: {_settings(args).describe()}")
 
 
@@ -670,6 +844,11 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=2, help="throughput rounds per system")
     parser.add_argument("--samples", type=int, default=300, help="latency samples per system")
     parser.add_argument("--skip-peers", action="store_true", help="measure catbird only")
+    parser.add_argument(
+        "--peers",
+        default="pgqueuer,procrastinate",
+        help="comma-separated peers to measure (pgqueuer, procrastinate)",
+    )
     parser.add_argument(
         "--batch",
         type=int,
