@@ -3121,6 +3121,82 @@ BEGIN
 END
 $$;
 
+CREATE OR REPLACE FUNCTION catbird.cb_complete_steps(flow_name text, step_name text, ids bigint[], outputs jsonb[],
+                                          attempts int[] = NULL)
+RETURNS bigint[]
+LANGUAGE plpgsql VOLATILE
+AS $$
+DECLARE
+    v_flow catbird.cb_flows := catbird._cb_flow(flow_name);
+    v_step catbird.cb_flow_steps := catbird._cb_flow_step(v_flow, step_name);
+    v_now timestamptz := catbird.cb_now();
+    v_dependents text[];
+    v_done bigint[];
+    v_runs bigint[];
+    v_canceled record;
+    v_run_id bigint;
+BEGIN
+    IF cardinality(ids) IS DISTINCT FROM cardinality(outputs)
+       OR (attempts IS NOT NULL AND cardinality(attempts) <> cardinality(ids)) THEN
+        RAISE EXCEPTION 'invalid arguments: ids, outputs (and attempts, when given) must have the same length'
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    IF v_step.step_type = 'generator' THEN
+        RAISE EXCEPTION 'step "%" is a generator: finish it with cb_complete_generator_step', step_name
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    -- Lock order is flow run, then its parts, runs in id order: concurrent
+    -- batches and single transitions cannot deadlock.
+    PERFORM FROM catbird.cb_flow_runs r
+    WHERE r.id IN (SELECT sr.flow_run_id FROM catbird.cb_step_runs sr
+                   WHERE sr.id = ANY (ids) AND sr.flow_id = v_flow.id AND sr.step_name = v_step.name)
+    ORDER BY r.id
+    FOR UPDATE OF r;
+    -- Reports for canceling runs cancel their step (and may finish the cancel).
+    FOR v_canceled IN
+        SELECT sr.id, sr.flow_run_id
+        FROM unnest(ids, cb_complete_steps.attempts) AS u(id, attempt)
+        JOIN catbird.cb_step_runs sr ON sr.id = u.id
+        JOIN catbird.cb_flow_runs r ON r.id = sr.flow_run_id
+        WHERE sr.id = ANY (ids) AND sr.flow_id = v_flow.id AND sr.step_name = v_step.name
+          AND sr.status = 'started' AND (u.attempt IS NULL OR sr.attempts = u.attempt)
+          AND r.status = 'canceling'
+        ORDER BY sr.flow_run_id, sr.id
+    LOOP
+        PERFORM catbird._cb_cancel_reported_step(v_canceled.flow_run_id, v_canceled.id);
+    END LOOP;
+    WITH done AS (
+        UPDATE catbird.cb_step_runs sr
+        SET status = 'completed', completed_at = v_now, output = coalesce(u.output, 'null'),
+            error_message = NULL, error_detail = NULL
+        FROM unnest(ids, outputs, cb_complete_steps.attempts) AS u(id, output, attempt)
+        -- sr.id = ANY keeps the plan on the primary key (see cb_complete_tasks)
+        WHERE sr.id = u.id AND sr.id = ANY (ids) AND sr.flow_id = v_flow.id AND sr.step_name = v_step.name
+          AND sr.status = 'started' AND (u.attempt IS NULL OR sr.attempts = u.attempt)
+        RETURNING sr.id, sr.flow_run_id
+    )
+    SELECT coalesce(array_agg(d.id ORDER BY d.id), '{}'),
+           coalesce(array_agg(DISTINCT d.flow_run_id ORDER BY d.flow_run_id), '{}')
+    INTO v_done, v_runs
+    FROM done d;
+    IF cardinality(v_runs) = 0 THEN
+        RETURN v_done;
+    END IF;
+    -- What _cb_resolve_dependents does per run, for all of them at once.
+    v_dependents := ARRAY(SELECT fs.name FROM catbird.cb_flow_steps fs
+                          WHERE fs.flow_id = v_flow.id AND v_step.name = ANY (fs.depends_on));
+    IF cardinality(v_dependents) > 0 THEN
+        UPDATE catbird.cb_step_runs sr
+        SET deps_remaining = sr.deps_remaining - 1
+        WHERE sr.flow_run_id = ANY (v_runs) AND sr.step_name = ANY (v_dependents);
+    END IF;
+    FOREACH v_run_id IN ARRAY v_runs LOOP
+        PERFORM catbird._cb_advance_flow_run(v_run_id);
+    END LOOP;
+    RETURN v_done;
+END
+$$;
+
 CREATE OR REPLACE FUNCTION catbird.cb_fail_step(flow_name text, step_name text, id bigint, error_message text,
                                      attempt int = NULL, max_retries int = NULL, backoff_min int = NULL,
                                      backoff_max int = NULL, retryable boolean = true, error_detail text = NULL)
