@@ -963,6 +963,48 @@ def test_complete_steps_cancels_the_steps_of_canceling_runs(conn):
     assert statuses(conn, "work", kept) == {"a": "completed", "b": "queued"}
 
 
+def test_complete_steps_advances_conditions_and_signals_like_single_completions(conn):
+    # Dependents that may be skipped or park for a signal take the run-by-run way.
+    create_flow(
+        conn,
+        "cond",
+        [
+            step("a"),
+            step("b", "a", condition='a.kind eq "big"'),
+            step("s", "a", signal=True),
+            step("c", "a", "b"),
+        ],
+    )
+    run_ids = [run_flow(conn, "cond", {}) for _ in range(2)]
+    a = sorted(claim(conn, "cond", "a"), key=lambda c: c["flow_run_id"])
+    assert len(complete_batch(conn, "cond", "a", a, [{"kind": "small"}, {"kind": "big"}])) == 2
+    assert statuses(conn, "cond", run_ids[0]) == {
+        "a": "completed",
+        "b": "skipped",
+        "s": "waiting_for_signal",
+        "c": "queued",
+    }
+    assert statuses(conn, "cond", run_ids[1]) == {
+        "a": "completed",
+        "b": "queued",
+        "s": "waiting_for_signal",
+        "c": "waiting_for_dependencies",
+    }
+
+
+def test_complete_steps_fails_a_finished_run_without_an_output_candidate(conn):
+    create_flow(
+        conn,
+        "maybe",
+        [step("a"), step("never", condition="input.go")],
+        output_priority=["never"],
+    )
+    run_id = run_flow(conn, "maybe", {})
+    assert complete_batch(conn, "maybe", "a", claim(conn, "maybe", "a"), ["A"]) != []
+    info = run_info(conn, "maybe", run_id)
+    assert info["status"] == "failed" and "no output candidate" in info["error_message"]
+
+
 def test_complete_steps_rejects_bad_arguments(conn):
     create_flow(conn, "diamond", DIAMOND)
     create_flow(conn, "gen", GENERATED)

@@ -3220,19 +3220,38 @@ AS $$
                 ELSE stored END
 $$;
 
--- Outputs of a step's completed dependencies, keyed by step name, without
--- ignore_output ones and without a reducer's source (read page by page).
+-- Outputs of a step's completed dependencies in each of the flow runs, keyed
+-- by step name, without ignore_output ones and without a reducer's source
+-- (read page by page): one row per flow run ({} for none). One call for a
+-- whole claim batch: a function call per row costs more than the query.
+-- Raises nothing.
+CREATE FUNCTION catbird._cb_dependency_outputs_of(flow_run_ids bigint[], step catbird.cb_flow_steps)
+RETURNS TABLE (flow_run_id bigint, outputs jsonb)
+LANGUAGE sql STABLE
+AS $$
+    SELECT r.id,
+           coalesce(jsonb_object_agg(d.step_name,
+                                     -- only item steps' outputs need assembling (_cb_step_output)
+                                     CASE WHEN d.step_type IN ('mapper', 'generator')
+                                          THEN catbird._cb_step_output(d.id, d.step_type, d.output)
+                                          ELSE d.output END)
+                        FILTER (WHERE d.id IS NOT NULL), '{}')
+    FROM unnest(flow_run_ids) AS r(id)
+    LEFT JOIN catbird.cb_step_runs d
+      ON d.flow_run_id = r.id
+     AND d.step_name = ANY (step.depends_on)
+     AND NOT d.step_name = ANY (step.ignore_output)
+     AND d.step_name IS DISTINCT FROM step.reduce_source
+     AND d.status = 'completed'
+    GROUP BY r.id
+$$;
+
+-- The dependency outputs (see _cb_dependency_outputs_of) of one flow run.
 -- Returns a jsonb object ({} for none); raises nothing.
 CREATE FUNCTION catbird._cb_dependency_outputs(flow_run_id bigint, step catbird.cb_flow_steps) RETURNS jsonb
 LANGUAGE sql STABLE
 AS $$
-    SELECT coalesce(jsonb_object_agg(d.step_name, catbird._cb_step_output(d.id, d.step_type, d.output)), '{}')
-    FROM catbird.cb_step_runs d
-    WHERE d.flow_run_id = $1
-      AND d.step_name = ANY (step.depends_on)
-      AND NOT d.step_name = ANY (step.ignore_output)
-      AND d.step_name IS DISTINCT FROM step.reduce_source
-      AND d.status = 'completed'
+    SELECT o.outputs FROM catbird._cb_dependency_outputs_of(ARRAY[flow_run_id], step) o
 $$;
 
 -- Marks a step resolved (completed or skipped): its dependents need one
@@ -3932,10 +3951,12 @@ BEGIN
         WHERE sr.id = c.id
         RETURNING sr.id, sr.flow_run_id, sr.attempts, sr.signal_input, sr.priority
     )
-    SELECT c.id, c.flow_run_id, c.attempts, r.input, catbird._cb_dependency_outputs(c.flow_run_id, v_step),
-           c.signal_input
+    SELECT c.id, c.flow_run_id, c.attempts, r.input, o.outputs, c.signal_input
     FROM claimed c
     JOIN catbird.cb_flow_runs r ON r.id = c.flow_run_id
+    -- dependency outputs of the whole batch in one call
+    JOIN catbird._cb_dependency_outputs_of((SELECT array_agg(x.flow_run_id) FROM claimed x), v_step) o
+      ON o.flow_run_id = c.flow_run_id
     ORDER BY c.priority DESC, c.id;
 END
 $$;
@@ -4046,7 +4067,10 @@ $$;
 -- under the given attempts (NULL attempts: any) with their outputs and
 -- advances their flow runs, as cb_complete_step does for each, with the flow
 -- and step resolved once, every flow run locked up front in id order, and the
--- step runs and their dependents written in one statement each. Step runs of
+-- step runs and their dependents written in one statement each; when every
+-- dependent is a plain step (no signal, condition or mapper) the runs are
+-- advanced set-based too (announcing catbird.step.queued and
+-- catbird.flow.completed as _cb_advance_flow_run does). Step runs of
 -- canceling flow runs are canceled instead. Returns the ids recorded
 -- (sorted); stale ones are left out. 42704 for an unknown flow or step; 22023
 -- for an invalid name, arrays of different lengths or a generator step.
@@ -4063,7 +4087,11 @@ DECLARE
     v_done bigint[];
     v_runs bigint[];
     v_canceled record;
+    v_queued record;
     v_run_id bigint;
+    v_finished bigint[];
+    v_outputs jsonb[];
+    v_no_output bigint[];
 BEGIN
     IF cardinality(ids) IS DISTINCT FROM cardinality(outputs)
        OR (attempts IS NOT NULL AND cardinality(attempts) <> cardinality(ids)) THEN
@@ -4119,9 +4147,66 @@ BEGIN
         SET deps_remaining = sr.deps_remaining - 1
         WHERE sr.flow_run_id = ANY (v_runs) AND sr.step_name = ANY (v_dependents);
     END IF;
-    FOREACH v_run_id IN ARRAY v_runs LOOP
-        PERFORM catbird._cb_advance_flow_run(v_run_id);
+    IF EXISTS (SELECT FROM catbird.cb_flow_steps fs
+               WHERE fs.flow_id = v_flow.id AND fs.name = ANY (v_dependents)
+                 AND (fs.signal OR fs.condition_expr IS NOT NULL OR fs.step_type = 'mapper')) THEN
+        -- A dependent may park, be skipped or fan out: run by run.
+        FOREACH v_run_id IN ARRAY v_runs LOOP
+            PERFORM catbird._cb_advance_flow_run(v_run_id);
+        END LOOP;
+        RETURN v_done;
+    END IF;
+    -- Every dependent is a plain step: what _cb_advance_flow_run would do for
+    -- each run comes down to queueing the dependents now ready and finishing
+    -- the runs whose steps are all completed or skipped, here for all runs at
+    -- once (one catbird.step.queued per step, as identical notifications of
+    -- one transaction are delivered once anyway).
+    v_runs := ARRAY(SELECT r.id FROM catbird.cb_flow_runs r
+                    WHERE r.id = ANY (v_runs) AND r.status = 'started' ORDER BY r.id);
+    FOR v_queued IN
+        WITH queued AS (
+            UPDATE catbird.cb_step_runs sr
+            SET status = 'queued', visible_at = greatest(v_now, r.visible_at)
+            FROM catbird.cb_flow_runs r
+            WHERE r.id = sr.flow_run_id AND sr.flow_run_id = ANY (v_runs) AND sr.step_name = ANY (v_dependents)
+              AND sr.status = 'waiting_for_dependencies' AND sr.deps_remaining = 0
+            RETURNING sr.step_name
+        )
+        SELECT DISTINCT q.step_name FROM queued q ORDER BY q.step_name
+    LOOP
+        PERFORM catbird._cb_notify('catbird.step.queued', v_flow.name || '/' || v_queued.step_name);
     END LOOP;
+    -- Finished runs complete with their first completed output_priority step;
+    -- a run without one goes through _cb_advance_flow_run, which fails it.
+    SELECT array_agg(f.id ORDER BY f.id) FILTER (WHERE f.step_name IS NOT NULL),
+           array_agg(f.output ORDER BY f.id) FILTER (WHERE f.step_name IS NOT NULL),
+           array_agg(f.id ORDER BY f.id) FILTER (WHERE f.step_name IS NULL)
+    INTO v_finished, v_outputs, v_no_output
+    FROM (
+        SELECT r.id, o.step_name, o.output
+        FROM unnest(v_runs) AS r(id)
+        LEFT JOIN LATERAL (
+            SELECT p.name AS step_name, catbird._cb_step_output(sr.id, sr.step_type, sr.output) AS output
+            FROM unnest(v_flow.output_priority) WITH ORDINALITY AS p(name, ord)
+            JOIN catbird.cb_step_runs sr ON sr.flow_run_id = r.id AND sr.step_name = p.name
+            WHERE sr.status = 'completed'
+            ORDER BY p.ord
+            LIMIT 1
+        ) o ON true
+        WHERE NOT EXISTS (SELECT FROM catbird.cb_step_runs sr
+                          WHERE sr.flow_run_id = r.id AND sr.status NOT IN ('completed', 'skipped'))
+    ) f;
+    IF v_finished IS NOT NULL THEN
+        UPDATE catbird.cb_flow_runs r SET status = 'completed', completed_at = v_now, output = u.output
+        FROM unnest(v_finished, v_outputs) AS u(id, output)
+        WHERE r.id = u.id;
+        PERFORM catbird._cb_notify('catbird.flow.completed', f::text) FROM unnest(v_finished) AS f;
+    END IF;
+    IF v_no_output IS NOT NULL THEN
+        FOREACH v_run_id IN ARRAY v_no_output LOOP
+            PERFORM catbird._cb_advance_flow_run(v_run_id);
+        END LOOP;
+    END IF;
     RETURN v_done;
 END
 $$;
