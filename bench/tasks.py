@@ -13,11 +13,22 @@ all of them run in the same invocation with the same no-op workload:
 
 (a) **throughput**: enqueue ``--runs`` jobs in batches of 1,000 with each
     system's batch enqueue call (catbird: ``run_tasks``, i.e. the batch
-    ``cb_run_task``), then start one worker process and time the drain: from the
-    first handler call (reported by the worker process) until the parent sees
-    no queued or running job left in the database (polled every 10 ms). Each
-    round drains a fresh batch; the best round counts (the best of each system,
-    so none is penalised by a one-off hiccup).
+    ``cb_run_task``), VACUUM (ANALYZE) and CHECKPOINT that system's database
+    (so no round pays for the dead rows of the previous ones, or for a
+    checkpoint or autovacuum falling into its drain), then start one worker
+    process and time the drain: from the first handler call (reported by the
+    worker process) until the parent sees no queued or running job left in
+    the database (a cheap EXISTS every 10 ms, its backend left out of the CPU
+    figures). Each round drains a fresh batch; every round's figures are
+    printed, the median of rounds is the headline and the per-round ratios
+    (catbird's round i against the peer's round i) show a collapsed round.
+    Each round also drains the **raw ceiling** of the same shape: a job table
+    with a partial claim index, claimed ``--batch`` at a time with ``FOR
+    UPDATE SKIP LOCKED`` and marked done with one UPDATE per batch (two
+    commits per batch, no handler, one client, claims with
+    ``synchronous_commit = off`` as catbird's worker does); "÷ raw" is each
+    system's throughput divided by it. CPU per job (server processes + worker
+    process, from /proc) is split server / client.
 (b) **pickup latency** at low load: the worker is idle, the parent enqueues one
     job at a time (every 5-15 ms, one statement each) and the handler records
     ``time.time()`` when it starts; latency = handler start - the moment just
@@ -484,6 +495,7 @@ async def measure_raw(raw: RawCeiling, runs: int, batch: int) -> Throughput:
     for i in range(0, runs, ENQUEUE_BATCH):
         await raw.enqueue_many(numbers[i : i + ENQUEUE_BATCH])
     enqueue_rate = runs / (time.perf_counter() - t0)
+    await settle(raw.dsn)
     postmaster = await raw.postmaster_pid()
     server0 = _server_cpu(postmaster)
     client0 = _proc_stat(os.getpid())
@@ -589,6 +601,16 @@ async def _drained(system: System, timeout: float) -> float:
         await asyncio.sleep(0.01)
 
 
+async def settle(dsn: str) -> None:
+    """VACUUM (ANALYZE) the system's database and CHECKPOINT: every drain starts
+    with the previous rounds' dead rows gone and no checkpoint or autovacuum
+    due, the same for every system (without this, round 3 pays for rounds 1-2)."""
+    async with await psycopg.AsyncConnection.connect(dsn, autocommit=True) as conn:
+        await conn.execute("VACUUM (ANALYZE)")
+        with contextlib.suppress(psycopg.errors.InsufficientPrivilege):
+            await conn.execute("CHECKPOINT")
+
+
 async def measure_throughput(
     system: System, runs: int, timeout: float, settings: Settings
 ) -> Throughput:
@@ -597,6 +619,7 @@ async def measure_throughput(
     for i in range(0, runs, ENQUEUE_BATCH):
         await system.enqueue_many(numbers[i : i + ENQUEUE_BATCH])
     enqueue_rate = runs / (time.perf_counter() - t0)
+    await settle(system.dsn)
     consumer = Consumer(system.name, system.dsn, "throughput", settings)
     await consumer.ready()
     postmaster = await system.postmaster_pid()
