@@ -861,7 +861,12 @@ def test_complete_map_tasks_checks_its_arrays(conn):
 
 
 def complete_batch(
-    conn, flow: str, step_name: str, claims: list[dict[str, Any]], outputs: list[Any], **options: Any
+    conn,
+    flow: str,
+    step_name: str,
+    claims: list[dict[str, Any]],
+    outputs: list[Any],
+    **options: Any,
 ) -> list[int]:
     """cb_complete_steps of claims (their attempts, unless ``attempts`` is given)."""
     options.setdefault("attempts", [c["attempts"] for c in claims])
