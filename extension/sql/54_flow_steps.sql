@@ -19,6 +19,10 @@
 --     (_cb_fail_lapsed_work): a crash loop ends with a "lease expired" error.
 --   * A report for a step of a canceling run cancels that step (and finishes
 --     the cancel when it was the last started work).
+--   * Batch completions and lease renewals join the given ids with the run
+--     table with enable_nestloop off: statistics taken while every run was
+--     queued make the planner expect no started run and rescan unnest once
+--     per row (40 ms instead of 4 ms for 250 runs).
 
 -- Claims up to quantity runs of one step of a flow: queued, or started with
 -- the lease (visible_at) lapsed, in started flow runs (not expired before
@@ -74,9 +78,11 @@ $$;
 -- from now; with attempts (one per id) only claims still held under those
 -- attempts. Returns nothing. 42704 for an unknown flow or step; 22023 for an
 -- invalid name, hide_for < 1 or attempts of another length than ids.
+-- Runs with enable_nestloop off (see the guarantees above).
 CREATE FUNCTION catbird.cb_hide_steps(flow_name text, step_name text, ids bigint[], hide_for int,
                                       attempts int[] = NULL) RETURNS void
 LANGUAGE plpgsql VOLATILE
+SET enable_nestloop = off
 AS $$
 DECLARE
     v_flow catbird.cb_flows := catbird._cb_flow(flow_name);
@@ -183,10 +189,12 @@ $$;
 -- canceling flow runs are canceled instead. Returns the ids recorded
 -- (sorted); stale ones are left out. 42704 for an unknown flow or step; 22023
 -- for an invalid name, arrays of different lengths or a generator step.
+-- Runs with enable_nestloop off (see the guarantees above).
 CREATE FUNCTION catbird.cb_complete_steps(flow_name text, step_name text, ids bigint[], outputs jsonb[],
                                           attempts int[] = NULL)
 RETURNS bigint[]
 LANGUAGE plpgsql VOLATILE
+SET enable_nestloop = off
 AS $$
 DECLARE
     v_flow catbird.cb_flows := catbird._cb_flow(flow_name);

@@ -1953,6 +1953,7 @@ $$;
 
 CREATE OR REPLACE FUNCTION catbird.cb_hide_tasks(name text, ids bigint[], hide_for int, attempts int[] = NULL) RETURNS void
 LANGUAGE plpgsql VOLATILE
+SET enable_nestloop = off
 AS $$
 DECLARE
     v_task catbird.cb_tasks := catbird._cb_task(name);
@@ -1970,6 +1971,7 @@ $$;
 CREATE OR REPLACE FUNCTION catbird.cb_complete_tasks(name text, run_ids bigint[], outputs jsonb[], attempts int[] = NULL)
 RETURNS bigint[]
 LANGUAGE plpgsql VOLATILE
+SET enable_nestloop = off
 AS $$
 DECLARE
     v_task catbird.cb_tasks := catbird._cb_task(name);
@@ -3058,6 +3060,7 @@ $$;
 CREATE OR REPLACE FUNCTION catbird.cb_hide_steps(flow_name text, step_name text, ids bigint[], hide_for int,
                                       attempts int[] = NULL) RETURNS void
 LANGUAGE plpgsql VOLATILE
+SET enable_nestloop = off
 AS $$
 DECLARE
     v_flow catbird.cb_flows := catbird._cb_flow(flow_name);
@@ -3142,6 +3145,7 @@ CREATE OR REPLACE FUNCTION catbird.cb_complete_steps(flow_name text, step_name t
                                           attempts int[] = NULL)
 RETURNS bigint[]
 LANGUAGE plpgsql VOLATILE
+SET enable_nestloop = off
 AS $$
 DECLARE
     v_flow catbird.cb_flows := catbird._cb_flow(flow_name);
@@ -3368,6 +3372,7 @@ $$;
 CREATE OR REPLACE FUNCTION catbird.cb_hide_map_tasks(flow_name text, step_name text, ids bigint[], hide_for int,
                                           attempts int[] = NULL) RETURNS void
 LANGUAGE plpgsql VOLATILE
+SET enable_nestloop = off
 AS $$
 DECLARE
     v_flow catbird.cb_flows := catbird._cb_flow(flow_name);
@@ -3406,6 +3411,7 @@ CREATE OR REPLACE FUNCTION catbird.cb_complete_map_tasks(flow_name text, step_na
                                               attempts int[] = NULL)
 RETURNS void
 LANGUAGE plpgsql VOLATILE
+SET enable_nestloop = off
 AS $$
 DECLARE
     v_flow catbird.cb_flows := catbird._cb_flow(flow_name);

@@ -2369,6 +2369,10 @@ $$;
 --     and is never handed out.
 --   * Claims, completions, failures and lease renewal are static SQL (cached
 --     plans); on-fail outcomes are thin over 38_runs.
+--   * Batch completions and lease renewals join the given ids with the run
+--     table with enable_nestloop off: statistics taken while every run was
+--     queued make the planner expect no started run and rescan unnest once
+--     per row (40 ms instead of 4 ms for 250 runs).
 
 -- Claims up to quantity runs of a task: queued runs, and started runs whose
 -- lease (visible_at) lapsed, highest priority first, then oldest. Each claim
@@ -2452,8 +2456,10 @@ $$;
 -- now; with attempts (one per id) only runs still started under those claims.
 -- Returns nothing. 42704 for an unknown task; 22023 for an invalid name,
 -- hide_for < 1 or attempts of another length than ids.
+-- Runs with enable_nestloop off (see the guarantees above).
 CREATE FUNCTION catbird.cb_hide_tasks(name text, ids bigint[], hide_for int, attempts int[] = NULL) RETURNS void
 LANGUAGE plpgsql VOLATILE
+SET enable_nestloop = off
 AS $$
 DECLARE
     v_task catbird.cb_tasks := catbird._cb_task(name);
@@ -2472,9 +2478,11 @@ $$;
 -- given attempts (NULL attempts: any) and announces catbird.task.completed.
 -- Returns the ids recorded (sorted); stale runs are left out. 42704 for an
 -- unknown task; 22023 for an invalid name or arrays of different lengths.
+-- Runs with enable_nestloop off (see the guarantees above).
 CREATE FUNCTION catbird.cb_complete_tasks(name text, run_ids bigint[], outputs jsonb[], attempts int[] = NULL)
 RETURNS bigint[]
 LANGUAGE plpgsql VOLATILE
+SET enable_nestloop = off
 AS $$
 DECLARE
     v_task catbird.cb_tasks := catbird._cb_task(name);
@@ -3910,6 +3918,10 @@ AS $$ SELECT catbird._cb_clear_runs('flow', catbird._cb_definition_id('flow', cb
 --     (_cb_fail_lapsed_work): a crash loop ends with a "lease expired" error.
 --   * A report for a step of a canceling run cancels that step (and finishes
 --     the cancel when it was the last started work).
+--   * Batch completions and lease renewals join the given ids with the run
+--     table with enable_nestloop off: statistics taken while every run was
+--     queued make the planner expect no started run and rescan unnest once
+--     per row (40 ms instead of 4 ms for 250 runs).
 
 -- Claims up to quantity runs of one step of a flow: queued, or started with
 -- the lease (visible_at) lapsed, in started flow runs (not expired before
@@ -3965,9 +3977,11 @@ $$;
 -- from now; with attempts (one per id) only claims still held under those
 -- attempts. Returns nothing. 42704 for an unknown flow or step; 22023 for an
 -- invalid name, hide_for < 1 or attempts of another length than ids.
+-- Runs with enable_nestloop off (see the guarantees above).
 CREATE FUNCTION catbird.cb_hide_steps(flow_name text, step_name text, ids bigint[], hide_for int,
                                       attempts int[] = NULL) RETURNS void
 LANGUAGE plpgsql VOLATILE
+SET enable_nestloop = off
 AS $$
 DECLARE
     v_flow catbird.cb_flows := catbird._cb_flow(flow_name);
@@ -4074,10 +4088,12 @@ $$;
 -- canceling flow runs are canceled instead. Returns the ids recorded
 -- (sorted); stale ones are left out. 42704 for an unknown flow or step; 22023
 -- for an invalid name, arrays of different lengths or a generator step.
+-- Runs with enable_nestloop off (see the guarantees above).
 CREATE FUNCTION catbird.cb_complete_steps(flow_name text, step_name text, ids bigint[], outputs jsonb[],
                                           attempts int[] = NULL)
 RETURNS bigint[]
 LANGUAGE plpgsql VOLATILE
+SET enable_nestloop = off
 AS $$
 DECLARE
     v_flow catbird.cb_flows := catbird._cb_flow(flow_name);
@@ -4277,6 +4293,10 @@ $$;
 --   * A claim first fails the step's lapsed items that used their attempts
 --     (_cb_fail_lapsed_work); a failure uses the step's stored policy when
 --     the call gives none.
+--   * Batch completions and lease renewals join the given ids with the run
+--     table with enable_nestloop off: statistics taken while every run was
+--     queued make the planner expect no started run and rescan unnest once
+--     per row (40 ms instead of 4 ms for 250 runs).
 
 -- Claims up to quantity items of a mapper or generator step, like
 -- cb_claim_steps: each claim increments the item's attempts and holds it for
@@ -4340,9 +4360,11 @@ $$;
 -- Lease renewal for items, as cb_hide_steps. Returns nothing. 42704 for an
 -- unknown flow or step; 22023 for an invalid name, hide_for < 1 or attempts
 -- of another length than ids.
+-- Runs with enable_nestloop off (see the guarantees above).
 CREATE FUNCTION catbird.cb_hide_map_tasks(flow_name text, step_name text, ids bigint[], hide_for int,
                                           attempts int[] = NULL) RETURNS void
 LANGUAGE plpgsql VOLATILE
+SET enable_nestloop = off
 AS $$
 DECLARE
     v_flow catbird.cb_flows := catbird._cb_flow(flow_name);
@@ -4385,10 +4407,12 @@ $$;
 -- items are all done completes. Items of canceling runs are canceled.
 -- Returns nothing; stale items are left out. 42704 for an unknown flow or
 -- step; 22023 for an invalid name or arrays of different lengths.
+-- Runs with enable_nestloop off (see the guarantees above).
 CREATE FUNCTION catbird.cb_complete_map_tasks(flow_name text, step_name text, ids bigint[], outputs jsonb[],
                                               attempts int[] = NULL)
 RETURNS void
 LANGUAGE plpgsql VOLATILE
+SET enable_nestloop = off
 AS $$
 DECLARE
     v_flow catbird.cb_flows := catbird._cb_flow(flow_name);
