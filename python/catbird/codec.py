@@ -141,6 +141,8 @@ def dumps(value: Any) -> str:
     for values JSON cannot represent and ``ValueError`` for NaN/infinity and
     for NUL characters, which ``jsonb`` refuses.
     """
+    if value is None:
+        return "null"  # what most handlers return: not worth an encoder call
     try:
         # Plain JSON values (the common case) are encoded as they are; only
         # the others go through to_json_value, by the default hook.
