@@ -512,3 +512,36 @@ def machine_summary() -> str:
                 mem = f"{int(text_line.split()[1]) / 1024 / 1024:.0f} GiB"
                 break
     return f"{os.cpu_count()} CPU ({model}), {mem} RAM"
+
+
+# --------------------------------------------------------------------------- CPU of processes
+
+
+def process_parent_and_cpu(pid: int) -> tuple[int, float] | None:
+    """(parent pid, CPU seconds user + system) of a local process, from /proc; None if gone."""
+    try:
+        text = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    fields = text[text.rindex(")") + 2 :].split()
+    return int(fields[1]), (int(fields[11]) + int(fields[12])) / _CLOCK_TICKS
+
+
+def server_processes_cpu(postmaster: int | None, exclude: int | None = None) -> dict[int, float]:
+    """CPU seconds of every process of a local server (the postmaster's children:
+    backends, walwriter, checkpointer, autovacuum), but ``exclude`` (the
+    benchmark's own polling backend)."""
+    if postmaster is None:
+        return {}
+    out: dict[int, float] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit() and int(entry.name) != exclude:
+            st = process_parent_and_cpu(int(entry.name))
+            if st is not None and st[0] == postmaster:
+                out[int(entry.name)] = st[1]
+    return out
+
+
+def cpu_used(before: dict[int, float], after: dict[int, float]) -> float:
+    """CPU seconds the processes of ``after`` used since ``before`` (new ones: all of theirs)."""
+    return sum(v - before.get(pid, 0.0) for pid, v in after.items())

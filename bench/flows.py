@@ -45,11 +45,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _common import (
     connect,
+    cpu_used,
     fmt_rate,
     fmt_ratio,
     load_average,
     machine_summary,
+    median,
     print_table,
+    process_parent_and_cpu,
+    server_processes_cpu,
     server_version,
     start_server,
 )
@@ -198,19 +202,34 @@ class Result:
     peak_rss_kib: int = 0
     baseline_rss_kib: int = 0
     rows: dict[str, int] | None = None
+    server_cpu: float = float("nan")
+    """CPU seconds of the server's processes during the drain (the poll excluded)."""
+    worker_cpu: float = float("nan")
+    """CPU seconds of the worker process during the drain."""
+
+    @property
+    def cpu_per_call(self) -> float:
+        """CPU µs per handler call, server and worker."""
+        return (self.server_cpu + self.worker_cpu) / self.calls * 1e6
 
     @property
     def rate(self) -> float:
         return self.calls / self.seconds if self.seconds > 0 else float("nan")
 
 
-def _pending(conn: Any, scenario: str) -> int:
+def _pending(conn: Any, scenario: str) -> bool:
+    """Whether work is left (a cheap EXISTS: asked every 10 ms)."""
     if scenario == "task":
-        sql = "SELECT count(*) FROM catbird.cb_task_runs WHERE status IN ('queued', 'started')"
+        sql = (
+            "SELECT EXISTS (SELECT FROM catbird.cb_task_runs WHERE status IN ('queued', 'started'))"
+        )
     else:
-        sql = "SELECT count(*) FROM catbird.cb_flow_runs WHERE status IN ('started', 'canceling')"
+        sql = (
+            "SELECT EXISTS (SELECT FROM catbird.cb_flow_runs"
+            " WHERE status IN ('started', 'canceling'))"
+        )
     row = conn.execute(sql).fetchone()
-    return int(row[0])
+    return bool(row[0])
 
 
 def _row_sizes(conn: Any) -> dict[str, int]:
@@ -243,13 +262,22 @@ def run_scenario(dsn: str, scenario: str, target: str, inputs: list[Any], calls:
         proc.start()
         kind, baseline = parent.recv()
         assert kind == "ready"
+        poller = conn.info.backend_pid
+        postmaster = (process_parent_and_cpu(poller) or (None, 0.0))[0]
+        server0 = server_processes_cpu(postmaster, poller)
+        worker0 = process_parent_and_cpu(proc.pid or 0)
         parent.send("go")
         deadline = time.monotonic() + 600
-        while _pending(conn, scenario) > 0:
+        while _pending(conn, scenario):
             if time.monotonic() > deadline:
                 raise RuntimeError(f"{scenario}: not drained after 600 s")
             time.sleep(0.01)
         end = time.time()
+        server_cpu = cpu_used(server0, server_processes_cpu(postmaster, poller))
+        worker1 = process_parent_and_cpu(proc.pid or 0)
+        worker_cpu = (
+            worker1[1] - worker0[1] if worker0 is not None and worker1 is not None else float("nan")
+        )
         parent.send("stop")
         kind, peak, baseline = parent.recv()
         proc.join(30)
@@ -262,7 +290,9 @@ def run_scenario(dsn: str, scenario: str, target: str, inputs: list[Any], calls:
             assert failed is not None and failed[0] == 0, (
                 f"{scenario}: {failed[0]} runs not completed"
             )
-        return Result(scenario, calls, seconds, peak, baseline, rows)
+        return Result(
+            scenario, calls, seconds, peak, baseline, rows, server_cpu or float("nan"), worker_cpu
+        )
     finally:
         client.close()
         conn.close()
@@ -357,21 +387,31 @@ def main() -> None:
         )
 
         best: dict[str, Result] = {}
+        cpu: dict[str, list[Result]] = {}
         for round_no in range(args.rounds):
             for name, target, per in SCENARIOS:
                 n = args.runs * 5 if name in ("task", "flow-1") else args.runs
                 result = run_scenario(server.dsn, name, target, list(range(n)), n * per)
                 print(
                     f"round {round_no + 1} {name}: {result.rate:,.0f} calls/s "
-                    f"({result.calls} in {result.seconds:.2f} s)",
+                    f"({result.calls} in {result.seconds:.2f} s), CPU µs/call"
+                    f" {result.cpu_per_call:,.0f}"
+                    f" (server {result.server_cpu / result.calls * 1e6:,.0f},"
+                    f" worker {result.worker_cpu / result.calls * 1e6:,.0f})",
                     flush=True,
                 )
+                cpu.setdefault(name, []).append(result)
                 if name not in best or result.rate > best[name].rate:
                     best[name] = result
             result = run_scenario(
                 server.dsn, "map", "bench_map", [list(range(args.items))], args.items
             )
-            print(f"round {round_no + 1} map: {result.rate:,.0f} items/s", flush=True)
+            print(
+                f"round {round_no + 1} map: {result.rate:,.0f} items/s,"
+                f" CPU µs/item {result.cpu_per_call:,.0f}",
+                flush=True,
+            )
+            cpu.setdefault("map", []).append(result)
             if "map" not in best or result.rate > best["map"].rate:
                 best["map"] = result
 
@@ -386,6 +426,13 @@ def main() -> None:
             right=(1, 2),
         )
         task_rate = best["task"].rate
+
+        def med_cpu(name: str, part: str | None = None) -> float:
+            rounds = cpu[name]
+            if part is None:
+                return median([r.cpu_per_call for r in rounds])
+            return median([getattr(r, part) / r.calls * 1e6 for r in rounds])
+
         rows = []
         for name in ("task", "flow-1", "chain-3", "diamond", "map"):
             r = best[name]
@@ -399,14 +446,31 @@ def main() -> None:
                     fmt_rate(r.rate),
                     runs,
                     fmt_ratio(task_rate / r.rate),
+                    f"{med_cpu(name):,.0f}",
+                    f"{med_cpu(name, 'server_cpu'):,.0f} / {med_cpu(name, 'worker_cpu'):,.0f}",
+                    fmt_ratio(med_cpu(name) / med_cpu("task")),
                 ]
             )
         print_table(
-            "Throughput (best round)",
-            ["scenario", "handler calls", "seconds", "steps/s", "runs/s", "overhead vs task"],
+            "Throughput (best round) and CPU per handler call (median of rounds)",
+            [
+                "scenario",
+                "handler calls",
+                "seconds",
+                "steps/s",
+                "runs/s",
+                "time vs task",
+                "CPU µs/call",
+                "server / worker",
+                "CPU vs task",
+            ],
             rows,
-            right=(1, 2, 3, 4, 5),
-            notes=["overhead vs task = time per handler call / the task's (1.00 = same cost)."],
+            right=(1, 2, 3, 4, 5, 6, 7, 8),
+            notes=[
+                "time vs task = time per handler call / the task's (1.00 = same cost);"
+                " CPU vs task likewise for CPU per handler call (server processes + worker"
+                " process, from /proc; robust to other load on the machine)."
+            ],
         )
         m = best["map"]
         sizes = m.rows or {}

@@ -1,7 +1,8 @@
 """Task benchmark: catbird's Worker against pgqueuer and procrastinate, end to end.
 
 Run:  python bench/tasks.py [--dsn DSN] [--runs 20000] [--samples 300] [--rounds 2]
-                            [--skip-peers] [--quick]
+                            [--skip-peers] [--peers pgqueuer,procrastinate]
+                            [--batch 250] [--quick]
 
 The peers are measured when they are importable (``pip install pgqueuer
 asyncpg procrastinate``; a virtualenv created with ``--system-site-packages``
@@ -12,11 +13,22 @@ all of them run in the same invocation with the same no-op workload:
 
 (a) **throughput**: enqueue ``--runs`` jobs in batches of 1,000 with each
     system's batch enqueue call (catbird: ``run_tasks``, i.e. the batch
-    ``cb_run_task``), then start one worker process and time the drain: from the
-    first handler call (reported by the worker process) until the parent sees
-    no queued or running job left in the database (polled every 10 ms). Each
-    round drains a fresh batch; the best round counts (the best of each system,
-    so none is penalised by a one-off hiccup).
+    ``cb_run_task``), VACUUM (ANALYZE) and CHECKPOINT that system's database
+    (so no round pays for the dead rows of the previous ones, or for a
+    checkpoint or autovacuum falling into its drain), then start one worker
+    process and time the drain: from the first handler call (reported by the
+    worker process) until the parent sees no queued or running job left in
+    the database (a cheap EXISTS every 10 ms, its backend left out of the CPU
+    figures). Each round drains a fresh batch; every round's figures are
+    printed, the median of rounds is the headline and the per-round ratios
+    (catbird's round i against the peer's round i) show a collapsed round.
+    Each round also drains the **raw ceiling** of the same shape: a job table
+    with a partial claim index, claimed ``--batch`` at a time with ``FOR
+    UPDATE SKIP LOCKED`` and marked done with one UPDATE per batch (two
+    commits per batch, no handler, one client, claims with
+    ``synchronous_commit = off`` as catbird's worker does); "÷ raw" is each
+    system's throughput divided by it. CPU per job (server processes + worker
+    process, from /proc) is split server / client.
 (b) **pickup latency** at low load: the worker is idle, the parent enqueues one
     job at a time (every 5-15 ms, one statement each) and the handler records
     ``time.time()`` when it starts; latency = handler start - the moment just
@@ -65,6 +77,7 @@ from _common import (
     fmt_ms,
     fmt_rate,
     fmt_ratio,
+    load_average,
     machine_summary,
     median,
     percentile,
@@ -277,8 +290,9 @@ class System(abc.ABC):
         """Enqueue one no-op job (for pickup latency)."""
 
     @abc.abstractmethod
-    async def pending(self) -> int:
-        """Runs not yet done."""
+    async def pending(self) -> bool:
+        """Whether a run is not done yet (a cheap EXISTS: the parent asks every 10 ms,
+        and its backend's CPU is left out of the system's)."""
 
     @abc.abstractmethod
     async def backend_pid(self) -> int:
@@ -296,16 +310,16 @@ class System(abc.ABC):
 class _PsycopgCounted(System):
     """A system whose pending runs the parent counts on a psycopg connection of its own."""
 
-    #: Counts the runs not yet done.
+    #: Whether a run is not done yet.
     pending_query: ClassVar[LiteralString]
 
     async def connect_counter(self) -> None:
         self.conn = await psycopg.AsyncConnection.connect(self.dsn, autocommit=True)
 
-    async def pending(self) -> int:
+    async def pending(self) -> bool:
         cur = await self.conn.execute(self.pending_query)
         row = await cur.fetchone()
-        return int(row[0]) if row else 0
+        return bool(row and row[0])
 
     async def backend_pid(self) -> int:
         return self.conn.info.backend_pid
@@ -317,7 +331,7 @@ class _PsycopgCounted(System):
 class Catbird(_PsycopgCounted):
     name = "catbird"
     pending_query = (
-        "SELECT count(*) FROM catbird.cb_task_runs WHERE status IN ('queued', 'started')"
+        "SELECT EXISTS (SELECT FROM catbird.cb_task_runs WHERE status IN ('queued', 'started'))"
     )
 
     async def setup(self) -> None:
@@ -357,8 +371,8 @@ class Pgqueuer(System):
     async def enqueue_one(self, n: int) -> None:
         await self.queries.enqueue(TASK, str(n).encode(), 0)
 
-    async def pending(self) -> int:
-        return int(await self.pg.fetchval("SELECT count(*) FROM pgqueuer"))
+    async def pending(self) -> bool:
+        return bool(await self.pg.fetchval("SELECT EXISTS (SELECT FROM pgqueuer)"))
 
     async def backend_pid(self) -> int:
         return int(await self.pg.fetchval("SELECT pg_backend_pid()"))
@@ -369,7 +383,9 @@ class Pgqueuer(System):
 
 class Procrastinate(_PsycopgCounted):
     name = "procrastinate"
-    pending_query = "SELECT count(*) FROM procrastinate_jobs WHERE status IN ('todo', 'doing')"
+    pending_query = (
+        "SELECT EXISTS (SELECT FROM procrastinate_jobs WHERE status IN ('todo', 'doing'))"
+    )
 
     async def setup(self) -> None:
         import procrastinate
@@ -394,6 +410,111 @@ class Procrastinate(_PsycopgCounted):
     async def close(self) -> None:
         await self.app.close_async()
         await super().close()
+
+
+class RawCeiling:
+    """The raw PostgreSQL ceiling of catbird's task shape, from one client.
+
+    A job table with what a claim needs (status, attempts, visibility, input,
+    output) and a partial claim index; the drain claims a batch with
+    ``FOR UPDATE SKIP LOCKED`` (status, attempts, lease in one UPDATE) and marks
+    it done with one UPDATE per batch: two commits per batch, no handler, no
+    pipelining. As in catbird's worker, the claim commits with
+    ``synchronous_commit = off`` and the completion durably.
+    """
+
+    name = "raw"
+
+    def __init__(self, dsn: str) -> None:
+        self.dsn = dsn
+
+    async def setup(self) -> None:
+        self.claims = await psycopg.AsyncConnection.connect(
+            self.dsn, autocommit=True, prepare_threshold=0
+        )
+        self.outcomes = await psycopg.AsyncConnection.connect(
+            self.dsn, autocommit=True, prepare_threshold=0
+        )
+        await self.claims.execute("SET synchronous_commit = off")
+        await self.outcomes.execute(
+            "CREATE TABLE IF NOT EXISTS raw_jobs ("
+            " id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,"
+            " status text NOT NULL DEFAULT 'queued', attempts int NOT NULL DEFAULT 0,"
+            " visible_at timestamptz NOT NULL DEFAULT now(), input jsonb NOT NULL, output jsonb)"
+        )
+        await self.outcomes.execute(
+            "CREATE INDEX IF NOT EXISTS raw_jobs_claim_idx ON raw_jobs (visible_at, id)"
+            " WHERE status IN ('queued', 'started')"
+        )
+
+    async def enqueue_many(self, numbers: list[int]) -> None:
+        await self.outcomes.execute(
+            "INSERT INTO raw_jobs (input) SELECT to_jsonb(n) FROM unnest(%s::int[]) AS n",
+            (numbers,),
+        )
+
+    async def drain(self, batch: int) -> None:
+        claim = (
+            "WITH c AS (SELECT id FROM raw_jobs WHERE status IN ('queued', 'started')"
+            " AND visible_at <= now() ORDER BY visible_at, id LIMIT %s FOR UPDATE SKIP LOCKED)"
+            " UPDATE raw_jobs r SET status = 'started', attempts = r.attempts + 1,"
+            " visible_at = now() + interval '30 s' FROM c WHERE r.id = c.id"
+            " RETURNING r.id, r.attempts, r.input"
+        )
+        done = (
+            "UPDATE raw_jobs SET status = 'completed', output = 'null'"
+            " WHERE id = ANY(%s) AND status = 'started'"
+        )
+        while True:
+            cur = await self.claims.execute(claim, (batch,))
+            rows = await cur.fetchall()
+            if not rows:
+                return
+            await self.outcomes.execute(done, ([r[0] for r in rows],))
+
+    async def pending(self) -> bool:
+        cur = await self.outcomes.execute(
+            "SELECT EXISTS (SELECT FROM raw_jobs WHERE status IN ('queued', 'started'))"
+        )
+        row = await cur.fetchone()
+        return bool(row and row[0])
+
+    async def postmaster_pid(self) -> int | None:
+        st = _proc_stat(self.outcomes.info.backend_pid)
+        return st[0] if st is not None else None
+
+    async def close(self) -> None:
+        await self.claims.close()
+        await self.outcomes.close()
+
+
+async def measure_raw(raw: RawCeiling, runs: int, batch: int) -> Throughput:
+    """The raw ceiling's drain of ``runs`` jobs, measured as the systems' drains are."""
+    numbers = list(range(runs))
+    t0 = time.perf_counter()
+    for i in range(0, runs, ENQUEUE_BATCH):
+        await raw.enqueue_many(numbers[i : i + ENQUEUE_BATCH])
+    enqueue_rate = runs / (time.perf_counter() - t0)
+    await settle(raw.dsn)
+    postmaster = await raw.postmaster_pid()
+    server0 = _server_cpu(postmaster)
+    client0 = _proc_stat(os.getpid())
+    start = time.time()
+    await raw.drain(batch)
+    elapsed = time.time() - start
+    server1 = _server_cpu(postmaster)
+    client1 = _proc_stat(os.getpid())
+    if await raw.pending():
+        raise RuntimeError("raw: jobs left after the drain")
+    server_cpu = client_cpu = float("nan")
+    if server1 and client0 is not None and client1 is not None:
+        server_cpu = sum(v - server0.get(pid, 0.0) for pid, v in server1.items()) / runs
+        client_cpu = (client1[1] - client0[1]) / runs
+    result = Throughput(
+        enqueue_rate, runs / elapsed, 0, server_cpu + client_cpu, server_cpu, client_cpu
+    )
+    print(f"  [raw: {_describe_round(result)}]", file=sys.stderr, flush=True)
+    return result
 
 
 # ============================================================================ driver
@@ -436,6 +557,11 @@ class Throughput:
     """Handler calls beyond one per job (a job executed more than once)."""
     cpu_per_run: float
     """CPU seconds per job used by the server's processes and the worker process."""
+    server_cpu_per_run: float = float("nan")
+    """The server's share of :attr:`cpu_per_run` (all its processes: backends,
+    walwriter, checkpointer, autovacuum)."""
+    worker_cpu_per_run: float = float("nan")
+    """The worker (client) process's share of :attr:`cpu_per_run`."""
 
 
 _TICK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
@@ -451,13 +577,14 @@ def _proc_stat(pid: int) -> tuple[int, float] | None:
     return int(fields[1]), (int(fields[11]) + int(fields[12])) / _TICK
 
 
-def _server_cpu(postmaster: int | None) -> dict[int, float]:
-    """CPU seconds of every process of the server (the postmaster's children)."""
+def _server_cpu(postmaster: int | None, harness: int | None = None) -> dict[int, float]:
+    """CPU seconds of every process of the server (the postmaster's children),
+    but the benchmark's own backend ``harness``."""
     if postmaster is None:
         return {}
     out: dict[int, float] = {}
     for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
+        if entry.name.isdigit() and int(entry.name) != harness:
             st = _proc_stat(int(entry.name))
             if st is not None and st[0] == postmaster:
                 out[int(entry.name)] = st[1]
@@ -467,11 +594,21 @@ def _server_cpu(postmaster: int | None) -> dict[int, float]:
 async def _drained(system: System, timeout: float) -> float:
     deadline = time.monotonic() + timeout
     while True:
-        if await system.pending() == 0:
+        if not await system.pending():
             return time.time()
         if time.monotonic() > deadline:
             raise RuntimeError(f"{system.name}: not drained after {timeout:.0f} s")
         await asyncio.sleep(0.01)
+
+
+async def settle(dsn: str) -> None:
+    """VACUUM (ANALYZE) the system's database and CHECKPOINT: every drain starts
+    with the previous rounds' dead rows gone and no checkpoint or autovacuum
+    due, the same for every system (without this, round 3 pays for rounds 1-2)."""
+    async with await psycopg.AsyncConnection.connect(dsn, autocommit=True) as conn:
+        await conn.execute("VACUUM (ANALYZE)")
+        with contextlib.suppress(psycopg.errors.InsufficientPrivilege):
+            await conn.execute("CHECKPOINT")
 
 
 async def measure_throughput(
@@ -482,25 +619,43 @@ async def measure_throughput(
     for i in range(0, runs, ENQUEUE_BATCH):
         await system.enqueue_many(numbers[i : i + ENQUEUE_BATCH])
     enqueue_rate = runs / (time.perf_counter() - t0)
+    await settle(system.dsn)
     consumer = Consumer(system.name, system.dsn, "throughput", settings)
     await consumer.ready()
     postmaster = await system.postmaster_pid()
-    server0 = _server_cpu(postmaster)
+    harness = await system.backend_pid()  # polls for the end of the drain: not the system's work
+    server0 = _server_cpu(postmaster, harness)
     worker0 = _proc_stat(consumer.pid)
     consumer.go()
     done = await _drained(system, timeout)
-    server1 = _server_cpu(postmaster)
+    server1 = _server_cpu(postmaster, harness)
     worker1 = _proc_stat(consumer.pid)
     first, calls, _ = await consumer.stop()
-    cpu = float("nan")
+    server_cpu = worker_cpu = float("nan")
     if server1 and worker0 is not None and worker1 is not None:
-        server = sum(v - server0.get(pid, 0.0) for pid, v in server1.items())
-        cpu = (server + worker1[1] - worker0[1]) / runs
+        server_cpu = sum(v - server0.get(pid, 0.0) for pid, v in server1.items()) / runs
+        worker_cpu = (worker1[1] - worker0[1]) / runs
     if calls < runs or first is None:
         raise RuntimeError(f"{system.name}: {calls} handler calls for {runs} jobs")
     if calls > runs:
         print(f"  [{system.name}: {calls - runs} jobs ran twice]", file=sys.stderr, flush=True)
-    return Throughput(enqueue_rate, runs / (done - first), calls - runs, cpu)
+    result = Throughput(
+        enqueue_rate,
+        runs / (done - first),
+        calls - runs,
+        server_cpu + worker_cpu,
+        server_cpu,
+        worker_cpu,
+    )
+    print(f"  [{system.name}: {_describe_round(result)}]", file=sys.stderr, flush=True)
+    return result
+
+
+def _describe_round(t: Throughput) -> str:
+    return (
+        f"{fmt_rate(t.drain_rate)} jobs/s, CPU µs/job {t.cpu_per_run * 1e6:,.0f}"
+        f" (server {t.server_cpu_per_run * 1e6:,.0f}, client {t.worker_cpu_per_run * 1e6:,.0f})"
+    )
 
 
 async def measure_latency(system: System, samples: int, settings: Settings) -> list[float]:
@@ -536,20 +691,31 @@ def _database_for(base_dsn: str, name: str) -> str:
 async def run(args: argparse.Namespace, dsn: str) -> dict[str, Any]:
     settings = _settings(args)
     systems: list[System] = [Catbird(dsn)]
-    if not args.skip_peers:
+    peers = [] if args.skip_peers else [p for p in args.peers.split(",") if p]
+    if "pgqueuer" in peers:
         if _have("pgqueuer") and _have("asyncpg"):
             systems.append(Pgqueuer(_database_for(dsn, "bench_pgqueuer")))
         else:
             print("pgqueuer/asyncpg not installed: skipped", file=sys.stderr)
+    if "procrastinate" in peers:
         if _have("procrastinate"):
             systems.append(Procrastinate(_database_for(dsn, "bench_procrastinate")))
         else:
             print("procrastinate not installed: skipped", file=sys.stderr)
+    raw = RawCeiling(_database_for(dsn, "bench_raw"))
+    await raw.setup()
     for s in systems:
         await s.setup()
     results: dict[str, Any] = {s.name: {"throughput": [], "latency": []} for s in systems}
+    results["raw"] = {"throughput": [], "latency": []}
     try:
         for rnd in range(args.rounds):
+            print(
+                f"  [raw: throughput round {rnd + 1}, {args.runs} runs]",
+                file=sys.stderr,
+                flush=True,
+            )
+            results["raw"]["throughput"].append(await measure_raw(raw, args.runs, args.batch))
             for s in systems:  # interleaved rounds
                 runs = (
                     args.runs if s.name != "procrastinate" else min(args.runs, args.peer_slow_runs)
@@ -563,6 +729,8 @@ async def run(args: argparse.Namespace, dsn: str) -> dict[str, Any]:
                     await measure_throughput(s, runs, 600, settings)
                 )
         for s in systems:
+            if args.samples <= 0:
+                break
             print(
                 f"  [{s.name}: pickup latency, {args.samples} samples]", file=sys.stderr, flush=True
             )
@@ -571,89 +739,123 @@ async def run(args: argparse.Namespace, dsn: str) -> dict[str, Any]:
         for s in systems:
             with contextlib.suppress(Exception):
                 await s.close()
+        with contextlib.suppress(Exception):
+            await raw.close()
     return results
 
 
 def report(results: dict[str, Any], args: argparse.Namespace, server: str) -> None:
+    def rounds(name: str) -> list[Throughput]:
+        return list(results[name]["throughput"])
+
     def med_rate(name: str) -> float:
-        return median([t.drain_rate for t in results[name]["throughput"]])
+        return median([t.drain_rate for t in rounds(name)])
 
     def best_rate(name: str) -> float:
-        return max(t.drain_rate for t in results[name]["throughput"])
+        return max(t.drain_rate for t in rounds(name))
 
-    def med_cpu(name: str) -> float:
-        return median([t.cpu_per_run for t in results[name]["throughput"]])
+    def med_cpu(name: str, part: str = "cpu_per_run") -> float:
+        return median([getattr(t, part) for t in rounds(name)])
 
-    peers = [n for n in results if n != "catbird"]
+    peers = [n for n in results if n not in ("catbird", "raw")]
     fastest_peer = max(peers, key=med_rate) if peers else None
     rows = []
-    for name, r in results.items():
-        rounds = ", ".join(fmt_rate(x.drain_rate) for x in r["throughput"])
+    for name in ["raw", "catbird", *peers]:
         mine = name == "catbird"
         rows.append(
             [
                 name,
                 fmt_rate(med_rate(name)),
-                fmt_rate(best_rate(name)),
-                rounds,
+                ", ".join(fmt_rate(x.drain_rate) for x in rounds(name)),
                 f"{med_cpu(name) * 1e6:,.0f}",
-                fmt_rate(median([t.enqueue_rate for t in r["throughput"]])),
-                str(sum(x.extra_calls for x in r["throughput"])),
+                f"{med_cpu(name, 'server_cpu_per_run') * 1e6:,.0f}"
+                f" / {med_cpu(name, 'worker_cpu_per_run') * 1e6:,.0f}",
+                ", ".join(f"{x.cpu_per_run * 1e6:,.0f}" for x in rounds(name)),
+                str(sum(x.extra_calls for x in rounds(name))),
+                fmt_ratio(med_rate(name) / med_rate("raw")),
                 "-" if mine else fmt_ratio(med_rate("catbird") / med_rate(name)),
                 "-" if mine else fmt_ratio(med_cpu(name) / med_cpu("catbird")),
             ]
         )
     notes = ["no peers measured"]
     if fastest_peer:
+        # Round i of catbird ran right after round i of the raw ceiling and
+        # before round i of each peer: per-round ratios show a collapsed round.
+        per_round = [
+            c.drain_rate / p.drain_rate
+            for c, p in zip(rounds("catbird"), rounds(fastest_peer), strict=True)
+        ]
+        per_round_cpu = [
+            p.cpu_per_run / c.cpu_per_run
+            for c, p in zip(rounds("catbird"), rounds(fastest_peer), strict=True)
+        ]
         notes = [
             f"catbird ÷ fastest peer ({fastest_peer}): throughput"
             f" {fmt_ratio(med_rate('catbird') / med_rate(fastest_peer))} (median of rounds),"
-            f" {fmt_ratio(best_rate('catbird') / best_rate(fastest_peer))} (best rounds);"
-            f" CPU per job {fmt_ratio(med_cpu(fastest_peer) / med_cpu('catbird'))}x less."
+            f" {fmt_ratio(best_rate('catbird') / best_rate(fastest_peer))} (best rounds),"
+            f" per round {', '.join(fmt_ratio(r) for r in per_round)}"
+            f" (worst {fmt_ratio(min(per_round))});"
+            f" CPU per job {fmt_ratio(med_cpu(fastest_peer) / med_cpu('catbird'))}x less"
+            f" (per round {', '.join(fmt_ratio(r) for r in per_round_cpu)})."
         ]
+    raw_per_round = [
+        c.drain_rate / r.drain_rate for c, r in zip(rounds("catbird"), rounds("raw"), strict=True)
+    ]
+    notes.append(
+        f"catbird ÷ raw ceiling: {fmt_ratio(med_rate('catbird') / med_rate('raw'))} (median),"
+        f" per round {', '.join(fmt_ratio(r) for r in raw_per_round)}."
+    )
     print_table(
-        f"Tasks: end-to-end no-op throughput, one worker process ({args.runs:,} jobs per round)",
+        f"Tasks: end-to-end no-op throughput, one worker process ({args.runs:,} jobs per round,"
+        f" {args.rounds} rounds, batch {args.batch})",
         [
             "system",
             "jobs/s (median)",
-            "best",
-            "rounds",
+            "jobs/s per round",
             "CPU µs/job",
-            "enqueue jobs/s",
+            "server / client",
+            "CPU per round",
             "ran twice",
+            "÷ raw",
             "catbird ÷ system",
             "system CPU ÷ catbird CPU",
         ],
         rows,
-        right=(1, 2, 4, 5, 6, 7, 8),
+        right=(1, 3, 4, 6, 7, 8, 9),
         notes=[
             *notes,
-            "CPU µs/job: CPU time of all server processes plus the worker process during the"
-            " drain, per job (robust to other load on the machine, unlike jobs/s).",
+            "raw: the ceiling of the same shape on the same server (claim a batch with FOR UPDATE"
+            " SKIP LOCKED, one UPDATE marks it done: two commits per batch, no handler, one"
+            " client, claim commits with synchronous_commit = off as catbird's).",
+            "CPU µs/job: CPU time of all server processes plus the worker (client) process during"
+            " the drain, per job (robust to other load on the machine, unlike jobs/s); split"
+            " server / client.",
         ],
     )
-    rows = []
-    for name, r in results.items():
-        lat = r["latency"]
-        rows.append(
-            [
-                name,
-                fmt_ms(percentile(lat, 50)),
-                fmt_ms(percentile(lat, 90)),
-                fmt_ms(percentile(lat, 99)),
-                fmt_ms(max(lat)),
-                fmt_ratio(median(lat) / median(results["catbird"]["latency"])),
-            ]
+    if args.samples > 0:
+        rows = []
+        for name in ["catbird", *peers]:
+            lat = results[name]["latency"]
+            rows.append(
+                [
+                    name,
+                    fmt_ms(percentile(lat, 50)),
+                    fmt_ms(percentile(lat, 90)),
+                    fmt_ms(percentile(lat, 99)),
+                    fmt_ms(max(lat)),
+                    fmt_ratio(median(lat) / median(results["catbird"]["latency"])),
+                ]
+            )
+        print_table(
+            f"Tasks: pickup latency at low load (enqueue -> handler start, {args.samples} jobs,"
+            " ms)",
+            ["system", "p50", "p90", "p99", "max", "p50 ÷ catbird p50"],
+            rows,
+            right=(1, 2, 3, 4, 5),
         )
-    print_table(
-        f"Tasks: pickup latency at low load (enqueue -> handler start, {args.samples} jobs, ms)",
-        ["system", "p50", "p90", "p99", "max", "p50 ÷ catbird p50"],
-        rows,
-        right=(1, 2, 3, 4, 5),
-    )
     print()
     print(f"Server: {server}")
-    print(f"Machine: {machine_summary()}")
+    print(f"Machine: {machine_summary()}; load average at the end: {load_average()}")
     print(f"Settings: {_settings(args).describe()}")
 
 
@@ -670,6 +872,11 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=2, help="throughput rounds per system")
     parser.add_argument("--samples", type=int, default=300, help="latency samples per system")
     parser.add_argument("--skip-peers", action="store_true", help="measure catbird only")
+    parser.add_argument(
+        "--peers",
+        default="pgqueuer,procrastinate",
+        help="comma-separated peers to measure (pgqueuer, procrastinate)",
+    )
     parser.add_argument(
         "--batch",
         type=int,

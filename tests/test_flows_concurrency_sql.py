@@ -181,6 +181,68 @@ def test_concurrent_completions_of_the_last_two_steps_finish_the_run_once(dsn, c
         completions.close()
 
 
+def complete_batch(conn, flow: str, step_name: str, claims: list[dict[str, Any]]) -> list[int]:
+    return fn(  # type: ignore[no-any-return]
+        conn,
+        "cb_complete_steps",
+        flow_name=flow,
+        step_name=step_name,
+        ids=[c["id"] for c in claims],
+        outputs=[J(step_name.upper()) for _ in claims],
+        attempts=[c["attempts"] for c in claims],
+    )
+
+
+def test_batch_completions_racing_over_the_same_runs_join_once_without_deadlock(dsn, conn):
+    # Three batches at the same moment: all b steps (runs in descending order),
+    # all c steps, and the b steps again (duplicate reports). Each batch locks
+    # its runs in id order, so none deadlocks; each step is recorded once and
+    # every join is queued once, its dependencies resolved exactly.
+    fn(
+        conn,
+        "cb_create_flow",
+        name="batched",
+        steps=J([step("a"), step("b", "a"), step("c", "a"), step("d", "b", "c")]),
+    )
+    run_ids = [fn(conn, "cb_run_flow", name="batched", input=J({"i": i})) for i in range(30)]
+    a = claim(conn, "batched", "a")
+    assert len(complete_batch(conn, "batched", "a", a)) == 30
+    b, c = claim(conn, "batched", "b"), claim(conn, "batched", "c")
+    barrier = threading.Barrier(3, timeout=TIMEOUT)
+    results: dict[str, list[int]] = {}
+
+    def batch(key: str, step_name: str, claims: list[dict[str, Any]]) -> Callable[[], None]:
+        def work() -> None:
+            with psycopg.connect(dsn, autocommit=True) as own:
+                barrier.wait()
+                results[key] = complete_batch(own, "batched", step_name, claims)
+
+        return work
+
+    b_desc = sorted(b, key=lambda x: -x["flow_run_id"])
+    run_threads(batch("b", "b", b_desc), batch("c", "c", c), batch("b again", "b", b))
+    assert sorted(results["b"] + results["b again"]) == sorted(x["id"] for x in b)
+    assert results["c"] == sorted(x["id"] for x in c)
+    assert (
+        scalar(
+            conn,
+            "SELECT count(*) FROM catbird.cb_step_runs"
+            " WHERE step_name = 'd' AND status = 'queued' AND deps_remaining = 0",
+        )
+        == 30
+    )
+    joins = claim(conn, "batched", "d")
+    assert sorted(j["flow_run_id"] for j in joins) == sorted(run_ids)
+    assert {json.dumps(j["step_outputs"], sort_keys=True) for j in joins} == {
+        json.dumps({"b": "B", "c": "C"})
+    }
+    assert len(complete_batch(conn, "batched", "d", joins)) == 30
+    statuses = {
+        call(conn, "cb_get_flow_run", name="batched", run_id=r)[0]["status"] for r in run_ids
+    }
+    assert statuses == {"completed"}
+
+
 def test_a_signal_racing_the_last_dependency_queues_the_step_exactly_once(dsn, conn):
     fn(conn, "cb_create_flow", name="sig", steps=J([step("a"), step("b", "a", signal=True)]))
     run_ids = [fn(conn, "cb_run_flow", name="sig", input=J({})) for _ in range(25)]

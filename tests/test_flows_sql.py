@@ -857,6 +857,179 @@ def test_complete_map_tasks_checks_its_arrays(conn):
         complete_items(conn, "mapped", "double", items, [1, 2], attempts=[1])
 
 
+# ------------------------------------------------------------------------- batch step completion
+
+
+def complete_batch(
+    conn,
+    flow: str,
+    step_name: str,
+    claims: list[dict[str, Any]],
+    outputs: list[Any],
+    **options: Any,
+) -> list[int]:
+    """cb_complete_steps of claims (their attempts, unless ``attempts`` is given)."""
+    options.setdefault("attempts", [c["attempts"] for c in claims])
+    return fn(  # type: ignore[no-any-return]
+        conn,
+        "cb_complete_steps",
+        flow_name=flow,
+        step_name=step_name,
+        ids=[c["id"] for c in claims],
+        outputs=[J(o) for o in outputs],
+        **options,
+    )
+
+
+def test_complete_steps_records_a_batch_across_runs_and_advances_each(conn):
+    clock = Clock(conn)
+    create_flow(conn, "diamond", DIAMOND)
+    run_ids = [run_flow(conn, "diamond", {"n": n}) for n in range(3)]
+    a = claim(conn, "diamond", "a")
+    assert sorted(c["flow_run_id"] for c in a) == run_ids
+    clock.advance(seconds=1)
+    # Given in any order; returns the recorded ids sorted.
+    done = complete_batch(conn, "diamond", "a", a[::-1], [{"a": c["flow_run_id"]} for c in a[::-1]])
+    assert done == sorted(c["id"] for c in a)
+    for run_id in run_ids:
+        assert statuses(conn, "diamond", run_id) == {
+            "a": "completed",
+            "b": "queued",
+            "c": "queued",
+            "d": "waiting_for_dependencies",
+        }
+        a_run = steps_of(conn, "diamond", run_id)["a"]
+        assert (a_run["output"], a_run["completed_at"]) == ({"a": run_id}, clock.now)
+    b = claim(conn, "diamond", "b")
+    assert b[0]["step_outputs"] == {"a": {"a": b[0]["flow_run_id"]}}
+    assert len(complete_batch(conn, "diamond", "b", b, ["B"] * 3)) == 3
+    assert {statuses(conn, "diamond", r)["d"] for r in run_ids} == {"waiting_for_dependencies"}
+    c = claim(conn, "diamond", "c")
+    assert len(complete_batch(conn, "diamond", "c", c, ["C"] * 3)) == 3
+    d = claim(conn, "diamond", "d")
+    assert [x["step_outputs"] for x in d] == [{"b": "B", "c": "C"}] * 3
+    assert len(complete_batch(conn, "diamond", "d", d, [{"sum": i} for i in range(3)])) == 3
+    outputs = {run_info(conn, "diamond", r)["output"]["sum"] for r in run_ids}
+    assert outputs == {0, 1, 2}
+    assert {run_info(conn, "diamond", r)["status"] for r in run_ids} == {"completed"}
+    # Completed steps cannot be completed again.
+    assert complete_batch(conn, "diamond", "d", d, ["again"] * 3) == []
+
+
+def test_complete_steps_leaves_stale_reports_out(conn):
+    clock = Clock(conn)
+    create_flow(conn, "diamond", DIAMOND)
+    create_flow(conn, "other", [step("a")])
+    run_ids = [run_flow(conn, "diamond", {}) for _ in range(3)]
+    other_run = run_flow(conn, "other", {})
+    first, second, third = claim(conn, "diamond", "a")
+    other = claim_one(conn, "other", "a", hide_for=10 * HIDE)
+    # The second's lease lapses and it is claimed again: its first attempt is stale.
+    fn(
+        conn,
+        "cb_hide_steps",
+        flow_name="diamond",
+        step_name="a",
+        ids=[first["id"], third["id"]],
+        hide_for=10 * HIDE,
+    )
+    clock.advance(ms=HIDE + 1)
+    [second_again] = claim(conn, "diamond", "a")
+    assert second_again["attempts"] == 2
+    done = complete_batch(
+        conn,
+        "diamond",
+        "a",
+        [first, second, third, other],  # other: a run of another flow
+        ["first", "stale", "third", "other"],
+        attempts=[1, 1, None, 1],  # None: any attempt
+    )
+    assert done == sorted([first["id"], third["id"]])
+    assert statuses(conn, "diamond", second["flow_run_id"])["a"] == "started"
+    assert statuses(conn, "other", other_run) == {"a": "started"}
+    assert steps_of(conn, "diamond", third["flow_run_id"])["a"]["output"] == "third"
+    # The current claim completes; a step that is not started is left out.
+    assert complete_batch(conn, "diamond", "a", [second_again, first], ["second", "x"]) == [
+        second_again["id"]
+    ]
+    assert steps_of(conn, "diamond", run_ids[0])["a"]["output"] == "first"
+    assert complete_batch(conn, "diamond", "a", [], []) == []
+
+
+def test_complete_steps_cancels_the_steps_of_canceling_runs(conn):
+    create_flow(conn, "work", [step("a"), step("b", "a")])
+    kept, canceled = run_flow(conn, "work", {}), run_flow(conn, "work", {})
+    a = claim(conn, "work", "a")
+    assert fn(conn, "cb_cancel_flow", name="work", run_id=canceled) is True
+    done = complete_batch(conn, "work", "a", a, ["A", "A"])
+    assert done == [c["id"] for c in a if c["flow_run_id"] == kept]
+    assert statuses(conn, "work", canceled) == {"a": "canceled", "b": "canceled"}
+    assert run_info(conn, "work", canceled)["status"] == "canceled"
+    assert statuses(conn, "work", kept) == {"a": "completed", "b": "queued"}
+
+
+def test_complete_steps_advances_conditions_and_signals_like_single_completions(conn):
+    # Dependents that may be skipped or park for a signal take the run-by-run way.
+    create_flow(
+        conn,
+        "cond",
+        [
+            step("a"),
+            step("b", "a", condition='a.kind eq "big"'),
+            step("s", "a", signal=True),
+            step("c", "a", "b"),
+        ],
+    )
+    run_ids = [run_flow(conn, "cond", {}) for _ in range(2)]
+    a = sorted(claim(conn, "cond", "a"), key=lambda c: c["flow_run_id"])
+    assert len(complete_batch(conn, "cond", "a", a, [{"kind": "small"}, {"kind": "big"}])) == 2
+    assert statuses(conn, "cond", run_ids[0]) == {
+        "a": "completed",
+        "b": "skipped",
+        "s": "waiting_for_signal",
+        "c": "queued",
+    }
+    assert statuses(conn, "cond", run_ids[1]) == {
+        "a": "completed",
+        "b": "queued",
+        "s": "waiting_for_signal",
+        "c": "waiting_for_dependencies",
+    }
+
+
+def test_complete_steps_fails_a_finished_run_without_an_output_candidate(conn):
+    create_flow(
+        conn,
+        "maybe",
+        [step("a"), step("never", condition="input.go")],
+        output_priority=["never"],
+    )
+    run_id = run_flow(conn, "maybe", {})
+    assert complete_batch(conn, "maybe", "a", claim(conn, "maybe", "a"), ["A"]) != []
+    info = run_info(conn, "maybe", run_id)
+    assert info["status"] == "failed" and "no output candidate" in info["error_message"]
+
+
+def test_complete_steps_rejects_bad_arguments(conn):
+    create_flow(conn, "diamond", DIAMOND)
+    create_flow(conn, "gen", GENERATED)
+    run_flow(conn, "diamond", {})
+    run_flow(conn, "gen", {})
+    a = claim(conn, "diamond", "a")
+    g = claim(conn, "gen", "gen")
+    with rejected(conn, errors.InvalidParameterValue):
+        complete_batch(conn, "diamond", "a", a, ["A", "too many"])
+    with rejected(conn, errors.InvalidParameterValue):
+        complete_batch(conn, "diamond", "a", a, ["A"], attempts=[1, 1])
+    with rejected(conn, errors.InvalidParameterValue) as info:
+        complete_batch(conn, "gen", "gen", g, [1])
+    assert "cb_complete_generator_step" in str(info.value)
+    with rejected(conn, errors.UndefinedObject):
+        complete_batch(conn, "nope", "a", a, ["A"])
+    with rejected(conn, errors.UndefinedObject):
+        complete_batch(conn, "diamond", "nope", a, ["A"])
+
+
 # ------------------------------------------------------------------------- generators and reducers
 
 

@@ -95,6 +95,7 @@ FUNCTION_ROLES: dict[str, set[str]] = {
     "cb_claim_steps": AW,
     "cb_hide_steps": AW,
     "cb_complete_step": AW,
+    "cb_complete_steps": AW,
     "cb_fail_step": AW,
     "cb_claim_map_tasks": AW,
     "cb_hide_map_tasks": AW,
@@ -550,7 +551,11 @@ def _exercise_every_family(conn: psycopg.Connection) -> set[str]:
     # a second run: a generator that fails, a step that fails, on-fail handling, cancel
     run2 = q("cb_run_flow", "SELECT catbird.cb_run_flow('hf', %s)", (J({"go": True}),))[0][0]
     a2 = q("cb_claim_steps", "SELECT id FROM catbird.cb_claim_steps('hf', 'a', 1, 30000)")[0][0]
-    q("cb_complete_step", "SELECT catbird.cb_complete_step('hf', 'a', %s, %s)", (a2, J([1])))
+    q(
+        "cb_complete_steps",
+        "SELECT catbird.cb_complete_steps('hf', 'a', ARRAY[%s]::bigint[], ARRAY[%s]::jsonb[])",
+        (a2, J([1])),
+    )
     g2 = q("cb_claim_steps", "SELECT id FROM catbird.cb_claim_steps('hf', 'g', 1, 30000)")[0][0]
     q(
         "cb_fail_generator_step",

@@ -85,7 +85,7 @@ def test_every_statement_is_found() -> None:
 def test_parameters_are_the_placeholders(name: str, function: Any) -> None:
     query = _call(name, function)
     assert isinstance(query, Query)
-    assert set(re.findall(r"%\((\w+)\)s", query.sql)) == set(query.params)
+    assert set(re.findall(r"%\((\w+)\)[sb]", query.sql)) == set(query.params)
 
 
 def test_calls_render_named_notation_with_casts_once() -> None:

@@ -192,6 +192,36 @@ async def test_timeouts_fail_the_call(dsn: str, client: AsyncClient) -> None:
         assert time.monotonic() - t0 < 5
 
 
+async def test_calls_claimed_together_time_out_alone(dsn: str, client: AsyncClient) -> None:
+    # The calls of one claim batch share one timeout timer: it fails only the
+    # calls still running, and a handler that swallows the cancellation of its
+    # timeout and returns has its output recorded.
+    @catbird.task("timeout_mix", timeout=0.3, batch_size=10, **FAST)
+    async def timeout_mix(x: str) -> str:
+        if x == "slow":
+            await asyncio.sleep(30)
+        if x == "stubborn":
+            try:
+                await asyncio.sleep(30)
+            except asyncio.CancelledError:
+                return "cancelled, but returned"
+        return x
+
+    names = ["fast", "slow", "stubborn", "fast"]
+    await client.create_task(timeout_mix)
+    handles = await client.run_tasks(timeout_mix, names)
+    async with running(dsn, timeout_mix):
+        outcomes = []
+        for handle in handles:
+            try:
+                outcomes.append(await handle.wait_for_output(timeout=10))
+            except RunFailed as exc:
+                outcomes.append(str(exc))
+    assert outcomes[0] == outcomes[3] == "fast"
+    assert "timed out after 0.3 s" in outcomes[1]
+    assert outcomes[2] == "cancelled, but returned"
+
+
 async def test_timeout_is_retried_by_the_policy(dsn: str, client: AsyncClient) -> None:
     @catbird.task("slow_then_fast", timeout=0.2, max_retries=1, backoff=(0.01, 0.01))
     async def slow_then_fast(x: Any) -> str:

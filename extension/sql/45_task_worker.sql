@@ -25,6 +25,10 @@
 --     and is never handed out.
 --   * Claims, completions, failures and lease renewal are static SQL (cached
 --     plans); on-fail outcomes are thin over 38_runs.
+--   * Batch completions and lease renewals join the given ids with the run
+--     table with enable_nestloop off: statistics taken while every run was
+--     queued make the planner expect no started run and rescan unnest once
+--     per row (40 ms instead of 4 ms for 250 runs).
 
 -- Claims up to quantity runs of a task: queued runs, and started runs whose
 -- lease (visible_at) lapsed, highest priority first, then oldest. Each claim
@@ -111,8 +115,10 @@ $$;
 -- now; with attempts (one per id) only runs still started under those claims.
 -- Returns nothing. 42704 for an unknown task; 22023 for an invalid name,
 -- hide_for < 1 or attempts of another length than ids.
+-- Runs with enable_nestloop off (see the guarantees above).
 CREATE FUNCTION catbird.cb_hide_tasks(name text, ids bigint[], hide_for int, attempts int[] = NULL) RETURNS void
 LANGUAGE plpgsql VOLATILE
+SET enable_nestloop = off
 AS $$
 DECLARE
     v_task catbird.cb_tasks := catbird._cb_task(name);
@@ -131,9 +137,11 @@ $$;
 -- given attempts (NULL attempts: any) and announces catbird.task.completed.
 -- Returns the ids recorded (sorted); stale runs are left out. 42704 for an
 -- unknown task; 22023 for an invalid name or arrays of different lengths.
+-- Runs with enable_nestloop off (see the guarantees above).
 CREATE FUNCTION catbird.cb_complete_tasks(name text, run_ids bigint[], outputs jsonb[], attempts int[] = NULL)
 RETURNS bigint[]
 LANGUAGE plpgsql VOLATILE
+SET enable_nestloop = off
 AS $$
 DECLARE
     v_task catbird.cb_tasks := catbird._cb_task(name);

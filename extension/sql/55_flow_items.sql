@@ -19,6 +19,10 @@
 --   * A claim first fails the step's lapsed items that used their attempts
 --     (_cb_fail_lapsed_work); a failure uses the step's stored policy when
 --     the call gives none.
+--   * Batch completions and lease renewals join the given ids with the run
+--     table with enable_nestloop off: statistics taken while every run was
+--     queued make the planner expect no started run and rescan unnest once
+--     per row (40 ms instead of 4 ms for 250 runs).
 
 -- Claims up to quantity items of a mapper or generator step, like
 -- cb_claim_steps: each claim increments the item's attempts and holds it for
@@ -82,9 +86,11 @@ $$;
 -- Lease renewal for items, as cb_hide_steps. Returns nothing. 42704 for an
 -- unknown flow or step; 22023 for an invalid name, hide_for < 1 or attempts
 -- of another length than ids.
+-- Runs with enable_nestloop off (see the guarantees above).
 CREATE FUNCTION catbird.cb_hide_map_tasks(flow_name text, step_name text, ids bigint[], hide_for int,
                                           attempts int[] = NULL) RETURNS void
 LANGUAGE plpgsql VOLATILE
+SET enable_nestloop = off
 AS $$
 DECLARE
     v_flow catbird.cb_flows := catbird._cb_flow(flow_name);
@@ -127,10 +133,12 @@ $$;
 -- items are all done completes. Items of canceling runs are canceled.
 -- Returns nothing; stale items are left out. 42704 for an unknown flow or
 -- step; 22023 for an invalid name or arrays of different lengths.
+-- Runs with enable_nestloop off (see the guarantees above).
 CREATE FUNCTION catbird.cb_complete_map_tasks(flow_name text, step_name text, ids bigint[], outputs jsonb[],
                                               attempts int[] = NULL)
 RETURNS void
 LANGUAGE plpgsql VOLATILE
+SET enable_nestloop = off
 AS $$
 DECLARE
     v_flow catbird.cb_flows := catbird._cb_flow(flow_name);

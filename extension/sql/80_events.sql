@@ -59,8 +59,9 @@
 --   catbird.task.queued        a run is queued again (retry_task_run) {"task"}       (worker wake-up)
 --   catbird.flow.started       a run is created (cb_run_flow,         {"flow","run_id"|"run_ids"}
 --                              cb_publish, schedules)
---   catbird.flow.completed     the last step ends it, or a step       {"flow","run_id"}
---                              completes it early
+--   catbird.flow.completed     the last step ends it, or a step       {"flow","run_id"|"run_ids"}
+--                              completes it early (cb_complete_steps:
+--                              one event for the runs a batch ended)
 --   catbird.flow.failed        a step fails for good, or no output    {"flow","run_id"}
 --   catbird.flow.canceling     cb_cancel_flow, started work remains   {"flow","run_id"}
 --   catbird.flow.canceled      the canceling run's work has ended     {"flow","run_id"}

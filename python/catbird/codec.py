@@ -128,6 +128,11 @@ def _default(value: Any) -> Any:
     return converted
 
 
+#: The encoder of :func:`dumps`, made once: ``json.dumps`` with options builds
+#: a new encoder per call, which costs more than encoding a small value.
+_ENCODE = json.JSONEncoder(default=_default, allow_nan=False, ensure_ascii=False).encode
+
+
 def dumps(value: Any) -> str:
     """The JSON text of ``value`` (after :func:`to_json_value`), as jsonb accepts it.
 
@@ -136,10 +141,12 @@ def dumps(value: Any) -> str:
     for values JSON cannot represent and ``ValueError`` for NaN/infinity and
     for NUL characters, which ``jsonb`` refuses.
     """
+    if value is None:
+        return "null"  # what most handlers return: not worth an encoder call
     try:
         # Plain JSON values (the common case) are encoded as they are; only
         # the others go through to_json_value, by the default hook.
-        text = json.dumps(value, default=_default, allow_nan=False, ensure_ascii=False)
+        text = _ENCODE(value)
     except TypeError:
         # Keys json refuses (a UUID, a date, an Enum...): the whole value,
         # converted first.

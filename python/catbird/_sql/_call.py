@@ -97,6 +97,17 @@ class Statement:
         return f"{type(self).__name__}({self.name!r}, {self.sql!r})"
 
 
+#: Argument types sent in binary: psycopg's binary array dumpers cost a
+#: fraction of its text ones (whose per-element quoting is Python code), and
+#: the worker sends arrays of hundreds of ids, attempts and outputs per batch.
+BINARY_ARRAY_TYPES = frozenset({"bigint[]", "int[]", "text[]", "text[]::jsonb[]"})
+
+
+def _placeholder(type_: str) -> str:
+    """The placeholder format of an argument of SQL type ``type_`` (``b``: binary)."""
+    return "b" if type_ in BINARY_ARRAY_TYPES else "s"
+
+
 class Call(Statement):
     """One declared call of a ``catbird.<function>``, its SQL rendered once.
 
@@ -125,7 +136,9 @@ class Call(Statement):
             raise ValueError(f"not an identifier: {function}({', '.join(args)})")
         self.function = function
         self.args = args
-        named = ", ".join(f"{arg} => %({arg})s::{type_}" for arg, type_ in args.items())
+        named = ", ".join(
+            f"{arg} => %({arg}){_placeholder(type_)}::{type_}" for arg, type_ in args.items()
+        )
         call = f"catbird.{function}({named})"
         sql = f"SELECT {returns} FROM {call}" if returns else f"SELECT {call}"
         # Made of the declaration's literal pieces only, once, at import.

@@ -18,6 +18,7 @@ from ._call import (
     Rows,
     Statement,
     boolean,
+    int_list,
     integer,
     list_or_null,
     ms,
@@ -36,7 +37,7 @@ K = TypeVar("K")
 class StepWork(Generic[C, K]):
     """The claim, lease renewal, completion and failure of one kind of step
     work, declared once: step runs (``cb_claim_steps``, ``cb_hide_steps``,
-    ``cb_complete_step``, ``cb_fail_step``) or map items of mappers and
+    ``cb_complete_steps``, ``cb_fail_step``) or map items of mappers and
     generators (``cb_claim_map_tasks``, ``cb_hide_map_tasks``,
     ``cb_complete_map_tasks``, ``cb_fail_map_task``).
 
@@ -151,19 +152,13 @@ def _step_claims(rows: Rows) -> list[StepClaim]:
     return [StepClaim(r[0], r[1], r[2], r[3], r[4] or {}, r[5]) for r in rows]
 
 
-def _ids_done(rows: Rows) -> list[int]:
-    return [int(r[0]) for r in rows]
-
-
 def _item_claims(rows: Rows) -> list[ItemClaim]:
     return [ItemClaim(r[0], r[1], r[2], r[3], r[4] or {}, r[5], r[6]) for r in rows]
 
 
-#: Step runs. Their completion is several ``cb_complete_step`` calls in one
-#: statement (one commit), in the order given, returning the ids whose
-#: completion was recorded: the caller orders them by flow run, as each call
-#: locks its flow run, so statements taking their locks in the same order
-#: cannot deadlock. (``unnest`` pads a NULL ``attempts`` with NULLs.)
+#: Step runs. Their completion is one ``cb_complete_steps`` call per batch
+#: (flow and step resolved once, flow runs locked in id order), returning the
+#: ids whose completion was recorded.
 STEPS = StepWork(
     "step",
     Call(
@@ -175,16 +170,14 @@ STEPS = StepWork(
         **CLAIM_ARGS,
     ),
     _step_claims,
-    Statement(
-        "complete_steps",
-        "SELECT u.id FROM unnest(%(ids)s::bigint[], %(outputs)s::text[], %(attempts)s::int[])"
-        " WITH ORDINALITY AS u(id, output, attempt, ord)"
-        " CROSS JOIN LATERAL catbird.cb_complete_step(flow_name => %(flow_name)s::text,"
-        " step_name => %(step_name)s::text, id => u.id, output => u.output::jsonb,"
-        " attempt => u.attempt) AS c(done)"
-        " WHERE c.done ORDER BY u.ord",
+    Call(
+        "cb_complete_steps",
+        **STEP_ARGS,
+        ids="bigint[]",
+        outputs="text[]::jsonb[]",
+        attempts="int[]",
     ),
-    _ids_done,
+    int_list,
 )
 #: Map items of mappers and generators.
 ITEMS = StepWork(

@@ -1995,6 +1995,7 @@ $$;
 
 CREATE OR REPLACE FUNCTION catbird.cb_hide_tasks(name text, ids bigint[], hide_for int, attempts int[] = NULL) RETURNS void
 LANGUAGE plpgsql VOLATILE
+SET enable_nestloop = off
 AS $$
 DECLARE
     v_task catbird.cb_tasks := catbird._cb_task(name);
@@ -2012,6 +2013,7 @@ $$;
 CREATE OR REPLACE FUNCTION catbird.cb_complete_tasks(name text, run_ids bigint[], outputs jsonb[], attempts int[] = NULL)
 RETURNS bigint[]
 LANGUAGE plpgsql VOLATILE
+SET enable_nestloop = off
 AS $$
 DECLARE
     v_task catbird.cb_tasks := catbird._cb_task(name);
@@ -2492,16 +2494,31 @@ AS $$
                 ELSE stored END
 $$;
 
+CREATE OR REPLACE FUNCTION catbird._cb_dependency_outputs_of(flow_run_ids bigint[], step catbird.cb_flow_steps)
+RETURNS TABLE (flow_run_id bigint, outputs jsonb)
+LANGUAGE sql STABLE
+AS $$
+    SELECT r.id,
+           coalesce(jsonb_object_agg(d.step_name,
+                                     -- only item steps' outputs need assembling (_cb_step_output)
+                                     CASE WHEN d.step_type IN ('mapper', 'generator')
+                                          THEN catbird._cb_step_output(d.id, d.step_type, d.output)
+                                          ELSE d.output END)
+                        FILTER (WHERE d.id IS NOT NULL), '{}')
+    FROM unnest(flow_run_ids) AS r(id)
+    LEFT JOIN catbird.cb_step_runs d
+      ON d.flow_run_id = r.id
+     AND d.step_name = ANY (step.depends_on)
+     AND NOT d.step_name = ANY (step.ignore_output)
+     AND d.step_name IS DISTINCT FROM step.reduce_source
+     AND d.status = 'completed'
+    GROUP BY r.id
+$$;
+
 CREATE OR REPLACE FUNCTION catbird._cb_dependency_outputs(flow_run_id bigint, step catbird.cb_flow_steps) RETURNS jsonb
 LANGUAGE sql STABLE
 AS $$
-    SELECT coalesce(jsonb_object_agg(d.step_name, catbird._cb_step_output(d.id, d.step_type, d.output)), '{}')
-    FROM catbird.cb_step_runs d
-    WHERE d.flow_run_id = $1
-      AND d.step_name = ANY (step.depends_on)
-      AND NOT d.step_name = ANY (step.ignore_output)
-      AND d.step_name IS DISTINCT FROM step.reduce_source
-      AND d.status = 'completed'
+    SELECT o.outputs FROM catbird._cb_dependency_outputs_of(ARRAY[flow_run_id], step) o
 $$;
 
 CREATE OR REPLACE FUNCTION catbird._cb_resolve_dependents(flow_run_id bigint, flow_id int, step_name text) RETURNS void
@@ -3072,10 +3089,12 @@ BEGIN
         WHERE sr.id = c.id
         RETURNING sr.id, sr.flow_run_id, sr.attempts, sr.signal_input, sr.priority
     )
-    SELECT c.id, c.flow_run_id, c.attempts, r.input, catbird._cb_dependency_outputs(c.flow_run_id, v_step),
-           c.signal_input
+    SELECT c.id, c.flow_run_id, c.attempts, r.input, o.outputs, c.signal_input
     FROM claimed c
     JOIN catbird.cb_flow_runs r ON r.id = c.flow_run_id
+    -- dependency outputs of the whole batch in one call
+    JOIN catbird._cb_dependency_outputs_of((SELECT array_agg(x.flow_run_id) FROM claimed x), v_step) o
+      ON o.flow_run_id = c.flow_run_id
     ORDER BY c.priority DESC, c.id;
 END
 $$;
@@ -3083,6 +3102,7 @@ $$;
 CREATE OR REPLACE FUNCTION catbird.cb_hide_steps(flow_name text, step_name text, ids bigint[], hide_for int,
                                       attempts int[] = NULL) RETURNS void
 LANGUAGE plpgsql VOLATILE
+SET enable_nestloop = off
 AS $$
 DECLARE
     v_flow catbird.cb_flows := catbird._cb_flow(flow_name);
@@ -3160,6 +3180,145 @@ BEGIN
     PERFORM catbird._cb_resolve_dependents(v_report.run_id, v_flow.id, step_name);
     PERFORM catbird._cb_advance_flow_run(v_report.run_id);
     RETURN true;
+END
+$$;
+
+CREATE OR REPLACE FUNCTION catbird.cb_complete_steps(flow_name text, step_name text, ids bigint[], outputs jsonb[],
+                                          attempts int[] = NULL)
+RETURNS bigint[]
+LANGUAGE plpgsql VOLATILE
+SET enable_nestloop = off
+AS $$
+DECLARE
+    v_flow catbird.cb_flows := catbird._cb_flow(flow_name);
+    v_step catbird.cb_flow_steps := catbird._cb_flow_step(v_flow, step_name);
+    v_now timestamptz := catbird.cb_now();
+    v_dependents text[];
+    v_done bigint[];
+    v_runs bigint[];
+    v_canceled record;
+    v_queued record;
+    v_run_id bigint;
+    v_finished bigint[];
+    v_outputs jsonb[];
+    v_no_output bigint[];
+BEGIN
+    IF cardinality(ids) IS DISTINCT FROM cardinality(outputs)
+       OR (attempts IS NOT NULL AND cardinality(attempts) <> cardinality(ids)) THEN
+        RAISE EXCEPTION 'invalid arguments: ids, outputs (and attempts, when given) must have the same length'
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    IF v_step.step_type = 'generator' THEN
+        RAISE EXCEPTION 'step "%" is a generator: finish it with cb_complete_generator_step', step_name
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    -- Lock order is flow run, then its parts, runs in id order: concurrent
+    -- batches and single transitions cannot deadlock.
+    PERFORM FROM catbird.cb_flow_runs r
+    WHERE r.id IN (SELECT sr.flow_run_id FROM catbird.cb_step_runs sr
+                   WHERE sr.id = ANY (ids) AND sr.flow_id = v_flow.id AND sr.step_name = v_step.name)
+    ORDER BY r.id
+    FOR UPDATE OF r;
+    -- Reports for canceling runs cancel their step (and may finish the cancel).
+    FOR v_canceled IN
+        SELECT sr.id, sr.flow_run_id
+        FROM unnest(ids, cb_complete_steps.attempts) AS u(id, attempt)
+        JOIN catbird.cb_step_runs sr ON sr.id = u.id
+        JOIN catbird.cb_flow_runs r ON r.id = sr.flow_run_id
+        WHERE sr.id = ANY (ids) AND sr.flow_id = v_flow.id AND sr.step_name = v_step.name
+          AND sr.status = 'started' AND (u.attempt IS NULL OR sr.attempts = u.attempt)
+          AND r.status = 'canceling'
+        ORDER BY sr.flow_run_id, sr.id
+    LOOP
+        PERFORM catbird._cb_cancel_reported_step(v_canceled.flow_run_id, v_canceled.id);
+    END LOOP;
+    WITH done AS (
+        UPDATE catbird.cb_step_runs sr
+        SET status = 'completed', completed_at = v_now, output = coalesce(u.output, 'null'),
+            error_message = NULL, error_detail = NULL
+        FROM unnest(ids, outputs, cb_complete_steps.attempts) AS u(id, output, attempt)
+        -- sr.id = ANY keeps the plan on the primary key (see cb_complete_tasks)
+        WHERE sr.id = u.id AND sr.id = ANY (ids) AND sr.flow_id = v_flow.id AND sr.step_name = v_step.name
+          AND sr.status = 'started' AND (u.attempt IS NULL OR sr.attempts = u.attempt)
+        RETURNING sr.id, sr.flow_run_id
+    )
+    SELECT coalesce(array_agg(d.id ORDER BY d.id), '{}'),
+           coalesce(array_agg(DISTINCT d.flow_run_id ORDER BY d.flow_run_id), '{}')
+    INTO v_done, v_runs
+    FROM done d;
+    IF cardinality(v_runs) = 0 THEN
+        RETURN v_done;
+    END IF;
+    -- What _cb_resolve_dependents does per run, for all of them at once.
+    v_dependents := ARRAY(SELECT fs.name FROM catbird.cb_flow_steps fs
+                          WHERE fs.flow_id = v_flow.id AND v_step.name = ANY (fs.depends_on));
+    IF cardinality(v_dependents) > 0 THEN
+        UPDATE catbird.cb_step_runs sr
+        SET deps_remaining = sr.deps_remaining - 1
+        WHERE sr.flow_run_id = ANY (v_runs) AND sr.step_name = ANY (v_dependents);
+    END IF;
+    IF EXISTS (SELECT FROM catbird.cb_flow_steps fs
+               WHERE fs.flow_id = v_flow.id AND fs.name = ANY (v_dependents)
+                 AND (fs.signal OR fs.condition_expr IS NOT NULL OR fs.step_type = 'mapper')) THEN
+        -- A dependent may park, be skipped or fan out: run by run.
+        FOREACH v_run_id IN ARRAY v_runs LOOP
+            PERFORM catbird._cb_advance_flow_run(v_run_id);
+        END LOOP;
+        RETURN v_done;
+    END IF;
+    -- Every dependent is a plain step: what _cb_advance_flow_run would do for
+    -- each run comes down to queueing the dependents now ready and finishing
+    -- the runs whose steps are all completed or skipped, here for all runs at
+    -- once (one catbird.step.queued per step, as identical notifications of
+    -- one transaction are delivered once anyway).
+    v_runs := ARRAY(SELECT r.id FROM catbird.cb_flow_runs r
+                    WHERE r.id = ANY (v_runs) AND r.status = 'started' ORDER BY r.id);
+    FOR v_queued IN
+        WITH queued AS (
+            UPDATE catbird.cb_step_runs sr
+            SET status = 'queued', visible_at = greatest(v_now, r.visible_at)
+            FROM catbird.cb_flow_runs r
+            WHERE r.id = sr.flow_run_id AND sr.flow_run_id = ANY (v_runs) AND sr.step_name = ANY (v_dependents)
+              AND sr.status = 'waiting_for_dependencies' AND sr.deps_remaining = 0
+            RETURNING sr.step_name
+        )
+        SELECT DISTINCT q.step_name FROM queued q ORDER BY q.step_name
+    LOOP
+        PERFORM catbird._cb_notify('catbird.step.queued', jsonb_build_object('flow', v_flow.name, 'step', v_queued.step_name)::text);
+    END LOOP;
+    -- Finished runs complete with their first completed output_priority step;
+    -- a run without one goes through _cb_advance_flow_run, which fails it.
+    SELECT array_agg(f.id ORDER BY f.id) FILTER (WHERE f.step_name IS NOT NULL),
+           array_agg(f.output ORDER BY f.id) FILTER (WHERE f.step_name IS NOT NULL),
+           array_agg(f.id ORDER BY f.id) FILTER (WHERE f.step_name IS NULL)
+    INTO v_finished, v_outputs, v_no_output
+    FROM (
+        SELECT r.id, o.step_name, o.output
+        FROM unnest(v_runs) AS r(id)
+        LEFT JOIN LATERAL (
+            SELECT p.name AS step_name, catbird._cb_step_output(sr.id, sr.step_type, sr.output) AS output
+            FROM unnest(v_flow.output_priority) WITH ORDINALITY AS p(name, ord)
+            JOIN catbird.cb_step_runs sr ON sr.flow_run_id = r.id AND sr.step_name = p.name
+            WHERE sr.status = 'completed'
+            ORDER BY p.ord
+            LIMIT 1
+        ) o ON true
+        WHERE NOT EXISTS (SELECT FROM catbird.cb_step_runs sr
+                          WHERE sr.flow_run_id = r.id AND sr.status NOT IN ('completed', 'skipped'))
+    ) f;
+    IF v_finished IS NOT NULL THEN
+        UPDATE catbird.cb_flow_runs r SET status = 'completed', completed_at = v_now, output = u.output
+        FROM unnest(v_finished, v_outputs) AS u(id, output)
+        WHERE r.id = u.id;
+        -- one event for the runs this batch finished (run_ids, ascending)
+        PERFORM catbird._cb_notify_runs('catbird.flow.completed', 'flow', v_flow.name, v_finished);
+    END IF;
+    IF v_no_output IS NOT NULL THEN
+        FOREACH v_run_id IN ARRAY v_no_output LOOP
+            PERFORM catbird._cb_advance_flow_run(v_run_id);
+        END LOOP;
+    END IF;
+    RETURN v_done;
 END
 $$;
 
@@ -3256,6 +3415,7 @@ $$;
 CREATE OR REPLACE FUNCTION catbird.cb_hide_map_tasks(flow_name text, step_name text, ids bigint[], hide_for int,
                                           attempts int[] = NULL) RETURNS void
 LANGUAGE plpgsql VOLATILE
+SET enable_nestloop = off
 AS $$
 DECLARE
     v_flow catbird.cb_flows := catbird._cb_flow(flow_name);
@@ -3294,6 +3454,7 @@ CREATE OR REPLACE FUNCTION catbird.cb_complete_map_tasks(flow_name text, step_na
                                               attempts int[] = NULL)
 RETURNS void
 LANGUAGE plpgsql VOLATILE
+SET enable_nestloop = off
 AS $$
 DECLARE
     v_flow catbird.cb_flows := catbird._cb_flow(flow_name);

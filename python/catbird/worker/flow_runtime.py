@@ -36,6 +36,9 @@ class FlowRuntime:
         self.step_lanes: list[FlowLane] = []
         self.on_fail_lanes: list[FlowOnFailLane] = []
         self.by_key: dict[str, list[Lane]] = {}
+        #: Flow runs that ended (or are canceling) since the last sweep of
+        #: the in-flight steps: run id -> why their handlers stop.
+        self.ended: dict[int, str] = {}
         for flow in self.flows:
             for step in flow.steps.values():
                 self._add_step(step)
@@ -126,20 +129,34 @@ class FlowRuntime:
         run_ids = set(event.run_ids)
         if not run_ids:
             return
-        reason = "canceled" if topic == "catbird.flow.canceling" else "finished"
-        for lane in self.step_lanes:
-            for run in list(lane.inflight.values()):
-                if flow_run_of(run) in run_ids:
-                    log.info(
-                        "%r: flow run %d %s: %s",
-                        lane,
-                        flow_run_of(run),
-                        "is canceling" if reason == "canceled" else "finished",
-                        "cancelling its handler"
-                        if lane.handler.is_async and not lane.uses_threads
-                        else "its handler runs on until it checks catbird.cancel_requested()",
-                    )
-                    run.stop(reason)
+        # Runs end by the hundred per commit: the in-flight steps are swept
+        # once for all the events that came together, not once per event.
+        if not self.ended:
+            self.host.event_loop.call_soon(self.stop_ended_runs)
+        for run_id in run_ids:
+            if topic == "catbird.flow.canceling":
+                self.ended[run_id] = "canceled"
+            else:
+                self.ended.setdefault(run_id, "finished")
         if topic == "catbird.flow.failed":
             for on_fail in self.on_fail_lanes:
                 on_fail.wake.set()
+
+    def stop_ended_runs(self) -> None:
+        """Stop the handlers of in-flight steps whose flow run ended or is canceling."""
+        ended, self.ended = self.ended, {}
+        for lane in self.step_lanes:
+            for run in list(lane.inflight.values()):
+                reason = ended.get(flow_run_of(run))
+                if reason is None:
+                    continue
+                log.info(
+                    "%r: flow run %d %s: %s",
+                    lane,
+                    flow_run_of(run),
+                    "is canceling" if reason == "canceled" else "finished",
+                    "cancelling its handler"
+                    if lane.handler.is_async and not lane.uses_threads
+                    else "its handler runs on until it checks catbird.cancel_requested()",
+                )
+                run.stop(reason)

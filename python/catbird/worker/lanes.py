@@ -58,6 +58,11 @@ RELEASE_LEASE = 0.001
 #: Seconds after a retry's earliest and latest due time that its lane claims.
 RETRY_WAKE_MARGIN = 0.005
 
+#: Handler calls of a lane that start within this many seconds of each other
+#: share one timeout timer (the calls of one claim batch start together), so
+#: a call may run up to this much longer than its timeout.
+TIMEOUT_SLACK = 0.005
+
 
 def describe(exc: BaseException) -> str:
     """``Type: message`` (or ``Type`` alone): an exception as a run's error text."""
@@ -161,7 +166,7 @@ class LaneHost(Protocol):
 class Run:
     """One claimed run while the worker holds it."""
 
-    __slots__ = ("attempt", "ctx", "id", "in_handler", "stop_reason", "task")
+    __slots__ = ("attempt", "ctx", "id", "in_handler", "stop_reason", "task", "timed_out")
 
     def __init__(self, run_id: int, attempt: int, ctx: RunContext) -> None:
         self.id = run_id
@@ -170,6 +175,8 @@ class Run:
         self.task: asyncio.Task[None] | None = None
         self.in_handler = False
         self.stop_reason: str | None = None
+        #: The handler's timeout passed and the worker cancelled the call.
+        self.timed_out = False
 
     def stop(self, reason: str) -> None:
         """Stop the handler: ``canceled`` (from outside), ``finished`` or ``shutdown``.
@@ -182,6 +189,33 @@ class Run:
         self.ctx.canceled = True
         if self.in_handler and self.task is not None:
             self.task.cancel()
+
+
+class Deadline:
+    """The timeout of the handler calls that started together: one timer for
+    all of them, instead of an ``asyncio.timeout`` (a timer) per call."""
+
+    __slots__ = ("handle", "opened", "runs")
+
+    def __init__(self, opened: float) -> None:
+        self.opened = opened
+        self.runs: set[Run] = set()
+        self.handle: asyncio.TimerHandle | None = None
+
+    def expire(self) -> None:
+        """Cancel the calls still in their handler (they fail as timed out)."""
+        for run in self.runs:
+            if run.in_handler and run.task is not None:
+                run.timed_out = True
+                run.task.cancel()
+        self.runs.clear()
+
+    def leave(self, run: Run, current: Deadline | None) -> None:
+        """``run``'s call is over; the timer goes once no call is left and no
+        other call can join (``current``: the deadline new calls join)."""
+        self.runs.discard(run)
+        if not self.runs and self is not current and self.handle is not None:
+            self.handle.cancel()
 
 
 class CircuitBreaker:
@@ -251,6 +285,8 @@ class Lane(abc.ABC):
         cb = self.options.circuit_breaker
         self.breaker = CircuitBreaker(cb.failure_threshold, cb.open_timeout) if cb else None
         self.encode_output = True
+        #: The deadline that handler calls starting now join (see :class:`Deadline`).
+        self.deadline: Deadline | None = None
 
     def __repr__(self) -> str:
         return f"{self.kind} handler of task {self.name!r}"
@@ -392,36 +428,48 @@ class Lane(abc.ABC):
         except Exception:
             log.exception("%r run %d: recording the outcome failed", self, run.id)
 
+    def join_deadline(self, run: Run, timeout: float) -> Deadline:
+        """The deadline of a call of ``run`` starting now: the current one when it
+        opened less than :data:`TIMEOUT_SLACK` ago, else a new one."""
+        loop = self.host.event_loop
+        now = loop.time()
+        deadline = self.deadline
+        if deadline is None or now - deadline.opened > TIMEOUT_SLACK:
+            previous = deadline
+            deadline = self.deadline = Deadline(now)
+            deadline.handle = loop.call_at(now + TIMEOUT_SLACK + timeout, deadline.expire)
+            if previous is not None and not previous.runs and previous.handle is not None:
+                previous.handle.cancel()
+        deadline.runs.add(run)
+        return deadline
+
     async def invoke(self, run: Run, args: tuple[Any, ...]) -> Outcome:
         """Call the handler within its timeout (see :data:`Outcome`)."""
         timeout = self.options.timeout
         handler = self.handler
         run.in_handler = True
-        cm = asyncio.timeout(timeout)
+        deadline = None if timeout is None else self.join_deadline(run, timeout)
         try:
-            async with cm:
-                if handler.is_async:
-                    value = await handler.fn(*args)
-                else:
-                    ok, value = await self.host.handler_threads.call(handler.fn, *args)
-                    if not ok:
-                        if isinstance(value, CancelRun):
-                            return "cancel", value.reason, None
-                        return "error", describe(value), value
-                    if inspect.isawaitable(value):
-                        value = await value
+            if handler.is_async:
+                value = await handler.fn(*args)
+            else:
+                ok, value = await self.host.handler_threads.call(handler.fn, *args)
+                if not ok:
+                    if isinstance(value, CancelRun):
+                        return "cancel", value.reason, None
+                    return "error", describe(value), value
+                if inspect.isawaitable(value):
+                    value = await value
         except CancelRun as exc:
             return "cancel", exc.reason, None
-        except TimeoutError as exc:
-            if cm.expired():
-                return "error", f"timed out after {timeout:g} s", exc
-            return "error", describe(exc), exc
         except asyncio.CancelledError as exc:
             current = asyncio.current_task()
             if current is not None and current.cancelling():
                 current.uncancel()
             if run.stop_reason is not None:
                 return "stopped", run.stop_reason, None
+            if run.timed_out:
+                return "error", f"timed out after {timeout:g} s", TimeoutError()
             return (
                 "error",
                 describe(exc) if str(exc) else "CancelledError: the handler was cancelled",
@@ -431,6 +479,14 @@ class Lane(abc.ABC):
             return "error", describe(exc), exc
         finally:
             run.in_handler = False
+            if deadline is not None:
+                deadline.leave(run, self.deadline)
+                if run.timed_out:
+                    # The handler turned the cancellation of its timeout into
+                    # another outcome: the cancellation is over all the same.
+                    current = asyncio.current_task()
+                    if current is not None and current.cancelling():
+                        current.uncancel()
         if not self.encode_output:
             return "ok", None, None
         try:
