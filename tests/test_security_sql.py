@@ -134,6 +134,12 @@ FUNCTION_ROLES: dict[str, set[str]] = {
     "cb_worker_heartbeat": AW,
     "cb_worker_stopped": AW,
     "cb_list_workers": AWC,
+    # Wire nodes and presence
+    "cb_wire_heartbeat": AC,
+    "cb_wire_join": AC,
+    "cb_wire_leave": AC,
+    "cb_wire_presence": AC,
+    "cb_wire_stop": AC,
 }
 
 
@@ -575,6 +581,13 @@ def _exercise_every_family(conn: psycopg.Connection) -> set[str]:
     q("cb_list_workers", "SELECT * FROM catbird.cb_list_workers()")
     q("cb_worker_stopped", "SELECT catbird.cb_worker_stopped(%s)", (wid,))
     q("cb_gc", "SELECT catbird.cb_gc()")
+    # Wire nodes and presence
+    node, subscriber = str(uuid.uuid4()), str(uuid.uuid4())
+    q("cb_wire_heartbeat", "SELECT catbird.cb_wire_heartbeat(%s)", (node,))
+    q("cb_wire_join", "SELECT catbird.cb_wire_join(%s, %s, 'ann', '{room.1}')", (node, subscriber))
+    q("cb_wire_presence", "SELECT * FROM catbird.cb_wire_presence('room.1')")
+    q("cb_wire_leave", "SELECT catbird.cb_wire_leave(%s, %s)", (node, subscriber))
+    q("cb_wire_stop", "SELECT catbird.cb_wire_stop(%s)", (node,))
     return called
 
 

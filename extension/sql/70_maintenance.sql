@@ -87,7 +87,8 @@ $$;
 --   lease_expired_flow_runs    flow runs failed because a step run or map item
 --                              did the same (_cb_fail_lapsed_work)
 --   stale_workers_deleted      workers silent for longer than stale_worker_after
---   stale_wire_nodes_deleted   (no Wire nodes in this version: always 0)
+--   stale_wire_nodes_deleted   Wire nodes silent for longer than
+--                              _cb_wire_stale_after() (82_wire), with their presence
 --   task_runs_purged / flow_runs_purged  finished runs older than their
 --                              definition's retention_period (NULL or 0: kept)
 -- Returns those counters as jsonb; 22023 for batch_size < 1 or a
@@ -106,6 +107,7 @@ DECLARE
     v_expired_flow_runs int := 0;
     v_finalized int := 0;
     v_stale_workers int;
+    v_stale_wire_nodes int;
     v_task_purged int;
     v_flow_purged int;
     v_lapsed_tasks bigint[];
@@ -199,6 +201,9 @@ BEGIN
     DELETE FROM catbird.cb_workers w WHERE w.last_heartbeat_at < v_now - stale_worker_after;
     GET DIAGNOSTICS v_stale_workers = ROW_COUNT;
 
+    DELETE FROM catbird.cb_wire_nodes n WHERE n.last_heartbeat_at < v_now - catbird._cb_wire_stale_after();
+    GET DIAGNOSTICS v_stale_wire_nodes = ROW_COUNT;
+
     v_task_purged := catbird._cb_purge_retained_runs('task', v_now, batch_size);
     v_flow_purged := catbird._cb_purge_retained_runs('flow', v_now, batch_size);
 
@@ -211,7 +216,7 @@ BEGIN
         'lease_expired_task_runs', cardinality(v_lapsed_tasks),
         'lease_expired_flow_runs', v_lapsed_flow,
         'stale_workers_deleted', v_stale_workers,
-        'stale_wire_nodes_deleted', 0,
+        'stale_wire_nodes_deleted', v_stale_wire_nodes,
         'task_runs_purged', v_task_purged,
         'flow_runs_purged', v_flow_purged);
 END

@@ -106,3 +106,20 @@ CREATE TABLE catbird.cb_schedules (
         OR (kind = 'flow' AND flow_id IS NOT NULL AND task_id IS NULL))
 );
 CREATE INDEX cb_schedules_due_idx ON catbird.cb_schedules (kind, next_run_at) WHERE enabled;
+
+-- --- Wire nodes and presence (82_wire.sql) -----------------------------------------
+CREATE UNLOGGED TABLE catbird.cb_wire_nodes (
+    id                uuid PRIMARY KEY,
+    started_at        timestamptz NOT NULL,
+    last_heartbeat_at timestamptz NOT NULL
+);
+CREATE UNLOGGED TABLE catbird.cb_wire_presence (
+    subscriber_id uuid NOT NULL,
+    topic         text NOT NULL,
+    identity      text NOT NULL,
+    node_id       uuid NOT NULL REFERENCES catbird.cb_wire_nodes (id) ON DELETE CASCADE,
+    connected_at  timestamptz NOT NULL,
+    PRIMARY KEY (subscriber_id, topic)
+);
+CREATE INDEX cb_wire_presence_topic_idx ON catbird.cb_wire_presence (topic, identity);
+CREATE INDEX cb_wire_presence_node_idx ON catbird.cb_wire_presence (node_id);

@@ -113,6 +113,23 @@ CREATE TABLE catbird.cb_schedules (
 );
 CREATE INDEX cb_schedules_due_idx ON catbird.cb_schedules (kind, next_run_at) WHERE enabled;
 
+-- --- Wire nodes and presence (82_wire.sql) -----------------------------------------
+CREATE UNLOGGED TABLE catbird.cb_wire_nodes (
+    id                uuid PRIMARY KEY,
+    started_at        timestamptz NOT NULL,
+    last_heartbeat_at timestamptz NOT NULL
+);
+CREATE UNLOGGED TABLE catbird.cb_wire_presence (
+    subscriber_id uuid NOT NULL,
+    topic         text NOT NULL,
+    identity      text NOT NULL,
+    node_id       uuid NOT NULL REFERENCES catbird.cb_wire_nodes (id) ON DELETE CASCADE,
+    connected_at  timestamptz NOT NULL,
+    PRIMARY KEY (subscriber_id, topic)
+);
+CREATE INDEX cb_wire_presence_topic_idx ON catbird.cb_wire_presence (topic, identity);
+CREATE INDEX cb_wire_presence_node_idx ON catbird.cb_wire_presence (node_id);
+
 -- === from extension/sql/00_schema.sql
 
 CREATE OR REPLACE FUNCTION catbird._cb_caller_moves_clock() RETURNS boolean
@@ -4514,6 +4531,7 @@ DECLARE
     v_expired_flow_runs int := 0;
     v_finalized int := 0;
     v_stale_workers int;
+    v_stale_wire_nodes int;
     v_task_purged int;
     v_flow_purged int;
     v_lapsed_tasks bigint[];
@@ -4607,6 +4625,9 @@ BEGIN
     DELETE FROM catbird.cb_workers w WHERE w.last_heartbeat_at < v_now - stale_worker_after;
     GET DIAGNOSTICS v_stale_workers = ROW_COUNT;
 
+    DELETE FROM catbird.cb_wire_nodes n WHERE n.last_heartbeat_at < v_now - catbird._cb_wire_stale_after();
+    GET DIAGNOSTICS v_stale_wire_nodes = ROW_COUNT;
+
     v_task_purged := catbird._cb_purge_retained_runs('task', v_now, batch_size);
     v_flow_purged := catbird._cb_purge_retained_runs('flow', v_now, batch_size);
 
@@ -4619,7 +4640,7 @@ BEGIN
         'lease_expired_task_runs', cardinality(v_lapsed_tasks),
         'lease_expired_flow_runs', v_lapsed_flow,
         'stale_workers_deleted', v_stale_workers,
-        'stale_wire_nodes_deleted', 0,
+        'stale_wire_nodes_deleted', v_stale_wire_nodes,
         'task_runs_purged', v_task_purged,
         'flow_runs_purged', v_flow_purged);
 END
@@ -4644,6 +4665,124 @@ BEGIN
                   HINT = 'Store large payloads in a table and notify their key.';
     END IF;
     PERFORM catbird._cb_notify(topic, data, node_id);
+END
+$$;
+
+-- === from extension/sql/82_wire.sql
+
+CREATE OR REPLACE FUNCTION catbird._cb_wire_stale_after() RETURNS interval
+LANGUAGE sql IMMUTABLE
+AS $$
+    SELECT interval '15 seconds'
+$$;
+
+CREATE OR REPLACE FUNCTION catbird._cb_wire_check_id(argument text, id uuid) RETURNS void
+LANGUAGE plpgsql IMMUTABLE
+AS $$
+BEGIN
+    IF id IS NULL THEN
+        RAISE EXCEPTION 'invalid %: NULL, expected a uuid', argument USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+END
+$$;
+
+CREATE OR REPLACE FUNCTION catbird.cb_wire_heartbeat(node_id uuid) RETURNS boolean
+LANGUAGE plpgsql VOLATILE
+AS $$
+DECLARE
+    v_now timestamptz := catbird.cb_now();
+    v_inserted boolean;
+BEGIN
+    PERFORM catbird._cb_wire_check_id('node_id', node_id);
+    INSERT INTO catbird.cb_wire_nodes AS n (id, started_at, last_heartbeat_at)
+    VALUES (cb_wire_heartbeat.node_id, v_now, v_now)
+    ON CONFLICT ON CONSTRAINT cb_wire_nodes_pkey DO UPDATE SET last_heartbeat_at = excluded.last_heartbeat_at
+    RETURNING (n.xmax = 0) INTO v_inserted;
+    RETURN v_inserted;
+END
+$$;
+
+CREATE OR REPLACE FUNCTION catbird.cb_wire_join(node_id uuid, subscriber_id uuid, identity text, topics text[]) RETURNS int
+LANGUAGE plpgsql VOLATILE
+AS $$
+DECLARE
+    v_now timestamptz := catbird.cb_now();
+    v_topic text;
+    v_added int;
+BEGIN
+    PERFORM catbird._cb_wire_check_id('node_id', node_id);
+    PERFORM catbird._cb_wire_check_id('subscriber_id', subscriber_id);
+    IF identity IS NULL OR length(identity) NOT BETWEEN 1 AND 255 THEN
+        RAISE EXCEPTION 'invalid identity %: expected 1 to 255 characters', catbird._cb_quote_arg(identity)
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    IF coalesce(cardinality(topics), 0) NOT BETWEEN 1 AND 100 THEN
+        RAISE EXCEPTION 'invalid topics: got %, expected 1 to 100 topics or patterns',
+            coalesce(cardinality(topics)::text, 'NULL')
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    FOREACH v_topic IN ARRAY topics LOOP
+        PERFORM catbird._cb_check_pattern(v_topic);
+    END LOOP;
+
+    PERFORM catbird.cb_wire_heartbeat(node_id);
+    INSERT INTO catbird.cb_wire_presence AS p (subscriber_id, topic, identity, node_id, connected_at)
+    SELECT cb_wire_join.subscriber_id, t.topic, cb_wire_join.identity, cb_wire_join.node_id, v_now
+    FROM (SELECT DISTINCT u.topic FROM unnest(topics) AS u(topic)) t
+    ON CONFLICT ON CONSTRAINT cb_wire_presence_pkey DO NOTHING;
+    GET DIAGNOSTICS v_added = ROW_COUNT;
+    PERFORM catbird._cb_notify('catbird.wire.presence', jsonb_build_object(
+        'node_id', node_id, 'identity', identity, 'topics', to_jsonb(topics), 'joined', true)::text);
+    RETURN v_added;
+END
+$$;
+
+CREATE OR REPLACE FUNCTION catbird.cb_wire_leave(node_id uuid, subscriber_id uuid) RETURNS int
+LANGUAGE plpgsql VOLATILE
+AS $$
+DECLARE
+    v_identity text;
+    v_topics text[];
+BEGIN
+    PERFORM catbird._cb_wire_check_id('node_id', node_id);
+    PERFORM catbird._cb_wire_check_id('subscriber_id', subscriber_id);
+    WITH gone AS (
+        DELETE FROM catbird.cb_wire_presence p
+        WHERE p.node_id = cb_wire_leave.node_id AND p.subscriber_id = cb_wire_leave.subscriber_id
+        RETURNING p.identity, p.topic
+    )
+    SELECT min(g.identity), array_agg(g.topic ORDER BY g.topic) INTO v_identity, v_topics FROM gone g;
+    IF v_topics IS NULL THEN
+        RETURN 0;
+    END IF;
+    PERFORM catbird._cb_notify('catbird.wire.presence', jsonb_build_object(
+        'node_id', node_id, 'identity', v_identity, 'topics', to_jsonb(v_topics), 'joined', false)::text);
+    RETURN cardinality(v_topics);
+END
+$$;
+
+CREATE OR REPLACE FUNCTION catbird.cb_wire_presence(topic text) RETURNS SETOF text
+LANGUAGE plpgsql STABLE
+AS $$
+BEGIN
+    PERFORM catbird._cb_check_pattern(topic);
+    RETURN QUERY
+        SELECT DISTINCT p.identity
+        FROM catbird.cb_wire_presence p
+        JOIN catbird.cb_wire_nodes n ON n.id = p.node_id
+        WHERE p.topic = cb_wire_presence.topic
+          AND n.last_heartbeat_at >= catbird.cb_now() - catbird._cb_wire_stale_after()
+        ORDER BY p.identity;
+END
+$$;
+
+CREATE OR REPLACE FUNCTION catbird.cb_wire_stop(node_id uuid) RETURNS boolean
+LANGUAGE plpgsql VOLATILE
+AS $$
+BEGIN
+    PERFORM catbird._cb_wire_check_id('node_id', node_id);
+    DELETE FROM catbird.cb_wire_nodes n WHERE n.id = cb_wire_stop.node_id;
+    RETURN FOUND;
 END
 $$;
 
@@ -4683,6 +4822,7 @@ AS $$
                      OR function_name LIKE 'cb\_hide\_%'
                    THEN ARRAY['catbird_worker']
                    WHEN function_name IN ('cb_cancel_task', 'cb_cancel_flow', 'cb_retry_task_run', 'cb_retry_flow_run')
+                     OR function_name LIKE 'cb\_wire\_%'
                    THEN ARRAY['catbird_client']
                    ELSE '{}'::text[]
               END
