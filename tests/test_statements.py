@@ -48,6 +48,10 @@ SAMPLES: dict[str, Any] = {
     "retry_delay": 100,
     "cron_spec": "*/5 * * * *",
     "dead_letter_queue": "dlq",
+    "node_id": uuid.UUID(int=1),
+    "subscriber_id": uuid.UUID(int=2),
+    "identity": "ann",
+    "topics": ["room.1"],
 }
 
 
@@ -75,7 +79,7 @@ STATEMENTS = _statements()
 
 
 def test_every_statement_is_found() -> None:
-    assert len(STATEMENTS) == 100
+    assert len(STATEMENTS) == 106
 
 
 @pytest.mark.parametrize(("name", "function"), STATEMENTS, ids=[n for n, _ in STATEMENTS])

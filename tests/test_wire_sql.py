@@ -44,15 +44,42 @@ def test_heartbeat_registers_then_refreshes_and_says_when_it_registered(conn, cl
 
 def test_presence_lists_distinct_identities_of_every_live_node(conn, clock):
     node_a, node_b, s1, s2, s3 = ids(5)
-    assert fn(conn, "cb_wire_join", node_id=node_a, subscriber_id=s1, identity="ann",
-              topics=["room.1", "room.2"]) == 2
-    assert fn(conn, "cb_wire_join", node_id=node_b, subscriber_id=s2, identity="bob",
-              topics=["room.1"]) == 1
+    assert (
+        fn(
+            conn,
+            "cb_wire_join",
+            node_id=node_a,
+            subscriber_id=s1,
+            identity="ann",
+            topics=["room.1", "room.2"],
+        )
+        == 2
+    )
+    assert (
+        fn(
+            conn,
+            "cb_wire_join",
+            node_id=node_b,
+            subscriber_id=s2,
+            identity="bob",
+            topics=["room.1"],
+        )
+        == 1
+    )
     # The same identity twice (two tabs) is listed once.
     fn(conn, "cb_wire_join", node_id=node_b, subscriber_id=s3, identity="ann", topics=["room.1"])
     # Joining again changes nothing.
-    assert fn(conn, "cb_wire_join", node_id=node_a, subscriber_id=s1, identity="ann",
-              topics=["room.1"]) == 0
+    assert (
+        fn(
+            conn,
+            "cb_wire_join",
+            node_id=node_a,
+            subscriber_id=s1,
+            identity="ann",
+            topics=["room.1"],
+        )
+        == 0
+    )
     assert presence(conn, "room.1") == ["ann", "bob"]
     assert presence(conn, "room.2") == ["ann"]
     assert presence(conn, "room.3") == []
@@ -101,15 +128,35 @@ def test_join_and_leave_announce_presence_changes(dsn, conn):
     node, sub = ids(2)
     with psycopg.connect(dsn, autocommit=True) as listener:
         listener.execute("LISTEN catbird")
-        fn(conn, "cb_wire_join", node_id=node, subscriber_id=sub, identity="ann",
-           topics=["room.1", "room.2"])
+        fn(
+            conn,
+            "cb_wire_join",
+            node_id=node,
+            subscriber_id=sub,
+            identity="ann",
+            topics=["room.1", "room.2"],
+        )
         fn(conn, "cb_wire_leave", node_id=node, subscriber_id=sub)
         got = [json.loads(n.payload) for n in listener.notifies(timeout=2.0, stop_after=2)]
     assert [(e["topic"], json.loads(e["data"])) for e in got] == [
-        ("catbird.wire.presence", {"node_id": str(node), "identity": "ann",
-                                   "topics": ["room.1", "room.2"], "joined": True}),
-        ("catbird.wire.presence", {"node_id": str(node), "identity": "ann",
-                                   "topics": ["room.1", "room.2"], "joined": False}),
+        (
+            "catbird.wire.presence",
+            {
+                "node_id": str(node),
+                "identity": "ann",
+                "topics": ["room.1", "room.2"],
+                "joined": True,
+            },
+        ),
+        (
+            "catbird.wire.presence",
+            {
+                "node_id": str(node),
+                "identity": "ann",
+                "topics": ["room.1", "room.2"],
+                "joined": False,
+            },
+        ),
     ]
 
 

@@ -20,7 +20,8 @@ types, selected columns). The modules:
 * ``flows``: flow definitions, runs, signals and introspection;
 * ``steps``: the worker's protocol of flow steps, map items and generators;
 * ``schedules``: cron schedules of tasks and flows, and the tick preview;
-* ``workers``: the worker registry, garbage collection and events.
+* ``workers``: the worker registry, garbage collection and events;
+* ``wire``: Wire nodes, presence and ``cb_notify``.
 """
 
 from __future__ import annotations
@@ -161,6 +162,14 @@ from .tasks import (
     unbind_task,
     wait_task_output,
 )
+from .wire import (
+    notify,
+    wire_heartbeat,
+    wire_join,
+    wire_leave,
+    wire_presence,
+    wire_stop,
+)
 from .workers import (
     EVENTS_CHANNEL,
     async_commit,
@@ -276,6 +285,7 @@ __all__ = [
     "listen_events",
     "ms",
     "next_cron_ticks",
+    "notify",
     "ping",
     "publish",
     "publish_many",
@@ -302,6 +312,11 @@ __all__ = [
     "wait_flow_output",
     "wait_flow_step_output",
     "wait_task_output",
+    "wire_heartbeat",
+    "wire_join",
+    "wire_leave",
+    "wire_presence",
+    "wire_stop",
     "worker_heartbeat",
     "worker_started",
     "worker_stopped",
