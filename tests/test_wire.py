@@ -17,7 +17,8 @@ import psycopg
 import pytest
 
 import catbird
-from catbird.wire import GAP_TOPIC, InvalidToken, Wire, WireRequest
+from catbird.wire import GAP_TOPIC, InvalidToken, SSEEvent, Wire, WireRequest
+from catbird.wire.sse import encode_event
 from sqlhelpers import Clock, fn, scalar
 
 SECRET = bytes(range(32))
@@ -254,3 +255,27 @@ def test_wire_is_exported_lazily_from_catbird():
     assert catbird.SSEEvent(data="x").data == "x"
     with pytest.raises(AttributeError):
         catbird.NoSuchThing  # noqa: B018
+
+
+async def test_a_slow_connection_is_closed_instead_of_queueing_without_bound(dsn):
+    async with Wire(dsn, SECRET, queue_size=3) as wire:
+        claims = wire.verify(wire.token(["t.#"]))
+        sub = await wire.subscribe(claims, WireRequest("/", {}, {}, None, claims.topics, {}))
+        for i in range(3):
+            wire.deliver(f"t.{i}", None)
+        assert not sub.closed and sub.queue.qsize() == 3
+        wire.deliver("t.3", None)  # one too many
+        assert sub.closed and sub.queue.qsize() == 1  # only the end-of-stream marker
+        wire.deliver("t.4", None)
+        assert sub.queue.qsize() == 1
+        await wire.unsubscribe(sub)
+        assert wire.subscribers == set()
+
+
+def test_sse_encoding_splits_lines_and_keeps_fields_on_one_line():
+    assert encode_event(SSEEvent(data="a\nb\r\nc\rd"), "t.x") == (
+        b"event: t.x\ndata: a\ndata: b\ndata: c\ndata: d\n\n"
+    )
+    assert encode_event(SSEEvent(event="n\nx", data="", id="7"), "t") == (
+        b"event: n x\nid: 7\ndata:\n\n"
+    )
