@@ -6,7 +6,8 @@
 
 ``WIRE_SECRET`` (64 hex digits) must be the same on every process of the
 application; without it a random one is made (tokens then only work on this
-process, until it restarts). ``PORT`` picks the port (default 8000).
+process, until it restarts). ``PORT`` picks the port (default 8000),
+``LOG_LEVEL`` uvicorn's log level (default info).
 """
 
 from __future__ import annotations
@@ -80,4 +81,9 @@ app = Starlette(
 )
 
 if __name__ == "__main__":
-    uvicorn.run(app, host="127.0.0.1", port=int(os.environ.get("PORT", "8000")))
+    uvicorn.run(
+        app,
+        host="127.0.0.1",
+        port=int(os.environ.get("PORT", "8000")),
+        log_level=os.environ.get("LOG_LEVEL", "info"),
+    )
