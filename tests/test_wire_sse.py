@@ -168,3 +168,16 @@ async def test_a_killed_listen_connection_sends_gap_then_events_flow_again(url, 
             while not await delivered():
                 pass
     assert sse.events[1].data == "None<-chat.back:again"
+
+
+async def test_polling_refuses_bad_cursors_tokens_without_an_inbox_and_bad_tokens(
+    inbox_url, other, http
+):
+    poll = inbox_url + "/poll"
+    token = other.token(["alerts.*"], identity="ann", inbox=True)
+    for after in ("-1", "x", "1.5", "9" * 30):
+        response = await http.get(poll, params={"token": token, "after": after})
+        assert response.status_code == 400 and "after must be" in response.text
+    response = await http.get(poll, params={"token": other.token(["alerts.*"], identity="ann")})
+    assert response.status_code == 400 and "inbox=True" in response.text
+    assert (await http.get(poll, params={"token": _tampered(token)})).status_code == 401

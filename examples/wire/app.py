@@ -86,4 +86,7 @@ if __name__ == "__main__":
         host="127.0.0.1",
         port=int(os.environ.get("PORT", "8000")),
         log_level=os.environ.get("LOG_LEVEL", "info"),
+        # Open event streams never end by themselves: without a bound,
+        # uvicorn would wait for them forever on shutdown.
+        timeout_graceful_shutdown=3,
     )

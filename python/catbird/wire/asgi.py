@@ -20,7 +20,7 @@ from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any, TypeAlias
 from urllib.parse import parse_qsl
 
-from .node import _CLOSE, GAP_TOPIC, Subscriber, WireNode
+from .node import _CLOSE, GAP_TOPIC, INBOX_POKE, Subscriber, WireNode
 from .sse import SSEEvent, WireRequest, encode_event
 from .tokens import InvalidToken, TokenClaims
 
@@ -40,6 +40,10 @@ _SSE_HEADERS = [
 ]
 
 
+def _body(chunk: bytes) -> Message:
+    return {"type": "http.response.body", "body": chunk, "more_body": True}
+
+
 async def _respond(
     send: Send, status: int, body: bytes, content_type: bytes = b"text/plain"
 ) -> None:
@@ -48,6 +52,13 @@ async def _respond(
         headers.append((b"www-authenticate", b'Bearer realm="catbird-wire"'))
     await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": body})
+
+
+def _cursor(value: str | None) -> int | None:
+    """A notification id from a query parameter or Last-Event-ID (absent: 0)."""
+    if value is None or value == "":
+        return 0
+    return int(value) if value.isascii() and value.isdigit() and len(value) < 19 else None
 
 
 def _request(scope: Scope, claims: TokenClaims | None) -> WireRequest:
@@ -120,7 +131,11 @@ class WireApp:
         self, request: WireRequest, claims: TokenClaims, receive: Receive, send: Send
     ) -> None:
         wire = self.wire
-        sub = await wire.subscribe(claims, request)
+        # Where an inbox stream starts: after the last id the browser saw
+        # (EventSource sends it as Last-Event-ID when it reconnects), or
+        # ?after=, or from the oldest unseen notification.
+        cursor = _cursor(request.headers.get("last-event-id") or request.query.get("after"))
+        sub = await wire.subscribe(claims, request, inbox_cursor=cursor or 0)
         watcher = asyncio.create_task(self._watch_disconnect(receive, sub))
         try:
             await send({"type": "http.response.start", "status": 200, "headers": _SSE_HEADERS})
@@ -130,25 +145,25 @@ class WireApp:
                 {"type": "http.response.body", "body": b": connected\n\n", "more_body": True}
             )
             if claims.inbox:
-                await self._replay_inbox(request, sub, send)
+                sub.offer(INBOX_POKE)  # first, what the client has not seen
             while True:
-                try:
-                    async with asyncio.timeout(wire.sse_heartbeat):
-                        item = await sub.queue.get()
-                except TimeoutError:
-                    await send(
-                        {
-                            "type": "http.response.body",
-                            "body": b": heartbeat\n\n",
-                            "more_body": True,
-                        }
-                    )
-                    continue
-                if item is _CLOSE:
-                    break
-                body = await self._encode(sub, *item)
+                queue = sub.queue
+                if queue.empty():
+                    try:
+                        async with asyncio.timeout(wire.sse_heartbeat):
+                            first = await queue.get()
+                    except TimeoutError:
+                        await send(_body(b": heartbeat\n\n"))
+                        continue
+                else:
+                    first = queue.get_nowait()
+                # Everything queued goes out in one write: a busy stream pays
+                # one send per batch, not per event.
+                body, closing = await self._drain(sub, first)
                 if body:
-                    await send({"type": "http.response.body", "body": body, "more_body": True})
+                    await send(_body(body))
+                if closing:
+                    break
         except OSError:
             pass  # the client went away mid-write
         finally:
@@ -159,12 +174,28 @@ class WireApp:
         with contextlib.suppress(OSError):
             await send({"type": "http.response.body", "body": b"", "more_body": False})
 
+    async def _drain(self, sub: Subscriber, item: Any) -> tuple[bytes, bool]:
+        """``item`` and the rest queued for ``sub``, encoded; and whether the
+        stream ends."""
+        parts: list[bytes] = []
+        queue = sub.queue
+        while True:
+            if item is _CLOSE:
+                return b"".join(parts), True
+            if item is INBOX_POKE:
+                parts.append(await self._inbox_events(sub))
+            else:
+                parts.append(await self._encode(sub, *item))
+            if queue.empty():
+                return b"".join(parts), False
+            item = queue.get_nowait()
+
     async def _encode(
         self, sub: Subscriber, topic: str, data: str | None, event_id: str | None = None
     ) -> bytes:
         if topic == GAP_TOPIC:
             return encode_event(SSEEvent("gap", data or ""), topic)
-        events = await self.wire.rendered(sub, topic, data, event_id)
+        events = await self.wire.rendered(sub.request, sub.claims, topic, data, event_id)
         return b"".join(encode_event(event, t) for event, t in events)
 
     @staticmethod
@@ -175,22 +206,58 @@ class WireApp:
                 sub.close()
                 return
 
-    async def _replay_inbox(self, request: WireRequest, sub: Subscriber, send: Send) -> None:
-        """Durable notifications the client has not seen (after its
-        ``Last-Event-ID``), before the live events."""
-        raise NotImplementedError
+    async def _inbox_events(self, sub: Subscriber) -> bytes:
+        """The connection's durable notifications after its cursor, rendered,
+        each with its row id as the SSE id; the cursor moves past every row
+        read (also those its topics or renderers leave out)."""
+        sub.poke_queued = False
+        identity = sub.claims.identity
+        assert identity is not None  # inbox tokens carry one (TokenSealer)
+        parts: list[bytes] = []
+        while True:
+            rows = await self.wire.read_inbox(identity, sub.inbox_cursor)
+            for row in rows:
+                sub.inbox_cursor = row.id
+                if sub.claims.allows(row.topic):
+                    parts.append(await self._encode(sub, row.topic, row.message, str(row.id)))
+            if len(rows) < self.wire.poll_limit:
+                return b"".join(parts)
 
     # ----------------------------------------------------------------- polling
 
     async def _poll(self, request: WireRequest, claims: TokenClaims, send: Send) -> None:
-        if not claims.inbox:
+        """One poll of the durable inbox: ``{"events": [{"id", "event", "data"}],
+        "cursor": <id>}``; the client passes ``cursor`` as ``after`` next time.
+        Nothing is marked seen: that is the application's call
+        (``cb_mark_seen_until``), when the user has seen them."""
+        if not claims.inbox or claims.identity is None:
             await _respond(
                 send,
                 400,
                 b"polling reads the durable inbox: mint the token with identity=... and inbox=True",
             )
             return
-        raise NotImplementedError
+        after = _cursor(request.query.get("after"))
+        if after is None:
+            await _respond(send, 400, b"after must be a non-negative integer (a notification id)")
+            return
+        rows = await self.wire.read_inbox(claims.identity, after)
+        events: list[dict[str, str | None]] = []
+        for row in rows:
+            if not claims.allows(row.topic):
+                continue
+            rendered = await self.wire.rendered(
+                request, claims, row.topic, row.message, str(row.id)
+            )
+            events.extend(
+                {"id": event.id, "event": event.event or topic, "data": event.data}
+                for event, topic in rendered
+            )
+        cursor = rows[-1].id if rows else after
+        body = self._json(
+            {"events": events, "cursor": cursor, "more": len(rows) == self.wire.poll_limit}
+        )
+        await _respond(send, 200, body, b"application/json")
 
     @staticmethod
     def _json(doc: Any) -> bytes:

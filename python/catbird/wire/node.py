@@ -12,7 +12,7 @@ import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from datetime import timedelta
 from types import TracebackType
-from typing import Any, TypeAlias
+from typing import TYPE_CHECKING, Any, TypeAlias
 
 import psycopg
 from psycopg_pool import AsyncConnectionPool
@@ -25,7 +25,18 @@ from ..worker.connections import Backoff
 from .sse import SSEEvent, WireRequest
 from .tokens import TokenClaims, TokenSealer
 
-__all__ = ["GAP_TOPIC", "ListenHandler", "RenderHandler", "Subscriber", "WireNode"]
+if TYPE_CHECKING:
+    from ..models import Notification
+
+__all__ = [
+    "GAP_TOPIC",
+    "INBOX_POKE",
+    "INBOX_TOPIC",
+    "ListenHandler",
+    "RenderHandler",
+    "Subscriber",
+    "WireNode",
+]
 
 log = logging.getLogger("catbird.wire")
 
@@ -42,21 +53,39 @@ RenderHandler: TypeAlias = Callable[
     [WireRequest, str, str | None], SSEEvent | Awaitable[SSEEvent | None] | None
 ]
 
+#: The engine event of a new durable notification (86_wire_inbox.sql), with
+#: data ``{"identity", "id", "topic"}``: connections with an inbox token of
+#: that identity read their inbox after their cursor.
+INBOX_TOPIC = "catbird.inbox.created"
+
 _CLOSE: Any = object()
+#: Queued for an inbox connection: read the inbox after the connection's cursor.
+INBOX_POKE: Any = object()
 
 
 class Subscriber:
     """One SSE connection: its claims, its request and a bounded queue of
-    ``(topic, data)`` waiting to be rendered and written."""
+    ``(topic, data)`` waiting to be rendered and written; for an inbox token,
+    the id of the last durable notification it has been sent (its cursor)."""
 
-    __slots__ = ("claims", "closed", "id", "queue", "request")
+    __slots__ = ("claims", "closed", "id", "inbox_cursor", "poke_queued", "queue", "request")
 
-    def __init__(self, claims: TokenClaims, request: WireRequest, queue_size: int) -> None:
+    def __init__(
+        self, claims: TokenClaims, request: WireRequest, queue_size: int, inbox_cursor: int = 0
+    ) -> None:
         self.id = uuid.uuid4()
         self.claims = claims
         self.request = request
         self.queue: asyncio.Queue[Any] = asyncio.Queue(queue_size)
         self.closed = False
+        self.inbox_cursor = inbox_cursor
+        self.poke_queued = False
+
+    def poke(self) -> None:
+        """Ask for an inbox read (once, however many notifications arrive meanwhile)."""
+        if not self.poke_queued:
+            self.poke_queued = True
+            self.offer(INBOX_POKE)
 
     def offer(self, item: Any) -> None:
         """Queue an event; a full queue closes the connection (a slow client is
@@ -247,6 +276,13 @@ class WireNode:
         await self.client.execute(_sql.notify(topic, data, node_id=self._uuid))
         self.deliver(topic, data)
 
+    async def read_inbox(self, identity: str, after_id: int) -> list[Notification]:
+        """Up to ``poll_limit`` unseen, unexpired durable notifications of
+        ``identity`` after ``after_id``, oldest first."""
+        return await self.client.execute(
+            _sql.read_notifications(identity, after_id=after_id, quantity=self.poll_limit)
+        )
+
     async def presence(self, topic: str) -> list[str]:
         """The identities connected to ``topic`` (as their tokens named it:
         a topic or a pattern) on every live node, sorted."""
@@ -259,9 +295,20 @@ class WireNode:
         for match, handler in self._listeners:
             if match(topic):
                 self._call_listener(handler, topic, data)
+        if topic == INBOX_TOPIC:
+            self._poke_inboxes(data)
         for sub in self.subscribers:
             if sub.claims.allows(topic):
                 sub.offer((topic, data))
+
+    def _poke_inboxes(self, data: str | None) -> None:
+        try:
+            identity = json.loads(data or "")["identity"]
+        except (ValueError, TypeError, KeyError):
+            return
+        for sub in self.subscribers:
+            if sub.claims.inbox and sub.claims.identity == identity:
+                sub.poke()
 
     def _call_listener(self, handler: ListenHandler, topic: str, data: str | None) -> None:
         try:
@@ -280,7 +327,12 @@ class WireNode:
             log.error("wire: async listener failed", exc_info=task.exception())
 
     async def rendered(
-        self, sub: Subscriber, topic: str, data: str | None, event_id: str | None = None
+        self,
+        request: WireRequest,
+        claims: TokenClaims,
+        topic: str,
+        data: str | None,
+        event_id: str | None = None,
     ) -> list[tuple[SSEEvent, str]]:
         """The SSE events of one event for one connection: one per matching
         renderer (``None`` results dropped), or the event as it is when no
@@ -293,14 +345,14 @@ class WireNode:
                 continue
             matched = True
             try:
-                result = fn(sub.request, topic, data)
+                result = fn(request, topic, data)
                 event = await result if inspect.isawaitable(result) else result
             except Exception:
                 log.exception("wire: renderer for %s failed; event dropped for this client", topic)
                 continue
             if event is not None:
                 out.append((event, topic))
-        if not matched and (self.raw or sub.claims.raw):
+        if not matched and (self.raw or claims.raw):
             out.append((SSEEvent(data=data or ""), topic))
         if event_id is not None:
             out = [
@@ -310,9 +362,11 @@ class WireNode:
 
     # ---------------------------------------------------------- subscribers
 
-    async def subscribe(self, claims: TokenClaims, request: WireRequest) -> Subscriber:
+    async def subscribe(
+        self, claims: TokenClaims, request: WireRequest, *, inbox_cursor: int = 0
+    ) -> Subscriber:
         """Register a connection (and its presence, when it has an identity)."""
-        sub = Subscriber(claims, request, self.queue_size)
+        sub = Subscriber(claims, request, self.queue_size, inbox_cursor)
         self.subscribers.add(sub)
         if claims.identity is not None:
             try:
