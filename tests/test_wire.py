@@ -10,7 +10,11 @@ import asyncio
 import base64
 import datetime as dt
 import json
+import os
+import subprocess
+import sys
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import psycopg
@@ -279,3 +283,19 @@ def test_sse_encoding_splits_lines_and_keeps_fields_on_one_line():
     assert encode_event(SSEEvent(event="n\nx", data="", id="7"), "t") == (
         b"event: n x\nid: 7\ndata:\n\n"
     )
+
+
+def test_import_catbird_works_without_the_web_extra_and_wire_says_what_to_install():
+    script = (
+        "import sys; sys.modules['cryptography'] = None\n"  # as if not installed
+        "import catbird\n"
+        "try:\n"
+        "    catbird.Wire\n"
+        "except ImportError as exc:\n"
+        "    print(exc)\n"
+    )
+    env = {**os.environ, "PYTHONPATH": str(Path(catbird.__file__).parent.parent)}
+    out = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, env=env, check=True
+    )
+    assert "pip install 'catbird[web]'" in out.stdout
