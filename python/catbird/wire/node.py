@@ -12,7 +12,7 @@ import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from datetime import timedelta
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, TypeAlias
+from typing import TYPE_CHECKING, Any, Self, TypeAlias
 
 import psycopg
 from psycopg_pool import AsyncConnectionPool
@@ -154,7 +154,7 @@ class WireNode:
 
     # ------------------------------------------------------------ configuration
 
-    def listen(self, pattern: str, handler: ListenHandler) -> WireNode:
+    def listen(self, pattern: str, handler: ListenHandler) -> Self:
         """Call ``handler(topic, data)`` for every event whose topic matches
         ``pattern`` (binding syntax: ``*`` one token, trailing ``#`` any), on
         this node, whoever sent it. Async handlers run as tasks; sync ones run
@@ -162,7 +162,7 @@ class WireNode:
         self._listeners.append((topic_matcher(pattern), handler))
         return self
 
-    def render(self, pattern: str, fn: RenderHandler) -> WireNode:
+    def render(self, pattern: str, fn: RenderHandler) -> Self:
         """Render events matching ``pattern`` for SSE and poll clients:
         ``fn(request, topic, data)`` returns an :class:`SSEEvent` or ``None``
         (dropped for that connection). Renderers are the allowlist of what
@@ -250,7 +250,7 @@ class WireNode:
             await self._pool.close()
         self._pool = self._client = None
 
-    async def __aenter__(self) -> WireNode:
+    async def __aenter__(self) -> Self:
         await self.start()
         return self
 
