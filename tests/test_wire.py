@@ -299,3 +299,36 @@ def test_import_catbird_works_without_the_web_extra_and_wire_says_what_to_instal
         [sys.executable, "-c", script], capture_output=True, text=True, env=env, check=True
     )
     assert "pip install 'catbird[web]'" in out.stdout
+
+
+async def test_rendering_fans_out_drops_and_passes_raw_events_through():
+    wire = Wire("postgresql://unused", SECRET)
+
+    async def loud(request: WireRequest, topic: str, data: str | None) -> SSEEvent:
+        return SSEEvent(event="loud", data=(data or "").upper())
+
+    def broken(request: WireRequest, topic: str, data: str | None) -> SSEEvent:
+        raise RuntimeError("boom")
+
+    wire.render("a.*", lambda request, topic, data: SSEEvent(data=f"{request.identity}:{data}"))
+    wire.render("a.#", loud).render("a.x", broken).render("a.y", lambda r, t, d: None)
+    claims = wire.verify(wire.token(["#"], identity="ann"))
+    request = WireRequest("/", {}, {}, "ann", claims.topics, {})
+
+    async def render(topic: str, data: str | None, **kw: Any) -> list[tuple[Any, ...]]:
+        pairs = await wire.rendered(request, kw.get("claims", claims), topic, data, kw.get("id"))
+        return [(e.event, e.data, e.id, t) for e, t in pairs]
+
+    assert await render("a.x", "hi") == [
+        (None, "ann:hi", None, "a.x"),
+        ("loud", "HI", None, "a.x"),
+    ]
+    assert await render("a.y", "hi", id="7") == [
+        (None, "ann:hi", "7", "a.y"),
+        ("loud", "HI", "7", "a.y"),
+    ]
+    assert await render("b.x", "hi") == []  # no renderer: not for browsers
+    raw = wire.verify(wire.token(["#"], raw=True))
+    assert await render("b.x", "hi", claims=raw) == [(None, "hi", None, "b.x")]
+    wire.raw = True
+    assert await render("b.x", None) == [(None, "", None, "b.x")]

@@ -403,6 +403,8 @@ class WireNode:
                 self._call_listener(handler, GAP_TOPIC, data)
         for sub in self.subscribers:
             sub.offer((GAP_TOPIC, data))
+            if sub.claims.inbox:
+                sub.poke()  # appends announced meanwhile were missed too
 
     async def _listen_loop(self) -> None:
         backoff = Backoff()
