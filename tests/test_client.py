@@ -507,6 +507,79 @@ def test_publish_bad_topic(client: Client) -> None:
             client.publish(bad, 1)
 
 
+# ---------------------------------------------------------------- the durable inbox
+
+
+def test_inbox_append_read_collapse_and_mark_seen(client: Client) -> None:
+    started = client.notify_durable("alice", "import.started", "started")
+    progress = client.notify_durable("alice", "import.progress", "10%", collapse_key="import-7")
+    newer = client.notify_durable(
+        "alice",
+        "import.progress",
+        "20%",
+        collapse_key="import-7",
+        expires_at=NOW + timedelta(hours=1),
+    )
+    ping = client.notify_durable("alice", "ping")
+    client.notify_durable("bob", "ping")
+    assert started < progress < newer < ping
+    assert client.unseen_notifications("alice") == [
+        catbird.Notification(started, "import.started", "started", None, NOW, None),
+        catbird.Notification(
+            newer, "import.progress", "20%", "import-7", NOW, NOW + timedelta(hours=1)
+        ),
+        catbird.Notification(ping, "ping", None, None, NOW, None),
+    ]
+    page = client.unseen_notifications("alice", after_id=started, quantity=1)
+    assert [n.id for n in page] == [newer]
+    assert client.mark_seen("alice", [ping, 10**12]) == 1
+    assert client.mark_seen_until("alice", newer) == 2
+    assert client.mark_seen_until("alice", newer) == 0
+    assert client.unseen_notifications("alice") == []
+    assert [n.topic for n in client.unseen_notifications("bob")] == ["ping"]
+
+
+def test_inbox_expiry_follows_the_engine_clock(
+    client: Client, conn: psycopg.Connection[Any]
+) -> None:
+    soon = client.notify_durable("alice", "t", expires_at=NOW + timedelta(seconds=5))
+    assert [n.id for n in client.unseen_notifications("alice")] == [soon]
+    set_now(conn, NOW + timedelta(seconds=5))
+    assert client.unseen_notifications("alice") == []
+    gc = conn.execute("SELECT catbird.cb_gc()").fetchone()
+    assert gc is not None and gc[0]["notifications_deleted"] == 1
+
+
+def test_inbox_bad_arguments_raise_and_write_nothing(client: Client) -> None:
+    client.notify_durable("alice", "t", "kept")
+    bad: list[Call] = [
+        lambda: client.notify_durable("", "t"),
+        lambda: client.notify_durable("alice", "a..b"),
+        lambda: client.notify_durable("alice", "t", collapse_key=""),
+        lambda: client.notify_durable("alice", "t", expires_at=NOW),
+        lambda: client.unseen_notifications("alice", quantity=0),
+        lambda: client.unseen_notifications("alice", quantity=1001),
+        lambda: client.mark_seen("alice", range(10_001)),
+    ]
+    for call in bad:
+        with pytest.raises(InvalidArgument) as info:
+            call()
+        assert info.value.sqlstate == "22023"
+    for message in [{"a": 1}, 5, b"bytes"]:
+        with pytest.raises(TypeError, match="message must be a str or None"):
+            client.notify_durable("alice", "t", message)  # type: ignore[arg-type]
+    assert [n.message for n in client.unseen_notifications("alice")] == ["kept"]
+
+
+def test_inbox_append_in_a_rolled_back_transaction_leaves_nothing(
+    client: Client, conn: psycopg.Connection[Any]
+) -> None:
+    with pytest.raises(ZeroDivisionError), conn.transaction():
+        client.using(conn).notify_durable("alice", "t", "never")
+        raise ZeroDivisionError
+    assert client.unseen_notifications("alice") == []
+
+
 # ---------------------------------------------------------------- errors
 
 

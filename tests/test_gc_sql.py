@@ -25,6 +25,7 @@ ZERO = {
     "lease_expired_flow_runs": 0,
     "stale_workers_deleted": 0,
     "stale_wire_nodes_deleted": 0,
+    "notifications_deleted": 0,
     "task_runs_purged": 0,
     "flow_runs_purged": 0,
 }

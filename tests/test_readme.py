@@ -65,6 +65,9 @@ def test_the_sql_guide_runs_and_does_what_it_says(conn: psycopg.Connection) -> N
     assert one("SELECT cb_next_cron_tick('0 9 * * 1-5', '2030-01-04 12:00Z')") == (
         dt.datetime(2030, 1, 7, 9, tzinfo=dt.UTC),
     )
+    # Inbox: four appended, the 10% one collapsed, all acknowledged.
+    assert one("SELECT count(*), count(seen_at) FROM cb_notifications") == (4, 4)
+    assert conn.execute("SELECT * FROM cb_read_notifications('user-42')").fetchall() == []
 
 
 def test_the_python_guide_runs(dsn: str, monkeypatch: pytest.MonkeyPatch) -> None:

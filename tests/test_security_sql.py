@@ -36,6 +36,11 @@ FUNCTION_ROLES: dict[str, set[str]] = {
     # clock, events
     "cb_now": AWC,
     "cb_notify": AWC,
+    # the durable inbox (application-facing: every role)
+    "cb_notify_durable": AWC,
+    "cb_read_notifications": AWC,
+    "cb_mark_seen_until": AWC,
+    "cb_mark_seen": AWC,
     # queues
     "cb_create_queue": A,
     "cb_delete_queue": A,
@@ -329,6 +334,15 @@ def _exercise_every_family(conn: psycopg.Connection) -> set[str]:
     wid = str(uuid.uuid4())
     q("cb_now", "SELECT catbird.cb_now()")
     q("cb_notify", "SELECT catbird.cb_notify('app.ping', 'x')")
+    # the durable inbox
+    n1 = q(
+        "cb_notify_durable",
+        "SELECT catbird.cb_notify_durable('user-1', 'import.done', 'ok', collapse_key => 'imp',"
+        " expires_at => now() + interval '1 day')",
+    )[0][0]
+    q("cb_read_notifications", "SELECT * FROM catbird.cb_read_notifications('user-1')")
+    q("cb_mark_seen", "SELECT catbird.cb_mark_seen('user-1', ARRAY[%s]::bigint[])", (n1,))
+    q("cb_mark_seen_until", "SELECT catbird.cb_mark_seen_until('user-1', %s)", (n1,))
     # queues and topics
     q(
         "cb_create_queue",

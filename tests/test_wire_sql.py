@@ -195,3 +195,18 @@ def test_the_other_calls_reject_null_ids_and_bad_topics(conn):
     with rejected(conn, errors.InvalidParameterValue) as info:
         presence(conn, "room..1")
     assert "invalid pattern" in str(info.value)
+
+
+def test_appending_a_durable_notification_announces_it_on_commit(dsn, conn):
+    with psycopg.connect(dsn, autocommit=True) as listener:
+        listener.execute("LISTEN catbird")
+        with conn.transaction():
+            first = fn(conn, "cb_notify_durable", identity="ann", topic="alerts.a", message="x")
+            second = fn(conn, "cb_notify_durable", identity="ann", topic="alerts.b")
+            # Nothing before commit.
+            assert list(listener.notifies(timeout=0.2)) == []
+        got = [json.loads(n.payload) for n in listener.notifies(timeout=2.0, stop_after=2)]
+    assert [(e["topic"], json.loads(e["data"])) for e in got] == [
+        ("catbird.inbox.created", {"identity": "ann", "id": first, "topic": "alerts.a"}),
+        ("catbird.inbox.created", {"identity": "ann", "id": second, "topic": "alerts.b"}),
+    ]

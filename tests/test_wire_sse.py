@@ -170,6 +170,82 @@ async def test_a_killed_listen_connection_sends_gap_then_events_flow_again(url, 
     assert sse.events[1].data == "None<-chat.back:again"
 
 
+# --------------------------------------------------------------- durable inbox
+
+
+def render_alert(request: WireRequest, topic: str, data: str | None) -> SSEEvent:
+    return SSEEvent(event="alert", data=f"{topic}:{data}")
+
+
+@pytest.fixture
+def inbox_url(dsn: str) -> Iterator[str]:
+    wire = Wire(dsn, SECRET, poll_limit=2)  # small pages: the paging is exercised too
+    wire.render("alerts.*", render_alert)
+    with serve(wire.asgi_app()) as base:
+        yield base + "/events"
+
+
+def durable(conn: psycopg.Connection, identity: str, topic: str, message: str) -> int:
+    return int(fn(conn, "cb_notify_durable", identity=identity, topic=topic, message=message))
+
+
+async def test_an_inbox_stream_replays_unseen_notifications_then_delivers_live_and_resumes(
+    inbox_url, other, http, conn
+):
+    token = other.token(["alerts.*"], identity="ann", inbox=True)
+    first = durable(conn, "ann", "alerts.a", "one")
+    durable(conn, "bob", "alerts.a", "not ann's")
+    durable(conn, "ann", "other.x", "not in the token")
+    second = durable(conn, "ann", "alerts.b", "two")
+    async with sse_stream(http, inbox_url, params={"token": token}) as sse:
+        await sse.events_until(2)
+        third = durable(conn, "ann", "alerts.c", "three")  # live, while connected
+        events = await sse.events_until(3)
+    assert [(e.event, e.data, e.id) for e in events] == [
+        ("alert", "alerts.a:one", str(first)),
+        ("alert", "alerts.b:two", str(second)),
+        ("alert", "alerts.c:three", str(third)),
+    ]
+    # Offline: two more arrive, and the first one is marked seen by the app.
+    fourth = durable(conn, "ann", "alerts.d", "four")
+    fifth = durable(conn, "ann", "alerts.e", "five")
+    fn(conn, "cb_mark_seen", identity="ann", ids=[fourth])
+    headers = {"Last-Event-ID": str(third)}
+    async with sse_stream(http, inbox_url, params={"token": token}, headers=headers) as sse:
+        resumed = await sse.events_until(1)
+        await asyncio.sleep(0.3)
+    assert [(e.data, e.id) for e in resumed] == [("alerts.e:five", str(fifth))]
+
+
+async def test_polling_reads_the_inbox_after_a_cursor(inbox_url, other, http, conn):
+    poll = inbox_url + "/poll"
+    token = other.token(["alerts.*"], identity="ann", inbox=True)
+    ids = [durable(conn, "ann", f"alerts.n{i}", str(i)) for i in range(3)]
+    durable(conn, "ann", "other.x", "not in the token")
+    page = (await http.get(poll, params={"token": token})).json()
+    assert page == {
+        "events": [
+            {"id": str(ids[0]), "event": "alert", "data": "alerts.n0:0"},
+            {"id": str(ids[1]), "event": "alert", "data": "alerts.n1:1"},
+        ],
+        "cursor": ids[1],
+        "more": True,
+    }
+    page = (await http.get(poll, params={"token": token, "after": page["cursor"]})).json()
+    assert [e["data"] for e in page["events"]] == ["alerts.n2:2"]
+    assert page["more"] is True  # the page was full: the next one is empty
+    page = (await http.get(poll, params={"token": token, "after": page["cursor"]})).json()
+    assert page["events"] == [] and page["more"] is False
+    last = page["cursor"]
+    assert (await http.get(poll, params={"token": token, "after": last})).json() == {
+        "events": [],
+        "cursor": last,
+        "more": False,
+    }
+    # Nothing was marked seen by polling.
+    assert scalar(conn, "SELECT count(*) FROM catbird.cb_notifications WHERE seen_at IS NULL") == 4
+
+
 async def test_polling_refuses_bad_cursors_tokens_without_an_inbox_and_bad_tokens(
     inbox_url, other, http
 ):

@@ -89,6 +89,7 @@ $$;
 --   stale_workers_deleted      workers silent for longer than stale_worker_after
 --   stale_wire_nodes_deleted   Wire nodes silent for longer than
 --                              _cb_wire_stale_after() (82_wire), with their presence
+--   notifications_deleted      inbox notifications past their expires_at (84_inbox)
 --   task_runs_purged / flow_runs_purged  finished runs older than their
 --                              definition's retention_period (NULL or 0: kept)
 -- Returns those counters as jsonb; 22023 for batch_size < 1 or a
@@ -110,6 +111,7 @@ DECLARE
     v_stale_wire_nodes int;
     v_task_purged int;
     v_flow_purged int;
+    v_notifications int;
     v_lapsed_tasks bigint[];
     v_lapsed_flow int := 0;
     v_step catbird.cb_flow_steps;
@@ -200,6 +202,7 @@ BEGIN
 
     DELETE FROM catbird.cb_workers w WHERE w.last_heartbeat_at < v_now - stale_worker_after;
     GET DIAGNOSTICS v_stale_workers = ROW_COUNT;
+    v_notifications := catbird._cb_delete_expired_notifications(v_now, batch_size);
 
     DELETE FROM catbird.cb_wire_nodes n WHERE n.last_heartbeat_at < v_now - catbird._cb_wire_stale_after();
     GET DIAGNOSTICS v_stale_wire_nodes = ROW_COUNT;
@@ -217,6 +220,7 @@ BEGIN
         'lease_expired_flow_runs', v_lapsed_flow,
         'stale_workers_deleted', v_stale_workers,
         'stale_wire_nodes_deleted', v_stale_wire_nodes,
+        'notifications_deleted', v_notifications,
         'task_runs_purged', v_task_purged,
         'flow_runs_purged', v_flow_purged);
 END

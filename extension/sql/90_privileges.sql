@@ -51,7 +51,9 @@ $$;
 -- hiding runs, heartbeats, signals, waits and introspection; catbird_client
 -- sending, publishing, running, signalling, waiting, cancelling, retrying
 -- and introspection, and the Wire node calls (cb_wire_*: the web application
--- that relays events to browsers is a client); both compute cron ticks, and workers execute due
+-- that relays events to browsers is a client); both compute cron ticks and
+-- use the durable inbox (append, read, mark seen: application-facing), and
+-- workers execute due
 -- schedules. Schedules and dead-letter redrives are catbird_admin's. Any other name (a function added later): catbird_admin
 -- only. Raises nothing.
 CREATE FUNCTION catbird._cb_function_roles(function_name text) RETURNS text[]
@@ -59,7 +61,9 @@ LANGUAGE sql IMMUTABLE
 AS $$
     SELECT ARRAY['catbird_admin']
            || CASE WHEN function_name IN ('cb_now', 'cb_send', 'cb_publish', 'cb_run_task', 'cb_run_flow',
-                                          'cb_signal_flow', 'cb_notify', 'cb_next_cron_tick', 'cb_next_cron_ticks')
+                                          'cb_signal_flow', 'cb_notify', 'cb_next_cron_tick', 'cb_next_cron_ticks',
+                                          'cb_notify_durable', 'cb_read_notifications', 'cb_mark_seen_until',
+                                          'cb_mark_seen')
                      OR function_name LIKE 'cb\_wait\_%'
                      OR function_name LIKE 'cb\_get\_%'
                      OR function_name LIKE 'cb\_list\_%'

@@ -107,6 +107,23 @@ CREATE TABLE catbird.cb_schedules (
 );
 CREATE INDEX cb_schedules_due_idx ON catbird.cb_schedules (kind, next_run_at) WHERE enabled;
 
+-- --- the durable inbox (84_inbox.sql) ---------------------------------------------
+CREATE TABLE catbird.cb_notifications (
+    id           bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    identity     text NOT NULL,
+    topic        text NOT NULL,
+    collapse_key text,
+    message      text,
+    created_at   timestamptz NOT NULL,
+    seen_at      timestamptz,
+    expires_at   timestamptz,
+    CONSTRAINT cb_notifications_expires_at_check CHECK (expires_at > created_at)
+);
+CREATE INDEX cb_notifications_unseen_idx ON catbird.cb_notifications (identity, id) WHERE seen_at IS NULL;
+CREATE INDEX cb_notifications_expiry_idx ON catbird.cb_notifications (expires_at) WHERE expires_at IS NOT NULL;
+CREATE UNIQUE INDEX cb_notifications_collapse_idx ON catbird.cb_notifications (identity, collapse_key)
+    WHERE collapse_key IS NOT NULL AND seen_at IS NULL;
+
 -- --- Wire nodes and presence (82_wire.sql) -----------------------------------------
 CREATE UNLOGGED TABLE catbird.cb_wire_nodes (
     id                uuid PRIMARY KEY,

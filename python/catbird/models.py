@@ -227,6 +227,31 @@ class WorkerInfo:
 
 
 # ----------------------------------------------------------------------------
+# the durable inbox
+
+__all__ += ["Notification"]
+
+
+@dataclass(frozen=True, slots=True)
+class Notification:
+    """An unseen notification of an identity's inbox (``cb_read_notifications``).
+
+    ``id`` is the cursor: pass the last one handled as ``after_id`` to read on,
+    or to ``mark_seen_until``. ``message`` is the text given when it was
+    appended (``None`` without one); ``collapse_key`` the key that retires it
+    when a newer notification with the same key arrives; ``expires_at`` when it
+    stops being returned (``None``: never).
+    """
+
+    id: int
+    topic: str
+    message: str | None
+    collapse_key: str | None
+    created_at: datetime
+    expires_at: datetime | None
+
+
+# ----------------------------------------------------------------------------
 # flows
 
 __all__ += [

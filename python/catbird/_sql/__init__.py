@@ -20,6 +20,7 @@ types, selected columns). The modules:
 * ``flows``: flow definitions, runs, signals and introspection;
 * ``steps``: the worker's protocol of flow steps, map items and generators;
 * ``schedules``: cron schedules of tasks and flows, and the tick preview;
+* ``inbox``: the durable per-identity inbox (notifications);
 * ``workers``: the worker registry, garbage collection and events;
 * ``wire``: Wire nodes, presence and ``cb_notify``.
 """
@@ -71,6 +72,13 @@ from .flows import (
     unbind_flow,
     wait_flow_output,
     wait_flow_step_output,
+)
+from .inbox import (
+    NOTIFICATION_COLUMNS,
+    mark_seen,
+    mark_seen_until,
+    notify_durable,
+    read_notifications,
 )
 from .queues import (
     MESSAGE_COLUMNS,
@@ -189,6 +197,7 @@ __all__ = [
     "FLOW_RUN_COLUMNS",
     "ITEMS",
     "MESSAGE_COLUMNS",
+    "NOTIFICATION_COLUMNS",
     "QUEUE_COLUMNS",
     "SCHEDULE_COLUMNS",
     "STEPS",
@@ -283,9 +292,12 @@ __all__ = [
     "list_tasks",
     "list_workers",
     "listen_events",
+    "mark_seen",
+    "mark_seen_until",
     "ms",
     "next_cron_ticks",
     "notify",
+    "notify_durable",
     "ping",
     "publish",
     "publish_many",
@@ -294,6 +306,7 @@ __all__ = [
     "purge_task_runs",
     "read",
     "read_map_outputs",
+    "read_notifications",
     "read_poll",
     "redrive",
     "retry_flow_run",

@@ -16,6 +16,8 @@
     catbird schedule create send_digest "0 9 * * 1-5" --input '{"kind": "daily"}'
     catbird schedule next "0 9 * * 1-5" -n 3
     catbird worker ls
+    catbird inbox send user-42 import.done "Import 7 finished" --collapse-key import-7
+    catbird inbox read user-42 --json
 
 Every command that talks to a database takes ``--dsn`` (default: the
 ``CATBIRD_DSN`` environment variable) and ``--json`` (one JSON document on
@@ -30,7 +32,7 @@ This module only assembles the app; one module per command group:
 * :mod:`.dev` ``dev`` and ``demo`` (the demo itself is :mod:`.demo`),
   :mod:`.db`, :mod:`.queues` (``queue`` and ``publish``), :mod:`.tasks`,
   :mod:`.flows`, :mod:`.schedules`, :mod:`.worker` (``worker [run]`` and
-  ``worker ls``);
+  ``worker ls``), :mod:`.inbox` (the durable inbox);
 * :mod:`.runs` the run commands (show, run, runs, cancel, purge), written
   once for tasks and flows.
 
@@ -43,7 +45,7 @@ from __future__ import annotations
 
 import warnings
 
-from . import db, dev, flows, queues, schedules, tasks, worker
+from . import db, dev, flows, inbox, queues, schedules, tasks, worker
 from ._common import EXIT_ERROR, EXIT_USAGE, App
 
 __all__ = ["EXIT_ERROR", "EXIT_USAGE", "app", "main"]
@@ -63,6 +65,7 @@ app.add_typer(tasks.app, name="task")
 app.add_typer(worker.app, name="worker")
 app.add_typer(flows.app, name="flow")
 app.add_typer(schedules.app, name="schedule")
+app.add_typer(inbox.app, name="inbox")
 
 
 def main() -> None:

@@ -48,6 +48,7 @@ from ..models import (
     FlowRunInfo,
     FlowScheduleInfo,
     Message,
+    Notification,
     QueueInfo,
     RunOutcome,
     StepRunInfo,
@@ -628,6 +629,57 @@ class Client:
     def list_workers(self) -> list[WorkerInfo]:
         """Registered workers, oldest first."""
         return self.execute(_sql.list_workers())
+
+    # ------------------------------------------------------------------
+    # the durable inbox
+    #
+    # A per-identity mailbox of notifications (the identity is any text the
+    # application chooses: a user id, a session). Notifications stay until
+    # marked seen or expired; ids are a cursor that only grows per identity.
+
+    def notify_durable(
+        self,
+        identity: str,
+        topic: str,
+        message: str | None = None,
+        *,
+        collapse_key: str | None = None,
+        expires_at: datetime | None = None,
+    ) -> int:
+        """Append a notification to ``identity``'s inbox; returns its id.
+
+        With ``collapse_key``, the inbox's earlier unseen notifications with
+        that key are marked seen first (the newest wins). ``expires_at`` (in
+        the future) hides it from reads after then, and gc deletes it.
+        ``message`` is text (``TypeError`` otherwise: encode structured data
+        yourself). In a transaction of your own (:meth:`using`), the append
+        holds the identity's inbox until you commit: other appends to that
+        identity wait, so that its ids become visible in order.
+        """
+        return self.execute(
+            _sql.notify_durable(
+                identity, topic, message, collapse_key=collapse_key, expires_at=expires_at
+            )
+        )
+
+    def unseen_notifications(
+        self, identity: str, *, after_id: int = 0, quantity: int = 100
+    ) -> list[Notification]:
+        """Up to ``quantity`` (1-1000) unseen, unexpired notifications of
+        ``identity`` with an id above ``after_id``, oldest first. Reading marks
+        nothing: acknowledge with :meth:`mark_seen_until` or :meth:`mark_seen`."""
+        return self.execute(_sql.read_notifications(identity, after_id=after_id, quantity=quantity))
+
+    def mark_seen_until(self, identity: str, id: int) -> int:
+        """Mark ``identity``'s unseen notifications with an id up to ``id`` seen;
+        returns how many. Later notifications stay unseen."""
+        return self.execute(_sql.mark_seen_until(identity, id))
+
+    def mark_seen(self, identity: str, ids: Iterable[int]) -> int:
+        """Mark the given unseen notifications of ``identity`` seen (at most
+        10000 ids); returns how many were marked. Other identities' ids are
+        left alone."""
+        return self.execute(_sql.mark_seen(identity, ids))
 
     # ------------------------------------------------------------------
     # flows

@@ -113,6 +113,23 @@ CREATE TABLE catbird.cb_schedules (
 );
 CREATE INDEX cb_schedules_due_idx ON catbird.cb_schedules (kind, next_run_at) WHERE enabled;
 
+-- --- the durable inbox (84_inbox.sql) ---------------------------------------------
+CREATE TABLE catbird.cb_notifications (
+    id           bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    identity     text NOT NULL,
+    topic        text NOT NULL,
+    collapse_key text,
+    message      text,
+    created_at   timestamptz NOT NULL,
+    seen_at      timestamptz,
+    expires_at   timestamptz,
+    CONSTRAINT cb_notifications_expires_at_check CHECK (expires_at > created_at)
+);
+CREATE INDEX cb_notifications_unseen_idx ON catbird.cb_notifications (identity, id) WHERE seen_at IS NULL;
+CREATE INDEX cb_notifications_expiry_idx ON catbird.cb_notifications (expires_at) WHERE expires_at IS NOT NULL;
+CREATE UNIQUE INDEX cb_notifications_collapse_idx ON catbird.cb_notifications (identity, collapse_key)
+    WHERE collapse_key IS NOT NULL AND seen_at IS NULL;
+
 -- --- Wire nodes and presence (82_wire.sql) -----------------------------------------
 CREATE UNLOGGED TABLE catbird.cb_wire_nodes (
     id                uuid PRIMARY KEY,
@@ -4534,6 +4551,7 @@ DECLARE
     v_stale_wire_nodes int;
     v_task_purged int;
     v_flow_purged int;
+    v_notifications int;
     v_lapsed_tasks bigint[];
     v_lapsed_flow int := 0;
     v_step catbird.cb_flow_steps;
@@ -4624,6 +4642,7 @@ BEGIN
 
     DELETE FROM catbird.cb_workers w WHERE w.last_heartbeat_at < v_now - stale_worker_after;
     GET DIAGNOSTICS v_stale_workers = ROW_COUNT;
+    v_notifications := catbird._cb_delete_expired_notifications(v_now, batch_size);
 
     DELETE FROM catbird.cb_wire_nodes n WHERE n.last_heartbeat_at < v_now - catbird._cb_wire_stale_after();
     GET DIAGNOSTICS v_stale_wire_nodes = ROW_COUNT;
@@ -4641,6 +4660,7 @@ BEGIN
         'lease_expired_flow_runs', v_lapsed_flow,
         'stale_workers_deleted', v_stale_workers,
         'stale_wire_nodes_deleted', v_stale_wire_nodes,
+        'notifications_deleted', v_notifications,
         'task_runs_purged', v_task_purged,
         'flow_runs_purged', v_flow_purged);
 END
@@ -4786,6 +4806,180 @@ BEGIN
 END
 $$;
 
+-- === from extension/sql/84_inbox.sql
+
+CREATE OR REPLACE FUNCTION catbird._cb_check_identity(identity text) RETURNS void
+LANGUAGE plpgsql IMMUTABLE
+AS $$
+BEGIN
+    IF identity IS NULL OR identity = '' OR octet_length(identity) > 1024 THEN
+        RAISE EXCEPTION 'invalid identity %: an identity names one inbox (a user id, a session, ...); it must be non-empty text of at most 1024 bytes',
+            catbird._cb_quote_arg(identity)
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+END
+$$;
+
+CREATE OR REPLACE FUNCTION catbird.cb_notify_durable(identity text, topic text, message text = NULL,
+                                          collapse_key text = NULL, expires_at timestamptz = NULL)
+RETURNS bigint
+LANGUAGE plpgsql VOLATILE
+AS $$
+-- The ON CONFLICT target names the columns identity and collapse_key, which
+-- are also parameter names; parameters are always written qualified.
+#variable_conflict use_column
+DECLARE
+    v_now timestamptz;
+    v_id bigint;
+BEGIN
+    PERFORM catbird._cb_check_identity(cb_notify_durable.identity);
+    PERFORM catbird._cb_check_topic(cb_notify_durable.topic);
+    IF cb_notify_durable.collapse_key = '' OR octet_length(cb_notify_durable.collapse_key) > 1024 THEN
+        RAISE EXCEPTION 'invalid collapse_key %: a collapse key is non-empty text of at most 1024 bytes (NULL for none)',
+            catbird._cb_quote_arg(cb_notify_durable.collapse_key)
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    PERFORM catbird._cb_check_time('expires_at', cb_notify_durable.expires_at);
+
+    -- Held until the caller's transaction ends, taken before the id is drawn:
+    -- this identity's ids commit in order (see the header). The kind 'inbox'
+    -- is no definition's, so the keys never meet a queue, task or flow lock.
+    PERFORM catbird._cb_lock_definition('inbox', cb_notify_durable.identity, exclusive => true);
+    -- Read after the wait, so created_at follows id order within an identity.
+    v_now := catbird.cb_now();
+    IF cb_notify_durable.expires_at <= v_now THEN
+        RAISE EXCEPTION 'invalid expires_at: % is not in the future; the engine clock reads %', cb_notify_durable.expires_at, v_now
+            USING ERRCODE = 'invalid_parameter_value',
+                  HINT = 'A notification that has already expired would never be read; leave expires_at NULL for none.';
+    END IF;
+
+    IF cb_notify_durable.collapse_key IS NOT NULL THEN
+        UPDATE catbird.cb_notifications n SET seen_at = v_now
+        WHERE n.identity = cb_notify_durable.identity
+          AND n.collapse_key = cb_notify_durable.collapse_key
+          AND n.seen_at IS NULL;
+    END IF;
+    INSERT INTO catbird.cb_notifications AS n (identity, topic, collapse_key, message, created_at, expires_at)
+    VALUES (cb_notify_durable.identity, cb_notify_durable.topic, cb_notify_durable.collapse_key,
+            cb_notify_durable.message, v_now, cb_notify_durable.expires_at)
+    ON CONFLICT (identity, collapse_key) WHERE collapse_key IS NOT NULL AND seen_at IS NULL DO NOTHING
+    RETURNING n.id INTO v_id;
+    IF v_id IS NULL THEN
+        -- Only a writer that bypassed this function (a direct INSERT) can
+        -- leave an unseen row with the key that the UPDATE above did not see.
+        RAISE EXCEPTION 'an unseen notification with collapse key % of identity % was written concurrently',
+            catbird._cb_quote_arg(cb_notify_durable.collapse_key), catbird._cb_quote_arg(cb_notify_durable.identity)
+            USING ERRCODE = 'serialization_failure', HINT = 'Retry the call.';
+    END IF;
+    RETURN v_id;
+END
+$$;
+
+CREATE OR REPLACE FUNCTION catbird.cb_read_notifications(identity text, after_id bigint = 0, quantity int = 100)
+RETURNS TABLE (id bigint, topic text, message text, collapse_key text, created_at timestamptz,
+               expires_at timestamptz)
+LANGUAGE plpgsql VOLATILE
+AS $$
+DECLARE
+    v_now timestamptz := catbird.cb_now();
+BEGIN
+    PERFORM catbird._cb_check_identity(cb_read_notifications.identity);
+    IF after_id IS NULL THEN
+        RAISE EXCEPTION 'invalid after_id: NULL; pass 0 to read from the start, or the last id read to page on'
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    IF quantity IS NULL OR quantity < 1 OR quantity > 1000 THEN
+        RAISE EXCEPTION 'invalid quantity: got %, expected 1 to 1000 (page on with after_id)',
+            coalesce(quantity::text, 'NULL')
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    RETURN QUERY
+    SELECT n.id, n.topic, n.message, n.collapse_key, n.created_at, n.expires_at
+    FROM catbird.cb_notifications n
+    WHERE n.identity = cb_read_notifications.identity
+      AND n.id > after_id
+      AND n.seen_at IS NULL
+      AND (n.expires_at IS NULL OR n.expires_at > v_now)
+    ORDER BY n.id
+    LIMIT quantity;
+END
+$$;
+
+CREATE OR REPLACE FUNCTION catbird.cb_mark_seen_until(identity text, id bigint) RETURNS bigint
+LANGUAGE plpgsql VOLATILE
+AS $$
+DECLARE
+    v_marked bigint;
+BEGIN
+    PERFORM catbird._cb_check_identity(cb_mark_seen_until.identity);
+    IF cb_mark_seen_until.id IS NULL THEN
+        RAISE EXCEPTION 'invalid id: NULL; pass the last notification id handled'
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    UPDATE catbird.cb_notifications n SET seen_at = catbird.cb_now()
+    WHERE n.identity = cb_mark_seen_until.identity
+      AND n.id <= cb_mark_seen_until.id
+      AND n.seen_at IS NULL;
+    GET DIAGNOSTICS v_marked = ROW_COUNT;
+    RETURN v_marked;
+END
+$$;
+
+CREATE OR REPLACE FUNCTION catbird.cb_mark_seen(identity text, ids bigint[]) RETURNS bigint
+LANGUAGE plpgsql VOLATILE
+AS $$
+DECLARE
+    v_marked bigint;
+BEGIN
+    PERFORM catbird._cb_check_identity(cb_mark_seen.identity);
+    IF ids IS NULL OR array_position(ids, NULL) IS NOT NULL THEN
+        RAISE EXCEPTION 'invalid ids: expected an array of notification ids without NULLs (''{}'' for none)'
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    IF cardinality(ids) > 10000 THEN
+        RAISE EXCEPTION 'invalid ids: % ids, at most 10000 per call', cardinality(ids)
+            USING ERRCODE = 'invalid_parameter_value',
+                  HINT = 'Mark in batches, or use cb_mark_seen_until for everything up to an id.';
+    END IF;
+    UPDATE catbird.cb_notifications n SET seen_at = catbird.cb_now()
+    WHERE n.identity = cb_mark_seen.identity
+      AND n.id = ANY (ids)
+      AND n.seen_at IS NULL;
+    GET DIAGNOSTICS v_marked = ROW_COUNT;
+    RETURN v_marked;
+END
+$$;
+
+CREATE OR REPLACE FUNCTION catbird._cb_delete_expired_notifications(as_of timestamptz, batch_size int) RETURNS int
+LANGUAGE plpgsql VOLATILE
+AS $$
+DECLARE
+    v_deleted int;
+BEGIN
+    DELETE FROM catbird.cb_notifications n
+    WHERE n.id IN (SELECT x.id FROM catbird.cb_notifications x WHERE x.expires_at <= as_of
+                   LIMIT batch_size FOR UPDATE SKIP LOCKED);
+    GET DIAGNOSTICS v_deleted = ROW_COUNT;
+    RETURN v_deleted;
+END
+$$;
+
+-- === from extension/sql/86_wire_inbox.sql
+
+CREATE OR REPLACE FUNCTION catbird._cb_wire_inbox_created() RETURNS trigger
+LANGUAGE plpgsql VOLATILE
+AS $$
+BEGIN
+    PERFORM catbird._cb_notify('catbird.inbox.created',
+        jsonb_build_object('identity', NEW.identity, 'id', NEW.id, 'topic', NEW.topic)::text);
+    RETURN NULL;
+END
+$$;
+
+CREATE OR REPLACE TRIGGER cb_notifications_announce
+    AFTER INSERT ON catbird.cb_notifications
+    FOR EACH ROW EXECUTE FUNCTION catbird._cb_wire_inbox_created();
+
 -- === from extension/sql/90_privileges.sql
 
 DO $$
@@ -4807,7 +5001,9 @@ LANGUAGE sql IMMUTABLE
 AS $$
     SELECT ARRAY['catbird_admin']
            || CASE WHEN function_name IN ('cb_now', 'cb_send', 'cb_publish', 'cb_run_task', 'cb_run_flow',
-                                          'cb_signal_flow', 'cb_notify', 'cb_next_cron_tick', 'cb_next_cron_ticks')
+                                          'cb_signal_flow', 'cb_notify', 'cb_next_cron_tick', 'cb_next_cron_ticks',
+                                          'cb_notify_durable', 'cb_read_notifications', 'cb_mark_seen_until',
+                                          'cb_mark_seen')
                      OR function_name LIKE 'cb\_wait\_%'
                      OR function_name LIKE 'cb\_get\_%'
                      OR function_name LIKE 'cb\_list\_%'
