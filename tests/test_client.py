@@ -905,3 +905,84 @@ def test_schedule_errors(client: Client) -> None:
     with pytest.raises(InvalidArgument, match="batch_size"):
         client.execute_due_task_schedules(batch_size=0)
     assert client.list_task_schedules() == []
+
+
+# ---------------------------------------------------------------- waiting on events
+
+
+def finish_once_listening(dsn: str, statements: list[str], *, fake_now: bool) -> None:
+    """Run ``statements`` on a connection of their own once a waiter LISTENs and
+    has had its first look at the run, so that the run's event, not a poll,
+    must end the wait."""
+    with psycopg.Connection.connect(dsn, autocommit=True) as other:
+        if fake_now:
+            set_now(other, NOW)
+        listening = (
+            "SELECT count(*) FROM pg_stat_activity"
+            " WHERE datname = current_database() AND query = 'LISTEN catbird'"
+        )
+        while (other.execute(listening).fetchone()) == (0,):
+            time.sleep(0.02)
+        time.sleep(0.2)
+        for statement in statements:
+            other.execute(statement)  # type: ignore[arg-type]
+
+
+def test_wait_for_output_wakes_on_the_completed_event(client: Client, dsn: str) -> None:
+    client.create_task("work")
+    handle = client.run_task("work", {"n": 1})
+    finish = [
+        "SELECT catbird.cb_claim_tasks('work', 1, 60000)",
+        f"SELECT catbird.cb_complete_task('work', {handle.id}, '42')",
+    ]
+    output, _ = run_concurrently(
+        # a poll every hour: only the event can end this wait in time
+        lambda: handle.wait_for_output(timeout=60, poll_interval=3600),
+        lambda: finish_once_listening(dsn, finish, fake_now=True),
+    )
+    assert output == 42
+
+
+def test_wait_for_output_of_a_flow_wakes_on_the_canceled_event(
+    client: Client, conn: psycopg.Connection[Any], dsn: str
+) -> None:
+    conn.execute("""SELECT catbird.cb_create_flow('pipe', steps => '[{"name": "a"}]')""")
+    handle = client.run_flow("pipe", {})
+    finish = [f"SELECT catbird.cb_cancel_flow('pipe', {handle.id}, 'enough')"]
+    waiter = functools.partial(handle.wait_for_output, timeout=60, poll_interval=3600)
+    with pytest.raises(catbird.RunCanceled):
+        run_concurrently(waiter, lambda: finish_once_listening(dsn, finish, fake_now=True))
+
+
+def test_wait_for_output_with_a_pool_listens_on_a_connection_of_its_own(dsn: str) -> None:
+    with ConnectionPool(dsn, min_size=1, max_size=1, open=False) as pool:
+        client = Client(pool)
+        client.create_task("work")
+        handle = client.run_task("work", "x")
+        finish = [
+            "SELECT catbird.cb_claim_tasks('work', 1, 60000)",
+            f"SELECT catbird.cb_complete_task('work', {handle.id}, '\"done\"')",
+        ]
+        output, _ = run_concurrently(
+            # the pool's one connection stays free for the waiter's checks
+            lambda: handle.wait_for_output(timeout=60, poll_interval=3600),
+            lambda: finish_once_listening(dsn, finish, fake_now=False),
+        )
+        assert output == "done"
+
+
+def test_wait_for_output_polls_when_no_connection_can_listen(
+    client: Client, dsn: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+
+    def refuse(source: object) -> psycopg.Connection[Any]:
+        raise psycopg.OperationalError("too many connections")
+
+    monkeypatch.setattr("catbird.client.client.connect_like", refuse)
+    client.create_task("work")
+    handle = client.run_task("work", 1)
+    with psycopg.Connection.connect(dsn, autocommit=True) as other:
+        set_now(other, NOW)
+        other.execute("SELECT catbird.cb_cancel_task('work', %s)", [handle.id])
+    with pytest.raises(catbird.RunCanceled):
+        handle.wait_for_output(timeout=60)

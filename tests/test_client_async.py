@@ -932,3 +932,90 @@ async def test_schedule_errors(client: AsyncClient) -> None:
     with pytest.raises(InvalidArgument, match="batch_size"):
         await client.execute_due_task_schedules(batch_size=0)
     assert await client.list_task_schedules() == []
+
+
+# ---------------------------------------------------------------- waiting on events
+
+
+async def finish_once_listening(dsn: str, statements: list[str], *, fake_now: bool) -> None:
+    """Run ``statements`` on a connection of their own once a waiter LISTENs and
+    has had its first look at the run, so that the run's event, not a poll,
+    must end the wait."""
+    async with await psycopg.AsyncConnection.connect(dsn, autocommit=True) as other:
+        if fake_now:
+            await set_now(other, NOW)
+        listening = (
+            "SELECT count(*) FROM pg_stat_activity"
+            " WHERE datname = current_database() AND query = 'LISTEN catbird'"
+        )
+        while (await (await other.execute(listening)).fetchone()) == (0,):
+            await asyncio.sleep(0.02)
+        await asyncio.sleep(0.2)
+        for statement in statements:
+            await other.execute(statement)  # type: ignore[arg-type]
+
+
+async def test_wait_for_output_wakes_on_the_completed_event(client: AsyncClient, dsn: str) -> None:
+    await client.create_task("work")
+    handle = await client.run_task("work", {"n": 1})
+    finish = [
+        "SELECT catbird.cb_claim_tasks('work', 1, 60000)",
+        f"SELECT catbird.cb_complete_task('work', {handle.id}, '42')",
+    ]
+    output, _ = await run_concurrently(
+        # a poll every hour: only the event can end this wait in time
+        lambda: handle.wait_for_output(timeout=60, poll_interval=3600),
+        lambda: finish_once_listening(dsn, finish, fake_now=True),
+    )
+    assert output == 42
+
+
+async def test_wait_for_output_of_a_flow_wakes_on_the_canceled_event(
+    client: AsyncClient, aconn: psycopg.AsyncConnection[Any], dsn: str
+) -> None:
+    await aconn.execute("""SELECT catbird.cb_create_flow('pipe', steps => '[{"name": "a"}]')""")
+    handle = await client.run_flow("pipe", {})
+    finish = [f"SELECT catbird.cb_cancel_flow('pipe', {handle.id}, 'enough')"]
+    waiter = functools.partial(handle.wait_for_output, timeout=60, poll_interval=3600)
+    with pytest.raises(catbird.RunCanceled):
+        await run_concurrently(waiter, lambda: finish_once_listening(dsn, finish, fake_now=True))
+
+
+async def test_wait_for_output_with_a_pool_listens_on_a_connection_of_its_own(dsn: str) -> None:
+    async with AsyncConnectionPool(dsn, min_size=1, max_size=1, open=False) as pool:
+        client = AsyncClient(pool)
+        await client.create_task("work")
+        handle = await client.run_task("work", "x")
+        finish = [
+            "SELECT catbird.cb_claim_tasks('work', 1, 60000)",
+            f"SELECT catbird.cb_complete_task('work', {handle.id}, '\"done\"')",
+        ]
+        output, _ = await run_concurrently(
+            # the pool's one connection stays free for the waiter's checks
+            lambda: handle.wait_for_output(timeout=60, poll_interval=3600),
+            lambda: finish_once_listening(dsn, finish, fake_now=False),
+        )
+        assert output == "done"
+
+
+async def test_wait_for_output_polls_when_no_connection_can_listen(
+    client: AsyncClient, dsn: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    if True:  # ASYNC
+
+        async def refuse(source: object) -> psycopg.AsyncConnection[Any]:
+            raise psycopg.OperationalError("too many connections")
+
+    else:
+
+        def refuse(source: object) -> psycopg.AsyncConnection[Any]:
+            raise psycopg.OperationalError("too many connections")
+
+    monkeypatch.setattr("catbird.client.client_async.connect_like", refuse)
+    await client.create_task("work")
+    handle = await client.run_task("work", 1)
+    async with await psycopg.AsyncConnection.connect(dsn, autocommit=True) as other:
+        await set_now(other, NOW)
+        await other.execute("SELECT catbird.cb_cancel_task('work', %s)", [handle.id])
+    with pytest.raises(catbird.RunCanceled):
+        await handle.wait_for_output(timeout=60)

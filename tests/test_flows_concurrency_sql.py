@@ -65,7 +65,7 @@ class Completions:
     def _on_notify(self, notify: psycopg.Notify) -> None:
         payload = json.loads(notify.payload)
         if payload["topic"] == "catbird.flow.completed":
-            run_id = int(payload["data"])
+            run_id = json.loads(payload["data"])["run_id"]
             self.counts[run_id] = self.counts.get(run_id, 0) + 1
 
     def collect(self) -> dict[int, int]:

@@ -115,14 +115,16 @@ async def test_engine_events_reach_listeners(wires, dsn):
     assert topic == "catbird.worker.started"
 
 
-async def test_notify_rejects_bad_topics_and_oversized_data_and_delivers_nothing(wires):
+async def test_notify_refuses_bad_and_reserved_topics_and_big_data_delivering_nothing(wires):
     a, b = wires
     seen_a, seen_b = Inbox(), Inbox()
     a.listen("#", seen_a)
     b.listen("#", seen_b)
     with pytest.raises(ValueError, match="invalid topic"):
         await a.notify("chat.*")
-    with pytest.raises(catbird.InvalidArgument, match="7000"):
+    with pytest.raises(catbird.InvalidArgument, match="catbird"):
+        await a.notify("catbird.task.completed", "forged")
+    with pytest.raises(catbird.InvalidArgument, match=r"\d+ bytes"):
         await a.notify("chat.big", "x" * 8000)
     await settle()
     assert seen_a.got == [] and [t for t, _ in seen_b.got] == []

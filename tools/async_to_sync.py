@@ -72,6 +72,7 @@ RENAMES: dict[str, str] = {
     "__aenter__": "__enter__",
     "__aexit__": "__exit__",
     "aclose": "close",
+    "aclosing": "closing",
     "aconn": "conn",
     "asynccontextmanager": "contextmanager",
     "asyncio.sleep": "time.sleep",

@@ -71,7 +71,8 @@ BEGIN
 END
 $$;
 
--- Creates a queue; creating an existing queue is a no-op (its description
+-- Creates a queue (announcing catbird.queue.created); creating an existing
+-- queue is a no-op (its description
 -- and expiry are kept) except that max_deliveries and dead_letter_queue, when
 -- given, replace its dead-letter settings. A queue past expires_at is deleted
 -- by cb_gc. With max_deliveries, a message about to be delivered for the
@@ -108,7 +109,9 @@ BEGIN
     VALUES (cb_create_queue.name, cb_create_queue.description, catbird.cb_now(), cb_create_queue.expires_at,
             cb_create_queue.max_deliveries, v_dlq_id)
     ON CONFLICT ON CONSTRAINT cb_queues_name_key DO NOTHING;
-    IF NOT FOUND AND max_deliveries IS NOT NULL THEN
+    IF FOUND THEN
+        PERFORM catbird._cb_notify('catbird.queue.created', jsonb_build_object('queue', name)::text);
+    ELSIF max_deliveries IS NOT NULL THEN
         UPDATE catbird.cb_queues q
         SET max_deliveries = cb_create_queue.max_deliveries, dead_letter_queue_id = v_dlq_id
         WHERE q.name = cb_create_queue.name;
@@ -116,7 +119,8 @@ BEGIN
 END
 $$;
 
--- Deletes a queue with its messages and bindings; waits for sends in flight
+-- Deletes a queue with its messages and bindings (announcing
+-- catbird.queue.deleted); waits for sends in flight
 -- to it. Returns false when it does not exist; 22023 for an invalid name.
 CREATE FUNCTION catbird.cb_delete_queue(name text) RETURNS boolean
 LANGUAGE plpgsql VOLATILE
@@ -137,6 +141,7 @@ BEGIN
     UPDATE catbird.cb_queues q SET dead_letter_queue_id = NULL WHERE q.dead_letter_queue_id = v_id;
     -- dead letters that came from it have nowhere to be redriven to
     UPDATE catbird.cb_messages m SET source_queue_id = NULL WHERE m.source_queue_id = v_id;
+    PERFORM catbird._cb_notify('catbird.queue.deleted', jsonb_build_object('queue', name)::text);
     RETURN true;
 END
 $$;

@@ -283,7 +283,7 @@ BEGIN
     END IF;
     PERFORM catbird._cb_clear_runs(kind, v_id);
     DELETE FROM catbird.cb_bindings b WHERE b.target_type = kind AND b.target_name = name;
-    PERFORM catbird._cb_notify(format('catbird.%s.deleted', kind), name);
+    PERFORM catbird._cb_notify(format('catbird.%s.deleted', kind), jsonb_build_object(kind, name)::text);
     RETURN true;
 END
 $$;

@@ -135,7 +135,7 @@ BEGIN
         VALUES (cb_create_task.name, cb_create_task.description, cb_create_task.condition, v_expr,
                 cb_create_task.retention_period, coalesce(cb_create_task.on_fail, false), catbird.cb_now(),
                 cb_create_task.max_retries, cb_create_task.backoff_min, cb_create_task.backoff_max);
-        PERFORM catbird._cb_notify('catbird.task.created', name);
+        PERFORM catbird._cb_notify('catbird.task.created', jsonb_build_object('task', name)::text);
         RETURN;
     END IF;
     IF (v_existing.description, v_existing.condition, v_existing.retention_period, v_existing.on_fail,
@@ -167,8 +167,10 @@ AS $$ SELECT catbird._cb_delete_definition('task', cb_delete_task.name) $$;
 
 -- The one implementation of creating runs: one run per input, condition
 -- evaluated, deduplicated by concurrency key among queued/started runs.
--- Returns the run id each input position resolved to. Callers have validated
--- the arguments and hold the task's shared lock.
+-- Announces the new runs (catbird.task.started, catbird.task.skipped; a
+-- queued holder of a key past expires_at: catbird.task.expired), one event
+-- per topic and call. Returns the run id each input position resolved to.
+-- Callers have validated the arguments and hold the task's shared lock.
 CREATE FUNCTION catbird._cb_insert_task_runs(
     task catbird.cb_tasks, inputs jsonb[], concurrency_keys text[], headers jsonb[],
     visible_at timestamptz, priority int, expires_at timestamptz)
@@ -178,7 +180,9 @@ AS $$
 DECLARE
     v_now timestamptz := catbird.cb_now();
     v_ids bigint[];
-    v_queued boolean;
+    v_started bigint[];
+    v_skipped bigint[];
+    v_expired bigint[];
 BEGIN
     -- Bounded inputs (10_names): keys fit the index, times are finite.
     IF concurrency_keys IS NOT NULL OR _cb_insert_task_runs.visible_at IS NOT NULL OR _cb_insert_task_runs.expires_at IS NOT NULL THEN
@@ -202,17 +206,30 @@ BEGIN
             ORDER BY e.ord
             RETURNING id, status
         )
-        SELECT array_agg(i.id ORDER BY i.id), bool_or(i.status = 'queued') INTO v_ids, v_queued FROM inserted i;
-        IF v_queued THEN
-            PERFORM catbird._cb_notify('catbird.task.queued', task.name);
+        SELECT array_agg(i.id ORDER BY i.id), array_agg(i.id ORDER BY i.id) FILTER (WHERE i.status = 'skipped')
+        INTO v_ids, v_skipped FROM inserted i;
+        IF v_skipped IS NULL THEN
+            PERFORM catbird._cb_notify_runs('catbird.task.started', 'task', task.name, v_ids);
+        ELSE
+            PERFORM catbird._cb_notify_runs('catbird.task.started', 'task', task.name,
+                                            ARRAY(SELECT i FROM unnest(v_ids) AS i
+                                                  WHERE i <> ALL (v_skipped) ORDER BY i));
+            PERFORM catbird._cb_notify_runs('catbird.task.skipped', 'task', task.name, v_skipped);
         END IF;
         RETURN v_ids;
     END IF;
     -- Expired runs hold nothing: queued holders of these keys past their
     -- expires_at become expired (as a claim or cb_gc would) before deduplicating.
-    UPDATE catbird.cb_task_runs r SET status = 'expired', expired_at = v_now
-    WHERE r.task_id = task.id AND r.concurrency_key = ANY (concurrency_keys)
-      AND r.status = 'queued' AND r.expires_at <= v_now;
+    WITH expired AS (
+        UPDATE catbird.cb_task_runs r SET status = 'expired', expired_at = v_now
+        WHERE r.task_id = task.id AND r.concurrency_key = ANY (concurrency_keys)
+          AND r.status = 'queued' AND r.expires_at <= v_now
+        RETURNING r.id
+    )
+    SELECT array_agg(e.id ORDER BY e.id) INTO v_expired FROM expired e;
+    IF v_expired IS NOT NULL THEN
+        PERFORM catbird._cb_notify_runs('catbird.task.expired', 'task', task.name, v_expired);
+    END IF;
     WITH evaluated AS (
         SELECT u.ord, u.input, u.concurrency_key, u.headers,
                nextval('catbird.cb_task_runs_id_seq') AS new_id,
@@ -254,8 +271,9 @@ BEGIN
                  WHERE r.task_id = task.id AND r.concurrency_key = i.concurrency_key
                    AND r.status IN ('queued', 'started')))
            ORDER BY i.ord),
-           bool_or(ins.status = 'queued')
-    INTO v_ids, v_queued
+           array_agg(ins.id ORDER BY ins.id) FILTER (WHERE ins.status = 'queued'),
+           array_agg(ins.id ORDER BY ins.id) FILTER (WHERE ins.status = 'skipped')
+    INTO v_ids, v_started, v_skipped
     FROM input i
     LEFT JOIN inserted ins ON ins.id = i.new_id;
 
@@ -271,8 +289,11 @@ BEGIN
                 USING ERRCODE = 'serialization_failure', HINT = 'Retry the call.';
         END IF;
     END IF;
-    IF v_queued THEN
-        PERFORM catbird._cb_notify('catbird.task.queued', task.name);
+    IF v_started IS NOT NULL THEN
+        PERFORM catbird._cb_notify_runs('catbird.task.started', 'task', task.name, v_started);
+    END IF;
+    IF v_skipped IS NOT NULL THEN
+        PERFORM catbird._cb_notify_runs('catbird.task.skipped', 'task', task.name, v_skipped);
     END IF;
     RETURN v_ids;
 END
@@ -344,7 +365,7 @@ BEGIN
     WHERE r.id = run_id AND r.task_id = v_task.id AND r.status IN ('queued', 'started')
     RETURNING r.status INTO v_status;
     IF v_status IS NOT NULL THEN
-        PERFORM catbird._cb_notify('catbird.task.canceled', run_id::text);
+        PERFORM catbird._cb_notify_runs('catbird.task.canceled', 'task', v_task.name, ARRAY[run_id]);
         RETURN true;
     END IF;
     -- Canceling a canceled run again is not an error, and still true.

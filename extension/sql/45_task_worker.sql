@@ -30,9 +30,9 @@
 -- lease (visible_at) lapsed, highest priority first, then oldest. Each claim
 -- increments attempts (the fencing token) and holds the run for hide_for ms;
 -- concurrent claims skip each other's rows. Queued runs past expires_at met
--- on the way become expired, and lapsed runs that used their attempts (see
--- _cb_lease_cap) fail with a "lease expired" error (on-fail queued,
--- catbird.task.failed announced); neither counts. Returns the claims
+-- on the way become expired (catbird.task.expired), and lapsed runs that used
+-- their attempts (see _cb_lease_cap) fail with a "lease expired" error
+-- (on-fail queued, catbird.task.failed); neither counts. Returns the claims
 -- (cb_task_claim) by priority, then id. 42704 for an unknown task; 22023 for
 -- an invalid name, quantity < 1 or hide_for < 1.
 CREATE FUNCTION catbird.cb_claim_tasks(name text, quantity int, hide_for int)
@@ -45,6 +45,7 @@ DECLARE
     v_wanted int := quantity;
     v_claims catbird.cb_task_claim[];
     v_expired bigint;
+    v_expired_ids bigint[];
     v_failed bigint[];
     v_max_retries int;
     v_cap int;
@@ -91,12 +92,14 @@ BEGIN
         SELECT coalesce(array_agg(ROW(c.id, c.attempts, c.input, c.headers, c.concurrency_key, c.priority)::catbird.cb_task_claim
                                   ORDER BY c.priority DESC, c.id) FILTER (WHERE NOT (c.expired OR c.exhausted)), '{}'),
                count(*) FILTER (WHERE c.expired OR c.exhausted),
-               array_agg(c.id ORDER BY c.id) FILTER (WHERE c.exhausted)
-        INTO v_claims, v_expired, v_failed
+               array_agg(c.id ORDER BY c.id) FILTER (WHERE c.exhausted),
+               array_agg(c.id ORDER BY c.id) FILTER (WHERE c.expired)
+        INTO v_claims, v_expired, v_failed, v_expired_ids
         FROM claimed c;
         RETURN QUERY SELECT * FROM unnest(v_claims);
-        IF v_failed IS NOT NULL THEN
-            PERFORM catbird._cb_notify('catbird.task.failed', f::text) FROM unnest(v_failed) AS f;
+        IF v_expired > 0 THEN
+            PERFORM catbird._cb_notify_runs('catbird.task.failed', 'task', cb_claim_tasks.name, v_failed);
+            PERFORM catbird._cb_notify_runs('catbird.task.expired', 'task', cb_claim_tasks.name, v_expired_ids);
         END IF;
         v_wanted := v_wanted - cardinality(v_claims);
         EXIT WHEN v_expired = 0 OR v_wanted = 0;
@@ -154,10 +157,8 @@ BEGIN
         RETURNING r.id
     )
     SELECT coalesce(array_agg(d.id ORDER BY d.id), '{}') INTO v_done FROM done d;
-    -- One event per call (ids comma-separated, at most 500 per event), not one per run.
-    PERFORM catbird._cb_notify('catbird.task.completed', string_agg(c.id::text, ',' ORDER BY c.id))
-    FROM (SELECT d AS id, (row_number() OVER (ORDER BY d) - 1) / 500 AS chunk FROM unnest(v_done) AS d) c
-    GROUP BY c.chunk;
+    -- One event per call (run_ids), not one per run.
+    PERFORM catbird._cb_notify_runs('catbird.task.completed', 'task', v_task.name, v_done);
     RETURN v_done;
 END
 $$;
@@ -211,7 +212,7 @@ BEGIN
       AND (attempt IS NULL OR r.attempts = attempt)
     RETURNING r.status INTO v_status;
     IF v_status = 'failed' THEN
-        PERFORM catbird._cb_notify('catbird.task.failed', run_id::text);
+        PERFORM catbird._cb_notify_runs('catbird.task.failed', 'task', v_task.name, ARRAY[run_id]);
     END IF;
     RETURN v_status;
 END
@@ -251,7 +252,7 @@ BEGIN
     EXCEPTION WHEN unique_violation THEN
         RETURN false;  -- a run holding the key committed meanwhile
     END;
-    PERFORM catbird._cb_notify('catbird.task.queued', v_task.name);
+    PERFORM catbird._cb_notify('catbird.task.queued', jsonb_build_object('task', v_task.name)::text);
     RETURN true;
 END
 $$;

@@ -298,7 +298,7 @@ BEGIN
         VALUES (cb_create_flow.name, cb_create_flow.description, v_steps, v_output_priority,
                 cb_create_flow.retention_period, coalesce(cb_create_flow.on_fail, false), catbird.cb_now())
         RETURNING id INTO v_id;
-        PERFORM catbird._cb_notify('catbird.flow.created', name);
+        PERFORM catbird._cb_notify('catbird.flow.created', jsonb_build_object('flow', name)::text);
     END IF;
 
     INSERT INTO catbird.cb_flow_steps (flow_id, name, position, description, step_type, signal, condition,

@@ -90,7 +90,7 @@ BEGIN
         on_fail_status = 'queued', on_fail_visible_at = v_now
     WHERE r.id = flow_run_id;
     PERFORM catbird._cb_cancel_open_work(flow_run_id, true);
-    PERFORM catbird._cb_notify('catbird.flow.failed', flow_run_id::text);
+    PERFORM catbird._cb_notify_flow_run('catbird.flow.failed', flow_run_id);
 END
 $$;
 
@@ -178,13 +178,13 @@ BEGIN
                     UPDATE catbird.cb_step_runs sr
                     SET status = 'waiting_for_map_tasks', map_total = jsonb_array_length(v_items)
                     WHERE sr.id = v_step.id;
-                    PERFORM catbird._cb_notify('catbird.step.queued', v_flow.name || '/' || (v_step.fs).name);
+                    PERFORM catbird._cb_notify('catbird.step.queued', jsonb_build_object('flow', v_flow.name, 'step', (v_step.fs).name)::text);
                 END IF;
                 CONTINUE;
             END IF;
             UPDATE catbird.cb_step_runs sr SET status = 'queued', visible_at = greatest(v_now, v_run.visible_at)
             WHERE sr.id = v_step.id;
-            PERFORM catbird._cb_notify('catbird.step.queued', v_flow.name || '/' || (v_step.fs).name);
+            PERFORM catbird._cb_notify('catbird.step.queued', jsonb_build_object('flow', v_flow.name, 'step', (v_step.fs).name)::text);
         END LOOP;
         EXIT WHEN NOT v_progress;
     END LOOP;
@@ -210,7 +210,7 @@ BEGIN
     END IF;
     UPDATE catbird.cb_flow_runs r SET status = 'completed', completed_at = v_now, output = v_output
     WHERE r.id = flow_run_id;
-    PERFORM catbird._cb_notify('catbird.flow.completed', flow_run_id::text);
+    PERFORM catbird._cb_notify_runs('catbird.flow.completed', 'flow', v_flow.name, ARRAY[flow_run_id]);
 END
 $$;
 
@@ -225,7 +225,7 @@ BEGIN
       AND NOT EXISTS (SELECT 1 FROM catbird.cb_step_runs sr WHERE sr.flow_run_id = r.id AND sr.status = 'started')
       AND NOT EXISTS (SELECT 1 FROM catbird.cb_map_tasks m WHERE m.flow_run_id = r.id AND m.status = 'started');
     IF FOUND THEN
-        PERFORM catbird._cb_notify('catbird.flow.canceled', flow_run_id::text);
+        PERFORM catbird._cb_notify_flow_run('catbird.flow.canceled', flow_run_id);
     END IF;
 END
 $$;

@@ -28,15 +28,16 @@ AS $$
 BEGIN
     UPDATE catbird.cb_flow_runs r SET status = 'expired', canceled_at = catbird.cb_now() WHERE r.id = run_id;
     PERFORM catbird._cb_cancel_open_work(run_id, true);
-    PERFORM catbird._cb_notify('catbird.flow.expired', run_id::text);
+    PERFORM catbird._cb_notify_flow_run('catbird.flow.expired', run_id);
 END
 $$;
 
 -- The one implementation of starting runs (cb_run_flow, cb_publish): one run
 -- per input, deduplicated by concurrency key among active runs, each advanced
--- at once (root steps queued). Returns the run id each input resolved to.
--- Callers hold the flow's shared lock. 40001 when a key's holder finished
--- while the call deduplicated against it (retry).
+-- at once (root steps queued); the new runs are announced as
+-- catbird.flow.started, one event per call. Returns the run id each input
+-- resolved to. Callers hold the flow's shared lock. 40001 when a key's holder
+-- finished while the call deduplicated against it (retry).
 CREATE FUNCTION catbird._cb_insert_flow_runs(
     flow catbird.cb_flows, inputs jsonb[], concurrency_keys text[], headers jsonb[],
     visible_at timestamptz, priority int, expires_at timestamptz)
@@ -118,6 +119,8 @@ BEGIN
                 USING ERRCODE = 'serialization_failure', HINT = 'Retry the call.';
         END IF;
     END IF;
+    -- started before the advance: a run that ends at once announces its end after.
+    PERFORM catbird._cb_notify_runs('catbird.flow.started', 'flow', flow.name, v_new);
     FOREACH v_run IN ARRAY coalesce(v_new, '{}') LOOP
         PERFORM catbird._cb_advance_flow_run(v_run);
     END LOOP;
@@ -231,7 +234,7 @@ BEGIN
     SET status = 'canceling', cancel_requested_at = v_now, cancel_reason = reason
     WHERE r.id = run_id;
     PERFORM catbird._cb_cancel_open_work(run_id, false);
-    PERFORM catbird._cb_notify('catbird.flow.canceling', run_id::text);
+    PERFORM catbird._cb_notify_runs('catbird.flow.canceling', 'flow', v_flow.name, ARRAY[run_id]);
     PERFORM catbird._cb_finish_canceling(run_id);
     RETURN true;
 END
@@ -276,7 +279,7 @@ BEGIN
         cancel_reason = coalesce(reason, format('completed early by step "%s"', step_name))
     WHERE r.id = run_id;
     PERFORM catbird._cb_cancel_open_work(run_id, true);
-    PERFORM catbird._cb_notify('catbird.flow.completed', run_id::text);
+    PERFORM catbird._cb_notify_runs('catbird.flow.completed', 'flow', v_flow.name, ARRAY[run_id]);
     RETURN true;
 END
 $$;
@@ -333,7 +336,7 @@ BEGIN
                             AND d.status NOT IN ('completed', 'skipped'))
     WHERE sr.id = ANY (v_reset);
     PERFORM catbird._cb_advance_flow_run(run_id);
-    PERFORM catbird._cb_notify('catbird.flow.retried', run_id::text);
+    PERFORM catbird._cb_notify_runs('catbird.flow.retried', 'flow', v_flow.name, ARRAY[run_id]);
     RETURN true;
 END
 $$;

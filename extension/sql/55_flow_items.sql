@@ -310,7 +310,7 @@ BEGIN
         spawn_cursor = CASE WHEN attempt IS NOT NULL THEN v_base + v_count ELSE sr.spawn_cursor END
     WHERE sr.id = cb_spawn_generator_map_tasks.id;
     IF v_added > 0 THEN
-        PERFORM catbird._cb_notify('catbird.step.queued', flow_name || '/' || step_name);
+        PERFORM catbird._cb_notify('catbird.step.queued', jsonb_build_object('flow', flow_name, 'step', step_name)::text);
     END IF;
     RETURN v_count;
 END

@@ -268,7 +268,8 @@ DECLARE
     v_done_next timestamptz[] := '{}'::timestamptz[];
     v_done_last timestamptz[] := '{}'::timestamptz[];
     v_count int := 0;
-    v_queued int[];
+    v_started bigint[];
+    v_skipped bigint[];
 BEGIN
     PERFORM catbird._cb_check_at_least('batch_size', batch_size, 1);
     PERFORM catbird._cb_check_at_least('max_schedules', max_schedules, 1);
@@ -331,13 +332,14 @@ BEGIN
             ON CONFLICT (task_id, concurrency_key)
                 WHERE concurrency_key IS NOT NULL AND status IN ('queued', 'started')
                 DO NOTHING
-            RETURNING task_id, status
+            RETURNING id, status
         )
-        SELECT count(*)::int, array_agg(DISTINCT i.task_id) FILTER (WHERE i.status = 'queued')
-        INTO v_count, v_queued
+        SELECT count(*)::int, array_agg(i.id) FILTER (WHERE i.status = 'queued'),
+               array_agg(i.id) FILTER (WHERE i.status = 'skipped')
+        INTO v_count, v_started, v_skipped
         FROM inserted i;
-        PERFORM catbird._cb_notify('catbird.task.queued', t.name)
-        FROM catbird.cb_tasks t WHERE t.id = ANY (v_queued);
+        PERFORM catbird._cb_notify_task_runs('catbird.task.started', v_started);
+        PERFORM catbird._cb_notify_task_runs('catbird.task.skipped', v_skipped);
         RETURN v_count;
     END IF;
 

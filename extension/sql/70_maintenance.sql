@@ -36,7 +36,7 @@ BEGIN
     ON CONFLICT ON CONSTRAINT cb_workers_pkey DO UPDATE
         SET task_handlers = excluded.task_handlers, step_handlers = excluded.step_handlers,
             last_heartbeat_at = excluded.last_heartbeat_at;
-    PERFORM catbird._cb_notify('catbird.worker.started', id::text);
+    PERFORM catbird._cb_notify('catbird.worker.started', jsonb_build_object('worker_id', id)::text);
 END
 $$;
 
@@ -60,7 +60,7 @@ AS $$
 BEGIN
     DELETE FROM catbird.cb_workers w WHERE w.id = cb_worker_stopped.id;
     IF FOUND THEN
-        PERFORM catbird._cb_notify('catbird.worker.stopped', id::text);
+        PERFORM catbird._cb_notify('catbird.worker.stopped', jsonb_build_object('worker_id', id)::text);
     END IF;
     RETURN FOUND;
 END
@@ -105,10 +105,12 @@ DECLARE
     v_expired_queues int := 0;
     v_expired_messages int;
     v_expired_task_runs int;
+    v_expired_ids bigint[];
     v_expired_flow_runs int := 0;
     v_finalized int := 0;
     v_stale_workers int;
     v_stale_wire_nodes int;
+    v_stale_ids uuid[];
     v_task_purged int;
     v_flow_purged int;
     v_notifications int;
@@ -136,11 +138,16 @@ BEGIN
                    LIMIT batch_size FOR UPDATE SKIP LOCKED);
     GET DIAGNOSTICS v_expired_messages = ROW_COUNT;
 
-    UPDATE catbird.cb_task_runs r SET status = 'expired', expired_at = v_now
-    WHERE r.id IN (SELECT x.id FROM catbird.cb_task_runs x
-                   WHERE x.status = 'queued' AND x.expires_at <= v_now
-                   LIMIT batch_size FOR UPDATE SKIP LOCKED);
-    GET DIAGNOSTICS v_expired_task_runs = ROW_COUNT;
+    WITH expired AS (
+        UPDATE catbird.cb_task_runs r SET status = 'expired', expired_at = v_now
+        WHERE r.id IN (SELECT x.id FROM catbird.cb_task_runs x
+                       WHERE x.status = 'queued' AND x.expires_at <= v_now
+                       LIMIT batch_size FOR UPDATE SKIP LOCKED)
+        RETURNING r.id
+    )
+    SELECT array_agg(e.id) INTO v_expired_ids FROM expired e;
+    v_expired_task_runs := coalesce(cardinality(v_expired_ids), 0);
+    PERFORM catbird._cb_notify_task_runs('catbird.task.expired', v_expired_ids);
 
     FOR v_run IN
         SELECT r.id FROM catbird.cb_flow_runs r
@@ -166,7 +173,7 @@ BEGIN
         RETURNING r.id
     )
     SELECT coalesce(array_agg(l.id ORDER BY l.id), '{}') INTO v_lapsed_tasks FROM lapsed l;
-    PERFORM catbird._cb_notify('catbird.task.failed', l::text) FROM unnest(v_lapsed_tasks) AS l;
+    PERFORM catbird._cb_notify_task_runs('catbird.task.failed', v_lapsed_tasks);
     FOR v_step IN
         SELECT fs.* FROM catbird.cb_flow_steps fs
         WHERE EXISTS (SELECT 1 FROM catbird.cb_step_runs sr
@@ -200,8 +207,14 @@ BEGIN
         v_finalized := v_finalized + 1;
     END LOOP;
 
-    DELETE FROM catbird.cb_workers w WHERE w.last_heartbeat_at < v_now - stale_worker_after;
-    GET DIAGNOSTICS v_stale_workers = ROW_COUNT;
+    WITH stale AS (
+        DELETE FROM catbird.cb_workers w WHERE w.last_heartbeat_at < v_now - stale_worker_after
+        RETURNING w.id
+    )
+    SELECT array_agg(s.id ORDER BY s.id) INTO v_stale_ids FROM stale s;
+    v_stale_workers := coalesce(cardinality(v_stale_ids), 0);
+    PERFORM catbird._cb_notify('catbird.worker.stopped', jsonb_build_object('worker_id', s)::text)
+    FROM unnest(v_stale_ids) AS s;
     v_notifications := catbird._cb_delete_expired_notifications(v_now, batch_size);
 
     DELETE FROM catbird.cb_wire_nodes n WHERE n.last_heartbeat_at < v_now - catbird._cb_wire_stale_after();

@@ -20,10 +20,12 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from contextlib import AbstractAsyncContextManager, AbstractContextManager
 from datetime import datetime, timedelta
 from functools import partial
 from typing import Any, Generic, LiteralString, NamedTuple, Protocol, TypeAlias, TypedDict, TypeVar
 
+import psycopg
 from psycopg.types.json import Jsonb
 
 from ..codec import dumps
@@ -62,11 +64,19 @@ class Executor(Protocol):
 
     def execute(self, query: Query[T], /) -> T: ...
 
+    def _listening(self) -> AbstractContextManager[psycopg.Connection[Any] | None]:
+        """A connection of its own LISTENing for events (``None``: none to be had)."""
+        ...
+
 
 class AsyncExecutor(Protocol):
     """:class:`Executor` for asyncio: a :class:`catbird.AsyncClient`."""
 
     async def execute(self, query: Query[T], /) -> T: ...
+
+    def _listening(self) -> AbstractAsyncContextManager[psycopg.AsyncConnection[Any] | None]:
+        """A connection of its own LISTENing for events (``None``: none to be had)."""
+        ...
 
 
 class Statement:

@@ -18,6 +18,7 @@
     catbird worker ls
     catbird inbox send user-42 import.done "Import 7 finished" --collapse-key import-7
     catbird inbox read user-42 --json
+    catbird listen 'catbird.task.*' --json   # events as they are committed
 
 Every command that talks to a database takes ``--dsn`` (default: the
 ``CATBIRD_DSN`` environment variable) and ``--json`` (one JSON document on
@@ -32,7 +33,7 @@ This module only assembles the app; one module per command group:
 * :mod:`.dev` ``dev`` and ``demo`` (the demo itself is :mod:`.demo`),
   :mod:`.db`, :mod:`.queues` (``queue`` and ``publish``), :mod:`.tasks`,
   :mod:`.flows`, :mod:`.schedules`, :mod:`.worker` (``worker [run]`` and
-  ``worker ls``), :mod:`.inbox` (the durable inbox);
+  ``worker ls``), :mod:`.inbox` (the durable inbox), :mod:`.listen` (``listen``);
 * :mod:`.runs` the run commands (show, run, runs, cancel, purge), written
   once for tasks and flows.
 
@@ -45,7 +46,7 @@ from __future__ import annotations
 
 import warnings
 
-from . import db, dev, flows, inbox, queues, schedules, tasks, worker
+from . import db, dev, flows, inbox, listen, queues, schedules, tasks, worker
 from ._common import EXIT_ERROR, EXIT_USAGE, App
 
 __all__ = ["EXIT_ERROR", "EXIT_USAGE", "app", "main"]
@@ -66,6 +67,7 @@ app.add_typer(worker.app, name="worker")
 app.add_typer(flows.app, name="flow")
 app.add_typer(schedules.app, name="schedule")
 app.add_typer(inbox.app, name="inbox")
+app.command("listen")(listen.listen_command)
 
 
 def main() -> None:

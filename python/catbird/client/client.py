@@ -26,6 +26,8 @@ generated from it (``tools/async_to_sync.py``) and has the same methods.
 
 from __future__ import annotations
 
+import inspect
+import logging
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from datetime import datetime, timedelta
@@ -33,6 +35,7 @@ from types import TracebackType
 from typing import Any, TypeVar, Unpack, overload
 
 import psycopg
+from psycopg.conninfo import make_conninfo
 from psycopg.rows import tuple_row
 from psycopg_pool import ConnectionPool
 
@@ -60,10 +63,37 @@ from ..models import (
 from .handles import FlowHandle, TaskHandle
 from .reader import Reader, ReaderHandler
 
-__all__ = ["Client"]
+__all__ = ["Client", "connect_like"]
 
 T = TypeVar("T")
 O = TypeVar("O")  # noqa: E741 - a task's output type
+
+log = logging.getLogger("catbird.client")
+
+
+def connect_like(
+    source: psycopg.Connection[Any] | ConnectionPool[Any],
+) -> psycopg.Connection[Any]:
+    """A new autocommit connection to the same server as ``source`` (a
+    connection: its parameters and password; a pool: its conninfo and kwargs),
+    e.g. for LISTEN, which needs a connection of its own."""
+    if isinstance(source, ConnectionPool):
+        conninfo: Any = source.conninfo
+        kwargs: Any = source.kwargs
+        if callable(conninfo):
+            conninfo = conninfo()
+        if inspect.isawaitable(conninfo):
+            conninfo = conninfo
+        if callable(kwargs):
+            kwargs = kwargs()
+        if inspect.isawaitable(kwargs):
+            kwargs = kwargs
+        return psycopg.Connection.connect(str(conninfo), **{**(kwargs or {}), "autocommit": True})
+    password = source.pgconn.password  # info.dsn leaves it out
+    conninfo = source.info.dsn
+    if password:
+        conninfo = make_conninfo(conninfo, password=password.decode())
+    return psycopg.Connection.connect(conninfo, autocommit=True)
 
 
 class Client:
@@ -149,6 +179,24 @@ class Client:
         else:
             assert self._conn is not None
             yield self._conn
+
+    @contextmanager
+    def _listening(self) -> Iterator[psycopg.Connection[Any] | None]:
+        """A new connection LISTENing on the events channel, closed on exit;
+        ``None`` when none can be opened (callers then poll)."""
+        source = self._pool if self._pool is not None else self._conn
+        assert source is not None
+        try:
+            conn = connect_like(source)
+        except psycopg.Error as exc:
+            log.debug("cannot open a connection to listen for events (%s); polling", exc)
+            yield None
+            return
+        try:
+            Client(conn).execute(_sql.listen_events())
+            yield conn
+        finally:
+            conn.close()
 
     def execute(self, query: Query[T]) -> T:
         """Run one :class:`catbird._sql.Query` and decode its rows."""

@@ -24,6 +24,8 @@ generated from it (``tools/async_to_sync.py``) and has the same methods.
 
 from __future__ import annotations
 
+import inspect
+import logging
 from collections.abc import AsyncIterator, Iterable
 from contextlib import asynccontextmanager
 from datetime import datetime, timedelta
@@ -31,6 +33,7 @@ from types import TracebackType
 from typing import Any, TypeVar, Unpack, overload
 
 import psycopg
+from psycopg.conninfo import make_conninfo
 from psycopg.rows import tuple_row
 from psycopg_pool import AsyncConnectionPool
 
@@ -58,10 +61,39 @@ from ..models import (
 from .handles_async import AsyncFlowHandle, AsyncTaskHandle
 from .reader import AsyncReader, AsyncReaderHandler
 
-__all__ = ["AsyncClient"]
+__all__ = ["AsyncClient", "connect_like"]
 
 T = TypeVar("T")
 O = TypeVar("O")  # noqa: E741 - a task's output type
+
+log = logging.getLogger("catbird.client")
+
+
+async def connect_like(
+    source: psycopg.AsyncConnection[Any] | AsyncConnectionPool[Any],
+) -> psycopg.AsyncConnection[Any]:
+    """A new autocommit connection to the same server as ``source`` (a
+    connection: its parameters and password; a pool: its conninfo and kwargs),
+    e.g. for LISTEN, which needs a connection of its own."""
+    if isinstance(source, AsyncConnectionPool):
+        conninfo: Any = source.conninfo
+        kwargs: Any = source.kwargs
+        if callable(conninfo):
+            conninfo = conninfo()
+        if inspect.isawaitable(conninfo):
+            conninfo = await conninfo
+        if callable(kwargs):
+            kwargs = kwargs()
+        if inspect.isawaitable(kwargs):
+            kwargs = await kwargs
+        return await psycopg.AsyncConnection.connect(
+            str(conninfo), **{**(kwargs or {}), "autocommit": True}
+        )
+    password = source.pgconn.password  # info.dsn leaves it out
+    conninfo = source.info.dsn
+    if password:
+        conninfo = make_conninfo(conninfo, password=password.decode())
+    return await psycopg.AsyncConnection.connect(conninfo, autocommit=True)
 
 
 class AsyncClient:
@@ -147,6 +179,24 @@ class AsyncClient:
         else:
             assert self._conn is not None
             yield self._conn
+
+    @asynccontextmanager
+    async def _listening(self) -> AsyncIterator[psycopg.AsyncConnection[Any] | None]:
+        """A new connection LISTENing on the events channel, closed on exit;
+        ``None`` when none can be opened (callers then poll)."""
+        source = self._pool if self._pool is not None else self._conn
+        assert source is not None
+        try:
+            conn = await connect_like(source)
+        except psycopg.Error as exc:
+            log.debug("cannot open a connection to listen for events (%s); polling", exc)
+            yield None
+            return
+        try:
+            await AsyncClient(conn).execute(_sql.listen_events())
+            yield conn
+        finally:
+            await conn.close()
 
     async def execute(self, query: Query[T]) -> T:
         """Run one :class:`catbird._sql.Query` and decode its rows."""

@@ -10,29 +10,33 @@
     shipment = await handle.wait_for_output(timeout=30.0)
     for step in await handle.steps(): print(step.step_name, step.status)
 
-``wait_for_output`` waits on the server (``cb_wait_task_output`` or
-``cb_wait_flow_output``, in slices of at most five seconds) and returns the
-output of a completed run: decoded to the task's return annotation when the
-handle was made from a :class:`catbird.Task` (for a :class:`catbird.Flow`,
-when its output candidates all decode the same way), otherwise the plain JSON
-value. Any other terminal state raises: :class:`catbird.RunFailed` (with the
-handler's error message), :class:`catbird.RunCanceled`,
-:class:`catbird.RunSkipped`, :class:`catbird.RunExpired`; a run that does not
-exist raises :class:`catbird.NotFound`, and a run still going when ``timeout``
-passes raises :class:`TimeoutError`.
+``wait_for_output`` LISTENs for the run's end on a connection of its own (one
+opened like the client's connection or pool) and looks at the run when its
+event arrives, and every few seconds besides; without such a connection it
+waits on the server (``cb_wait_task_output`` or ``cb_wait_flow_output``, in
+slices of at most five seconds). It returns the output of a completed run:
+decoded to the task's return annotation when the handle was made from a
+:class:`catbird.Task` (for a :class:`catbird.Flow`, when its output candidates
+all decode the same way), otherwise the plain JSON value. Any other terminal
+state raises: :class:`catbird.RunFailed` (with the handler's error message),
+:class:`catbird.RunCanceled`, :class:`catbird.RunSkipped`,
+:class:`catbird.RunExpired`; a run that does not exist raises
+:class:`catbird.NotFound`, and a run still going when ``timeout`` passes
+raises :class:`TimeoutError`.
 """
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Callable
+from contextlib import aclosing
 from typing import Any, ClassVar, Generic, TypeVar
 
 from .. import _sql
 from .._sql import AsyncExecutor, Duration, Query
 from ..errors import NotFound
 from ..models import FlowRunInfo, RunOutcome, StepRunInfo, TaskRunInfo
-from ._waiting import Deadline, outcome_value
+from ._waiting import POLL, SAFETY_POLL, Deadline, ends_run, outcome_value, seconds
 
 __all__ = ["AsyncFlowHandle", "AsyncRunHandle", "AsyncTaskHandle"]
 
@@ -77,22 +81,35 @@ class AsyncRunHandle(ABC, Generic[O]):
         return await self._client.execute(self._cancel_query(reason))
 
     async def wait_for_output(
-        self, timeout: Duration | None = None, *, poll_interval: Duration = 0.1
+        self, timeout: Duration | None = None, *, poll_interval: Duration | None = None
     ) -> O:
         """Wait until the run is terminal and return its output (see the module doc).
 
         ``timeout`` is in seconds (``None``: wait as long as it takes);
-        ``poll_interval`` is how often the server looks at the run.
+        ``poll_interval`` is how often the run is looked at without an event
+        announcing its end: by default every 5 s while listening (a safety
+        net for a missed notification), every 0.1 s when no connection can
+        listen.
         """
         deadline = Deadline(timeout)
-        while True:
-            query = self._wait_query(deadline.next_slice(), poll_interval)
-            outcome = await self._client.execute(query)
-            if outcome is not None:
-                value: O = outcome_value(self.kind, self.name, self.id, outcome, self._decode)
-                return value
-            await self.info()  # raises NotFound for a missing (or deleted) run
-            deadline.check(self.kind, self.name, self.id)
+        async with self._client._listening() as events:
+            default = POLL if events is None else SAFETY_POLL
+            interval = default if poll_interval is None else seconds(poll_interval)
+            while True:
+                poll_for = 0.0 if events is not None else deadline.next_slice()
+                outcome = await self._client.execute(self._wait_query(poll_for, interval))
+                if outcome is not None:
+                    value: O = outcome_value(self.kind, self.name, self.id, outcome, self._decode)
+                    return value
+                await self.info()  # raises NotFound for a missing (or deleted) run
+                deadline.check(self.kind, self.name, self.id)
+                if events is not None:
+                    # aclosing: leaving early releases the connection's lock at once
+                    notes = events.notifies(timeout=deadline.next_slice(interval))
+                    async with aclosing(notes):
+                        async for note in notes:
+                            if ends_run(note.payload, self.kind, self.name, self.id):
+                                break
 
 
 class AsyncTaskHandle(AsyncRunHandle[O]):

@@ -394,7 +394,8 @@ BEGIN
 END
 $$;
 
--- Creates a queue; creating an existing queue is a no-op (its description
+-- Creates a queue (announcing catbird.queue.created); creating an existing
+-- queue is a no-op (its description
 -- and expiry are kept) except that max_deliveries and dead_letter_queue, when
 -- given, replace its dead-letter settings. A queue past expires_at is deleted
 -- by cb_gc. With max_deliveries, a message about to be delivered for the
@@ -431,7 +432,9 @@ BEGIN
     VALUES (cb_create_queue.name, cb_create_queue.description, catbird.cb_now(), cb_create_queue.expires_at,
             cb_create_queue.max_deliveries, v_dlq_id)
     ON CONFLICT ON CONSTRAINT cb_queues_name_key DO NOTHING;
-    IF NOT FOUND AND max_deliveries IS NOT NULL THEN
+    IF FOUND THEN
+        PERFORM catbird._cb_notify('catbird.queue.created', jsonb_build_object('queue', name)::text);
+    ELSIF max_deliveries IS NOT NULL THEN
         UPDATE catbird.cb_queues q
         SET max_deliveries = cb_create_queue.max_deliveries, dead_letter_queue_id = v_dlq_id
         WHERE q.name = cb_create_queue.name;
@@ -439,7 +442,8 @@ BEGIN
 END
 $$;
 
--- Deletes a queue with its messages and bindings; waits for sends in flight
+-- Deletes a queue with its messages and bindings (announcing
+-- catbird.queue.deleted); waits for sends in flight
 -- to it. Returns false when it does not exist; 22023 for an invalid name.
 CREATE FUNCTION catbird.cb_delete_queue(name text) RETURNS boolean
 LANGUAGE plpgsql VOLATILE
@@ -460,6 +464,7 @@ BEGIN
     UPDATE catbird.cb_queues q SET dead_letter_queue_id = NULL WHERE q.dead_letter_queue_id = v_id;
     -- dead letters that came from it have nowhere to be redriven to
     UPDATE catbird.cb_messages m SET source_queue_id = NULL WHERE m.source_queue_id = v_id;
+    PERFORM catbird._cb_notify('catbird.queue.deleted', jsonb_build_object('queue', name)::text);
     RETURN true;
 END
 $$;
@@ -1648,7 +1653,7 @@ BEGIN
     END IF;
     PERFORM catbird._cb_clear_runs(kind, v_id);
     DELETE FROM catbird.cb_bindings b WHERE b.target_type = kind AND b.target_name = name;
-    PERFORM catbird._cb_notify(format('catbird.%s.deleted', kind), name);
+    PERFORM catbird._cb_notify(format('catbird.%s.deleted', kind), jsonb_build_object(kind, name)::text);
     RETURN true;
 END
 $$;
@@ -2037,7 +2042,7 @@ BEGIN
         VALUES (cb_create_task.name, cb_create_task.description, cb_create_task.condition, v_expr,
                 cb_create_task.retention_period, coalesce(cb_create_task.on_fail, false), catbird.cb_now(),
                 cb_create_task.max_retries, cb_create_task.backoff_min, cb_create_task.backoff_max);
-        PERFORM catbird._cb_notify('catbird.task.created', name);
+        PERFORM catbird._cb_notify('catbird.task.created', jsonb_build_object('task', name)::text);
         RETURN;
     END IF;
     IF (v_existing.description, v_existing.condition, v_existing.retention_period, v_existing.on_fail,
@@ -2069,8 +2074,10 @@ AS $$ SELECT catbird._cb_delete_definition('task', cb_delete_task.name) $$;
 
 -- The one implementation of creating runs: one run per input, condition
 -- evaluated, deduplicated by concurrency key among queued/started runs.
--- Returns the run id each input position resolved to. Callers have validated
--- the arguments and hold the task's shared lock.
+-- Announces the new runs (catbird.task.started, catbird.task.skipped; a
+-- queued holder of a key past expires_at: catbird.task.expired), one event
+-- per topic and call. Returns the run id each input position resolved to.
+-- Callers have validated the arguments and hold the task's shared lock.
 CREATE FUNCTION catbird._cb_insert_task_runs(
     task catbird.cb_tasks, inputs jsonb[], concurrency_keys text[], headers jsonb[],
     visible_at timestamptz, priority int, expires_at timestamptz)
@@ -2080,7 +2087,9 @@ AS $$
 DECLARE
     v_now timestamptz := catbird.cb_now();
     v_ids bigint[];
-    v_queued boolean;
+    v_started bigint[];
+    v_skipped bigint[];
+    v_expired bigint[];
 BEGIN
     -- Bounded inputs (10_names): keys fit the index, times are finite.
     IF concurrency_keys IS NOT NULL OR _cb_insert_task_runs.visible_at IS NOT NULL OR _cb_insert_task_runs.expires_at IS NOT NULL THEN
@@ -2104,17 +2113,30 @@ BEGIN
             ORDER BY e.ord
             RETURNING id, status
         )
-        SELECT array_agg(i.id ORDER BY i.id), bool_or(i.status = 'queued') INTO v_ids, v_queued FROM inserted i;
-        IF v_queued THEN
-            PERFORM catbird._cb_notify('catbird.task.queued', task.name);
+        SELECT array_agg(i.id ORDER BY i.id), array_agg(i.id ORDER BY i.id) FILTER (WHERE i.status = 'skipped')
+        INTO v_ids, v_skipped FROM inserted i;
+        IF v_skipped IS NULL THEN
+            PERFORM catbird._cb_notify_runs('catbird.task.started', 'task', task.name, v_ids);
+        ELSE
+            PERFORM catbird._cb_notify_runs('catbird.task.started', 'task', task.name,
+                                            ARRAY(SELECT i FROM unnest(v_ids) AS i
+                                                  WHERE i <> ALL (v_skipped) ORDER BY i));
+            PERFORM catbird._cb_notify_runs('catbird.task.skipped', 'task', task.name, v_skipped);
         END IF;
         RETURN v_ids;
     END IF;
     -- Expired runs hold nothing: queued holders of these keys past their
     -- expires_at become expired (as a claim or cb_gc would) before deduplicating.
-    UPDATE catbird.cb_task_runs r SET status = 'expired', expired_at = v_now
-    WHERE r.task_id = task.id AND r.concurrency_key = ANY (concurrency_keys)
-      AND r.status = 'queued' AND r.expires_at <= v_now;
+    WITH expired AS (
+        UPDATE catbird.cb_task_runs r SET status = 'expired', expired_at = v_now
+        WHERE r.task_id = task.id AND r.concurrency_key = ANY (concurrency_keys)
+          AND r.status = 'queued' AND r.expires_at <= v_now
+        RETURNING r.id
+    )
+    SELECT array_agg(e.id ORDER BY e.id) INTO v_expired FROM expired e;
+    IF v_expired IS NOT NULL THEN
+        PERFORM catbird._cb_notify_runs('catbird.task.expired', 'task', task.name, v_expired);
+    END IF;
     WITH evaluated AS (
         SELECT u.ord, u.input, u.concurrency_key, u.headers,
                nextval('catbird.cb_task_runs_id_seq') AS new_id,
@@ -2156,8 +2178,9 @@ BEGIN
                  WHERE r.task_id = task.id AND r.concurrency_key = i.concurrency_key
                    AND r.status IN ('queued', 'started')))
            ORDER BY i.ord),
-           bool_or(ins.status = 'queued')
-    INTO v_ids, v_queued
+           array_agg(ins.id ORDER BY ins.id) FILTER (WHERE ins.status = 'queued'),
+           array_agg(ins.id ORDER BY ins.id) FILTER (WHERE ins.status = 'skipped')
+    INTO v_ids, v_started, v_skipped
     FROM input i
     LEFT JOIN inserted ins ON ins.id = i.new_id;
 
@@ -2173,8 +2196,11 @@ BEGIN
                 USING ERRCODE = 'serialization_failure', HINT = 'Retry the call.';
         END IF;
     END IF;
-    IF v_queued THEN
-        PERFORM catbird._cb_notify('catbird.task.queued', task.name);
+    IF v_started IS NOT NULL THEN
+        PERFORM catbird._cb_notify_runs('catbird.task.started', 'task', task.name, v_started);
+    END IF;
+    IF v_skipped IS NOT NULL THEN
+        PERFORM catbird._cb_notify_runs('catbird.task.skipped', 'task', task.name, v_skipped);
     END IF;
     RETURN v_ids;
 END
@@ -2246,7 +2272,7 @@ BEGIN
     WHERE r.id = run_id AND r.task_id = v_task.id AND r.status IN ('queued', 'started')
     RETURNING r.status INTO v_status;
     IF v_status IS NOT NULL THEN
-        PERFORM catbird._cb_notify('catbird.task.canceled', run_id::text);
+        PERFORM catbird._cb_notify_runs('catbird.task.canceled', 'task', v_task.name, ARRAY[run_id]);
         RETURN true;
     END IF;
     -- Canceling a canceled run again is not an error, and still true.
@@ -2374,9 +2400,9 @@ $$;
 -- lease (visible_at) lapsed, highest priority first, then oldest. Each claim
 -- increments attempts (the fencing token) and holds the run for hide_for ms;
 -- concurrent claims skip each other's rows. Queued runs past expires_at met
--- on the way become expired, and lapsed runs that used their attempts (see
--- _cb_lease_cap) fail with a "lease expired" error (on-fail queued,
--- catbird.task.failed announced); neither counts. Returns the claims
+-- on the way become expired (catbird.task.expired), and lapsed runs that used
+-- their attempts (see _cb_lease_cap) fail with a "lease expired" error
+-- (on-fail queued, catbird.task.failed); neither counts. Returns the claims
 -- (cb_task_claim) by priority, then id. 42704 for an unknown task; 22023 for
 -- an invalid name, quantity < 1 or hide_for < 1.
 CREATE FUNCTION catbird.cb_claim_tasks(name text, quantity int, hide_for int)
@@ -2389,6 +2415,7 @@ DECLARE
     v_wanted int := quantity;
     v_claims catbird.cb_task_claim[];
     v_expired bigint;
+    v_expired_ids bigint[];
     v_failed bigint[];
     v_max_retries int;
     v_cap int;
@@ -2435,12 +2462,14 @@ BEGIN
         SELECT coalesce(array_agg(ROW(c.id, c.attempts, c.input, c.headers, c.concurrency_key, c.priority)::catbird.cb_task_claim
                                   ORDER BY c.priority DESC, c.id) FILTER (WHERE NOT (c.expired OR c.exhausted)), '{}'),
                count(*) FILTER (WHERE c.expired OR c.exhausted),
-               array_agg(c.id ORDER BY c.id) FILTER (WHERE c.exhausted)
-        INTO v_claims, v_expired, v_failed
+               array_agg(c.id ORDER BY c.id) FILTER (WHERE c.exhausted),
+               array_agg(c.id ORDER BY c.id) FILTER (WHERE c.expired)
+        INTO v_claims, v_expired, v_failed, v_expired_ids
         FROM claimed c;
         RETURN QUERY SELECT * FROM unnest(v_claims);
-        IF v_failed IS NOT NULL THEN
-            PERFORM catbird._cb_notify('catbird.task.failed', f::text) FROM unnest(v_failed) AS f;
+        IF v_expired > 0 THEN
+            PERFORM catbird._cb_notify_runs('catbird.task.failed', 'task', cb_claim_tasks.name, v_failed);
+            PERFORM catbird._cb_notify_runs('catbird.task.expired', 'task', cb_claim_tasks.name, v_expired_ids);
         END IF;
         v_wanted := v_wanted - cardinality(v_claims);
         EXIT WHEN v_expired = 0 OR v_wanted = 0;
@@ -2498,10 +2527,8 @@ BEGIN
         RETURNING r.id
     )
     SELECT coalesce(array_agg(d.id ORDER BY d.id), '{}') INTO v_done FROM done d;
-    -- One event per call (ids comma-separated, at most 500 per event), not one per run.
-    PERFORM catbird._cb_notify('catbird.task.completed', string_agg(c.id::text, ',' ORDER BY c.id))
-    FROM (SELECT d AS id, (row_number() OVER (ORDER BY d) - 1) / 500 AS chunk FROM unnest(v_done) AS d) c
-    GROUP BY c.chunk;
+    -- One event per call (run_ids), not one per run.
+    PERFORM catbird._cb_notify_runs('catbird.task.completed', 'task', v_task.name, v_done);
     RETURN v_done;
 END
 $$;
@@ -2555,7 +2582,7 @@ BEGIN
       AND (attempt IS NULL OR r.attempts = attempt)
     RETURNING r.status INTO v_status;
     IF v_status = 'failed' THEN
-        PERFORM catbird._cb_notify('catbird.task.failed', run_id::text);
+        PERFORM catbird._cb_notify_runs('catbird.task.failed', 'task', v_task.name, ARRAY[run_id]);
     END IF;
     RETURN v_status;
 END
@@ -2595,7 +2622,7 @@ BEGIN
     EXCEPTION WHEN unique_violation THEN
         RETURN false;  -- a run holding the key committed meanwhile
     END;
-    PERFORM catbird._cb_notify('catbird.task.queued', v_task.name);
+    PERFORM catbird._cb_notify('catbird.task.queued', jsonb_build_object('task', v_task.name)::text);
     RETURN true;
 END
 $$;
@@ -3149,7 +3176,7 @@ BEGIN
         VALUES (cb_create_flow.name, cb_create_flow.description, v_steps, v_output_priority,
                 cb_create_flow.retention_period, coalesce(cb_create_flow.on_fail, false), catbird.cb_now())
         RETURNING id INTO v_id;
-        PERFORM catbird._cb_notify('catbird.flow.created', name);
+        PERFORM catbird._cb_notify('catbird.flow.created', jsonb_build_object('flow', name)::text);
     END IF;
 
     INSERT INTO catbird.cb_flow_steps (flow_id, name, position, description, step_type, signal, condition,
@@ -3286,7 +3313,7 @@ BEGIN
         on_fail_status = 'queued', on_fail_visible_at = v_now
     WHERE r.id = flow_run_id;
     PERFORM catbird._cb_cancel_open_work(flow_run_id, true);
-    PERFORM catbird._cb_notify('catbird.flow.failed', flow_run_id::text);
+    PERFORM catbird._cb_notify_flow_run('catbird.flow.failed', flow_run_id);
 END
 $$;
 
@@ -3374,13 +3401,13 @@ BEGIN
                     UPDATE catbird.cb_step_runs sr
                     SET status = 'waiting_for_map_tasks', map_total = jsonb_array_length(v_items)
                     WHERE sr.id = v_step.id;
-                    PERFORM catbird._cb_notify('catbird.step.queued', v_flow.name || '/' || (v_step.fs).name);
+                    PERFORM catbird._cb_notify('catbird.step.queued', jsonb_build_object('flow', v_flow.name, 'step', (v_step.fs).name)::text);
                 END IF;
                 CONTINUE;
             END IF;
             UPDATE catbird.cb_step_runs sr SET status = 'queued', visible_at = greatest(v_now, v_run.visible_at)
             WHERE sr.id = v_step.id;
-            PERFORM catbird._cb_notify('catbird.step.queued', v_flow.name || '/' || (v_step.fs).name);
+            PERFORM catbird._cb_notify('catbird.step.queued', jsonb_build_object('flow', v_flow.name, 'step', (v_step.fs).name)::text);
         END LOOP;
         EXIT WHEN NOT v_progress;
     END LOOP;
@@ -3406,7 +3433,7 @@ BEGIN
     END IF;
     UPDATE catbird.cb_flow_runs r SET status = 'completed', completed_at = v_now, output = v_output
     WHERE r.id = flow_run_id;
-    PERFORM catbird._cb_notify('catbird.flow.completed', flow_run_id::text);
+    PERFORM catbird._cb_notify_runs('catbird.flow.completed', 'flow', v_flow.name, ARRAY[flow_run_id]);
 END
 $$;
 
@@ -3421,7 +3448,7 @@ BEGIN
       AND NOT EXISTS (SELECT 1 FROM catbird.cb_step_runs sr WHERE sr.flow_run_id = r.id AND sr.status = 'started')
       AND NOT EXISTS (SELECT 1 FROM catbird.cb_map_tasks m WHERE m.flow_run_id = r.id AND m.status = 'started');
     IF FOUND THEN
-        PERFORM catbird._cb_notify('catbird.flow.canceled', flow_run_id::text);
+        PERFORM catbird._cb_notify_flow_run('catbird.flow.canceled', flow_run_id);
     END IF;
 END
 $$;
@@ -3545,15 +3572,16 @@ AS $$
 BEGIN
     UPDATE catbird.cb_flow_runs r SET status = 'expired', canceled_at = catbird.cb_now() WHERE r.id = run_id;
     PERFORM catbird._cb_cancel_open_work(run_id, true);
-    PERFORM catbird._cb_notify('catbird.flow.expired', run_id::text);
+    PERFORM catbird._cb_notify_flow_run('catbird.flow.expired', run_id);
 END
 $$;
 
 -- The one implementation of starting runs (cb_run_flow, cb_publish): one run
 -- per input, deduplicated by concurrency key among active runs, each advanced
--- at once (root steps queued). Returns the run id each input resolved to.
--- Callers hold the flow's shared lock. 40001 when a key's holder finished
--- while the call deduplicated against it (retry).
+-- at once (root steps queued); the new runs are announced as
+-- catbird.flow.started, one event per call. Returns the run id each input
+-- resolved to. Callers hold the flow's shared lock. 40001 when a key's holder
+-- finished while the call deduplicated against it (retry).
 CREATE FUNCTION catbird._cb_insert_flow_runs(
     flow catbird.cb_flows, inputs jsonb[], concurrency_keys text[], headers jsonb[],
     visible_at timestamptz, priority int, expires_at timestamptz)
@@ -3635,6 +3663,8 @@ BEGIN
                 USING ERRCODE = 'serialization_failure', HINT = 'Retry the call.';
         END IF;
     END IF;
+    -- started before the advance: a run that ends at once announces its end after.
+    PERFORM catbird._cb_notify_runs('catbird.flow.started', 'flow', flow.name, v_new);
     FOREACH v_run IN ARRAY coalesce(v_new, '{}') LOOP
         PERFORM catbird._cb_advance_flow_run(v_run);
     END LOOP;
@@ -3748,7 +3778,7 @@ BEGIN
     SET status = 'canceling', cancel_requested_at = v_now, cancel_reason = reason
     WHERE r.id = run_id;
     PERFORM catbird._cb_cancel_open_work(run_id, false);
-    PERFORM catbird._cb_notify('catbird.flow.canceling', run_id::text);
+    PERFORM catbird._cb_notify_runs('catbird.flow.canceling', 'flow', v_flow.name, ARRAY[run_id]);
     PERFORM catbird._cb_finish_canceling(run_id);
     RETURN true;
 END
@@ -3793,7 +3823,7 @@ BEGIN
         cancel_reason = coalesce(reason, format('completed early by step "%s"', step_name))
     WHERE r.id = run_id;
     PERFORM catbird._cb_cancel_open_work(run_id, true);
-    PERFORM catbird._cb_notify('catbird.flow.completed', run_id::text);
+    PERFORM catbird._cb_notify_runs('catbird.flow.completed', 'flow', v_flow.name, ARRAY[run_id]);
     RETURN true;
 END
 $$;
@@ -3850,7 +3880,7 @@ BEGIN
                             AND d.status NOT IN ('completed', 'skipped'))
     WHERE sr.id = ANY (v_reset);
     PERFORM catbird._cb_advance_flow_run(run_id);
-    PERFORM catbird._cb_notify('catbird.flow.retried', run_id::text);
+    PERFORM catbird._cb_notify_runs('catbird.flow.retried', 'flow', v_flow.name, ARRAY[run_id]);
     RETURN true;
 END
 $$;
@@ -4396,7 +4426,7 @@ BEGIN
         spawn_cursor = CASE WHEN attempt IS NOT NULL THEN v_base + v_count ELSE sr.spawn_cursor END
     WHERE sr.id = cb_spawn_generator_map_tasks.id;
     IF v_added > 0 THEN
-        PERFORM catbird._cb_notify('catbird.step.queued', flow_name || '/' || step_name);
+        PERFORM catbird._cb_notify('catbird.step.queued', jsonb_build_object('flow', flow_name, 'step', step_name)::text);
     END IF;
     RETURN v_count;
 END
@@ -5531,7 +5561,8 @@ DECLARE
     v_done_next timestamptz[] := '{}'::timestamptz[];
     v_done_last timestamptz[] := '{}'::timestamptz[];
     v_count int := 0;
-    v_queued int[];
+    v_started bigint[];
+    v_skipped bigint[];
 BEGIN
     PERFORM catbird._cb_check_at_least('batch_size', batch_size, 1);
     PERFORM catbird._cb_check_at_least('max_schedules', max_schedules, 1);
@@ -5594,13 +5625,14 @@ BEGIN
             ON CONFLICT (task_id, concurrency_key)
                 WHERE concurrency_key IS NOT NULL AND status IN ('queued', 'started')
                 DO NOTHING
-            RETURNING task_id, status
+            RETURNING id, status
         )
-        SELECT count(*)::int, array_agg(DISTINCT i.task_id) FILTER (WHERE i.status = 'queued')
-        INTO v_count, v_queued
+        SELECT count(*)::int, array_agg(i.id) FILTER (WHERE i.status = 'queued'),
+               array_agg(i.id) FILTER (WHERE i.status = 'skipped')
+        INTO v_count, v_started, v_skipped
         FROM inserted i;
-        PERFORM catbird._cb_notify('catbird.task.queued', t.name)
-        FROM catbird.cb_tasks t WHERE t.id = ANY (v_queued);
+        PERFORM catbird._cb_notify_task_runs('catbird.task.started', v_started);
+        PERFORM catbird._cb_notify_task_runs('catbird.task.skipped', v_skipped);
         RETURN v_count;
     END IF;
 
@@ -5744,7 +5776,7 @@ BEGIN
     ON CONFLICT ON CONSTRAINT cb_workers_pkey DO UPDATE
         SET task_handlers = excluded.task_handlers, step_handlers = excluded.step_handlers,
             last_heartbeat_at = excluded.last_heartbeat_at;
-    PERFORM catbird._cb_notify('catbird.worker.started', id::text);
+    PERFORM catbird._cb_notify('catbird.worker.started', jsonb_build_object('worker_id', id)::text);
 END
 $$;
 
@@ -5768,7 +5800,7 @@ AS $$
 BEGIN
     DELETE FROM catbird.cb_workers w WHERE w.id = cb_worker_stopped.id;
     IF FOUND THEN
-        PERFORM catbird._cb_notify('catbird.worker.stopped', id::text);
+        PERFORM catbird._cb_notify('catbird.worker.stopped', jsonb_build_object('worker_id', id)::text);
     END IF;
     RETURN FOUND;
 END
@@ -5813,10 +5845,12 @@ DECLARE
     v_expired_queues int := 0;
     v_expired_messages int;
     v_expired_task_runs int;
+    v_expired_ids bigint[];
     v_expired_flow_runs int := 0;
     v_finalized int := 0;
     v_stale_workers int;
     v_stale_wire_nodes int;
+    v_stale_ids uuid[];
     v_task_purged int;
     v_flow_purged int;
     v_notifications int;
@@ -5844,11 +5878,16 @@ BEGIN
                    LIMIT batch_size FOR UPDATE SKIP LOCKED);
     GET DIAGNOSTICS v_expired_messages = ROW_COUNT;
 
-    UPDATE catbird.cb_task_runs r SET status = 'expired', expired_at = v_now
-    WHERE r.id IN (SELECT x.id FROM catbird.cb_task_runs x
-                   WHERE x.status = 'queued' AND x.expires_at <= v_now
-                   LIMIT batch_size FOR UPDATE SKIP LOCKED);
-    GET DIAGNOSTICS v_expired_task_runs = ROW_COUNT;
+    WITH expired AS (
+        UPDATE catbird.cb_task_runs r SET status = 'expired', expired_at = v_now
+        WHERE r.id IN (SELECT x.id FROM catbird.cb_task_runs x
+                       WHERE x.status = 'queued' AND x.expires_at <= v_now
+                       LIMIT batch_size FOR UPDATE SKIP LOCKED)
+        RETURNING r.id
+    )
+    SELECT array_agg(e.id) INTO v_expired_ids FROM expired e;
+    v_expired_task_runs := coalesce(cardinality(v_expired_ids), 0);
+    PERFORM catbird._cb_notify_task_runs('catbird.task.expired', v_expired_ids);
 
     FOR v_run IN
         SELECT r.id FROM catbird.cb_flow_runs r
@@ -5874,7 +5913,7 @@ BEGIN
         RETURNING r.id
     )
     SELECT coalesce(array_agg(l.id ORDER BY l.id), '{}') INTO v_lapsed_tasks FROM lapsed l;
-    PERFORM catbird._cb_notify('catbird.task.failed', l::text) FROM unnest(v_lapsed_tasks) AS l;
+    PERFORM catbird._cb_notify_task_runs('catbird.task.failed', v_lapsed_tasks);
     FOR v_step IN
         SELECT fs.* FROM catbird.cb_flow_steps fs
         WHERE EXISTS (SELECT 1 FROM catbird.cb_step_runs sr
@@ -5908,8 +5947,14 @@ BEGIN
         v_finalized := v_finalized + 1;
     END LOOP;
 
-    DELETE FROM catbird.cb_workers w WHERE w.last_heartbeat_at < v_now - stale_worker_after;
-    GET DIAGNOSTICS v_stale_workers = ROW_COUNT;
+    WITH stale AS (
+        DELETE FROM catbird.cb_workers w WHERE w.last_heartbeat_at < v_now - stale_worker_after
+        RETURNING w.id
+    )
+    SELECT array_agg(s.id ORDER BY s.id) INTO v_stale_ids FROM stale s;
+    v_stale_workers := coalesce(cardinality(v_stale_ids), 0);
+    PERFORM catbird._cb_notify('catbird.worker.stopped', jsonb_build_object('worker_id', s)::text)
+    FROM unnest(v_stale_ids) AS s;
     v_notifications := catbird._cb_delete_expired_notifications(v_now, batch_size);
 
     DELETE FROM catbird.cb_wire_nodes n WHERE n.last_heartbeat_at < v_now - catbird._cb_wire_stale_after();
@@ -5935,37 +5980,187 @@ END
 $$;
 -- catbird 80_events: NOTIFY events.
 --
--- Owns: cb_notify and _cb_notify. Every event goes out on the one channel
--- "catbird" as a JSON payload {"topic": ..., "data": ..., "node_id": ...};
--- listeners match topics themselves. PostgreSQL delivers notifications on
--- commit, so a rolled-back change announces nothing, and folds identical
--- payloads within one transaction, so a batch of runs wakes workers once.
--- Engine topics: catbird.task.{created,deleted,queued,completed,failed,canceled},
--- catbird.worker.{started,stopped}; data is the task name for definition and
--- queued events, the run id for run events (catbird.task.completed carries the
--- ids a call completed, comma-separated), the worker id for worker events.
+-- Owns: cb_notify, _cb_notify and the engine's event helpers
+-- (_cb_event_payload, _cb_notify_runs, _cb_notify_task_runs,
+-- _cb_notify_flow_run). Every event goes out on the one channel "catbird" as
+-- the JSON envelope {"topic": ..., "data": ..., "node_id": ...}; listeners
+-- match topics themselves. "data" is text: for the engine's catbird.* topics a
+-- small JSON document naming the resource (consumers query for details), for
+-- application topics whatever cb_notify was given.
+-- Guarantees:
+--   * PostgreSQL delivers notifications on commit: a rolled-back change
+--     announces nothing, and events of one transaction arrive in the order
+--     they were sent. Identical payloads within one transaction are folded.
+--   * A call that changes many runs of one task or flow sends one event whose
+--     data has "run_ids" (an array, ascending) in place of "run_id" — one per
+--     300 runs, so every payload fits NOTIFY's limit.
+--   * The catbird.* namespace is the engine's: cb_notify refuses it.
+--   * An event cb_notify accepts never fails at pg_notify: the whole envelope
+--     is measured against PostgreSQL's limit (payload < 8000 bytes).
+-- Cost: one event per call, not per run (bench/wire_events.py). PostgreSQL
+-- serializes the commits of transactions that sent a NOTIFY (a cluster-wide
+-- lock held through the commit, listeners or not), which caps many
+-- concurrent single-run enqueues with durable commits; the engine sent one
+-- NOTIFY per enqueue and completion call (worker wake-ups) before events
+-- carried run ids too, and still sends no more than that. Hence the switch:
+-- `SET catbird.events = off` (per session, transaction with SET LOCAL, role
+-- or database with ALTER ... SET) stops the engine's events for the
+-- transactions it covers, lifting that serialization for bulk producers;
+-- workers then find the work through their poll interval, and waiters through
+-- their fallback poll. cb_notify (an application's explicit event) is always
+-- sent.
+--
+-- Engine topics (the Go library's, plus wake-ups and lifecycle extras):
+--
+--   topic                      when                                   data
+--   catbird.worker.started     cb_worker_started                      {"worker_id"}
+--   catbird.worker.stopped     cb_worker_stopped; cb_gc removes a     {"worker_id"}
+--                              stale worker
+--   catbird.queue.created      cb_create_queue creates it             {"queue"}
+--   catbird.queue.deleted      cb_delete_queue; cb_gc (expired)       {"queue"}
+--   catbird.task.created       cb_create_task creates it              {"task"}
+--   catbird.task.deleted       cb_delete_task deletes it              {"task"}
+--   catbird.flow.created       cb_create_flow creates it              {"flow"}
+--   catbird.flow.deleted       cb_delete_flow deletes it              {"flow"}
+--   catbird.task.started       a run is created queued (cb_run_task,  {"task","run_id"|"run_ids"}
+--                              cb_publish, schedules) — as in the Go
+--                              library, "started" means the run
+--                              exists, not that a worker claimed it;
+--                              a call resolving to an existing run by
+--                              concurrency key announces nothing
+--   catbird.task.skipped       a run is created skipped (condition)   {"task","run_id"|"run_ids"}
+--   catbird.task.completed     cb_complete_task(s)                    {"task","run_id"|"run_ids"}
+--   catbird.task.failed        failed for good: cb_fail_task, or a    {"task","run_id"|"run_ids"}
+--                              lapsed lease out of attempts (claim,
+--                              cb_gc)
+--   catbird.task.canceled      cb_cancel_task                         {"task","run_id"}
+--   catbird.task.expired       a queued run past expires_at (claim,   {"task","run_id"|"run_ids"}
+--                              a new run of its key, cb_gc)
+--   catbird.task.queued        a run is queued again (retry_task_run) {"task"}       (worker wake-up)
+--   catbird.flow.started       a run is created (cb_run_flow,         {"flow","run_id"|"run_ids"}
+--                              cb_publish, schedules)
+--   catbird.flow.completed     the last step ends it, or a step       {"flow","run_id"}
+--                              completes it early
+--   catbird.flow.failed        a step fails for good, or no output    {"flow","run_id"}
+--   catbird.flow.canceling     cb_cancel_flow, started work remains   {"flow","run_id"}
+--   catbird.flow.canceled      the canceling run's work has ended     {"flow","run_id"}
+--   catbird.flow.expired       a run past expires_at before any step  {"flow","run_id"}
+--                              started (cb_gc, a new run of its key)
+--   catbird.flow.retried       cb_retry_flow_run                      {"flow","run_id"}
+--   catbird.step.queued        step work became claimable             {"flow","step"} (worker wake-up)
+--   catbird.schedule.created|updated|deleted|enabled|disabled          {"task"} or {"flow"}
+--
+-- A task run skipped or canceled before it started has no other event; a task
+-- run that is retried (cb_fail_task 'queued') announces nothing until it ends.
+
+-- The envelope of an event: the exact payload text _cb_notify sends,
+-- {"topic": ..., "data": ..., "node_id": ...} (built as text: the cheapest
+-- way, and it keeps the keys in this order). Raises nothing.
+CREATE FUNCTION catbird._cb_event_payload(topic text, data text, node_id uuid) RETURNS text
+LANGUAGE sql IMMUTABLE
+AS $$
+    SELECT format('{"topic": %s, "data": %s, "node_id": %s}', to_json(topic),
+                  coalesce(to_json(data)::text, 'null'), coalesce(to_json(node_id)::text, 'null'))
+$$;
 
 -- Sends an event on the channel "catbird" (delivered on commit), unchecked:
--- for the engine's own topics. Returns nothing.
+-- for the engine's own topics, whose payloads are small by construction.
+-- Returns nothing.
+-- Nothing while catbird.events is 'off' (see the header).
 CREATE FUNCTION catbird._cb_notify(topic text, data text = NULL, node_id uuid = NULL) RETURNS void
 LANGUAGE sql VOLATILE
 AS $$
-    SELECT pg_notify('catbird', jsonb_build_object('topic', topic, 'data', data, 'node_id', node_id)::text)
+    SELECT pg_notify('catbird', catbird._cb_event_payload(topic, data, node_id))
+    WHERE current_setting('catbird.events', true) IS DISTINCT FROM 'off'
 $$;
 
--- Sends an event with a user topic (see _cb_notify). Returns nothing; 22023
--- for an invalid topic or data over 7000 bytes.
-CREATE FUNCTION catbird.cb_notify(topic text, data text = NULL, node_id uuid = NULL) RETURNS void
+-- Announces that runs of one task or flow (kind 'task' or 'flow', name) went
+-- through topic: {"<kind>": name, "run_id": id} for one run, {"<kind>": name,
+-- "run_ids": [...]} for several, in the order given (callers pass them
+-- ascending), one event per 300 ids. Nothing for no runs. On the hot paths
+-- (every enqueue and completion), so it builds the text itself and calls
+-- pg_notify directly: each nested catbird function costs a search_path switch.
+-- Nothing while catbird.events is 'off'. Returns nothing; raises nothing.
+CREATE FUNCTION catbird._cb_notify_runs(topic text, kind text, name text, run_ids bigint[]) RETURNS void
+LANGUAGE plpgsql VOLATILE
+AS $$
+DECLARE
+    v_count int := coalesce(cardinality(run_ids), 0);
+    v_head text := format('{"%s": %s, ', kind, to_json(name));
+BEGIN
+    IF current_setting('catbird.events', true) = 'off' THEN
+        RETURN;
+    END IF;
+    IF v_count = 1 THEN
+        PERFORM pg_notify('catbird', format('{"topic": %s, "data": %s, "node_id": null}', to_json(topic),
+                                            to_json(v_head || '"run_id": ' || run_ids[1] || '}')));
+    ELSIF v_count > 1 THEN
+        -- 300 ids of at most 20 digits stay far below NOTIFY's 8000 bytes.
+        PERFORM pg_notify('catbird', format('{"topic": %s, "data": %s, "node_id": null}', to_json(topic),
+                                            to_json(v_head || '"run_ids": [' || array_to_string(run_ids[s : s + 299], ', ') || ']}')))
+        FROM generate_series(1, v_count, 300) AS s;
+    END IF;
+END
+$$;
+
+-- _cb_notify_runs for task runs of any tasks: one event (or one per 300 ids)
+-- per task. Returns nothing; raises nothing.
+CREATE FUNCTION catbird._cb_notify_task_runs(topic text, run_ids bigint[]) RETURNS void
 LANGUAGE plpgsql VOLATILE
 AS $$
 BEGIN
+    IF coalesce(cardinality(run_ids), 0) = 0 OR current_setting('catbird.events', true) = 'off' THEN
+        RETURN;
+    END IF;
+    PERFORM catbird._cb_notify_runs(topic, 'task', t.name, g.ids)
+    FROM (SELECT r.task_id, array_agg(r.id ORDER BY r.id) AS ids
+          FROM catbird.cb_task_runs r WHERE r.id = ANY (run_ids)
+          GROUP BY r.task_id) g
+    JOIN catbird.cb_tasks t ON t.id = g.task_id
+    ORDER BY t.name;
+END
+$$;
+
+-- _cb_notify_runs for one flow run known by id (its flow looked up). Returns
+-- nothing; raises nothing.
+CREATE FUNCTION catbird._cb_notify_flow_run(topic text, flow_run_id bigint) RETURNS void
+LANGUAGE plpgsql VOLATILE
+AS $$
+BEGIN
+    PERFORM catbird._cb_notify(topic, jsonb_build_object('flow', f.name, 'run_id', r.id)::text)
+    FROM catbird.cb_flow_runs r JOIN catbird.cb_flows f ON f.id = r.flow_id
+    WHERE r.id = flow_run_id;
+END
+$$;
+
+-- Sends an event with an application topic: delivered on commit to every
+-- connection LISTENing on "catbird" as {"topic", "data", "node_id"} (see the
+-- header). Returns nothing. 22023 (nothing sent) for an invalid topic, a
+-- topic in the engine's catbird.* namespace, or an event whose envelope
+-- exceeds NOTIFY's limit (7999 bytes of payload: data, JSON-escaped, plus
+-- about 70 bytes of envelope and the topic).
+CREATE FUNCTION catbird.cb_notify(topic text, data text = NULL, node_id uuid = NULL) RETURNS void
+LANGUAGE plpgsql VOLATILE
+AS $$
+DECLARE
+    v_payload text;
+BEGIN
     PERFORM catbird._cb_check_topic(topic);
-    IF octet_length(coalesce(data, '')) > 7000 THEN
-        RAISE EXCEPTION 'invalid data: % bytes, at most 7000 fit in a notification', octet_length(data)
+    IF lower(topic) = 'catbird' OR lower(topic) LIKE 'catbird.%' THEN
+        RAISE EXCEPTION 'invalid topic "%": the catbird.* namespace is reserved for the engine''s own events', topic
             USING ERRCODE = 'invalid_parameter_value',
+                  HINT = 'Choose a topic of your own, e.g. "myapp.' || substr(topic, 9) || '"; listen to catbird.# to follow the engine.';
+    END IF;
+    v_payload := catbird._cb_event_payload(topic, data, node_id);
+    -- PostgreSQL refuses payloads of 8000 bytes or more (NOTIFY_PAYLOAD_MAX_LENGTH).
+    IF octet_length(v_payload) >= 8000 THEN
+        RAISE EXCEPTION 'invalid data: the event is % bytes once wrapped in its envelope, and a notification holds at most 7999', octet_length(v_payload)
+            USING ERRCODE = 'invalid_parameter_value',
+                  DETAIL = format('data is %s bytes; the envelope adds %s (topic, node_id, JSON quoting).',
+                                  coalesce(octet_length(data), 0), octet_length(v_payload) - coalesce(octet_length(data), 0)),
                   HINT = 'Store large payloads in a table and notify their key.';
     END IF;
-    PERFORM catbird._cb_notify(topic, data, node_id);
+    PERFORM pg_notify('catbird', v_payload);
 END
 $$;
 -- catbird 82_wire: the Wire nodes and who is connected to which topic.

@@ -78,7 +78,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import random
 import signal
@@ -95,10 +94,11 @@ from ..client.client_async import AsyncClient
 from ..definitions import Task, definition_args
 from ..definitions.flows import Flow
 from ..errors import InvalidArgument, NotFound, ObjectInUse
+from ..events import parse_event
 from .batching import BatchedLane
 from .connections import TRANSIENT, Backoff, Connections
 from .flow_runtime import FlowRuntime
-from .lanes import Lane, describe, parse_run_id, with_concurrency
+from .lanes import Lane, describe, with_concurrency
 from .on_fail import OnFailLane, TaskOnFailLane
 from .schedules import Scheduler
 from .tasks import TaskLane
@@ -686,26 +686,24 @@ class Worker:
     def _on_event(self, payload: str) -> None:
         if "catbird.task.completed" in payload:
             return  # by far the most frequent event, and of no use here
-        try:
-            doc = json.loads(payload)
-            topic, data = doc.get("topic"), doc.get("data")
-        except (ValueError, AttributeError):
+        event = parse_event(payload)
+        if event is None:
             return
+        topic = event.topic
         flows = self._flow_runtime
-        if flows is not None and str(topic).startswith(("catbird.step.", "catbird.flow.")):
-            flows.on_event(str(topic), data)
+        if flows is not None and topic.startswith(("catbird.step.", "catbird.flow.")):
+            flows.on_event(event)
             return
-        if topic == "catbird.task.queued":
-            lane = self._task_lanes.get(data)
+        if topic in ("catbird.task.started", "catbird.task.queued"):  # new runs, re-queued runs
+            lane = self._task_lanes.get(event.field("task") or "")
             if lane is not None:
                 lane.wake.set()
         elif topic == "catbird.task.canceled":
-            run_id = parse_run_id(data)
-            if run_id is None:
-                return
-            for lane in self._task_lanes.values():
-                run = lane.inflight.get(run_id)
-                if run is not None:
+            for run_id in event.run_ids:
+                for lane in self._task_lanes.values():
+                    run = lane.inflight.get(run_id)
+                    if run is None:
+                        continue
                     log.info(
                         "task %r run %d was canceled: %s",
                         lane.name,

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import inspect
 import logging
 import random
 from typing import Any, TypeVar
@@ -21,7 +20,7 @@ import psycopg
 from psycopg_pool import AsyncConnectionPool
 
 from .. import _sql
-from ..client.client_async import AsyncClient
+from ..client.client_async import AsyncClient, connect_like
 from .lanes import Abandoned, describe, log
 
 __all__ = ["TRANSIENT", "Backoff", "Connections"]
@@ -158,16 +157,4 @@ class Connections:
         """A new autocommit connection for LISTEN, with the pool's parameters (or the DSN)."""
         if self._pool is None:
             return await psycopg.AsyncConnection.connect(self._dsn, autocommit=True)
-        conninfo: Any = self._pool.conninfo
-        kwargs: Any = self._pool.kwargs
-        if callable(conninfo):
-            conninfo = conninfo()
-        if inspect.isawaitable(conninfo):
-            conninfo = await conninfo
-        if callable(kwargs):
-            kwargs = kwargs()
-        if inspect.isawaitable(kwargs):
-            kwargs = await kwargs
-        return await psycopg.AsyncConnection.connect(
-            str(conninfo), **{**(kwargs or {}), "autocommit": True}
-        )
+        return await connect_like(self._pool)

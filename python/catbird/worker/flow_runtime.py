@@ -15,8 +15,9 @@ from .. import _sql
 from ..definitions import HandlerOptions
 from ..definitions.flows import Flow, Step, StepHandler
 from ..errors import NotFound, ObjectInUse
+from ..events import Event
 from .flows import FlowLane, GeneratorLane, MapLane, ReducerLane, StepLane, flow_run_of
-from .lanes import Lane, LaneHost, log, parse_run_id, with_concurrency
+from .lanes import Lane, LaneHost, log, with_concurrency
 from .on_fail import FlowOnFailLane
 
 __all__ = ["FlowRuntime"]
@@ -113,24 +114,26 @@ class FlowRuntime:
                         continue
                     lane.check_policy((step.max_retries, step.backoff_min, step.backoff_max))
 
-    def on_event(self, topic: str, data: Any) -> None:
+    def on_event(self, event: Event) -> None:
+        topic = event.topic
         if topic == "catbird.step.queued":
-            for lane in self.by_key.get(str(data), ()):
+            key = f"{event.field('flow')}/{event.field('step')}"
+            for lane in self.by_key.get(key, ()):
                 lane.wake.set()
             return
         if topic not in ("catbird.flow.canceling", "catbird.flow.completed", "catbird.flow.failed"):
             return
-        run_id = parse_run_id(data)
-        if run_id is None:
+        run_ids = set(event.run_ids)
+        if not run_ids:
             return
         reason = "canceled" if topic == "catbird.flow.canceling" else "finished"
         for lane in self.step_lanes:
             for run in list(lane.inflight.values()):
-                if flow_run_of(run) == run_id:
+                if flow_run_of(run) in run_ids:
                     log.info(
                         "%r: flow run %d %s: %s",
                         lane,
-                        run_id,
+                        flow_run_of(run),
                         "is canceling" if reason == "canceled" else "finished",
                         "cancelling its handler"
                         if lane.handler.is_async and not lane.uses_threads

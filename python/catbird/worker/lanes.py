@@ -40,7 +40,6 @@ __all__ = [
     "LaneHost",
     "Run",
     "describe",
-    "parse_run_id",
     "retry_policy",
     "with_concurrency",
 ]
@@ -96,14 +95,6 @@ def format_traceback(exc: BaseException) -> str | None:
     if frames:
         te.stack = traceback.StackSummary.from_list(frames)
     return "".join(te.format()).rstrip() or None
-
-
-def parse_run_id(data: Any) -> int | None:
-    """The run id an event carries (``None``: none that makes sense)."""
-    try:
-        return int(data)
-    except (TypeError, ValueError):
-        return None
 
 
 def retry_policy(options: HandlerOptions) -> dict[str, int]:
