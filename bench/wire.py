@@ -303,7 +303,7 @@ def event_cost(dsn: str) -> None:
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    module.measure_event_cost(dsn)
+    module.report(module.measure_event_cost(dsn))
 
 
 def main() -> None:
