@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import importlib.util
+import importlib
 import math
 import os
 import re
@@ -299,10 +299,8 @@ def event_cost(dsn: str) -> None:
             "enqueue/complete throughput is measured there once the events work lands)"
         )
         return
-    spec = importlib.util.spec_from_file_location("wire_events", path)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    # By module name (bench/ is on sys.path): its worker processes import it again.
+    module = importlib.import_module("wire_events")
     module.report(module.measure_event_cost(dsn))
 
 
