@@ -6594,7 +6594,10 @@ $$;
 -- its open inbox streams, so durable notifications also arrive live. The
 -- message stays in the table (it may be larger than a notification can
 -- carry); the identity and topic travel in the event, which every session
--- that LISTENs on the channel can see, as it sees all engine events.
+-- that LISTENs on the channel can see, as it sees all engine events. A
+-- transaction run with catbird.events = off (80_events) announces nothing:
+-- its notifications reach open streams at their next read (a reconnect, a
+-- gap, the next announced append) and polls as usual.
 
 -- Announces one appended notification (see the header). Returns NULL (an
 -- AFTER trigger's result is ignored). Raises nothing.
