@@ -148,6 +148,12 @@ FUNCTION_ROLES: dict[str, set[str]] = {
     # health and metrics (75_health)
     "cb_health": AW,
     "cb_metrics": AW,
+    # Wire nodes and presence
+    "cb_wire_heartbeat": AC,
+    "cb_wire_join": AC,
+    "cb_wire_leave": AC,
+    "cb_wire_presence": AC,
+    "cb_wire_stop": AC,
 }
 
 
@@ -611,6 +617,13 @@ def _exercise_every_family(conn: psycopg.Connection) -> set[str]:
     q("cb_gc", "SELECT catbird.cb_gc()")
     q("cb_health", "SELECT catbird.cb_health()")
     q("cb_metrics", "SELECT * FROM catbird.cb_metrics()")
+    # Wire nodes and presence
+    node, subscriber = str(uuid.uuid4()), str(uuid.uuid4())
+    q("cb_wire_heartbeat", "SELECT catbird.cb_wire_heartbeat(%s)", (node,))
+    q("cb_wire_join", "SELECT catbird.cb_wire_join(%s, %s, 'ann', '{room.1}')", (node, subscriber))
+    q("cb_wire_presence", "SELECT * FROM catbird.cb_wire_presence('room.1')")
+    q("cb_wire_leave", "SELECT catbird.cb_wire_leave(%s, %s)", (node, subscriber))
+    q("cb_wire_stop", "SELECT catbird.cb_wire_stop(%s)", (node,))
     return called
 
 

@@ -49,8 +49,11 @@ SAMPLES: dict[str, Any] = {
     "retry_delay": 100,
     "cron_spec": "*/5 * * * *",
     "dead_letter_queue": "dlq",
+    "node_id": uuid.UUID(int=1),
+    "subscriber_id": uuid.UUID(int=2),
     "identity": "user-1",
     "since": datetime(2026, 1, 1, tzinfo=UTC),
+    "topics": ["room.1"],
 }
 
 
@@ -78,7 +81,7 @@ STATEMENTS = _statements()
 
 
 def test_every_statement_is_found() -> None:
-    assert len(STATEMENTS) == 110
+    assert len(STATEMENTS) == 116
 
 
 @pytest.mark.parametrize(("name", "function"), STATEMENTS, ids=[n for n, _ in STATEMENTS])

@@ -14,7 +14,8 @@ The update script ``catbird--<from>--<to>.sql`` is, in this order:
    cannot change those);
 2. every top-level statement of ``extension/sql/[0-9]*.sql`` (the sources of
    the install script, in the same order) that defines behaviour: ``CREATE
-   FUNCTION``/``PROCEDURE`` turned into ``CREATE OR REPLACE``, ``COMMENT ON``,
+   FUNCTION``/``PROCEDURE`` turned into ``CREATE OR REPLACE``, ``CREATE OR
+   REPLACE TRIGGER`` (PostgreSQL 14+) as it is, ``COMMENT ON``,
    ``GRANT``/``REVOKE`` and ``DO`` blocks (which must therefore be idempotent);
    statements that create storage or types (``CREATE TABLE``/``INDEX``/
    ``TYPE``/``SEQUENCE``/``SCHEMA``, ``ALTER TABLE``/``SEQUENCE``) are left out,
@@ -125,9 +126,11 @@ def _strip_comments(statement: str) -> str:
 
 _KEEP = re.compile(r"^(COMMENT\s+ON|GRANT|REVOKE|DO)\b", re.IGNORECASE)
 _CREATE_ROUTINE = re.compile(r"^CREATE\s+(FUNCTION|PROCEDURE)\b", re.IGNORECASE)
-_CREATE_OR_REPLACE = re.compile(r"^CREATE\s+OR\s+REPLACE\s+(FUNCTION|PROCEDURE)\b", re.IGNORECASE)
+_CREATE_OR_REPLACE = re.compile(
+    r"^CREATE\s+OR\s+REPLACE\s+(FUNCTION|PROCEDURE|TRIGGER)\b", re.IGNORECASE
+)
 _STORAGE = re.compile(
-    r"^(CREATE\s+(SCHEMA|TABLE|(UNIQUE\s+)?INDEX|TYPE|SEQUENCE)|ALTER\s+(TABLE|SEQUENCE))\b",
+    r"^(CREATE\s+(SCHEMA|(UNLOGGED\s+)?TABLE|(UNIQUE\s+)?INDEX|TYPE|SEQUENCE)|ALTER\s+(TABLE|SEQUENCE))\b",
     re.IGNORECASE,
 )
 

@@ -87,7 +87,8 @@ $$;
 --   lease_expired_flow_runs    flow runs failed because a step run or map item
 --                              did the same (_cb_fail_lapsed_work)
 --   stale_workers_deleted      workers silent for longer than stale_worker_after
---   stale_wire_nodes_deleted   (no Wire nodes in this version: always 0)
+--   stale_wire_nodes_deleted   Wire nodes silent for longer than
+--                              _cb_wire_stale_after() (82_wire), with their presence
 --   notifications_deleted      inbox notifications past their expires_at (84_inbox)
 --   task_runs_purged / flow_runs_purged  finished runs older than their
 --                              definition's retention_period (NULL or 0: kept)
@@ -108,6 +109,7 @@ DECLARE
     v_expired_flow_runs int := 0;
     v_finalized int := 0;
     v_stale_workers int;
+    v_stale_wire_nodes int;
     v_stale_ids uuid[];
     v_task_purged int;
     v_flow_purged int;
@@ -215,6 +217,9 @@ BEGIN
     FROM unnest(v_stale_ids) AS s;
     v_notifications := catbird._cb_delete_expired_notifications(v_now, batch_size);
 
+    DELETE FROM catbird.cb_wire_nodes n WHERE n.last_heartbeat_at < v_now - catbird._cb_wire_stale_after();
+    GET DIAGNOSTICS v_stale_wire_nodes = ROW_COUNT;
+
     v_task_purged := catbird._cb_purge_retained_runs('task', v_now, batch_size);
     v_flow_purged := catbird._cb_purge_retained_runs('flow', v_now, batch_size);
 
@@ -227,7 +232,7 @@ BEGIN
         'lease_expired_task_runs', cardinality(v_lapsed_tasks),
         'lease_expired_flow_runs', v_lapsed_flow,
         'stale_workers_deleted', v_stale_workers,
-        'stale_wire_nodes_deleted', 0,
+        'stale_wire_nodes_deleted', v_stale_wire_nodes,
         'notifications_deleted', v_notifications,
         'task_runs_purged', v_task_purged,
         'flow_runs_purged', v_flow_purged);

@@ -51,11 +51,12 @@ $$;
 -- hiding runs, heartbeats, signals, waits, introspection and the health
 -- report and metrics (a worker serves /metrics); catbird_client
 -- sending, publishing, running, signalling, waiting, cancelling, retrying
--- and introspection; both compute cron ticks and use the durable inbox
--- (append, read, mark seen: application-facing), and workers execute due
--- schedules. Schedules, dead-letter redrives and peeking at a queue's
--- messages (cb_peek) are catbird_admin's. Any other name (a function added
--- later): catbird_admin only. Raises nothing.
+-- and introspection, and the Wire node calls (cb_wire_*: the web application
+-- that relays events to browsers is a client); both compute cron ticks and
+-- use the durable inbox (append, read, mark seen: application-facing), and
+-- workers execute due schedules. Schedules, dead-letter redrives and peeking
+-- at a queue's messages (cb_peek) are catbird_admin's. Any other name (a
+-- function added later): catbird_admin only. Raises nothing.
 CREATE FUNCTION catbird._cb_function_roles(function_name text) RETURNS text[]
 LANGUAGE sql IMMUTABLE
 AS $$
@@ -79,6 +80,7 @@ AS $$
                      OR function_name LIKE 'cb\_hide\_%'
                    THEN ARRAY['catbird_worker']
                    WHEN function_name IN ('cb_cancel_task', 'cb_cancel_flow', 'cb_retry_task_run', 'cb_retry_flow_run')
+                     OR function_name LIKE 'cb\_wire\_%'
                    THEN ARRAY['catbird_client']
                    ELSE '{}'::text[]
               END

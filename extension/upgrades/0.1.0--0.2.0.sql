@@ -123,3 +123,20 @@ CREATE INDEX cb_notifications_unseen_idx ON catbird.cb_notifications (identity, 
 CREATE INDEX cb_notifications_expiry_idx ON catbird.cb_notifications (expires_at) WHERE expires_at IS NOT NULL;
 CREATE UNIQUE INDEX cb_notifications_collapse_idx ON catbird.cb_notifications (identity, collapse_key)
     WHERE collapse_key IS NOT NULL AND seen_at IS NULL;
+
+-- --- Wire nodes and presence (82_wire.sql) -----------------------------------------
+CREATE UNLOGGED TABLE catbird.cb_wire_nodes (
+    id                uuid PRIMARY KEY,
+    started_at        timestamptz NOT NULL,
+    last_heartbeat_at timestamptz NOT NULL
+);
+CREATE UNLOGGED TABLE catbird.cb_wire_presence (
+    subscriber_id uuid NOT NULL,
+    topic         text NOT NULL,
+    identity      text NOT NULL,
+    node_id       uuid NOT NULL REFERENCES catbird.cb_wire_nodes (id) ON DELETE CASCADE,
+    connected_at  timestamptz NOT NULL,
+    PRIMARY KEY (subscriber_id, topic)
+);
+CREATE INDEX cb_wire_presence_topic_idx ON catbird.cb_wire_presence (topic, identity);
+CREATE INDEX cb_wire_presence_node_idx ON catbird.cb_wire_presence (node_id);

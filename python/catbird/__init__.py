@@ -21,6 +21,8 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Any
+
 from .client import (
     AsyncClient,
     AsyncFlowHandle,
@@ -87,6 +89,22 @@ from .models import (
 )
 from .worker import Worker
 
+if TYPE_CHECKING:
+    from .wire import SSEEvent, Wire
+
+#: Names exported lazily: they need the ``web`` extra, and ``import catbird``
+#: must work without it.
+_WIRE_NAMES = frozenset({"SSEEvent", "Wire"})
+
+
+def __getattr__(name: str) -> Any:
+    if name in _WIRE_NAMES:
+        from . import wire  # ImportError naming the extra when it is missing
+
+        return getattr(wire, name)
+    raise AttributeError(f"module 'catbird' has no attribute {name!r}")
+
+
 __all__ = [
     "AlreadyExists",
     "AsyncClient",
@@ -128,6 +146,7 @@ __all__ = [
     "RunFailed",
     "RunOutcome",
     "RunSkipped",
+    "SSEEvent",
     "Step",
     "StepInfo",
     "StepRunInfo",
@@ -137,6 +156,7 @@ __all__ = [
     "TaskInfo",
     "TaskRunInfo",
     "TaskScheduleInfo",
+    "Wire",
     "Worker",
     "WorkerInfo",
     "cancel",

@@ -22,7 +22,8 @@ types, selected columns). The modules:
 * ``schedules``: cron schedules of tasks and flows, and the tick preview;
 * ``inbox``: the durable per-identity inbox (notifications);
 * ``workers``: the worker registry, garbage collection and events;
-* ``dashboard``: the dashboard's reads (peeking, run counts, runs by status).
+* ``dashboard``: the dashboard's reads (peeking, run counts, runs by status);
+* ``wire``: Wire nodes, presence and ``cb_notify``.
 """
 
 from __future__ import annotations
@@ -176,6 +177,14 @@ from .tasks import (
     unbind_task,
     wait_task_output,
 )
+from .wire import (
+    notify,
+    wire_heartbeat,
+    wire_join,
+    wire_leave,
+    wire_presence,
+    wire_stop,
+)
 from .workers import (
     EVENTS_CHANNEL,
     async_commit,
@@ -301,6 +310,7 @@ __all__ = [
     "metrics",
     "ms",
     "next_cron_ticks",
+    "notify",
     "notify_durable",
     "peek",
     "ping",
@@ -330,6 +340,11 @@ __all__ = [
     "wait_flow_output",
     "wait_flow_step_output",
     "wait_task_output",
+    "wire_heartbeat",
+    "wire_join",
+    "wire_leave",
+    "wire_presence",
+    "wire_stop",
     "worker_heartbeat",
     "worker_started",
     "worker_stopped",

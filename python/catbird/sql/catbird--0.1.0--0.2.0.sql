@@ -130,6 +130,23 @@ CREATE INDEX cb_notifications_expiry_idx ON catbird.cb_notifications (expires_at
 CREATE UNIQUE INDEX cb_notifications_collapse_idx ON catbird.cb_notifications (identity, collapse_key)
     WHERE collapse_key IS NOT NULL AND seen_at IS NULL;
 
+-- --- Wire nodes and presence (82_wire.sql) -----------------------------------------
+CREATE UNLOGGED TABLE catbird.cb_wire_nodes (
+    id                uuid PRIMARY KEY,
+    started_at        timestamptz NOT NULL,
+    last_heartbeat_at timestamptz NOT NULL
+);
+CREATE UNLOGGED TABLE catbird.cb_wire_presence (
+    subscriber_id uuid NOT NULL,
+    topic         text NOT NULL,
+    identity      text NOT NULL,
+    node_id       uuid NOT NULL REFERENCES catbird.cb_wire_nodes (id) ON DELETE CASCADE,
+    connected_at  timestamptz NOT NULL,
+    PRIMARY KEY (subscriber_id, topic)
+);
+CREATE INDEX cb_wire_presence_topic_idx ON catbird.cb_wire_presence (topic, identity);
+CREATE INDEX cb_wire_presence_node_idx ON catbird.cb_wire_presence (node_id);
+
 -- === from extension/sql/00_schema.sql
 
 CREATE OR REPLACE FUNCTION catbird._cb_caller_moves_clock() RETURNS boolean
@@ -4720,6 +4737,7 @@ DECLARE
     v_expired_flow_runs int := 0;
     v_finalized int := 0;
     v_stale_workers int;
+    v_stale_wire_nodes int;
     v_stale_ids uuid[];
     v_task_purged int;
     v_flow_purged int;
@@ -4827,6 +4845,9 @@ BEGIN
     FROM unnest(v_stale_ids) AS s;
     v_notifications := catbird._cb_delete_expired_notifications(v_now, batch_size);
 
+    DELETE FROM catbird.cb_wire_nodes n WHERE n.last_heartbeat_at < v_now - catbird._cb_wire_stale_after();
+    GET DIAGNOSTICS v_stale_wire_nodes = ROW_COUNT;
+
     v_task_purged := catbird._cb_purge_retained_runs('task', v_now, batch_size);
     v_flow_purged := catbird._cb_purge_retained_runs('flow', v_now, batch_size);
 
@@ -4839,7 +4860,7 @@ BEGIN
         'lease_expired_task_runs', cardinality(v_lapsed_tasks),
         'lease_expired_flow_runs', v_lapsed_flow,
         'stale_workers_deleted', v_stale_workers,
-        'stale_wire_nodes_deleted', 0,
+        'stale_wire_nodes_deleted', v_stale_wire_nodes,
         'notifications_deleted', v_notifications,
         'task_runs_purged', v_task_purged,
         'flow_runs_purged', v_flow_purged);
@@ -5225,6 +5246,124 @@ BEGIN
 END
 $$;
 
+-- === from extension/sql/82_wire.sql
+
+CREATE OR REPLACE FUNCTION catbird._cb_wire_stale_after() RETURNS interval
+LANGUAGE sql IMMUTABLE
+AS $$
+    SELECT interval '15 seconds'
+$$;
+
+CREATE OR REPLACE FUNCTION catbird._cb_wire_check_id(argument text, id uuid) RETURNS void
+LANGUAGE plpgsql IMMUTABLE
+AS $$
+BEGIN
+    IF id IS NULL THEN
+        RAISE EXCEPTION 'invalid %: NULL, expected a uuid', argument USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+END
+$$;
+
+CREATE OR REPLACE FUNCTION catbird.cb_wire_heartbeat(node_id uuid) RETURNS boolean
+LANGUAGE plpgsql VOLATILE
+AS $$
+DECLARE
+    v_now timestamptz := catbird.cb_now();
+    v_inserted boolean;
+BEGIN
+    PERFORM catbird._cb_wire_check_id('node_id', node_id);
+    INSERT INTO catbird.cb_wire_nodes AS n (id, started_at, last_heartbeat_at)
+    VALUES (cb_wire_heartbeat.node_id, v_now, v_now)
+    ON CONFLICT ON CONSTRAINT cb_wire_nodes_pkey DO UPDATE SET last_heartbeat_at = excluded.last_heartbeat_at
+    RETURNING (n.xmax = 0) INTO v_inserted;
+    RETURN v_inserted;
+END
+$$;
+
+CREATE OR REPLACE FUNCTION catbird.cb_wire_join(node_id uuid, subscriber_id uuid, identity text, topics text[]) RETURNS int
+LANGUAGE plpgsql VOLATILE
+AS $$
+DECLARE
+    v_now timestamptz := catbird.cb_now();
+    v_topic text;
+    v_added int;
+BEGIN
+    PERFORM catbird._cb_wire_check_id('node_id', node_id);
+    PERFORM catbird._cb_wire_check_id('subscriber_id', subscriber_id);
+    IF identity IS NULL OR length(identity) NOT BETWEEN 1 AND 255 THEN
+        RAISE EXCEPTION 'invalid identity %: expected 1 to 255 characters', catbird._cb_quote_arg(identity)
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    IF coalesce(cardinality(topics), 0) NOT BETWEEN 1 AND 100 THEN
+        RAISE EXCEPTION 'invalid topics: got %, expected 1 to 100 topics or patterns',
+            coalesce(cardinality(topics)::text, 'NULL')
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    FOREACH v_topic IN ARRAY topics LOOP
+        PERFORM catbird._cb_check_pattern(v_topic);
+    END LOOP;
+
+    PERFORM catbird.cb_wire_heartbeat(node_id);
+    INSERT INTO catbird.cb_wire_presence AS p (subscriber_id, topic, identity, node_id, connected_at)
+    SELECT cb_wire_join.subscriber_id, t.topic, cb_wire_join.identity, cb_wire_join.node_id, v_now
+    FROM (SELECT DISTINCT u.topic FROM unnest(topics) AS u(topic)) t
+    ON CONFLICT ON CONSTRAINT cb_wire_presence_pkey DO NOTHING;
+    GET DIAGNOSTICS v_added = ROW_COUNT;
+    PERFORM catbird._cb_notify('catbird.wire.presence', jsonb_build_object(
+        'node_id', node_id, 'identity', identity, 'topics', to_jsonb(topics), 'joined', true)::text);
+    RETURN v_added;
+END
+$$;
+
+CREATE OR REPLACE FUNCTION catbird.cb_wire_leave(node_id uuid, subscriber_id uuid) RETURNS int
+LANGUAGE plpgsql VOLATILE
+AS $$
+DECLARE
+    v_identity text;
+    v_topics text[];
+BEGIN
+    PERFORM catbird._cb_wire_check_id('node_id', node_id);
+    PERFORM catbird._cb_wire_check_id('subscriber_id', subscriber_id);
+    WITH gone AS (
+        DELETE FROM catbird.cb_wire_presence p
+        WHERE p.node_id = cb_wire_leave.node_id AND p.subscriber_id = cb_wire_leave.subscriber_id
+        RETURNING p.identity, p.topic
+    )
+    SELECT min(g.identity), array_agg(g.topic ORDER BY g.topic) INTO v_identity, v_topics FROM gone g;
+    IF v_topics IS NULL THEN
+        RETURN 0;
+    END IF;
+    PERFORM catbird._cb_notify('catbird.wire.presence', jsonb_build_object(
+        'node_id', node_id, 'identity', v_identity, 'topics', to_jsonb(v_topics), 'joined', false)::text);
+    RETURN cardinality(v_topics);
+END
+$$;
+
+CREATE OR REPLACE FUNCTION catbird.cb_wire_presence(topic text) RETURNS SETOF text
+LANGUAGE plpgsql STABLE
+AS $$
+BEGIN
+    PERFORM catbird._cb_check_pattern(topic);
+    RETURN QUERY
+        SELECT DISTINCT p.identity
+        FROM catbird.cb_wire_presence p
+        JOIN catbird.cb_wire_nodes n ON n.id = p.node_id
+        WHERE p.topic = cb_wire_presence.topic
+          AND n.last_heartbeat_at >= catbird.cb_now() - catbird._cb_wire_stale_after()
+        ORDER BY p.identity;
+END
+$$;
+
+CREATE OR REPLACE FUNCTION catbird.cb_wire_stop(node_id uuid) RETURNS boolean
+LANGUAGE plpgsql VOLATILE
+AS $$
+BEGIN
+    PERFORM catbird._cb_wire_check_id('node_id', node_id);
+    DELETE FROM catbird.cb_wire_nodes n WHERE n.id = cb_wire_stop.node_id;
+    RETURN FOUND;
+END
+$$;
+
 -- === from extension/sql/84_inbox.sql
 
 CREATE OR REPLACE FUNCTION catbird._cb_check_identity(identity text) RETURNS void
@@ -5500,6 +5639,22 @@ BEGIN
 END
 $$;
 
+-- === from extension/sql/86_wire_inbox.sql
+
+CREATE OR REPLACE FUNCTION catbird._cb_wire_inbox_created() RETURNS trigger
+LANGUAGE plpgsql VOLATILE
+AS $$
+BEGIN
+    PERFORM catbird._cb_notify('catbird.inbox.created',
+        jsonb_build_object('identity', NEW.identity, 'id', NEW.id, 'topic', NEW.topic)::text);
+    RETURN NULL;
+END
+$$;
+
+CREATE OR REPLACE TRIGGER cb_notifications_announce
+    AFTER INSERT ON catbird.cb_notifications
+    FOR EACH ROW EXECUTE FUNCTION catbird._cb_wire_inbox_created();
+
 -- === from extension/sql/90_privileges.sql
 
 DO $$
@@ -5539,6 +5694,7 @@ AS $$
                      OR function_name LIKE 'cb\_hide\_%'
                    THEN ARRAY['catbird_worker']
                    WHEN function_name IN ('cb_cancel_task', 'cb_cancel_flow', 'cb_retry_task_run', 'cb_retry_flow_run')
+                     OR function_name LIKE 'cb\_wire\_%'
                    THEN ARRAY['catbird_client']
                    ELSE '{}'::text[]
               END
