@@ -650,7 +650,7 @@ def test_catbird_dev_starts_reuses_and_stops(tmp_path: Path) -> None:
         second = _Dev(data_dir, env)
         assert second.dsn() == dsn
         # Detaching the second leaves the server to the first.
-        assert second.interrupt() == 0
+        assert second.interrupt() == 0, second.stderr
         assert "already running" in second.stderr
         with psycopg.connect(dsn, autocommit=True) as conn:
             assert scalar(conn, "SELECT 1") == 1
@@ -659,7 +659,7 @@ def test_catbird_dev_starts_reuses_and_stops(tmp_path: Path) -> None:
         result = cb(dsn, "queue", "create", "hello")
         assert result.exit_code == 0, result.output
 
-        assert first.interrupt() == 0
+        assert first.interrupt() == 0, first.stderr
         assert "stopping PostgreSQL" in first.stderr
         with pytest.raises(psycopg.OperationalError):
             psycopg.connect(dsn, connect_timeout=5).close()
