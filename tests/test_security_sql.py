@@ -43,6 +43,7 @@ FUNCTION_ROLES: dict[str, set[str]] = {
     "cb_send": AWC,
     "cb_read": AW,
     "cb_read_poll": AW,
+    "cb_pop": AW,
     "cb_hide": AW,
     "cb_delete": AW,
     "cb_list_queues": AWC,
@@ -356,6 +357,7 @@ def _exercise_every_family(conn: psycopg.Connection) -> set[str]:
     q("cb_hide", "SELECT catbird.cb_hide('hq', ARRAY[%s]::bigint[], 1000)", (got[0][0],))
     q("cb_delete", "SELECT catbird.cb_delete('hq', %s::bigint)", (got[0][0],))
     q("cb_delete", "SELECT catbird.cb_delete('hq', ARRAY[%s]::bigint[])", (got[1][0],))
+    q("cb_pop", "SELECT id FROM catbird.cb_pop('hq', 1)")
     q("cb_list_queues", "SELECT * FROM catbird.cb_list_queues()")
     q("cb_get_queue", "SELECT * FROM catbird.cb_get_queue('hq')")
     q("cb_list_bindings", "SELECT * FROM catbird.cb_list_bindings()")
