@@ -140,7 +140,6 @@ class TaskOnFailLane(OnFailLane):
     def subject(self) -> str:
         return f"task {self.name!r}"
 
-
     def context(self, claim: OnFailClaim) -> RunContext:
         return RunContext(
             "on_fail", self.name, claim.id, claim.on_fail_attempts, None, claim.concurrency_key
@@ -157,7 +156,6 @@ class TaskOnFailLane(OnFailLane):
             failed_at=claim.failed_at,
             concurrency_key=claim.concurrency_key,
         )
-
 
 
 class FlowOnFailLane(OnFailLane):
@@ -180,7 +178,6 @@ class FlowOnFailLane(OnFailLane):
     @property
     def subject(self) -> str:
         return f"flow {self.flow!r}"
-
 
     def context(self, claim: FlowOnFailClaim) -> FlowRunContext:
         return FlowRunContext(
