@@ -127,11 +127,16 @@ AS $$
 $$;
 
 CREATE OR REPLACE FUNCTION catbird.cb_now() RETURNS timestamptz
-LANGUAGE sql VOLATILE PARALLEL SAFE
+LANGUAGE plpgsql VOLATILE PARALLEL SAFE
 AS $$
-    SELECT CASE WHEN f.fake IS NOT NULL AND catbird._cb_caller_moves_clock() THEN f.fake::timestamptz
-                ELSE clock_timestamp() END
-    FROM (SELECT nullif(current_setting('catbird.fake_now', true), '') AS fake) f
+DECLARE
+    v_fake text := nullif(current_setting('catbird.fake_now', true), '');
+BEGIN
+    IF v_fake IS NOT NULL AND catbird._cb_caller_moves_clock() THEN
+        RETURN v_fake::timestamptz;
+    END IF;
+    RETURN clock_timestamp();
+END
 $$;
 
 COMMENT ON FUNCTION catbird.cb_now() IS
