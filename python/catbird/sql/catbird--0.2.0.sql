@@ -3025,14 +3025,14 @@ DECLARE
     v_step_info record;
     v_type text;
     v_ignore text[];
-    v_normalized jsonb[] := '{}';
+    v_normalized jsonb[] := '{}'::jsonb[];
     v_count int;
     -- Kahn's peel over step positions: a step is peeled once every step it
     -- depends on is; steps never peeled depend on a cycle.
     v_remaining int[];        -- per step: its dependencies not peeled yet
     v_dependents int[];       -- every edge's dependent, grouped by the step depended on
     v_first_dependent int[];  -- per step (and one past the last): where its dependents start
-    v_peeled int[] := '{}';   -- peeled steps, in peel order (the work queue)
+    v_peeled int[];           -- peeled steps, in peel order (the work queue)
     v_peeled_count int;
     v_next int := 1;
     v_current int;
@@ -3041,7 +3041,7 @@ DECLARE
     v_dependencies int[];
     v_first_dependency int[];
     v_path_index int[];
-    v_path int[] := '{}';
+    v_path int[] := '{}'::int[];
     v_cycle text;
 BEGIN
     IF steps IS NULL OR jsonb_typeof(steps) <> 'array' THEN
