@@ -1,12 +1,14 @@
 -- catbird 20_queues: queues and their messages.
 --
 -- Owns: cb_queues, cb_messages; create/delete/purge, send (single and batch),
--- read (claim with a visibility window), read_poll, hide, delete, introspection;
+-- read (claim with a visibility window), read_poll, pop (claim and delete in
+-- one statement), hide, delete, introspection;
 -- and, for every kind of definition (queue, task, flow), the definition lock
 -- and the error for a missing one.
 -- Guarantees:
---   * cb_read claims with FOR UPDATE SKIP LOCKED: concurrent readers never get
---     the same message inside its hide window; each claim counts a delivery.
+--   * cb_read and cb_pop claim with FOR UPDATE SKIP LOCKED: concurrent readers
+--     never get the same message inside its hide window, and a popped message
+--     is gone for everyone; each claim counts a delivery.
 --   * Expired messages (expires_at <= cb_now()) are never returned.
 --   * A send holds a shared advisory lock on the queue name until its
 --     transaction ends and cb_delete_queue takes it exclusively, so a message is
@@ -17,7 +19,7 @@
 --   * Receipts: cb_hide and cb_delete given the deliveries value of a read
 --     act only while it is current, so a consumer whose window lapsed cannot
 --     touch a message another consumer now holds.
---   * Dead letters: with max_deliveries, the read that would deliver a message
+--   * Dead letters: with max_deliveries, the read (or pop) that would deliver a message
 --     for the max_deliveries + 1-th time moves it instead, in the same
 --     statement, to the queue's dead_letter_queue (deleted without one);
 --     cb_redrive moves dead letters back to the queues they came from.
