@@ -52,6 +52,7 @@ from _common import (
     median,
     print_header,
     print_table,
+    ratio,
     source_sql,
     start_server,
     stopwatch,
@@ -250,8 +251,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 row += [
                     fmt_us(cpu),
                     fmt_us(wall),
-                    fmt_ratio(raw_cpu / cpu),
-                    fmt_ratio(raw_elapsed / wall),
+                    fmt_ratio(ratio(raw_cpu, cpu)),
+                    fmt_ratio(ratio(raw_elapsed, wall)),
                 ]
             rows.append(row)
         headers = ["shape (per message)", "raw CPU us", "raw elapsed us"]
