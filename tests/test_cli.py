@@ -103,7 +103,7 @@ def test_help_lists_the_commands() -> None:
     for command in ("dev", "demo", "db", "queue", "publish"):
         assert command in result.stdout
     result = cb(None, "queue", "--help")
-    for command in ("ls", "create", "delete", "send", "read", "purge", "bind", "unbind"):
+    for command in ("ls", "create", "delete", "send", "read", "pop", "purge", "bind", "unbind"):
         assert command in result.stdout
 
 
@@ -388,6 +388,33 @@ def test_queue_read_bad_input(dsn: str, conn: psycopg.Connection[Any], orders: s
     assert_error(cb(dsn, "queue", "read", orders, "--quantity", "0"), 1, "quantity")
     assert_error(cb(dsn, "queue", "read", orders, "--hide-for", "0"), 1, "hide_for")
     assert_error(cb(dsn, "queue", "read", "nope"), 1, 'queue "nope" does not exist')
+    assert engine_state(conn) == before
+
+
+def test_queue_pop_prints_and_deletes(dsn: str, conn: psycopg.Connection[Any], orders: str) -> None:
+    client = Client(conn)
+    low = client.send(orders, {"n": "low"})
+    high = client.send(orders, {"n": "high"}, priority=10)
+    third = client.send(orders, {"n": "third"})
+    doc = cbj(dsn, "queue", "pop", orders, "--quantity", "2")
+    assert doc["queue"] == "orders"
+    assert [(m["id"], m["deliveries"]) for m in doc["messages"]] == [(high, 1), (low, 1)]
+    assert [m["id"] for m in messages(conn, orders)] == [third]
+    result = cb(dsn, "queue", "pop", orders, "-n", "5")
+    assert result.exit_code == 0, result.output
+    assert '{"n": "third"}' in result.stdout
+    assert "Popped (deleted) 1 message(s)" in result.stdout
+    assert messages(conn, orders) == []
+    result = cb(dsn, "queue", "pop", orders)
+    assert result.exit_code == 0
+    assert "No visible messages" in result.stdout
+
+
+def test_queue_pop_bad_input(dsn: str, conn: psycopg.Connection[Any], orders: str) -> None:
+    Client(conn).send(orders, {})
+    before = engine_state(conn)
+    assert_error(cb(dsn, "queue", "pop", orders, "--quantity", "0"), 1, "quantity")
+    assert_error(cb(dsn, "queue", "pop", "nope"), 1, 'queue "nope" does not exist')
     assert engine_state(conn) == before
 
 

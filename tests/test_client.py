@@ -322,6 +322,24 @@ def test_send_many_mismatched_lengths_rejected(client: Client, orders: str) -> N
     assert client.get_queue(orders).depth == 0
 
 
+def test_pop_returns_and_deletes_messages(client: Client, orders: str) -> None:
+    ids = client.send_many(orders, ["a", "b", "c"])
+    first = client.pop(orders)
+    assert [(m.id, m.body, m.deliveries) for m in first] == [(ids[0], "a", 1)]
+    assert [m.body for m in client.pop(orders, quantity=5)] == ["b", "c"]
+    assert client.pop(orders, quantity=5) == []
+    assert client.get_queue(orders).depth == 0
+
+
+def test_pop_bad_quantity_and_unknown_queue(client: Client, orders: str) -> None:
+    client.send(orders, "x")
+    with pytest.raises(InvalidArgument):
+        client.pop(orders, quantity=0)
+    with pytest.raises(NotFound):
+        client.pop("nope")
+    assert client.get_queue(orders).depth == 1
+
+
 def test_read_poll_returns_at_once_when_messages_exist(client: Client, orders: str) -> None:
     client.send(orders, "x")
     t0 = time.monotonic()

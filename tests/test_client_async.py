@@ -331,6 +331,24 @@ async def test_send_many_mismatched_lengths_rejected(client: AsyncClient, orders
     assert (await client.get_queue(orders)).depth == 0
 
 
+async def test_pop_returns_and_deletes_messages(client: AsyncClient, orders: str) -> None:
+    ids = await client.send_many(orders, ["a", "b", "c"])
+    first = await client.pop(orders)
+    assert [(m.id, m.body, m.deliveries) for m in first] == [(ids[0], "a", 1)]
+    assert [m.body for m in await client.pop(orders, quantity=5)] == ["b", "c"]
+    assert await client.pop(orders, quantity=5) == []
+    assert (await client.get_queue(orders)).depth == 0
+
+
+async def test_pop_bad_quantity_and_unknown_queue(client: AsyncClient, orders: str) -> None:
+    await client.send(orders, "x")
+    with pytest.raises(InvalidArgument):
+        await client.pop(orders, quantity=0)
+    with pytest.raises(NotFound):
+        await client.pop("nope")
+    assert (await client.get_queue(orders)).depth == 1
+
+
 async def test_read_poll_returns_at_once_when_messages_exist(
     client: AsyncClient, orders: str
 ) -> None:

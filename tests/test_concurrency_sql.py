@@ -86,6 +86,40 @@ def test_concurrent_readers_receive_every_message_exactly_once(conn, dsn):
     assert scalar(conn, "SELECT array_agg(DISTINCT deliveries) FROM catbird.cb_messages") == [1]
 
 
+def test_concurrent_poppers_and_readers_never_get_the_same_message(conn, dsn):
+    fn(conn, "cb_create_queue", name="jobs")
+    sent = fn(conn, "cb_send", queue="jobs", bodies=[J({"i": i}) for i in range(2000)])
+    start = threading.Barrier(4)
+
+    def consumer(c: psycopg.Connection, pops: bool) -> list[int]:
+        got: list[int] = []
+        start.wait(timeout=TIMEOUT)
+        while True:
+            if pops:
+                batch = call(c, "cb_pop", queue="jobs", quantity=7)
+            else:
+                batch = call(c, "cb_read", queue="jobs", quantity=7, hide_for=600_000)
+            if not batch:
+                return got
+            got.extend(m["id"] for m in batch)
+
+    with connections(dsn, 4) as conns, ThreadPoolExecutor(4) as pool:
+        # three poppers and one reader on the same queue
+        futures = [
+            in_thread(pool, lambda c=c, i=i: consumer(c, i < 3)) for i, c in enumerate(conns)
+        ]
+        per_consumer = [f.result(timeout=TIMEOUT) for f in futures]
+
+    received = [i for ids in per_consumer for i in ids]
+    duplicates = [i for i, n in Counter(received).items() if n > 1]
+    assert duplicates == []
+    assert sorted(received) == sorted(sent)
+    # what was popped is gone; what was read stays (hidden) until deleted
+    assert sorted(r[0] for r in conn.execute("SELECT id FROM catbird.cb_messages")) == sorted(
+        per_consumer[3]
+    )
+
+
 # --------------------------------------------------------------------------- concurrency keys
 
 

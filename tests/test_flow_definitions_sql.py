@@ -425,6 +425,104 @@ def test_the_cycle_error_names_its_path(conn):
     assert "->" in str(info.value)
 
 
+def chain(n: int) -> list[dict[str, Any]]:
+    """s0 <- s1 <- ... <- s(n-1): each step depends on the one before."""
+    return [step(f"s{i}", f"s{i - 1}") if i else step("s0") for i in range(n)]
+
+
+def layered(width: int, depth: int) -> list[dict[str, Any]]:
+    """``depth`` layers of ``width`` steps, each depending on every step of the layer before."""
+    return [
+        step(f"l{layer}_{c}", *(f"l{layer - 1}_{d}" for d in range(width) if layer))
+        for layer in range(depth)
+        for c in range(width)
+    ]
+
+
+def cycle_message(conn, steps: list[dict[str, Any]]) -> str:
+    with rejected(conn, errors.InvalidParameterValue) as info:
+        create_flow(conn, "bad", steps)
+    return str(info.value).splitlines()[0]
+
+
+@pytest.mark.parametrize(
+    ("steps", "path"),
+    [
+        pytest.param([step("a", "a")], "a -> a", id="self-dependency"),
+        pytest.param([step("a", "b"), step("b", "a")], "a -> b -> a", id="cycle-of-2"),
+        pytest.param(
+            [step("a", "c"), step("b", "a"), step("c", "b")], "a -> c -> b -> a", id="cycle-of-3"
+        ),
+        # steps depending on a cycle are not part of it: only the cycle is named
+        pytest.param(
+            [step("root"), step("x", "root", "c"), step("a", "x"), step("b", "a"), step("c", "b")],
+            "x -> c -> b -> a -> x",
+            id="cycle-below-root",
+        ),
+        pytest.param(
+            [step("late", "a"), step("a", "b"), step("b", "a")],
+            "a -> b -> a",
+            id="dependent-of-a-cycle-first",
+        ),
+    ],
+)
+def test_the_cycle_error_names_exactly_the_steps_of_a_cycle(conn, steps, path):
+    assert cycle_message(conn, steps) == (
+        f'invalid flow "bad": its dependencies form a cycle ({path})'
+    )
+
+
+def test_a_long_cycle_is_found_and_named_step_by_step(conn):
+    # s0 depends on s999: a cycle through all 1,000 steps, next to an acyclic part
+    steps = chain(1000)
+    steps[0] = step("s0", "s999")
+    steps += layered(5, 20)
+    path = " -> ".join(["s0", *(f"s{i}" for i in range(999, -1, -1))])
+    assert cycle_message(conn, steps) == (
+        f'invalid flow "bad": its dependencies form a cycle ({path})'
+    )
+
+
+@pytest.mark.parametrize(
+    "steps",
+    [
+        pytest.param(chain(10_000), id="chain-of-10000"),
+        pytest.param([step(f"s{i}") for i in range(10_000)], id="10000-independent"),
+        pytest.param(layered(4, 11), id="44-step-layered-dag"),
+        pytest.param(layered(10, 100), id="1000-step-layered-dag"),
+    ],
+)
+def test_big_acyclic_flows_are_accepted_whole(conn, steps):
+    create_flow(conn, "big", steps)
+    flow = get_flow(conn, "big")
+    assert flow is not None
+    assert [s["name"] for s in flow["steps"]] == [s["name"] for s in steps]
+    assert [s["depends_on"] for s in flow["steps"]] == [s.get("depends_on", []) for s in steps]
+    depended_on = {d["name"] for s in steps for d in s.get("depends_on", [])}
+    assert flow["output_priority"] == [s["name"] for s in steps if s["name"] not in depended_on]
+    assert scalar(
+        conn,
+        "SELECT count(*) FROM catbird.cb_flow_steps s JOIN catbird.cb_flows f ON f.id = s.flow_id"
+        " WHERE f.name = 'big'",
+    ) == len(steps)
+
+
+def test_the_first_problem_in_step_order_is_reported(conn):
+    # A later duplicate and an earlier bad key: the earlier step's problem wins
+    # in the names pass; in the second pass an earlier step's unknown
+    # dependency wins over a later step's bad signal.
+    with rejected(conn, errors.InvalidParameterValue) as info:
+        create_flow(conn, "bad", [step("a"), {"name": "b", "dependson": []}, step("a")])
+    assert "unknown key" in str(info.value)
+    with rejected(conn, errors.InvalidParameterValue) as info:
+        create_flow(conn, "bad", [step("a"), step("b"), step("a"), {"name": "c", "x": 1}])
+    assert 'step "a" is defined twice' in str(info.value)
+    with rejected(conn, errors.InvalidParameterValue) as info:
+        create_flow(conn, "bad", [step("a", "zz", "a2", "yy"), step("a2", signal="no")])
+    assert 'step "a" depends on unknown step(s) \'"zz", "yy"\'' in str(info.value)
+    assert "The steps are: a, a2." in (info.value.diag.message_hint or "")
+
+
 @pytest.mark.parametrize(
     "output_priority",
     [

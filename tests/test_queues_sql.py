@@ -791,6 +791,114 @@ def test_delete_batch_returns_the_deleted_ids(conn):
     assert [m["id"] for m in messages(conn, "jobs")] == [ids[0], ids[2]]
 
 
+# --------------------------------------------------------------------------- pop
+
+
+def pop(conn: psycopg.Connection, queue: str, quantity: int | None = 1) -> list:
+    return call(conn, "cb_pop", queue=queue, quantity=quantity)
+
+
+def test_pop_returns_and_deletes_in_claim_order(conn):
+    clock = Clock(conn)
+    fn(conn, "cb_create_queue", name="jobs")
+    low = send(conn, "jobs", {"n": "low"})
+    clock.advance(seconds=1)
+    high = fn(
+        conn, "cb_send", queue="jobs", body=J({"n": "high"}), topic="a.b", concurrency_key="k",
+        headers=J({"h": "v"}), priority=5, expires_at=T0 + 3600 * SECOND,
+    )  # fmt: skip
+    assert pop(conn, "jobs", quantity=10) == [
+        {
+            "id": high, "concurrency_key": "k", "topic": "a.b", "body": {"n": "high"},
+            "headers": {"h": "v"}, "priority": 5, "deliveries": 1, "created_at": clock.now,
+            "visible_at": clock.now, "expires_at": T0 + 3600 * SECOND,
+            "source_queue": None, "source_deliveries": None,
+        },
+        {
+            "id": low, "concurrency_key": None, "topic": None, "body": {"n": "low"},
+            "headers": None, "priority": 0, "deliveries": 1, "created_at": T0,
+            "visible_at": T0, "expires_at": None, "source_queue": None, "source_deliveries": None,
+        },
+    ]  # fmt: skip
+    assert messages(conn, "jobs") == []
+    assert pop(conn, "jobs") == []
+
+
+def test_pop_takes_one_by_default_and_at_most_quantity(conn):
+    fn(conn, "cb_create_queue", name="jobs")
+    ids = fn(conn, "cb_send", queue="jobs", bodies=[J(i) for i in range(5)])
+    assert [m["id"] for m in call(conn, "cb_pop", queue="jobs")] == ids[:1]
+    assert [m["id"] for m in pop(conn, "jobs", quantity=3)] == ids[1:4]
+    assert [m["id"] for m in messages(conn, "jobs")] == ids[4:]
+
+
+def test_pop_skips_hidden_future_and_expired_messages_and_other_queues(conn):
+    clock = Clock(conn)
+    fn(conn, "cb_create_queue", name="jobs")
+    fn(conn, "cb_create_queue", name="other")
+    send(conn, "other")
+    hidden = send(conn, "jobs", {"n": "hidden"})
+    read(conn, "jobs", quantity=1, hide_for=10_000)
+    later = send(conn, "jobs", {"n": "later"}, visible_at=T0 + 5 * SECOND)
+    send(conn, "jobs", {"n": "expired"}, expires_at=T0 + SECOND)
+    clock.advance(seconds=1)
+    assert pop(conn, "jobs", quantity=10) == []
+    clock.advance(seconds=4)
+    assert [m["id"] for m in pop(conn, "jobs", quantity=10)] == [later]
+    clock.advance(seconds=5)
+    (again,) = pop(conn, "jobs", quantity=10)
+    assert (again["id"], again["deliveries"]) == (hidden, 2)
+    assert len(messages(conn, "other")) == 1
+
+
+def test_pop_frees_the_concurrency_key(conn):
+    fn(conn, "cb_create_queue", name="jobs")
+    first = send(conn, "jobs", concurrency_key="k")
+    assert [m["id"] for m in pop(conn, "jobs")] == [first]
+    assert send(conn, "jobs", concurrency_key="k") != first
+
+
+def test_pop_dead_letters_like_read(conn):
+    clock = Clock(conn)
+    fn(conn, "cb_create_queue", name="dlq")
+    fn(conn, "cb_create_queue", name="q", max_deliveries=1, dead_letter_queue="dlq")
+    dead, live = fn(conn, "cb_send", queue="q", bodies=[J("dead"), J("live")])
+    assert [m["id"] for m in read(conn, "q", quantity=1, hide_for=1000)] == [dead]
+    clock.advance(seconds=2)
+    # "dead" was delivered max_deliveries times: the pop moves it to the
+    # dead-letter queue instead of returning it
+    (popped,) = pop(conn, "q", quantity=2)
+    assert (popped["id"], popped["body"], popped["deliveries"]) == (live, "live", 1)
+    assert messages(conn, "q") == []
+    (moved,) = messages(conn, "dlq")
+    assert (moved["id"], moved["source_queue_id"] is not None) == (dead, True)
+    (redelivered,) = pop(conn, "dlq")
+    assert (redelivered["id"], redelivered["source_queue"], redelivered["source_deliveries"]) == (
+        dead,
+        "q",
+        1,
+    )
+
+
+def test_pop_without_a_dead_letter_queue_deletes_dead_messages(conn):
+    clock = Clock(conn)
+    fn(conn, "cb_create_queue", name="q", max_deliveries=1)
+    fn(conn, "cb_send", queue="q", body=J(1))
+    assert len(read(conn, "q", hide_for=1000)) == 1
+    clock.advance(seconds=2)
+    assert pop(conn, "q", quantity=5) == []
+    assert messages(conn, "q") == []
+
+
+@pytest.mark.parametrize("quantity", [0, -1, None], ids=["zero", "negative", "null"])
+def test_pop_rejects_a_bad_quantity_and_takes_nothing(conn, quantity):
+    fn(conn, "cb_create_queue", name="jobs")
+    send(conn, "jobs")
+    with rejected(conn, errors.InvalidParameterValue) as info:
+        pop(conn, "jobs", quantity=quantity)
+    assert "invalid quantity" in str(info.value)
+
+
 # ------------------------------------------------------- unknown or invalid queue, every function
 
 QUEUE_CALLS = [
@@ -799,6 +907,7 @@ QUEUE_CALLS = [
     pytest.param("cb_send", {"bodies": [J({})]}, id="send-batch"),
     pytest.param("cb_read", {"quantity": 1, "hide_for": 1000}, id="read"),
     pytest.param("cb_read_poll", {"quantity": 1, "hide_for": 1000, "poll_for": 0}, id="read_poll"),
+    pytest.param("cb_pop", {"quantity": 1}, id="pop"),
     pytest.param("cb_hide", {"id": 1, "hide_for": 1000}, id="hide"),
     pytest.param("cb_hide", {"ids": [1], "hide_for": 1000}, id="hide-batch"),
     pytest.param("cb_delete", {"id": 1}, id="delete"),

@@ -48,6 +48,7 @@ FUNCTION_ROLES: dict[str, set[str]] = {
     "cb_send": AWC,
     "cb_read": AW,
     "cb_read_poll": AW,
+    "cb_pop": AW,
     "cb_hide": AW,
     "cb_delete": AW,
     "cb_list_queues": AWC,
@@ -385,6 +386,7 @@ def _exercise_every_family(conn: psycopg.Connection) -> set[str]:
     q("cb_hide", "SELECT catbird.cb_hide('hq', ARRAY[%s]::bigint[], 1000)", (got[0][0],))
     q("cb_delete", "SELECT catbird.cb_delete('hq', %s::bigint)", (got[0][0],))
     q("cb_delete", "SELECT catbird.cb_delete('hq', ARRAY[%s]::bigint[])", (got[1][0],))
+    q("cb_pop", "SELECT id FROM catbird.cb_pop('hq', 1)")
     q("cb_list_queues", "SELECT * FROM catbird.cb_list_queues()")
     q("cb_peek", "SELECT * FROM catbird.cb_peek('hq')")
     q("cb_get_queue", "SELECT * FROM catbird.cb_get_queue('hq')")

@@ -69,7 +69,7 @@ AS $$
                      OR function_name LIKE 'cb\_get\_%'
                      OR function_name LIKE 'cb\_list\_%'
                    THEN ARRAY['catbird_worker', 'catbird_client']
-                   WHEN function_name IN ('cb_read', 'cb_read_poll', 'cb_hide', 'cb_delete',
+                   WHEN function_name IN ('cb_read', 'cb_read_poll', 'cb_pop', 'cb_hide', 'cb_delete',
                                           'cb_spawn_generator_map_tasks', 'cb_read_map_outputs',
                                           'cb_worker_started', 'cb_worker_heartbeat', 'cb_worker_stopped',
                                           'cb_health', 'cb_metrics',

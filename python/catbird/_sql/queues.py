@@ -121,6 +121,7 @@ _SEND_MANY = Call(
 )
 _READ = Call("cb_read", returns=MESSAGE_COLUMNS, queue="text", **CLAIM_ARGS)
 _READ_POLL = Call("cb_read_poll", returns=MESSAGE_COLUMNS, queue="text", **CLAIM_ARGS, **POLL_ARGS)
+_POP = Call("cb_pop", returns=MESSAGE_COLUMNS, queue="text", quantity="int")
 _HIDE = Call("cb_hide", queue="text", id="bigint", hide_for="int", delivery="int")
 _HIDE_MANY = Call(
     "cb_hide",
@@ -175,6 +176,11 @@ def read_poll(
 ) -> Query[list[Message]]:
     params: Params = {"queue": queue, "quantity": quantity, "hide_for": ms(hide_for)}
     return _READ_POLL.query(poll_params(params, poll_for, poll_interval), _messages)
+
+
+def pop(queue: str, *, quantity: int = 1) -> Query[list[Message]]:
+    """Claim and delete up to ``quantity`` messages in one statement (no ack)."""
+    return _POP.query({"queue": queue, "quantity": quantity}, _messages)
 
 
 def hide(queue: str, id: int, *, hide_for: Duration, delivery: int | None = None) -> Query[bool]:

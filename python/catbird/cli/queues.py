@@ -368,6 +368,29 @@ def queue_read(
         )
 
 
+@app.command("pop")
+def queue_pop(
+    name: QueueArg,
+    quantity: Annotated[
+        int, typer.Option("--quantity", "-n", help="Pop up to this many messages.")
+    ] = 1,
+    dsn: DsnOption = None,
+    as_json: JsonOption = False,
+    full: FullOption = False,
+) -> None:
+    """Pop messages: claim and delete them in one step (nothing to ack)."""
+    with open_client(dsn) as client:
+        messages = client.pop(name, quantity=quantity)
+    if as_json:
+        print_json({"queue": name, "messages": [record(m) for m in messages]})
+        return
+    if not messages:
+        out.print(f"No visible messages in queue [bold]{escape(name)}[/].")
+        return
+    out.print(messages_table(name, messages, width=out.width, full=full))
+    out.print(f"[green]Popped[/] (deleted) {len(messages)} message(s).")
+
+
 @app.command("purge")
 def queue_purge(
     name: QueueArg,

@@ -332,6 +332,14 @@ class Client:
             )
         )
 
+    def pop(self, queue: str, *, quantity: int = 1) -> list[Message]:
+        """Claim and delete up to ``quantity`` messages in one statement.
+
+        One commit per batch instead of :meth:`read` + :meth:`delete`'s two; a
+        message whose handling fails is lost, so pop only what needs no retry.
+        """
+        return self.execute(_sql.pop(queue, quantity=quantity))
+
     @overload
     def hide(
         self, queue: str, id_or_ids: int, *, hide_for: Duration, deliveries: int | None = None

@@ -334,6 +334,14 @@ class AsyncClient:
             )
         )
 
+    async def pop(self, queue: str, *, quantity: int = 1) -> list[Message]:
+        """Claim and delete up to ``quantity`` messages in one statement.
+
+        One commit per batch instead of :meth:`read` + :meth:`delete`'s two; a
+        message whose handling fails is lost, so pop only what needs no retry.
+        """
+        return await self.execute(_sql.pop(queue, quantity=quantity))
+
     @overload
     async def hide(
         self, queue: str, id_or_ids: int, *, hide_for: Duration, deliveries: int | None = None

@@ -493,9 +493,7 @@ def upgrade(conn: psycopg.Connection[Any]) -> UpgradeReport:
             raise InstallError(
                 "catbird is not installed in this database: run 'catbird db install'"
             )
-        how: Literal["extension", "plain"] = (
-            "plain" if current["how"] == "plain" else "extension"
-        )
+        how: Literal["extension", "plain"] = "plain" if current["how"] == "plain" else "extension"
         old = current["version"]
         report = UpgradeReport(
             how=how, from_version=old, to_version=EXTENSION_VERSION, changed=False, pg_tle=False
