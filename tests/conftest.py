@@ -127,18 +127,22 @@ def _embedded_server() -> Iterator[str]:
         server = start_embedded(parent / "pg18", database="postgres", create_extension=False)
         try:
             with psycopg.connect(server.admin_dsn, autocommit=True) as admin:
-                # A throwaway cluster: durability only costs time here.
+                # A throwaway cluster: durability only costs time here. Prepared
+                # transactions are on so cb_health's check of them is tested.
                 for name, value in (
                     ("fsync", "off"),
                     ("synchronous_commit", "off"),
                     ("full_page_writes", "off"),
+                    ("max_prepared_transactions", "4"),
                 ):
                     admin.execute(
                         sql.SQL("ALTER SYSTEM SET {} = {}").format(
                             sql.Identifier(name), sql.Literal(value)
                         )
                     )
-                admin.execute("SELECT pg_reload_conf()")
+            # max_prepared_transactions takes a restart.
+            server.stop()
+            server = start_embedded(parent / "pg18", database="postgres", create_extension=False)
             yield server.admin_dsn
         finally:
             server.stop()
