@@ -1,7 +1,7 @@
 """The dashboard in a real browser: headless Chromium through Selenium and
 Debian's chromedriver, against a served app and a seeded database.
 
-Every page is loaded and photographed (``artifacts/screenshots/``); the
+Every page is loaded and photographed (``artifacts/screenshots/pg<major>/``); the
 cancel and retry buttons are clicked and the database is checked; a run
 completed by another connection shows up without a reload (a condition wait
 on the DOM, fed by the event stream, or by polling when the stream fails).
@@ -85,9 +85,16 @@ def _wait(browser: webdriver.Chrome) -> WebDriverWait:
     return WebDriverWait(browser, 20)
 
 
-def _shoot(browser: webdriver.Chrome, name: str) -> None:
-    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
-    assert browser.save_screenshot(str(SCREENSHOTS / f"{name}.png"))
+@pytest.fixture(scope="module")
+def shots(pg_major: int) -> Path:
+    """Where this server's screenshots go (CI keeps artifacts/ per run)."""
+    folder = SCREENSHOTS / f"pg{pg_major}"
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
+
+
+def _shoot(browser: webdriver.Chrome, shots: Path, name: str) -> None:
+    assert browser.save_screenshot(str(shots / f"{name}.png"))
 
 
 def _live(browser: webdriver.Chrome) -> None:
@@ -102,7 +109,7 @@ def _task_status(conn: psycopg.Connection, run_id: int) -> str:
 
 
 def test_every_page_loads_and_is_photographed(
-    browser: webdriver.Chrome, site: tuple[str, Seeded]
+    browser: webdriver.Chrome, shots: Path, site: tuple[str, Seeded]
 ) -> None:
     base, seeded = site
     pages = {
@@ -121,7 +128,7 @@ def test_every_page_loads_and_is_photographed(
     for name, (path, heading) in pages.items():
         browser.get(base + path)
         assert heading in browser.find_element(By.TAG_NAME, "h1").text, name
-        _shoot(browser, name)
+        _shoot(browser, shots, name)
     # the failed run shows its traceback; the flow run its graph with item progress
     browser.get(f"{base}/tasks/send_email/runs/{seeded.failed_run}")
     assert "SMTPRecipientsRefused" in browser.find_element(By.ID, "traceback").text
@@ -141,11 +148,11 @@ def test_every_page_loads_and_is_photographed(
     x = {n.get_attribute("data-step"): n.rect["x"] for n in nodes}
     assert x["fetch"] < x["price"] == x["stock"] == x["items"] < x["confirm"]
     _live(browser)
-    _shoot(browser, "flow-run")
+    _shoot(browser, shots, "flow-run")
 
 
 def test_cancel_and_retry_buttons_change_the_database(
-    browser: webdriver.Chrome, site: tuple[str, Seeded], conn: psycopg.Connection
+    browser: webdriver.Chrome, shots: Path, site: tuple[str, Seeded], conn: psycopg.Connection
 ) -> None:
     base, seeded = site
     browser.get(f"{base}/tasks/send_email/runs/{seeded.queued_run}")
@@ -164,7 +171,7 @@ def test_cancel_and_retry_buttons_change_the_database(
         )
     )
     assert _task_status(conn, seeded.queued_run) == "queued"
-    _shoot(browser, "task-run-retried")
+    _shoot(browser, shots, "task-run-retried")
     browser.get(f"{base}/flows/checkout/runs/{seeded.failed_flow_run}")
     browser.find_element(By.XPATH, "//button[text()='Retry']").click()
     _wait(browser).until(
