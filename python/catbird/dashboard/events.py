@@ -1,11 +1,9 @@
 """Engine events for the dashboard's live updates: one LISTEN connection per
 dashboard, fanned out to every browser stream.
 
-The engine notifies on the channel ``catbird`` with a JSON payload
-``{"topic": ..., "data": ..., "node_id": ...}``. ``data`` is plain text in
-older engines (a run id, comma-separated run ids, a task name, a worker id)
-and JSON in newer ones (``{"task": "x", "run_id": 5}``, ``{"flow": "f",
-"run_ids": [...]}``); :func:`parse_event` reads both into a :class:`RunEvent`.
+The engine's events (see :mod:`catbird.events`) name what changed:
+``{"task": "x", "run_id": 5}``, ``{"flow": "f", "run_ids": [...]}``;
+:func:`parse_event` turns one into a :class:`RunEvent` for the pages.
 """
 
 from __future__ import annotations
@@ -16,10 +14,10 @@ import json
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
 
 import psycopg
 
+from .. import events
 from .._sql import listen_events
 
 logger = logging.getLogger("catbird.dashboard")
@@ -49,46 +47,21 @@ class RunEvent:
         )
 
 
-def _ids(values: Any) -> tuple[int, ...]:
-    if not isinstance(values, list):
-        values = [values]
-    return tuple(v for v in values if isinstance(v, int) and not isinstance(v, bool))
-
-
 def parse_event(payload: str) -> RunEvent | None:
     """The engine event of a notification payload; ``None`` for anything else
-    (a user topic, a payload that is not the engine's JSON)."""
-    try:
-        outer = json.loads(payload)
-    except ValueError:
+    (an application's topic, a payload that is not the envelope)."""
+    event = events.parse_event(payload)
+    if event is None or not event.topic.startswith("catbird."):
         return None
-    topic = outer.get("topic") if isinstance(outer, dict) else None
-    if not isinstance(topic, str) or not topic.startswith("catbird."):
-        return None
-    parts = topic.split(".")
-    kind = parts[1] if len(parts) >= 3 else None
-    data = outer.get("data")
-    if isinstance(data, str):
-        with contextlib.suppress(ValueError):
-            data = json.loads(data)
-    name: str | None = None
-    run_ids: tuple[int, ...] = ()
-    if isinstance(data, dict):
-        # {"task": "x", ...} or {"flow": "f", "step": "s", ...}: the run's definition
-        for key in ("task", "flow"):
-            if isinstance(data.get(key), str):
-                kind, name = key, data[key]
-                break
-        run_ids = _ids(data["run_ids"] if "run_ids" in data else data.get("run_id", []))
-    elif isinstance(data, int) and not isinstance(data, bool):
-        run_ids = (data,)
-    elif isinstance(data, str):
-        pieces = data.split(",")
-        if all(p.strip().isdigit() for p in pieces):
-            run_ids = tuple(int(p) for p in pieces)
-        else:
-            name = data
-    return RunEvent(topic, kind, name, run_ids)
+    parts = event.topic.split(".")
+    kind, name = (parts[1] if len(parts) >= 3 else None), None
+    # {"task": "x", ...} or {"flow": "f", "step": "s", ...}: the run's definition
+    for key in ("task", "flow"):
+        value = event.field(key)
+        if value is not None:
+            kind, name = key, value
+            break
+    return RunEvent(event.topic, kind, name, event.run_ids)
 
 
 class EventHub:
