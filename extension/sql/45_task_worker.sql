@@ -104,7 +104,10 @@ BEGIN
                 on_fail_status = CASE WHEN c.exhausted THEN 'queued' ELSE r.on_fail_status END,
                 on_fail_visible_at = CASE WHEN c.exhausted THEN v_now ELSE r.on_fail_visible_at END
             FROM candidates c
-            WHERE r.id = c.id
+            -- = ANY keeps the join on the primary key: a hash join over a scan
+            -- of the whole table (every finished run too) was the planner's
+            -- choice for a batch of 250 (2-3 ms per claim at 20,000 runs).
+            WHERE r.id = c.id AND r.id = ANY (ARRAY(SELECT x.id FROM candidates x))
             RETURNING r.id, r.attempts, r.input, r.headers, r.concurrency_key, r.priority, c.expired, c.exhausted
         )
         SELECT coalesce(array_agg(ROW(c.id, c.attempts, c.input, c.headers, c.concurrency_key, c.priority)::catbird.cb_task_claim

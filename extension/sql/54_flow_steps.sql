@@ -80,12 +80,13 @@ BEGIN
         SET status = 'started', attempts = sr.attempts + 1, started_at = v_now,
             visible_at = v_now + make_interval(secs => hide_for / 1000.0)
         FROM candidates c
-        WHERE sr.id = c.id
+        -- = ANY keeps the joins on the primary keys (see cb_claim_tasks)
+        WHERE sr.id = c.id AND sr.id = ANY (ARRAY(SELECT x.id FROM candidates x))
         RETURNING sr.id, sr.flow_run_id, sr.attempts, sr.signal_input, sr.priority
     )
     SELECT c.id, c.flow_run_id, c.attempts, r.input, o.outputs, c.signal_input
     FROM claimed c
-    JOIN catbird.cb_flow_runs r ON r.id = c.flow_run_id
+    JOIN catbird.cb_flow_runs r ON r.id = c.flow_run_id AND r.id = ANY (ARRAY(SELECT x.flow_run_id FROM claimed x))
     -- dependency outputs of the whole batch in one call
     JOIN catbird._cb_dependency_outputs_of((SELECT array_agg(x.flow_run_id) FROM claimed x), v_step) o
       ON o.flow_run_id = c.flow_run_id
