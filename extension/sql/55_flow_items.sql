@@ -64,8 +64,7 @@ BEGIN
         SET status = 'started', attempts = m.attempts + 1, started_at = v_now,
             visible_at = v_now + make_interval(secs => hide_for / 1000.0)
         FROM candidates c
-        -- = ANY keeps the joins on the primary keys (see cb_claim_tasks)
-        WHERE m.id = c.id AND m.id = ANY (ARRAY(SELECT x.id FROM candidates x))
+        WHERE m.id = c.id
         RETURNING m.id, m.flow_run_id, m.step_run_id, m.attempts, m.item, m.priority
     ), runs AS (
         -- Dependency outputs once per flow run, not once per item.
