@@ -309,44 +309,51 @@ BEGIN
     IF cardinality(v_runs) = 0 THEN
         RETURN v_done;
     END IF;
-    -- What _cb_resolve_dependents does per run, for all of them at once.
     v_dependents := ARRAY(SELECT fs.name FROM catbird.cb_flow_steps fs
                           WHERE fs.flow_id = v_flow.id AND v_step.name = ANY (fs.depends_on));
-    IF cardinality(v_dependents) > 0 THEN
-        UPDATE catbird.cb_step_runs sr
-        SET deps_remaining = sr.deps_remaining - 1
-        WHERE sr.flow_run_id = ANY (v_runs) AND sr.step_name = ANY (v_dependents);
-    END IF;
     IF EXISTS (SELECT FROM catbird.cb_flow_steps fs
                WHERE fs.flow_id = v_flow.id AND fs.name = ANY (v_dependents)
                  AND (fs.signal OR fs.condition_expr IS NOT NULL OR fs.step_type = 'mapper')) THEN
-        -- A dependent may park, be skipped or fan out: run by run.
+        -- A dependent may park, be skipped or fan out: what
+        -- _cb_resolve_dependents does per run, for all of them at once, then
+        -- run by run.
+        UPDATE catbird.cb_step_runs sr
+        SET deps_remaining = sr.deps_remaining - 1
+        WHERE sr.flow_run_id = ANY (v_runs) AND sr.step_name = ANY (v_dependents);
         FOREACH v_run_id IN ARRAY v_runs LOOP
             PERFORM catbird._cb_advance_flow_run(v_run_id);
         END LOOP;
         RETURN v_done;
     END IF;
     -- Every dependent is a plain step: what _cb_advance_flow_run would do for
-    -- each run comes down to queueing the dependents now ready and finishing
-    -- the runs whose steps are all completed or skipped, here for all runs at
-    -- once (one catbird.step.queued per step, as identical notifications of
-    -- one transaction are delivered once anyway).
+    -- each run comes down to queueing the dependents now ready (in runs still
+    -- started) and finishing the runs whose steps are all completed or
+    -- skipped, here for all runs at once (one catbird.step.queued per step, as
+    -- identical notifications of one transaction are delivered once anyway).
+    -- Resolving a dependency and queueing the dependent it readies are one
+    -- write of the dependent's row (two before: a row version each).
+    IF cardinality(v_dependents) > 0 THEN
+        FOR v_queued IN
+            WITH resolved AS (
+                UPDATE catbird.cb_step_runs sr
+                SET deps_remaining = sr.deps_remaining - 1,
+                    status = CASE WHEN sr.status = 'waiting_for_dependencies' AND sr.deps_remaining = 1
+                                       AND r.status = 'started' THEN 'queued' ELSE sr.status END,
+                    visible_at = CASE WHEN sr.status = 'waiting_for_dependencies' AND sr.deps_remaining = 1
+                                           AND r.status = 'started' THEN greatest(v_now, r.visible_at)
+                                      ELSE sr.visible_at END
+                FROM catbird.cb_flow_runs r
+                WHERE r.id = sr.flow_run_id AND r.id = ANY (v_runs) AND sr.flow_run_id = ANY (v_runs)
+                  AND sr.step_name = ANY (v_dependents)
+                RETURNING sr.step_name, sr.status = 'queued' AND sr.deps_remaining = 0 AS queued
+            )
+            SELECT DISTINCT q.step_name FROM resolved q WHERE q.queued ORDER BY q.step_name
+        LOOP
+            PERFORM catbird._cb_notify('catbird.step.queued', jsonb_build_object('flow', v_flow.name, 'step', v_queued.step_name)::text);
+        END LOOP;
+    END IF;
     v_runs := ARRAY(SELECT r.id FROM catbird.cb_flow_runs r
                     WHERE r.id = ANY (v_runs) AND r.status = 'started' ORDER BY r.id);
-    FOR v_queued IN
-        WITH queued AS (
-            UPDATE catbird.cb_step_runs sr
-            SET status = 'queued', visible_at = greatest(v_now, r.visible_at)
-            FROM catbird.cb_flow_runs r
-            WHERE r.id = sr.flow_run_id AND r.id = ANY (v_runs) AND sr.flow_run_id = ANY (v_runs)
-              AND sr.step_name = ANY (v_dependents)
-              AND sr.status = 'waiting_for_dependencies' AND sr.deps_remaining = 0
-            RETURNING sr.step_name
-        )
-        SELECT DISTINCT q.step_name FROM queued q ORDER BY q.step_name
-    LOOP
-        PERFORM catbird._cb_notify('catbird.step.queued', jsonb_build_object('flow', v_flow.name, 'step', v_queued.step_name)::text);
-    END LOOP;
     -- Finished runs complete with their first completed output_priority step;
     -- a run without one goes through _cb_advance_flow_run, which fails it.
     SELECT array_agg(f.id ORDER BY f.id) FILTER (WHERE f.step_name IS NOT NULL),
