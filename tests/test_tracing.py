@@ -144,3 +144,24 @@ print("no spans")
         [sys.executable, "-c", program], capture_output=True, text=True, timeout=60, check=False
     )
     assert (done.returncode, done.stdout.strip()) == (0, "no spans"), done.stderr
+
+
+def test_without_a_tracer_provider_no_span_is_made_until_one_is_set() -> None:
+    # A fresh interpreter: the API's proxy provider records nothing, so no span
+    # is entered; a provider set later is used from the next call on.
+    program = """
+from opentelemetry import trace
+from opentelemetry.sdk.trace import TracerProvider
+from catbird.worker import tracing
+with tracing.handler_span("task", "t", 1, 1, None, None) as span:
+    pass
+assert span.span is None
+trace.set_tracer_provider(TracerProvider())
+with tracing.handler_span("task", "t", 1, 1, None, None) as span:
+    assert span.span.is_recording()
+print("spans once set")
+"""
+    done = subprocess.run(
+        [sys.executable, "-c", program], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert (done.returncode, done.stdout.strip()) == (0, "spans once set"), done.stderr

@@ -27,7 +27,9 @@
 -- Definitions (queues, tasks, flows) are guarded by transaction-level advisory
 -- locks keyed on kind and name: writers of runs and messages hold the shared
 -- lock, deleting the definition takes it exclusively. Returns nothing; waits
--- for the lock, raises nothing of its own.
+-- for the lock, raises nothing of its own. The worker's hot functions (45, 54)
+-- take the shared lock inline with the same key (a nested call costs a
+-- search_path switch): change the key there too.
 CREATE FUNCTION catbird._cb_lock_definition(kind text, name text, exclusive boolean = false)
 RETURNS void
 LANGUAGE plpgsql VOLATILE

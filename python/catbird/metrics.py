@@ -27,6 +27,7 @@ import asyncio
 import contextlib
 import logging
 import math
+from bisect import bisect_left
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
@@ -99,27 +100,38 @@ def _header(name: str, kind: str, help: str) -> Iterator[str]:
 
 
 class Counter:
-    """A counter per label set."""
+    """A counter per label set.
+
+    Values are kept by the tuple of label values (checked against the label
+    names once, when a label set is first seen) and named when rendered: a
+    worker counts every handler call, so counting stays a dict update.
+    """
 
     kind = "counter"
 
     def __init__(self, name: str, help: str, labelnames: Sequence[str]) -> None:
         self.name, self.help, self.labelnames = name, help, tuple(labelnames)
-        self.values: dict[Labels, float] = {}
+        self.values: dict[tuple[str, ...], float] = {}
 
-    def _key(self, values: Sequence[str]) -> Labels:
+    def _check(self, values: Sequence[str]) -> tuple[str, ...]:
         if len(values) != len(self.labelnames):
             raise ValueError(f"{self.name} takes labels {self.labelnames}, got {values}")
+        return tuple(values)
+
+    def _named(self, values: tuple[str, ...]) -> Labels:
         return tuple(zip(self.labelnames, values, strict=True))
 
     def inc(self, *labels: str, amount: float = 1.0) -> None:
-        key = self._key(labels)
-        self.values[key] = self.values.get(key, 0.0) + amount
+        values = self.values
+        if labels in values:
+            values[labels] += amount
+        else:
+            values[self._check(labels)] = amount
 
     def lines(self) -> Iterator[str]:
         yield from _header(self.name, self.kind, self.help)
         for key, value in sorted(self.values.items()):
-            yield f"{self.name}{_labels(key)} {_number(value)}"
+            yield f"{self.name}{_labels(self._named(key))} {_number(value)}"
 
 
 class Gauge(Counter):
@@ -138,7 +150,7 @@ class Gauge(Counter):
         self.read = read
 
     def lines(self) -> Iterator[str]:
-        self.values = {self._key(labels): value for labels, value in self.read()}
+        self.values = {self._check(labels): value for labels, value in self.read()}
         yield from super().lines()
 
 
@@ -155,22 +167,23 @@ class Histogram:
         self.name, self.help, self.labelnames = name, help, tuple(labelnames)
         self.buckets = tuple(sorted(buckets))
         # label values -> (count per bucket (not cumulative), +Inf count, sum)
-        self.series: dict[Labels, tuple[list[int], list[float]]] = {}
+        self.series: dict[tuple[str, ...], tuple[list[int], list[float]]] = {}
 
     def observe(self, value: float, *labels: str) -> None:
-        key = tuple(zip(self.labelnames, labels, strict=True))
-        counts, total = self.series.setdefault(key, ([0] * (len(self.buckets) + 1), [0.0]))
-        for i, bound in enumerate(self.buckets):
-            if value <= bound:
-                counts[i] += 1
-                break
-        else:
-            counts[-1] += 1
+        series = self.series.get(labels)
+        if series is None:
+            if len(labels) != len(self.labelnames):
+                raise ValueError(f"{self.name} takes labels {self.labelnames}, got {labels}")
+            series = self.series[labels] = ([0] * (len(self.buckets) + 1), [0.0])
+        counts, total = series
+        # the first bucket whose bound is >= value; len(buckets) is +Inf
+        counts[bisect_left(self.buckets, value)] += 1
         total[0] += value
 
     def lines(self) -> Iterator[str]:
         yield from _header(self.name, "histogram", self.help)
-        for key, (counts, total) in sorted(self.series.items()):
+        for values, (counts, total) in sorted(self.series.items()):
+            key = tuple(zip(self.labelnames, values, strict=True))
             cumulative = 0
             for bound, count in zip((*self.buckets, math.inf), counts, strict=True):
                 cumulative += count

@@ -359,7 +359,9 @@ $$;
 -- Definitions (queues, tasks, flows) are guarded by transaction-level advisory
 -- locks keyed on kind and name: writers of runs and messages hold the shared
 -- lock, deleting the definition takes it exclusively. Returns nothing; waits
--- for the lock, raises nothing of its own.
+-- for the lock, raises nothing of its own. The worker's hot functions (45, 54)
+-- take the shared lock inline with the same key (a nested call costs a
+-- search_path switch): change the key there too.
 CREATE FUNCTION catbird._cb_lock_definition(kind text, name text, exclusive boolean = false)
 RETURNS void
 LANGUAGE plpgsql VOLATILE
@@ -2502,6 +2504,16 @@ $$;
 --     table with enable_nestloop off: statistics taken while every run was
 --     queued make the planner expect no started run and rescan unnest once
 --     per row (40 ms instead of 4 ms for 250 runs).
+--   * Claims, completions and lease renewals call no other catbird function
+--     on their normal path: with the pinned search_path (SPEC 7.2) each nested
+--     call is a search_path switch (_cb_task ~22 us, cb_now() ~12 us a call),
+--     which at small batches was most of the difference to a raw claim. So
+--     they inline the engine clock (clock_timestamp(), and cb_now() only when
+--     catbird.fake_now is set, to check the caller may move the clock), the
+--     definition lookup with its shared lock (_cb_task / _cb_lock_definition;
+--     _cb_task only to raise for an unknown task), the argument checks (the
+--     check helpers only to raise) and _cb_lease_cap. What is left is called
+--     once per statement, never per row.
 
 -- Claims up to quantity runs of a task: queued runs, and started runs whose
 -- lease (visible_at) lapsed, highest priority first, then oldest. Each claim
@@ -2527,14 +2539,18 @@ DECLARE
     v_max_retries int;
     v_cap int;
 BEGIN
-    PERFORM catbird._cb_check_at_least('quantity', quantity, 1);
-    PERFORM catbird._cb_check_at_least('hide_for', hide_for, 1, ' ms');
+    -- Nested calls inlined (see the header): the checks only raise.
+    IF quantity IS NULL OR quantity < 1 OR hide_for IS NULL OR hide_for < 1 THEN
+        PERFORM catbird._cb_check_at_least('quantity', quantity, 1);
+        PERFORM catbird._cb_check_at_least('hide_for', hide_for, 1, ' ms');
+    END IF;
     SELECT t.id, t.max_retries INTO v_task_id, v_max_retries FROM catbird.cb_tasks t WHERE t.name = cb_claim_tasks.name;
     IF v_task_id IS NULL THEN
         v_task_id := (catbird._cb_task(name)).id;  -- raises the clear error
     END IF;
-    v_cap := catbird._cb_lease_cap(v_max_retries);
-    v_now := catbird.cb_now();
+    v_cap := coalesce(v_max_retries + 1, 25);  -- _cb_lease_cap
+    v_now := CASE WHEN nullif(current_setting('catbird.fake_now', true), '') IS NULL THEN clock_timestamp()
+                  ELSE catbird.cb_now() END;  -- cb_now()
     -- Expired runs met on the way are retired (they leave the claim index) and
     -- do not count against quantity: claim again until it is filled or no
     -- expired run was met.
@@ -2563,7 +2579,10 @@ BEGIN
                 on_fail_status = CASE WHEN c.exhausted THEN 'queued' ELSE r.on_fail_status END,
                 on_fail_visible_at = CASE WHEN c.exhausted THEN v_now ELSE r.on_fail_visible_at END
             FROM candidates c
-            WHERE r.id = c.id
+            -- = ANY keeps the join on the primary key: a hash join over a scan
+            -- of the whole table (every finished run too) was the planner's
+            -- choice for a batch of 250 (2-3 ms per claim at 20,000 runs).
+            WHERE r.id = c.id AND r.id = ANY (ARRAY(SELECT x.id FROM candidates x))
             RETURNING r.id, r.attempts, r.input, r.headers, r.concurrency_key, r.priority, c.expired, c.exhausted
         )
         SELECT coalesce(array_agg(ROW(c.id, c.attempts, c.input, c.headers, c.concurrency_key, c.priority)::catbird.cb_task_claim
@@ -2594,12 +2613,24 @@ LANGUAGE plpgsql VOLATILE
 SET enable_nestloop = off
 AS $$
 DECLARE
-    v_task catbird.cb_tasks := catbird._cb_task(name);
+    v_task catbird.cb_tasks;
+    v_now timestamptz;
 BEGIN
-    PERFORM catbird._cb_check_lease(hide_for, ids, attempts);
+    -- Nested calls inlined (see the header): _cb_task, the check, cb_now().
+    PERFORM pg_advisory_xact_lock_shared(1667326066, hashtext('task/' || name));
+    SELECT * INTO v_task FROM catbird.cb_tasks t WHERE t.name = cb_hide_tasks.name;
+    IF v_task.id IS NULL THEN
+        v_task := catbird._cb_task(name);  -- raises the clear error
+    END IF;
+    IF hide_for IS NULL OR hide_for < 1
+       OR (attempts IS NOT NULL AND cardinality(attempts) IS DISTINCT FROM cardinality(ids)) THEN
+        PERFORM catbird._cb_check_lease(hide_for, ids, attempts);
+    END IF;
+    v_now := CASE WHEN nullif(current_setting('catbird.fake_now', true), '') IS NULL THEN clock_timestamp()
+                  ELSE catbird.cb_now() END;
     -- With attempts, only leases still held under those claims are renewed.
     UPDATE catbird.cb_task_runs r
-    SET visible_at = catbird.cb_now() + make_interval(secs => hide_for / 1000.0)
+    SET visible_at = v_now + make_interval(secs => hide_for / 1000.0)
     FROM unnest(ids, cb_hide_tasks.attempts) AS u(id, attempt)
     WHERE r.task_id = v_task.id AND r.id = u.id AND r.id = ANY (ids) AND r.status = 'started'
       AND (u.attempt IS NULL OR r.attempts = u.attempt);
@@ -2617,10 +2648,18 @@ LANGUAGE plpgsql VOLATILE
 SET enable_nestloop = off
 AS $$
 DECLARE
-    v_task catbird.cb_tasks := catbird._cb_task(name);
-    v_now timestamptz := catbird.cb_now();
+    v_task catbird.cb_tasks;
+    v_now timestamptz;
     v_done bigint[];
 BEGIN
+    -- Nested calls inlined (see the header): _cb_task, cb_now().
+    PERFORM pg_advisory_xact_lock_shared(1667326066, hashtext('task/' || name));
+    SELECT * INTO v_task FROM catbird.cb_tasks t WHERE t.name = cb_complete_tasks.name;
+    IF v_task.id IS NULL THEN
+        v_task := catbird._cb_task(name);  -- raises the clear error
+    END IF;
+    v_now := CASE WHEN nullif(current_setting('catbird.fake_now', true), '') IS NULL THEN clock_timestamp()
+                  ELSE catbird.cb_now() END;
     IF cardinality(run_ids) IS DISTINCT FROM cardinality(outputs)
        OR (attempts IS NOT NULL AND cardinality(attempts) <> cardinality(run_ids)) THEN
         RAISE EXCEPTION 'invalid arguments: run_ids, outputs (and attempts, when given) must have the same length'
@@ -4177,6 +4216,12 @@ AS $$ SELECT catbird._cb_clear_runs('flow', catbird._cb_definition_id('flow', cb
 --     table with enable_nestloop off: statistics taken while every run was
 --     queued make the planner expect no started run and rescan unnest once
 --     per row (40 ms instead of 4 ms for 250 runs).
+--   * cb_claim_steps, cb_complete_steps and cb_hide_steps inline what they
+--     would call on their normal path, as the task worker functions do (see
+--     45_task_worker): the engine clock, the flow and step lookup with the
+--     flow's shared lock (_cb_flow / _cb_flow_step only to raise), the
+--     argument checks; cb_complete_steps reads a finished run's output
+--     directly unless it is an item step's (_cb_step_output, per row before).
 
 -- Claims up to quantity runs of one step of a flow: queued, or started with
 -- the lease (visible_at) lapsed, in started flow runs (not expired before
@@ -4191,13 +4236,26 @@ RETURNS SETOF catbird.cb_step_claim
 LANGUAGE plpgsql VOLATILE
 AS $$
 DECLARE
-    v_flow catbird.cb_flows := catbird._cb_flow(flow_name);
-    v_step catbird.cb_flow_steps := catbird._cb_flow_step(v_flow, step_name);
+    v_flow catbird.cb_flows;
+    v_step catbird.cb_flow_steps;
     v_now timestamptz;
 BEGIN
-    PERFORM catbird._cb_check_at_least('quantity', quantity, 1);
-    PERFORM catbird._cb_check_at_least('hide_for', hide_for, 1, ' ms');
-    v_now := catbird.cb_now();
+    -- Nested calls inlined (see the header): _cb_flow, _cb_flow_step.
+    PERFORM pg_advisory_xact_lock_shared(1667326066, hashtext('flow/' || flow_name));
+    SELECT * INTO v_flow FROM catbird.cb_flows f WHERE f.name = flow_name;
+    IF v_flow.id IS NULL THEN
+        v_flow := catbird._cb_flow(flow_name);  -- raises the clear error
+    END IF;
+    SELECT * INTO v_step FROM catbird.cb_flow_steps s WHERE s.flow_id = v_flow.id AND s.name = step_name;
+    IF v_step.flow_id IS NULL THEN
+        v_step := catbird._cb_flow_step(v_flow, step_name);  -- raises the clear error
+    END IF;
+    IF quantity IS NULL OR quantity < 1 OR hide_for IS NULL OR hide_for < 1 THEN
+        PERFORM catbird._cb_check_at_least('quantity', quantity, 1);
+        PERFORM catbird._cb_check_at_least('hide_for', hide_for, 1, ' ms');
+    END IF;
+    v_now := CASE WHEN nullif(current_setting('catbird.fake_now', true), '') IS NULL THEN clock_timestamp()
+                  ELSE catbird.cb_now() END;  -- cb_now()
     PERFORM catbird._cb_fail_lapsed_work(v_step, 'step', v_now);
     RETURN QUERY
     WITH candidates AS (
@@ -4215,12 +4273,13 @@ BEGIN
         SET status = 'started', attempts = sr.attempts + 1, started_at = v_now,
             visible_at = v_now + make_interval(secs => hide_for / 1000.0)
         FROM candidates c
-        WHERE sr.id = c.id
+        -- = ANY keeps the joins on the primary keys (see cb_claim_tasks)
+        WHERE sr.id = c.id AND sr.id = ANY (ARRAY(SELECT x.id FROM candidates x))
         RETURNING sr.id, sr.flow_run_id, sr.attempts, sr.signal_input, sr.priority
     )
     SELECT c.id, c.flow_run_id, c.attempts, r.input, o.outputs, c.signal_input
     FROM claimed c
-    JOIN catbird.cb_flow_runs r ON r.id = c.flow_run_id
+    JOIN catbird.cb_flow_runs r ON r.id = c.flow_run_id AND r.id = ANY (ARRAY(SELECT x.flow_run_id FROM claimed x))
     -- dependency outputs of the whole batch in one call
     JOIN catbird._cb_dependency_outputs_of((SELECT array_agg(x.flow_run_id) FROM claimed x), v_step) o
       ON o.flow_run_id = c.flow_run_id
@@ -4239,12 +4298,28 @@ LANGUAGE plpgsql VOLATILE
 SET enable_nestloop = off
 AS $$
 DECLARE
-    v_flow catbird.cb_flows := catbird._cb_flow(flow_name);
+    v_flow catbird.cb_flows;
+    v_step catbird.cb_flow_steps;
+    v_now timestamptz;
 BEGIN
-    PERFORM catbird._cb_flow_step(v_flow, step_name);
-    PERFORM catbird._cb_check_lease(hide_for, ids, attempts);
+    -- Nested calls inlined (see the header): _cb_flow, _cb_flow_step.
+    PERFORM pg_advisory_xact_lock_shared(1667326066, hashtext('flow/' || flow_name));
+    SELECT * INTO v_flow FROM catbird.cb_flows f WHERE f.name = flow_name;
+    IF v_flow.id IS NULL THEN
+        v_flow := catbird._cb_flow(flow_name);  -- raises the clear error
+    END IF;
+    SELECT * INTO v_step FROM catbird.cb_flow_steps s WHERE s.flow_id = v_flow.id AND s.name = step_name;
+    IF v_step.flow_id IS NULL THEN
+        v_step := catbird._cb_flow_step(v_flow, step_name);  -- raises the clear error
+    END IF;
+    IF hide_for IS NULL OR hide_for < 1
+       OR (attempts IS NOT NULL AND cardinality(attempts) IS DISTINCT FROM cardinality(ids)) THEN
+        PERFORM catbird._cb_check_lease(hide_for, ids, attempts);
+    END IF;
+    v_now := CASE WHEN nullif(current_setting('catbird.fake_now', true), '') IS NULL THEN clock_timestamp()
+                  ELSE catbird.cb_now() END;  -- cb_now()
     UPDATE catbird.cb_step_runs sr
-    SET visible_at = catbird.cb_now() + make_interval(secs => hide_for / 1000.0)
+    SET visible_at = v_now + make_interval(secs => hide_for / 1000.0)
     FROM unnest(ids, cb_hide_steps.attempts) AS u(id, attempt)
     WHERE sr.flow_id = v_flow.id AND sr.step_name = cb_hide_steps.step_name
       AND sr.id = u.id AND sr.id = ANY (ids) AND sr.status = 'started'
@@ -4351,9 +4426,9 @@ LANGUAGE plpgsql VOLATILE
 SET enable_nestloop = off
 AS $$
 DECLARE
-    v_flow catbird.cb_flows := catbird._cb_flow(flow_name);
-    v_step catbird.cb_flow_steps := catbird._cb_flow_step(v_flow, step_name);
-    v_now timestamptz := catbird.cb_now();
+    v_flow catbird.cb_flows;
+    v_step catbird.cb_flow_steps;
+    v_now timestamptz;
     v_dependents text[];
     v_done bigint[];
     v_runs bigint[];
@@ -4364,6 +4439,18 @@ DECLARE
     v_outputs jsonb[];
     v_no_output bigint[];
 BEGIN
+    -- Nested calls inlined (see the header): _cb_flow, _cb_flow_step.
+    PERFORM pg_advisory_xact_lock_shared(1667326066, hashtext('flow/' || flow_name));
+    SELECT * INTO v_flow FROM catbird.cb_flows f WHERE f.name = flow_name;
+    IF v_flow.id IS NULL THEN
+        v_flow := catbird._cb_flow(flow_name);  -- raises the clear error
+    END IF;
+    SELECT * INTO v_step FROM catbird.cb_flow_steps s WHERE s.flow_id = v_flow.id AND s.name = step_name;
+    IF v_step.flow_id IS NULL THEN
+        v_step := catbird._cb_flow_step(v_flow, step_name);  -- raises the clear error
+    END IF;
+    v_now := CASE WHEN nullif(current_setting('catbird.fake_now', true), '') IS NULL THEN clock_timestamp()
+                  ELSE catbird.cb_now() END;  -- cb_now()
     IF cardinality(ids) IS DISTINCT FROM cardinality(outputs)
        OR (attempts IS NOT NULL AND cardinality(attempts) <> cardinality(ids)) THEN
         RAISE EXCEPTION 'invalid arguments: ids, outputs (and attempts, when given) must have the same length'
@@ -4375,9 +4462,14 @@ BEGIN
     END IF;
     -- Lock order is flow run, then its parts, runs in id order: concurrent
     -- batches and single transitions cannot deadlock.
+    -- With enable_nestloop off every join below is a hash join: each names
+    -- its rows with = ANY (array) so that its tables are read through their
+    -- indexes, never scanned whole (a scan of every flow run per batch made a
+    -- step cost ~1 ms of server CPU at batch 10 with 20,000 runs queued).
+    v_runs := ARRAY(SELECT DISTINCT sr.flow_run_id FROM catbird.cb_step_runs sr
+                    WHERE sr.id = ANY (ids) AND sr.flow_id = v_flow.id AND sr.step_name = v_step.name);
     PERFORM FROM catbird.cb_flow_runs r
-    WHERE r.id IN (SELECT sr.flow_run_id FROM catbird.cb_step_runs sr
-                   WHERE sr.id = ANY (ids) AND sr.flow_id = v_flow.id AND sr.step_name = v_step.name)
+    WHERE r.id = ANY (v_runs)
     ORDER BY r.id
     FOR UPDATE OF r;
     -- Reports for canceling runs cancel their step (and may finish the cancel).
@@ -4388,7 +4480,7 @@ BEGIN
         JOIN catbird.cb_flow_runs r ON r.id = sr.flow_run_id
         WHERE sr.id = ANY (ids) AND sr.flow_id = v_flow.id AND sr.step_name = v_step.name
           AND sr.status = 'started' AND (u.attempt IS NULL OR sr.attempts = u.attempt)
-          AND r.status = 'canceling'
+          AND r.id = ANY (v_runs) AND r.status = 'canceling'
         ORDER BY sr.flow_run_id, sr.id
     LOOP
         PERFORM catbird._cb_cancel_reported_step(v_canceled.flow_run_id, v_canceled.id);
@@ -4410,43 +4502,51 @@ BEGIN
     IF cardinality(v_runs) = 0 THEN
         RETURN v_done;
     END IF;
-    -- What _cb_resolve_dependents does per run, for all of them at once.
     v_dependents := ARRAY(SELECT fs.name FROM catbird.cb_flow_steps fs
                           WHERE fs.flow_id = v_flow.id AND v_step.name = ANY (fs.depends_on));
-    IF cardinality(v_dependents) > 0 THEN
-        UPDATE catbird.cb_step_runs sr
-        SET deps_remaining = sr.deps_remaining - 1
-        WHERE sr.flow_run_id = ANY (v_runs) AND sr.step_name = ANY (v_dependents);
-    END IF;
     IF EXISTS (SELECT FROM catbird.cb_flow_steps fs
                WHERE fs.flow_id = v_flow.id AND fs.name = ANY (v_dependents)
                  AND (fs.signal OR fs.condition_expr IS NOT NULL OR fs.step_type = 'mapper')) THEN
-        -- A dependent may park, be skipped or fan out: run by run.
+        -- A dependent may park, be skipped or fan out: what
+        -- _cb_resolve_dependents does per run, for all of them at once, then
+        -- run by run.
+        UPDATE catbird.cb_step_runs sr
+        SET deps_remaining = sr.deps_remaining - 1
+        WHERE sr.flow_run_id = ANY (v_runs) AND sr.step_name = ANY (v_dependents);
         FOREACH v_run_id IN ARRAY v_runs LOOP
             PERFORM catbird._cb_advance_flow_run(v_run_id);
         END LOOP;
         RETURN v_done;
     END IF;
     -- Every dependent is a plain step: what _cb_advance_flow_run would do for
-    -- each run comes down to queueing the dependents now ready and finishing
-    -- the runs whose steps are all completed or skipped, here for all runs at
-    -- once (one catbird.step.queued per step, as identical notifications of
-    -- one transaction are delivered once anyway).
+    -- each run comes down to queueing the dependents now ready (in runs still
+    -- started) and finishing the runs whose steps are all completed or
+    -- skipped, here for all runs at once (one catbird.step.queued per step, as
+    -- identical notifications of one transaction are delivered once anyway).
+    -- Resolving a dependency and queueing the dependent it readies are one
+    -- write of the dependent's row (two before: a row version each).
+    IF cardinality(v_dependents) > 0 THEN
+        FOR v_queued IN
+            WITH resolved AS (
+                UPDATE catbird.cb_step_runs sr
+                SET deps_remaining = sr.deps_remaining - 1,
+                    status = CASE WHEN sr.status = 'waiting_for_dependencies' AND sr.deps_remaining = 1
+                                       AND r.status = 'started' THEN 'queued' ELSE sr.status END,
+                    visible_at = CASE WHEN sr.status = 'waiting_for_dependencies' AND sr.deps_remaining = 1
+                                           AND r.status = 'started' THEN greatest(v_now, r.visible_at)
+                                      ELSE sr.visible_at END
+                FROM catbird.cb_flow_runs r
+                WHERE r.id = sr.flow_run_id AND r.id = ANY (v_runs) AND sr.flow_run_id = ANY (v_runs)
+                  AND sr.step_name = ANY (v_dependents)
+                RETURNING sr.step_name, sr.status = 'queued' AND sr.deps_remaining = 0 AS queued
+            )
+            SELECT DISTINCT q.step_name FROM resolved q WHERE q.queued ORDER BY q.step_name
+        LOOP
+            PERFORM catbird._cb_notify('catbird.step.queued', jsonb_build_object('flow', v_flow.name, 'step', v_queued.step_name)::text);
+        END LOOP;
+    END IF;
     v_runs := ARRAY(SELECT r.id FROM catbird.cb_flow_runs r
                     WHERE r.id = ANY (v_runs) AND r.status = 'started' ORDER BY r.id);
-    FOR v_queued IN
-        WITH queued AS (
-            UPDATE catbird.cb_step_runs sr
-            SET status = 'queued', visible_at = greatest(v_now, r.visible_at)
-            FROM catbird.cb_flow_runs r
-            WHERE r.id = sr.flow_run_id AND sr.flow_run_id = ANY (v_runs) AND sr.step_name = ANY (v_dependents)
-              AND sr.status = 'waiting_for_dependencies' AND sr.deps_remaining = 0
-            RETURNING sr.step_name
-        )
-        SELECT DISTINCT q.step_name FROM queued q ORDER BY q.step_name
-    LOOP
-        PERFORM catbird._cb_notify('catbird.step.queued', jsonb_build_object('flow', v_flow.name, 'step', v_queued.step_name)::text);
-    END LOOP;
     -- Finished runs complete with their first completed output_priority step;
     -- a run without one goes through _cb_advance_flow_run, which fails it.
     SELECT array_agg(f.id ORDER BY f.id) FILTER (WHERE f.step_name IS NOT NULL),
@@ -4457,7 +4557,11 @@ BEGIN
         SELECT r.id, o.step_name, o.output
         FROM unnest(v_runs) AS r(id)
         LEFT JOIN LATERAL (
-            SELECT p.name AS step_name, catbird._cb_step_output(sr.id, sr.step_type, sr.output) AS output
+            -- only item steps' outputs need assembling (_cb_step_output)
+            SELECT p.name AS step_name,
+                   CASE WHEN sr.step_type IN ('mapper', 'generator')
+                        THEN catbird._cb_step_output(sr.id, sr.step_type, sr.output)
+                        ELSE sr.output END AS output
             FROM unnest(v_flow.output_priority) WITH ORDINALITY AS p(name, ord)
             JOIN catbird.cb_step_runs sr ON sr.flow_run_id = r.id AND sr.step_name = p.name
             WHERE sr.status = 'completed'
@@ -4465,12 +4569,13 @@ BEGIN
             LIMIT 1
         ) o ON true
         WHERE NOT EXISTS (SELECT FROM catbird.cb_step_runs sr
-                          WHERE sr.flow_run_id = r.id AND sr.status NOT IN ('completed', 'skipped'))
+                          WHERE sr.flow_run_id = r.id AND sr.flow_run_id = ANY (v_runs)
+                            AND sr.status NOT IN ('completed', 'skipped'))
     ) f;
     IF v_finished IS NOT NULL THEN
         UPDATE catbird.cb_flow_runs r SET status = 'completed', completed_at = v_now, output = u.output
         FROM unnest(v_finished, v_outputs) AS u(id, output)
-        WHERE r.id = u.id;
+        WHERE r.id = u.id AND r.id = ANY (v_finished);
         -- one event for the runs this batch finished (run_ids, ascending)
         PERFORM catbird._cb_notify_runs('catbird.flow.completed', 'flow', v_flow.name, v_finished);
     END IF;
