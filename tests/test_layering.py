@@ -7,7 +7,9 @@ only type checkers or late imports see is still a circle for a reader):
 * no module imports itself back through others;
 * nothing in the package imports ``catbird.cli`` (except ``__main__``);
 * the client never imports the worker, and definitions never import the
-  client, the worker or the CLI.
+  client, the worker or the CLI;
+* Wire and the dashboard sit beside the worker on the client: neither
+  imports the worker (nor Wire the dashboard).
 """
 
 from __future__ import annotations
@@ -113,6 +115,13 @@ def test_no_import_circles() -> None:
         ("catbird._sql", "catbird.worker"),
         ("catbird.worker", "catbird.cli"),
         ("catbird.db", "catbird.cli"),
+        ("catbird.wire", "catbird.worker"),
+        ("catbird.wire", "catbird.cli"),
+        ("catbird.wire", "catbird.dashboard"),
+        ("catbird.dashboard", "catbird.worker"),
+        ("catbird.dashboard", "catbird.cli"),
+        ("catbird.events", "catbird.client"),
+        ("catbird.metrics", "catbird.worker"),
     ],
 )
 def test_imports_run_one_way(importer: str, forbidden: str) -> None:

@@ -18,10 +18,10 @@ import psycopg
 from psycopg_pool import AsyncConnectionPool
 
 from .. import _sql
+from .._backoff import Backoff
 from ..client import AsyncClient
 from ..codec import dumps
 from ..events import check_topic, parse_event, topic_matcher
-from ..worker.connections import Backoff
 from .sse import SSEEvent, WireRequest
 from .tokens import TokenClaims, TokenSealer
 
@@ -407,7 +407,7 @@ class WireNode:
                 sub.poke()  # appends announced meanwhile were missed too
 
     async def _listen_loop(self) -> None:
-        backoff = Backoff()
+        backoff = Backoff(log)
         connected_before = False
         while True:
             conn: psycopg.AsyncConnection[Any] | None = None

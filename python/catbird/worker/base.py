@@ -90,6 +90,7 @@ import psycopg
 from psycopg_pool import AsyncConnectionPool
 
 from .. import _sql
+from .._backoff import Backoff
 from ..client.client_async import AsyncClient
 from ..definitions import Task, definition_args
 from ..definitions.flows import Flow
@@ -97,7 +98,7 @@ from ..errors import InvalidArgument, NotFound, ObjectInUse
 from ..events import parse_event
 from ..metrics import MetricsServer, WorkerMetrics, render_worker_scrape
 from .batching import BatchedLane
-from .connections import TRANSIENT, Backoff, Connections
+from .connections import TRANSIENT, Connections
 from .flow_runtime import FlowRuntime
 from .lanes import Lane, describe, with_concurrency
 from .on_fail import OnFailLane, TaskOnFailLane
@@ -602,7 +603,7 @@ class Worker:
     async def _claim_loop(self, lane: Lane) -> None:
         assert self._ready is not None
         await self._ready.wait()
-        backoff = Backoff()
+        backoff = Backoff(log)
         opts = lane.options
         breaker = lane.breaker
         while not self._stopping:
@@ -683,7 +684,7 @@ class Worker:
         await self._scheduler.loop(self.client, self._stop_requested)
 
     async def _heartbeat_loop(self) -> None:
-        backoff = Backoff(high=max(5.0, self.heartbeat_interval))
+        backoff = Backoff(log, high=max(5.0, self.heartbeat_interval))
         while True:
             try:
                 if not self._registered:
@@ -702,7 +703,7 @@ class Worker:
             await asyncio.sleep(delay)
 
     async def _listen_loop(self) -> None:
-        backoff = Backoff()
+        backoff = Backoff(log)
         while True:
             conn: psycopg.AsyncConnection[Any] | None = None
             delay = 0.0

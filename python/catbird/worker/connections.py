@@ -12,14 +12,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import logging
-import random
 from typing import Any, TypeVar
 
 import psycopg
 from psycopg_pool import AsyncConnectionPool
 
 from .. import _sql
+from .._backoff import Backoff
 from ..client.client_async import AsyncClient, connect_like
 from .lanes import Abandoned, describe, log
 
@@ -34,33 +33,6 @@ TRANSIENT: tuple[type[BaseException], ...] = (
     psycopg.InterfaceError,
     psycopg.errors.TransactionRollback,
 )
-
-
-class Backoff:
-    """Exponential backoff with jitter for reconnecting (0.1 s doubling to ``high``)."""
-
-    def __init__(self, low: float = 0.1, high: float = 5.0) -> None:
-        self.low, self.high = low, high
-        self.failures = 0
-
-    def next(self) -> float:
-        delay = min(self.high, self.low * 2 ** min(self.failures, 16))
-        self.failures += 1
-        return random.uniform(delay / 2, delay)
-
-    def reset(self) -> None:
-        self.failures = 0
-
-    def failed(self, message: str, *args: Any) -> float:
-        """Count a failure and log it; returns the delay before the next try.
-
-        ``message`` ends with a placeholder for the delay. The first failure
-        in a row is a warning, the next ones (an outage goes on) are debug.
-        """
-        delay = self.next()
-        level = logging.WARNING if self.failures == 1 else logging.DEBUG
-        log.log(level, message, *args, delay)
-        return delay
 
 
 class Connections:
@@ -142,7 +114,7 @@ class Connections:
         shutdown) and any non-transient error as it is.
         """
         assert self.client is not None
-        backoff = Backoff()
+        backoff = Backoff(log)
         while True:
             try:
                 return await self.client.execute(query)
